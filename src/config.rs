@@ -1,0 +1,145 @@
+//! Mount configuration: which layers, where the workdir is, and the on-disk style to write.
+//! `validate` checks everything that can be checked before anything is touched.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SetupError;
+
+/// How whiteouts and opaque markers are written in the upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum WhiteoutStyle {
+    /// Overlayfs format: char device 0/0 and `overlay.opaque` xattrs (falls back to OCI files
+    /// where the upper refuses mknod).
+    #[default]
+    Overlay,
+    /// OCI layer format: `.wh.NAME` files and `.wh..wh..opq`.
+    Oci,
+}
+
+/// Everything the union needs to open its layers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountConfig {
+    /// Read-only layers, top first.
+    pub lowers: Vec<PathBuf>,
+    /// The writable layer; `None` gives a read-only union.
+    pub upper: Option<PathBuf>,
+    /// Scratch directory on the upper's filesystem. Defaults to a sibling of the upper.
+    pub workdir: Option<PathBuf>,
+    pub whiteouts: WhiteoutStyle,
+    /// Skip fsync of copied-up data (faster, not crash-safe).
+    pub volatile: bool,
+}
+
+impl MountConfig {
+    /// A union of `lowers` (top first) under `upper`, with defaults for the rest.
+    pub fn new(lowers: Vec<PathBuf>, upper: Option<PathBuf>) -> Self {
+        MountConfig { lowers, upper, workdir: None, whiteouts: WhiteoutStyle::Overlay, volatile: false }
+    }
+
+    /// The workdir actually used: the configured one, or `.unionfs-work.<upper name>` beside the upper.
+    pub fn effective_workdir(&self) -> Option<PathBuf> {
+        if let Some(w) = &self.workdir {
+            return Some(w.clone());
+        }
+        let upper = self.upper.as_ref()?;
+        let name = upper.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "upper".into());
+        Some(upper.parent().unwrap_or(Path::new("/")).join(format!(".unionfs-work.{name}")))
+    }
+
+    /// Checks the layers exist, are directories and do not contain each other, that the workdir
+    /// shares the upper's filesystem and that `mountpoint` (if given) is not inside a layer and
+    /// not already a mount. Changes nothing on disk. Returns the canonical paths.
+    pub fn validate(&self, mountpoint: Option<&Path>) -> Result<MountConfig, SetupError> {
+        if self.lowers.is_empty() {
+            return Err(SetupError::NoLower);
+        }
+        let mut lowers = Vec::new();
+        for l in &self.lowers {
+            lowers.push(canonical_dir("lower layer", l)?);
+        }
+        let upper = self.upper.as_ref().map(|u| canonical_dir("upper", u)).transpose()?;
+        let mut roles: Vec<(&'static str, PathBuf)> = lowers.iter().map(|l| ("lower layer", l.clone())).collect();
+        if let Some(u) = &upper {
+            roles.push(("upper", u.clone()));
+        }
+        for (i, (ra, a)) in roles.iter().enumerate() {
+            for (j, (rb, b)) in roles.iter().enumerate() {
+                if i != j && a.starts_with(b) && a != b {
+                    return Err(SetupError::Nested { inner_role: ra, inner: a.clone(), outer_role: rb, outer: b.clone() });
+                }
+            }
+        }
+        if let Some(u) = &upper {
+            for l in &lowers {
+                if l == u {
+                    return Err(SetupError::Nested { inner_role: "upper", inner: u.clone(), outer_role: "lower layer", outer: l.clone() });
+                }
+            }
+        }
+        let mut workdir = None;
+        if let (Some(u), Some(w)) = (&upper, self.effective_workdir()) {
+            // The workdir may not exist yet (we create it); its parent must.
+            let wc = match std::fs::canonicalize(&w) {
+                Ok(p) => {
+                    if !p.is_dir() {
+                        return Err(SetupError::NotADirectory { role: "workdir", path: w.clone() });
+                    }
+                    p
+                }
+                Err(_) => {
+                    let parent = w.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    canonical_dir("workdir parent", parent)?.join(w.file_name().unwrap_or_default())
+                }
+            };
+            for (r, p) in &roles {
+                if wc.starts_with(p) || p.starts_with(&wc) {
+                    return Err(SetupError::Nested { inner_role: "workdir", inner: wc.clone(), outer_role: r, outer: p.clone() });
+                }
+            }
+            let wdev = dev_of(wc.parent().unwrap_or(Path::new("/")), "workdir")?;
+            if wdev != dev_of(u, "upper")? {
+                return Err(SetupError::WorkdirOtherFs { work: wc, upper: u.clone() });
+            }
+            workdir = Some(wc);
+        }
+        if let Some(m) = mountpoint {
+            let mc = canonical_dir("mountpoint", m)?;
+            for (r, p) in &roles {
+                if mc.starts_with(p) || p.starts_with(&mc) {
+                    return Err(SetupError::Nested { inner_role: "mountpoint", inner: mc.clone(), outer_role: r, outer: p.clone() });
+                }
+            }
+            if is_mount_point(&mc) {
+                return Err(SetupError::AlreadyMounted { path: mc });
+            }
+        }
+        Ok(MountConfig { lowers, upper, workdir, whiteouts: self.whiteouts, volatile: self.volatile })
+    }
+}
+
+fn canonical_dir(role: &'static str, p: &Path) -> Result<PathBuf, SetupError> {
+    let c = std::fs::canonicalize(p).map_err(|source| SetupError::Io { role, path: p.to_path_buf(), source })?;
+    let md = std::fs::metadata(&c).map_err(|source| SetupError::Io { role, path: p.to_path_buf(), source })?;
+    if !md.is_dir() {
+        return Err(SetupError::NotADirectory { role, path: p.to_path_buf() });
+    }
+    Ok(c)
+}
+
+fn dev_of(p: &Path, role: &'static str) -> Result<u64, SetupError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.dev()).map_err(|source| SetupError::Io { role, path: p.to_path_buf(), source })
+}
+
+/// Whether `p` (canonical) is listed as a mount point in /proc/self/mountinfo.
+pub fn is_mount_point(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = p.to_string_lossy();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}

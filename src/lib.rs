@@ -1,0 +1,23 @@
+//! unionfs: a union filesystem in userspace.
+//!
+//! Read-only lower layers (top first) under one writable upper, merged into one view, with the
+//! semantics of Linux overlayfs (see `SPEC.md`): top-down lookup, whiteouts and opaque
+//! directories in overlay and OCI formats, atomic copy-up, rename of any directory, stable inode
+//! numbers.
+//!
+//! Layout: [`union`] holds all overlay semantics and knows nothing of FUSE; [`fuse`] adapts
+//! fuser requests onto it; [`config`] validates a mount; [`sys`] wraps the system calls.
+
+#![forbid(unsafe_code)]
+
+pub mod attr;
+pub mod config;
+pub mod error;
+pub mod fuse;
+pub mod sys;
+pub mod union;
+
+pub use attr::{Attr, Kind};
+pub use config::{MountConfig, WhiteoutStyle};
+pub use error::{Errno, FsResult, SetupError};
+pub use union::{Ctx, DirEntry, ROOT, SetAttr, StatFs, Union};

@@ -1,0 +1,238 @@
+//! Thin, safe wrappers over the system calls the union needs, on top of `rustix`.
+//!
+//! Everything works relative to directory fds so that a layer's symlinks are never followed:
+//! the only path strings built here are `/proc/self/fd/N[/name]`, which resolve through a magic
+//! link to an object we already hold.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno as RErrno;
+
+/// `/proc/self/fd/N`: reaches the object behind `fd` (including an `O_PATH` fd).
+pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    // An integer formatted as decimal never contains NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// `/proc/self/fd/N/name`: the entry `name` of the directory behind `dir`, without following a
+/// symlink at `name` when used with an `l*` call.
+pub fn entry_path(dir: BorrowedFd<'_>, name: &OsStr) -> OsString {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name.as_bytes());
+    OsString::from_vec(p)
+}
+
+/// Opens a directory below `root` without following any symlink and without leaving `root`.
+pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
+    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// An `O_PATH` handle on the entry `name` of `dir` (the symlink itself if it is one).
+pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+}
+
+/// Opens the object behind an `O_PATH` fd for I/O.
+pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let flags = (flags | OFlags::CLOEXEC) & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY);
+    match rustix::fs::open(fd_path(fd).as_c_str(), flags, Mode::empty()) {
+        // O_NOATIME is refused on files we do not own when unprivileged: retry without.
+        Err(RErrno::PERM) if flags.contains(OFlags::NOATIME) => {
+            rustix::fs::open(fd_path(fd).as_c_str(), flags & !OFlags::NOATIME, Mode::empty())
+        }
+        r => r,
+    }
+}
+
+/// `lstat` of an entry of `dir`.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Stat> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// Like [`stat_at`], but a missing entry is `Ok(None)`.
+pub fn stat_at_opt(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Option<Stat>> {
+    match stat_at(dir, name) {
+        Ok(st) => Ok(Some(st)),
+        Err(RErrno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One directory entry as read from a layer.
+pub struct RawEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: rustix::fs::FileType,
+}
+
+/// Reads every entry of the directory behind `dir` (an `O_PATH` fd is fine), minus `.` and `..`.
+pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
+    let fd = rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut d = rustix::fs::Dir::read_from(&fd)?;
+    let mut out = Vec::new();
+    while let Some(e) = d.read() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(RawEntry { name: OsString::from_vec(name.to_vec()), ino: e.ino(), dtype: e.file_type() });
+    }
+    Ok(out)
+}
+
+/// Reads an extended attribute of the entry `name` of `dir` (not following a symlink).
+/// A missing attribute (or one the filesystem does not support) is `Ok(None)`.
+pub fn get_xattr(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> rustix::io::Result<Option<Vec<u8>>> {
+    xattr_value(|buf| rustix::fs::lgetxattr(entry_path(dir, name).as_os_str(), attr, buf))
+}
+
+/// Reads an extended attribute of the object behind `fd` (a non-symlink).
+pub fn get_xattr_fd(fd: BorrowedFd<'_>, attr: &OsStr) -> rustix::io::Result<Option<Vec<u8>>> {
+    xattr_value(|buf| rustix::fs::getxattr(fd_path(fd).as_c_str(), attr, buf))
+}
+
+fn xattr_value(mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match get(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(RErrno::RANGE) => {
+                let len = get(&mut [])?;
+                buf.resize(len.max(buf.len() * 2), 0);
+            }
+            Err(RErrno::NODATA) | Err(RErrno::NOTSUP) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Lists the extended attribute names of an object, addressed as for [`Target`].
+pub fn list_xattrs(t: &Target<'_>) -> rustix::io::Result<Vec<OsString>> {
+    let path = t.path();
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        let r = if t.follow() {
+            rustix::fs::listxattr(path.as_os_str(), &mut buf[..])
+        } else {
+            rustix::fs::llistxattr(path.as_os_str(), &mut buf[..])
+        };
+        match r {
+            Ok(n) => break n,
+            Err(RErrno::RANGE) => buf.resize(buf.len() * 4, 0),
+            Err(RErrno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| OsString::from_vec(s.to_vec())).collect())
+}
+
+/// How an object is addressed for xattr and metadata calls: by its own fd (non-symlinks), or
+/// as an entry of its parent directory (required for symlinks, which `O_PATH` cannot reach).
+pub enum Target<'a> {
+    Fd(BorrowedFd<'a>),
+    Entry(BorrowedFd<'a>, &'a OsStr),
+}
+
+impl Target<'_> {
+    fn path(&self) -> OsString {
+        match self {
+            Target::Fd(fd) => OsString::from_vec(fd_path(*fd).into_bytes()),
+            Target::Entry(d, n) => entry_path(*d, n),
+        }
+    }
+    fn follow(&self) -> bool {
+        matches!(self, Target::Fd(_))
+    }
+
+    pub fn get_xattr(&self, attr: &OsStr) -> rustix::io::Result<Option<Vec<u8>>> {
+        let path = self.path();
+        if self.follow() {
+            xattr_value(|buf| rustix::fs::getxattr(path.as_os_str(), attr, buf))
+        } else {
+            xattr_value(|buf| rustix::fs::lgetxattr(path.as_os_str(), attr, buf))
+        }
+    }
+
+    pub fn get_xattr_raw(&self, attr: &OsStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        let path = self.path();
+        if self.follow() {
+            rustix::fs::getxattr(path.as_os_str(), attr, buf)
+        } else {
+            rustix::fs::lgetxattr(path.as_os_str(), attr, buf)
+        }
+    }
+
+    pub fn set_xattr(&self, attr: &OsStr, value: &[u8], flags: rustix::fs::XattrFlags) -> rustix::io::Result<()> {
+        let path = self.path();
+        if self.follow() {
+            rustix::fs::setxattr(path.as_os_str(), attr, value, flags)
+        } else {
+            rustix::fs::lsetxattr(path.as_os_str(), attr, value, flags)
+        }
+    }
+
+    pub fn remove_xattr(&self, attr: &OsStr) -> rustix::io::Result<()> {
+        let path = self.path();
+        if self.follow() {
+            rustix::fs::removexattr(path.as_os_str(), attr)
+        } else {
+            rustix::fs::lremovexattr(path.as_os_str(), attr)
+        }
+    }
+
+    pub fn list_xattrs(&self) -> rustix::io::Result<Vec<OsString>> {
+        list_xattrs(self)
+    }
+}
+
+/// Removes everything below the directory `dir` (not `dir` itself), never following symlinks.
+pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    for e in read_dir(dir)? {
+        let is_dir = if e.dtype == rustix::fs::FileType::Unknown {
+            stat_at(dir, &e.name).map(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir()).unwrap_or(false)
+        } else {
+            e.dtype.is_dir()
+        };
+        if is_dir {
+            let sub = open_path_dir(dir, &e.name)?;
+            // A directory left read-only (mkdir -m 0555 mid copy-up) must become writable to empty it.
+            let _ = rustix::fs::chmod(fd_path(sub.as_fd()).as_c_str(), Mode::from_raw_mode(0o700));
+            remove_tree_contents(sub.as_fd())?;
+            rustix::fs::unlinkat(dir, &e.name, AtFlags::REMOVEDIR)?;
+        } else {
+            rustix::fs::unlinkat(dir, &e.name, AtFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
+/// An `O_PATH` fd on the subdirectory `name` of `dir`, refusing symlinks.
+pub fn open_path_dir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Whether the calling process has CAP_SYS_ADMIN (decides trusted.* xattrs and passthrough).
+pub fn has_cap_sys_admin() -> bool {
+    rustix::thread::capabilities(None)
+        .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
+        .unwrap_or(false)
+}

@@ -1,0 +1,369 @@
+//! Copy-up: moving a lower object into the upper before its first change.
+//!
+//! The copy is built in the workdir under a temporary name, completely (data, xattrs, owner,
+//! mode, times, with data fsynced unless `--volatile`), and published by one `rename` into the
+//! upper parent, so a crash at any step leaves the view as it was. Parents go first. Copy-up of
+//! one object is serialised by its `copy_lock`; readers keep using the lower until the rename.
+//!
+//! A lower file with several hard links is copied once, and every other name of it that the
+//! view still shows from that layer is linked to the copy, so the names never diverge.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat, Timespec, Timestamps};
+use rustix::io::Errno as RErrno;
+
+use super::node::{Node, ROOT};
+use super::whiteout;
+use super::{Union, layer_fd};
+use crate::attr::Kind;
+use crate::error::{Errno, FsResult};
+use crate::sys::{self, Target};
+
+/// What to copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Data {
+    /// Everything.
+    All,
+    /// Metadata only: the caller truncates to zero right after (open with O_TRUNC).
+    Empty,
+}
+
+impl Union {
+    /// Makes sure `node` lives in the upper (copying up its parents first).
+    pub(crate) fn copy_up(&self, node: &Arc<Node>) -> FsResult<()> {
+        self.copy_up_with(node, Data::All)
+    }
+
+    pub(crate) fn copy_up_with(&self, node: &Arc<Node>, data: Data) -> FsResult<()> {
+        let upper = self.upper_index()?;
+        if node.state.read().layer == upper {
+            return Ok(());
+        }
+        let _g = node.copy_lock.lock();
+        let (parent_ino, name, kind, fd, layer) = {
+            let s = node.state.read();
+            if s.layer == upper {
+                return Ok(());
+            }
+            (s.parent, s.name.clone(), s.kind, Arc::clone(&s.fd), s.layer)
+        };
+        if node.ino == ROOT {
+            return Ok(());
+        }
+        let parent = self.node(parent_ino)?;
+        self.copy_up(&parent)?;
+        let pdir = self.upper_dir_fd(&parent).ok_or(Errno::EIO)?;
+        let src_parent = layer_fd(&self.dir_layers(&parent)?, layer).ok_or(Errno::ESTALE)?;
+        let st = rustix::fs::fstat(&*fd)?;
+        let work = self.work_fd()?;
+        let tmp = self.tmp_name();
+        let src = Source { fd: fd.as_fd(), parent: src_parent.as_fd(), name: &name, st: &st, kind };
+        if let Err(e) = self.build_copy(&src, work, &tmp, node.ino, data) {
+            let _ = remove_any(work, &tmp, kind);
+            return Err(e);
+        }
+        let new_fd = {
+            let _ns = parent.ns.lock();
+            if let Err(e) = rustix::fs::renameat_with(work, &tmp, &*pdir, &name, rustix::fs::RenameFlags::NOREPLACE) {
+                let _ = remove_any(work, &tmp, kind);
+                return Err(e.into());
+            }
+            self.sync_dir(pdir.as_fd());
+            let new_fd = Arc::new(sys::open_path(pdir.as_fd(), &name)?);
+            let _ = self.with_index(&parent, |idx| {
+                if let Some(v) = idx.get_mut(&name).and_then(|s| s.vis.as_mut()) {
+                    v.layer = upper;
+                    if kind == Kind::Dir {
+                        v.merge.insert(0, upper);
+                    }
+                }
+            });
+            new_fd
+        };
+        {
+            let mut s = node.state.write();
+            s.layer = upper;
+            s.fd = Arc::clone(&new_fd);
+            if let Some(d) = s.dir.as_mut() {
+                d.layers.insert(0, (upper, Arc::clone(&new_fd)));
+            }
+        }
+        if kind == Kind::File && st.st_nlink > 1 {
+            self.link_siblings(node, layer, st.st_ino, &new_fd);
+        }
+        Ok(())
+    }
+
+    fn build_copy(&self, src: &Source<'_>, work: BorrowedFd<'_>, tmp: &OsStr, ino: u64, data: Data) -> FsResult<()> {
+        let st = src.st;
+        match src.kind {
+            Kind::Dir => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
+            Kind::File => {
+                let out = rustix::fs::openat(
+                    work,
+                    tmp,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                if data == Data::All {
+                    let input = sys::reopen(src.fd, OFlags::RDONLY | OFlags::NOATIME)?;
+                    copy_data(&input, &out, st.st_size as u64)?;
+                    if !self.volatile {
+                        rustix::fs::fsync(&out)?;
+                    }
+                }
+            }
+            Kind::Symlink => {
+                let target = rustix::fs::readlinkat(src.fd, "", Vec::new())?;
+                rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
+            }
+            _ => rustix::fs::mknodat(
+                work,
+                tmp,
+                FileType::from_raw_mode(st.st_mode),
+                Mode::from_raw_mode(0o600),
+                st.st_rdev,
+            )?,
+        }
+        let (from, to) = if src.kind == Kind::Symlink {
+            (Target::Entry(src.parent, src.name), Target::Entry(work, tmp))
+        } else {
+            (Target::Fd(src.fd), Target::Entry(work, tmp))
+        };
+        copy_xattrs(&from, &to)?;
+        let _ = to.set_xattr(
+            OsStr::new(whiteout::ORIGIN_XATTR),
+            &ino.to_le_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        );
+        self.finish_meta(work, tmp, src.kind, st)?;
+        Ok(())
+    }
+
+    /// Owner, then mode (a chown clears setuid), then times, on the entry `name` of `dir`.
+    fn finish_meta(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, st: &Stat) -> FsResult<()> {
+        if self.privileged {
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if kind != Kind::Symlink {
+            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(st.st_mode as u32 & 0o7777), AtFlags::empty())?;
+        }
+        let times = Timestamps {
+            last_access: Timespec { tv_sec: st.st_atime as i64, tv_nsec: st.st_atime_nsec as _ },
+            last_modification: Timespec { tv_sec: st.st_mtime as i64, tv_nsec: st.st_mtime_nsec as _ },
+        };
+        rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    /// Durability of a rename or create: fsync the directory, unless mounted volatile.
+    pub(crate) fn sync_dir(&self, dir: BorrowedFd<'_>) {
+        if !self.volatile {
+            if let Ok(d) = rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            {
+                let _ = rustix::fs::fsync(&d);
+            }
+        }
+    }
+
+    /// Links every other visible name of the lower object (`layer`, `raw_ino`) to its fresh copy.
+    fn link_siblings(&self, node: &Arc<Node>, layer: usize, raw_ino: u64, copy: &Arc<OwnedFd>) {
+        let paths = self.hardlink_names(layer, raw_ino);
+        for path in paths {
+            let Some((last, dirs)) = path.split_last() else { continue };
+            let mut cur = ROOT;
+            let mut walked = Vec::new();
+            let mut ok = true;
+            for c in dirs {
+                match self.resolve_child(cur, c, 0) {
+                    Ok((n, _)) => {
+                        walked.push(n.ino);
+                        cur = n.ino;
+                    }
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                if let Ok(dir) = self.node(cur) {
+                    let _ = self.link_sibling(&dir, last, node, copy);
+                }
+            }
+            for ino in walked.into_iter().rev() {
+                self.nodes.prune(ino);
+            }
+        }
+    }
+
+    fn link_sibling(&self, dir: &Arc<Node>, name: &OsStr, node: &Node, copy: &Arc<OwnedFd>) -> FsResult<()> {
+        let upper = self.upper_index()?;
+        let vis = self.slot(dir, name)?.vis;
+        // Only names that still show this very object from a lower layer.
+        if !vis.is_some_and(|v| v.ino == node.ino && v.layer != upper) {
+            return Ok(());
+        }
+        self.copy_up(&self.node(dir.ino)?)?;
+        let pdir = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
+        let _ns = dir.ns.lock();
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            sys::fd_path(copy.as_fd()).as_c_str(),
+            &*pdir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )?;
+        self.with_index(dir, |idx| {
+            if let Some(v) = idx.get_mut(name).and_then(|s| s.vis.as_mut()) {
+                v.layer = upper;
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Every path (as components) of `raw_ino` in `layer`, found by one walk of the layer.
+    fn hardlink_names(&self, layer: usize, raw_ino: u64) -> Vec<Vec<OsString>> {
+        let mut found: HashMap<u64, Vec<Vec<OsString>>> = HashMap::new();
+        let root = Arc::clone(&self.layers[layer].root);
+        walk_links(root.as_fd(), &mut Vec::new(), &mut found, 0);
+        found.remove(&raw_ino).unwrap_or_default()
+    }
+}
+
+/// Collects multiply-linked regular files below `dir`, never following symlinks.
+fn walk_links(dir: BorrowedFd<'_>, path: &mut Vec<OsString>, out: &mut HashMap<u64, Vec<Vec<OsString>>>, depth: usize) {
+    if depth > 4096 {
+        return;
+    }
+    let Ok(entries) = sys::read_dir(dir) else { return };
+    for e in entries {
+        let ft = e.dtype;
+        if ft == FileType::Directory {
+            if let Ok(sub) = sys::open_path_dir(dir, &e.name) {
+                path.push(e.name);
+                walk_links(sub.as_fd(), path, out, depth + 1);
+                path.pop();
+            }
+        } else if ft == FileType::RegularFile || ft == FileType::Unknown {
+            if let Ok(st) = sys::stat_at(dir, &e.name) {
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 1 {
+                    let mut p = path.clone();
+                    p.push(e.name);
+                    out.entry(st.st_ino).or_default().push(p);
+                }
+            }
+        }
+    }
+}
+
+struct Source<'a> {
+    fd: BorrowedFd<'a>,
+    /// The lower directory holding it (symlinks are reached through it).
+    parent: BorrowedFd<'a>,
+    name: &'a OsStr,
+    st: &'a Stat,
+    kind: Kind,
+}
+
+/// Copies `len` bytes: reflink where the filesystem can, else `copy_file_range` over the data
+/// extents only (holes stay holes), else read/write.
+fn copy_data(input: &OwnedFd, out: &OwnedFd, len: u64) -> FsResult<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if rustix::fs::ioctl_ficlone(out, input).is_ok() {
+        return Ok(());
+    }
+    let mut pos = 0u64;
+    while pos < len {
+        let start = match rustix::fs::seek(input, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(RErrno::NXIO) => break,
+            // No SEEK_DATA support: treat everything as data.
+            Err(_) => pos,
+        };
+        let end = rustix::fs::seek(input, SeekFrom::Hole(start)).unwrap_or(len).min(len);
+        copy_range(input, out, start, end)?;
+        pos = end.max(start + 1);
+    }
+    rustix::fs::ftruncate(out, len)?;
+    Ok(())
+}
+
+fn copy_range(input: &OwnedFd, out: &OwnedFd, start: u64, end: u64) -> FsResult<()> {
+    let mut off_in = start;
+    let mut off_out = start;
+    while off_in < end {
+        let want = (end - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(input, Some(&mut off_in), out, Some(&mut off_out), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(RErrno::XDEV) | Err(RErrno::INVAL) | Err(RErrno::NOSYS) | Err(RErrno::OPNOTSUPP) => {
+                return rw_copy(input, out, off_in, end);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn rw_copy(input: &OwnedFd, out: &OwnedFd, mut off: u64, end: u64) -> FsResult<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while off < end {
+        let want = ((end - off) as usize).min(buf.len());
+        let n = rustix::io::pread(input, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += rustix::io::pwrite(out, &buf[done..n], off + done as u64)?;
+        }
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies every non-private xattr. `security.*`/`trusted.*` ones the upper refuses are skipped
+/// (an unprivileged daemon cannot set them); any other failure fails the copy-up.
+pub(crate) fn copy_xattrs(from: &Target<'_>, to: &Target<'_>) -> FsResult<()> {
+    use std::os::unix::ffi::OsStrExt;
+    for name in from.list_xattrs()? {
+        if whiteout::is_private_xattr(&name) {
+            continue;
+        }
+        let Some(v) = from.get_xattr(&name)? else { continue };
+        if let Err(e) = to.set_xattr(&name, &v, rustix::fs::XattrFlags::empty()) {
+            let b = name.as_bytes();
+            let optional = b.starts_with(b"security.") || b.starts_with(b"trusted.") || b.starts_with(b"system.");
+            if !(optional && matches!(e, RErrno::PERM | RErrno::NOTSUP | RErrno::ACCESS | RErrno::INVAL)) {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a half-built object from the workdir.
+pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &OsStr, kind: Kind) -> rustix::io::Result<()> {
+    if kind == Kind::Dir {
+        if let Ok(sub) = sys::open_path_dir(dir, name) {
+            let _ = rustix::fs::chmod(sys::fd_path(sub.as_fd()).as_c_str(), Mode::from_raw_mode(0o700));
+            sys::remove_tree_contents(sub.as_fd())?;
+        }
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+    } else {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty())
+    }
+}

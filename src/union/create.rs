@@ -1,0 +1,275 @@
+//! Creating names: files, directories, nodes, symlinks and hard links.
+//!
+//! A new name lands in the upper directory (copied up first). Where the upper holds a whiteout
+//! at that name, the object is built in the workdir and renamed over it in one step. A new
+//! directory where a lower layer has the name is made opaque before it becomes visible.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+
+use super::copy_up::remove_any;
+use super::index::{UpperWhiteout, Visible};
+use super::node::{DirState, Node, NodeState};
+use super::{Ctx, Union, check_name, whiteout};
+use crate::attr::{Attr, Kind};
+use crate::error::{Errno, FsResult};
+use crate::sys;
+
+/// What to make at a new name.
+pub(crate) enum NewObject<'a> {
+    File { mode: u32, flags: OFlags },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+    Link { source: &'a Arc<OwnedFd> },
+}
+
+impl NewObject<'_> {
+    fn kind(&self) -> Kind {
+        match self {
+            NewObject::File { .. } => Kind::File,
+            NewObject::Dir { .. } => Kind::Dir,
+            NewObject::Node { mode, .. } => Kind::from_mode(*mode),
+            NewObject::Symlink { .. } => Kind::Symlink,
+            NewObject::Link { .. } => Kind::File,
+        }
+    }
+}
+
+impl Union {
+    /// Creates and opens a regular file. Returns its attributes and a file handle.
+    pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> FsResult<(Attr, u64)> {
+        let flags = OFlags::from_bits_retain(flags as u32);
+        let (node, attr, fd) = self.make(ctx, parent, name, NewObject::File { mode, flags })?;
+        let fd = fd.ok_or(Errno::EIO)?;
+        Ok((attr, self.new_file_handle(fd, node)))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> FsResult<Attr> {
+        self.make(ctx, parent, name, NewObject::Dir { mode }).map(|(_, a, _)| a)
+    }
+
+    /// Creates a FIFO, socket or device node (`mode` includes the file type).
+    pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> FsResult<Attr> {
+        let ft = FileType::from_raw_mode(mode);
+        match ft {
+            FileType::RegularFile => {
+                return self.make(ctx, parent, name, NewObject::File { mode, flags: OFlags::WRONLY }).map(|(_, a, _)| a);
+            }
+            // A char device 0/0 would read back as a whiteout after a remount.
+            FileType::CharacterDevice if rdev == 0 => return Err(Errno::EPERM),
+            FileType::Directory | FileType::Symlink | FileType::Unknown => return Err(Errno::EINVAL),
+            _ => {}
+        }
+        self.make(ctx, parent, name, NewObject::Node { mode, rdev }).map(|(_, a, _)| a)
+    }
+
+    /// Creates a symlink to `target`.
+    pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> FsResult<Attr> {
+        self.make(ctx, parent, name, NewObject::Symlink { target }).map(|(_, a, _)| a)
+    }
+
+    /// Adds the name `newname` in `newparent` for the object `ino` (copied up first).
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        if node.state.read().kind == Kind::Dir {
+            return Err(Errno::EPERM);
+        }
+        self.copy_up(&node)?;
+        let source = Arc::clone(&node.state.read().fd);
+        let ctx = Ctx::default();
+        let (n, _, _) = self.make(&ctx, newparent, newname, NewObject::Link { source: &source })?;
+        self.attr_of(&n)
+    }
+
+    /// Makes a new name in `parent` and returns its node (with one kernel reference), its
+    /// attributes and, for files, an open fd.
+    fn make(&self, ctx: &Ctx, parent: u64, name: &OsStr, obj: NewObject<'_>) -> FsResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
+        let upper = self.upper_index()?;
+        check_name(name)?;
+        if whiteout::is_reserved_name(name) {
+            return Err(Errno::EINVAL);
+        }
+        let dir = self.dir_node(parent)?;
+        self.copy_up(&dir)?;
+        let pdir = self.upper_dir_fd(&dir).ok_or(Errno::EIO)?;
+        let kind = obj.kind();
+        let _ns = dir.ns.lock();
+        let slot = self.slot(&dir, name)?;
+        if slot.vis.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let pst = rustix::fs::fstat(&*pdir)?;
+        let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let opaque = kind == Kind::Dir && (slot.in_lower || slot.upper_wh.is_some());
+        let over_whiteout = slot.upper_wh == Some(UpperWhiteout::AtName);
+        // Build in the workdir when the object must be complete before it shows: over a
+        // whiteout, or a directory that must be opaque first.
+        let staged = over_whiteout || opaque;
+        let (bdir, bname) = if staged {
+            (self.work_fd()?, self.tmp_name())
+        } else {
+            (pdir.as_fd(), name.to_os_string())
+        };
+        let fd = match self.build_new(ctx, bdir, &bname, &obj, sgid_parent, pst.st_gid, opaque) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if staged {
+                    let _ = remove_any(bdir, &bname, kind);
+                }
+                return Err(e);
+            }
+        };
+        if staged {
+            if let Err(e) = self.publish_over(bdir, &bname, pdir.as_fd(), name, kind, over_whiteout) {
+                let _ = remove_any(bdir, &bname, kind);
+                return Err(e);
+            }
+        }
+        if slot.upper_wh == Some(UpperWhiteout::Oci) {
+            let _ = rustix::fs::unlinkat(&*pdir, whiteout::oci_name(name), AtFlags::empty());
+        }
+        let pfd = sys::open_path(pdir.as_fd(), name)?;
+        let st = rustix::fs::fstat(&pfd)?;
+        let ino = match &obj {
+            NewObject::Link { .. } => self.ino_of(upper, pdir.as_fd(), name, st.st_ino),
+            _ => self.tag_ino(upper, st.st_ino),
+        };
+        self.with_index(&dir, |idx| {
+            let s = idx.entry(name.to_os_string()).or_default();
+            s.upper_wh = None;
+            s.vis = Some(Visible::new(upper, kind, ino));
+        })?;
+        let pfd = Arc::new(pfd);
+        let (node, created) = self.nodes.get_or_insert(ino, 1, || {
+            Node::new(
+                ino,
+                NodeState {
+                    parent,
+                    name: name.to_os_string(),
+                    kind,
+                    layer: upper,
+                    fd: Arc::clone(&pfd),
+                    dir: (kind == Kind::Dir).then(|| DirState { layers: vec![(upper, Arc::clone(&pfd))], index: None }),
+                },
+            )
+        });
+        if !created && !matches!(obj, NewObject::Link { .. }) {
+            // A stale node under a reused inode number: point it at the new object.
+            let mut s = node.state.write();
+            s.parent = parent;
+            s.name = name.to_os_string();
+            s.kind = kind;
+            s.layer = upper;
+            s.fd = Arc::clone(&pfd);
+            s.dir = (kind == Kind::Dir).then(|| DirState { layers: vec![(upper, Arc::clone(&pfd))], index: None });
+        }
+        let attr = Attr::from_stat(ino, &st);
+        Ok((node, attr, fd))
+    }
+
+    /// Creates the object at `dir/name` with its final owner and mode.
+    #[allow(clippy::too_many_arguments)]
+    fn build_new(
+        &self,
+        ctx: &Ctx,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        obj: &NewObject<'_>,
+        sgid_parent: bool,
+        parent_gid: u32,
+        opaque: bool,
+    ) -> FsResult<Option<OwnedFd>> {
+        let mut fd = None;
+        let mut final_mode = None;
+        match obj {
+            NewObject::File { mode, flags } => {
+                let acc = *flags & (OFlags::RWMODE | OFlags::APPEND | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT);
+                let acc = (acc & !OFlags::APPEND) | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                // Create writable by us; the real mode (maybe read-only) is applied after the owner.
+                let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(mode & 0o7777 | 0o200))?;
+                fd = Some(f);
+                final_mode = Some(mode & 0o7777);
+            }
+            NewObject::Dir { mode } => {
+                rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
+                let mut m = mode & 0o7777;
+                if sgid_parent {
+                    m |= libc::S_ISGID;
+                }
+                final_mode = Some(m);
+                if opaque {
+                    let d = sys::open_path_dir(dir, name)?;
+                    whiteout::mark_opaque(d.as_fd(), self.oci(), self.privileged)?;
+                }
+            }
+            NewObject::Node { mode, rdev } => {
+                rustix::fs::mknodat(
+                    dir,
+                    name,
+                    FileType::from_raw_mode(*mode),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    *rdev,
+                )?;
+                final_mode = Some(mode & 0o7777);
+            }
+            NewObject::Symlink { target } => rustix::fs::symlinkat(*target, dir, name)?,
+            NewObject::Link { source } => {
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    sys::fd_path(source.as_fd()).as_c_str(),
+                    dir,
+                    name,
+                    AtFlags::SYMLINK_FOLLOW,
+                )?;
+                return Ok(None);
+            }
+        }
+        if self.privileged {
+            let gid = if sgid_parent { parent_gid } else { ctx.gid };
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(ctx.uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(m) = final_mode {
+            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(m), AtFlags::empty())?;
+        }
+        Ok(fd)
+    }
+
+    /// Moves a finished object from the workdir to `dir/name`, replacing a whiteout there.
+    pub(crate) fn publish_over(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        kind: Kind,
+        over_whiteout: bool,
+    ) -> FsResult<()> {
+        if over_whiteout && kind == Kind::Dir {
+            // rename(2) cannot put a directory over a non-directory: swap, then drop the whiteout.
+            rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::EXCHANGE)?;
+            let _ = rustix::fs::unlinkat(work, tmp, AtFlags::empty());
+        } else if over_whiteout {
+            rustix::fs::renameat(work, tmp, dir, name)?;
+        } else {
+            rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::NOREPLACE)?;
+        }
+        Ok(())
+    }
+}
+
+impl Visible {
+    pub(crate) fn new(layer: usize, kind: Kind, ino: u64) -> Visible {
+        Visible::with_merge(layer, kind, ino, if kind == Kind::Dir { vec![layer] } else { Vec::new() })
+    }
+}

@@ -1,0 +1,383 @@
+//! Operations on existing objects: attributes, open files, directory listings, xattrs, statfs.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, SeekFrom, Timespec, Timestamps};
+
+use super::copy_up::Data;
+use super::node::{Node, ROOT};
+use super::{Ctx, Handle, Union, whiteout};
+use crate::attr::{Attr, Kind};
+use crate::error::{Errno, FsResult};
+use crate::sys::{self, Target};
+
+/// A change of attributes (each `None` leaves that attribute alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    /// `Some(None)` means "now".
+    pub atime: Option<Option<SystemTime>>,
+    pub mtime: Option<Option<SystemTime>>,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// Filesystem statistics (of the upper, or of the top lower without one).
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+fn ts(t: Option<SystemTime>) -> Timespec {
+    match t {
+        None => Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+        Some(t) => {
+            let (sec, nsec) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut s = -(d.as_secs() as i64);
+                    let mut n = d.subsec_nanos() as i64;
+                    if n > 0 {
+                        s -= 1;
+                        n = 1_000_000_000 - n;
+                    }
+                    (s, n)
+                }
+            };
+            Timespec { tv_sec: sec, tv_nsec: nsec as _ }
+        }
+    }
+}
+
+const OMIT: Timespec = Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT };
+
+impl Union {
+    /// Changes attributes (copying the object up first). `fh` is an open handle, if the change
+    /// came through one (ftruncate on a file whose name is gone).
+    pub fn setattr(&self, _ctx: &Ctx, ino: u64, set: &SetAttr, fh: Option<u64>) -> FsResult<Attr> {
+        self.upper_index()?;
+        let node = self.node(ino)?;
+        let truncating_to_zero = set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+        self.copy_up_with(&node, if truncating_to_zero { Data::Empty } else { Data::All })?;
+        let (fd, kind, parent, name) = {
+            let s = node.state.read();
+            (Arc::clone(&s.fd), s.kind, s.parent, s.name.clone())
+        };
+        let parent_fd = if kind == Kind::Symlink {
+            Some(self.upper_dir_fd(&*self.node(parent)?).ok_or(Errno::EIO)?)
+        } else {
+            None
+        };
+        // Symlinks are changed as entries of their parent; everything else through its own fd.
+        let (dir, entry): (std::os::fd::BorrowedFd<'_>, OsString) = match &parent_fd {
+            Some(p) => (p.as_fd(), name.clone()),
+            None => (rustix::fs::CWD, OsString::from_vec(sys::fd_path(fd.as_fd()).into_bytes())),
+        };
+        if set.uid.is_some() || set.gid.is_some() {
+            rustix::fs::chownat(
+                dir,
+                &entry,
+                set.uid.map(rustix::fs::Uid::from_raw),
+                set.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(m) = set.mode {
+            if kind == Kind::Symlink {
+                return Err(Errno::ENOTSUP);
+            }
+            rustix::fs::chmodat(dir, &entry, Mode::from_raw_mode(m & 0o7777), AtFlags::empty())?;
+        }
+        if let Some(size) = set.size {
+            let handle_fd = fh.and_then(|fh| self.handle(fh).ok());
+            match handle_fd.as_deref() {
+                Some(Handle::File { fd: hfd, .. }) if is_writable(hfd) => rustix::fs::ftruncate(hfd, size)?,
+                _ => {
+                    let w = sys::reopen(fd.as_fd(), OFlags::WRONLY)?;
+                    rustix::fs::ftruncate(&w, size)?;
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = Timestamps {
+                last_access: set.atime.map(ts).unwrap_or(OMIT),
+                last_modification: set.mtime.map(ts).unwrap_or(OMIT),
+            };
+            rustix::fs::utimensat(dir, &entry, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        self.attr_of(&node)
+    }
+
+    /// Opens `ino`; a write or truncating open copies it up first. Returns a file handle.
+    pub fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        let flags = OFlags::from_bits_retain(flags as u32);
+        let writes = flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC);
+        if writes {
+            self.upper_index()?;
+            self.copy_up_with(&node, if flags.contains(OFlags::TRUNC) { Data::Empty } else { Data::All })?;
+        }
+        let (fd, layer) = {
+            let s = node.state.read();
+            (Arc::clone(&s.fd), s.layer)
+        };
+        // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
+        let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT | OFlags::NONBLOCK);
+        if Some(layer) != self.upper {
+            f |= OFlags::NOATIME;
+        }
+        let ofd = sys::reopen(fd.as_fd(), f)?;
+        Ok(self.new_file_handle(ofd, node))
+    }
+
+    pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, Arc::new(Handle::File { fd, node }));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.get(&fh).map(|h| Arc::clone(h.value())).ok_or(Errno::EBADF)
+    }
+
+    fn file(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        let h = self.handle(fh)?;
+        match *h {
+            Handle::File { .. } => Ok(h),
+            Handle::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
+    /// Runs `f` on the fd of file handle `fh`.
+    pub fn with_file<R>(&self, fh: u64, f: impl FnOnce(&OwnedFd) -> FsResult<R>) -> FsResult<R> {
+        let h = self.file(fh)?;
+        match &*h {
+            Handle::File { fd, .. } => f(fd),
+            Handle::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
+    /// Reads into `buf` at `off`; returns the byte count.
+    pub fn read(&self, fh: u64, off: u64, buf: &mut [u8]) -> FsResult<usize> {
+        self.with_file(fh, |fd| {
+            let mut done = 0;
+            while done < buf.len() {
+                let n = rustix::io::pread(fd, &mut buf[done..], off + done as u64)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            Ok(done)
+        })
+    }
+
+    /// Writes `data` at `off`; returns the byte count.
+    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+        self.with_file(fh, |fd| {
+            let mut done = 0;
+            while done < data.len() {
+                done += rustix::io::pwrite(fd, &data[done..], off + done as u64)?;
+            }
+            Ok(done)
+        })
+    }
+
+    /// Closes a file or directory handle.
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(&fh);
+    }
+
+    /// Flushes a file's data (and metadata unless `datasync`) to the upper's disk.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        self.with_file(fh, |fd| {
+            if datasync { rustix::fs::fdatasync(fd)? } else { rustix::fs::fsync(fd)? }
+            Ok(())
+        })
+    }
+
+    /// fallocate(2) on an open file.
+    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> FsResult<()> {
+        self.with_file(fh, |fd| {
+            rustix::fs::fallocate(fd, FallocateFlags::from_bits_retain(mode as u32), off, len)?;
+            Ok(())
+        })
+    }
+
+    /// lseek(2) for SEEK_DATA / SEEK_HOLE (other whences the kernel handles itself).
+    pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> FsResult<i64> {
+        self.with_file(fh, |fd| {
+            let pos = match whence {
+                libc::SEEK_DATA => SeekFrom::Data(off.max(0) as u64),
+                libc::SEEK_HOLE => SeekFrom::Hole(off.max(0) as u64),
+                libc::SEEK_SET => SeekFrom::Start(off as u64),
+                libc::SEEK_END => SeekFrom::End(off),
+                _ => return Err(Errno::EINVAL),
+            };
+            Ok(rustix::fs::seek(fd, pos)? as i64)
+        })
+    }
+
+    /// copy_file_range(2) between two open files.
+    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> FsResult<usize> {
+        let hin = self.file(fh_in)?;
+        let hout = self.file(fh_out)?;
+        let (Handle::File { fd: fin, .. }, Handle::File { fd: fout, .. }) = (&*hin, &*hout) else {
+            return Err(Errno::EBADF);
+        };
+        let (mut a, mut b) = (off_in, off_out);
+        Ok(rustix::fs::copy_file_range(fin, Some(&mut a), fout, Some(&mut b), len as usize)?)
+    }
+
+    // ---- directories ------------------------------------------------------------------------
+
+    /// Opens a directory for listing.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let node = self.dir_node(ino)?;
+        let entries = self.snapshot(&node)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, Arc::new(Handle::Dir { node, entries: parking_lot::Mutex::new(entries) }));
+        Ok(fh)
+    }
+
+    /// The listing of handle `fh`, taken at opendir (or at the last rewind to offset 0), so that
+    /// offsets stay valid while the directory changes. Entry `i` has offset `i + 1`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { node, entries } = &*h else { return Err(Errno::ENOTDIR) };
+        let mut e = entries.lock();
+        if offset == 0 {
+            *e = self.snapshot(node)?;
+        }
+        Ok(Arc::clone(&e))
+    }
+
+    fn snapshot(&self, node: &Node) -> FsResult<Arc<Vec<DirEntry>>> {
+        let parent = if node.ino == ROOT { ROOT } else { node.state.read().parent };
+        let mut v = vec![
+            DirEntry { name: ".".into(), ino: node.ino, kind: Kind::Dir },
+            DirEntry { name: "..".into(), ino: parent, kind: Kind::Dir },
+        ];
+        self.with_index(node, |idx| {
+            v.extend(idx.iter().filter_map(|(n, s)| {
+                s.vis.as_ref().map(|vis| DirEntry { name: n.clone(), ino: vis.ino, kind: vis.kind })
+            }));
+        })?;
+        Ok(Arc::new(v))
+    }
+
+    /// Looks up an entry returned by readdir (readdirplus): like [`Union::lookup`].
+    pub fn lookup_entry(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        self.lookup(parent, name)
+    }
+
+    /// Syncs a directory's upper copy, if it has one.
+    pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if let Some(fd) = self.upper_dir_fd(&node) {
+            let d = rustix::fs::openat(&*fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            rustix::fs::fsync(&d)?;
+        }
+        Ok(())
+    }
+
+    /// statfs of the upper, or of the top lower without one.
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let s = rustix::fs::fstatvfs(&*self.layers[0].root)?;
+        Ok(StatFs {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: s.f_namemax as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    // ---- xattrs -----------------------------------------------------------------------------
+
+    fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
+        let (fd, kind, parent, name, layer) = {
+            let s = node.state.read();
+            (Arc::clone(&s.fd), s.kind, s.parent, s.name.clone(), s.layer)
+        };
+        if kind == Kind::Symlink {
+            let p = self.node(parent)?;
+            let dfd = super::layer_fd(&self.dir_layers(&p)?, layer).ok_or(Errno::ESTALE)?;
+            f(&Target::Entry(dfd.as_fd(), &name))
+        } else {
+            f(&Target::Fd(fd.as_fd()))
+        }
+    }
+
+    /// Reads an xattr. Private ones (overlay markers, our origin) read as absent. `buf` empty
+    /// asks for the size only.
+    pub fn getxattr(&self, ino: u64, name: &OsStr, buf: &mut [u8]) -> FsResult<usize> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
+        let node = self.node(ino)?;
+        self.xattr_target(&node, |t| Ok(t.get_xattr_raw(name, buf)?))
+    }
+
+    /// Lists xattr names, private ones left out.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<OsString>> {
+        let node = self.node(ino)?;
+        let names = self.xattr_target(&node, |t| Ok(t.list_xattrs()?))?;
+        Ok(names.into_iter().filter(|n| !whiteout::is_private_xattr(n)).collect())
+    }
+
+    /// Sets an xattr (copying up first). Private names are refused with EPERM.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        self.upper_index()?;
+        let node = self.node(ino)?;
+        self.copy_up(&node)?;
+        self.xattr_target(&node, |t| {
+            Ok(t.set_xattr(name, value, rustix::fs::XattrFlags::from_bits_retain(flags as u32))?)
+        })
+    }
+
+    /// Removes an xattr (copying up first).
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        self.upper_index()?;
+        let node = self.node(ino)?;
+        // Nothing to remove means nothing to copy up.
+        self.xattr_target(&node, |t| t.get_xattr(name)?.map(|_| ()).ok_or(Errno::ENODATA))?;
+        self.copy_up(&node)?;
+        self.xattr_target(&node, |t| Ok(t.remove_xattr(name)?))
+    }
+}
+
+fn is_writable(fd: &OwnedFd) -> bool {
+    rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.intersects(OFlags::WRONLY | OFlags::RDWR))
+}

@@ -1,0 +1,409 @@
+//! The union: every overlay semantic, in plain Rust, with no knowledge of FUSE.
+//!
+//! Objects are addressed by their view inode number (see `node.rs`). Each operation returns a
+//! typed result or an [`Errno`]; the FUSE adapter only converts. Layers are reached only through
+//! directory fds (`O_PATH`) and `*at` calls with `O_NOFOLLOW`, so a symlink inside a layer is
+//! never followed by the daemon.
+//!
+//! Layer indices: `layers[0]` is the upper when there is one, then the lowers top first.
+//!
+//! How state is kept:
+//! - every live directory node caches the fds of the layer directories merged into it and, once
+//!   listed or searched, its merged index (`index.rs`); every change made through the view updates
+//!   the index of the directory it touches, under that directory's `ns` mutex;
+//! - copy-up (`copy_up.rs`) is serialised per object by `copy_lock` and publishes with one rename;
+//! - removals and renames (`remove.rs`, `rename.rs`) write whiteouts and opaque markers through
+//!   `whiteout.rs`, the only module that knows their encodings.
+
+mod copy_up;
+mod create;
+pub(crate) mod index;
+mod io;
+pub(crate) mod node;
+mod remove;
+mod rename;
+pub mod whiteout;
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use rustix::fs::{Mode, OFlags};
+
+pub use self::io::{DirEntry, SetAttr, StatFs};
+pub use self::node::ROOT;
+use self::index::{DirIndex, Slot};
+use self::node::{DirState, Node, NodeState, NodeTable};
+use crate::attr::{Attr, Kind};
+use crate::config::{MountConfig, WhiteoutStyle};
+use crate::error::{Errno, FsResult, SetupError};
+use crate::sys;
+
+/// Who is asking: the caller's credentials, used to own new objects when we run as root.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// One layer directory.
+pub(crate) struct Layer {
+    pub path: PathBuf,
+    pub root: Arc<OwnedFd>,
+    pub dev: u64,
+}
+
+pub(crate) enum Handle {
+    File { fd: OwnedFd, node: Arc<Node> },
+    Dir { node: Arc<Node>, entries: parking_lot::Mutex<Arc<Vec<DirEntry>>> },
+}
+
+/// A mounted (or mountable) union of layers.
+pub struct Union {
+    layers: Vec<Layer>,
+    upper: Option<usize>,
+    /// Our scratch directory inside the workdir.
+    work: Option<OwnedFd>,
+    nodes: NodeTable,
+    handles: DashMap<u64, Arc<Handle>>,
+    next_fh: AtomicU64,
+    next_tmp: AtomicU64,
+    /// We can write `trusted.*` xattrs and chown: running with CAP_SYS_ADMIN.
+    privileged: bool,
+    /// Write OCI `.wh.` markers (asked for, or mknod was refused).
+    oci: AtomicBool,
+    volatile: bool,
+    /// Layer devices, for tagging inode numbers when layers span filesystems.
+    single_dev: bool,
+    config: MountConfig,
+}
+
+impl Union {
+    /// Opens the layers of `config` (validating it first) and cleans the workdir.
+    pub fn new(config: &MountConfig) -> Result<Union, SetupError> {
+        let config = config.validate(None)?;
+        let mut layers = Vec::new();
+        let mut open = |role: &'static str, p: &PathBuf| -> Result<(), SetupError> {
+            let io = |e: rustix::io::Errno| SetupError::Io { role, path: p.clone(), source: e.into() };
+            let fd = rustix::fs::open(
+                p.as_path(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io)?;
+            let st = rustix::fs::fstat(&fd).map_err(io)?;
+            layers.push(Layer { path: p.clone(), root: Arc::new(fd), dev: st.st_dev });
+            Ok(())
+        };
+        if let Some(u) = &config.upper {
+            open("upper", u)?;
+        }
+        for l in &config.lowers {
+            open("lower layer", l)?;
+        }
+        let upper = config.upper.as_ref().map(|_| 0);
+        let work = match (&config.upper, &config.workdir) {
+            (Some(_), Some(w)) => Some(prepare_workdir(w)?),
+            _ => None,
+        };
+        let privileged = sys::has_cap_sys_admin();
+        let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
+        let u = Union {
+            layers,
+            upper,
+            work,
+            nodes: NodeTable::default(),
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            next_tmp: AtomicU64::new(1),
+            privileged,
+            oci: AtomicBool::new(config.whiteouts == WhiteoutStyle::Oci),
+            volatile: config.volatile,
+            single_dev,
+            config,
+        };
+        u.insert_root().map_err(|e| SetupError::Io {
+            role: "layer root",
+            path: u.layers[0].path.clone(),
+            source: e.into(),
+        })?;
+        Ok(u)
+    }
+
+    /// The validated configuration this union runs with.
+    pub fn config(&self) -> &MountConfig {
+        &self.config
+    }
+
+    /// Whether there is a writable upper.
+    pub fn writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    /// Number of nodes the kernel (or internal walks) currently reference.
+    pub fn live_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Kernel lookup count of `ino` (for tests of the forget protocol).
+    pub fn lookup_count(&self, ino: u64) -> u64 {
+        self.nodes.lookups(ino)
+    }
+
+    fn insert_root(&self) -> FsResult<()> {
+        let mut dir_layers = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let marks = whiteout::dir_marks(l.root.as_fd());
+            dir_layers.push((i, Arc::clone(&l.root)));
+            if marks.opaque {
+                break;
+            }
+        }
+        let fd = Arc::clone(&self.layers[0].root);
+        self.nodes.get_or_insert(ROOT, 1, || {
+            Node::new(
+                ROOT,
+                NodeState {
+                    parent: ROOT,
+                    name: OsString::new(),
+                    kind: Kind::Dir,
+                    layer: 0,
+                    fd,
+                    dir: Some(DirState { layers: dir_layers, index: None }),
+                },
+            )
+        });
+        Ok(())
+    }
+
+    // ---- identity -------------------------------------------------------------------------
+
+    /// The view inode number of an object with raw number `raw` in `layer`. On one filesystem the
+    /// raw number is unique already (as overlayfs does); across filesystems the high bits carry
+    /// the layer's device position.
+    fn tag_ino(&self, layer: usize, raw: u64) -> u64 {
+        let ino = if self.single_dev {
+            raw
+        } else {
+            let dev = self.layers[layer].dev;
+            let tag = self.layers.iter().position(|l| l.dev == dev).unwrap_or(layer) as u64 + 1;
+            (tag << 48) | (raw & ((1 << 48) - 1))
+        };
+        // Number 1 is the root's.
+        if ino == ROOT { 1 << 62 } else { ino }
+    }
+
+    /// The view inode number of the entry `name` of `dir` in `layer`, whose raw number is `raw`.
+    /// Upper objects made by copy-up carry their origin's number in an xattr.
+    fn ino_of(&self, layer: usize, dir: BorrowedFd<'_>, name: &OsStr, raw: u64) -> u64 {
+        if Some(layer) == self.upper {
+            if let Ok(Some(v)) = sys::get_xattr(dir, name, whiteout::ORIGIN_XATTR) {
+                if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                    return u64::from_le_bytes(b);
+                }
+            }
+        }
+        self.tag_ino(layer, raw)
+    }
+
+    // ---- nodes and indexes ----------------------------------------------------------------
+
+    fn node(&self, ino: u64) -> FsResult<Arc<Node>> {
+        self.nodes.get(ino).ok_or(Errno::ESTALE)
+    }
+
+    fn dir_node(&self, ino: u64) -> FsResult<Arc<Node>> {
+        let n = self.node(ino)?;
+        if n.state.read().kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(n)
+    }
+
+    /// Runs `f` on the directory's index, building it first if needed.
+    fn with_index<R>(&self, dir: &Node, f: impl FnOnce(&mut DirIndex) -> R) -> FsResult<R> {
+        {
+            let mut st = dir.state.write();
+            if let Some(ds) = st.dir.as_mut() {
+                if let Some(idx) = ds.index.as_mut() {
+                    return Ok(f(idx));
+                }
+            }
+        }
+        let layers = self.dir_layers(dir)?;
+        let built = index::build(&layers, self.upper, &|l, fd, name, raw| self.ino_of(l, fd.as_fd(), name, raw))?;
+        let mut st = dir.state.write();
+        let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
+        // Another thread may have built it meanwhile; theirs is as good as ours.
+        let idx = ds.index.get_or_insert(built);
+        Ok(f(idx))
+    }
+
+    fn dir_layers(&self, dir: &Node) -> FsResult<Vec<(usize, Arc<OwnedFd>)>> {
+        let st = dir.state.read();
+        st.dir.as_ref().map(|d| d.layers.clone()).ok_or(Errno::ENOTDIR)
+    }
+
+    /// The upper directory fd of a directory node, if it has one.
+    fn upper_dir_fd(&self, dir: &Node) -> Option<Arc<OwnedFd>> {
+        let st = dir.state.read();
+        let d = st.dir.as_ref()?;
+        d.layers.first().filter(|(l, _)| Some(*l) == self.upper).map(|(_, fd)| Arc::clone(fd))
+    }
+
+    fn slot(&self, dir: &Node, name: &OsStr) -> FsResult<Slot> {
+        self.with_index(dir, |idx| idx.get(name).cloned().unwrap_or_default())
+    }
+
+    /// Finds `name` in directory `parent` and returns its node, adding `lookups` kernel references.
+    fn resolve_child(&self, parent: u64, name: &OsStr, lookups: u64) -> FsResult<(Arc<Node>, Attr)> {
+        check_name(name)?;
+        if whiteout::is_reserved_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        let dir = self.dir_node(parent)?;
+        let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
+        let dir_layers = self.dir_layers(&dir)?;
+        let top = layer_fd(&dir_layers, vis.layer).ok_or(Errno::ESTALE)?;
+        let fd = sys::open_path(top.as_fd(), name)?;
+        let st = rustix::fs::fstat(&fd)?;
+        let kind = Kind::from_mode(st.st_mode);
+        let mut child_layers = Vec::new();
+        if kind == Kind::Dir {
+            let fd = Arc::new(sys::open_path_dir(top.as_fd(), name)?);
+            let marks = whiteout::dir_marks(fd.as_fd());
+            child_layers.push((vis.layer, fd));
+            if !marks.opaque {
+                for &l in vis.merge.iter().skip(1) {
+                    let Some(dfd) = layer_fd(&dir_layers, l) else { break };
+                    let Ok(cfd) = sys::open_path_dir(dfd.as_fd(), name) else { break };
+                    let marks = whiteout::dir_marks(cfd.as_fd());
+                    child_layers.push((l, Arc::new(cfd)));
+                    if marks.opaque {
+                        break;
+                    }
+                }
+            }
+        }
+        let ino = vis.ino;
+        let merged = child_layers.len() > 1;
+        let fd = Arc::new(fd);
+        let make_state = |fd: Arc<OwnedFd>, layers: Vec<(usize, Arc<OwnedFd>)>| NodeState {
+            parent,
+            name: name.to_os_string(),
+            kind,
+            layer: vis.layer,
+            fd,
+            dir: (kind == Kind::Dir).then(|| DirState { layers, index: None }),
+        };
+        let refresh = (Arc::clone(&fd), child_layers.clone());
+        let (node, created) =
+            self.nodes.get_or_insert(ino, lookups, || Node::new(ino, make_state(Arc::clone(&fd), child_layers)));
+        if !created {
+            let mut s = node.state.write();
+            s.parent = parent;
+            s.name = name.to_os_string();
+            // Only move a node up the stack: after a copy-up, a stale index of another hard-link
+            // name may still point at the lower object.
+            if s.kind != kind || vis.layer < s.layer {
+                *s = make_state(refresh.0, refresh.1);
+            }
+        }
+        let mut attr = Attr::from_stat(ino, &st);
+        if merged {
+            attr.nlink = 1;
+        }
+        Ok((node, attr))
+    }
+
+    /// Looks up `name` in `parent`; the kernel now holds one more reference to the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        self.resolve_child(parent, name, 1).map(|(_, a)| a)
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.forget(ino, n);
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        self.attr_of(&node)
+    }
+
+    fn attr_of(&self, node: &Node) -> FsResult<Attr> {
+        let (fd, merged) = {
+            let s = node.state.read();
+            (Arc::clone(&s.fd), s.dir.as_ref().is_some_and(|d| d.layers.len() > 1))
+        };
+        let st = rustix::fs::fstat(&*fd)?;
+        let mut a = Attr::from_stat(node.ino, &st);
+        if merged {
+            a.nlink = 1;
+        }
+        Ok(a)
+    }
+
+    /// The target of the symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        let fd = Arc::clone(&node.state.read().fd);
+        let t = rustix::fs::readlinkat(&*fd, "", Vec::new())?;
+        Ok(t.into_bytes())
+    }
+
+    // ---- helpers shared by the mutating modules ---------------------------------------------
+
+    fn upper_index(&self) -> FsResult<usize> {
+        self.upper.ok_or(Errno::EROFS)
+    }
+
+    fn work_fd(&self) -> FsResult<BorrowedFd<'_>> {
+        self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
+    }
+
+    /// A fresh name in the workdir.
+    fn tmp_name(&self) -> OsString {
+        OsString::from(format!("#{:x}", self.next_tmp.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn oci(&self) -> bool {
+        self.oci.load(Ordering::Relaxed)
+    }
+}
+
+fn layer_fd(layers: &[(usize, Arc<OwnedFd>)], layer: usize) -> Option<Arc<OwnedFd>> {
+    layers.iter().find(|(l, _)| *l == layer).map(|(_, fd)| Arc::clone(fd))
+}
+
+fn check_name(name: &OsStr) -> FsResult<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = name.as_bytes();
+    if b.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// Creates (if needed) `workdir/unionfs` and empties it: leftovers of a crash are never reused.
+fn prepare_workdir(w: &std::path::Path) -> Result<OwnedFd, SetupError> {
+    let io = |source: std::io::Error| SetupError::Io { role: "workdir", path: w.to_path_buf(), source };
+    std::fs::create_dir_all(w).map_err(io)?;
+    let root = rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io(e.into()))?;
+    match rustix::fs::mkdirat(&root, "unionfs", Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(io(e.into())),
+    }
+    let work = sys::open_path_dir(root.as_fd(), OsStr::new("unionfs")).map_err(|e| io(e.into()))?;
+    sys::remove_tree_contents(work.as_fd()).map_err(|e| io(e.into()))?;
+    Ok(work)
+}

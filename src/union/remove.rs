@@ -1,0 +1,130 @@
+//! Removing names: unlink and rmdir, leaving a whiteout where a lower layer has the name.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno as RErrno;
+
+use super::copy_up::remove_any;
+use super::index::UpperWhiteout;
+use super::{Ctx, Union, check_name, whiteout};
+use crate::attr::Kind;
+use crate::error::{Errno, FsResult};
+use crate::sys;
+
+impl Union {
+    /// Removes a non-directory.
+    pub fn unlink(&self, _ctx: &Ctx, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes an empty directory (empty in the view: whiteouts inside it do not count).
+    pub fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, rmdir: bool) -> FsResult<()> {
+        let upper = self.upper_index()?;
+        check_name(name)?;
+        if whiteout::is_reserved_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        let dir = self.dir_node(parent)?;
+        let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
+        match (rmdir, vis.kind == Kind::Dir) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            _ => {}
+        }
+        let child = if rmdir { Some(self.resolve_child(parent, name, 0)?.0) } else { None };
+        if let Some(c) = &child {
+            self.ensure_empty(c)?;
+        }
+        self.copy_up(&dir)?;
+        let pdir = self.upper_dir_fd(&dir).ok_or(Errno::EIO)?;
+        let _ns = dir.ns.lock();
+        let slot = self.slot(&dir, name)?;
+        let vis = slot.vis.clone().ok_or(Errno::ENOENT)?;
+        if let Some(c) = &child {
+            // Re-check under the lock: a create may have raced us.
+            self.ensure_empty(c)?;
+        }
+        let existing = (vis.layer == upper).then_some(vis.kind);
+        if existing == Some(Kind::Dir) {
+            if let Some(c) = &child {
+                if let Some(cfd) = self.upper_dir_fd(c) {
+                    // Only whiteouts and markers are left in it.
+                    sys::remove_tree_contents(cfd.as_fd())?;
+                }
+            }
+        }
+        let wh = if slot.in_lower {
+            Some(self.write_whiteout(pdir.as_fd(), name, existing)?)
+        } else {
+            rustix::fs::unlinkat(&*pdir, name, if rmdir { AtFlags::REMOVEDIR } else { AtFlags::empty() })?;
+            None
+        };
+        self.with_index(&dir, |idx| {
+            if let Some(s) = idx.get_mut(name) {
+                s.vis = None;
+                s.upper_wh = wh;
+                if wh.is_none() && !s.in_lower {
+                    idx.remove(name);
+                }
+            }
+        })?;
+        if let Some(c) = child {
+            self.nodes.prune(c.ino);
+        }
+        Ok(())
+    }
+
+    /// ENOTEMPTY unless the directory shows no entry.
+    pub(crate) fn ensure_empty(&self, dir: &super::node::Node) -> FsResult<()> {
+        if self.with_index(dir, |idx| idx.values().any(|s| s.vis.is_some()))? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        Ok(())
+    }
+
+    /// Puts a whiteout at `dir/name`, atomically replacing the upper object `existing` if any.
+    pub(crate) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr, existing: Option<Kind>) -> FsResult<UpperWhiteout> {
+        if !self.oci() {
+            let work = self.work_fd()?;
+            let tmp = self.tmp_name();
+            match rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0) {
+                Ok(()) => {
+                    let r = match existing {
+                        None => rustix::fs::renameat_with(work, &tmp, dir, name, RenameFlags::NOREPLACE),
+                        Some(Kind::Dir) => rustix::fs::renameat_with(work, &tmp, dir, name, RenameFlags::EXCHANGE),
+                        Some(_) => rustix::fs::renameat(work, &tmp, dir, name),
+                    };
+                    if let Err(e) = r {
+                        let _ = rustix::fs::unlinkat(work, &tmp, AtFlags::empty());
+                        return Err(e.into());
+                    }
+                    if existing == Some(Kind::Dir) {
+                        // The emptied directory now sits in the workdir under the temporary name.
+                        let _ = remove_any(work, &tmp, Kind::Dir);
+                    }
+                    return Ok(UpperWhiteout::AtName);
+                }
+                // The upper refuses whiteout devices: use OCI markers from now on.
+                Err(RErrno::PERM) | Err(RErrno::NOTSUP) => self.oci.store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let f = rustix::fs::openat(
+            dir,
+            whiteout::oci_name(name),
+            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        drop(f);
+        if let Some(k) = existing {
+            rustix::fs::unlinkat(dir, name, if k == Kind::Dir { AtFlags::REMOVEDIR } else { AtFlags::empty() })?;
+        }
+        Ok(UpperWhiteout::Oci)
+    }
+}

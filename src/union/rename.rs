@@ -1,0 +1,290 @@
+//! Rename of files and of any directory, with RENAME_NOREPLACE and RENAME_EXCHANGE.
+//!
+//! Overlayfs answers EXDEV for lower or merged directories; we do not. A directory that is not
+//! purely upper is first materialised: everything it shows is copied up and it is marked opaque,
+//! so the moved tree is exactly what `mv` would have copied, and it survives a remount. The old
+//! name gets a whiteout when a lower layer has it; a directory landing on a name a lower layer
+//! has is made opaque.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, RenameFlags};
+
+use super::index::{UpperWhiteout, Visible};
+use super::node::{Node, ROOT};
+use super::{Ctx, Union, check_name, whiteout};
+use crate::attr::Kind;
+use crate::error::{Errno, FsResult};
+use crate::sys;
+
+/// Fail if the target exists.
+pub const RENAME_NOREPLACE: u32 = 1;
+/// Swap source and target.
+pub const RENAME_EXCHANGE: u32 = 2;
+const RENAME_WHITEOUT: u32 = 4;
+
+impl Union {
+    /// Renames `parent/name` to `newparent/newname`. `flags` are renameat2(2) flags.
+    pub fn rename(&self, _ctx: &Ctx, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
+        let upper = self.upper_index()?;
+        check_name(name)?;
+        check_name(newname)?;
+        if flags & RENAME_WHITEOUT != 0
+            || flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags & RENAME_NOREPLACE != 0 && flags & RENAME_EXCHANGE != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        if whiteout::is_reserved_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        if whiteout::is_reserved_name(newname) {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags & RENAME_EXCHANGE != 0;
+        let d1 = self.dir_node(parent)?;
+        let d2 = self.dir_node(newparent)?;
+        let src = self.slot(&d1, name)?.vis.ok_or(Errno::ENOENT)?;
+        let dst = self.slot(&d2, newname)?.vis;
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        let (src_node, _) = self.resolve_child(parent, name, 0)?;
+        let dst_node = match &dst {
+            Some(_) => Some(self.resolve_child(newparent, newname, 0)?.0),
+            None => None,
+        };
+        if src.kind == Kind::Dir && self.is_ancestor(src_node.ino, newparent) {
+            return Err(Errno::EINVAL);
+        }
+        if let (Some(dn), Some(dv)) = (&dst_node, &dst) {
+            if dv.kind == Kind::Dir && self.is_ancestor(dn.ino, parent) {
+                return Err(if exchange { Errno::EINVAL } else { Errno::ENOTEMPTY });
+            }
+        }
+        if let (Some(dv), false) = (&dst, exchange) {
+            match (src.kind == Kind::Dir, dv.kind == Kind::Dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => self.ensure_empty(dst_node.as_deref().ok_or(Errno::EIO)?)?,
+                _ => {}
+            }
+            // Two names of one object: rename(2) does nothing.
+            if dv.ino == src.ino {
+                return Ok(());
+            }
+        }
+        self.copy_up_for_move(&src_node)?;
+        if exchange {
+            if let Some(dn) = &dst_node {
+                self.copy_up_for_move(dn)?;
+            }
+        }
+        self.copy_up(&d1)?;
+        self.copy_up(&d2)?;
+        let u1 = self.upper_dir_fd(&d1).ok_or(Errno::EIO)?;
+        let u2 = self.upper_dir_fd(&d2).ok_or(Errno::EIO)?;
+
+        let (_g1, _g2) = lock_pair(&d1, &d2);
+        let s1 = self.slot(&d1, name)?;
+        let s2 = self.slot(&d2, newname)?;
+        let src = s1.vis.clone().ok_or(Errno::ENOENT)?;
+        if src.layer != upper {
+            return Err(Errno::EIO);
+        }
+        let dst = s2.vis.clone();
+        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+
+        if exchange {
+            let dst = dst.ok_or(Errno::ENOENT)?;
+            if dst.layer != upper {
+                return Err(Errno::EIO);
+            }
+            if src.kind == Kind::Dir && s2.in_lower {
+                self.make_opaque(&src_node)?;
+            }
+            if dst.kind == Kind::Dir && s1.in_lower {
+                if let Some(dn) = &dst_node {
+                    self.make_opaque(dn)?;
+                }
+            }
+            rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::EXCHANGE)?;
+            self.with_index(&d1, |idx| set_vis(idx, name, Visible::new(upper, dst.kind, dst.ino)))?;
+            self.with_index(&d2, |idx| set_vis(idx, newname, Visible::new(upper, src.kind, src.ino)))?;
+            self.moved(&src_node, newparent, newname);
+            if let Some(dn) = &dst_node {
+                self.moved(dn, parent, name);
+            }
+            return Ok(());
+        }
+
+        // Replacing an upper directory: it holds only whiteouts now, which rename(2) would refuse.
+        if let (Some(dv), Some(dn)) = (&dst, &dst_node) {
+            if dv.kind == Kind::Dir && dv.layer == upper {
+                if let Some(fd) = self.upper_dir_fd(dn) {
+                    sys::remove_tree_contents(fd.as_fd())?;
+                }
+            }
+        }
+        if src.kind == Kind::Dir && s2.in_lower {
+            self.make_opaque(&src_node)?;
+        }
+        let dst_in_upper = dst.as_ref().is_some_and(|d| d.layer == upper);
+        let mut src_wh: Option<UpperWhiteout> = None;
+        if s2.upper_wh == Some(UpperWhiteout::AtName) {
+            if src.kind == Kind::Dir {
+                // A directory cannot replace a whiteout device: swap them. The whiteout lands at
+                // the old name, which is where one is needed if a lower layer has it.
+                rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::EXCHANGE)?;
+                if s1.in_lower {
+                    src_wh = Some(UpperWhiteout::AtName);
+                } else {
+                    rustix::fs::unlinkat(&*u1, name, AtFlags::empty())?;
+                }
+            } else {
+                rustix::fs::renameat(&*u1, name, &*u2, newname)?;
+            }
+        } else if s1.in_lower && !self.oci() && self.privileged && !dst_in_upper {
+            // One atomic step: move and leave a whiteout behind.
+            match rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::WHITEOUT) {
+                Ok(()) => src_wh = Some(UpperWhiteout::AtName),
+                Err(_) => rustix::fs::renameat(&*u1, name, &*u2, newname)?,
+            }
+        } else {
+            rustix::fs::renameat(&*u1, name, &*u2, newname)?;
+        }
+        if s1.in_lower && src_wh.is_none() {
+            src_wh = Some(self.write_whiteout(u1.as_fd(), name, None)?);
+        }
+        if s2.upper_wh == Some(UpperWhiteout::Oci) {
+            let _ = rustix::fs::unlinkat(&*u2, whiteout::oci_name(newname), AtFlags::empty());
+        }
+        self.with_index(&d2, |idx| {
+            let s = idx.entry(newname.to_os_string()).or_default();
+            s.vis = Some(Visible::new(upper, src.kind, src.ino));
+            s.upper_wh = None;
+        })?;
+        self.with_index(&d1, |idx| {
+            if let Some(s) = idx.get_mut(name) {
+                s.vis = None;
+                s.upper_wh = src_wh;
+                if src_wh.is_none() && !s.in_lower {
+                    idx.remove(name);
+                }
+            }
+        })?;
+        self.moved(&src_node, newparent, newname);
+        if let Some(dn) = dst_node {
+            self.nodes.prune(dn.ino);
+        }
+        Ok(())
+    }
+
+    /// Copies up what a move needs: the object, or for a directory that is not purely upper,
+    /// its whole visible tree.
+    fn copy_up_for_move(&self, node: &Arc<Node>) -> FsResult<()> {
+        let upper = self.upper_index()?;
+        let lower_part = {
+            let s = node.state.read();
+            s.dir.as_ref().map(|d| d.layers.iter().any(|(l, _)| *l != upper))
+        };
+        match lower_part {
+            Some(true) => self.copy_up_tree(node),
+            _ => self.copy_up(node),
+        }
+    }
+
+    /// Copies up everything `dir` shows, then marks it opaque: afterwards it no longer depends on
+    /// any lower layer.
+    pub(crate) fn copy_up_tree(&self, dir: &Arc<Node>) -> FsResult<()> {
+        self.copy_up(dir)?;
+        let has_lower = dir.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
+        let names: Vec<(OsString, Kind)> = self.with_index(dir, |idx| {
+            idx.iter().filter_map(|(n, s)| s.vis.as_ref().map(|v| (n.clone(), v.kind))).collect()
+        })?;
+        for (name, kind) in names {
+            let (child, _) = self.resolve_child(dir.ino, &name, 0)?;
+            let r = if kind == Kind::Dir { self.copy_up_tree(&child) } else { self.copy_up(&child) };
+            self.nodes.prune(child.ino);
+            r?;
+        }
+        if has_lower { self.make_opaque(dir) } else { Ok(()) }
+    }
+
+    /// Marks an upper directory opaque and drops the lower layers (and now useless whiteouts).
+    fn make_opaque(&self, dir: &Node) -> FsResult<()> {
+        let fd = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
+        whiteout::mark_opaque(fd.as_fd(), self.oci(), self.privileged)?;
+        for e in sys::read_dir(fd.as_fd())? {
+            let is_wh = whiteout::oci_target(&e.name).is_some()
+                || sys::stat_at(fd.as_fd(), &e.name).is_ok_and(|st| whiteout::is_chr_whiteout(&st));
+            if is_wh {
+                rustix::fs::unlinkat(&*fd, &e.name, AtFlags::empty())?;
+            }
+        }
+        let mut s = dir.state.write();
+        if let Some(d) = s.dir.as_mut() {
+            d.layers.truncate(1);
+            d.index = None;
+        }
+        Ok(())
+    }
+
+    fn moved(&self, node: &Node, parent: u64, name: &OsStr) {
+        let mut s = node.state.write();
+        s.parent = parent;
+        s.name = name.to_os_string();
+        if let Some(d) = s.dir.as_mut() {
+            // At its new place the directory is opaque or has nothing below it.
+            if d.layers.len() > 1 {
+                d.layers.truncate(1);
+                d.index = None;
+            }
+        }
+    }
+
+    /// Whether `ancestor` is `ino` or one of its parents.
+    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
+        for _ in 0..100_000 {
+            if ino == ancestor {
+                return true;
+            }
+            if ino == ROOT {
+                return false;
+            }
+            match self.nodes.get(ino) {
+                Some(n) => ino = n.state.read().parent,
+                None => return false,
+            }
+        }
+        false
+    }
+}
+
+fn set_vis(idx: &mut super::index::DirIndex, name: &OsStr, v: Visible) {
+    let s = idx.entry(name.to_os_string()).or_default();
+    s.vis = Some(v);
+    s.upper_wh = None;
+}
+
+fn lock_pair<'a>(a: &'a Node, b: &'a Node) -> (parking_lot::MutexGuard<'a, ()>, Option<parking_lot::MutexGuard<'a, ()>>) {
+    if a.ino == b.ino {
+        (a.ns.lock(), None)
+    } else if a.ino < b.ino {
+        let g1 = a.ns.lock();
+        (g1, Some(b.ns.lock()))
+    } else {
+        let g2 = b.ns.lock();
+        (a.ns.lock(), Some(g2))
+    }
+}

@@ -1,0 +1,132 @@
+//! The one place that knows how whiteouts and opaque markers look on disk.
+//!
+//! Read in every layer: char device 0/0, `.wh.NAME` (OCI), a zero-size file carrying an
+//! `overlay.whiteout` xattr (only inside a directory marked `overlay.opaque=x`, as the kernel
+//! does); opaque as `trusted.overlay.opaque=y`, `user.overlay.opaque=y`,
+//! `user.fuseoverlayfs.opaque=y` or a `.wh..wh..opq` entry.
+//! Written in the upper: overlay format by default, OCI files when asked or when mknod is refused.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{FileType, Stat};
+
+use crate::sys;
+
+/// Prefix of OCI whiteout files.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// OCI opaque marker.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+const OPAQUE_XATTRS: [&str; 3] = ["trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"];
+const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
+
+/// Namespaces of xattrs that belong to union implementations and never show in the view.
+const PRIVATE_XATTR_PREFIXES: [&[u8]; 4] = [b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.", b"user.unionfs."];
+
+/// Where we record the inode number an object had before copy-up, so it keeps it.
+pub const ORIGIN_XATTR: &str = "user.unionfs.origin";
+
+/// Whether an xattr name is private to union filesystems (hidden, not settable).
+pub fn is_private_xattr(name: &OsStr) -> bool {
+    PRIVATE_XATTR_PREFIXES.iter().any(|p| name.as_bytes().starts_with(p))
+}
+
+/// If `name` is an OCI whiteout `.wh.X` (but not the opaque marker), the hidden name `X`.
+pub fn oci_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b == OPAQUE_MARKER.as_bytes() {
+        return None;
+    }
+    b.strip_prefix(WH_PREFIX).filter(|t| !t.is_empty()).map(OsStr::from_bytes)
+}
+
+/// `.wh.X` for `X`.
+pub fn oci_name(name: &OsStr) -> OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    OsString::from(OsStr::from_bytes(&v))
+}
+
+/// Whether a name may not be created through the view: after a remount it would read as a
+/// whiteout or opaque marker.
+pub fn is_reserved_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// Whether a stat result is an overlay char-device whiteout.
+pub fn is_chr_whiteout(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+/// How a directory is marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirMarks {
+    /// Lower layers' entries of this directory are hidden.
+    pub opaque: bool,
+    /// Kernel overlayfs `opaque=x`: not opaque, but may hold xattr whiteouts.
+    pub xattr_whiteouts: bool,
+}
+
+/// Reads the opaque markers of the directory behind the `O_PATH` fd `dir`.
+pub fn dir_marks(dir: BorrowedFd<'_>) -> DirMarks {
+    let mut m = DirMarks::default();
+    for x in OPAQUE_XATTRS {
+        if let Ok(Some(v)) = sys::get_xattr_fd(dir, OsStr::new(x)) {
+            match v.as_slice() {
+                b"y" => m.opaque = true,
+                b"x" => m.xattr_whiteouts = true,
+                _ => {}
+            }
+        }
+    }
+    if !m.opaque && matches!(sys::stat_at_opt(dir, OsStr::new(OPAQUE_MARKER)), Ok(Some(_))) {
+        m.opaque = true;
+    }
+    m
+}
+
+/// Whether the zero-size regular file `name` in `dir` carries an overlay whiteout xattr.
+pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+        && st.st_size == 0
+        && WHITEOUT_XATTRS.iter().any(|x| matches!(sys::get_xattr(dir, name, x), Ok(Some(_))))
+}
+
+/// Whether we may use `trusted.*` xattrs on the upper (decided once per mount).
+pub fn opaque_xattr_name(privileged: bool) -> &'static str {
+    if privileged { "trusted.overlay.opaque" } else { "user.overlay.opaque" }
+}
+
+/// Marks the directory behind `dir` opaque, in the style of the mount. `oci` writes the
+/// `.wh..wh..opq` file; otherwise the `overlay.opaque` xattr (falling back to the file if the
+/// filesystem refuses xattrs).
+pub fn mark_opaque(dir: BorrowedFd<'_>, oci: bool, privileged: bool) -> rustix::io::Result<()> {
+    if !oci {
+        let t = sys::Target::Fd(dir);
+        let name = OsStr::new(opaque_xattr_name(privileged));
+        match t.set_xattr(name, b"y", rustix::fs::XattrFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::PERM) if privileged => {
+                if t.set_xattr(OsStr::new("user.overlay.opaque"), b"y", rustix::fs::XattrFlags::empty()).is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        OPAQUE_MARKER,
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o000),
+    )?;
+    drop(fd);
+    Ok(())
+}
+
+/// Whether an upper directory fd is usable (helper for callers holding `Arc<OwnedFd>`).
+pub fn as_dir<T: AsFd>(fd: &T) -> BorrowedFd<'_> {
+    fd.as_fd()
+}
