@@ -35,7 +35,13 @@ pub struct MountConfig {
 impl MountConfig {
     /// A union of `lowers` (top first) under `upper`, with defaults for the rest.
     pub fn new(lowers: Vec<PathBuf>, upper: Option<PathBuf>) -> Self {
-        MountConfig { lowers, upper, workdir: None, whiteouts: WhiteoutStyle::Overlay, volatile: false }
+        MountConfig {
+            lowers,
+            upper,
+            workdir: None,
+            whiteouts: WhiteoutStyle::Overlay,
+            volatile: false,
+        }
     }
 
     /// The workdir actually used: the configured one, or `.unionfs-work.<upper name>` beside the upper.
@@ -44,8 +50,16 @@ impl MountConfig {
             return Some(w.clone());
         }
         let upper = self.upper.as_ref()?;
-        let name = upper.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "upper".into());
-        Some(upper.parent().unwrap_or(Path::new("/")).join(format!(".unionfs-work.{name}")))
+        let name = upper
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upper".into());
+        Some(
+            upper
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!(".unionfs-work.{name}")),
+        )
     }
 
     /// Checks the layers exist, are directories and do not contain each other, that the workdir
@@ -67,14 +81,24 @@ impl MountConfig {
         for (i, (ra, a)) in roles.iter().enumerate() {
             for (j, (rb, b)) in roles.iter().enumerate() {
                 if i != j && a.starts_with(b) && a != b {
-                    return Err(SetupError::Nested { inner_role: ra, inner: a.clone(), outer_role: rb, outer: b.clone() });
+                    return Err(SetupError::Nested {
+                        inner_role: ra,
+                        inner: a.clone(),
+                        outer_role: rb,
+                        outer: b.clone(),
+                    });
                 }
             }
         }
         if let Some(u) = &upper {
             for l in &lowers {
                 if l == u {
-                    return Err(SetupError::Nested { inner_role: "upper", inner: u.clone(), outer_role: "lower layer", outer: l.clone() });
+                    return Err(SetupError::Nested {
+                        inner_role: "upper",
+                        inner: u.clone(),
+                        outer_role: "lower layer",
+                        outer: l.clone(),
+                    });
                 }
             }
         }
@@ -84,23 +108,37 @@ impl MountConfig {
             let wc = match std::fs::canonicalize(&w) {
                 Ok(p) => {
                     if !p.is_dir() {
-                        return Err(SetupError::NotADirectory { role: "workdir", path: w.clone() });
+                        return Err(SetupError::NotADirectory {
+                            role: "workdir",
+                            path: w.clone(),
+                        });
                     }
                     p
                 }
                 Err(_) => {
-                    let parent = w.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    let parent = w
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
                     canonical_dir("workdir parent", parent)?.join(w.file_name().unwrap_or_default())
                 }
             };
             for (r, p) in &roles {
                 if wc.starts_with(p) || p.starts_with(&wc) {
-                    return Err(SetupError::Nested { inner_role: "workdir", inner: wc.clone(), outer_role: r, outer: p.clone() });
+                    return Err(SetupError::Nested {
+                        inner_role: "workdir",
+                        inner: wc.clone(),
+                        outer_role: r,
+                        outer: p.clone(),
+                    });
                 }
             }
             let wdev = dev_of(wc.parent().unwrap_or(Path::new("/")), "workdir")?;
             if wdev != dev_of(u, "upper")? {
-                return Err(SetupError::WorkdirOtherFs { work: wc, upper: u.clone() });
+                return Err(SetupError::WorkdirOtherFs {
+                    work: wc,
+                    upper: u.clone(),
+                });
             }
             workdir = Some(wc);
         }
@@ -108,38 +146,71 @@ impl MountConfig {
             let mc = canonical_dir("mountpoint", m)?;
             for (r, p) in &roles {
                 if mc.starts_with(p) || p.starts_with(&mc) {
-                    return Err(SetupError::Nested { inner_role: "mountpoint", inner: mc.clone(), outer_role: r, outer: p.clone() });
+                    return Err(SetupError::Nested {
+                        inner_role: "mountpoint",
+                        inner: mc.clone(),
+                        outer_role: r,
+                        outer: p.clone(),
+                    });
                 }
             }
             if is_mount_point(&mc) {
                 return Err(SetupError::AlreadyMounted { path: mc });
             }
         }
-        Ok(MountConfig { lowers, upper, workdir, whiteouts: self.whiteouts, volatile: self.volatile })
+        Ok(MountConfig {
+            lowers,
+            upper,
+            workdir,
+            whiteouts: self.whiteouts,
+            volatile: self.volatile,
+        })
     }
 }
 
 fn canonical_dir(role: &'static str, p: &Path) -> Result<PathBuf, SetupError> {
-    let c = std::fs::canonicalize(p).map_err(|source| SetupError::Io { role, path: p.to_path_buf(), source })?;
-    let md = std::fs::metadata(&c).map_err(|source| SetupError::Io { role, path: p.to_path_buf(), source })?;
+    let c = std::fs::canonicalize(p).map_err(|source| SetupError::Io {
+        role,
+        path: p.to_path_buf(),
+        source,
+    })?;
+    let md = std::fs::metadata(&c).map_err(|source| SetupError::Io {
+        role,
+        path: p.to_path_buf(),
+        source,
+    })?;
     if !md.is_dir() {
-        return Err(SetupError::NotADirectory { role, path: p.to_path_buf() });
+        return Err(SetupError::NotADirectory {
+            role,
+            path: p.to_path_buf(),
+        });
     }
     Ok(c)
 }
 
 fn dev_of(p: &Path, role: &'static str) -> Result<u64, SetupError> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).map(|m| m.dev()).map_err(|source| SetupError::Io { role, path: p.to_path_buf(), source })
+    std::fs::metadata(p).map(|m| m.dev()).map_err(|source| SetupError::Io {
+        role,
+        path: p.to_path_buf(),
+        source,
+    })
 }
 
 /// Whether `p` (canonical) is listed as a mount point in /proc/self/mountinfo.
 pub fn is_mount_point(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = p.to_string_lossy();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want)
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }

@@ -1,1 +1,9 @@
-fn main() {}
+//! The `unionfs` command: parses, reports, and hands over to the library.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

@@ -39,7 +39,12 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result
 
 /// An `O_PATH` handle on the entry `name` of `dir` (the symlink itself if it is one).
 pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Opens the object behind an `O_PATH` fd for I/O.
@@ -77,7 +82,12 @@ pub struct RawEntry {
 
 /// Reads every entry of the directory behind `dir` (an `O_PATH` fd is fine), minus `.` and `..`.
 pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
-    let fd = rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut d = rustix::fs::Dir::read_from(&fd)?;
     let mut out = Vec::new();
     while let Some(e) = d.read() {
@@ -86,7 +96,11 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
         if name == b"." || name == b".." {
             continue;
         }
-        out.push(RawEntry { name: OsString::from_vec(name.to_vec()), ino: e.ino(), dtype: e.file_type() });
+        out.push(RawEntry {
+            name: OsString::from_vec(name.to_vec()),
+            ino: e.ino(),
+            dtype: e.file_type(),
+        });
     }
     Ok(out)
 }
@@ -137,7 +151,11 @@ pub fn list_xattrs(t: &Target<'_>) -> rustix::io::Result<Vec<OsString>> {
             Err(e) => return Err(e),
         }
     };
-    Ok(buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| OsString::from_vec(s.to_vec())).collect())
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect())
 }
 
 /// How an object is addressed for xattr and metadata calls: by its own fd (non-symlinks), or
@@ -203,7 +221,9 @@ impl Target<'_> {
 pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
     for e in read_dir(dir)? {
         let is_dir = if e.dtype == rustix::fs::FileType::Unknown {
-            stat_at(dir, &e.name).map(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir()).unwrap_or(false)
+            stat_at(dir, &e.name)
+                .map(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir())
+                .unwrap_or(false)
         } else {
             e.dtype.is_dir()
         };

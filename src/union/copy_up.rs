@@ -61,7 +61,13 @@ impl Union {
         let st = rustix::fs::fstat(&*fd)?;
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
-        let src = Source { fd: fd.as_fd(), parent: src_parent.as_fd(), name: &name, st: &st, kind };
+        let src = Source {
+            fd: fd.as_fd(),
+            parent: src_parent.as_fd(),
+            name: &name,
+            st: &st,
+            kind,
+        };
         if let Err(e) = self.build_copy(&src, work, &tmp, node.ino, data) {
             let _ = remove_any(work, &tmp, kind);
             return Err(e);
@@ -156,11 +162,22 @@ impl Union {
             )?;
         }
         if kind != Kind::Symlink {
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(st.st_mode as u32 & 0o7777), AtFlags::empty())?;
+            rustix::fs::chmodat(
+                dir,
+                name,
+                Mode::from_raw_mode(st.st_mode as u32 & 0o7777),
+                AtFlags::empty(),
+            )?;
         }
         let times = Timestamps {
-            last_access: Timespec { tv_sec: st.st_atime as i64, tv_nsec: st.st_atime_nsec as _ },
-            last_modification: Timespec { tv_sec: st.st_mtime as i64, tv_nsec: st.st_mtime_nsec as _ },
+            last_access: Timespec {
+                tv_sec: st.st_atime as i64,
+                tv_nsec: st.st_atime_nsec as _,
+            },
+            last_modification: Timespec {
+                tv_sec: st.st_mtime as i64,
+                tv_nsec: st.st_mtime_nsec as _,
+            },
         };
         rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
@@ -169,8 +186,12 @@ impl Union {
     /// Durability of a rename or create: fsync the directory, unless mounted volatile.
     pub(crate) fn sync_dir(&self, dir: BorrowedFd<'_>) {
         if !self.volatile {
-            if let Ok(d) = rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            {
+            if let Ok(d) = rustix::fs::openat(
+                dir,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
                 let _ = rustix::fs::fsync(&d);
             }
         }
@@ -180,7 +201,9 @@ impl Union {
     fn link_siblings(&self, node: &Arc<Node>, layer: usize, raw_ino: u64, copy: &Arc<OwnedFd>) {
         let paths = self.hardlink_names(layer, raw_ino);
         for path in paths {
-            let Some((last, dirs)) = path.split_last() else { continue };
+            let Some((last, dirs)) = path.split_last() else {
+                continue;
+            };
             let mut cur = ROOT;
             let mut walked = Vec::new();
             let mut ok = true;

@@ -58,19 +58,31 @@ impl Union {
         let ft = FileType::from_raw_mode(mode);
         match ft {
             FileType::RegularFile => {
-                return self.make(ctx, parent, name, NewObject::File { mode, flags: OFlags::WRONLY }).map(|(_, a, _)| a);
+                return self
+                    .make(
+                        ctx,
+                        parent,
+                        name,
+                        NewObject::File {
+                            mode,
+                            flags: OFlags::WRONLY,
+                        },
+                    )
+                    .map(|(_, a, _)| a);
             }
             // A char device 0/0 would read back as a whiteout after a remount.
             FileType::CharacterDevice if rdev == 0 => return Err(Errno::EPERM),
             FileType::Directory | FileType::Symlink | FileType::Unknown => return Err(Errno::EINVAL),
             _ => {}
         }
-        self.make(ctx, parent, name, NewObject::Node { mode, rdev }).map(|(_, a, _)| a)
+        self.make(ctx, parent, name, NewObject::Node { mode, rdev })
+            .map(|(_, a, _)| a)
     }
 
     /// Creates a symlink to `target`.
     pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> FsResult<Attr> {
-        self.make(ctx, parent, name, NewObject::Symlink { target }).map(|(_, a, _)| a)
+        self.make(ctx, parent, name, NewObject::Symlink { target })
+            .map(|(_, a, _)| a)
     }
 
     /// Adds the name `newname` in `newparent` for the object `ino` (copied up first).
@@ -88,7 +100,13 @@ impl Union {
 
     /// Makes a new name in `parent` and returns its node (with one kernel reference), its
     /// attributes and, for files, an open fd.
-    fn make(&self, ctx: &Ctx, parent: u64, name: &OsStr, obj: NewObject<'_>) -> FsResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
+    fn make(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        obj: NewObject<'_>,
+    ) -> FsResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
         let upper = self.upper_index()?;
         check_name(name)?;
         if whiteout::is_reserved_name(name) {
@@ -154,7 +172,10 @@ impl Union {
                     kind,
                     layer: upper,
                     fd: Arc::clone(&pfd),
-                    dir: (kind == Kind::Dir).then(|| DirState { layers: vec![(upper, Arc::clone(&pfd))], index: None }),
+                    dir: (kind == Kind::Dir).then(|| DirState {
+                        layers: vec![(upper, Arc::clone(&pfd))],
+                        index: None,
+                    }),
                 },
             )
         });
@@ -166,7 +187,10 @@ impl Union {
             s.kind = kind;
             s.layer = upper;
             s.fd = Arc::clone(&pfd);
-            s.dir = (kind == Kind::Dir).then(|| DirState { layers: vec![(upper, Arc::clone(&pfd))], index: None });
+            s.dir = (kind == Kind::Dir).then(|| DirState {
+                layers: vec![(upper, Arc::clone(&pfd))],
+                index: None,
+            });
         }
         let attr = Attr::from_stat(ino, &st);
         Ok((node, attr, fd))
@@ -270,6 +294,11 @@ impl Union {
 
 impl Visible {
     pub(crate) fn new(layer: usize, kind: Kind, ino: u64) -> Visible {
-        Visible::with_merge(layer, kind, ino, if kind == Kind::Dir { vec![layer] } else { Vec::new() })
+        Visible::with_merge(
+            layer,
+            kind,
+            ino,
+            if kind == Kind::Dir { vec![layer] } else { Vec::new() },
+        )
     }
 }

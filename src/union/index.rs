@@ -79,7 +79,9 @@ pub(crate) fn build(
                 || ft == FileType::CharacterDevice
                 || (marks.xattr_whiteouts && ft == FileType::RegularFile)
             {
-                let Some(st) = sys::stat_at_opt(dir, &e.name)? else { continue };
+                let Some(st) = sys::stat_at_opt(dir, &e.name)? else {
+                    continue;
+                };
                 ft = FileType::from_raw_mode(st.st_mode);
                 if whiteout::is_chr_whiteout(&st)
                     || (marks.xattr_whiteouts && whiteout::is_xattr_whiteout(dir, &e.name, &st))
@@ -90,7 +92,11 @@ pub(crate) fn build(
             }
             let kind = Kind::from_file_type(ft);
             let needs_ino = map.get(&e.name).is_none_or(|s| s.vis.is_none() && !s.hidden);
-            let ino = if needs_ino { ino_of(layer, fd, &e.name, e.ino) } else { 0 };
+            let ino = if needs_ino {
+                ino_of(layer, fd, &e.name, e.ino)
+            } else {
+                0
+            };
             let slot = map.entry(e.name).or_default();
             if !is_upper {
                 slot.in_lower = true;
@@ -136,6 +142,12 @@ pub(crate) fn build(
 
 impl Visible {
     pub(crate) fn with_merge(layer: usize, kind: Kind, ino: u64, merge: Vec<usize>) -> Visible {
-        Visible { layer, kind, ino, merge, merging: false }
+        Visible {
+            layer,
+            kind,
+            ino,
+            merge,
+            merging: false,
+        }
     }
 }

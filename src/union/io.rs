@@ -51,7 +51,10 @@ pub struct StatFs {
 
 fn ts(t: Option<SystemTime>) -> Timespec {
     match t {
-        None => Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
         Some(t) => {
             let (sec, nsec) = match t.duration_since(SystemTime::UNIX_EPOCH) {
                 Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
@@ -66,12 +69,18 @@ fn ts(t: Option<SystemTime>) -> Timespec {
                     (s, n)
                 }
             };
-            Timespec { tv_sec: sec, tv_nsec: nsec as _ }
+            Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec as _,
+            }
         }
     }
 }
 
-const OMIT: Timespec = Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT };
+const OMIT: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: rustix::fs::UTIME_OMIT,
+};
 
 impl Union {
     /// Changes attributes (copying the object up first). `fh` is an open handle, if the change
@@ -93,7 +102,10 @@ impl Union {
         // Symlinks are changed as entries of their parent; everything else through its own fd.
         let (dir, entry): (std::os::fd::BorrowedFd<'_>, OsString) = match &parent_fd {
             Some(p) => (p.as_fd(), name.clone()),
-            None => (rustix::fs::CWD, OsString::from_vec(sys::fd_path(fd.as_fd()).into_bytes())),
+            None => (
+                rustix::fs::CWD,
+                OsString::from_vec(sys::fd_path(fd.as_fd()).into_bytes()),
+            ),
         };
         if set.uid.is_some() || set.gid.is_some() {
             rustix::fs::chownat(
@@ -137,14 +149,22 @@ impl Union {
         let writes = flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC);
         if writes {
             self.upper_index()?;
-            self.copy_up_with(&node, if flags.contains(OFlags::TRUNC) { Data::Empty } else { Data::All })?;
+            self.copy_up_with(
+                &node,
+                if flags.contains(OFlags::TRUNC) {
+                    Data::Empty
+                } else {
+                    Data::All
+                },
+            )?;
         }
         let (fd, layer) = {
             let s = node.state.read();
             (Arc::clone(&s.fd), s.layer)
         };
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
-        let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT | OFlags::NONBLOCK);
+        let mut f =
+            flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT | OFlags::NONBLOCK);
         if Some(layer) != self.upper {
             f |= OFlags::NOATIME;
         }
@@ -213,7 +233,11 @@ impl Union {
     /// Flushes a file's data (and metadata unless `datasync`) to the upper's disk.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         self.with_file(fh, |fd| {
-            if datasync { rustix::fs::fdatasync(fd)? } else { rustix::fs::fsync(fd)? }
+            if datasync {
+                rustix::fs::fdatasync(fd)?
+            } else {
+                rustix::fs::fsync(fd)?
+            }
             Ok(())
         })
     }
@@ -248,7 +272,13 @@ impl Union {
             return Err(Errno::EBADF);
         };
         let (mut a, mut b) = (off_in, off_out);
-        Ok(rustix::fs::copy_file_range(fin, Some(&mut a), fout, Some(&mut b), len as usize)?)
+        Ok(rustix::fs::copy_file_range(
+            fin,
+            Some(&mut a),
+            fout,
+            Some(&mut b),
+            len as usize,
+        )?)
     }
 
     // ---- directories ------------------------------------------------------------------------
@@ -258,7 +288,13 @@ impl Union {
         let node = self.dir_node(ino)?;
         let entries = self.snapshot(&node)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Arc::new(Handle::Dir { node, entries: parking_lot::Mutex::new(entries) }));
+        self.handles.insert(
+            fh,
+            Arc::new(Handle::Dir {
+                node,
+                entries: parking_lot::Mutex::new(entries),
+            }),
+        );
         Ok(fh)
     }
 
@@ -266,7 +302,9 @@ impl Union {
     /// offsets stay valid while the directory changes. Entry `i` has offset `i + 1`.
     pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
         let h = self.handle(fh)?;
-        let Handle::Dir { node, entries } = &*h else { return Err(Errno::ENOTDIR) };
+        let Handle::Dir { node, entries } = &*h else {
+            return Err(Errno::ENOTDIR);
+        };
         let mut e = entries.lock();
         if offset == 0 {
             *e = self.snapshot(node)?;
@@ -275,14 +313,30 @@ impl Union {
     }
 
     fn snapshot(&self, node: &Node) -> FsResult<Arc<Vec<DirEntry>>> {
-        let parent = if node.ino == ROOT { ROOT } else { node.state.read().parent };
+        let parent = if node.ino == ROOT {
+            ROOT
+        } else {
+            node.state.read().parent
+        };
         let mut v = vec![
-            DirEntry { name: ".".into(), ino: node.ino, kind: Kind::Dir },
-            DirEntry { name: "..".into(), ino: parent, kind: Kind::Dir },
+            DirEntry {
+                name: ".".into(),
+                ino: node.ino,
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: parent,
+                kind: Kind::Dir,
+            },
         ];
         self.with_index(node, |idx| {
             v.extend(idx.iter().filter_map(|(n, s)| {
-                s.vis.as_ref().map(|vis| DirEntry { name: n.clone(), ino: vis.ino, kind: vis.kind })
+                s.vis.as_ref().map(|vis| DirEntry {
+                    name: n.clone(),
+                    ino: vis.ino,
+                    kind: vis.kind,
+                })
             }));
         })?;
         Ok(Arc::new(v))
@@ -297,7 +351,12 @@ impl Union {
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
         let node = self.node(ino)?;
         if let Some(fd) = self.upper_dir_fd(&node) {
-            let d = rustix::fs::openat(&*fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            let d = rustix::fs::openat(
+                &*fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
             rustix::fs::fsync(&d)?;
         }
         Ok(())

@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dashmap::DashMap;
 use rustix::fs::{Mode, OFlags};
 
+use self::index::{DirIndex, Slot};
 pub use self::io::{DirEntry, SetAttr, StatFs};
 pub use self::node::ROOT;
-use self::index::{DirIndex, Slot};
 use self::node::{DirState, Node, NodeState, NodeTable};
 use crate::attr::{Attr, Kind};
 use crate::config::{MountConfig, WhiteoutStyle};
@@ -58,8 +58,14 @@ pub(crate) struct Layer {
 }
 
 pub(crate) enum Handle {
-    File { fd: OwnedFd, node: Arc<Node> },
-    Dir { node: Arc<Node>, entries: parking_lot::Mutex<Arc<Vec<DirEntry>>> },
+    File {
+        fd: OwnedFd,
+        node: Arc<Node>,
+    },
+    Dir {
+        node: Arc<Node>,
+        entries: parking_lot::Mutex<Arc<Vec<DirEntry>>>,
+    },
 }
 
 /// A mounted (or mountable) union of layers.
@@ -88,7 +94,11 @@ impl Union {
         let config = config.validate(None)?;
         let mut layers = Vec::new();
         let mut open = |role: &'static str, p: &PathBuf| -> Result<(), SetupError> {
-            let io = |e: rustix::io::Errno| SetupError::Io { role, path: p.clone(), source: e.into() };
+            let io = |e: rustix::io::Errno| SetupError::Io {
+                role,
+                path: p.clone(),
+                source: e.into(),
+            };
             let fd = rustix::fs::open(
                 p.as_path(),
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -96,7 +106,11 @@ impl Union {
             )
             .map_err(io)?;
             let st = rustix::fs::fstat(&fd).map_err(io)?;
-            layers.push(Layer { path: p.clone(), root: Arc::new(fd), dev: st.st_dev });
+            layers.push(Layer {
+                path: p.clone(),
+                root: Arc::new(fd),
+                dev: st.st_dev,
+            });
             Ok(())
         };
         if let Some(u) = &config.upper {
@@ -173,7 +187,10 @@ impl Union {
                     kind: Kind::Dir,
                     layer: 0,
                     fd,
-                    dir: Some(DirState { layers: dir_layers, index: None }),
+                    dir: Some(DirState {
+                        layers: dir_layers,
+                        index: None,
+                    }),
                 },
             )
         });
@@ -235,7 +252,9 @@ impl Union {
             }
         }
         let layers = self.dir_layers(dir)?;
-        let built = index::build(&layers, self.upper, &|l, fd, name, raw| self.ino_of(l, fd.as_fd(), name, raw))?;
+        let built = index::build(&layers, self.upper, &|l, fd, name, raw| {
+            self.ino_of(l, fd.as_fd(), name, raw)
+        })?;
         let mut st = dir.state.write();
         let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
         // Another thread may have built it meanwhile; theirs is as good as ours.
@@ -252,7 +271,10 @@ impl Union {
     fn upper_dir_fd(&self, dir: &Node) -> Option<Arc<OwnedFd>> {
         let st = dir.state.read();
         let d = st.dir.as_ref()?;
-        d.layers.first().filter(|(l, _)| Some(*l) == self.upper).map(|(_, fd)| Arc::clone(fd))
+        d.layers
+            .first()
+            .filter(|(l, _)| Some(*l) == self.upper)
+            .map(|(_, fd)| Arc::clone(fd))
     }
 
     fn slot(&self, dir: &Node, name: &OsStr) -> FsResult<Slot> {
@@ -280,7 +302,9 @@ impl Union {
             if !marks.opaque {
                 for &l in vis.merge.iter().skip(1) {
                     let Some(dfd) = layer_fd(&dir_layers, l) else { break };
-                    let Ok(cfd) = sys::open_path_dir(dfd.as_fd(), name) else { break };
+                    let Ok(cfd) = sys::open_path_dir(dfd.as_fd(), name) else {
+                        break;
+                    };
                     let marks = whiteout::dir_marks(cfd.as_fd());
                     child_layers.push((l, Arc::new(cfd)));
                     if marks.opaque {
@@ -301,8 +325,9 @@ impl Union {
             dir: (kind == Kind::Dir).then(|| DirState { layers, index: None }),
         };
         let refresh = (Arc::clone(&fd), child_layers.clone());
-        let (node, created) =
-            self.nodes.get_or_insert(ino, lookups, || Node::new(ino, make_state(Arc::clone(&fd), child_layers)));
+        let (node, created) = self.nodes.get_or_insert(ino, lookups, || {
+            Node::new(ino, make_state(Arc::clone(&fd), child_layers))
+        });
         if !created {
             let mut s = node.state.write();
             s.parent = parent;
@@ -395,7 +420,11 @@ fn check_name(name: &OsStr) -> FsResult<()> {
 
 /// Creates (if needed) `workdir/unionfs` and empties it: leftovers of a crash are never reused.
 fn prepare_workdir(w: &std::path::Path) -> Result<OwnedFd, SetupError> {
-    let io = |source: std::io::Error| SetupError::Io { role: "workdir", path: w.to_path_buf(), source };
+    let io = |source: std::io::Error| SetupError::Io {
+        role: "workdir",
+        path: w.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(w).map_err(io)?;
     let root = rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| io(e.into()))?;

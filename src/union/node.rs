@@ -57,7 +57,13 @@ pub(crate) struct DirState {
 
 impl Node {
     pub fn new(ino: u64, state: NodeState) -> Self {
-        Node { ino, lookups: AtomicU64::new(0), state: RwLock::new(state), copy_lock: Mutex::new(()), ns: Mutex::new(()) }
+        Node {
+            ino,
+            lookups: AtomicU64::new(0),
+            state: RwLock::new(state),
+            copy_lock: Mutex::new(()),
+            ns: Mutex::new(()),
+        }
     }
 }
 
@@ -94,7 +100,10 @@ impl NodeTable {
             return;
         }
         if let Entry::Occupied(e) = self.map.entry(ino) {
-            let prev = e.get().lookups.fetch_sub(n.min(e.get().lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
+            let prev = e
+                .get()
+                .lookups
+                .fetch_sub(n.min(e.get().lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
             if prev <= n {
                 e.remove();
             }
@@ -114,7 +123,10 @@ impl NodeTable {
     }
 
     pub fn lookups(&self, ino: u64) -> u64 {
-        self.map.get(&ino).map(|n| n.lookups.load(Ordering::Relaxed)).unwrap_or(0)
+        self.map
+            .get(&ino)
+            .map(|n| n.lookups.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {

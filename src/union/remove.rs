@@ -37,7 +37,11 @@ impl Union {
             (false, true) => return Err(Errno::EISDIR),
             _ => {}
         }
-        let child = if rmdir { Some(self.resolve_child(parent, name, 0)?.0) } else { None };
+        let child = if rmdir {
+            Some(self.resolve_child(parent, name, 0)?.0)
+        } else {
+            None
+        };
         if let Some(c) = &child {
             self.ensure_empty(c)?;
         }
@@ -89,7 +93,12 @@ impl Union {
     }
 
     /// Puts a whiteout at `dir/name`, atomically replacing the upper object `existing` if any.
-    pub(crate) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr, existing: Option<Kind>) -> FsResult<UpperWhiteout> {
+    pub(crate) fn write_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        existing: Option<Kind>,
+    ) -> FsResult<UpperWhiteout> {
         if !self.oci() {
             let work = self.work_fd()?;
             let tmp = self.tmp_name();
@@ -123,7 +132,15 @@ impl Union {
         )?;
         drop(f);
         if let Some(k) = existing {
-            rustix::fs::unlinkat(dir, name, if k == Kind::Dir { AtFlags::REMOVEDIR } else { AtFlags::empty() })?;
+            rustix::fs::unlinkat(
+                dir,
+                name,
+                if k == Kind::Dir {
+                    AtFlags::REMOVEDIR
+                } else {
+                    AtFlags::empty()
+                },
+            )?;
         }
         Ok(UpperWhiteout::Oci)
     }

@@ -27,7 +27,15 @@ const RENAME_WHITEOUT: u32 = 4;
 
 impl Union {
     /// Renames `parent/name` to `newparent/newname`. `flags` are renameat2(2) flags.
-    pub fn rename(&self, _ctx: &Ctx, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
         let upper = self.upper_index()?;
         check_name(name)?;
         check_name(newname)?;
@@ -210,11 +218,17 @@ impl Union {
         self.copy_up(dir)?;
         let has_lower = dir.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
         let names: Vec<(OsString, Kind)> = self.with_index(dir, |idx| {
-            idx.iter().filter_map(|(n, s)| s.vis.as_ref().map(|v| (n.clone(), v.kind))).collect()
+            idx.iter()
+                .filter_map(|(n, s)| s.vis.as_ref().map(|v| (n.clone(), v.kind)))
+                .collect()
         })?;
         for (name, kind) in names {
             let (child, _) = self.resolve_child(dir.ino, &name, 0)?;
-            let r = if kind == Kind::Dir { self.copy_up_tree(&child) } else { self.copy_up(&child) };
+            let r = if kind == Kind::Dir {
+                self.copy_up_tree(&child)
+            } else {
+                self.copy_up(&child)
+            };
             self.nodes.prune(child.ino);
             r?;
         }
@@ -277,7 +291,10 @@ fn set_vis(idx: &mut super::index::DirIndex, name: &OsStr, v: Visible) {
     s.upper_wh = None;
 }
 
-fn lock_pair<'a>(a: &'a Node, b: &'a Node) -> (parking_lot::MutexGuard<'a, ()>, Option<parking_lot::MutexGuard<'a, ()>>) {
+fn lock_pair<'a>(
+    a: &'a Node,
+    b: &'a Node,
+) -> (parking_lot::MutexGuard<'a, ()>, Option<parking_lot::MutexGuard<'a, ()>>) {
     if a.ino == b.ino {
         (a.ns.lock(), None)
     } else if a.ino < b.ino {

@@ -19,11 +19,20 @@ pub const WH_PREFIX: &[u8] = b".wh.";
 /// OCI opaque marker.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
-const OPAQUE_XATTRS: [&str; 3] = ["trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"];
+const OPAQUE_XATTRS: [&str; 3] = [
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
 const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
 
 /// Namespaces of xattrs that belong to union implementations and never show in the view.
-const PRIVATE_XATTR_PREFIXES: [&[u8]; 4] = [b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.", b"user.unionfs."];
+const PRIVATE_XATTR_PREFIXES: [&[u8]; 4] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+    b"user.unionfs.",
+];
 
 /// Where we record the inode number an object had before copy-up, so it keeps it.
 pub const ORIGIN_XATTR: &str = "user.unionfs.origin";
@@ -39,7 +48,9 @@ pub fn oci_target(name: &OsStr) -> Option<&OsStr> {
     if b == OPAQUE_MARKER.as_bytes() {
         return None;
     }
-    b.strip_prefix(WH_PREFIX).filter(|t| !t.is_empty()).map(OsStr::from_bytes)
+    b.strip_prefix(WH_PREFIX)
+        .filter(|t| !t.is_empty())
+        .map(OsStr::from_bytes)
 }
 
 /// `.wh.X` for `X`.
@@ -91,12 +102,18 @@ pub fn dir_marks(dir: BorrowedFd<'_>) -> DirMarks {
 pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
         && st.st_size == 0
-        && WHITEOUT_XATTRS.iter().any(|x| matches!(sys::get_xattr(dir, name, x), Ok(Some(_))))
+        && WHITEOUT_XATTRS
+            .iter()
+            .any(|x| matches!(sys::get_xattr(dir, name, x), Ok(Some(_))))
 }
 
 /// Whether we may use `trusted.*` xattrs on the upper (decided once per mount).
 pub fn opaque_xattr_name(privileged: bool) -> &'static str {
-    if privileged { "trusted.overlay.opaque" } else { "user.overlay.opaque" }
+    if privileged {
+        "trusted.overlay.opaque"
+    } else {
+        "user.overlay.opaque"
+    }
 }
 
 /// Marks the directory behind `dir` opaque, in the style of the mount. `oci` writes the
@@ -109,7 +126,9 @@ pub fn mark_opaque(dir: BorrowedFd<'_>, oci: bool, privileged: bool) -> rustix::
         match t.set_xattr(name, b"y", rustix::fs::XattrFlags::empty()) {
             Ok(()) => return Ok(()),
             Err(rustix::io::Errno::PERM) if privileged => {
-                if t.set_xattr(OsStr::new("user.overlay.opaque"), b"y", rustix::fs::XattrFlags::empty()).is_ok() {
+                if t.set_xattr(OsStr::new("user.overlay.opaque"), b"y", rustix::fs::XattrFlags::empty())
+                    .is_ok()
+                {
                     return Ok(());
                 }
             }
