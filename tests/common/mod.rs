@@ -1,0 +1,249 @@
+//! Shared helpers for tests that mount for real: layer fixtures, a mount guard that always
+//! tears the mount down (also when a test panics), and tree snapshots for comparisons.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Our binary (never the bare name: Debian's unionfs-fuse owns /usr/bin/unionfs).
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_unionfs"))
+}
+
+/// Whether `p` is a mount point right now.
+pub fn is_mounted(p: &Path) -> bool {
+    let want = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let want = want.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// A temporary set of directories: `lower0..lowerN` (lower0 on top), `upper`, `work`, `mnt`.
+pub struct Layers {
+    pub dir: tempfile::TempDir,
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Layers {
+    pub fn new(n_lowers: usize) -> Layers {
+        let dir = tempfile::Builder::new().prefix("unionfs-test").tempdir().expect("tempdir");
+        let lowers: Vec<PathBuf> = (0..n_lowers).map(|i| dir.path().join(format!("lower{i}"))).collect();
+        for l in &lowers {
+            std::fs::create_dir(l).expect("mkdir lower");
+        }
+        let upper = dir.path().join("upper");
+        let work = dir.path().join("work");
+        let mnt = dir.path().join("mnt");
+        for d in [&upper, &work, &mnt] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        Layers { dir, lowers, upper, work, mnt }
+    }
+
+    /// Writes `content` at `rel` in lower `i`, creating parents.
+    pub fn put(&self, i: usize, rel: &str, content: &[u8]) {
+        let p = self.lowers[i].join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir -p");
+        std::fs::write(p, content).expect("write lower file");
+    }
+
+    pub fn mkdir(&self, i: usize, rel: &str) {
+        std::fs::create_dir_all(self.lowers[i].join(rel)).expect("mkdir -p");
+    }
+
+    /// `--lower` argument, top first.
+    pub fn lower_arg(&self) -> String {
+        self.lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
+    }
+
+    /// Mounts with the upper and workdir, plus `extra` arguments.
+    pub fn mount(&self, extra: &[&str]) -> Mount {
+        let mut args: Vec<OsString> = vec!["mount".into(), "--foreground".into()];
+        args.push("--lower".into());
+        args.push(self.lower_arg().into());
+        args.push("--upper".into());
+        args.push(self.upper.clone().into());
+        args.push("--workdir".into());
+        args.push(self.work.clone().into());
+        args.extend(extra.iter().map(OsString::from));
+        args.push(self.mnt.clone().into());
+        Mount::start(&args, &self.mnt)
+    }
+
+    /// Snapshot of every lower layer, to prove they were not modified.
+    pub fn snapshot_lowers(&self) -> Vec<Tree> {
+        self.lowers.iter().map(|l| Tree::read_raw(l)).collect()
+    }
+}
+
+/// A running unionfs daemon serving a mount. Dropping it unmounts (lazily) and reaps the daemon.
+pub struct Mount {
+    child: Option<Child>,
+    pub mnt: PathBuf,
+}
+
+impl Mount {
+    /// Starts `unionfs ARGS` (a foreground mount) and waits until `mnt` is mounted.
+    pub fn start(args: &[OsString], mnt: &Path) -> Mount {
+        let child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn unionfs");
+        let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    m.child = None;
+                    panic!("unionfs exited before mounting: {st}");
+                }
+            }
+            assert!(Instant::now() < deadline, "mount did not appear at {}", mnt.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Unmounts and waits for the daemon; returns its exit status code.
+    pub fn unmount(mut self) -> Option<i32> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Option<i32> {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    // Only the process this guard started.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// One entry of a tree snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    File { data: Vec<u8>, mode: u32 },
+    Dir { mode: u32 },
+    Symlink { target: PathBuf },
+    Other { kind: String, mode: u32, rdev: u64 },
+}
+
+/// A tree: relative path → entry, plus xattrs (`user.*` only) per path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tree {
+    pub entries: BTreeMap<PathBuf, Entry>,
+    pub xattrs: BTreeMap<PathBuf, BTreeMap<OsString, Vec<u8>>>,
+    /// mtimes (ns), for raw layer snapshots only.
+    pub mtimes: BTreeMap<PathBuf, i128>,
+}
+
+impl Tree {
+    /// Snapshot through the mount (or of any directory), no mtimes.
+    pub fn read(root: &Path) -> Tree {
+        let mut t = Tree::default();
+        walk(root, root, &mut t, false);
+        t
+    }
+
+    /// Snapshot of a raw layer directory including mtimes and all xattrs.
+    pub fn read_raw(root: &Path) -> Tree {
+        let mut t = Tree::default();
+        walk(root, root, &mut t, true);
+        t
+    }
+}
+
+fn walk(root: &Path, dir: &Path, t: &mut Tree, raw: bool) {
+    let mut names: Vec<_> = std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+    names.sort();
+    for p in names {
+        let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+        let md = std::fs::symlink_metadata(&p).expect("lstat");
+        let ft = md.file_type();
+        let mode = md.mode() & 0o7777;
+        let e = if ft.is_dir() {
+            Entry::Dir { mode }
+        } else if ft.is_file() {
+            Entry::File { data: std::fs::read(&p).expect("read"), mode }
+        } else if ft.is_symlink() {
+            Entry::Symlink { target: std::fs::read_link(&p).expect("readlink") }
+        } else {
+            let kind = if ft.is_char_device() {
+                "chr"
+            } else if ft.is_block_device() {
+                "blk"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else {
+                "sock"
+            };
+            Entry::Other { kind: kind.into(), mode, rdev: md.rdev() }
+        };
+        if raw {
+            t.mtimes.insert(rel.clone(), md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128);
+        }
+        let xs = list_xattrs(&p, raw);
+        if !xs.is_empty() {
+            t.xattrs.insert(rel.clone(), xs);
+        }
+        t.entries.insert(rel, e);
+        if ft.is_dir() {
+            walk(root, &p, t, raw);
+        }
+    }
+}
+
+fn list_xattrs(p: &Path, all: bool) -> BTreeMap<OsString, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else { return out };
+    for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let name = OsString::from(String::from_utf8_lossy(name).into_owned());
+        if !all && !name.to_string_lossy().starts_with("user.") {
+            continue;
+        }
+        let mut v = vec![0u8; 65536];
+        if let Ok(n) = rustix::fs::lgetxattr(p, name.as_os_str(), &mut v[..]) {
+            v.truncate(n);
+            out.insert(name, v);
+        }
+    }
+    out
+}
