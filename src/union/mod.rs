@@ -60,7 +60,8 @@ pub(crate) struct Layer {
 pub(crate) enum Handle {
     File {
         fd: OwnedFd,
-        node: Arc<Node>,
+        /// Held so the node outlives a forget while the file is open.
+        _node: Arc<Node>,
     },
     Dir {
         node: Arc<Node>,
