@@ -1,16 +1,30 @@
 //! Command line: `unionfs mount ...`, `unionfs umount ...`, and the fuse-overlayfs form
-//! `unionfs [-f] -o lowerdir=..,upperdir=..,workdir=.. MOUNTPOINT`.
+//! `unionfs [-f] -o lowerdir=..,upperdir=..,workdir=.. MOUNTPOINT` (for Podman's `mount_program`).
+//!
+//! Exit status: 0 success; 2 bad input or a failed mount; 1 a failure at run time.
 
+mod compat;
+mod daemon;
+mod pidfile;
+mod umount;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use unionfs::fuse::session::{self, SessionOptions};
-use unionfs::{MountConfig, Union, WhiteoutStyle};
+use clap::{Parser, Subcommand, ValueEnum};
+use fuser::MountOption;
+use unionfs::{MountConfig, SetupError, WhiteoutStyle};
 
 #[derive(Parser)]
-#[command(name = "unionfs", version, about = "A union filesystem in userspace")]
+#[command(
+    name = "unionfs",
+    version,
+    about = "A union filesystem in userspace (overlayfs semantics)",
+    after_help = "Also accepts the fuse-overlayfs form, for Podman/Buildah `mount_program`:\n  \
+                  unionfs [-f] [-d] -o lowerdir=A:B,upperdir=U,workdir=W[,OPTIONS] MOUNTPOINT"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -20,66 +34,217 @@ struct Cli {
 enum Cmd {
     /// Mount a union of LOWER layers (top first) under UPPER at MOUNTPOINT.
     Mount(MountArgs),
+    /// Unmount a union and wait for its daemon to exit.
+    #[command(visible_alias = "unmount")]
+    Umount(UmountArgs),
 }
 
 #[derive(clap::Args)]
 struct MountArgs {
-    /// Lower layers, top first, separated by ':'.
-    #[arg(long)]
-    lower: String,
-    #[arg(long)]
+    /// Read-only layers, top first, separated by ':' (`\:` is a literal colon).
+    #[arg(long, value_name = "DIR:DIR:...")]
+    lower: Option<OsString>,
+    /// The writable layer; without it the union is read-only.
+    #[arg(long, value_name = "DIR")]
     upper: Option<PathBuf>,
-    #[arg(long)]
+    /// Scratch directory on the upper's filesystem [default: .unionfs-work.NAME beside the upper].
+    #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
+    /// Stay attached and log to stderr (default: return once mounted, serve in the background).
     #[arg(short, long)]
     foreground: bool,
+    /// How whiteouts and opaque directories are written in the upper.
+    #[arg(long, value_enum, default_value_t = Whiteouts::Overlay)]
+    whiteouts: Whiteouts,
+    /// Skip fsync of copied-up data (faster, not crash-safe).
+    #[arg(long)]
+    volatile: bool,
+    /// Worker threads (at least 2) [default: CPUs, at most 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+    /// How long the kernel may cache names and attributes, in seconds [default: 86400].
+    #[arg(long, value_name = "SECONDS", value_parser = compat::parse_ttl)]
+    ttl: Option<Duration>,
+    /// Mount options, comma separated: ro, nosuid, nodev, noexec, allow_other, fsname=..,
+    /// and the fuse-overlayfs ones (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<OsString>,
+    /// Log to FILE instead of stderr (in the background: instead of nowhere).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Log at debug level (UNIONFS_LOG or RUST_LOG override the level).
+    #[arg(short, long)]
+    debug: bool,
+    /// Where to mount: an existing directory, not inside a layer.
     mountpoint: PathBuf,
 }
 
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Mount(a) => {
-            let mut cfg = MountConfig::new(a.lower.split(':').map(PathBuf::from).collect(), a.upper);
-            cfg.workdir = a.workdir;
-            cfg.whiteouts = WhiteoutStyle::Overlay;
-            rustix::process::umask(rustix::fs::Mode::empty());
-            let cfg = match cfg.validate(Some(&a.mountpoint)) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("unionfs: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let union = match Union::new(&cfg) {
-                Ok(u) => Arc::new(u),
-                Err(e) => {
-                    eprintln!("unionfs: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let m = match session::mount(union, &a.mountpoint, &SessionOptions::for_current_user()) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("unionfs: mount {}: {e}", a.mountpoint.display());
-                    return ExitCode::from(2);
-                }
-            };
-            let mp = a.mountpoint.clone();
-            std::thread::spawn(move || {
-                if let Ok(mut s) = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
-                    if s.forever().next().is_some() {
-                        let _ = session::unmount(&mp, true);
-                    }
-                }
-            });
-            match m.run() {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("unionfs: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+#[derive(clap::Args)]
+struct UmountArgs {
+    /// If the mount is busy, detach it now; it goes away when the last open file is closed.
+    #[arg(short, long)]
+    lazy: bool,
+    /// The union's mountpoint.
+    mountpoint: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Whiteouts {
+    /// Character device 0/0 and `trusted.overlay.opaque` (as kernel overlayfs).
+    Overlay,
+    /// `.wh.NAME` and `.wh..wh..opq` files (OCI layer format).
+    Oci,
+}
+
+/// Everything a mount request says, from either command-line form.
+#[derive(Debug, Default)]
+pub(crate) struct MountSpec {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    pub whiteouts: WhiteoutStyle,
+    pub volatile: bool,
+    /// `-o ro`: a read-only union even when an upper is given.
+    pub read_only: bool,
+    pub threads: Option<usize>,
+    pub ttl: Option<Duration>,
+    pub foreground: bool,
+    pub debug: bool,
+    pub log: Option<PathBuf>,
+    pub mountpoint: Option<PathBuf>,
+    pub mount: MountFlags,
+    /// One line each, printed as `unionfs: warning: ...`.
+    pub warnings: Vec<String>,
+}
+
+/// Standard mount options; `None` keeps the default for the current user.
+#[derive(Debug, Default)]
+pub(crate) struct MountFlags {
+    pub allow_other: Option<bool>,
+    pub allow_root: bool,
+    pub suid: Option<bool>,
+    pub dev: Option<bool>,
+    pub exec: Option<bool>,
+    pub fsname: Option<String>,
+    pub subtype: Option<String>,
+    pub extra: Vec<MountOption>,
+}
+
+impl MountFlags {
+    /// Adds `on`, dropping an earlier `off` (the last of a conflicting pair wins).
+    fn extra_flag(&mut self, on: MountOption, off: MountOption) {
+        self.extra.retain(|o| *o != off && *o != on);
+        self.extra.push(on);
+    }
+}
+
+impl MountSpec {
+    /// The union's configuration (not yet validated).
+    pub fn config(&self) -> MountConfig {
+        let upper = if self.read_only { None } else { self.upper.clone() };
+        let mut c = MountConfig::new(self.lowers.clone(), upper);
+        if !self.read_only {
+            c.workdir = self.workdir.clone();
+        }
+        c.whiteouts = self.whiteouts;
+        c.volatile = self.volatile;
+        c
+    }
+}
+
+impl MountArgs {
+    fn into_spec(self) -> Result<MountSpec, String> {
+        let mut spec = MountSpec::default();
+        for o in &self.options {
+            compat::apply_options(&mut spec, o)?;
+        }
+        if let Some(l) = &self.lower {
+            spec.lowers = compat::split_lowers(l);
+        }
+        spec.upper = self.upper.or(spec.upper);
+        spec.workdir = self.workdir.or(spec.workdir);
+        spec.foreground |= self.foreground;
+        spec.debug |= self.debug;
+        if matches!(self.whiteouts, Whiteouts::Oci) {
+            spec.whiteouts = WhiteoutStyle::Oci;
+        }
+        spec.volatile |= self.volatile;
+        spec.threads = self.threads.map(usize::from);
+        spec.ttl = self.ttl.or(spec.ttl);
+        spec.log = self.log;
+        spec.mountpoint = Some(self.mountpoint);
+        Ok(spec)
+    }
+}
+
+/// One line for a setup error; a stale FUSE mount (ENOTCONN) gets advice.
+pub(crate) fn setup_message(e: &SetupError) -> String {
+    if let SetupError::Io { role, path, source } = e {
+        if source.raw_os_error() == Some(libc::ENOTCONN) {
+            let p = path.display();
+            return format!(
+                "{role} {p}: stale FUSE mount (transport endpoint is not connected; its daemon is gone); \
+                 clean it up with `unionfs umount {p}` or `fusermount3 -u {p}`"
+            );
         }
     }
+    e.to_string()
+}
+
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let rest = args.get(1..).unwrap_or_default();
+    if compat::is_compat(rest) {
+        let spec = match compat::parse(rest) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("unionfs: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        // The daemon child gets `-f` first (still the compat form).
+        let child_args = std::iter::once(OsString::from("-f"))
+            .chain(rest.iter().cloned())
+            .collect();
+        return mount(spec, child_args);
+    }
+    match Cli::parse().cmd {
+        Cmd::Mount(a) => {
+            let spec = match a.into_spec() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("unionfs: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // `mount --foreground REST...` for the daemon child.
+            let child_args = [OsString::from("mount"), OsString::from("--foreground")]
+                .into_iter()
+                .chain(rest.iter().skip(1).cloned())
+                .collect();
+            mount(spec, child_args)
+        }
+        Cmd::Umount(a) => umount::run(&a.mountpoint, a.lazy),
+    }
+}
+
+/// Mounts in the foreground, or starts a background daemon (re-running us with `child_args`).
+fn mount(spec: MountSpec, child_args: Vec<OsString>) -> ExitCode {
+    let ready = daemon::ReadyPipe::from_env();
+    if spec.foreground || ready.is_some() {
+        return daemon::serve(spec, ready);
+    }
+    for w in &spec.warnings {
+        eprintln!("unionfs: warning: {w}");
+    }
+    // Check here too, so bad input is reported without starting anything.
+    let Some(mp) = spec.mountpoint.as_deref() else {
+        eprintln!("unionfs: no mountpoint given");
+        return ExitCode::from(2);
+    };
+    if let Err(e) = spec.config().validate(Some(mp)) {
+        eprintln!("unionfs: {}", setup_message(&e));
+        return ExitCode::from(2);
+    }
+    daemon::spawn_background(child_args, spec.log.as_deref())
 }

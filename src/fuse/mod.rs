@@ -444,6 +444,12 @@ impl Filesystem for FuseAdapter {
         empty(reply, self.union.removexattr(ino.0, name));
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Nothing to flush (writes go straight to the upper); ENOSYS once stops the upcall on
+        // every close.
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions: the kernel checks modes itself.
         reply.error(fuser::Errno::ENOSYS);

@@ -20,10 +20,19 @@ pub struct SessionOptions {
     pub threads: usize,
     /// Let every user reach the mount (subject to modes): needed by containers with several uids.
     pub allow_other: bool,
+    /// Let root (and the owner) reach the mount; ignored when `allow_other` is set.
+    pub allow_root: bool,
     /// Honour setuid bits and device nodes (container images need them).
     pub suid: bool,
     pub dev: bool,
+    /// Allow executing files (`noexec` when false).
+    pub exec: bool,
+    /// The mount's source as shown in /proc/self/mountinfo.
     pub fsname: String,
+    /// The `fuse.<subtype>` type (shown when fusermount3 mounts; the direct mount shows `fuse`).
+    pub subtype: String,
+    /// Further kernel mount flags and options (atime, sync, dirsync, SELinux `context=`, ...).
+    pub extra: Vec<MountOption>,
     pub adapter: AdapterOptions,
 }
 
@@ -39,11 +48,51 @@ impl SessionOptions {
         SessionOptions {
             threads,
             allow_other: root,
+            allow_root: false,
             suid: root,
             dev: root,
+            exec: true,
             fsname: "unionfs".into(),
+            subtype: "unionfs".into(),
+            extra: Vec::new(),
             adapter: AdapterOptions::default(),
         }
+    }
+
+    /// The fuser configuration for a union that is read-only or not.
+    fn fuser_config(&self, read_only: bool) -> Config {
+        let mut cfg = Config::default();
+        cfg.mount_options = vec![
+            MountOption::FSName(self.fsname.clone()),
+            MountOption::Subtype(self.subtype.clone()),
+            MountOption::DefaultPermissions,
+            if read_only { MountOption::RO } else { MountOption::RW },
+        ];
+        if self.suid {
+            cfg.mount_options.push(MountOption::Suid);
+        }
+        if self.dev {
+            cfg.mount_options.push(MountOption::Dev);
+        }
+        if !self.exec {
+            cfg.mount_options.push(MountOption::NoExec);
+        }
+        for o in &self.extra {
+            // Session::new refuses conflicting pairs; ours (RO/RW above) win.
+            if !matches!(o, MountOption::RO | MountOption::RW) && !cfg.mount_options.contains(o) {
+                cfg.mount_options.push(o.clone());
+            }
+        }
+        cfg.acl = if self.allow_other {
+            SessionACL::All
+        } else if self.allow_root {
+            SessionACL::RootAndOwner
+        } else {
+            SessionACL::Owner
+        };
+        cfg.n_threads = Some(self.threads.max(2));
+        cfg.clone_fd = true;
+        cfg
     }
 }
 
@@ -54,30 +103,11 @@ pub struct Mounted {
 }
 
 /// Mounts `union` at `mountpoint`. When this returns Ok, the kernel has completed INIT and the
-/// mount is usable as soon as [`Mounted::run`] starts.
+/// mount is usable as soon as [`Mounted::run`] starts (requests made before that wait in the
+/// kernel's queue).
 pub fn mount(union: Arc<Union>, mountpoint: &Path, opts: &SessionOptions) -> io::Result<Mounted> {
-    let read_only = !union.writable();
+    let cfg = opts.fuser_config(!union.writable());
     let adapter = FuseAdapter::new(union, opts.adapter);
-    let mut cfg = Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("unionfs".into()),
-        MountOption::DefaultPermissions,
-        if read_only { MountOption::RO } else { MountOption::RW },
-    ];
-    if opts.suid {
-        cfg.mount_options.push(MountOption::Suid);
-    }
-    if opts.dev {
-        cfg.mount_options.push(MountOption::Dev);
-    }
-    cfg.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    cfg.n_threads = Some(opts.threads.max(2));
-    cfg.clone_fd = true;
     let session = Session::new(adapter, mountpoint, &cfg)?;
     Ok(Mounted {
         session,
@@ -92,12 +122,23 @@ impl Mounted {
 
     /// Serves requests until the filesystem is unmounted.
     pub fn run(self) -> io::Result<()> {
-        self.session.run()
+        let mut bg = self.session.spawn()?;
+        // When its session ends, fuser unmounts the path once more with a plain umount2 (its
+        // "still mounted?" check is true even then). After a lazy unmount, with files held open
+        // for a long time, that could take down a new mount made at the same place since. We own
+        // unmounting, so keep the thread handle and forget the rest: it holds only fuser's mount
+        // record and a channel sender, and the process ends soon after.
+        let guard = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
+        std::mem::forget(bg);
+        guard
+            .join()
+            .map_err(|_| io::Error::other("the FUSE session thread panicked"))?
     }
 }
 
-/// Detaches the mount at `mountpoint` (lazily, so open files do not keep it busy; the daemon
-/// exits once the kernel lets go). Root uses umount2(2), a plain user fusermount3.
+/// Unmounts `mountpoint`; with `lazy`, detaches it so open files do not keep it busy (the daemon
+/// exits once the kernel lets go). Root uses umount2(2), a plain user fusermount3. A busy mount
+/// gives an error with `raw_os_error() == Some(EBUSY)` either way.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
     if rustix::process::geteuid().is_root() {
         let flags = if lazy {
@@ -113,12 +154,13 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
     if lazy {
         cmd.arg("-z");
     }
-    let out = cmd.arg(mountpoint).output()?;
+    let out = cmd.arg("--").arg(mountpoint).output()?;
     if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        return Ok(());
     }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if msg.contains("Device or resource busy") {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    Err(io::Error::other(msg))
 }

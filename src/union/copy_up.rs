@@ -165,17 +165,17 @@ impl Union {
             rustix::fs::chmodat(
                 dir,
                 name,
-                Mode::from_raw_mode(st.st_mode as u32 & 0o7777),
+                Mode::from_raw_mode(st.st_mode & 0o7777),
                 AtFlags::empty(),
             )?;
         }
         let times = Timestamps {
             last_access: Timespec {
-                tv_sec: st.st_atime as i64,
+                tv_sec: st.st_atime,
                 tv_nsec: st.st_atime_nsec as _,
             },
             last_modification: Timespec {
-                tv_sec: st.st_mtime as i64,
+                tv_sec: st.st_mtime,
                 tv_nsec: st.st_mtime_nsec as _,
             },
         };

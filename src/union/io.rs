@@ -174,7 +174,7 @@ impl Union {
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Arc::new(Handle::File { fd, node }));
+        self.handles.insert(fh, Arc::new(Handle::File { fd, _node: node }));
         fh
     }
 

@@ -279,6 +279,10 @@ impl Union {
     }
 
     fn slot(&self, dir: &Node, name: &OsStr) -> FsResult<Slot> {
+        // Lookups only read the index: take the shared lock when it is already built.
+        if let Some(idx) = dir.state.read().dir.as_ref().and_then(|d| d.index.as_ref()) {
+            return Ok(idx.get(name).cloned().unwrap_or_default());
+        }
         self.with_index(dir, |idx| idx.get(name).cloned().unwrap_or_default())
     }
 
