@@ -82,12 +82,12 @@ pub struct RawEntry {
 
 /// Reads every entry of the directory behind `dir` (an `O_PATH` fd is fine), minus `.` and `..`.
 pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
-    let fd = rustix::fs::openat(
-        dir,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    // O_NOATIME: listing the view must not touch the lowers, not even their atime.
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, ".", flags | OFlags::NOATIME, Mode::empty()) {
+        Err(RErrno::PERM) => rustix::fs::openat(dir, ".", flags, Mode::empty())?,
+        r => r?,
+    };
     let mut d = rustix::fs::Dir::read_from(&fd)?;
     let mut out = Vec::new();
     while let Some(e) = d.read() {
@@ -124,10 +124,7 @@ fn xattr_value(mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> r
                 buf.truncate(n);
                 return Ok(Some(buf));
             }
-            Err(RErrno::RANGE) => {
-                let len = get(&mut [])?;
-                buf.resize(len.max(buf.len() * 2), 0);
-            }
+            Err(RErrno::RANGE) => buf.resize(buf.len() * 4, 0),
             Err(RErrno::NODATA) | Err(RErrno::NOTSUP) => return Ok(None),
             Err(e) => return Err(e),
         }
@@ -187,10 +184,12 @@ impl Target<'_> {
 
     pub fn get_xattr_raw(&self, attr: &OsStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
         let path = self.path();
-        if self.follow() {
-            rustix::fs::getxattr(path.as_os_str(), attr, buf)
-        } else {
-            rustix::fs::lgetxattr(path.as_os_str(), attr, buf)
+        // rustix answers 0 for an empty buffer; the size needs the explicit query.
+        match (self.follow(), buf.is_empty()) {
+            (true, true) => rustix::fs::getxattr_query(path.as_os_str(), attr),
+            (true, false) => rustix::fs::getxattr(path.as_os_str(), attr, buf),
+            (false, true) => rustix::fs::lgetxattr_query(path.as_os_str(), attr),
+            (false, false) => rustix::fs::lgetxattr(path.as_os_str(), attr, buf),
         }
     }
 

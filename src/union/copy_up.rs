@@ -74,9 +74,19 @@ impl Union {
         }
         let new_fd = {
             let _ns = parent.ns.lock();
+            let parent_times = rustix::fs::fstat(&*pdir).ok();
             if let Err(e) = rustix::fs::renameat_with(work, &tmp, &*pdir, &name, rustix::fs::RenameFlags::NOREPLACE) {
                 let _ = remove_any(work, &tmp, kind);
                 return Err(e.into());
+            }
+            // A copy-up is not a change of the parent: keep its times (as overlayfs does).
+            if let Some(pst) = parent_times {
+                let _ = rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    sys::fd_path(pdir.as_fd()).as_c_str(),
+                    &stat_times(&pst),
+                    AtFlags::empty(),
+                );
             }
             self.sync_dir(pdir.as_fd());
             let new_fd = Arc::new(sys::open_path(pdir.as_fd(), &name)?);
@@ -141,8 +151,9 @@ impl Union {
             (Target::Fd(src.fd), Target::Entry(work, tmp))
         };
         copy_xattrs(&from, &to)?;
+        // Best effort: without it the copy gets its own number after a remount.
         let _ = to.set_xattr(
-            OsStr::new(whiteout::ORIGIN_XATTR),
+            OsStr::new(whiteout::origin_xattr(src.kind)),
             &ino.to_le_bytes(),
             rustix::fs::XattrFlags::empty(),
         );
@@ -162,24 +173,9 @@ impl Union {
             )?;
         }
         if kind != Kind::Symlink {
-            rustix::fs::chmodat(
-                dir,
-                name,
-                Mode::from_raw_mode(st.st_mode & 0o7777),
-                AtFlags::empty(),
-            )?;
+            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())?;
         }
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec as _,
-            },
-            last_modification: Timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec as _,
-            },
-        };
-        rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::utimensat(dir, name, &stat_times(st), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
     }
 
@@ -287,6 +283,20 @@ fn walk_links(dir: BorrowedFd<'_>, path: &mut Vec<OsString>, out: &mut HashMap<u
                 }
             }
         }
+    }
+}
+
+/// The access and modification times of `st`, for utimensat.
+fn stat_times(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
     }
 }
 

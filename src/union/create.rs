@@ -154,7 +154,7 @@ impl Union {
         let pfd = sys::open_path(pdir.as_fd(), name)?;
         let st = rustix::fs::fstat(&pfd)?;
         let ino = match &obj {
-            NewObject::Link { .. } => self.ino_of(upper, pdir.as_fd(), name, st.st_ino),
+            NewObject::Link { .. } => self.ino_of(upper, pdir.as_fd(), name, kind, st.st_ino),
             _ => self.tag_ino(upper, st.st_ino),
         };
         self.with_index(&dir, |idx| {

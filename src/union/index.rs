@@ -53,11 +53,11 @@ pub(crate) struct Slot {
 pub(crate) type DirIndex = HashMap<OsString, Slot>;
 
 /// Builds the index of a directory merged from `layers` (top first). `upper` is the upper's
-/// layer index, if there is one. `ino_of(layer, dir, name, raw_ino)` gives the view inode number.
+/// layer index, if there is one. `ino_of(layer, dir, name, kind, raw_ino)` gives the view inode number.
 pub(crate) fn build(
     layers: &[(usize, Arc<OwnedFd>)],
     upper: Option<usize>,
-    ino_of: &dyn Fn(usize, &OwnedFd, &OsString, u64) -> u64,
+    ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
 ) -> rustix::io::Result<DirIndex> {
     let mut map: DirIndex = HashMap::new();
     for (layer, fd) in layers {
@@ -93,7 +93,7 @@ pub(crate) fn build(
             let kind = Kind::from_file_type(ft);
             let needs_ino = map.get(&e.name).is_none_or(|s| s.vis.is_none() && !s.hidden);
             let ino = if needs_ino {
-                ino_of(layer, fd, &e.name, e.ino)
+                ino_of(layer, fd, &e.name, kind, e.ino)
             } else {
                 0
             };

@@ -99,12 +99,14 @@ impl Union {
         } else {
             None
         };
-        // Symlinks are changed as entries of their parent; everything else through its own fd.
-        let (dir, entry): (std::os::fd::BorrowedFd<'_>, OsString) = match &parent_fd {
-            Some(p) => (p.as_fd(), name.clone()),
+        // Symlinks are changed as entries of their parent (not following them); everything
+        // else through /proc/self/fd/N, which must be followed to reach the object.
+        let (dir, entry, at): (std::os::fd::BorrowedFd<'_>, OsString, AtFlags) = match &parent_fd {
+            Some(p) => (p.as_fd(), name.clone(), AtFlags::SYMLINK_NOFOLLOW),
             None => (
                 rustix::fs::CWD,
                 OsString::from_vec(sys::fd_path(fd.as_fd()).into_bytes()),
+                AtFlags::empty(),
             ),
         };
         if set.uid.is_some() || set.gid.is_some() {
@@ -113,7 +115,7 @@ impl Union {
                 &entry,
                 set.uid.map(rustix::fs::Uid::from_raw),
                 set.gid.map(rustix::fs::Gid::from_raw),
-                AtFlags::SYMLINK_NOFOLLOW,
+                at,
             )?;
         }
         if let Some(m) = set.mode {
@@ -137,7 +139,7 @@ impl Union {
                 last_access: set.atime.map(ts).unwrap_or(OMIT),
                 last_modification: set.mtime.map(ts).unwrap_or(OMIT),
             };
-            rustix::fs::utimensat(dir, &entry, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::utimensat(dir, &entry, &times, at)?;
         }
         self.attr_of(&node)
     }

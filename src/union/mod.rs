@@ -217,9 +217,9 @@ impl Union {
 
     /// The view inode number of the entry `name` of `dir` in `layer`, whose raw number is `raw`.
     /// Upper objects made by copy-up carry their origin's number in an xattr.
-    fn ino_of(&self, layer: usize, dir: BorrowedFd<'_>, name: &OsStr, raw: u64) -> u64 {
+    fn ino_of(&self, layer: usize, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, raw: u64) -> u64 {
         if Some(layer) == self.upper {
-            if let Ok(Some(v)) = sys::get_xattr(dir, name, whiteout::ORIGIN_XATTR) {
+            if let Ok(Some(v)) = sys::get_xattr(dir, name, whiteout::origin_xattr(kind)) {
                 if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
                     return u64::from_le_bytes(b);
                 }
@@ -253,8 +253,8 @@ impl Union {
             }
         }
         let layers = self.dir_layers(dir)?;
-        let built = index::build(&layers, self.upper, &|l, fd, name, raw| {
-            self.ino_of(l, fd.as_fd(), name, raw)
+        let built = index::build(&layers, self.upper, &|l, fd, name, kind, raw| {
+            self.ino_of(l, fd.as_fd(), name, kind, raw)
         })?;
         let mut st = dir.state.write();
         let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;

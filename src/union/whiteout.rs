@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{FileType, Stat};
 
+use crate::attr::Kind;
 use crate::sys;
 
 /// Prefix of OCI whiteout files.
@@ -27,15 +28,23 @@ const OPAQUE_XATTRS: [&str; 3] = [
 const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
 
 /// Namespaces of xattrs that belong to union implementations and never show in the view.
-const PRIVATE_XATTR_PREFIXES: [&[u8]; 4] = [
+const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
     b"user.unionfs.",
+    b"trusted.unionfs.",
 ];
 
-/// Where we record the inode number an object had before copy-up, so it keeps it.
-pub const ORIGIN_XATTR: &str = "user.unionfs.origin";
+/// Where we record the inode number an object had before copy-up, so it keeps it. Linux allows
+/// `user.*` xattrs only on files and directories; symlinks and special files need `trusted.*`
+/// (so they keep their number only when the daemon is privileged).
+pub fn origin_xattr(kind: Kind) -> &'static str {
+    match kind {
+        Kind::File | Kind::Dir => "user.unionfs.origin",
+        _ => "trusted.unionfs.origin",
+    }
+}
 
 /// Whether an xattr name is private to union filesystems (hidden, not settable).
 pub fn is_private_xattr(name: &OsStr) -> bool {

@@ -35,7 +35,10 @@ pub struct Layers {
 
 impl Layers {
     pub fn new(n_lowers: usize) -> Layers {
-        let dir = tempfile::Builder::new().prefix("unionfs-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("unionfs-test")
+            .tempdir()
+            .expect("tempdir");
         let lowers: Vec<PathBuf> = (0..n_lowers).map(|i| dir.path().join(format!("lower{i}"))).collect();
         for l in &lowers {
             std::fs::create_dir(l).expect("mkdir lower");
@@ -46,7 +49,13 @@ impl Layers {
         for d in [&upper, &work, &mnt] {
             std::fs::create_dir(d).expect("mkdir");
         }
-        Layers { dir, lowers, upper, work, mnt }
+        Layers {
+            dir,
+            lowers,
+            upper,
+            work,
+            mnt,
+        }
     }
 
     /// Writes `content` at `rel` in lower `i`, creating parents.
@@ -62,7 +71,11 @@ impl Layers {
 
     /// `--lower` argument, top first.
     pub fn lower_arg(&self) -> String {
-        self.lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
+        self.lowers
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// Mounts with the upper and workdir, plus `extra` arguments.
@@ -101,7 +114,10 @@ impl Mount {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn unionfs");
-        let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf() };
+        let mut m = Mount {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mounted(mnt) {
             if let Some(c) = m.child.as_mut() {
@@ -191,7 +207,10 @@ impl Tree {
 }
 
 fn walk(root: &Path, dir: &Path, t: &mut Tree, raw: bool) {
-    let mut names: Vec<_> = std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     names.sort();
     for p in names {
         let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
@@ -201,9 +220,14 @@ fn walk(root: &Path, dir: &Path, t: &mut Tree, raw: bool) {
         let e = if ft.is_dir() {
             Entry::Dir { mode }
         } else if ft.is_file() {
-            Entry::File { data: std::fs::read(&p).expect("read"), mode }
+            Entry::File {
+                data: std::fs::read(&p).expect("read"),
+                mode,
+            }
         } else if ft.is_symlink() {
-            Entry::Symlink { target: std::fs::read_link(&p).expect("readlink") }
+            Entry::Symlink {
+                target: std::fs::read_link(&p).expect("readlink"),
+            }
         } else {
             let kind = if ft.is_char_device() {
                 "chr"
@@ -214,10 +238,17 @@ fn walk(root: &Path, dir: &Path, t: &mut Tree, raw: bool) {
             } else {
                 "sock"
             };
-            Entry::Other { kind: kind.into(), mode, rdev: md.rdev() }
+            Entry::Other {
+                kind: kind.into(),
+                mode,
+                rdev: md.rdev(),
+            }
         };
         if raw {
-            t.mtimes.insert(rel.clone(), md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128);
+            t.mtimes.insert(
+                rel.clone(),
+                md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            );
         }
         let xs = list_xattrs(&p, raw);
         if !xs.is_empty() {
@@ -233,7 +264,9 @@ fn walk(root: &Path, dir: &Path, t: &mut Tree, raw: bool) {
 fn list_xattrs(p: &Path, all: bool) -> BTreeMap<OsString, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut buf = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else { return out };
+    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
+        return out;
+    };
     for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
         let name = OsString::from(String::from_utf8_lossy(name).into_owned());
         if !all && !name.to_string_lossy().starts_with("user.") {
@@ -246,4 +279,217 @@ fn list_xattrs(p: &Path, all: bool) -> BTreeMap<OsString, Vec<u8>> {
         }
     }
     out
+}
+
+// ---- Helpers for the `mount_*` tests (added; everything above is shared as it was) ----------
+
+/// Unmounts `m`, asserting the daemon exits 0, and mounts the same layers again with `extra`.
+pub fn remount(l: &Layers, m: Mount, extra: &[&str]) -> Mount {
+    assert_eq!(m.unmount(), Some(0), "unionfs must exit 0 on unmount");
+    l.mount(extra)
+}
+
+impl Layers {
+    /// Path of `rel` in lower `i` (raw, not through the mount).
+    pub fn lower(&self, i: usize, rel: &str) -> PathBuf {
+        self.lowers[i].join(rel)
+    }
+
+    /// Path of `rel` in the upper (raw, not through the mount).
+    pub fn up(&self, rel: &str) -> PathBuf {
+        self.upper.join(rel)
+    }
+
+    /// Makes the temporary directory reachable by other users (tempdirs are 0700).
+    pub fn open_to_all(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
+    }
+}
+
+/// The errno of a failed I/O result (`None` when it succeeded).
+pub fn err_code<T>(r: std::io::Result<T>) -> Option<i32> {
+    r.err().map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// The errno of a failed rustix result (`None` when it succeeded).
+pub fn rerr<T>(r: rustix::io::Result<T>) -> Option<i32> {
+    r.err().map(|e| e.raw_os_error())
+}
+
+/// `lgetxattr`: `None` when absent.
+pub fn xget(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut v = vec![0u8; 65536];
+    let n = rustix::fs::lgetxattr(p, name, &mut v[..]).ok()?;
+    v.truncate(n);
+    Some(v)
+}
+
+/// `lgetxattr`, returning the errno on failure.
+pub fn xget_err(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let mut v = vec![0u8; 65536];
+    match rustix::fs::lgetxattr(p, name, &mut v[..]) {
+        Ok(n) => {
+            v.truncate(n);
+            Ok(v)
+        }
+        Err(e) => Err(e.raw_os_error()),
+    }
+}
+
+/// `lsetxattr`.
+pub fn xset(p: &Path, name: &str, value: &[u8]) -> rustix::io::Result<()> {
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
+}
+
+/// `llistxattr`, as sorted names.
+pub fn xlist(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).expect("llistxattr");
+    let mut v: Vec<String> = buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Creates an overlay whiteout (char device 0/0) at `p`.
+pub fn mknod_whiteout(p: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .expect("mknod whiteout");
+}
+
+/// Whether `p` is an overlay whiteout (char device 0/0).
+pub fn is_chr_whiteout(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+}
+
+/// Whether anything (even a dangling symlink or a whiteout) exists at `p`.
+pub fn exists_raw(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// Sorted names in the directory `dir`.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sets atime and mtime (seconds since the epoch) of `p` without following a symlink.
+pub fn set_times(p: &Path, atime: i64, mtime: i64) {
+    let ts = |s| rustix::fs::Timespec { tv_sec: s, tv_nsec: 0 };
+    let t = rustix::fs::Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, p, &t, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).expect("utimensat");
+}
+
+/// lstat.
+pub fn lstat(p: &Path) -> std::fs::Metadata {
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
+}
+
+/// The name of the unprivileged account the permission tests use.
+pub const TEST_USER: &str = "unionfs-test-user";
+
+/// uid and gid of [`TEST_USER`], creating the account (no home) if it is missing.
+pub fn test_user() -> (u32, u32) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").arg(flag).arg(TEST_USER).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        // Another test binary may create it at the same moment: ignore the status, re-check.
+        let _ = Command::new("useradd").arg("-M").arg(TEST_USER).output();
+    }
+    (id("-u").expect("test user uid"), id("-g").expect("test user gid"))
+}
+
+/// Runs `prog args` as `uid:gid` with no supplementary groups.
+pub fn run_as(uid: u32, gid: u32, prog: &str, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(prog)
+        .args(args)
+        .output()
+        .expect("run setpriv")
+}
+
+/// A kernel overlayfs mount (needs root), the reference for differential tests. Dropping it
+/// unmounts (lazily if busy).
+pub struct KernelOverlay {
+    pub mnt: PathBuf,
+}
+
+impl KernelOverlay {
+    /// `mount -t overlay` with `lowers` (top first); with `upper_work` = `(upper, workdir)` it is
+    /// writable, without it a read-only union. Returns mount(8)'s complaint on failure.
+    pub fn mount(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>, mnt: &Path) -> Result<KernelOverlay, String> {
+        let lower = lowers
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        let mut opts = format!("lowerdir={lower}");
+        if let Some((upper, work)) = upper_work {
+            opts.push_str(&format!(",upperdir={},workdir={}", upper.display(), work.display()));
+        }
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("spawn mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t overlay -o {opts} {}: {}",
+                mnt.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(KernelOverlay { mnt: mnt.to_path_buf() })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Unmounts now (lazily if the mount is busy).
+    pub fn unmount(self) {}
+}
+
+impl Drop for KernelOverlay {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+    }
 }

@@ -1,0 +1,331 @@
+//! Removal and re-creation through a real mount (SPEC "Unlink, rmdir, create over a deleted
+//! name", the whiteout/opaque formats we write, and `.wh.` names refused). Every test remounts
+//! and re-reads, checks the upper's on-disk format, and proves the lower layers unchanged.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, symlink};
+use std::path::Path;
+
+use common::*;
+
+const ENOENT: i32 = libc::ENOENT;
+
+fn gone(p: &Path) -> bool {
+    err_code(std::fs::symlink_metadata(p)) == Some(ENOENT)
+}
+
+fn opaque_xattr(p: &Path) -> Option<Vec<u8>> {
+    xget(p, "trusted.overlay.opaque")
+}
+
+#[test]
+fn unlink_of_a_lower_file_leaves_a_whiteout_device() {
+    let l = Layers::new(2);
+    l.put(1, "f", b"f");
+    l.put(0, "d/g", b"g");
+    l.put(1, "d/h", b"h");
+    l.put(0, "both", b"0");
+    l.put(1, "both", b"1");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    for p in ["f", "d/g", "both"] {
+        std::fs::remove_file(m.path(p)).unwrap();
+        assert!(gone(&m.path(p)), "{p}");
+    }
+    assert_eq!(names(&m.mnt), ["d"]);
+    assert_eq!(names(&m.path("d")), ["h"]);
+    for p in ["f", "d/g", "both"] {
+        assert!(
+            is_chr_whiteout(&l.up(p)),
+            "{p}: the upper must hold a char 0/0 whiteout"
+        );
+    }
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), ["d"]);
+    assert_eq!(names(&m.path("d")), ["h"]);
+    for p in ["f", "d/g", "both"] {
+        assert!(gone(&m.path(p)), "{p} came back after remount");
+    }
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn unlink_of_an_upper_only_file_leaves_nothing() {
+    let l = Layers::new(1);
+    l.put(0, "d/keep", b"k");
+    l.put(0, "again", b"lower");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    std::fs::write(m.path("n"), b"n").unwrap();
+    std::fs::write(m.path("d/n"), b"n").unwrap();
+    std::fs::remove_file(m.path("n")).unwrap();
+    std::fs::remove_file(m.path("d/n")).unwrap();
+    assert!(!exists_raw(&l.up("n")), "no whiteout where nothing lies below");
+    assert!(!exists_raw(&l.up("d/n")));
+    // Deleted, re-created, deleted again: the lower one must stay hidden.
+    std::fs::remove_file(m.path("again")).unwrap();
+    std::fs::write(m.path("again"), b"upper").unwrap();
+    assert!(lstat(&l.up("again")).is_file());
+    assert_eq!(std::fs::read(m.path("again")).unwrap(), b"upper");
+    std::fs::remove_file(m.path("again")).unwrap();
+    assert!(is_chr_whiteout(&l.up("again")));
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), ["d"]);
+    assert_eq!(names(&m.path("d")), ["keep"]);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn a_file_created_over_a_deleted_name_replaces_the_whiteout() {
+    let l = Layers::new(2);
+    l.put(1, "f", b"lower");
+    l.put(1, "g", b"lower");
+    mknod_whiteout(&l.lower(0, "hidden"));
+    l.put(1, "hidden", b"lower");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    std::fs::remove_file(m.path("f")).unwrap();
+    std::fs::write(m.path("f"), b"new f").unwrap();
+    std::fs::remove_file(m.path("g")).unwrap();
+    symlink("target", m.path("g")).unwrap();
+    std::fs::write(m.path("hidden"), b"new hidden").unwrap();
+    let check = |m: &Mount| {
+        assert_eq!(std::fs::read(m.path("f")).unwrap(), b"new f");
+        assert_eq!(std::fs::read_link(m.path("g")).unwrap(), Path::new("target"));
+        assert_eq!(std::fs::read(m.path("hidden")).unwrap(), b"new hidden");
+    };
+    check(&m);
+    assert!(lstat(&l.up("f")).is_file());
+    assert!(lstat(&l.up("g")).file_type().is_symlink());
+    let m = remount(&l, m, &[]);
+    check(&m);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn rmdir_is_refused_while_any_layer_shows_a_child() {
+    let l = Layers::new(2);
+    l.mkdir(1, "empty_lower");
+    l.put(1, "full/x", b"x");
+    l.put(0, "merged/a", b"a");
+    l.put(1, "merged/b", b"b");
+    l.put(1, "merged/sub/c", b"c");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    std::fs::remove_dir(m.path("empty_lower")).unwrap();
+    assert!(gone(&m.path("empty_lower")));
+    assert!(is_chr_whiteout(&l.up("empty_lower")));
+    assert_eq!(err_code(std::fs::remove_dir(m.path("full"))), Some(libc::ENOTEMPTY));
+    assert_eq!(err_code(std::fs::remove_dir(m.path("merged"))), Some(libc::ENOTEMPTY));
+    std::fs::remove_file(m.path("merged/a")).unwrap();
+    // b is only in the lower layer below: still not empty.
+    assert_eq!(err_code(std::fs::remove_dir(m.path("merged"))), Some(libc::ENOTEMPTY));
+    std::fs::remove_file(m.path("merged/b")).unwrap();
+    assert_eq!(err_code(std::fs::remove_dir(m.path("merged"))), Some(libc::ENOTEMPTY));
+    std::fs::remove_file(m.path("merged/sub/c")).unwrap();
+    std::fs::remove_dir(m.path("merged/sub")).unwrap();
+    assert_eq!(names(&m.path("merged")), Vec::<String>::new());
+    std::fs::remove_dir(m.path("merged")).unwrap();
+    // The upper copy of `merged` (holding whiteouts) is gone, replaced by one whiteout.
+    assert!(
+        is_chr_whiteout(&l.up("merged")),
+        "whiteouts left in the upper dir must go with it"
+    );
+    // A directory only in the upper, with nothing below: plain rmdir.
+    std::fs::create_dir(m.path("fresh")).unwrap();
+    std::fs::write(m.path("fresh/x"), b"x").unwrap();
+    assert_eq!(err_code(std::fs::remove_dir(m.path("fresh"))), Some(libc::ENOTEMPTY));
+    std::fs::remove_file(m.path("fresh/x")).unwrap();
+    std::fs::remove_dir(m.path("fresh")).unwrap();
+    assert!(!exists_raw(&l.up("fresh")));
+    assert_eq!(names(&m.mnt), ["full"]);
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), ["full"]);
+    assert_eq!(names(&m.path("full")), ["x"]);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn directory_recreated_over_a_deleted_name_is_opaque() {
+    let l = Layers::new(2);
+    l.put(0, "p/d/a", b"a");
+    l.put(1, "p/d/b", b"b");
+    l.put(1, "p/d/sub/c", b"c");
+    l.put(1, "p/file", b"was a file");
+    mknod_whiteout(&l.lower(0, "p/wh"));
+    l.put(1, "p/wh/hidden", b"h");
+    l.put(0, "p/.wh.oci", b"");
+    l.put(1, "p/oci/hidden", b"h");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    std::fs::remove_dir_all(m.path("p/d")).unwrap();
+    std::fs::create_dir(m.path("p/d")).unwrap();
+    std::fs::remove_file(m.path("p/file")).unwrap();
+    std::fs::create_dir(m.path("p/file")).unwrap();
+    // Names hidden by a whiteout in a lower layer.
+    std::fs::create_dir(m.path("p/wh")).unwrap();
+    std::fs::create_dir(m.path("p/oci")).unwrap();
+    let check = |m: &Mount| {
+        for d in ["p/d", "p/file", "p/wh", "p/oci"] {
+            assert_eq!(names(&m.path(d)), Vec::<String>::new(), "{d} must be empty");
+        }
+    };
+    check(&m);
+    for d in ["p/d", "p/file", "p/wh", "p/oci"] {
+        assert_eq!(
+            opaque_xattr(&l.up(d)).as_deref(),
+            Some(&b"y"[..]),
+            "{d} must be marked opaque"
+        );
+        assert_eq!(
+            names(&l.up(d)),
+            Vec::<String>::new(),
+            "{d}: no whiteouts in an opaque dir"
+        );
+    }
+    let m = remount(&l, m, &[]);
+    check(&m);
+    // Files added after the remount still only show what was added.
+    std::fs::write(m.path("p/d/new"), b"n").unwrap();
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.path("p/d")), ["new"]);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn no_whiteouts_inside_an_opaque_directory_with_nothing_below() {
+    let l = Layers::new(1);
+    l.put(0, "d/x", b"x");
+    l.put(0, "d/y", b"y");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    std::fs::remove_dir_all(m.path("d")).unwrap();
+    std::fs::create_dir(m.path("d")).unwrap();
+    // The same names as the deleted lower entries: nothing below the opaque dir to hide.
+    std::fs::write(m.path("d/x"), b"new").unwrap();
+    std::fs::create_dir(m.path("d/y")).unwrap();
+    std::fs::remove_file(m.path("d/x")).unwrap();
+    std::fs::remove_dir(m.path("d/y")).unwrap();
+    assert_eq!(
+        names(&l.up("d")),
+        Vec::<String>::new(),
+        "no whiteouts expected in the opaque dir"
+    );
+    // A brand-new directory: same.
+    std::fs::create_dir(m.path("n")).unwrap();
+    std::fs::write(m.path("n/z"), b"z").unwrap();
+    std::fs::remove_file(m.path("n/z")).unwrap();
+    assert_eq!(names(&l.up("n")), Vec::<String>::new());
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.path("d")), Vec::<String>::new());
+    assert_eq!(names(&m.path("n")), Vec::<String>::new());
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn names_starting_with_dot_wh_are_refused_with_einval() {
+    let l = Layers::new(1);
+    l.put(0, "f", b"f");
+    l.put(0, "d/g", b"g");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let einval = Some(libc::EINVAL);
+    for dir in ["", "d/"] {
+        let p = |n: &str| m.path(&format!("{dir}{n}"));
+        assert_eq!(err_code(std::fs::write(p(".wh.f"), b"x")), einval, "create {dir}.wh.f");
+        assert_eq!(err_code(std::fs::write(p(".wh..wh..opq"), b"")), einval);
+        assert_eq!(err_code(std::fs::create_dir(p(".wh.dir"))), einval);
+        assert_eq!(err_code(symlink("f", p(".wh.link"))), einval);
+        assert_eq!(
+            rerr(rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p(".wh.fifo"),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0
+            )),
+            einval
+        );
+        assert_eq!(err_code(std::fs::hard_link(m.path("f"), p(".wh.hard"))), einval);
+        assert_eq!(err_code(std::fs::rename(m.path("f"), p(".wh.moved"))), einval);
+        assert_eq!(err_code(std::fs::metadata(p(".wh.f"))), Some(ENOENT));
+    }
+    assert_eq!(names(&m.mnt), ["d", "f"]);
+    let raw: Vec<String> = names(&l.upper).into_iter().filter(|n| n.starts_with(".wh.")).collect();
+    assert!(raw.is_empty(), "created in the upper: {raw:?}");
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), ["d", "f"]);
+    assert_eq!(names(&m.path("d")), ["g"]);
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"f");
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn oci_style_writes_dot_wh_files_and_opaque_markers() {
+    let l = Layers::new(1);
+    l.put(0, "f", b"f");
+    l.put(0, "d/a", b"a");
+    l.put(0, "e/b", b"b");
+    l.put(0, "keep", b"k");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&["--whiteouts=oci"]);
+    std::fs::remove_file(m.path("f")).unwrap();
+    std::fs::remove_dir_all(m.path("d")).unwrap();
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::fs::remove_file(m.path("e/b")).unwrap();
+    let check = |m: &Mount| {
+        assert_eq!(names(&m.mnt), ["d", "e", "keep"]);
+        assert_eq!(names(&m.path("d")), Vec::<String>::new());
+        assert_eq!(names(&m.path("e")), Vec::<String>::new());
+    };
+    check(&m);
+    let f = lstat(&l.up(".wh.f"));
+    assert!(f.is_file() && f.len() == 0, "f must be hidden by an empty .wh.f");
+    assert!(!exists_raw(&l.up("f")), "no device whiteout in OCI mode");
+    assert!(lstat(&l.up("e/.wh.b")).is_file());
+    assert!(!exists_raw(&l.up("e/b")));
+    assert!(lstat(&l.up("d/.wh..wh..opq")).is_file(), "d must carry .wh..wh..opq");
+    assert_eq!(opaque_xattr(&l.up("d")), None, "no opaque xattr in OCI mode");
+    assert!(lstat(&l.up("d")).is_dir());
+    let raw: Vec<_> = std::fs::read_dir(&l.upper)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_char_device())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(raw.is_empty(), "char devices in an OCI upper: {raw:?}");
+    let m = remount(&l, m, &["--whiteouts=oci"]);
+    check(&m);
+    // The markers are read whatever style the next mount writes.
+    let m = remount(&l, m, &[]);
+    check(&m);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn deleting_inside_a_lower_only_directory_copies_up_the_chain() {
+    let l = Layers::new(1);
+    l.put(0, "a/b/c/f", b"f");
+    l.put(0, "a/b/c/g", b"g");
+    l.put(0, "a/b/c/sub/x", b"x");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    std::fs::remove_file(m.path("a/b/c/f")).unwrap();
+    std::fs::remove_dir_all(m.path("a/b/c/sub")).unwrap();
+    assert!(lstat(&l.up("a/b/c")).is_dir());
+    assert!(is_chr_whiteout(&l.up("a/b/c/f")));
+    assert!(is_chr_whiteout(&l.up("a/b/c/sub")));
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.path("a/b/c")), ["g"]);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
