@@ -24,7 +24,8 @@ pub(crate) enum NewObject<'a> {
     Dir { mode: u32 },
     Node { mode: u32, rdev: u64 },
     Symlink { target: &'a OsStr },
-    Link { source: &'a Arc<OwnedFd> },
+    /// Another name for an existing (upper) object of kind `kind` and view number `ino`.
+    Link { source: &'a Arc<OwnedFd>, kind: Kind, ino: u64 },
 }
 
 impl NewObject<'_> {
@@ -34,7 +35,7 @@ impl NewObject<'_> {
             NewObject::Dir { .. } => Kind::Dir,
             NewObject::Node { mode, .. } => Kind::from_mode(*mode),
             NewObject::Symlink { .. } => Kind::Symlink,
-            NewObject::Link { .. } => Kind::File,
+            NewObject::Link { kind, .. } => *kind,
         }
     }
 }
@@ -92,9 +93,13 @@ impl Union {
             return Err(Errno::EPERM);
         }
         self.copy_up(&node)?;
-        let source = Arc::clone(&node.state.read().fd);
+        let (source, kind) = {
+            let s = node.state.read();
+            (Arc::clone(&s.fd), s.kind)
+        };
         let ctx = Ctx::default();
-        let (n, _, _) = self.make(&ctx, newparent, newname, NewObject::Link { source: &source })?;
+        let obj = NewObject::Link { source: &source, kind, ino: node.ino };
+        let (n, _, _) = self.make(&ctx, newparent, newname, obj)?;
         self.attr_of(&n)
     }
 
@@ -154,7 +159,8 @@ impl Union {
         let pfd = sys::open_path(pdir.as_fd(), name)?;
         let st = rustix::fs::fstat(&pfd)?;
         let ino = match &obj {
-            NewObject::Link { .. } => self.ino_of(upper, pdir.as_fd(), name, kind, st.st_ino),
+            // Every name of an object shares its number.
+            NewObject::Link { ino, .. } => *ino,
             _ => self.tag_ino(upper, st.st_ino),
         };
         self.with_index(&dir, |idx| {
@@ -242,7 +248,7 @@ impl Union {
                 final_mode = Some(mode & 0o7777);
             }
             NewObject::Symlink { target } => rustix::fs::symlinkat(*target, dir, name)?,
-            NewObject::Link { source } => {
+            NewObject::Link { source, .. } => {
                 rustix::fs::linkat(
                     rustix::fs::CWD,
                     sys::fd_path(source.as_fd()).as_c_str(),
