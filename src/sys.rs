@@ -59,6 +59,18 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> rustix::io::Result<OwnedFd> 
     }
 }
 
+/// Opens the entry `name` of `dir` for I/O, refusing to follow a symlink there.
+pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let flags = (flags | OFlags::CLOEXEC | OFlags::NOFOLLOW) & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY);
+    match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        // O_NOATIME is refused on files we do not own when unprivileged: retry without.
+        Err(RErrno::PERM) if flags.contains(OFlags::NOATIME) => {
+            rustix::fs::openat(dir, name, flags & !OFlags::NOATIME, Mode::empty())
+        }
+        r => r,
+    }
+}
+
 /// `lstat` of an entry of `dir`.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Stat> {
     rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)

@@ -18,7 +18,7 @@ use rustix::io::Errno as RErrno;
 
 use super::node::{Node, ROOT};
 use super::whiteout;
-use super::{Union, layer_fd};
+use super::{Loc, Union};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
 use crate::sys::{self, Target};
@@ -44,12 +44,12 @@ impl Union {
             return Ok(());
         }
         let _g = node.copy_lock.lock();
-        let (parent_ino, name, kind, fd, layer) = {
+        let (parent_ino, name, kind, layer) = {
             let s = node.state.read();
             if s.layer == upper {
                 return Ok(());
             }
-            (s.parent, s.name.clone(), s.kind, Arc::clone(&s.fd), s.layer)
+            (s.parent, s.name.clone(), s.kind, s.layer)
         };
         if node.ino == ROOT {
             return Ok(());
@@ -57,18 +57,11 @@ impl Union {
         let parent = self.node(parent_ino)?;
         self.copy_up(&parent)?;
         let pdir = self.upper_dir_fd(&parent).ok_or(Errno::EIO)?;
-        let src_parent = layer_fd(&self.dir_layers(&parent)?, layer).ok_or(Errno::ESTALE)?;
-        let st = rustix::fs::fstat(&*fd)?;
+        let src = self.locate(node, None)?;
+        let st = src.stat()?;
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
-        let src = Source {
-            fd: fd.as_fd(),
-            parent: src_parent.as_fd(),
-            name: &name,
-            st: &st,
-            kind,
-        };
-        if let Err(e) = self.build_copy(&src, work, &tmp, node.ino, data) {
+        if let Err(e) = self.build_copy(&src, &st, kind, work, &tmp, node.ino, data) {
             let _ = remove_any(work, &tmp, kind);
             return Err(e);
         }
@@ -89,7 +82,11 @@ impl Union {
                 );
             }
             self.sync_dir(pdir.as_fd());
-            let new_fd = Arc::new(sys::open_path(pdir.as_fd(), &name)?);
+            let new_fd = if kind == Kind::Dir {
+                Some(Arc::new(sys::open_path_dir(pdir.as_fd(), &name)?))
+            } else {
+                None
+            };
             let _ = self.with_index(&parent, |idx| {
                 if let Some(v) = idx.get_mut(&name).and_then(|s| s.vis.as_mut()) {
                     v.layer = upper;
@@ -103,20 +100,28 @@ impl Union {
         {
             let mut s = node.state.write();
             s.layer = upper;
-            s.fd = Arc::clone(&new_fd);
-            if let Some(d) = s.dir.as_mut() {
-                d.layers.insert(0, (upper, Arc::clone(&new_fd)));
+            if let (Some(d), Some(fd)) = (s.dir.as_mut(), new_fd) {
+                d.layers.insert(0, (upper, fd));
             }
         }
         if kind == Kind::File && st.st_nlink > 1 {
-            self.link_siblings(node, layer, st.st_ino, &new_fd);
+            self.link_siblings(node, layer, st.st_ino, &pdir, &name);
         }
         Ok(())
     }
 
-    fn build_copy(&self, src: &Source<'_>, work: BorrowedFd<'_>, tmp: &OsStr, ino: u64, data: Data) -> FsResult<()> {
-        let st = src.st;
-        match src.kind {
+    #[allow(clippy::too_many_arguments)]
+    fn build_copy(
+        &self,
+        src: &Loc,
+        st: &Stat,
+        kind: Kind,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        ino: u64,
+        data: Data,
+    ) -> FsResult<()> {
+        match kind {
             Kind::Dir => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
             Kind::File => {
                 let out = rustix::fs::openat(
@@ -126,7 +131,7 @@ impl Union {
                     Mode::from_raw_mode(0o600),
                 )?;
                 if data == Data::All {
-                    let input = sys::reopen(src.fd, OFlags::RDONLY | OFlags::NOATIME)?;
+                    let input = src.open(OFlags::RDONLY | OFlags::NOATIME)?;
                     copy_data(&input, &out, st.st_size as u64)?;
                     if !self.volatile {
                         rustix::fs::fsync(&out)?;
@@ -134,7 +139,10 @@ impl Union {
                 }
             }
             Kind::Symlink => {
-                let target = rustix::fs::readlinkat(src.fd, "", Vec::new())?;
+                let Loc::Entry(dir, name) = src else {
+                    return Err(Errno::EIO);
+                };
+                let target = rustix::fs::readlinkat(&**dir, name, Vec::new())?;
                 rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
             }
             _ => rustix::fs::mknodat(
@@ -145,19 +153,15 @@ impl Union {
                 st.st_rdev,
             )?,
         }
-        let (from, to) = if src.kind == Kind::Symlink {
-            (Target::Entry(src.parent, src.name), Target::Entry(work, tmp))
-        } else {
-            (Target::Fd(src.fd), Target::Entry(work, tmp))
-        };
-        copy_xattrs(&from, &to)?;
+        let to = Target::Entry(work, tmp);
+        copy_xattrs(&src.target(), &to)?;
         // Best effort: without it the copy gets its own number after a remount.
         let _ = to.set_xattr(
-            OsStr::new(whiteout::origin_xattr(src.kind)),
+            OsStr::new(whiteout::origin_xattr(kind)),
             &ino.to_le_bytes(),
             rustix::fs::XattrFlags::empty(),
         );
-        self.finish_meta(work, tmp, src.kind, st)?;
+        self.finish_meta(work, tmp, kind, st)?;
         Ok(())
     }
 
@@ -194,7 +198,7 @@ impl Union {
     }
 
     /// Links every other visible name of the lower object (`layer`, `raw_ino`) to its fresh copy.
-    fn link_siblings(&self, node: &Arc<Node>, layer: usize, raw_ino: u64, copy: &Arc<OwnedFd>) {
+    fn link_siblings(&self, node: &Arc<Node>, layer: usize, raw_ino: u64, copy_dir: &Arc<OwnedFd>, copy_name: &OsStr) {
         let paths = self.hardlink_names(layer, raw_ino);
         for path in paths {
             let Some((last, dirs)) = path.split_last() else {
@@ -217,7 +221,7 @@ impl Union {
             }
             if ok {
                 if let Ok(dir) = self.node(cur) {
-                    let _ = self.link_sibling(&dir, last, node, copy);
+                    let _ = self.link_sibling(&dir, last, node, copy_dir, copy_name);
                 }
             }
             for ino in walked.into_iter().rev() {
@@ -226,7 +230,14 @@ impl Union {
         }
     }
 
-    fn link_sibling(&self, dir: &Arc<Node>, name: &OsStr, node: &Node, copy: &Arc<OwnedFd>) -> FsResult<()> {
+    fn link_sibling(
+        &self,
+        dir: &Arc<Node>,
+        name: &OsStr,
+        node: &Node,
+        copy_dir: &Arc<OwnedFd>,
+        copy_name: &OsStr,
+    ) -> FsResult<()> {
         let upper = self.upper_index()?;
         let vis = self.slot(dir, name)?.vis;
         // Only names that still show this very object from a lower layer.
@@ -236,13 +247,7 @@ impl Union {
         self.copy_up(&self.node(dir.ino)?)?;
         let pdir = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
         let _ns = dir.ns.lock();
-        rustix::fs::linkat(
-            rustix::fs::CWD,
-            sys::fd_path(copy.as_fd()).as_c_str(),
-            &*pdir,
-            name,
-            AtFlags::SYMLINK_FOLLOW,
-        )?;
+        rustix::fs::linkat(&**copy_dir, copy_name, &*pdir, name, AtFlags::empty())?;
         self.with_index(dir, |idx| {
             if let Some(v) = idx.get_mut(name).and_then(|s| s.vis.as_mut()) {
                 v.layer = upper;
@@ -298,15 +303,6 @@ fn stat_times(st: &Stat) -> Timestamps {
             tv_nsec: st.st_mtime_nsec as _,
         },
     }
-}
-
-struct Source<'a> {
-    fd: BorrowedFd<'a>,
-    /// The lower directory holding it (symlinks are reached through it).
-    parent: BorrowedFd<'a>,
-    name: &'a OsStr,
-    st: &'a Stat,
-    kind: Kind,
 }
 
 /// Copies `len` bytes: reflink where the filesystem can, else `copy_file_range` over the data

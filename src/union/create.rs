@@ -13,19 +13,34 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use super::copy_up::remove_any;
 use super::index::{UpperWhiteout, Visible};
 use super::node::{DirState, Node, NodeState};
-use super::{Ctx, Union, check_name, whiteout};
+use super::{Ctx, Loc, Union, check_name, whiteout};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
 use crate::sys;
 
 /// What to make at a new name.
 pub(crate) enum NewObject<'a> {
-    File { mode: u32, flags: OFlags },
-    Dir { mode: u32 },
-    Node { mode: u32, rdev: u64 },
-    Symlink { target: &'a OsStr },
+    File {
+        mode: u32,
+        flags: OFlags,
+    },
+    Dir {
+        mode: u32,
+    },
+    Node {
+        mode: u32,
+        rdev: u64,
+    },
+    Symlink {
+        target: &'a OsStr,
+    },
     /// Another name for an existing (upper) object of kind `kind` and view number `ino`.
-    Link { source: &'a Arc<OwnedFd>, kind: Kind, ino: u64 },
+    Link {
+        dir: &'a Arc<OwnedFd>,
+        name: &'a OsStr,
+        kind: Kind,
+        ino: u64,
+    },
 }
 
 impl NewObject<'_> {
@@ -93,12 +108,17 @@ impl Union {
             return Err(Errno::EPERM);
         }
         self.copy_up(&node)?;
-        let (source, kind) = {
-            let s = node.state.read();
-            (Arc::clone(&s.fd), s.kind)
+        let kind = node.state.read().kind;
+        let Loc::Entry(src_dir, src_name) = self.locate(&node, None)? else {
+            return Err(Errno::ENOENT);
         };
         let ctx = Ctx::default();
-        let obj = NewObject::Link { source: &source, kind, ino: node.ino };
+        let obj = NewObject::Link {
+            dir: &src_dir,
+            name: &src_name,
+            kind,
+            ino: node.ino,
+        };
         let (n, _, _) = self.make(&ctx, newparent, newname, obj)?;
         self.attr_of(&n)
     }
@@ -156,8 +176,7 @@ impl Union {
         if slot.upper_wh == Some(UpperWhiteout::Oci) {
             let _ = rustix::fs::unlinkat(&*pdir, whiteout::oci_name(name), AtFlags::empty());
         }
-        let pfd = sys::open_path(pdir.as_fd(), name)?;
-        let st = rustix::fs::fstat(&pfd)?;
+        let st = sys::stat_at(pdir.as_fd(), name)?;
         let ino = match &obj {
             // Every name of an object shares its number.
             NewObject::Link { ino, .. } => *ino,
@@ -168,35 +187,32 @@ impl Union {
             s.upper_wh = None;
             s.vis = Some(Visible::new(upper, kind, ino));
         })?;
-        let pfd = Arc::new(pfd);
+        let dir_state = if kind == Kind::Dir {
+            let fd = Arc::new(sys::open_path_dir(pdir.as_fd(), name)?);
+            Some(DirState {
+                layers: vec![(upper, fd)],
+                index: None,
+            })
+        } else {
+            None
+        };
+        let mut fresh = Some(NodeState::new(parent, name, kind, upper, dir_state));
         let (node, created) = self.nodes.get_or_insert(ino, 1, || {
             Node::new(
                 ino,
-                NodeState {
-                    parent,
-                    name: name.to_os_string(),
-                    kind,
-                    layer: upper,
-                    fd: Arc::clone(&pfd),
-                    dir: (kind == Kind::Dir).then(|| DirState {
-                        layers: vec![(upper, Arc::clone(&pfd))],
-                        index: None,
-                    }),
-                },
+                fresh
+                    .take()
+                    .unwrap_or_else(|| NodeState::new(parent, name, kind, upper, None)),
             )
         });
-        if !created && !matches!(obj, NewObject::Link { .. }) {
-            // A stale node under a reused inode number: point it at the new object.
+        if !created {
             let mut s = node.state.write();
-            s.parent = parent;
-            s.name = name.to_os_string();
-            s.kind = kind;
-            s.layer = upper;
-            s.fd = Arc::clone(&pfd);
-            s.dir = (kind == Kind::Dir).then(|| DirState {
-                layers: vec![(upper, Arc::clone(&pfd))],
-                index: None,
-            });
+            match (&obj, fresh) {
+                (NewObject::Link { .. }, _) => s.seen_as(parent, name),
+                // A stale node under a reused inode number: point it at the new object.
+                (_, Some(f)) => *s = f,
+                _ => {}
+            }
         }
         let attr = Attr::from_stat(ino, &st);
         Ok((node, attr, fd))
@@ -248,14 +264,12 @@ impl Union {
                 final_mode = Some(mode & 0o7777);
             }
             NewObject::Symlink { target } => rustix::fs::symlinkat(*target, dir, name)?,
-            NewObject::Link { source, .. } => {
-                rustix::fs::linkat(
-                    rustix::fs::CWD,
-                    sys::fd_path(source.as_fd()).as_c_str(),
-                    dir,
-                    name,
-                    AtFlags::SYMLINK_FOLLOW,
-                )?;
+            NewObject::Link {
+                dir: src_dir,
+                name: src_name,
+                ..
+            } => {
+                rustix::fs::linkat(&***src_dir, *src_name, dir, name, AtFlags::empty())?;
                 return Ok(None);
             }
         }

@@ -1,8 +1,7 @@
 //! Operations on existing objects: attributes, open files, directory listings, xattrs, statfs.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -14,7 +13,7 @@ use super::node::{Node, ROOT};
 use super::{Ctx, Handle, Union, whiteout};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
-use crate::sys::{self, Target};
+use crate::sys::Target;
 
 /// A change of attributes (each `None` leaves that attribute alone).
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,25 +89,10 @@ impl Union {
         let node = self.node(ino)?;
         let truncating_to_zero = set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
         self.copy_up_with(&node, if truncating_to_zero { Data::Empty } else { Data::All })?;
-        let (fd, kind, parent, name) = {
-            let s = node.state.read();
-            (Arc::clone(&s.fd), s.kind, s.parent, s.name.clone())
-        };
-        let parent_fd = if kind == Kind::Symlink {
-            Some(self.upper_dir_fd(&*self.node(parent)?).ok_or(Errno::EIO)?)
-        } else {
-            None
-        };
-        // Symlinks are changed as entries of their parent (not following them); everything
-        // else through /proc/self/fd/N, which must be followed to reach the object.
-        let (dir, entry, at): (std::os::fd::BorrowedFd<'_>, OsString, AtFlags) = match &parent_fd {
-            Some(p) => (p.as_fd(), name.clone(), AtFlags::SYMLINK_NOFOLLOW),
-            None => (
-                rustix::fs::CWD,
-                OsString::from_vec(sys::fd_path(fd.as_fd()).into_bytes()),
-                AtFlags::empty(),
-            ),
-        };
+        let kind = node.state.read().kind;
+        let loc = self.locate(&node, fh)?;
+        // Acts on the object itself, never on a symlink's target.
+        let (dir, entry, at) = loc.at();
         if set.uid.is_some() || set.gid.is_some() {
             rustix::fs::chownat(
                 dir,
@@ -129,7 +113,7 @@ impl Union {
             match handle_fd.as_deref() {
                 Some(Handle::File { fd: hfd, .. }) if is_writable(hfd) => rustix::fs::ftruncate(hfd, size)?,
                 _ => {
-                    let w = sys::reopen(fd.as_fd(), OFlags::WRONLY)?;
+                    let w = loc.open(OFlags::WRONLY)?;
                     rustix::fs::ftruncate(&w, size)?;
                 }
             }
@@ -160,23 +144,21 @@ impl Union {
                 },
             )?;
         }
-        let (fd, layer) = {
-            let s = node.state.read();
-            (Arc::clone(&s.fd), s.layer)
-        };
+        let layer = node.state.read().layer;
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
         let mut f =
             flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT | OFlags::NONBLOCK);
         if Some(layer) != self.upper {
             f |= OFlags::NOATIME;
         }
-        let ofd = sys::reopen(fd.as_fd(), f)?;
+        let ofd = self.locate(&node, None)?.open(f)?;
         Ok(self.new_file_handle(ofd, node))
     }
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Arc::new(Handle::File { fd, _node: node }));
+        node.open.lock().push(fh);
+        self.handles.insert(fh, Arc::new(Handle::File { fd, node }));
         fh
     }
 
@@ -229,7 +211,11 @@ impl Union {
 
     /// Closes a file or directory handle.
     pub fn release(&self, fh: u64) {
-        self.handles.remove(&fh);
+        if let Some((_, h)) = self.handles.remove(&fh) {
+            if let Handle::File { node, .. } = &*h {
+                node.open.lock().retain(|f| *f != fh);
+            }
+        }
     }
 
     /// Flushes a file's data (and metadata unless `datasync`) to the upper's disk.
@@ -382,17 +368,7 @@ impl Union {
     // ---- xattrs -----------------------------------------------------------------------------
 
     fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
-        let (fd, kind, parent, name, layer) = {
-            let s = node.state.read();
-            (Arc::clone(&s.fd), s.kind, s.parent, s.name.clone(), s.layer)
-        };
-        if kind == Kind::Symlink {
-            let p = self.node(parent)?;
-            let dfd = super::layer_fd(&self.dir_layers(&p)?, layer).ok_or(Errno::ESTALE)?;
-            f(&Target::Entry(dfd.as_fd(), &name))
-        } else {
-            f(&Target::Fd(fd.as_fd()))
-        }
+        f(&self.locate(node, None)?.target())
     }
 
     /// Reads an xattr. Private ones (overlay markers, our origin) read as absent. `buf` empty

@@ -61,12 +61,77 @@ pub(crate) enum Handle {
     File {
         fd: OwnedFd,
         /// Held so the node outlives a forget while the file is open.
-        _node: Arc<Node>,
+        node: Arc<Node>,
     },
     Dir {
         node: Arc<Node>,
         entries: parking_lot::Mutex<Arc<Vec<DirEntry>>>,
     },
+}
+
+/// Where an object is, for system calls.
+pub(crate) enum Loc {
+    /// A directory, by its own `O_PATH` fd.
+    Dir(Arc<OwnedFd>),
+    /// Any other object, as the entry `name` of a directory (in the object's layer).
+    Entry(Arc<OwnedFd>, OsString),
+    /// An unlinked file, through an open handle.
+    Open(Arc<Handle>),
+}
+
+impl Loc {
+    fn open_fd(&self) -> Option<&OwnedFd> {
+        match self {
+            Loc::Dir(fd) => Some(fd),
+            Loc::Open(h) => match &**h {
+                Handle::File { fd, .. } => Some(fd),
+                Handle::Dir { .. } => None,
+            },
+            Loc::Entry(..) => None,
+        }
+    }
+
+    pub fn stat(&self) -> rustix::io::Result<rustix::fs::Stat> {
+        match (self, self.open_fd()) {
+            (Loc::Entry(dir, name), _) => sys::stat_at(dir.as_fd(), name),
+            (_, Some(fd)) => rustix::fs::fstat(fd),
+            _ => Err(rustix::io::Errno::BADF),
+        }
+    }
+
+    /// How xattr calls reach it.
+    pub fn target(&self) -> sys::Target<'_> {
+        match (self, self.open_fd()) {
+            (Loc::Entry(dir, name), _) => sys::Target::Entry(dir.as_fd(), name),
+            (_, Some(fd)) => sys::Target::Fd(fd.as_fd()),
+            // Unreachable: Open always holds a file handle.
+            _ => sys::Target::Fd(rustix::fs::CWD),
+        }
+    }
+
+    /// `(dirfd, path, flags)` for `*at` calls that must act on the object itself, never on a
+    /// symlink's target.
+    pub fn at(&self) -> (BorrowedFd<'_>, OsString, rustix::fs::AtFlags) {
+        use std::os::unix::ffi::OsStringExt;
+        match (self, self.open_fd()) {
+            (Loc::Entry(dir, name), _) => (dir.as_fd(), name.clone(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+            (_, Some(fd)) => (
+                rustix::fs::CWD,
+                OsString::from_vec(sys::fd_path(fd.as_fd()).into_bytes()),
+                rustix::fs::AtFlags::empty(),
+            ),
+            _ => (rustix::fs::CWD, OsString::new(), rustix::fs::AtFlags::empty()),
+        }
+    }
+
+    /// Opens it for I/O.
+    pub fn open(&self, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+        match (self, self.open_fd()) {
+            (Loc::Entry(dir, name), _) => sys::open_at(dir.as_fd(), name, flags),
+            (_, Some(fd)) => sys::reopen(fd.as_fd(), flags),
+            _ => Err(rustix::io::Errno::BADF),
+        }
+    }
 }
 
 /// A mounted (or mountable) union of layers.
@@ -178,21 +243,19 @@ impl Union {
                 break;
             }
         }
-        let fd = Arc::clone(&self.layers[0].root);
         self.nodes.get_or_insert(ROOT, 1, || {
             Node::new(
                 ROOT,
-                NodeState {
-                    parent: ROOT,
-                    name: OsString::new(),
-                    kind: Kind::Dir,
-                    layer: 0,
-                    fd,
-                    dir: Some(DirState {
+                NodeState::new(
+                    ROOT,
+                    OsStr::new(""),
+                    Kind::Dir,
+                    0,
+                    Some(DirState {
                         layers: dir_layers,
                         index: None,
                     }),
-                },
+                ),
             )
         });
         Ok(())
@@ -296,8 +359,7 @@ impl Union {
         let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
         let dir_layers = self.dir_layers(&dir)?;
         let top = layer_fd(&dir_layers, vis.layer).ok_or(Errno::ESTALE)?;
-        let fd = sys::open_path(top.as_fd(), name)?;
-        let st = rustix::fs::fstat(&fd)?;
+        let st = sys::stat_at(top.as_fd(), name)?;
         let kind = Kind::from_mode(st.st_mode);
         let mut child_layers = Vec::new();
         if kind == Kind::Dir {
@@ -320,27 +382,27 @@ impl Union {
         }
         let ino = vis.ino;
         let merged = child_layers.len() > 1;
-        let fd = Arc::new(fd);
-        let make_state = |fd: Arc<OwnedFd>, layers: Vec<(usize, Arc<OwnedFd>)>| NodeState {
-            parent,
-            name: name.to_os_string(),
-            kind,
-            layer: vis.layer,
-            fd,
-            dir: (kind == Kind::Dir).then(|| DirState { layers, index: None }),
+        let make_state = |layers: Vec<(usize, Arc<OwnedFd>)>| {
+            NodeState::new(
+                parent,
+                name,
+                kind,
+                vis.layer,
+                (kind == Kind::Dir).then(|| DirState { layers, index: None }),
+            )
         };
-        let refresh = (Arc::clone(&fd), child_layers.clone());
-        let (node, created) = self.nodes.get_or_insert(ino, lookups, || {
-            Node::new(ino, make_state(Arc::clone(&fd), child_layers))
-        });
+        let refresh = child_layers.clone();
+        let (node, created) = self
+            .nodes
+            .get_or_insert(ino, lookups, || Node::new(ino, make_state(child_layers)));
         if !created {
             let mut s = node.state.write();
-            s.parent = parent;
-            s.name = name.to_os_string();
             // Only move a node up the stack: after a copy-up, a stale index of another hard-link
             // name may still point at the lower object.
             if s.kind != kind || vis.layer < s.layer {
-                *s = make_state(refresh.0, refresh.1);
+                *s = make_state(refresh);
+            } else {
+                s.seen_as(parent, name);
             }
         }
         let mut attr = Attr::from_stat(ino, &st);
@@ -362,16 +424,15 @@ impl Union {
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let node = self.node(ino)?;
-        self.attr_of(&node)
+        self.getattr_fh(ino, None)
     }
 
-    fn attr_of(&self, node: &Node) -> FsResult<Attr> {
-        let (fd, merged) = {
-            let s = node.state.read();
-            (Arc::clone(&s.fd), s.dir.as_ref().is_some_and(|d| d.layers.len() > 1))
-        };
-        let st = rustix::fs::fstat(&*fd)?;
+    /// Attributes of `ino`, asked through the open handle `fh` (fstat): the handle reaches a
+    /// file whose names are all gone.
+    pub fn getattr_fh(&self, ino: u64, fh: Option<u64>) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        let merged = node.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
+        let st = self.locate(&node, fh)?.stat()?;
         let mut a = Attr::from_stat(node.ino, &st);
         if merged {
             a.nlink = 1;
@@ -379,12 +440,44 @@ impl Union {
         Ok(a)
     }
 
+    pub(crate) fn attr_of(&self, node: &Node) -> FsResult<Attr> {
+        self.getattr_fh(node.ino, None)
+    }
+
     /// The target of the symlink `ino`.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
-        let fd = Arc::clone(&node.state.read().fd);
-        let t = rustix::fs::readlinkat(&*fd, "", Vec::new())?;
-        Ok(t.into_bytes())
+        match self.locate(&node, None)? {
+            Loc::Entry(dir, name) => Ok(rustix::fs::readlinkat(&*dir, &name, Vec::new())?.into_bytes()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Where `node`'s visible object is. A file whose names are all gone is reached through
+    /// the open handle `fh`, if given.
+    pub(crate) fn locate(&self, node: &Node, fh: Option<u64>) -> FsResult<Loc> {
+        let (parent, name, layer, unlinked, dir_fd) = {
+            let s = node.state.read();
+            (s.parent, s.name.clone(), s.layer, s.unlinked, s.dir_fd())
+        };
+        if let Some(fd) = dir_fd {
+            return Ok(Loc::Dir(fd));
+        }
+        if !unlinked {
+            if let Some(dfd) = self
+                .nodes
+                .get(parent)
+                .and_then(|p| self.dir_layers(&p).ok())
+                .and_then(|l| layer_fd(&l, layer))
+            {
+                return Ok(Loc::Entry(dfd, name));
+            }
+        }
+        let fh = fh.or_else(|| node.open.lock().last().copied());
+        match fh.and_then(|f| self.handles.get(&f).map(|h| Arc::clone(h.value()))) {
+            Some(h) if matches!(*h, Handle::File { .. }) => Ok(Loc::Open(h)),
+            _ => Err(Errno::ENOENT),
+        }
     }
 
     // ---- helpers shared by the mutating modules ---------------------------------------------

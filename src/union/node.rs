@@ -10,7 +10,7 @@
 //!   ascending id order; a `state` lock is never held across a call that takes another node's
 //!   lock.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,18 +33,94 @@ pub(crate) struct Node {
     pub copy_lock: Mutex<()>,
     /// Serialises namespace changes inside this directory.
     pub ns: Mutex<()>,
+    /// Open file handles of this object: the way to it once all its names are gone.
+    pub open: Mutex<Vec<u64>>,
 }
 
+/// Where a node is and what it is. Only directories hold fds (their layer directories):
+/// other objects are reached as an entry of their parent, so a walk over a huge tree does not
+/// pin one fd per file.
 pub(crate) struct NodeState {
-    /// The directory this node was last seen in, and its name there.
+    /// The directory this node was seen in, and its name there.
     pub parent: u64,
     pub name: OsString,
+    /// Other names of a hard-linked object seen through the view.
+    pub aliases: Vec<(u64, OsString)>,
+    /// Every name is gone (unlinked while open): only open handles reach it.
+    pub unlinked: bool,
     pub kind: Kind,
     /// Index (into `Union::layers`) of the layer holding the visible object.
     pub layer: usize,
-    /// `O_PATH` handle on the visible object.
-    pub fd: Arc<OwnedFd>,
     pub dir: Option<DirState>,
+}
+
+/// How many extra names of one object we remember.
+const MAX_ALIASES: usize = 16;
+
+impl NodeState {
+    pub fn new(parent: u64, name: &OsStr, kind: Kind, layer: usize, dir: Option<DirState>) -> Self {
+        NodeState {
+            parent,
+            name: name.to_os_string(),
+            aliases: Vec::new(),
+            unlinked: false,
+            kind,
+            layer,
+            dir,
+        }
+    }
+
+    fn is(&self, parent: u64, name: &OsStr) -> bool {
+        self.parent == parent && self.name == name
+    }
+
+    /// Records that `parent/name` shows this object.
+    pub fn seen_as(&mut self, parent: u64, name: &OsStr) {
+        if self.is(parent, name) && !self.unlinked {
+            return;
+        }
+        if self.unlinked || self.kind == Kind::Dir {
+            self.parent = parent;
+            self.name = name.to_os_string();
+            self.unlinked = false;
+        } else if !self.aliases.iter().any(|(p, n)| *p == parent && n == name) && self.aliases.len() < MAX_ALIASES {
+            self.aliases.push((parent, name.to_os_string()));
+        }
+    }
+
+    /// `parent/name` no longer shows this object.
+    pub fn name_gone(&mut self, parent: u64, name: &OsStr) {
+        if self.is(parent, name) {
+            match self.aliases.pop() {
+                Some((p, n)) => {
+                    self.parent = p;
+                    self.name = n;
+                }
+                None => self.unlinked = true,
+            }
+        } else {
+            self.aliases.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// The name `from` of this object became `to`.
+    pub fn renamed(&mut self, from: (u64, &OsStr), to: (u64, &OsStr)) {
+        if let Some(a) = self.aliases.iter_mut().find(|(p, n)| *p == from.0 && n == from.1) {
+            *a = (to.0, to.1.to_os_string());
+        } else {
+            self.parent = to.0;
+            self.name = to.1.to_os_string();
+            self.unlinked = false;
+        }
+    }
+
+    /// The fd of a directory node's top layer.
+    pub fn dir_fd(&self) -> Option<Arc<OwnedFd>> {
+        self.dir
+            .as_ref()
+            .and_then(|d| d.layers.first())
+            .map(|(_, fd)| Arc::clone(fd))
+    }
 }
 
 /// What a directory node knows about its layers.
@@ -63,6 +139,7 @@ impl Node {
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             ns: Mutex::new(()),
+            open: Mutex::new(Vec::new()),
         }
     }
 }

@@ -78,6 +78,9 @@ impl Union {
                 }
             }
         })?;
+        if let Some(n) = self.nodes.get(vis.ino) {
+            n.state.write().name_gone(parent, name);
+        }
         if let Some(c) = child {
             self.nodes.prune(c.ino);
         }

@@ -129,9 +129,9 @@ impl Union {
             rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::EXCHANGE)?;
             self.with_index(&d1, |idx| set_vis(idx, name, Visible::new(upper, dst.kind, dst.ino)))?;
             self.with_index(&d2, |idx| set_vis(idx, newname, Visible::new(upper, src.kind, src.ino)))?;
-            self.moved(&src_node, newparent, newname);
+            self.moved(&src_node, (parent, name), (newparent, newname));
             if let Some(dn) = &dst_node {
-                self.moved(dn, parent, name);
+                self.moved(dn, (newparent, newname), (parent, name));
             }
             return Ok(());
         }
@@ -191,8 +191,9 @@ impl Union {
                 }
             }
         })?;
-        self.moved(&src_node, newparent, newname);
+        self.moved(&src_node, (parent, name), (newparent, newname));
         if let Some(dn) = dst_node {
+            dn.state.write().name_gone(newparent, newname);
             self.nodes.prune(dn.ino);
         }
         Ok(())
@@ -254,10 +255,9 @@ impl Union {
         Ok(())
     }
 
-    fn moved(&self, node: &Node, parent: u64, name: &OsStr) {
+    fn moved(&self, node: &Node, from: (u64, &OsStr), to: (u64, &OsStr)) {
         let mut s = node.state.write();
-        s.parent = parent;
-        s.name = name.to_os_string();
+        s.renamed(from, to);
         if let Some(d) = s.dir.as_mut() {
             // At its new place the directory is opaque or has nothing below it.
             if d.layers.len() > 1 {
