@@ -67,19 +67,13 @@ impl Union {
         }
         let new_fd = {
             let _ns = parent.ns.lock();
-            let parent_times = rustix::fs::fstat(&*pdir).ok();
-            if let Err(e) = rustix::fs::renameat_with(work, &tmp, &*pdir, &name, rustix::fs::RenameFlags::NOREPLACE) {
+            // A copy-up is not a change of the parent: keep its times (as overlayfs does).
+            let published = keep_dir_times(pdir.as_fd(), || {
+                rustix::fs::renameat_with(work, &tmp, &*pdir, &name, rustix::fs::RenameFlags::NOREPLACE)
+            });
+            if let Err(e) = published {
                 let _ = remove_any(work, &tmp, kind);
                 return Err(e.into());
-            }
-            // A copy-up is not a change of the parent: keep its times (as overlayfs does).
-            if let Some(pst) = parent_times {
-                let _ = rustix::fs::utimensat(
-                    rustix::fs::CWD,
-                    sys::fd_path(pdir.as_fd()).as_c_str(),
-                    &stat_times(&pst),
-                    AtFlags::empty(),
-                );
             }
             self.sync_dir(pdir.as_fd());
             let new_fd = if kind == Kind::Dir {
@@ -247,7 +241,9 @@ impl Union {
         self.copy_up(&self.node(dir.ino)?)?;
         let pdir = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
         let _ns = dir.ns.lock();
-        rustix::fs::linkat(&**copy_dir, copy_name, &*pdir, name, AtFlags::empty())?;
+        keep_dir_times(pdir.as_fd(), || {
+            rustix::fs::linkat(&**copy_dir, copy_name, &*pdir, name, AtFlags::empty())
+        })?;
         self.with_index(dir, |idx| {
             if let Some(v) = idx.get_mut(name).and_then(|s| s.vis.as_mut()) {
                 v.layer = upper;
@@ -289,6 +285,25 @@ fn walk_links(dir: BorrowedFd<'_>, path: &mut Vec<OsString>, out: &mut HashMap<u
             }
         }
     }
+}
+
+/// Runs `f` on the directory `dir`, then puts its times back: copying up into it is not a
+/// change of the directory.
+pub(crate) fn keep_dir_times<R>(
+    dir: BorrowedFd<'_>,
+    f: impl FnOnce() -> rustix::io::Result<R>,
+) -> rustix::io::Result<R> {
+    let before = rustix::fs::fstat(dir).ok();
+    let r = f()?;
+    if let Some(st) = before {
+        let _ = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            sys::fd_path(dir).as_c_str(),
+            &stat_times(&st),
+            AtFlags::empty(),
+        );
+    }
+    Ok(r)
 }
 
 /// The access and modification times of `st`, for utimensat.

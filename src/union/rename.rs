@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use rustix::fs::{AtFlags, RenameFlags};
 
+use super::copy_up::keep_dir_times;
 use super::index::{UpperWhiteout, Visible};
 use super::node::{Node, ROOT};
 use super::{Ctx, Union, check_name, whiteout};
@@ -233,7 +234,15 @@ impl Union {
             self.nodes.prune(child.ino);
             r?;
         }
-        if has_lower { self.make_opaque(dir) } else { Ok(()) }
+        if !has_lower {
+            return Ok(());
+        }
+        let fd = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
+        // Materialising is a copy-up: the directory keeps its times.
+        Ok(keep_dir_times(fd.as_fd(), || {
+            self.make_opaque(dir)
+                .map_err(|e| rustix::io::Errno::from_raw_os_error(e.0))
+        })?)
     }
 
     /// Marks an upper directory opaque and drops the lower layers (and now useless whiteouts).
