@@ -44,16 +44,17 @@ impl Union {
             return Ok(());
         }
         let _g = node.copy_lock.lock();
-        let (parent_ino, name, kind, layer) = {
+        let (kind, layer) = {
             let s = node.state.read();
             if s.layer == upper {
                 return Ok(());
             }
-            (s.parent, s.name.clone(), s.kind, s.layer)
+            (s.kind, s.layer)
         };
         if node.ino == ROOT {
             return Ok(());
         }
+        let (parent_ino, name) = self.live_name(node).ok_or(Errno::ENOENT)?;
         let parent = self.node(parent_ino)?;
         self.copy_up(&parent)?;
         let pdir = self.upper_dir_fd(&parent).ok_or(Errno::EIO)?;
@@ -200,27 +201,22 @@ impl Union {
             };
             let mut cur = ROOT;
             let mut walked = Vec::new();
-            let mut ok = true;
             for c in dirs {
-                match self.resolve_child(cur, c, 0) {
-                    Ok((n, _)) => {
-                        walked.push(n.ino);
-                        cur = n.ino;
+                match self.pin_child(cur, c) {
+                    Ok(p) => {
+                        cur = p.ino;
+                        walked.push(p);
                     }
-                    Err(_) => {
-                        ok = false;
-                        break;
-                    }
+                    Err(_) => break,
                 }
             }
-            if ok {
+            if walked.len() == dirs.len() {
                 if let Ok(dir) = self.node(cur) {
                     let _ = self.link_sibling(&dir, last, node, copy_dir, copy_name);
                 }
             }
-            for ino in walked.into_iter().rev() {
-                self.nodes.prune(ino);
-            }
+            // Release the walk's pins innermost first.
+            while walked.pop().is_some() {}
         }
     }
 

@@ -104,6 +104,11 @@ impl Union {
     /// Adds the name `newname` in `newparent` for the object `ino` (copied up first).
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
         let node = self.node(ino)?;
+        // An existing target is EEXIST even when the source is a directory (as Linux checks).
+        let target = self.dir_node(newparent)?;
+        if !whiteout::is_reserved_name(newname) && self.slot(&target, newname)?.vis.is_some() {
+            return Err(Errno::EEXIST);
+        }
         if node.state.read().kind == Kind::Dir {
             return Err(Errno::EPERM);
         }

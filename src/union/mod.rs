@@ -412,6 +412,14 @@ impl Union {
         Ok((node, attr))
     }
 
+    /// Looks up `name` in `parent` for internal use: the node stays in the table (as if the
+    /// kernel held it) until the returned pin is dropped, so nested walks cannot drop a node
+    /// an outer one still uses.
+    pub(crate) fn pin_child(&self, parent: u64, name: &OsStr) -> FsResult<Pin<'_>> {
+        let (node, _) = self.resolve_child(parent, name, 1)?;
+        Ok(Pin { union: self, node })
+    }
+
     /// Looks up `name` in `parent`; the kernel now holds one more reference to the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         self.resolve_child(parent, name, 1).map(|(_, a)| a)
@@ -453,17 +461,37 @@ impl Union {
         }
     }
 
+    /// A name of `node` in a directory the table still holds (the kernel may have forgotten
+    /// the directory of the name we saw first, while it still holds another hard link's).
+    pub(crate) fn live_name(&self, node: &Node) -> Option<(u64, OsString)> {
+        {
+            let s = node.state.read();
+            if s.unlinked {
+                return None;
+            }
+            if s.parent == node.ino || self.nodes.get(s.parent).is_some() {
+                return Some((s.parent, s.name.clone()));
+            }
+        }
+        let mut s = node.state.write();
+        let i = s.aliases.iter().position(|(p, _)| self.nodes.get(*p).is_some())?;
+        let (p, n) = s.aliases.swap_remove(i);
+        let old = (std::mem::replace(&mut s.parent, p), std::mem::replace(&mut s.name, n));
+        s.aliases.push(old);
+        Some((s.parent, s.name.clone()))
+    }
+
     /// Where `node`'s visible object is. A file whose names are all gone is reached through
     /// the open handle `fh`, if given.
     pub(crate) fn locate(&self, node: &Node, fh: Option<u64>) -> FsResult<Loc> {
-        let (parent, name, layer, unlinked, dir_fd) = {
+        let (layer, dir_fd) = {
             let s = node.state.read();
-            (s.parent, s.name.clone(), s.layer, s.unlinked, s.dir_fd())
+            (s.layer, s.dir_fd())
         };
         if let Some(fd) = dir_fd {
             return Ok(Loc::Dir(fd));
         }
-        if !unlinked {
+        if let Some((parent, name)) = self.live_name(node) {
             if let Some(dfd) = self
                 .nodes
                 .get(parent)
@@ -497,6 +525,25 @@ impl Union {
 
     fn oci(&self) -> bool {
         self.oci.load(Ordering::Relaxed)
+    }
+}
+
+/// A node referenced by an internal operation; dropping it releases the reference.
+pub(crate) struct Pin<'a> {
+    union: &'a Union,
+    pub node: Arc<Node>,
+}
+
+impl std::ops::Deref for Pin<'_> {
+    type Target = Arc<Node>;
+    fn deref(&self) -> &Arc<Node> {
+        &self.node
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        self.union.nodes.forget(self.node.ino, 1);
     }
 }
 

@@ -187,18 +187,6 @@ impl NodeTable {
         }
     }
 
-    /// Removes a node nobody references (used after internal walks created it).
-    pub fn prune(&self, ino: u64) {
-        if ino == ROOT {
-            return;
-        }
-        if let Entry::Occupied(e) = self.map.entry(ino) {
-            if e.get().lookups.load(Ordering::Relaxed) == 0 {
-                e.remove();
-            }
-        }
-    }
-
     pub fn lookups(&self, ino: u64) -> u64 {
         self.map
             .get(&ino)

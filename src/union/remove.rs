@@ -38,7 +38,7 @@ impl Union {
             _ => {}
         }
         let child = if rmdir {
-            Some(self.resolve_child(parent, name, 0)?.0)
+            Some(self.pin_child(parent, name)?)
         } else {
             None
         };
@@ -81,9 +81,7 @@ impl Union {
         if let Some(n) = self.nodes.get(vis.ino) {
             n.state.write().name_gone(parent, name);
         }
-        if let Some(c) = child {
-            self.nodes.prune(c.ino);
-        }
+        drop(child);
         Ok(())
     }
 

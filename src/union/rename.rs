@@ -49,26 +49,27 @@ impl Union {
         if whiteout::is_reserved_name(name) {
             return Err(Errno::ENOENT);
         }
-        if whiteout::is_reserved_name(newname) {
-            return Err(Errno::EINVAL);
-        }
         let exchange = flags & RENAME_EXCHANGE != 0;
         let d1 = self.dir_node(parent)?;
         let d2 = self.dir_node(newparent)?;
+        // Errors in the order Linux checks them: a missing source first.
         let src = self.slot(&d1, name)?.vis.ok_or(Errno::ENOENT)?;
-        let dst = self.slot(&d2, newname)?.vis;
-        if parent == newparent && name == newname {
-            return Ok(());
+        if whiteout::is_reserved_name(newname) {
+            return Err(Errno::EINVAL);
         }
+        let dst = self.slot(&d2, newname)?.vis;
         if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
             return Err(Errno::EEXIST);
+        }
+        if parent == newparent && name == newname {
+            return Ok(());
         }
         if exchange && dst.is_none() {
             return Err(Errno::ENOENT);
         }
-        let (src_node, _) = self.resolve_child(parent, name, 0)?;
+        let src_node = self.pin_child(parent, name)?;
         let dst_node = match &dst {
-            Some(_) => Some(self.resolve_child(newparent, newname, 0)?.0),
+            Some(_) => Some(self.pin_child(newparent, newname)?),
             None => None,
         };
         if src.kind == Kind::Dir && self.is_ancestor(src_node.ino, newparent) {
@@ -195,7 +196,6 @@ impl Union {
         self.moved(&src_node, (parent, name), (newparent, newname));
         if let Some(dn) = dst_node {
             dn.state.write().name_gone(newparent, newname);
-            self.nodes.prune(dn.ino);
         }
         Ok(())
     }
@@ -225,13 +225,13 @@ impl Union {
                 .collect()
         })?;
         for (name, kind) in names {
-            let (child, _) = self.resolve_child(dir.ino, &name, 0)?;
+            let child = self.pin_child(dir.ino, &name)?;
             let r = if kind == Kind::Dir {
                 self.copy_up_tree(&child)
             } else {
                 self.copy_up(&child)
             };
-            self.nodes.prune(child.ino);
+            drop(child);
             r?;
         }
         if !has_lower {
