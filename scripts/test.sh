@@ -8,6 +8,16 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo build --release --locked
-# Integration tests mount many filesystems; run test binaries one at a time but tests within
-# a binary in parallel.
-cargo test --release --locked -- --test-threads=4
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# --tests: the library's and binary's unit tests and every integration test (there are no
+# doctests). Mount tests within one binary run in parallel.
+set +e
+cargo test --release --locked --tests -- --test-threads=4 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "unionfs suite: ${passed} passed, ${failed} failed"
+exit "$status"
