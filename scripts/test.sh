@@ -19,5 +19,5 @@ set -e
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 echo
-echo "unionfs suite: ${passed} passed, ${failed} failed"
+echo "unionfs-suite: ${passed} passed, ${failed} failed"
 exit "$status"
