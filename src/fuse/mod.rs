@@ -20,6 +20,9 @@ use crate::attr::{Attr, Kind};
 use crate::error::Errno;
 use crate::union::{Ctx, SetAttr, Union};
 
+/// Entries fetched per readdir request: more than one reply page holds (about 100 names).
+const READDIR_CHUNK: usize = 256;
+
 /// Options of the adapter (how long the kernel may cache).
 #[derive(Debug, Clone, Copy)]
 pub struct AdapterOptions {
@@ -340,12 +343,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.union.readdir(fh.0, offset) {
+        let entries = match self.union.readdir_chunk(fh.0, offset, READDIR_CHUNK) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), i as u64 + 1, kind(e.kind), &e.name) {
+        for e in &entries {
+            if reply.add(INodeNo(e.ino), e.offset, kind(e.kind), &e.name) {
                 break;
             }
         }
@@ -353,11 +356,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entries = match self.union.readdir(fh.0, offset) {
+        let entries = match self.union.readdir_chunk(fh.0, offset, READDIR_CHUNK) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        for e in &entries {
             let dot = e.name == "." || e.name == "..";
             let attr = if dot {
                 self.union.getattr(e.ino)
@@ -370,7 +373,7 @@ impl Filesystem for FuseAdapter {
             };
             if reply.add(
                 INodeNo(attr.ino),
-                i as u64 + 1,
+                e.offset,
                 &e.name,
                 &self.opts.ttl,
                 &file_attr(&attr),

@@ -187,11 +187,7 @@ impl Union {
             NewObject::Link { ino, .. } => *ino,
             _ => self.tag_ino(upper, st.st_ino),
         };
-        self.with_index(&dir, |idx| {
-            let s = idx.entry(name.to_os_string()).or_default();
-            s.upper_wh = None;
-            s.vis = Some(Visible::new(upper, kind, ino));
-        })?;
+        self.with_index(&dir, |idx| idx.show(name, Visible::new(upper, kind, ino)))?;
         let dir_state = if kind == Kind::Dir {
             let fd = Arc::new(sys::open_path_dir(pdir.as_fd(), name)?);
             Some(DirState {

@@ -3,8 +3,8 @@
 //! up to date by every change made through the view, so that a miss costs no system call and
 //! whiteout/opaque questions are answered from memory.
 
-use std::collections::HashMap;
-use std::ffi::OsString;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -25,6 +25,10 @@ pub(crate) struct Visible {
     /// For directories: layers whose same-named directory may merge with it (top first, starting
     /// with `layer`); lookup trims this at the first opaque one.
     pub merge: Vec<usize>,
+    /// Position in listings: fixed while the name stays visible, unique within the directory,
+    /// so readdir offsets stay valid however the directory changes and whichever handle (or
+    /// the kernel's directory cache) continues a listing.
+    pub cookie: u64,
     /// Building only: lower entries can still join the merge.
     pub(crate) merging: bool,
 }
@@ -50,16 +54,98 @@ pub(crate) struct Slot {
     hidden: bool,
 }
 
-pub(crate) type DirIndex = HashMap<OsString, Slot>;
+/// The index of one directory: its slots plus the next listing position to hand out.
+#[derive(Debug, Default)]
+pub(crate) struct DirIndex {
+    map: HashMap<OsString, Slot>,
+    /// Visible names by listing position: readdir serves the live directory from here.
+    order: BTreeMap<u64, OsString>,
+    next_cookie: u64,
+    /// Only a reminder of where listing positions continue: must be rebuilt before use.
+    stale: bool,
+}
+
+/// Listing positions 1 and 2 are "." and "..".
+pub(crate) const FIRST_COOKIE: u64 = 3;
+
+impl std::ops::Deref for DirIndex {
+    type Target = HashMap<OsString, Slot>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for DirIndex {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl DirIndex {
+    pub fn placeholder(next_cookie: u64) -> DirIndex {
+        DirIndex {
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+            next_cookie,
+            stale: true,
+        }
+    }
+
+    pub fn next_cookie(&self) -> u64 {
+        self.next_cookie
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Makes `name` show `v` (no longer whited out in the upper). A name that was already
+    /// visible keeps its listing position; a newly visible one goes to the end.
+    pub fn show(&mut self, name: &OsStr, mut v: Visible) {
+        let s = self.map.entry(name.to_os_string()).or_default();
+        v.cookie = match &s.vis {
+            Some(old) => old.cookie,
+            None => {
+                self.next_cookie += 1;
+                self.order.insert(self.next_cookie - 1, name.to_os_string());
+                self.next_cookie - 1
+            }
+        };
+        s.vis = Some(v);
+        s.upper_wh = None;
+    }
+
+    /// `name` no longer shows anything; `wh` is the whiteout the upper now holds for it.
+    pub fn hide(&mut self, name: &OsStr, wh: Option<UpperWhiteout>) {
+        let Some(s) = self.map.get_mut(name) else { return };
+        if let Some(v) = s.vis.take() {
+            self.order.remove(&v.cookie);
+        }
+        s.upper_wh = wh;
+        if wh.is_none() && !s.in_lower {
+            self.map.remove(name);
+        }
+    }
+
+    /// Visible entries after listing position `after`, in order, at most `max` of them.
+    pub fn listing(&self, after: u64, max: usize) -> impl Iterator<Item = (&OsString, &Visible)> {
+        self.order
+            .range(after.saturating_add(1)..)
+            .filter_map(|(_, n)| self.map.get(n).and_then(|s| s.vis.as_ref()).map(|v| (n, v)))
+            .take(max)
+    }
+}
 
 /// Builds the index of a directory merged from `layers` (top first). `upper` is the upper's
 /// layer index, if there is one. `ino_of(layer, dir, name, kind, raw_ino)` gives the view inode number.
 pub(crate) fn build(
     layers: &[(usize, Arc<OwnedFd>)],
     upper: Option<usize>,
+    first_cookie: u64,
     ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
 ) -> rustix::io::Result<DirIndex> {
-    let mut map: DirIndex = HashMap::new();
+    let mut map: HashMap<OsString, Slot> = HashMap::new();
+    let mut next_cookie = first_cookie.max(FIRST_COOKIE);
     for (layer, fd) in layers {
         let layer = *layer;
         let is_upper = Some(layer) == upper;
@@ -107,12 +193,14 @@ pub(crate) fn build(
             match &mut slot.vis {
                 None => {
                     let is_dir = kind == Kind::Dir;
+                    next_cookie += 1;
                     slot.vis = Some(Visible {
                         layer,
                         kind,
                         ino,
                         merge: if is_dir { vec![layer] } else { Vec::new() },
                         merging: is_dir,
+                        cookie: next_cookie - 1,
                     });
                 }
                 Some(v) if v.merging && kind == Kind::Dir => v.merge.push(layer),
@@ -137,7 +225,16 @@ pub(crate) fn build(
             break;
         }
     }
-    Ok(map)
+    let order = map
+        .iter()
+        .filter_map(|(n, s)| s.vis.as_ref().map(|v| (v.cookie, n.clone())))
+        .collect();
+    Ok(DirIndex {
+        map,
+        order,
+        next_cookie,
+        stale: false,
+    })
 }
 
 impl Visible {
@@ -147,6 +244,8 @@ impl Visible {
             kind,
             ino,
             merge,
+            // Assigned by `DirIndex::show`.
+            cookie: 0,
             merging: false,
         }
     }

@@ -33,6 +33,9 @@ pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
     pub kind: Kind,
+    /// Its readdir offset: a listing continued from offset `o` resumes with the first entry
+    /// whose offset is greater than `o`.
+    pub offset: u64,
 }
 
 /// Filesystem statistics (of the upper, or of the top lower without one).
@@ -274,60 +277,58 @@ impl Union {
     /// Opens a directory for listing.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let node = self.dir_node(ino)?;
-        let entries = self.snapshot(&node)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(
-            fh,
-            Arc::new(Handle::Dir {
-                node,
-                entries: parking_lot::Mutex::new(entries),
-            }),
-        );
+        self.handles.insert(fh, Arc::new(Handle::Dir { node }));
         Ok(fh)
     }
 
-    /// The listing of handle `fh`, taken at opendir (or at the last rewind to offset 0), so that
-    /// offsets stay valid while the directory changes. Entry `i` has offset `i + 1`.
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        let h = self.handle(fh)?;
-        let Handle::Dir { node, entries } = &*h else {
-            return Err(Errno::ENOTDIR);
-        };
-        let mut e = entries.lock();
-        if offset == 0 {
-            *e = self.snapshot(node)?;
-        }
-        Ok(Arc::clone(&e))
+    /// Every entry after `offset` (0: from the start, with "." and "..").
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        self.readdir_chunk(fh, offset, usize::MAX)
     }
 
-    fn snapshot(&self, node: &Node) -> FsResult<Arc<Vec<DirEntry>>> {
-        let parent = if node.ino == ROOT {
-            ROOT
-        } else {
-            node.state.read().parent
+    /// At most `max` entries after `offset`, in offset order, read from the live directory.
+    /// Offsets belong to the directory, not to a handle: an entry keeps its offset while it
+    /// stays visible, and new entries get higher ones. So a listing continued from any offset,
+    /// through any handle or the kernel's directory cache, returns each name that stays
+    /// visible exactly once, and never a name that is gone.
+    pub fn readdir_chunk(&self, fh: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { node } = &*h else {
+            return Err(Errno::ENOTDIR);
         };
-        let mut v = vec![
-            DirEntry {
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntry {
                 name: ".".into(),
                 ino: node.ino,
                 kind: Kind::Dir,
-            },
-            DirEntry {
+                offset: 1,
+            });
+        }
+        if offset < 2 {
+            let parent = if node.ino == ROOT {
+                ROOT
+            } else {
+                node.state.read().parent
+            };
+            out.push(DirEntry {
                 name: "..".into(),
                 ino: parent,
                 kind: Kind::Dir,
-            },
-        ];
+                offset: 2,
+            });
+        }
+        let room = max.saturating_sub(out.len());
         self.with_index(node, |idx| {
-            v.extend(idx.iter().filter_map(|(n, s)| {
-                s.vis.as_ref().map(|vis| DirEntry {
-                    name: n.clone(),
-                    ino: vis.ino,
-                    kind: vis.kind,
-                })
+            out.extend(idx.listing(offset, room).map(|(n, v)| DirEntry {
+                name: n.clone(),
+                ino: v.ino,
+                kind: v.kind,
+                offset: v.cookie,
             }));
         })?;
-        Ok(Arc::new(v))
+        Ok(out)
     }
 
     /// Looks up an entry returned by readdir (readdirplus): like [`Union::lookup`].

@@ -65,7 +65,6 @@ pub(crate) enum Handle {
     },
     Dir {
         node: Arc<Node>,
-        entries: parking_lot::Mutex<Arc<Vec<DirEntry>>>,
     },
 }
 
@@ -307,23 +306,29 @@ impl Union {
 
     /// Runs `f` on the directory's index, building it first if needed.
     fn with_index<R>(&self, dir: &Node, f: impl FnOnce(&mut DirIndex) -> R) -> FsResult<R> {
-        {
+        let first_cookie = {
             let mut st = dir.state.write();
-            if let Some(ds) = st.dir.as_mut() {
-                if let Some(idx) = ds.index.as_mut() {
-                    return Ok(f(idx));
-                }
+            let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
+            match ds.index.as_mut() {
+                Some(idx) if !idx.is_stale() => return Ok(f(idx)),
+                Some(idx) => idx.next_cookie(),
+                None => index::FIRST_COOKIE,
             }
-        }
+        };
         let layers = self.dir_layers(dir)?;
-        let built = index::build(&layers, self.upper, &|l, fd, name, kind, raw| {
+        let built = index::build(&layers, self.upper, first_cookie, &|l, fd, name, kind, raw| {
             self.ino_of(l, fd.as_fd(), name, kind, raw)
         })?;
         let mut st = dir.state.write();
         let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
         // Another thread may have built it meanwhile; theirs is as good as ours.
-        let idx = ds.index.get_or_insert(built);
-        Ok(f(idx))
+        if ds.index.as_ref().is_none_or(|i| i.is_stale()) {
+            ds.index = Some(built);
+        }
+        match ds.index.as_mut() {
+            Some(idx) => Ok(f(idx)),
+            None => Err(Errno::EIO),
+        }
     }
 
     fn dir_layers(&self, dir: &Node) -> FsResult<Vec<(usize, Arc<OwnedFd>)>> {
@@ -343,7 +348,14 @@ impl Union {
 
     fn slot(&self, dir: &Node, name: &OsStr) -> FsResult<Slot> {
         // Lookups only read the index: take the shared lock when it is already built.
-        if let Some(idx) = dir.state.read().dir.as_ref().and_then(|d| d.index.as_ref()) {
+        if let Some(idx) = dir
+            .state
+            .read()
+            .dir
+            .as_ref()
+            .and_then(|d| d.index.as_ref())
+            .filter(|i| !i.is_stale())
+        {
             return Ok(idx.get(name).cloned().unwrap_or_default());
         }
         self.with_index(dir, |idx| idx.get(name).cloned().unwrap_or_default())

@@ -131,6 +131,16 @@ pub(crate) struct DirState {
     pub index: Option<DirIndex>,
 }
 
+impl DirState {
+    /// Drops the index (the layers changed); the next build continues the listing positions
+    /// after the old ones, so a listing in progress never sees an offset reused.
+    pub fn reset_index(&mut self) {
+        if let Some(old) = self.index.take() {
+            self.index = Some(DirIndex::placeholder(old.next_cookie()));
+        }
+    }
+}
+
 impl Node {
     pub fn new(ino: u64, state: NodeState) -> Self {
         Node {

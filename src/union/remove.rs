@@ -69,15 +69,7 @@ impl Union {
             rustix::fs::unlinkat(&*pdir, name, if rmdir { AtFlags::REMOVEDIR } else { AtFlags::empty() })?;
             None
         };
-        self.with_index(&dir, |idx| {
-            if let Some(s) = idx.get_mut(name) {
-                s.vis = None;
-                s.upper_wh = wh;
-                if wh.is_none() && !s.in_lower {
-                    idx.remove(name);
-                }
-            }
-        })?;
+        self.with_index(&dir, |idx| idx.hide(name, wh))?;
         if let Some(n) = self.nodes.get(vis.ino) {
             n.state.write().name_gone(parent, name);
         }

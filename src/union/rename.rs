@@ -129,8 +129,8 @@ impl Union {
                 }
             }
             rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::EXCHANGE)?;
-            self.with_index(&d1, |idx| set_vis(idx, name, Visible::new(upper, dst.kind, dst.ino)))?;
-            self.with_index(&d2, |idx| set_vis(idx, newname, Visible::new(upper, src.kind, src.ino)))?;
+            self.with_index(&d1, |idx| idx.show(name, Visible::new(upper, dst.kind, dst.ino)))?;
+            self.with_index(&d2, |idx| idx.show(newname, Visible::new(upper, src.kind, src.ino)))?;
             self.moved(&src_node, (parent, name), (newparent, newname));
             if let Some(dn) = &dst_node {
                 self.moved(dn, (newparent, newname), (parent, name));
@@ -179,20 +179,8 @@ impl Union {
         if s2.upper_wh == Some(UpperWhiteout::Oci) {
             let _ = rustix::fs::unlinkat(&*u2, whiteout::oci_name(newname), AtFlags::empty());
         }
-        self.with_index(&d2, |idx| {
-            let s = idx.entry(newname.to_os_string()).or_default();
-            s.vis = Some(Visible::new(upper, src.kind, src.ino));
-            s.upper_wh = None;
-        })?;
-        self.with_index(&d1, |idx| {
-            if let Some(s) = idx.get_mut(name) {
-                s.vis = None;
-                s.upper_wh = src_wh;
-                if src_wh.is_none() && !s.in_lower {
-                    idx.remove(name);
-                }
-            }
-        })?;
+        self.with_index(&d2, |idx| idx.show(newname, Visible::new(upper, src.kind, src.ino)))?;
+        self.with_index(&d1, |idx| idx.hide(name, src_wh))?;
         self.moved(&src_node, (parent, name), (newparent, newname));
         if let Some(dn) = dst_node {
             dn.state.write().name_gone(newparent, newname);
@@ -259,7 +247,7 @@ impl Union {
         let mut s = dir.state.write();
         if let Some(d) = s.dir.as_mut() {
             d.layers.truncate(1);
-            d.index = None;
+            d.reset_index();
         }
         Ok(())
     }
@@ -271,7 +259,7 @@ impl Union {
             // At its new place the directory is opaque or has nothing below it.
             if d.layers.len() > 1 {
                 d.layers.truncate(1);
-                d.index = None;
+                d.reset_index();
             }
         }
     }
@@ -292,12 +280,6 @@ impl Union {
         }
         false
     }
-}
-
-fn set_vis(idx: &mut super::index::DirIndex, name: &OsStr, v: Visible) {
-    let s = idx.entry(name.to_os_string()).or_default();
-    s.vis = Some(v);
-    s.upper_wh = None;
 }
 
 fn lock_pair<'a>(

@@ -493,3 +493,113 @@ impl Drop for KernelOverlay {
         }
     }
 }
+
+// ---- Helpers for the fault / hostile / permission tests (added) ------------------------------
+
+/// Sends SIGKILL to the daemon this guard started (only that PID).
+pub fn kill9(m: &Mount) {
+    let pid = m.pid().expect("daemon pid") as i32;
+    let pid = rustix::process::Pid::from_raw(pid).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9 daemon");
+}
+
+/// Whether the daemon of `m` is still running (not exited, not a zombie).
+pub fn daemon_alive(m: &Mount) -> bool {
+    let Some(pid) = m.pid() else { return false };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // The state follows the command name in parentheses.
+            let state = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some(Some('Z')) | Some(Some('X')) | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Entries left in the workdir's `unionfs/` scratch directory (missing dir counts as empty).
+pub fn workdir_leftovers(work: &Path) -> Vec<String> {
+    match std::fs::read_dir(work.join("unionfs")) {
+        Ok(rd) => rd
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// uid and gid of `name`, creating the account (`useradd -M`) if it is missing.
+pub fn ensure_user(name: &str) -> (u32, u32) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").arg(flag).arg(name).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    // Another test binary may create it at the same moment (useradd then fails on the lock of
+    // /etc/passwd): ignore the status, re-check, retry for a while.
+    for _ in 0..100 {
+        if let (Some(u), Some(g)) = (id("-u"), id("-g")) {
+            return (u, g);
+        }
+        let _ = Command::new("useradd").arg("-M").arg(name).output();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("could not create user {name}");
+}
+
+/// A size-limited tmpfs mounted at a directory; dropping it unmounts (lazily).
+pub struct TmpfsGuard {
+    pub dir: PathBuf,
+}
+
+impl TmpfsGuard {
+    pub fn mount(dir: &Path, size: &str) -> TmpfsGuard {
+        std::fs::create_dir_all(dir).expect("mkdir tmpfs dir");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("spawn mount");
+        assert!(st.success(), "mount tmpfs at {}", dir.display());
+        TmpfsGuard { dir: dir.to_path_buf() }
+    }
+}
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Checks that `upper` is a valid overlay-style upper: only regular files, directories,
+/// symlinks and char 0/0 whiteouts; no `.wh.` names. Returns the problems found.
+pub fn upper_format_problems(upper: &Path) -> Vec<String> {
+    fn go(dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("read_dir upper") {
+            let p = e.expect("entry").path();
+            let md = std::fs::symlink_metadata(&p).expect("lstat upper");
+            let ft = md.file_type();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".wh.")) {
+                out.push(format!("OCI marker in overlay-style upper: {}", p.display()));
+            }
+            if ft.is_dir() {
+                go(&p, out);
+            } else if ft.is_file() || ft.is_symlink() || (ft.is_char_device() && md.rdev() == 0) {
+            } else {
+                out.push(format!(
+                    "unexpected file type {:?} rdev {} at {}",
+                    ft,
+                    md.rdev(),
+                    p.display()
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(upper, &mut out);
+    out
+}
