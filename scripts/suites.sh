@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# Independent test suites, run on a unionfs mount and on a kernel overlayfs mount of the same
+# layers in the same run:
+#   - pjdfstest (crates.io `pjdfstest`, the Rust rewrite of the POSIX conformance suite), run in a
+#     directory that is merged from two lower layers (so its first change copies it up);
+#   - fsx (crates.io `fsx`, the file system exerciser: random reads, writes, truncates, mmap
+#     reads/writes, fallocate, hole punching, copy_file_range... verified against a model), with
+#     and without mmap, on a file that starts in a lower layer (opening it copies it up) and on
+#     a new file.
+# unionfs must pass every pjdfstest case the kernel passes, except those in KNOWN_DIFFERENCES
+# below, and every fsx run. Needs root (kernel overlayfs, pjdfstest's user switching).
+#
+# Environment: FSX_OPS (operations per fsx run, default 20000), FSX_SEED (default 1),
+# UNIONFS_BIN (binary to test; default: target/release/unionfs, built if needed),
+# SUITES_KEEP=1 (keep the temporary directory and logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PJDFSTEST_VERSION=0.2.2
+FSX_VERSION=0.3.2
+FSX_OPS=${FSX_OPS:-20000}
+FSX_SEED=${FSX_SEED:-1}
+
+# pjdfstest cases the kernel passes and unionfs may fail, each with its reason: "name|reason".
+# A case listed here that passes is reported, not an error; remove it once fixed.
+# (none today: open::etxtbsy was fixed by no longer requesting FUSE_ATOMIC_O_TRUNC)
+KNOWN_DIFFERENCES=()
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "suites: needs root (kernel overlayfs mount, pjdfstest user switching)" >&2
+  exit 1
+fi
+
+# ---- tools ---------------------------------------------------------------------------------
+cargo_bin=${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin
+have_version() { # BIN VERSION: the installed binary reports that version
+  [ -x "$cargo_bin/$1" ] && "$cargo_bin/$1" --version 2>/dev/null | grep -qw "$2"
+}
+t0=$SECONDS
+install=()
+have_version pjdfstest "$PJDFSTEST_VERSION" || install+=("pjdfstest@$PJDFSTEST_VERSION")
+have_version fsx "$FSX_VERSION" || install+=("fsx@$FSX_VERSION")
+if [ ${#install[@]} -gt 0 ]; then
+  echo "suites: cargo install --locked ${install[*]} (once; a few minutes)"
+  cargo install --locked --quiet "${install[@]}"
+  echo "suites: installed in $((SECONDS - t0)) s"
+fi
+PJDFSTEST=$cargo_bin/pjdfstest
+FSX=$cargo_bin/fsx
+
+if [ -n "${UNIONFS_BIN:-}" ]; then
+  BIN=$UNIONFS_BIN
+else
+  cargo build --release --locked --quiet
+  BIN=$PWD/target/release/unionfs
+fi
+
+# ---- layers and mounts ---------------------------------------------------------------------
+T=$(mktemp -d /tmp/unionfs-suites.XXXXXX)
+chmod 0755 "$T" # the dummy users of pjdfstest walk into the mounts
+U_MNT=$T/unionfs/mnt
+K_MNT=$T/kernel/mnt
+mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
+cleanup() {
+  local st=$?
+  trap - EXIT INT TERM
+  if mounted "$U_MNT"; then
+    "$BIN" umount "$U_MNT" >/dev/null 2>&1 || umount -l "$U_MNT" || true
+  fi
+  if mounted "$K_MNT"; then umount "$K_MNT" 2>/dev/null || umount -l "$K_MNT" || true; fi
+  if [ "${SUITES_KEEP:-0}" = 1 ] || [ "$st" -ne 0 ]; then
+    echo "suites: logs kept in $T"
+  else
+    rm -rf "$T"
+  fi
+  exit "$st"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Two lower layers with content; both mounts get identical copies (built once, then cp -a).
+make_lowers() { # DIR
+  local l0=$1/lower0 l1=$1/lower1 # lower0 is the top layer
+  mkdir -p "$l0/pjd/top-only" "$l1/pjd/bottom-only" "$l0/fsx" "$l1/fsx" "$l1/etc"
+  echo top >"$l0/pjd/shared"
+  echo bottom >"$l1/pjd/shared"
+  echo bottom >"$l1/pjd/bottom-only/file"
+  ln -s shared "$l1/pjd/link"
+  echo hosts >"$l1/etc/hosts"
+  # fsx's lower-resident files: 256 KiB (fsx's default maximum length) of random data each.
+  head -c 262144 /dev/urandom >"$l1/fsx/lower-nommap"
+  head -c 262144 /dev/urandom >"$l1/fsx/lower-mmap"
+}
+mkdir -p "$T/template" "$T/secondary"
+make_lowers "$T/template"
+for side in unionfs kernel; do
+  mkdir -p "$T/$side/upper" "$T/$side/work" "$T/$side/mnt"
+  cp -a "$T/template/lower0" "$T/template/lower1" "$T/$side/"
+done
+"$BIN" mount --lower "$T/unionfs/lower0:$T/unionfs/lower1" --upper "$T/unionfs/upper" \
+  --workdir "$T/unionfs/work" "$U_MNT"
+mount -t overlay overlay \
+  -o "lowerdir=$T/kernel/lower0:$T/kernel/lower1,upperdir=$T/kernel/upper,workdir=$T/kernel/work" \
+  "$K_MNT"
+
+# ---- pjdfstest -----------------------------------------------------------------------------
+# Linux features (as the suite's own linux-ext4 configuration, plus rename_ctime, which ext4 and
+# overlayfs both honour). Two unprivileged users for the permission tests: accounts every
+# Debian system has. -s: a directory outside the mount, for the EXDEV cases.
+cat >"$T/pjdfstest.toml" <<'EOF'
+[features]
+posix_fallocate = {}
+utime_now = {}
+utimensat = {}
+rename_ctime = {}
+
+[settings]
+naptime = 0.01
+allow_remount = false
+
+[dummy_auth]
+entries = [
+  ["nobody", "nogroup"],
+  ["daemon", "daemon"],
+]
+EOF
+
+run_pjdfstest() { # SIDE MNT
+  local t=$SECONDS
+  (cd "$2/pjd" && NO_COLOR=1 CLICOLOR=0 timeout 900 "$PJDFSTEST" -c "$T/pjdfstest.toml" \
+    -p "$2/pjd" -s "$T/secondary") >"$T/pjdfstest-$1.log" 2>&1 || true
+  # One "name status" line per case: ok, FAILED, skipped (colour codes stripped).
+  sed 's/\x1b\[[0-9;]*m//g' "$T/pjdfstest-$1.log" |
+    awk '$1 ~ /::/ && ($NF == "ok" || $NF == "FAILED" || $NF == "skipped") {print $1, $NF}' |
+    sort >"$T/pjdfstest-$1.results"
+  echo "suites: pjdfstest on $1: $((SECONDS - t)) s"
+}
+run_pjdfstest kernel "$K_MNT"
+run_pjdfstest unionfs "$U_MNT"
+
+count() { awk -v s="$2" '$2 == s' "$1" | wc -l; }
+declare -A known=()
+for entry in "${KNOWN_DIFFERENCES[@]}"; do known[${entry%%|*}]=${entry#*|}; done
+pjd_regressions=()
+pjd_known=()
+pjd_stale=()
+while read -r name k u; do
+  if [ "$k" = ok ] && [ "$u" != ok ]; then
+    if [ -n "${known[$name]:-}" ]; then
+      pjd_known+=("$name")
+    else
+      pjd_regressions+=("$name")
+    fi
+  elif [ -n "${known[$name]:-}" ]; then
+    pjd_stale+=("$name ($u on unionfs, $k on the kernel)")
+  fi
+done < <(join -a1 -a2 -e missing -o 0,1.2,2.2 "$T/pjdfstest-kernel.results" "$T/pjdfstest-unionfs.results")
+pjd_total=$(wc -l <"$T/pjdfstest-kernel.results")
+if [ "$pjd_total" -lt 100 ]; then
+  echo "suites: pjdfstest on the kernel ran only $pjd_total cases; see $T/pjdfstest-kernel.log" >&2
+  exit 1
+fi
+
+# ---- fsx -----------------------------------------------------------------------------------
+# Every operation fsx knows, with mmap reads/writes (and msync invalidation) or without them.
+# The lower-resident file runs in fsx's block mode: opened without O_TRUNC (so the open copies
+# the lower data up) and kept at its size (block mode disallows truncate and close/open).
+fsx_config() { # FILE MMAP(0|1) BLOCKMODE(0|1)
+  local m=$2 b=$3
+  {
+    echo "flen = 262144"
+    [ "$b" = 1 ] && echo "blockmode = true"
+    echo "[weights]"
+    if [ "$b" = 1 ]; then
+      echo "close_open = 0"
+      echo "truncate = 0"
+      echo "posix_fallocate = 0"
+    else
+      echo "close_open = 1"
+      echo "truncate = 5"
+      echo "posix_fallocate = 1"
+    fi
+    echo "read = 10"
+    echo "write = 10"
+    echo "mapread = $((m * 10))"
+    echo "mapwrite = $((m * 10))"
+    echo "invalidate = $m"
+    echo "fsync = 1"
+    echo "fdatasync = 1"
+    echo "punch_hole = 1"
+    echo "sendfile = 1"
+    echo "posix_fadvise = 1"
+    echo "copy_file_range = 1"
+  } >"$1"
+}
+fsx_rows=()
+fsx_failures=0
+run_fsx() { # LABEL FILE(relative to the mount) MMAP BLOCKMODE
+  local label=$1 rel=$2 m=$3 b=$4 side mnt st=() secs=() t
+  local slug=${rel##*/}
+  local conf=$T/fsx-$slug.toml
+  fsx_config "$conf" "$m" "$b"
+  for side in unionfs kernel; do
+    [ "$side" = unionfs ] && mnt=$U_MNT || mnt=$K_MNT
+    mkdir -p "$T/fsx-artifacts/$side-$slug"
+    t=$SECONDS
+    if timeout 900 "$FSX" -q -N "$FSX_OPS" -S "$FSX_SEED" -f "$conf" -P "$T/fsx-artifacts/$side-$slug" \
+      "$mnt/$rel" >"$T/fsx-$side-$slug.log" 2>&1; then
+      st+=(pass)
+    else
+      st+=(FAIL)
+    fi
+    secs+=($((SECONDS - t)))
+  done
+  local passed=0 failed=0
+  if [ "${st[0]}" = pass ]; then passed=1; else failed=1; fsx_failures=$((fsx_failures + 1)); fi
+  fsx_rows+=("fsx|$label: $FSX_OPS ops, seed $FSX_SEED|$passed|$failed|${st[1]}")
+  echo "suites: fsx $label: unionfs ${st[0]} (${secs[0]} s), kernel ${st[1]} (${secs[1]} s)"
+  if [ "${st[0]}" != pass ]; then
+    echo "--- fsx $label on unionfs, last lines of $T/fsx-unionfs-$slug.log:"
+    tail -n 30 "$T/fsx-unionfs-$slug.log"
+  fi
+}
+run_fsx "new file, no mmap" fsx/new-nommap 0 0
+run_fsx "new file, mmap" fsx/new-mmap 1 0
+run_fsx "lower file, no mmap" fsx/lower-nommap 0 1
+run_fsx "lower file, mmap" fsx/lower-mmap 1 1
+
+# ---- summary -------------------------------------------------------------------------------
+ku=$(count "$T/pjdfstest-kernel.results" ok)
+kf=$(count "$T/pjdfstest-kernel.results" FAILED)
+ks=$(count "$T/pjdfstest-kernel.results" skipped)
+uu=$(count "$T/pjdfstest-unionfs.results" ok)
+uf=$(count "$T/pjdfstest-unionfs.results" FAILED)
+us=$(count "$T/pjdfstest-unionfs.results" skipped)
+echo
+printf '%-10s | %-44s | %-6s | %-6s | %s\n' suite "what ran" passed failed "kernel overlayfs in the same run"
+printf '%s\n' "-----------+----------------------------------------------+--------+--------+---------------------------------"
+printf '%-10s | %-44s | %-6s | %-6s | %s\n' pjdfstest "$PJDFSTEST_VERSION: $pjd_total cases, $us skipped" "$uu" \
+  "$uf" "passed $ku, failed $kf, skipped $ks"
+for row in "${fsx_rows[@]}"; do
+  IFS='|' read -r s what p f k <<<"$row"
+  printf '%-10s | %-44s | %-6s | %-6s | %s\n' "$s" "$what" "$p" "$f" "$k"
+done
+both_fail=$(join "$T/pjdfstest-kernel.results" "$T/pjdfstest-unionfs.results" |
+  awk '$2 == "FAILED" && $3 == "FAILED"' | wc -l)
+both_fail_char=$(join "$T/pjdfstest-kernel.results" "$T/pjdfstest-unionfs.results" |
+  awk '$2 == "FAILED" && $3 == "FAILED" && $1 ~ /::char$/' | wc -l)
+echo
+echo "pjdfstest: of the cases unionfs failed, $both_fail also fail on kernel overlayfs ($both_fail_char of"
+echo "them the ::char variants: the suite makes character devices 0/0, which overlayfs refuses (EPERM)"
+echo "because 0/0 is a whiteout), ${#pjd_known[@]} are allowlisted differences, ${#pjd_regressions[@]} are new."
+if [ ${#pjd_known[@]} -gt 0 ]; then
+  echo "pjdfstest, known differences from kernel overlayfs (allowlisted):"
+  for n in "${pjd_known[@]}"; do echo "  $n: ${known[$n]}"; done
+fi
+if [ ${#pjd_stale[@]} -gt 0 ]; then
+  echo "pjdfstest, allowlisted but not a difference in this run:"
+  for n in "${pjd_stale[@]}"; do echo "  $n"; done
+fi
+status=0
+if [ ${#pjd_regressions[@]} -gt 0 ]; then
+  echo "pjdfstest, cases the kernel passes and unionfs does not:"
+  for n in "${pjd_regressions[@]}"; do
+    echo "  $n"
+    # The failure message pjdfstest printed under the case.
+    sed 's/\x1b\[[0-9;]*m//g' "$T/pjdfstest-unionfs.log" |
+      awk -v n="$n" '$1 == n {on = 1; next} on && /^\t/ {print "    " $0; next} {on = 0}' | head -n 5
+  done
+  status=1
+fi
+[ "$fsx_failures" -eq 0 ] || status=1
+if [ "$status" -eq 0 ]; then echo "suites: OK"; else echo "suites: FAILED"; fi
+exit "$status"

@@ -1,0 +1,33 @@
+//! Independent test suites: runs `scripts/suites.sh` (pjdfstest and fsx on a unionfs mount and on
+//! a kernel overlayfs mount of the same layers) against the binary under test, and fails if the
+//! script fails. The script installs the two tools with `cargo install` the first time.
+//!
+//! Needs root (kernel overlayfs, pjdfstest's user switching, FUSE); skipped otherwise. Knobs:
+//! `FSX_OPS` (operations per fsx run, default 20000), `FSX_SEED`, `UNIONFS_SUITES=0` to skip.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn pjdfstest_and_fsx_match_kernel_overlayfs() {
+    if !rustix::process::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: the suites need root and /dev/fuse (kernel overlayfs, pjdfstest's user switching)");
+        return;
+    }
+    if std::env::var("UNIONFS_SUITES").is_ok_and(|v| v == "0") {
+        eprintln!("skipped: UNIONFS_SUITES=0");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/suites.sh");
+    // The script's output goes straight to the terminal (not captured), so that CI logs show
+    // its summary table also when it passes.
+    let status = Command::new("bash")
+        .arg(&script)
+        .env("UNIONFS_BIN", env!("CARGO_BIN_EXE_unionfs"))
+        .status()
+        .expect("run scripts/suites.sh");
+    assert!(
+        status.success(),
+        "scripts/suites.sh failed ({status}); its output is above"
+    );
+}
