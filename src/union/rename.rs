@@ -55,7 +55,8 @@ impl Union {
         // Errors in the order Linux checks them: a missing source first.
         let src = self.slot(&d1, name)?.vis.ok_or(Errno::ENOENT)?;
         if whiteout::is_reserved_name(newname) {
-            return Err(Errno::EINVAL);
+            // A reserved name is never visible: nothing to exchange with.
+            return Err(if exchange { Errno::ENOENT } else { Errno::EINVAL });
         }
         let dst = self.slot(&d2, newname)?.vis;
         if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
