@@ -107,19 +107,7 @@ impl UserMount {
 
     /// Waits for the daemon to exit (after an unmount); its exit code, or None if it had to be killed.
     fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => return st.code(),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-            }
-        }
+        common::wait_or_kill(self.child.take()?, timeout)
     }
 }
 

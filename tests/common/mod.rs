@@ -149,18 +149,22 @@ impl Mount {
         if is_mounted(&self.mnt) {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
-        let mut child = self.child.take()?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => return st.code(),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    // Only the process this guard started.
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
+        wait_or_kill(self.child.take()?, Duration::from_secs(15))
+    }
+}
+
+/// Waits up to `timeout` for `child` (a daemon we started) to exit and returns its exit code;
+/// past the timeout it is killed (only that process) and the result is None.
+pub fn wait_or_kill(mut child: Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return st.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
             }
         }
     }
