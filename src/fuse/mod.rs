@@ -334,10 +334,10 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
+            // No FOPEN_CACHE_DIR: the kernel validates its cached listing by the directory's
+            // mtime, which two changes within one timestamp tick leave equal, so a concurrent
+            // listing could cache a name that is already gone (tests/fault_concurrency.rs).
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -67,6 +67,21 @@ pub(crate) struct DirIndex {
 
 /// Listing positions 1 and 2 are "." and "..".
 pub(crate) const FIRST_COOKIE: u64 = 3;
+/// Offsets are signed 64-bit in the kernel.
+const LAST_COOKIE: u64 = (1 << 62) - 1;
+
+/// The listing position of `name`: its hash (like ext4's htree order), moved to the next free
+/// position on a collision.
+fn alloc_cookie(order: &BTreeMap<u64, OsString>, name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    let mut c = FIRST_COOKIE + h.finish() % (LAST_COOKIE - FIRST_COOKIE);
+    while order.contains_key(&c) {
+        c = if c >= LAST_COOKIE { FIRST_COOKIE } else { c + 1 };
+    }
+    c
+}
 
 impl std::ops::Deref for DirIndex {
     type Target = HashMap<OsString, Slot>;
@@ -100,15 +115,16 @@ impl DirIndex {
     }
 
     /// Makes `name` show `v` (no longer whited out in the upper). A name that was already
-    /// visible keeps its listing position; a newly visible one goes to the end.
+    /// visible keeps its listing position; a newly visible one gets the position its name
+    /// hashes to, so a name deleted and made again does not show twice in one listing.
     pub fn show(&mut self, name: &OsStr, mut v: Visible) {
         let s = self.map.entry(name.to_os_string()).or_default();
         v.cookie = match &s.vis {
             Some(old) => old.cookie,
             None => {
-                self.next_cookie += 1;
-                self.order.insert(self.next_cookie - 1, name.to_os_string());
-                self.next_cookie - 1
+                let c = alloc_cookie(&self.order, name);
+                self.order.insert(c, name.to_os_string());
+                c
             }
         };
         s.vis = Some(v);
@@ -145,7 +161,7 @@ pub(crate) fn build(
     ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
 ) -> rustix::io::Result<DirIndex> {
     let mut map: HashMap<OsString, Slot> = HashMap::new();
-    let mut next_cookie = first_cookie.max(FIRST_COOKIE);
+    let next_cookie = first_cookie.max(FIRST_COOKIE);
     for (layer, fd) in layers {
         let layer = *layer;
         let is_upper = Some(layer) == upper;
@@ -193,14 +209,13 @@ pub(crate) fn build(
             match &mut slot.vis {
                 None => {
                     let is_dir = kind == Kind::Dir;
-                    next_cookie += 1;
                     slot.vis = Some(Visible {
                         layer,
                         kind,
                         ino,
                         merge: if is_dir { vec![layer] } else { Vec::new() },
                         merging: is_dir,
-                        cookie: next_cookie - 1,
+                        cookie: 0,
                     });
                 }
                 Some(v) if v.merging && kind == Kind::Dir => v.merge.push(layer),
@@ -225,10 +240,13 @@ pub(crate) fn build(
             break;
         }
     }
-    let order = map
-        .iter()
-        .filter_map(|(n, s)| s.vis.as_ref().map(|v| (v.cookie, n.clone())))
-        .collect();
+    let mut order = BTreeMap::new();
+    for (n, s) in map.iter_mut() {
+        if let Some(v) = s.vis.as_mut() {
+            v.cookie = alloc_cookie(&order, n);
+            order.insert(v.cookie, n.clone());
+        }
+    }
     Ok(DirIndex {
         map,
         order,
