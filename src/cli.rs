@@ -65,6 +65,10 @@ struct MountArgs {
     /// How long the kernel may cache names and attributes, in seconds [default: 86400].
     #[arg(long, value_name = "SECONDS", value_parser = compat::parse_ttl)]
     ttl: Option<Duration>,
+    /// Serve all file I/O in the daemon, never through FUSE passthrough (which the kernel
+    /// otherwise does for upper files when we run with CAP_SYS_ADMIN).
+    #[arg(long)]
+    no_passthrough: bool,
     /// Mount options, comma separated: ro, nosuid, nodev, noexec, allow_other, fsname=..,
     /// and the fuse-overlayfs ones (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -108,6 +112,7 @@ pub(crate) struct MountSpec {
     pub read_only: bool,
     pub threads: Option<usize>,
     pub ttl: Option<Duration>,
+    pub no_passthrough: bool,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -171,6 +176,7 @@ impl MountArgs {
         spec.volatile |= self.volatile;
         spec.threads = self.threads.map(usize::from);
         spec.ttl = self.ttl.or(spec.ttl);
+        spec.no_passthrough |= self.no_passthrough;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

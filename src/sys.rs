@@ -148,7 +148,9 @@ pub fn list_xattrs(t: &Target<'_>) -> rustix::io::Result<Vec<OsString>> {
     let path = t.path();
     let mut buf = vec![0u8; 1024];
     let n = loop {
-        let r = if t.follow() {
+        let r = if let Target::Open(fd) = t {
+            rustix::fs::flistxattr(fd, &mut buf[..])
+        } else if t.follow() {
             rustix::fs::listxattr(path.as_os_str(), &mut buf[..])
         } else {
             rustix::fs::llistxattr(path.as_os_str(), &mut buf[..])
@@ -172,6 +174,9 @@ pub fn list_xattrs(t: &Target<'_>) -> rustix::io::Result<Vec<OsString>> {
 pub enum Target<'a> {
     Fd(BorrowedFd<'a>),
     Entry(BorrowedFd<'a>, &'a OsStr),
+    /// A file open for I/O: the `f*xattr` calls work on it directly, with no path walk through
+    /// /proc (the kernel asks for `security.capability` before writes, so this is a hot path).
+    Open(BorrowedFd<'a>),
 }
 
 impl Target<'_> {
@@ -179,6 +184,7 @@ impl Target<'_> {
         match self {
             Target::Fd(fd) => OsString::from_vec(fd_path(*fd).into_bytes()),
             Target::Entry(d, n) => entry_path(*d, n),
+            Target::Open(fd) => OsString::from_vec(fd_path(*fd).into_bytes()),
         }
     }
     fn follow(&self) -> bool {
@@ -186,6 +192,9 @@ impl Target<'_> {
     }
 
     pub fn get_xattr(&self, attr: &OsStr) -> rustix::io::Result<Option<Vec<u8>>> {
+        if let Target::Open(fd) = self {
+            return xattr_value(|buf| rustix::fs::fgetxattr(fd, attr, buf));
+        }
         let path = self.path();
         if self.follow() {
             xattr_value(|buf| rustix::fs::getxattr(path.as_os_str(), attr, buf))
@@ -195,6 +204,13 @@ impl Target<'_> {
     }
 
     pub fn get_xattr_raw(&self, attr: &OsStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        if let Target::Open(fd) = self {
+            return if buf.is_empty() {
+                rustix::fs::fgetxattr_query(fd, attr)
+            } else {
+                rustix::fs::fgetxattr(fd, attr, buf)
+            };
+        }
         let path = self.path();
         // rustix answers 0 for an empty buffer; the size needs the explicit query.
         match (self.follow(), buf.is_empty()) {
@@ -206,6 +222,9 @@ impl Target<'_> {
     }
 
     pub fn set_xattr(&self, attr: &OsStr, value: &[u8], flags: rustix::fs::XattrFlags) -> rustix::io::Result<()> {
+        if let Target::Open(fd) = self {
+            return rustix::fs::fsetxattr(fd, attr, value, flags);
+        }
         let path = self.path();
         if self.follow() {
             rustix::fs::setxattr(path.as_os_str(), attr, value, flags)
@@ -215,6 +234,9 @@ impl Target<'_> {
     }
 
     pub fn remove_xattr(&self, attr: &OsStr) -> rustix::io::Result<()> {
+        if let Target::Open(fd) = self {
+            return rustix::fs::fremovexattr(fd, attr);
+        }
         let path = self.path();
         if self.follow() {
             rustix::fs::removexattr(path.as_os_str(), attr)
@@ -265,5 +287,18 @@ pub fn open_path_dir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Ow
 pub fn has_cap_sys_admin() -> bool {
     rustix::thread::capabilities(None)
         .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
+        .unwrap_or(false)
+}
+
+/// Whether the process umask is 0, read from /proc (setting it to find out would race with
+/// other threads creating files).
+pub fn umask_is_zero() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .map(|v| v.trim() == "0000")
+        })
         .unwrap_or(false)
 }

@@ -209,6 +209,8 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
         let _ = std::env::set_current_dir("/");
     }
     let created_workdir = cfg.workdir.as_ref().filter(|w| !w.exists()).cloned();
+    // Modes of new files come from the callers (the kernel applies their umask, or sends it).
+    rustix::process::umask(rustix::fs::Mode::empty());
     let union = match Union::new(&cfg) {
         Ok(u) => Arc::new(u),
         Err(e) => {
@@ -216,8 +218,6 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
             return fail(2, setup_message(&e));
         }
     };
-    // Modes of new files come from the callers (the kernel applies their umask, or sends it).
-    rustix::process::umask(rustix::fs::Mode::empty());
     let opts = spec.session_options();
     let mounted = match session::mount(union, &mountpoint, &opts) {
         Ok(m) => m,
@@ -351,6 +351,7 @@ impl MountSpec {
         if let Some(ttl) = self.ttl {
             o.adapter.ttl = ttl;
         }
+        o.adapter.passthrough = !self.no_passthrough;
         let m = &self.mount;
         if let Some(v) = m.allow_other {
             o.allow_other = v;

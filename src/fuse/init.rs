@@ -2,8 +2,10 @@
 
 use fuser::{InitFlags, KernelConfig};
 
-/// Requests the capabilities that let the kernel cache and parallelise (see FUSER-NOTES A5).
-pub(crate) fn negotiate(cfg: &mut KernelConfig) {
+/// Requests the capabilities that let the kernel cache and parallelise (see FUSER-NOTES A5),
+/// and FUSE passthrough when `passthrough` says we may use it (`stacked`: the upper is itself
+/// on a stacking filesystem). Returns whether passthrough was negotiated.
+pub(crate) fn negotiate(cfg: &mut KernelConfig, passthrough: bool, stacked: bool) -> bool {
     // Not ATOMIC_O_TRUNC: with it we would truncate inside OPEN, before the kernel's ETXTBSY
     // check, and kill a program running from the file (pjdfstest open::etxtbsy).
     let want = InitFlags::FUSE_PARALLEL_DIROPS
@@ -18,4 +20,8 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig) {
     let _ = cfg.set_max_write(1 << 20);
     let _ = cfg.set_max_background(64);
     let _ = cfg.set_congestion_threshold(48);
+    // The depth is what our mount counts as; 1 keeps it usable as a lower of kernel overlayfs.
+    passthrough
+        && cfg.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        && cfg.set_max_stack_depth(if stacked { 2 } else { 1 }).is_ok()
 }

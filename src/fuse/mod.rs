@@ -2,9 +2,11 @@
 //! logic lives here; errnos are decided by the union, this only forwards them.
 
 mod init;
+mod passthrough;
 pub mod session;
 
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -18,7 +20,7 @@ use fuser::{
 
 use crate::attr::{Attr, Kind};
 use crate::error::Errno;
-use crate::union::{Ctx, SetAttr, Union};
+use crate::union::{Ctx, Opened, SetAttr, Union};
 
 /// Entries fetched per readdir request: more than one reply page holds (about 100 names).
 const READDIR_CHUNK: usize = 256;
@@ -29,12 +31,15 @@ pub struct AdapterOptions {
     /// Entry and attribute timeout. Layers do not change behind our back while mounted, and every
     /// change passes through us, so this can be long.
     pub ttl: Duration,
+    /// Use FUSE passthrough for upper files when the kernel and our privileges allow it.
+    pub passthrough: bool,
 }
 
 impl Default for AdapterOptions {
     fn default() -> Self {
         AdapterOptions {
             ttl: Duration::from_secs(86400),
+            passthrough: true,
         }
     }
 }
@@ -45,6 +50,7 @@ pub struct FuseAdapter {
     opts: AdapterOptions,
     /// Set once the kernel sent DESTROY (clean unmount).
     destroyed: Arc<AtomicBool>,
+    passthrough: passthrough::Passthrough,
 }
 
 impl FuseAdapter {
@@ -53,12 +59,38 @@ impl FuseAdapter {
             union,
             opts,
             destroyed: Arc::new(AtomicBool::new(false)),
+            passthrough: passthrough::Passthrough::default(),
+        }
+    }
+
+    /// Flags for an open we serve ourselves. Lower content never changes while mounted, so its
+    /// pages stay valid across opens; an upper file's pages may be stale after passthrough
+    /// writes (which bypass the page cache of our inode).
+    fn cached_flags(&self, in_upper: bool) -> FopenFlags {
+        if in_upper && self.passthrough.enabled() {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
         }
     }
 
     /// A flag that turns true when the kernel ends the session.
     pub fn destroyed_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.destroyed)
+    }
+
+    /// How to answer the open `o` of `ino`: passthrough when its fd may back the inode.
+    fn open_mode(
+        &self,
+        ino: u64,
+        o: Opened,
+        open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> passthrough::Mode {
+        let r = self.union.with_file(o.fh, |fd| {
+            let shareable = o.shared_rw.then(|| fd.as_fd());
+            Ok(self.passthrough.open(ino, o.fh, shareable, open_backing))
+        });
+        r.unwrap_or(passthrough::Mode::Cached)
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
@@ -139,7 +171,12 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> std::io::Result<()> {
-        init::negotiate(cfg);
+        // Backing files need CAP_SYS_ADMIN (checked again by the kernel at each registration).
+        let want_pt = self.opts.passthrough && self.union.has_upper() && crate::sys::has_cap_sys_admin();
+        let pt = init::negotiate(cfg, want_pt, self.union.upper_is_stacked());
+        self.passthrough.enable(pt);
+        self.union.set_rw_upper_fds(pt);
+        tracing::debug!(passthrough = pt, "negotiated");
         Ok(())
     }
 
@@ -264,10 +301,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.open(&ctx(req), ino.0, flags.0) {
-            // Layers only change through us, so cached pages stay valid across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(e)),
+        let o = match self.union.open_file(&ctx(req), ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mode = self.open_mode(ino.0, o, |fd| reply.open_backing(fd));
+        match mode {
+            passthrough::Mode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+            passthrough::Mode::Cached => reply.opened(FileHandle(o.fh), self.cached_flags(o.in_upper)),
         }
     }
 
@@ -324,6 +365,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
@@ -468,15 +510,27 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.create(&ctx(req), parent.0, name, mode, flags) {
-            Ok((a, fh)) => reply.created(
+        let (a, o) = match self.union.create_file(&ctx(req), parent.0, name, mode, flags) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let attr = file_attr(&a);
+        match self.open_mode(a.ino, o, |fd| reply.open_backing(fd)) {
+            passthrough::Mode::Passthrough(id) => reply.created_passthrough(
                 &self.opts.ttl,
-                &file_attr(&a),
+                &attr,
                 Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                FileHandle(o.fh),
+                FopenFlags::empty(),
+                &id,
             ),
-            Err(e) => reply.error(errno(e)),
+            passthrough::Mode::Cached => reply.created(
+                &self.opts.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(o.fh),
+                self.cached_flags(o.in_upper),
+            ),
         }
     }
 

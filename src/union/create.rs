@@ -7,11 +7,13 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 
 use super::copy_up::remove_any;
 use super::index::{UpperWhiteout, Visible};
+use super::io::Opened;
 use super::node::{DirState, Node, NodeState};
 use super::{Ctx, Loc, Union, check_name, whiteout};
 use crate::attr::{Attr, Kind};
@@ -58,10 +60,25 @@ impl NewObject<'_> {
 impl Union {
     /// Creates and opens a regular file. Returns its attributes and a file handle.
     pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> FsResult<(Attr, u64)> {
-        let flags = OFlags::from_bits_retain(flags as u32);
+        self.create_file(ctx, parent, name, mode, flags).map(|(a, o)| (a, o.fh))
+    }
+
+    /// [`Union::create`], saying also what the handle's fd is (see [`Opened`]).
+    pub fn create_file(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> FsResult<(Attr, Opened)> {
+        let mut flags = OFlags::from_bits_retain(flags as u32);
+        let shared_rw = self.rw_upper_fds.load(Ordering::Relaxed);
+        if shared_rw {
+            // A new file is always writable by its creator, whatever its mode.
+            flags = (flags & !OFlags::RWMODE) | OFlags::RDWR;
+        }
         let (node, attr, fd) = self.make(ctx, parent, name, NewObject::File { mode, flags })?;
         let fd = fd.ok_or(Errno::EIO)?;
-        Ok((attr, self.new_file_handle(fd, node)))
+        let opened = Opened {
+            fh: self.new_file_handle(fd, node),
+            shared_rw,
+            in_upper: true,
+        };
+        Ok((attr, opened))
     }
 
     /// Creates a directory.
@@ -237,10 +254,14 @@ impl Union {
             NewObject::File { mode, flags } => {
                 let acc = *flags & (OFlags::RWMODE | OFlags::APPEND | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT);
                 let acc = (acc & !OFlags::APPEND) | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
-                // Create writable by us; the real mode (maybe read-only) is applied after the owner.
-                let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(mode & 0o7777 | 0o200))?;
+                // Never a set-id bit before the owner is final; those come with the chmod below.
+                let m = mode & 0o7777;
+                let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(m & 0o1777))?;
                 fd = Some(f);
-                final_mode = Some(mode & 0o7777);
+                // Our open applied exactly `m` unless the process umask interfered.
+                if m & 0o6000 != 0 || !self.umask_is_zero {
+                    final_mode = Some(m);
+                }
             }
             NewObject::Dir { mode } => {
                 rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
@@ -274,8 +295,11 @@ impl Union {
                 return Ok(None);
             }
         }
-        if self.privileged {
-            let gid = if sgid_parent { parent_gid } else { ctx.gid };
+        let gid = if sgid_parent { parent_gid } else { ctx.gid };
+        // A file we create gets our fsuid, and our fsgid unless the parent is set-group-id.
+        let ours = (self.euid, if sgid_parent { parent_gid } else { self.egid });
+        let plain_file = matches!(obj, NewObject::File { .. });
+        if self.privileged && !(plain_file && ours == (ctx.uid, gid)) {
             rustix::fs::chownat(
                 dir,
                 name,

@@ -1,7 +1,7 @@
 //! Operations on existing objects: attributes, open files, directory listings, xattrs, statfs.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -36,6 +36,17 @@ pub struct DirEntry {
     /// Its readdir offset: a listing continued from offset `o` resumes with the first entry
     /// whose offset is greater than `o`.
     pub offset: u64,
+}
+
+/// An open file handle and what its fd is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The fd is open read-write on the upper copy (see [`Union::set_rw_upper_fds`]).
+    pub shared_rw: bool,
+    /// The object is in the upper layer; otherwise its content is a lower's and never changes
+    /// while mounted.
+    pub in_upper: bool,
 }
 
 /// Filesystem statistics (of the upper, or of the top lower without one).
@@ -132,7 +143,12 @@ impl Union {
     }
 
     /// Opens `ino`; a write or truncating open copies it up first. Returns a file handle.
-    pub fn open(&self, _ctx: &Ctx, ino: u64, flags: i32) -> FsResult<u64> {
+    pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> FsResult<u64> {
+        self.open_file(ctx, ino, flags).map(|o| o.fh)
+    }
+
+    /// [`Union::open`], saying also where the handle's fd points (see [`Opened`]).
+    pub fn open_file(&self, _ctx: &Ctx, ino: u64, flags: i32) -> FsResult<Opened> {
         let node = self.node(ino)?;
         let flags = OFlags::from_bits_retain(flags as u32);
         let writes = flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC);
@@ -147,21 +163,46 @@ impl Union {
                 },
             )?;
         }
-        let layer = node.state.read().layer;
+        let in_upper = Some(node.state.read().layer) == self.upper;
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
         let mut f =
             flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT | OFlags::NONBLOCK);
-        if Some(layer) != self.upper {
+        if !in_upper {
             f |= OFlags::NOATIME;
         }
-        let ofd = self.locate(&node, None)?.open(f)?;
-        Ok(self.new_file_handle(ofd, node))
+        let loc = self.locate(&node, None)?;
+        let mut shared_rw = false;
+        let ofd = if in_upper && self.rw_upper_fds.load(Ordering::Relaxed) {
+            // The caller's access mode is enforced by the kernel on its own file; ours may
+            // then serve every later open of the object (a passthrough backing file).
+            match loc.open((f & !OFlags::RWMODE) | OFlags::RDWR) {
+                Ok(fd) => {
+                    shared_rw = true;
+                    fd
+                }
+                Err(_) => loc.open(f)?,
+            }
+        } else {
+            loc.open(f)?
+        };
+        Ok(Opened {
+            fh: self.new_file_handle(ofd, node),
+            shared_rw,
+            in_upper,
+        })
+    }
+
+    /// Open upper files read-write whatever access an open asks for, so that one fd can serve
+    /// every open of the object (the FUSE adapter's passthrough needs this).
+    pub fn set_rw_upper_fds(&self, on: bool) {
+        self.rw_upper_fds.store(on, Ordering::Relaxed);
     }
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         node.open.lock().push(fh);
-        self.handles.insert(fh, Arc::new(Handle::File { fd, node }));
+        let layer = node.state.read().layer;
+        self.handles.insert(fh, Arc::new(Handle::File { fd, layer, node }));
         fh
     }
 
@@ -366,9 +407,29 @@ impl Union {
         })
     }
 
+    /// Whether the upper sits on a stacking filesystem (overlayfs, FUSE, eCryptfs): a file
+    /// there cannot back a FUSE passthrough unless the kernel allows two levels of stacking.
+    pub fn upper_is_stacked(&self) -> bool {
+        const STACKING: [i64; 3] = [0x794c_7630, 0x6573_5546, 0xf15f];
+        self.upper
+            .is_some_and(|u| rustix::fs::fstatfs(&*self.layers[u].root).is_ok_and(|s| STACKING.contains(&s.f_type)))
+    }
+
     // ---- xattrs -----------------------------------------------------------------------------
 
     fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
+        // An open handle on the object as it is now is the cheapest way to it.
+        let layer = node.state.read().layer;
+        let open = node.open.lock().clone();
+        for fh in open.iter().rev() {
+            if let Ok(h) = self.handle(*fh) {
+                if let Handle::File { fd, layer: l, .. } = &*h {
+                    if *l == layer {
+                        return f(&Target::Open(fd.as_fd()));
+                    }
+                }
+            }
+        }
         f(&self.locate(node, None)?.target())
     }
 

@@ -34,7 +34,7 @@ use dashmap::DashMap;
 use rustix::fs::{Mode, OFlags};
 
 use self::index::{DirIndex, Slot};
-pub use self::io::{DirEntry, SetAttr, StatFs};
+pub use self::io::{DirEntry, Opened, SetAttr, StatFs};
 pub use self::node::ROOT;
 use self::node::{DirState, Node, NodeState, NodeTable};
 use crate::attr::{Attr, Kind};
@@ -60,6 +60,8 @@ pub(crate) struct Layer {
 pub(crate) enum Handle {
     File {
         fd: OwnedFd,
+        /// The layer `fd` is in (a handle opened before a copy-up still reads the lower).
+        layer: usize,
         /// Held so the node outlives a forget while the file is open.
         node: Arc<Node>,
     },
@@ -148,6 +150,13 @@ pub struct Union {
     /// Write OCI `.wh.` markers (asked for, or mknod was refused).
     oci: AtomicBool,
     volatile: bool,
+    /// The process umask is 0 (the daemon's is), so create modes apply as given.
+    umask_is_zero: bool,
+    /// Our effective ids: the owner of what we create.
+    euid: u32,
+    egid: u32,
+    /// See [`Union::set_rw_upper_fds`].
+    rw_upper_fds: AtomicBool,
     /// Layer devices, for tagging inode numbers when layers span filesystems.
     single_dev: bool,
     config: MountConfig,
@@ -202,6 +211,10 @@ impl Union {
             privileged,
             oci: AtomicBool::new(config.whiteouts == WhiteoutStyle::Oci),
             volatile: config.volatile,
+            rw_upper_fds: AtomicBool::new(false),
+            umask_is_zero: sys::umask_is_zero(),
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
             single_dev,
             config,
         };
@@ -521,6 +534,11 @@ impl Union {
     }
 
     // ---- helpers shared by the mutating modules ---------------------------------------------
+
+    /// Whether the union has a writable upper layer.
+    pub fn has_upper(&self) -> bool {
+        self.upper.is_some()
+    }
 
     fn upper_index(&self) -> FsResult<usize> {
         self.upper.ok_or(Errno::EROFS)
