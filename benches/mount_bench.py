@@ -133,6 +133,28 @@ def rmtree(path):
         run(["rm", "-rf", "--one-file-system", path], timeout=900)
 
 
+TRASH = []  # [trash directory], set once the workdir is known
+
+
+def discard(path):
+    """Moves `path` out of the way, to be deleted when the run ends. Deleting between
+    repetitions would skew what follows: an ext4 without a journal (as on our benchmark
+    machine) skips inodes freed in the last minutes when it allocates new ones, so a target
+    that creates files right after thousands were deleted pays for a long scan."""
+    if not os.path.lexists(path):
+        return
+    if not TRASH:
+        rmtree(path)
+        return
+    os.makedirs(TRASH[0], exist_ok=True)
+    os.rename(path, os.path.join(TRASH[0], f"{len(os.listdir(TRASH[0]))}-{os.path.basename(path)}"))
+
+
+def empty_trash():
+    if TRASH:
+        rmtree(TRASH[0])
+
+
 SYNC_PATH = DEFAULT_WORKDIR
 
 
@@ -359,7 +381,7 @@ class Target:
         if is_mounted(self.mnt):
             raise RuntimeError(f"{self.mnt} is still mounted")
         for p in (self.upper, self.work):
-            rmtree(p)
+            discard(p)
             os.makedirs(p)
         os.makedirs(self.mnt, exist_ok=True)
 
@@ -432,7 +454,7 @@ class Target:
 
     def cleanup(self):
         for p in (self.upper, self.work):
-            rmtree(p)
+            discard(p)
 
     def abort(self):
         """After a timeout: kill our daemon and detach the mount."""
@@ -461,7 +483,7 @@ class Plain(Target):
         """Undoes what a workload changed in the plain copy."""
         for n in os.listdir(self.root):
             if n.startswith("bench-"):
-                rmtree(os.path.join(self.root, n))
+                discard(os.path.join(self.root, n))
         for rel, size in [("big.bin", BIG_SIZE)] + [
             (f"append/a{i:02d}.bin", APPEND_SIZE) for i in range(APPEND_N)
         ]:
@@ -1181,6 +1203,8 @@ def main():
     args.workdir = os.path.abspath(args.workdir)
     os.makedirs(args.workdir, exist_ok=True)
     SYNC_PATH = args.workdir
+    TRASH.append(os.path.join(args.workdir, "trash"))
+    empty_trash()  # left by an interrupted run
     BIN = os.path.abspath(args.bin)
     if os.geteuid() != 0:
         log("mount_bench.py must run as root (kernel overlay mounts, drop_caches)")
@@ -1314,4 +1338,5 @@ if __name__ == "__main__":
     finally:
         if "--_worker" not in sys.argv:
             teardown_all()
+            empty_trash()
     sys.exit(code)

@@ -141,6 +141,8 @@ pub struct Union {
     upper: Option<usize>,
     /// Our scratch directory inside the workdir.
     work: Option<OwnedFd>,
+    /// The workdir itself, home of the shared whiteout (see `write_whiteout`).
+    work_root: Option<OwnedFd>,
     nodes: NodeTable,
     handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
@@ -194,9 +196,12 @@ impl Union {
             open("lower layer", l)?;
         }
         let upper = config.upper.as_ref().map(|_| 0);
-        let work = match (&config.upper, &config.workdir) {
-            (Some(_), Some(w)) => Some(prepare_workdir(w)?),
-            _ => None,
+        let (work_root, work) = match (&config.upper, &config.workdir) {
+            (Some(_), Some(w)) => {
+                let (r, s) = prepare_workdir(w)?;
+                (Some(r), Some(s))
+            }
+            _ => (None, None),
         };
         let privileged = sys::has_cap_sys_admin();
         let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
@@ -204,6 +209,7 @@ impl Union {
             layers,
             upper,
             work,
+            work_root,
             nodes: NodeTable::default(),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
@@ -594,7 +600,8 @@ fn check_name(name: &OsStr) -> FsResult<()> {
 }
 
 /// Creates (if needed) `workdir/unionfs` and empties it: leftovers of a crash are never reused.
-fn prepare_workdir(w: &std::path::Path) -> Result<OwnedFd, SetupError> {
+/// Creates the workdir if needed; returns it and our emptied scratch directory in it.
+fn prepare_workdir(w: &std::path::Path) -> Result<(OwnedFd, OwnedFd), SetupError> {
     let io = |source: std::io::Error| SetupError::Io {
         role: "workdir",
         path: w.to_path_buf(),
@@ -609,5 +616,10 @@ fn prepare_workdir(w: &std::path::Path) -> Result<OwnedFd, SetupError> {
     }
     let work = sys::open_path_dir(root.as_fd(), OsStr::new("unionfs")).map_err(|e| io(e.into()))?;
     sys::remove_tree_contents(work.as_fd()).map_err(|e| io(e.into()))?;
-    Ok(work)
+    // A fresh shared whiteout each mount (the old one may be near the link limit).
+    match rustix::fs::unlinkat(&root, whiteout::SHARED_WHITEOUT, rustix::fs::AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(io(e.into())),
+    }
+    Ok((root, work))
 }

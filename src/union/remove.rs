@@ -85,6 +85,26 @@ impl Union {
         Ok(())
     }
 
+    /// Links `dir/name` to the shared whiteout, making that first (or anew, when it has as many
+    /// links as the filesystem allows).
+    fn link_shared_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+        let root = self.work_root.as_ref().ok_or(RErrno::ROFS)?;
+        let shared = whiteout::SHARED_WHITEOUT;
+        match rustix::fs::linkat(root, shared, dir, name, AtFlags::empty()) {
+            Err(RErrno::NOENT) | Err(RErrno::MLINK) => {}
+            r => return r,
+        }
+        let work = self.work_fd().map_err(|_| RErrno::ROFS)?;
+        let tmp = self.tmp_name();
+        rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0)?;
+        // Replacing a concurrent thread's fresh one is harmless: both are whiteouts.
+        if let Err(e) = rustix::fs::renameat(work, &tmp, root, shared) {
+            let _ = rustix::fs::unlinkat(work, &tmp, AtFlags::empty());
+            return Err(e);
+        }
+        rustix::fs::linkat(root, shared, dir, name, AtFlags::empty())
+    }
+
     /// Puts a whiteout at `dir/name`, atomically replacing the upper object `existing` if any.
     pub(crate) fn write_whiteout(
         &self,
@@ -94,8 +114,20 @@ impl Union {
     ) -> FsResult<UpperWhiteout> {
         if !self.oci() {
             let work = self.work_fd()?;
+            if existing.is_none() {
+                // No rename needed: linkat never replaces.
+                match self.link_shared_whiteout(dir, name) {
+                    Ok(()) => return Ok(UpperWhiteout::AtName),
+                    Err(RErrno::EXIST) => return Err(Errno::EEXIST),
+                    Err(_) => {}
+                }
+            }
             let tmp = self.tmp_name();
-            match rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0) {
+            let made = match self.link_shared_whiteout(work, &tmp) {
+                Ok(()) => Ok(()),
+                Err(_) => rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0),
+            };
+            match made {
                 Ok(()) => {
                     let r = match existing {
                         None => rustix::fs::renameat_with(work, &tmp, dir, name, RenameFlags::NOREPLACE),

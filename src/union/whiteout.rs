@@ -158,3 +158,7 @@ pub fn mark_opaque(dir: BorrowedFd<'_>, oci: bool, privileged: bool) -> rustix::
 pub fn as_dir<T: AsFd>(fd: &T) -> BorrowedFd<'_> {
     fd.as_fd()
 }
+
+/// The whiteout device in the workdir that new whiteouts are hard links to, as kernel
+/// overlayfs does: a link costs no inode allocation.
+pub(crate) const SHARED_WHITEOUT: &str = "unionfs-whiteout";
