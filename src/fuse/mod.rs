@@ -64,19 +64,16 @@ impl FuseAdapter {
     }
 
     /// Flags for an open we serve ourselves. Lower content never changes while mounted, so its
-    /// pages stay valid across opens; an upper file's pages may be stale after passthrough
-    /// writes (which bypass the page cache of our inode).
+    /// pages stay valid across opens. An upper file is served by us only while it is also open
+    /// through the daemon from before its copy-up; with passthrough on, the kernel's page cache
+    /// and its idea of the size can then lag behind the backing file, so such opens bypass the
+    /// page cache and appends go to our end of file (see `write`).
     fn cached_flags(&self, in_upper: bool) -> FopenFlags {
         if in_upper && self.passthrough.enabled() {
-            FopenFlags::empty()
+            FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         }
-    }
-
-    /// A flag that turns true when the kernel ends the session.
-    pub fn destroyed_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.destroyed)
     }
 
     /// How to answer the open `o` of `ino`: passthrough when its fd may back the inode.
@@ -345,11 +342,19 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.union.write(fh.0, offset, data) {
+        // The kernel derives an O_APPEND offset from its cached size, which passthrough writes
+        // through other opens may have outdated: append at the real end of file instead.
+        let append = flags.0 & libc::O_APPEND != 0 && self.passthrough.enabled();
+        let r = if append {
+            self.union.append(fh.0, data)
+        } else {
+            self.union.write(fh.0, offset, data)
+        };
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }

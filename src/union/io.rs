@@ -253,6 +253,18 @@ impl Union {
         })
     }
 
+    /// Appends `data` at the file's end of file as it is now; returns the byte count.
+    pub fn append(&self, fh: u64, data: &[u8]) -> FsResult<usize> {
+        self.with_file(fh, |fd| {
+            let mut done = 0;
+            while done < data.len() {
+                let buf = [std::io::IoSlice::new(&data[done..])];
+                done += rustix::io::pwritev2(fd, &buf, 0, rustix::io::ReadWriteFlags::APPEND)?;
+            }
+            Ok(done)
+        })
+    }
+
     /// Closes a file or directory handle.
     pub fn release(&self, fh: u64) {
         if let Some((_, h)) = self.handles.remove(&fh) {
