@@ -69,6 +69,11 @@ struct MountArgs {
     /// otherwise does for upper files when we run with CAP_SYS_ADMIN).
     #[arg(long)]
     no_passthrough: bool,
+    /// The lower layers may change while mounted: notice entries added to, removed from or
+    /// changed in lower directories, at the cost of short kernel cache times (--ttl defaults to
+    /// 1 s) and one stat per lower directory per lookup.
+    #[arg(long)]
+    revalidate: bool,
     /// Mount options, comma separated: ro, nosuid, nodev, noexec, allow_other, fsname=..,
     /// and the fuse-overlayfs ones (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -113,6 +118,7 @@ pub(crate) struct MountSpec {
     pub threads: Option<usize>,
     pub ttl: Option<Duration>,
     pub no_passthrough: bool,
+    pub revalidate: bool,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -153,6 +159,7 @@ impl MountSpec {
         }
         c.whiteouts = self.whiteouts;
         c.volatile = self.volatile;
+        c.revalidate = self.revalidate;
         c
     }
 }
@@ -177,6 +184,7 @@ impl MountArgs {
         spec.threads = self.threads.map(usize::from);
         spec.ttl = self.ttl.or(spec.ttl);
         spec.no_passthrough |= self.no_passthrough;
+        spec.revalidate |= self.revalidate;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

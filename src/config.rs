@@ -30,6 +30,9 @@ pub struct MountConfig {
     pub whiteouts: WhiteoutStyle,
     /// Skip fsync of copied-up data (faster, not crash-safe).
     pub volatile: bool,
+    /// Lower layers may change while mounted: re-read a directory's lower entries when a lower
+    /// directory changed (see the README's caching section).
+    pub revalidate: bool,
 }
 
 impl MountConfig {
@@ -41,6 +44,7 @@ impl MountConfig {
             workdir: None,
             whiteouts: WhiteoutStyle::Overlay,
             volatile: false,
+            revalidate: false,
         }
     }
 
@@ -164,6 +168,7 @@ impl MountConfig {
             workdir,
             whiteouts: self.whiteouts,
             volatile: self.volatile,
+            revalidate: self.revalidate,
         })
     }
 }

@@ -837,3 +837,29 @@ fn truncating_open_of_a_running_program_is_etxtbsy() {
     drop(m);
     assert_eq!(l.snapshot_lowers(), before);
 }
+
+#[test]
+fn revalidate_notices_changes_made_to_a_lower_while_mounted() {
+    let l = Layers::new(2);
+    l.put(1, "d/old", b"old");
+    l.put(0, "d/top", b"top");
+    let m = l.mount(&["--revalidate"]);
+    assert_eq!(names(&m.path("d")), ["old", "top"]);
+    assert_eq!(std::fs::read(m.path("d/top")).unwrap(), b"top");
+    std::fs::write(l.lower(1, "d/new"), b"new").unwrap();
+    std::fs::remove_file(l.lower(1, "d/old")).unwrap();
+    std::fs::write(l.lower(0, "d/top"), b"top, changed").unwrap();
+    // The kernel's entries and attributes live 1 s with --revalidate.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(names(&m.path("d")), ["new", "top"]);
+    assert_eq!(std::fs::read(m.path("d/new")).unwrap(), b"new");
+    assert!(!m.path("d/old").exists());
+    assert_eq!(std::fs::read(m.path("d/top")).unwrap(), b"top, changed");
+    // The union still works as usual on top of the changed layers.
+    std::fs::write(m.path("d/mine"), b"mine").unwrap();
+    std::fs::remove_file(m.path("d/new")).unwrap();
+    assert_eq!(names(&m.path("d")), ["mine", "top"]);
+    let m = remount(&l, m, &["--revalidate"]);
+    assert_eq!(names(&m.path("d")), ["mine", "top"]);
+    assert_eq!(std::fs::read(l.lower(1, "d/new")).unwrap(), b"new");
+}

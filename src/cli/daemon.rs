@@ -348,6 +348,10 @@ impl MountSpec {
         if let Some(t) = self.threads {
             o.threads = t;
         }
+        if self.revalidate {
+            o.adapter.ttl = std::time::Duration::from_secs(1);
+            o.adapter.lower_may_change = true;
+        }
         if let Some(ttl) = self.ttl {
             o.adapter.ttl = ttl;
         }

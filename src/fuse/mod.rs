@@ -33,6 +33,8 @@ pub struct AdapterOptions {
     pub ttl: Duration,
     /// Use FUSE passthrough for upper files when the kernel and our privileges allow it.
     pub passthrough: bool,
+    /// Lower files may change while mounted: the kernel must not keep their pages across opens.
+    pub lower_may_change: bool,
 }
 
 impl Default for AdapterOptions {
@@ -40,6 +42,7 @@ impl Default for AdapterOptions {
         AdapterOptions {
             ttl: Duration::from_secs(86400),
             passthrough: true,
+            lower_may_change: false,
         }
     }
 }
@@ -71,6 +74,8 @@ impl FuseAdapter {
     fn cached_flags(&self, in_upper: bool) -> FopenFlags {
         if in_upper && self.passthrough.enabled() {
             FopenFlags::FOPEN_DIRECT_IO
+        } else if !in_upper && self.opts.lower_may_change {
+            FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         }

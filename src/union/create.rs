@@ -207,10 +207,7 @@ impl Union {
         self.with_index(&dir, |idx| idx.show(name, Visible::new(upper, kind, ino)))?;
         let dir_state = if kind == Kind::Dir {
             let fd = Arc::new(sys::open_path_dir(pdir.as_fd(), name)?);
-            Some(DirState {
-                layers: vec![(upper, fd)],
-                index: None,
-            })
+            Some(DirState::new(vec![(upper, fd)]))
         } else {
             None
         };

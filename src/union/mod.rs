@@ -264,16 +264,7 @@ impl Union {
         self.nodes.get_or_insert(ROOT, 1, || {
             Node::new(
                 ROOT,
-                NodeState::new(
-                    ROOT,
-                    OsStr::new(""),
-                    Kind::Dir,
-                    0,
-                    Some(DirState {
-                        layers: dir_layers,
-                        index: None,
-                    }),
-                ),
+                NodeState::new(ROOT, OsStr::new(""), Kind::Dir, 0, Some(DirState::new(dir_layers))),
             )
         });
         Ok(())
@@ -325,11 +316,18 @@ impl Union {
 
     /// Runs `f` on the directory's index, building it first if needed.
     fn with_index<R>(&self, dir: &Node, f: impl FnOnce(&mut DirIndex) -> R) -> FsResult<R> {
+        // With `revalidate`, a lower directory that changed since the build makes it stale.
+        let stamps = if self.config.revalidate {
+            self.lower_stamps(&self.dir_layers(dir)?)
+        } else {
+            Vec::new()
+        };
         let first_cookie = {
             let mut st = dir.state.write();
             let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
+            let current = ds.lower_stamps == stamps;
             match ds.index.as_mut() {
-                Some(idx) if !idx.is_stale() => return Ok(f(idx)),
+                Some(idx) if !idx.is_stale() && current => return Ok(f(idx)),
                 Some(idx) => idx.next_cookie(),
                 None => index::FIRST_COOKIE,
             }
@@ -341,13 +339,23 @@ impl Union {
         let mut st = dir.state.write();
         let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
         // Another thread may have built it meanwhile; theirs is as good as ours.
-        if ds.index.as_ref().is_none_or(|i| i.is_stale()) {
+        if ds.index.as_ref().is_none_or(|i| i.is_stale()) || ds.lower_stamps != stamps {
             ds.index = Some(built);
+            ds.lower_stamps = stamps;
         }
         match ds.index.as_mut() {
             Some(idx) => Ok(f(idx)),
             None => Err(Errno::EIO),
         }
+    }
+
+    /// Change stamps (ctime) of a directory's lower layer directories.
+    fn lower_stamps(&self, layers: &[(usize, Arc<OwnedFd>)]) -> Vec<(i64, u64)> {
+        layers
+            .iter()
+            .filter(|(l, _)| Some(*l) != self.upper)
+            .map(|(_, fd)| rustix::fs::fstat(&**fd).map_or((0, 0), |s| (s.st_ctime, s.st_ctime_nsec)))
+            .collect()
     }
 
     fn dir_layers(&self, dir: &Node) -> FsResult<Vec<(usize, Arc<OwnedFd>)>> {
@@ -419,7 +427,7 @@ impl Union {
                 name,
                 kind,
                 vis.layer,
-                (kind == Kind::Dir).then(|| DirState { layers, index: None }),
+                (kind == Kind::Dir).then(|| DirState::new(layers)),
             )
         };
         let refresh = child_layers.clone();

@@ -129,9 +129,19 @@ pub(crate) struct DirState {
     pub layers: Vec<(usize, Arc<OwnedFd>)>,
     /// The merged listing, built on first use and kept in step with every change we make.
     pub index: Option<DirIndex>,
+    /// With `revalidate`: the lower directories' change stamps when the index was built.
+    pub lower_stamps: Vec<(i64, u64)>,
 }
 
 impl DirState {
+    pub fn new(layers: Vec<(usize, Arc<OwnedFd>)>) -> DirState {
+        DirState {
+            layers,
+            index: None,
+            lower_stamps: Vec::new(),
+        }
+    }
+
     /// Drops the index (the layers changed); the next build continues the listing positions
     /// after the old ones, so a listing in progress never sees an offset reused.
     pub fn reset_index(&mut self) {
