@@ -398,10 +398,32 @@ impl Union {
         let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
         let dir_layers = self.dir_layers(&dir)?;
         let top = layer_fd(&dir_layers, vis.layer).ok_or(Errno::ESTALE)?;
-        let st = sys::stat_at(top.as_fd(), name)?;
-        let kind = Kind::from_mode(st.st_mode);
+        // A node we hold for this very object (same layer and type) keeps what we learnt of it.
+        let known = self.nodes.get(vis.ino).filter(|n| {
+            let s = n.state.read();
+            s.layer == vis.layer && s.kind == vis.kind && !s.unlinked
+        });
+        let lower = Some(vis.layer) != self.upper && !self.config.revalidate;
+        let cached = known
+            .as_ref()
+            .filter(|_| lower)
+            .and_then(|n| *n.lower_attr.lock())
+            .filter(|(l, _)| *l == vis.layer)
+            .map(|(_, a)| a);
+        let known_layers = known
+            .as_ref()
+            .and_then(|n| n.state.read().dir.as_ref().map(|d| d.layers.clone()));
+        let (kind, st) = match cached {
+            Some(a) => (a.kind, None),
+            None => {
+                let st = sys::stat_at(top.as_fd(), name)?;
+                (Kind::from_mode(st.st_mode), Some(st))
+            }
+        };
         let mut child_layers = Vec::new();
-        if kind == Kind::Dir {
+        if let (Kind::Dir, Some(layers)) = (kind, known_layers) {
+            child_layers = layers;
+        } else if kind == Kind::Dir {
             let fd = Arc::new(sys::open_path_dir(top.as_fd(), name)?);
             let marks = whiteout::dir_marks(fd.as_fd());
             child_layers.push((vis.layer, fd));
@@ -444,10 +466,20 @@ impl Union {
                 s.seen_as(parent, name);
             }
         }
-        let mut attr = Attr::from_stat(ino, &st);
-        if merged {
-            attr.nlink = 1;
-        }
+        let attr = match (cached, st) {
+            (Some(a), _) => a,
+            (None, Some(st)) => {
+                let mut attr = Attr::from_stat(ino, &st);
+                if merged {
+                    attr.nlink = 1;
+                }
+                if lower {
+                    *node.lower_attr.lock() = Some((vis.layer, attr));
+                }
+                attr
+            }
+            (None, None) => return Err(Errno::EIO),
+        };
         Ok((node, attr))
     }
 

@@ -35,6 +35,9 @@ pub(crate) struct Node {
     pub ns: Mutex<()>,
     /// Open file handles of this object: the way to it once all its names are gone.
     pub open: Mutex<Vec<u64>>,
+    /// Attributes of the object while it is in lower layer `.0`: lowers do not change while
+    /// mounted, so a repeated lookup needs no system call.
+    pub lower_attr: Mutex<Option<(usize, crate::attr::Attr)>>,
 }
 
 /// Where a node is and what it is. Only directories hold fds (their layer directories):
@@ -160,6 +163,7 @@ impl Node {
             copy_lock: Mutex::new(()),
             ns: Mutex::new(()),
             open: Mutex::new(Vec::new()),
+            lower_attr: Mutex::new(None),
         }
     }
 }
