@@ -386,10 +386,15 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            // No FOPEN_CACHE_DIR: the kernel validates its cached listing by the directory's
-            // mtime, which two changes within one timestamp tick leave equal, so a concurrent
-            // listing could cache a name that is already gone (tests/fault_concurrency.rs).
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings: every change reaches the directory through the
+            // mount (which invalidates its cache), and our offsets keep concurrent listings from
+            // mixing into the cache (see `Union::readdir_chunk`).
+            // Changes to a lower (`--revalidate`) do not pass through the mount: no cache then.
+            Ok(fh) if self.opts.lower_may_change => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -67,8 +67,10 @@ pub(crate) struct DirIndex {
 
 /// Listing positions 1 and 2 are "." and "..".
 pub(crate) const FIRST_COOKIE: u64 = 3;
-/// Offsets are signed 64-bit in the kernel.
-const LAST_COOKIE: u64 = (1 << 62) - 1;
+/// Positions use the low `COOKIE_BITS` of a readdir offset; the bits above tell listings apart
+/// (see `Union::readdir_chunk`). Offsets are signed 64-bit in the kernel.
+pub(crate) const COOKIE_BITS: u32 = 40;
+const LAST_COOKIE: u64 = (1 << COOKIE_BITS) - 1;
 
 /// The listing position of `name`: its hash (like ext4's htree order), moved to the next free
 /// position on a collision.

@@ -10,7 +10,7 @@ use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, SeekFrom, Timespec, Time
 
 use super::copy_up::Data;
 use super::node::{Node, ROOT};
-use super::{Ctx, Handle, Union, whiteout};
+use super::{Ctx, Handle, Union, index, whiteout};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
 use crate::sys::Target;
@@ -350,13 +350,26 @@ impl Union {
         let Handle::Dir { node } = &*h else {
             return Err(Errno::ENOTDIR);
         };
+        // Each listing started from the beginning tags the offsets it hands out with a number of
+        // its own (above the position bits), and continues with the tag it was given. Any tag
+        // resumes at the same position, but two listings never share an offset: the kernel's
+        // directory cache appends a reply to its cached listing when the request's offset is
+        // where the cache ends, so a shared offset would let a listing served before a change
+        // complete a cache filled after it.
+        let mask = (1u64 << index::COOKIE_BITS) - 1;
+        let tag = if offset == 0 {
+            (self.next_listing.fetch_add(1, Ordering::Relaxed) % (1 << (62 - index::COOKIE_BITS))) << index::COOKIE_BITS
+        } else {
+            offset & !mask
+        };
+        let offset = offset & mask;
         let mut out = Vec::new();
         if offset < 1 {
             out.push(DirEntry {
                 name: ".".into(),
                 ino: node.ino,
                 kind: Kind::Dir,
-                offset: 1,
+                offset: tag | 1,
             });
         }
         if offset < 2 {
@@ -369,7 +382,7 @@ impl Union {
                 name: "..".into(),
                 ino: parent,
                 kind: Kind::Dir,
-                offset: 2,
+                offset: tag | 2,
             });
         }
         let room = max.saturating_sub(out.len());
@@ -378,7 +391,7 @@ impl Union {
                 name: n.clone(),
                 ino: v.ino,
                 kind: v.kind,
-                offset: v.cookie,
+                offset: tag | v.cookie,
             }));
         })?;
         Ok(out)

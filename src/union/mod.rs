@@ -147,6 +147,8 @@ pub struct Union {
     handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
     next_tmp: AtomicU64,
+    /// Tags of directory listings (see `readdir_chunk`).
+    next_listing: AtomicU64,
     /// We can write `trusted.*` xattrs and chown: running with CAP_SYS_ADMIN.
     privileged: bool,
     /// Write OCI `.wh.` markers (asked for, or mknod was refused).
@@ -214,6 +216,7 @@ impl Union {
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             next_tmp: AtomicU64::new(1),
+            next_listing: AtomicU64::new(1),
             privileged,
             oci: AtomicBool::new(config.whiteouts == WhiteoutStyle::Oci),
             volatile: config.volatile,
