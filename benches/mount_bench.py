@@ -13,7 +13,7 @@ Usage (as root; needs kernel overlayfs, fuse3, optionally fuse-overlayfs and fio
     python3 benches/mount_bench.py --only stat-all-cold,git-status-warm --targets kernel,unionfs
     python3 benches/mount_bench.py --list                    # the workload names
 
-Options: --targets plain,kernel,fuse-overlayfs,unionfs   --only WORKLOAD,...   --reps N
+Options: --targets plain,kernel,fuse-overlayfs,unionfs[,unionfs-volatile]   --only WORKLOAD,...   --reps N
          --bin PATH (default: target/release/unionfs of this repository)   --workdir DIR
          (default /var/tmp/unionfs-bench)   --timeout SECONDS (per repetition)   --regen
          --json FILE   --nofile N (RLIMIT_NOFILE for the daemons; default: inherited)
@@ -95,7 +95,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BIN = os.path.join(REPO, "target", "release", "unionfs")
 DEFAULT_WORKDIR = "/var/tmp/unionfs-bench"
-ALL_TARGETS = ["plain", "kernel", "fuse-overlayfs", "unionfs"]
+DEFAULT_TARGETS = ["plain", "kernel", "fuse-overlayfs", "unionfs"]
+# unionfs-volatile (unionfs --volatile: copy-up without fsync) runs only when asked for.
+ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile"]
 LOWERS = ["l1", "l2", "l3"]  # top first
 
 # ---- data parameters (bump GEN_VERSION when the layout changes) ------------------------------
@@ -568,11 +570,12 @@ class FuseOverlayfs(Target):
 class Unionfs(Target):
     fuse = True
 
-    def __init__(self, workdir):
-        super().__init__("unionfs", workdir)
+    def __init__(self, workdir, name="unionfs", extra=()):
+        super().__init__(name, workdir)
+        self.extra = list(extra)
 
     def mount_cmd(self):
-        return [BIN, "mount", "--lower", ":".join(self.layers), "--upper", self.upper,
+        return [BIN, "mount", *self.extra, "--lower", ":".join(self.layers), "--upper", self.upper,
                 "--workdir", self.work, self.mnt]
 
     def umount_cmd(self):
@@ -1174,7 +1177,7 @@ def main():
     g.add_argument("--quick", action="store_true", help="3 repetitions, fio 3 s (the default)")
     g.add_argument("--full", action="store_true", help="7 repetitions, fio 10 s")
     ap.add_argument("--reps", type=int, help="repetitions per workload (overrides the mode)")
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS))
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
     ap.add_argument("--only", help="comma-separated workload names (see --list)")
     ap.add_argument("--bin", default=DEFAULT_BIN, help="the unionfs binary")
     ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
@@ -1267,6 +1270,8 @@ def main():
             targets.append(Kernel(args.workdir))
         elif n == "fuse-overlayfs":
             targets.append(FuseOverlayfs(args.workdir))
+        elif n == "unionfs-volatile":
+            targets.append(Unionfs(args.workdir, n, ["--volatile"]))
         else:
             targets.append(Unionfs(args.workdir))
     if not targets:

@@ -76,7 +76,13 @@ impl Union {
                 let _ = remove_any(work, &tmp, kind);
                 return Err(e.into());
             }
-            self.sync_dir(pdir.as_fd());
+            if kind == Kind::Dir {
+                self.sync_dir(pdir.as_fd());
+            } else {
+                // The copy's data is durable already; its name becomes so when the file is
+                // fsynced (or its directory is), as on a plain filesystem.
+                node.name_unsynced.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let new_fd = if kind == Kind::Dir {
                 Some(Arc::new(sys::open_path_dir(pdir.as_fd(), &name)?))
             } else {

@@ -274,16 +274,25 @@ impl Union {
         }
     }
 
-    /// Flushes a file's data (and metadata unless `datasync`) to the upper's disk.
+    /// Flushes a file's data (and metadata unless `datasync`) to the upper's disk, and the name a
+    /// copy-up gave it.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        self.with_file(fh, |fd| {
-            if datasync {
-                rustix::fs::fdatasync(fd)?
-            } else {
-                rustix::fs::fsync(fd)?
+        let h = self.file(fh)?;
+        let Handle::File { fd, node, .. } = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        if datasync {
+            rustix::fs::fdatasync(fd)?
+        } else {
+            rustix::fs::fsync(fd)?
+        }
+        if node.name_unsynced.swap(false, Ordering::Relaxed) {
+            let parent = self.live_name(node).and_then(|(p, _)| self.nodes.get(p));
+            if let Some(pdir) = parent.and_then(|p| self.upper_dir_fd(&p)) {
+                self.sync_dir(pdir.as_fd());
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// fallocate(2) on an open file.

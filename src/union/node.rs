@@ -38,6 +38,8 @@ pub(crate) struct Node {
     /// Attributes of the object while it is in lower layer `.0`: lowers do not change while
     /// mounted, so a repeated lookup needs no system call.
     pub lower_attr: Mutex<Option<(usize, crate::attr::Attr)>>,
+    /// A copy-up published this object under a name its upper directory has not fsynced yet.
+    pub name_unsynced: std::sync::atomic::AtomicBool,
 }
 
 /// Where a node is and what it is. Only directories hold fds (their layer directories):
@@ -164,6 +166,7 @@ impl Node {
             ns: Mutex::new(()),
             open: Mutex::new(Vec::new()),
             lower_attr: Mutex::new(None),
+            name_unsynced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
