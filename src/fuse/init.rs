@@ -10,6 +10,10 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, passthrough: bool, stacked: bool
     // check, and kill a program running from the file (pjdfstest open::etxtbsy).
     let want = InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DO_READDIRPLUS
+        // AUTO: attributes come with the first chunk of a listing (and after lookups in that
+        // directory). Always-plus made `ls -l` of a cold 10k directory 2x faster but a plain
+        // cold listing 4x slower (the daemon must stat every entry), so we keep the kernel's
+        // heuristic.
         | InitFlags::FUSE_READDIRPLUS_AUTO
         | InitFlags::FUSE_CACHE_SYMLINKS
         | InitFlags::FUSE_AUTO_INVAL_DATA

@@ -122,6 +122,7 @@ impl Union {
         ino: u64,
         data: Data,
     ) -> FsResult<()> {
+        let mut file = None;
         match kind {
             Kind::Dir => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
             Kind::File => {
@@ -133,11 +134,14 @@ impl Union {
                 )?;
                 if data == Data::All {
                     let input = src.open(OFlags::RDONLY | OFlags::NOATIME)?;
-                    copy_data(&input, &out, st.st_size as u64)?;
+                    // Fewer allocated blocks than the size means holes worth skipping.
+                    let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
+                    copy_data(&input, &out, st.st_size as u64, sparse)?;
                     if !self.volatile {
                         rustix::fs::fsync(&out)?;
                     }
                 }
+                file = Some(out);
             }
             Kind::Symlink => {
                 let Loc::Entry(dir, name) = src else {
@@ -154,7 +158,11 @@ impl Union {
                 st.st_rdev,
             )?,
         }
-        let to = Target::Entry(work, tmp);
+        // A regular file is reached through its fd (no path walk), anything else by name.
+        let to = match &file {
+            Some(f) => Target::Open(f.as_fd()),
+            None => Target::Entry(work, tmp),
+        };
         copy_xattrs(&src.target(), &to)?;
         // Best effort: without it the copy gets its own number after a remount.
         let _ = to.set_xattr(
@@ -324,12 +332,16 @@ fn stat_times(st: &Stat) -> Timestamps {
 
 /// Copies `len` bytes: reflink where the filesystem can, else `copy_file_range` over the data
 /// extents only (holes stay holes), else read/write.
-fn copy_data(input: &OwnedFd, out: &OwnedFd, len: u64) -> FsResult<()> {
+fn copy_data(input: &OwnedFd, out: &OwnedFd, len: u64, sparse: bool) -> FsResult<()> {
     if len == 0 {
         return Ok(());
     }
     if rustix::fs::ioctl_ficlone(out, input).is_ok() {
         return Ok(());
+    }
+    if !sparse {
+        // Dense: the copy ends where the data does, so no truncate to the size is needed.
+        return copy_range(input, out, 0, len);
     }
     let mut pos = 0u64;
     while pos < len {
