@@ -66,6 +66,11 @@ impl FuseAdapter {
         }
     }
 
+    /// A flag that turns true when the kernel ends the session.
+    pub fn destroyed_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.destroyed)
+    }
+
     /// Flags for an open we serve ourselves. Lower content never changes while mounted, so its
     /// pages stay valid across opens. An upper file is served by us only while it is also open
     /// through the daemon from before its copy-up; with passthrough on, the kernel's page cache
