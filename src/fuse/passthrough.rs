@@ -40,7 +40,12 @@ struct Inode {
 /// Passthrough state of the mount: per-inode modes and which handle counts where.
 #[derive(Default)]
 pub(crate) struct Passthrough {
+    /// Negotiated at INIT: upper files may have been served by the kernel, so the daemon-served
+    /// opens must allow for that (see `FuseAdapter::cached_flags`).
     enabled: AtomicBool,
+    /// Registering a backing file failed once: register no more (opens that must share an
+    /// existing backing file still get it).
+    refused: AtomicBool,
     inodes: Mutex<HashMap<u64, Inode>>,
     /// File handle -> (inode, opened passthrough).
     handles: Mutex<HashMap<u64, (u64, bool)>>,
@@ -68,20 +73,22 @@ impl Passthrough {
         let st = inodes.entry(ino).or_default();
         let mode = match (&st.backing, shareable) {
             (Some(b), _) if st.passthrough > 0 => Mode::Passthrough(Arc::clone(b)),
-            (_, Some(fd)) if st.cached == 0 && self.enabled() => match open_backing(fd) {
-                Ok(id) => {
-                    let id = Arc::new(id);
-                    st.backing = Some(Arc::clone(&id));
-                    Mode::Passthrough(id)
+            (_, Some(fd)) if st.cached == 0 && self.enabled() && !self.refused.load(Ordering::Relaxed) => {
+                match open_backing(fd) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        st.backing = Some(Arc::clone(&id));
+                        Mode::Passthrough(id)
+                    }
+                    Err(e) => {
+                        // Not allowed after all (no CAP_SYS_ADMIN in the initial user namespace,
+                        // or a backing filesystem stacked too deep): serve file I/O ourselves.
+                        tracing::info!("FUSE passthrough unavailable ({e}); serving file I/O in the daemon");
+                        self.refused.store(true, Ordering::Relaxed);
+                        Mode::Cached
+                    }
                 }
-                Err(e) => {
-                    // Not allowed after all (no CAP_SYS_ADMIN in the initial user namespace,
-                    // or a backing filesystem stacked too deep): serve everything ourselves.
-                    tracing::info!("FUSE passthrough unavailable ({e}); serving file I/O in the daemon");
-                    self.enable(false);
-                    Mode::Cached
-                }
-            },
+            }
             _ => Mode::Cached,
         };
         let pt = matches!(mode, Mode::Passthrough(_));
