@@ -8,7 +8,6 @@ mod common;
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -145,32 +144,6 @@ fn fsync_and_fsyncdir_succeed_and_data_lands_in_the_upper() {
     assert_eq!(std::fs::read(m.path("d/created")).unwrap(), b"created");
     drop(m);
     assert_eq!(l.snapshot_lowers(), before);
-}
-
-/// Writes `data` at `off` of `f` through a shared mapping, then msync and munmap.
-fn mmap_write(f: &std::fs::File, len: usize, off: usize, data: &[u8]) {
-    assert!(off + data.len() <= len);
-    // SAFETY: we map `len` bytes of a file that is at least that long, write only inside the
-    // mapping, and unmap it before returning; no other reference to the memory exists.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(off), data.len());
-        assert_eq!(
-            libc::msync(p, len, libc::MS_SYNC),
-            0,
-            "msync: {}",
-            std::io::Error::last_os_error()
-        );
-        assert_eq!(libc::munmap(p, len), 0);
-    }
 }
 
 #[test]

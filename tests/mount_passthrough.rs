@@ -148,6 +148,25 @@ fn a_lower_file_open_for_reading_can_be_opened_for_writing() {
     assert_eq!(l.snapshot_lowers(), before);
 }
 
+/// While a reader from before the copy-up holds the file, new opens are served by the daemon
+/// without the page cache (FOPEN_DIRECT_IO); a shared mapping of such an open must still work.
+#[test]
+fn a_file_open_from_before_its_copy_up_can_be_mapped_shared() {
+    let l = Layers::new(1);
+    l.put(0, "m.bin", &[b'.'; 8192]);
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let reader = std::fs::File::open(m.path("m.bin")).unwrap();
+    let rw = open_rw(&m.path("m.bin"));
+    mmap_write(&rw, 8192, 100, b"MAPPED");
+    drop((reader, rw));
+    let back = std::fs::read(m.path("m.bin")).unwrap();
+    assert_eq!(&back[100..106], b"MAPPED");
+    let m = remount(&l, m, &[]);
+    assert_eq!(&std::fs::read(m.path("m.bin")).unwrap()[100..106], b"MAPPED");
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
 #[test]
 fn readers_and_writers_of_an_upper_file_see_one_content() {
     let l = Layers::new(1);

@@ -543,3 +543,36 @@ fn hard_link_works_after_its_first_name_is_forgotten() {
         "chmod through c/f"
     );
 }
+
+/// Every listing started from the beginning hands out offsets of its own (the kernel's directory
+/// cache must never take one listing's reply as the continuation of another), and any of them
+/// resumes at the same name through any handle.
+#[test]
+fn two_listings_never_share_offsets_but_resume_each_other() {
+    let names = ["a", "b", "c", "d", "e"];
+    let entries: Vec<_> = names.iter().map(|n| (*n, file(n.as_bytes()))).collect();
+    let fx = Fixture::new(&[(layer(&entries), Encoding::Oci)]);
+    let mut d = fx.mount();
+    let (dir, _) = d.walk(p("")).expect("root");
+    let (h1, h2) = (
+        d.u().opendir(dir).expect("opendir"),
+        d.u().opendir(dir).expect("opendir"),
+    );
+    let first = d.u().readdir(h1, 0).expect("readdir");
+    let second = d.u().readdir(h2, 0).expect("readdir");
+    assert_eq!(first.len(), names.len() + 2);
+    let offsets = |l: &[unionfs::DirEntry]| l.iter().map(|e| e.offset).collect::<Vec<_>>();
+    let shared: Vec<_> = offsets(&first)
+        .into_iter()
+        .filter(|o| offsets(&second).contains(o))
+        .collect();
+    assert!(shared.is_empty(), "two listings handed out the same offsets {shared:?}");
+    // Resuming from the first listing's fourth offset through the second handle gives the rest.
+    let rest = d.u().readdir(h2, first[3].offset).expect("readdir");
+    let got: Vec<_> = rest.iter().map(|e| e.name.clone()).collect();
+    let want: Vec<_> = first[4..].iter().map(|e| e.name.clone()).collect();
+    assert_eq!(got, want);
+    d.u().release(h1);
+    d.u().release(h2);
+    d.end_op();
+}

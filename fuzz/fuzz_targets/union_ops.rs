@@ -21,7 +21,7 @@ mod model;
 #[path = "../harness.rs"]
 mod harness;
 
-use harness::{Checks, Op, is_marker, run_case};
+use harness::{Checks, EXACT, Op, is_marker, run_case};
 use model::*;
 
 const MAX_LOWERS: usize = 3;
@@ -272,7 +272,7 @@ fn skips() -> &'static [String] {
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(case) = decode(bytes) else { return };
-    if let Err(e) = run_case(&case.lowers, case.style, case.checks, &case.ops, |m, op| op.resolve(m)) {
+    if let Err(e) = run_case(&case.lowers, case.style, case.checks, EXACT, &case.ops, |m, op| op.resolve(m)) {
         if skips().iter().any(|s| e.contains(s.as_str())) {
             return;
         }

@@ -454,14 +454,14 @@ impl Union {
     fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
         // An open handle on the object as it is now is the cheapest way to it.
         let layer = node.state.read().layer;
-        let open = node.open.lock().clone();
-        for fh in open.iter().rev() {
-            if let Ok(h) = self.handle(*fh) {
-                if let Handle::File { fd, layer: l, .. } = &*h {
-                    if *l == layer {
-                        return f(&Target::Open(fd.as_fd()));
-                    }
-                }
+        let open = node.open.lock().iter().rev().find_map(|fh| {
+            self.handle(*fh)
+                .ok()
+                .filter(|h| matches!(&**h, Handle::File { layer: l, .. } if *l == layer))
+        });
+        if let Some(h) = open {
+            if let Handle::File { fd, .. } = &*h {
+                return f(&Target::Open(fd.as_fd()));
             }
         }
         f(&self.locate(node, None)?.target())

@@ -607,3 +607,29 @@ pub fn upper_format_problems(upper: &Path) -> Vec<String> {
     go(upper, &mut out);
     out
 }
+
+/// Writes `data` at `off` of `f` through a shared mapping, then msync and munmap.
+pub fn mmap_write(f: &std::fs::File, len: usize, off: usize, data: &[u8]) {
+    assert!(off + data.len() <= len);
+    // SAFETY: we map `len` bytes of a file that is at least that long, write only inside the
+    // mapping, and unmap it before returning; no other reference to the memory exists.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(off), data.len());
+        assert_eq!(
+            libc::msync(p, len, libc::MS_SYNC),
+            0,
+            "msync: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::munmap(p, len), 0);
+    }
+}
