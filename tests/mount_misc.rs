@@ -781,19 +781,7 @@ fn truncating_open_of_a_running_program_is_etxtbsy() {
     let prog = m.path("sleep");
     std::fs::copy("/bin/sleep", &prog).unwrap();
     let size = lstat(&prog).len();
-    // A sibling test's fork may still hold our just-closed write fd for a moment (the classic
-    // ETXTBSY-on-exec race of threaded test runners): retry the spawn briefly.
-    let mut spawned = std::process::Command::new(&prog).arg("30").spawn();
-    for _ in 0..50 {
-        match &spawned {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                spawned = std::process::Command::new(&prog).arg("30").spawn();
-            }
-            _ => break,
-        }
-    }
-    let mut child = spawned.unwrap();
+    let mut child = spawn_fresh_program(&prog, &["30"]);
     std::thread::sleep(std::time::Duration::from_millis(200));
     // The old failure was intermittent (about 1 open in 10 killed the program): try many times.
     for _ in 0..200 {

@@ -199,9 +199,9 @@ fn a_program_written_through_the_mount_runs_and_is_busy_while_running() {
     let prog = m.path("sleeper");
     std::fs::copy("/bin/sleep", &prog).unwrap();
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = std::process::Command::new(&prog).arg("0").status().unwrap();
+    let out = spawn_fresh_program(&prog, &["0"]).wait().unwrap();
     assert!(out.success());
-    let mut child = std::process::Command::new(&prog).arg("5").spawn().unwrap();
+    let mut child = spawn_fresh_program(&prog, &["5"]);
     std::thread::sleep(Duration::from_millis(200));
     let busy = OpenOptions::new().write(true).open(&prog);
     let _ = child.kill();

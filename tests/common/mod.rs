@@ -633,3 +633,21 @@ pub fn mmap_write(f: &std::fs::File, len: usize, off: usize, data: &[u8]) {
         assert_eq!(libc::munmap(p, len), 0);
     }
 }
+
+/// Starts `prog ARGS`, a program just written. A sibling test's fork may still hold our
+/// just-closed write fd for a moment (the classic ETXTBSY-on-exec race of threaded test
+/// runners), so an ETXTBSY spawn is retried briefly.
+pub fn spawn_fresh_program(prog: &Path, args: &[&str]) -> Child {
+    let spawn = || Command::new(prog).args(args).spawn();
+    let mut spawned = spawn();
+    for _ in 0..50 {
+        match &spawned {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+                spawned = spawn();
+            }
+            _ => break,
+        }
+    }
+    spawned.unwrap_or_else(|e| panic!("spawn {}: {e}", prog.display()))
+}
