@@ -8,6 +8,8 @@ command -v fuse-overlayfs >/dev/null || need+=(fuse-overlayfs)
 command -v unionfs-fuse >/dev/null || [ -x /usr/bin/unionfs ] || need+=(unionfs-fuse)
 command -v getfattr >/dev/null || need+=(attr)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v fio >/dev/null || need+=(fio)
+command -v setfacl >/dev/null || need+=(acl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "unionfs setup: please install: ${need[*]} (as root: apt-get install ${need[*]})" >&2

@@ -6,7 +6,12 @@
 #   - fsx (crates.io `fsx`, the file system exerciser: random reads, writes, truncates, mmap
 #     reads/writes, fallocate, hole punching, copy_file_range... verified against a model), with
 #     and without mmap, on a file that starts in a lower layer (opening it copies it up) and on
-#     a new file.
+#     a new file;
+#   - fio (Debian's package) with O_DIRECT and data verification: a pattern written into a lower
+#     layer on its own filesystem, verified through the mount with read-only direct opens (so
+#     nothing is copied up); random direct reads and writes, verified, on a new file and on a
+#     lower-resident file opened for writing. Also on a `--no-passthrough` unionfs mount, the
+#     data path of every rootless mount.
 # unionfs must pass every pjdfstest case the kernel passes, except those in KNOWN_DIFFERENCES
 # below, and every fsx run. Needs root (kernel overlayfs, pjdfstest's user switching).
 #
@@ -59,14 +64,17 @@ fi
 T=$(mktemp -d /tmp/unionfs-suites.XXXXXX)
 chmod 0755 "$T" # the dummy users of pjdfstest walk into the mounts
 U_MNT=$T/unionfs/mnt
+N_MNT=$T/unionfs-np/mnt
 K_MNT=$T/kernel/mnt
 mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
 cleanup() {
   local st=$?
   trap - EXIT INT TERM
-  if mounted "$U_MNT"; then
-    "$BIN" umount "$U_MNT" >/dev/null 2>&1 || umount -l "$U_MNT" || true
-  fi
+  for m in "$U_MNT" "$N_MNT"; do
+    if mounted "$m"; then
+      "$BIN" umount "$m" >/dev/null 2>&1 || umount -l "$m" || true
+    fi
+  done
   if mounted "$K_MNT"; then umount "$K_MNT" 2>/dev/null || umount -l "$K_MNT" || true; fi
   if [ "${SUITES_KEEP:-0}" = 1 ] || [ "$st" -ne 0 ]; then
     echo "suites: logs kept in $T"
@@ -91,15 +99,30 @@ make_lowers() { # DIR
   # fsx's lower-resident files: 256 KiB (fsx's default maximum length) of random data each.
   head -c 262144 /dev/urandom >"$l1/fsx/lower-nommap"
   head -c 262144 /dev/urandom >"$l1/fsx/lower-mmap"
+  # fio's lower-resident files: a verifiable pattern written with O_DIRECT on the lower's own
+  # filesystem, and random data that a verified random-write job overwrites through the mount.
+  mkdir -p "$l1/fio"
+  fio_job verify-pattern "$l1/fio/pattern.dat" --rw=write --do_verify=0 >/dev/null
+  head -c $((32 << 20)) /dev/urandom >"$l1/fio/lower-rw.dat"
+}
+
+# One fio job with O_DIRECT and crc32c verification; the job's exit status is fio's.
+fio_job() { # NAME FILE ARGS...
+  local name=$1 file=$2
+  shift 2
+  fio --name="$name" --filename="$file" --bs=64k --size=32M --direct=1 --ioengine=psync \
+    --verify=crc32c --verify_fatal=1 --randseed=42 "$@"
 }
 mkdir -p "$T/template" "$T/secondary"
 make_lowers "$T/template"
-for side in unionfs kernel; do
+for side in unionfs unionfs-np kernel; do
   mkdir -p "$T/$side/upper" "$T/$side/work" "$T/$side/mnt"
   cp -a "$T/template/lower0" "$T/template/lower1" "$T/$side/"
 done
 "$BIN" mount --lower "$T/unionfs/lower0:$T/unionfs/lower1" --upper "$T/unionfs/upper" \
   --workdir "$T/unionfs/work" "$U_MNT"
+"$BIN" mount --no-passthrough --lower "$T/unionfs-np/lower0:$T/unionfs-np/lower1" \
+  --upper "$T/unionfs-np/upper" --workdir "$T/unionfs-np/work" "$N_MNT"
 mount -t overlay overlay \
   -o "lowerdir=$T/kernel/lower0:$T/kernel/lower1,upperdir=$T/kernel/upper,workdir=$T/kernel/work" \
   "$K_MNT"
@@ -227,6 +250,46 @@ run_fsx "new file, mmap" fsx/new-mmap 1 0
 run_fsx "lower file, no mmap" fsx/lower-nommap 0 1
 run_fsx "lower file, mmap" fsx/lower-mmap 1 1
 
+# ---- fio, O_DIRECT with verification ---------------------------------------------------------
+fio_rows=()
+fio_failures=0
+run_fio() { # LABEL CHECK(copyup|none) NAME FILE(relative to the mount) ARGS...
+  local label=$1 check=$2 name=$3 rel=$4 side mnt st=()
+  shift 4
+  for side in unionfs unionfs-np kernel; do
+    case $side in unionfs) mnt=$U_MNT ;; unionfs-np) mnt=$N_MNT ;; kernel) mnt=$K_MNT ;; esac
+    if fio_job "$name" "$mnt/$rel" "$@" >"$T/fio-$side-$name.log" 2>&1; then
+      st+=(pass)
+    else
+      st+=(FAIL)
+    fi
+    # A read-only direct open must not have copied anything up.
+    if [ "$check" = none ] && [ -e "$T/$side/upper/$rel" ]; then
+      echo "suites: fio $label on $side copied $rel up" >>"$T/fio-$side-$name.log"
+      st[-1]=FAIL
+    fi
+  done
+  local passed=0 failed=0 i
+  for i in 0 1; do
+    if [ "${st[$i]}" = pass ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  done
+  fio_failures=$((fio_failures + failed))
+  fio_rows+=("fio|$label (passthrough / --no-passthrough)|$passed|$failed|${st[2]}")
+  echo "suites: fio $label: unionfs ${st[0]}, unionfs --no-passthrough ${st[1]}, kernel ${st[2]}"
+  for i in 0 1; do
+    if [ "${st[$i]}" != pass ]; then
+      local s=unionfs
+      [ "$i" = 1 ] && s=unionfs-np
+      echo "--- fio $label on $s, last lines of $T/fio-$s-$name.log:"
+      tail -n 20 "$T/fio-$s-$name.log"
+    fi
+  done
+}
+run_fio "verify a lower file, read-only direct opens" none verify-pattern fio/pattern.dat --rw=read --readonly
+run_fio "random direct reads/writes, new file" copyup randrw-new fio/new.dat --rw=randrw --bsrange=4k-256k
+run_fio "random direct writes, lower file opened for writing" copyup randrw-lower fio/lower-rw.dat \
+  --rw=randwrite --bsrange=4k-256k
+
 # ---- summary -------------------------------------------------------------------------------
 ku=$(count "$T/pjdfstest-kernel.results" ok)
 kf=$(count "$T/pjdfstest-kernel.results" FAILED)
@@ -239,7 +302,7 @@ printf '%-10s | %-44s | %-6s | %-6s | %s\n' suite "what ran" passed failed "kern
 printf '%s\n' "-----------+----------------------------------------------+--------+--------+---------------------------------"
 printf '%-10s | %-44s | %-6s | %-6s | %s\n' pjdfstest "$PJDFSTEST_VERSION: $pjd_total cases, $us skipped" "$uu" \
   "$uf" "passed $ku, failed $kf, skipped $ks"
-for row in "${fsx_rows[@]}"; do
+for row in "${fsx_rows[@]}" "${fio_rows[@]}"; do
   IFS='|' read -r s what p f k <<<"$row"
   printf '%-10s | %-44s | %-6s | %-6s | %s\n' "$s" "$what" "$p" "$f" "$k"
 done
@@ -271,5 +334,6 @@ if [ ${#pjd_regressions[@]} -gt 0 ]; then
   status=1
 fi
 [ "$fsx_failures" -eq 0 ] || status=1
+[ "$fio_failures" -eq 0 ] || status=1
 if [ "$status" -eq 0 ]; then echo "suites: OK"; else echo "suites: FAILED"; fi
 exit "$status"

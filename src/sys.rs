@@ -128,16 +128,26 @@ pub fn get_xattr_fd(fd: BorrowedFd<'_>, attr: &OsStr) -> rustix::io::Result<Opti
     xattr_value(|buf| rustix::fs::getxattr(fd_path(fd).as_c_str(), attr, buf))
 }
 
-fn xattr_value(mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; 256];
+fn xattr_value(get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Option<Vec<u8>>> {
+    match read_xattr_with(get) {
+        Ok(v) => Ok(Some(v)),
+        Err(RErrno::NODATA) | Err(RErrno::NOTSUP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a whole value, each attempt one call: a buffer too small for it (ERANGE) is grown
+/// and the read repeated, so the value returned is one that was there at one moment.
+fn read_xattr_with(mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Vec<u8>> {
+    // Most values are small; the largest the kernel allows is 64 KiB.
+    let mut buf = vec![0u8; 4096];
     loop {
         match get(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
-                return Ok(Some(buf));
+                return Ok(buf);
             }
-            Err(RErrno::RANGE) => buf.resize(buf.len() * 4, 0),
-            Err(RErrno::NODATA) | Err(RErrno::NOTSUP) => return Ok(None),
+            Err(RErrno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
             Err(e) => return Err(e),
         }
     }
@@ -203,21 +213,16 @@ impl Target<'_> {
         }
     }
 
-    pub fn get_xattr_raw(&self, attr: &OsStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+    /// The value of `attr`; a missing one is an error (ENODATA), as is any other failure.
+    pub fn read_xattr(&self, attr: &OsStr) -> rustix::io::Result<Vec<u8>> {
         if let Target::Open(fd) = self {
-            return if buf.is_empty() {
-                rustix::fs::fgetxattr_query(fd, attr)
-            } else {
-                rustix::fs::fgetxattr(fd, attr, buf)
-            };
+            return read_xattr_with(|buf| rustix::fs::fgetxattr(fd, attr, buf));
         }
         let path = self.path();
-        // rustix answers 0 for an empty buffer; the size needs the explicit query.
-        match (self.follow(), buf.is_empty()) {
-            (true, true) => rustix::fs::getxattr_query(path.as_os_str(), attr),
-            (true, false) => rustix::fs::getxattr(path.as_os_str(), attr, buf),
-            (false, true) => rustix::fs::lgetxattr_query(path.as_os_str(), attr),
-            (false, false) => rustix::fs::lgetxattr(path.as_os_str(), attr, buf),
+        if self.follow() {
+            read_xattr_with(|buf| rustix::fs::getxattr(path.as_os_str(), attr, buf))
+        } else {
+            read_xattr_with(|buf| rustix::fs::lgetxattr(path.as_os_str(), attr, buf))
         }
     }
 

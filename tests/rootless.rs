@@ -294,3 +294,125 @@ fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
         "lower layers must not change"
     );
 }
+
+/// The rootless data path (no passthrough: every read and write goes through the daemon) with
+/// `O_DIRECT`: a lower file read with direct reads (no copy-up), a new file written and read
+/// with direct I/O, a lower file opened for direct writing (copied up first).
+#[test]
+fn plain_user_direct_io_reads_and_writes_every_byte() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: setting up a plain user needs root");
+        return;
+    }
+    let (uid, gid) = rootless_user();
+    set_mode(Path::new("/dev/fuse"), 0o666);
+    let dir = tempfile::Builder::new()
+        .prefix("unionfs-rootless-dio")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    set_mode(dir.path(), 0o755);
+    let root = dir.path();
+    let (lower, upper, work, mnt) = (
+        root.join("lower"),
+        root.join("upper"),
+        root.join("work"),
+        root.join("mnt"),
+    );
+    for d in [&lower, &upper, &work, &mnt] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let data = common::Rng::new(7).bytes((4 << 20) + 4096);
+    std::fs::write(lower.join("image"), &data).expect("write lower");
+    std::fs::write(lower.join("db"), &data[..1 << 20]).expect("write lower");
+    let ok = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(root)
+        .status()
+        .expect("chown");
+    assert!(ok.success());
+    let before = Tree::read_raw(&lower);
+    let mut bin = common::bin();
+    if !sh(uid, gid, root, &format!("test -x '{}'", bin.display()))
+        .status
+        .success()
+    {
+        let copy = root.join("unionfs-bin");
+        std::fs::copy(&bin, &copy).expect("copy the binary");
+        set_mode(&copy, 0o755);
+        bin = copy;
+    }
+    let args: Vec<OsString> = vec![
+        "mount".into(),
+        "--foreground".into(),
+        "--lower".into(),
+        lower.clone().into(),
+        "--upper".into(),
+        upper.clone().into(),
+        "--workdir".into(),
+        work.clone().into(),
+        mnt.clone().into(),
+    ];
+    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    // Direct reads of a lower file, whole and from an offset split over several requests.
+    sh_ok(
+        uid,
+        gid,
+        root,
+        "dd if=mnt/image of=out-whole bs=1M iflag=direct status=none",
+    );
+    assert!(
+        std::fs::read(root.join("out-whole")).unwrap() == data,
+        "direct read of the lower file"
+    );
+    sh_ok(
+        uid,
+        gid,
+        root,
+        "dd if=mnt/image of=out-part bs=4096 skip=3 count=700 iflag=direct status=none",
+    );
+    assert!(
+        std::fs::read(root.join("out-part")).unwrap() == data[3 * 4096..703 * 4096],
+        "direct read at an offset"
+    );
+    assert!(
+        !upper.join("image").exists(),
+        "a read-only direct open copied the file up"
+    );
+    // A new file written and read back with direct I/O.
+    sh_ok(
+        uid,
+        gid,
+        root,
+        "dd if=out-whole of=mnt/new bs=64k oflag=direct status=none",
+    );
+    sh_ok(
+        uid,
+        gid,
+        root,
+        "dd if=mnt/new of=out-new bs=1M iflag=direct status=none",
+    );
+    assert!(
+        std::fs::read(root.join("out-new")).unwrap() == data,
+        "direct write then direct read"
+    );
+    // A lower file opened for direct writing: copied up, then written in place.
+    sh_ok(
+        uid,
+        gid,
+        root,
+        "dd if=/dev/zero of=mnt/db bs=4096 seek=10 count=2 oflag=direct conv=notrunc status=none",
+    );
+    let mut want = data[..1 << 20].to_vec();
+    want[10 * 4096..12 * 4096].fill(0);
+    sh_ok(uid, gid, root, "dd if=mnt/db of=out-db bs=1M iflag=direct status=none");
+    assert!(
+        std::fs::read(root.join("out-db")).unwrap() == want,
+        "direct write into a copied-up file"
+    );
+    assert!(std::fs::read(upper.join("db")).unwrap() == want, "the upper copy");
+    sh_ok(uid, gid, root, "fusermount3 -u mnt");
+    assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
+    drop(m);
+    assert_eq!(Tree::read_raw(&lower), before, "the lower layer changed");
+}

@@ -273,9 +273,8 @@ fn xattrs_survive_copy_up() {
             ("d/f", "user.y", "two"),
         ] {
             let (ino, _) = d.walk(p(path)).expect("lookup");
-            let mut buf = [0u8; 64];
-            let n = d.u().getxattr(ino, OsStr::new(name), &mut buf);
-            assert_eq!(n.map(|n| &buf[..n]), Ok(value.as_bytes()), "{path} {name}");
+            let v = d.u().getxattr(ino, OsStr::new(name));
+            assert_eq!(v.as_deref(), Ok(value.as_bytes()), "{path} {name}");
             let names = d.u().listxattr(ino).expect("listxattr");
             assert!(
                 names
@@ -404,10 +403,9 @@ fn mtime(d: &mut Driver, path: &str) -> std::time::SystemTime {
 
 // ---- bugs found while writing these tests, since fixed (c27b473, d65b3f1): regressions -------
 
-/// `Union::getxattr(ino, name, &mut [])` must return the value's size (its doc comment and the
-/// FUSE adapter, which sizes its buffer with it, rely on that). It returned 0: rustix 1.x
-/// `getxattr` answers 0 for an empty buffer instead of querying the size, so through the
-/// mount every xattr read back empty.
+/// `Union::getxattr` must return the whole value (the FUSE adapter answers size queries from
+/// it). It once returned nothing: rustix 1.x `getxattr` answers 0 for an empty buffer instead
+/// of querying the size, so through the mount every xattr read back empty.
 #[test]
 fn getxattr_size_query_returns_size() {
     let fx = Fixture::new(&[(
@@ -424,14 +422,11 @@ fn getxattr_size_query_returns_size() {
     let mut d = fx.mount();
     let (ino, _) = d.walk(p("f")).expect("lookup");
     assert_eq!(
-        d.u().getxattr(ino, OsStr::new("user.x"), &mut []),
+        d.u().getxattr(ino, OsStr::new("user.x")).map(|v| v.len()),
         Ok(5),
-        "size query of a 5-byte xattr"
+        "size of a 5-byte xattr"
     );
-    assert_eq!(
-        d.u().getxattr(ino, OsStr::new("user.nope"), &mut []),
-        Err(Errno::ENODATA)
-    );
+    assert_eq!(d.u().getxattr(ino, OsStr::new("user.nope")), Err(Errno::ENODATA));
 }
 
 /// SPEC: lowers are never modified, "not even their atime". Listing a lower directory

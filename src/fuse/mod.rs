@@ -20,10 +20,7 @@ use fuser::{
 
 use crate::attr::{Attr, Kind};
 use crate::error::Errno;
-use crate::union::{Ctx, Opened, SetAttr, Union};
-
-/// Entries fetched per readdir request: more than one reply page holds (about 100 names).
-const READDIR_CHUNK: usize = 256;
+use crate::union::{Ctx, DirEntry, DirSink, Opened, SetAttr, Union};
 
 /// Options of the adapter (how long the kernel may cache).
 #[derive(Debug, Clone, Copy)]
@@ -100,10 +97,10 @@ impl FuseAdapter {
         r.unwrap_or(passthrough::Mode::Cached)
     }
 
-    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>, op: &'static str, about: impl std::fmt::Debug) {
         match r {
             Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed(op, about, e)),
         }
     }
 }
@@ -116,8 +113,44 @@ fn ctx(req: &Request) -> Ctx {
     }
 }
 
-fn errno(e: Errno) -> fuser::Errno {
+/// The one way a failed request is answered: logged (at debug level, so `--log`/`-d` shows
+/// why an application got an error) with the operation, what it was about and the errno.
+fn failed(op: &'static str, about: impl std::fmt::Debug, e: Errno) -> fuser::Errno {
+    if e == Errno::ENOENT {
+        tracing::trace!(op, ?about, errno = e.code(), "{e}");
+    } else {
+        tracing::debug!(op, ?about, errno = e.code(), "{e}");
+    }
     fuser::Errno::from_i32(e.code())
+}
+
+/// A plain listing reply as the union's [`DirSink`].
+struct Listing(ReplyDirectory);
+
+impl DirSink for Listing {
+    fn add(&mut self, e: &DirEntry, _attr: Option<&Attr>) -> bool {
+        !self.0.add(INodeNo(e.ino), e.offset, kind(e.kind), &e.name)
+    }
+}
+
+/// A listing-with-attributes reply as the union's [`DirSink`].
+struct ListingPlus {
+    reply: ReplyDirectoryPlus,
+    ttl: Duration,
+}
+
+impl DirSink for ListingPlus {
+    fn add(&mut self, e: &DirEntry, attr: Option<&Attr>) -> bool {
+        let Some(a) = attr else { return false };
+        !self.reply.add(
+            INodeNo(a.ino),
+            e.offset,
+            &e.name,
+            &self.ttl,
+            &file_attr(a),
+            Generation(0),
+        )
+    }
 }
 
 fn kind(k: Kind) -> FileType {
@@ -159,20 +192,20 @@ fn time(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
     })
 }
 
-fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+fn empty(reply: ReplyEmpty, r: Result<(), Errno>, op: &'static str, about: impl std::fmt::Debug) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(failed(op, about, e)),
     }
 }
 
-/// Replies to an xattr read: the size when asked for it, else the bytes.
-fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
+/// Replies to an xattr read: the size when asked for it, else the bytes (both from one read).
+fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>, op: &'static str, about: impl std::fmt::Debug) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
         Ok(v) if v.len() > size as usize => reply.error(fuser::Errno::ERANGE),
         Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(failed(op, about, e)),
     }
 }
 
@@ -200,7 +233,7 @@ impl Filesystem for FuseAdapter {
                 neg.ino = INodeNo(0);
                 reply.entry(&self.opts.ttl, &neg, Generation(0));
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("lookup", (parent.0, name), e)),
         }
     }
 
@@ -211,7 +244,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.union.getattr_fh(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("getattr", ino.0, e)),
         }
     }
 
@@ -243,14 +276,14 @@ impl Filesystem for FuseAdapter {
         };
         match self.union.setattr(&ctx(req), ino.0, &set, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("setattr", (ino.0, set), e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("readlink", ino.0, e)),
         }
     }
 
@@ -264,26 +297,40 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.union.mknod(&ctx(req), parent.0, name, mode, rdev as u64));
+        let r = self.union.mknod(&ctx(req), parent.0, name, mode, rdev as u64);
+        self.entry(reply, r, "mknod", (parent.0, name));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        self.entry(reply, self.union.mkdir(&ctx(req), parent.0, name, mode));
+        self.entry(
+            reply,
+            self.union.mkdir(&ctx(req), parent.0, name, mode),
+            "mkdir",
+            (parent.0, name),
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.union.unlink(&ctx(req), parent.0, name));
+        empty(
+            reply,
+            self.union.unlink(&ctx(req), parent.0, name),
+            "unlink",
+            (parent.0, name),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.union.rmdir(&ctx(req), parent.0, name));
+        empty(
+            reply,
+            self.union.rmdir(&ctx(req), parent.0, name),
+            "rmdir",
+            (parent.0, name),
+        );
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
-        self.entry(
-            reply,
-            self.union.symlink(&ctx(req), parent.0, link_name, target.as_os_str()),
-        );
+        let r = self.union.symlink(&ctx(req), parent.0, link_name, target.as_os_str());
+        self.entry(reply, r, "symlink", (parent.0, link_name));
     }
 
     fn rename(
@@ -296,21 +343,25 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            self.union
-                .rename(&ctx(req), parent.0, name, newparent.0, newname, flags.bits()),
-        );
+        let r = self
+            .union
+            .rename(&ctx(req), parent.0, name, newparent.0, newname, flags.bits());
+        empty(reply, r, "rename", (parent.0, name, newparent.0, newname, flags.bits()));
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.union.link(ino.0, newparent.0, newname));
+        self.entry(
+            reply,
+            self.union.link(ino.0, newparent.0, newname),
+            "link",
+            (ino.0, newparent.0, newname),
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let o = match self.union.open_file(&ctx(req), ino.0, flags.0) {
             Ok(o) => o,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(failed("open", (ino.0, flags.0), e)),
         };
         let mode = self.open_mode(ino.0, o, |fd| reply.open_backing(fd));
         match mode {
@@ -339,7 +390,7 @@ impl Filesystem for FuseAdapter {
             }
             match self.union.read(fh.0, offset, &mut buf[..size as usize]) {
                 Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(failed("read", (fh.0, offset, size), e)),
             }
         });
     }
@@ -366,7 +417,7 @@ impl Filesystem for FuseAdapter {
         };
         match r {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("write", (fh.0, offset, data.len()), e)),
         }
     }
 
@@ -386,7 +437,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.union.fsync(fh.0, datasync));
+        empty(reply, self.union.fsync(fh.0, datasync), "fsync", fh.0);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -400,55 +451,27 @@ impl Filesystem for FuseAdapter {
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("opendir", ino.0, e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.union.readdir_chunk(fh.0, offset, READDIR_CHUNK) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for e in &entries {
-            if reply.add(INodeNo(e.ino), e.offset, kind(e.kind), &e.name) {
-                break;
-            }
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        let mut sink = Listing(reply);
+        match self.union.readdir_into(fh.0, offset, false, &mut sink) {
+            Ok(()) => sink.0.ok(),
+            Err(e) => sink.0.error(failed("readdir", ino, e)),
         }
-        reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entries = match self.union.readdir_chunk(fh.0, offset, READDIR_CHUNK) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        let mut sink = ListingPlus {
+            reply,
+            ttl: self.opts.ttl,
         };
-        for e in &entries {
-            let dot = e.name == "." || e.name == "..";
-            let attr = if dot {
-                self.union.getattr(e.ino)
-            } else {
-                self.union.lookup(ino.0, &e.name)
-            };
-            let Ok(attr) = attr else {
-                // Gone since the snapshot (or "..": above the root); skip it.
-                continue;
-            };
-            if reply.add(
-                INodeNo(attr.ino),
-                e.offset,
-                &e.name,
-                &self.opts.ttl,
-                &file_attr(&attr),
-                Generation(0),
-            ) {
-                // Did not fit: the kernel will not count this lookup.
-                if !dot {
-                    self.union.forget(attr.ino, 1);
-                }
-                break;
-            }
+        match self.union.readdir_into(fh.0, offset, true, &mut sink) {
+            Ok(()) => sink.reply.ok(),
+            Err(e) => sink.reply.error(failed("readdirplus", ino, e)),
         }
-        reply.ok();
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -457,7 +480,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.union.fsyncdir(ino.0));
+        empty(reply, self.union.fsyncdir(ino.0), "fsyncdir", ino.0);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -465,7 +488,7 @@ impl Filesystem for FuseAdapter {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("statfs", (), e)),
         }
     }
 
@@ -479,18 +502,16 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.union.setxattr(ino.0, name, value, flags));
+        empty(
+            reply,
+            self.union.setxattr(ino.0, name, value, flags),
+            "setxattr",
+            (ino.0, name),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let r = (|| {
-            let n = self.union.getxattr(ino.0, name, &mut [])?;
-            let mut buf = vec![0u8; n];
-            let n = self.union.getxattr(ino.0, name, &mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        })();
-        xattr_reply(reply, size, r);
+        xattr_reply(reply, size, self.union.getxattr(ino.0, name), "getxattr", (ino.0, name));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -502,11 +523,11 @@ impl Filesystem for FuseAdapter {
             }
             out
         });
-        xattr_reply(reply, size, r);
+        xattr_reply(reply, size, r, "listxattr", ino.0);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.union.removexattr(ino.0, name));
+        empty(reply, self.union.removexattr(ino.0, name), "removexattr", (ino.0, name));
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
@@ -532,7 +553,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (a, o) = match self.union.create_file(&ctx(req), parent.0, name, mode, flags) {
             Ok(r) => r,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(failed("create", (parent.0, name, flags), e)),
         };
         let attr = file_attr(&a);
         match self.open_mode(a.ino, o, |fd| reply.open_backing(fd)) {
@@ -564,13 +585,18 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.union.fallocate(fh.0, offset, length, mode));
+        empty(
+            reply,
+            self.union.fallocate(fh.0, offset, length, mode),
+            "fallocate",
+            (fh.0, offset, length, mode),
+        );
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         match self.union.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("lseek", (fh.0, offset, whence), e)),
         }
     }
 
@@ -592,7 +618,7 @@ impl Filesystem for FuseAdapter {
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("copy_file_range", (fh_in.0, fh_out.0, len), e)),
         }
     }
 }

@@ -249,8 +249,8 @@ impl Union {
         let mut final_mode = None;
         match obj {
             NewObject::File { mode, flags } => {
-                let acc = *flags & (OFlags::RWMODE | OFlags::APPEND | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT);
-                let acc = (acc & !OFlags::APPEND) | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                let acc = *flags & (OFlags::RWMODE | super::BACKING_FLAGS);
+                let acc = acc | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
                 // Never a set-id bit before the owner is final; those come with the chmod below.
                 let m = mode & 0o7777;
                 let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(m & 0o1777))?;

@@ -168,7 +168,7 @@ pub(crate) fn build(
         let layer = *layer;
         let is_upper = Some(layer) == upper;
         let dir = fd.as_fd();
-        let marks = whiteout::dir_marks(dir);
+        let marks = whiteout::dir_marks(dir)?;
         let mut whs: Vec<(OsString, UpperWhiteout)> = Vec::new();
         for e in sys::read_dir(dir)? {
             if e.name.as_encoded_bytes() == whiteout::OPAQUE_MARKER.as_bytes() {

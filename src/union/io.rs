@@ -27,6 +27,17 @@ pub struct SetAttr {
     pub mtime: Option<Option<SystemTime>>,
 }
 
+/// Entries read from the index per listing request: more than one reply page holds (about
+/// 100 names).
+const READDIR_CHUNK: usize = 256;
+
+/// Where a listing goes (the FUSE reply, in the adapter).
+pub trait DirSink {
+    /// Offers one entry, with its attributes in a `plus` listing. Returns false when the entry
+    /// did not fit; the listing ends there.
+    fn add(&mut self, entry: &DirEntry, attr: Option<&Attr>) -> bool;
+}
+
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -165,8 +176,8 @@ impl Union {
         }
         let in_upper = Some(node.state.read().layer) == self.upper;
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
-        let mut f =
-            flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC | OFlags::DIRECT | OFlags::NONBLOCK);
+        // O_DIRECT stays off our fd (see `BACKING_FLAGS`).
+        let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::BACKING_FLAGS);
         if !in_upper {
             f |= OFlags::NOATIME;
         }
@@ -406,9 +417,48 @@ impl Union {
         Ok(out)
     }
 
-    /// Looks up an entry returned by readdir (readdirplus): like [`Union::lookup`].
-    pub fn lookup_entry(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
-        self.lookup(parent, name)
+    /// Lists directory handle `fh` from `offset` into `sink`, as many entries as it takes.
+    ///
+    /// With `plus`, every entry comes with its attributes, and each one the sink accepts counts
+    /// as a kernel lookup of it (an entry that did not fit is not remembered). A name that
+    /// vanished since the index was read is skipped; any other failure to look an entry up is an
+    /// error of the listing (at its first entry; after some were accepted, the listing stops
+    /// there and the next request, starting at that entry, fails), never a silent gap.
+    pub fn readdir_into(&self, fh: u64, offset: u64, plus: bool, sink: &mut impl DirSink) -> FsResult<()> {
+        let dir = match &*self.handle(fh)? {
+            Handle::Dir { node } => node.ino,
+            Handle::File { .. } => return Err(Errno::ENOTDIR),
+        };
+        let mut accepted = 0usize;
+        for e in self.readdir_chunk(fh, offset, READDIR_CHUNK)? {
+            if !plus {
+                if !sink.add(&e, None) {
+                    break;
+                }
+                continue;
+            }
+            let dot = e.name == "." || e.name == "..";
+            let attr = if dot {
+                self.getattr(e.ino)
+            } else {
+                self.resolve_child(dir, &e.name, 1).map(|(_, a)| a)
+            };
+            let attr = match attr {
+                Ok(a) => a,
+                // Gone since the index was read (or "..": above the root).
+                Err(Errno::ENOENT) | Err(Errno::ESTALE) => continue,
+                Err(err) if accepted == 0 => return Err(err),
+                Err(_) => break,
+            };
+            if !sink.add(&e, Some(&attr)) {
+                if !dot {
+                    self.nodes.forget(attr.ino, 1);
+                }
+                break;
+            }
+            accepted += 1;
+        }
+        Ok(())
     }
 
     /// Syncs a directory's upper copy, if it has one.
@@ -467,14 +517,15 @@ impl Union {
         f(&self.locate(node, None)?.target())
     }
 
-    /// Reads an xattr. Private ones (overlay markers, our origin) read as absent. `buf` empty
-    /// asks for the size only.
-    pub fn getxattr(&self, ino: u64, name: &OsStr, buf: &mut [u8]) -> FsResult<usize> {
+    /// Reads an xattr's value. Private ones (overlay markers, our origin) read as absent.
+    /// The value comes from one read of the layer, so a size query answered from it can never
+    /// disagree with the value of the same call, whatever a concurrent writer does.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         if whiteout::is_private_xattr(name) {
             return Err(Errno::ENODATA);
         }
         let node = self.node(ino)?;
-        self.xattr_target(&node, |t| Ok(t.get_xattr_raw(name, buf)?))
+        self.xattr_target(&node, |t| Ok(t.read_xattr(name)?))
     }
 
     /// Lists xattr names, private ones left out.

@@ -34,7 +34,7 @@ use dashmap::DashMap;
 use rustix::fs::{Mode, OFlags};
 
 use self::index::{DirIndex, Slot};
-pub use self::io::{DirEntry, Opened, SetAttr, StatFs};
+pub use self::io::{DirEntry, DirSink, Opened, SetAttr, StatFs};
 pub use self::node::ROOT;
 use self::node::{DirState, Node, NodeState, NodeTable};
 use crate::attr::{Attr, Kind};
@@ -49,6 +49,16 @@ pub struct Ctx {
     pub gid: u32,
     pub pid: u32,
 }
+
+/// The caller's open flags that carry over to the fd the daemon serves a file from.
+///
+/// Not `O_DIRECT`: it is the caller's contract with the mount's page cache, which the kernel
+/// keeps by sending the caller's reads and writes to us uncached. The kernel may send any offset
+/// and length (and our buffers are not aligned), which a direct fd on the layer's filesystem
+/// refuses with EINVAL, so our fd stays buffered. A passthrough open reopens the backing file
+/// with the caller's own flags, so there `O_DIRECT` reaches the upper's filesystem, as on kernel
+/// overlayfs.
+pub(crate) const BACKING_FLAGS: OFlags = OFlags::SYNC.union(OFlags::DSYNC);
 
 /// One layer directory.
 pub(crate) struct Layer {
@@ -258,7 +268,7 @@ impl Union {
     fn insert_root(&self) -> FsResult<()> {
         let mut dir_layers = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let marks = whiteout::dir_marks(l.root.as_fd());
+            let marks = whiteout::dir_marks(l.root.as_fd())?;
             dir_layers.push((i, Arc::clone(&l.root)));
             if marks.opaque {
                 break;
@@ -428,15 +438,18 @@ impl Union {
             child_layers = layers;
         } else if kind == Kind::Dir {
             let fd = Arc::new(sys::open_path_dir(top.as_fd(), name)?);
-            let marks = whiteout::dir_marks(fd.as_fd());
+            let marks = whiteout::dir_marks(fd.as_fd())?;
             child_layers.push((vis.layer, fd));
             if !marks.opaque {
                 for &l in vis.merge.iter().skip(1) {
                     let Some(dfd) = layer_fd(&dir_layers, l) else { break };
-                    let Ok(cfd) = sys::open_path_dir(dfd.as_fd(), name) else {
-                        break;
+                    let cfd = match sys::open_path_dir(dfd.as_fd(), name) {
+                        Ok(fd) => fd,
+                        // What the index saw there is no directory now (a changed lower).
+                        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => break,
+                        Err(e) => return Err(e.into()),
                     };
-                    let marks = whiteout::dir_marks(cfd.as_fd());
+                    let marks = whiteout::dir_marks(cfd.as_fd())?;
                     child_layers.push((l, Arc::new(cfd)));
                     if marks.opaque {
                         break;

@@ -89,22 +89,26 @@ pub struct DirMarks {
     pub xattr_whiteouts: bool,
 }
 
-/// Reads the opaque markers of the directory behind the `O_PATH` fd `dir`.
-pub fn dir_marks(dir: BorrowedFd<'_>) -> DirMarks {
+/// Reads the opaque markers of the directory behind the `O_PATH` fd `dir`. A marker we may
+/// not read (an unprivileged daemon and another user's directory) counts as absent; a layer
+/// that fails to answer is an error, never a guess that could show what a marker hides.
+pub fn dir_marks(dir: BorrowedFd<'_>) -> rustix::io::Result<DirMarks> {
     let mut m = DirMarks::default();
     for x in OPAQUE_XATTRS {
-        if let Ok(Some(v)) = sys::get_xattr_fd(dir, OsStr::new(x)) {
-            match v.as_slice() {
+        match sys::get_xattr_fd(dir, OsStr::new(x)) {
+            Ok(Some(v)) => match v.as_slice() {
                 b"y" => m.opaque = true,
                 b"x" => m.xattr_whiteouts = true,
                 _ => {}
-            }
+            },
+            Ok(None) | Err(rustix::io::Errno::ACCESS) | Err(rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e),
         }
     }
-    if !m.opaque && matches!(sys::stat_at_opt(dir, OsStr::new(OPAQUE_MARKER)), Ok(Some(_))) {
+    if !m.opaque && sys::stat_at_opt(dir, OsStr::new(OPAQUE_MARKER))?.is_some() {
         m.opaque = true;
     }
-    m
+    Ok(m)
 }
 
 /// Whether the zero-size regular file `name` in `dir` carries an overlay whiteout xattr.
