@@ -74,6 +74,9 @@ struct MountArgs {
     /// 1 s) and one stat per lower directory per lookup.
     #[arg(long)]
     revalidate: bool,
+    /// Do not enforce POSIX ACLs (they are stored and copied up, but only modes are checked).
+    #[arg(long)]
+    no_acl: bool,
     /// Mount options, comma separated: ro, nosuid, nodev, noexec, allow_other, fsname=..,
     /// and the fuse-overlayfs ones (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -119,6 +122,8 @@ pub(crate) struct MountSpec {
     pub ttl: Option<Duration>,
     pub no_passthrough: bool,
     pub revalidate: bool,
+    /// `-o noacl`: the kernel checks modes only.
+    pub no_acl: bool,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -160,6 +165,7 @@ impl MountSpec {
         c.whiteouts = self.whiteouts;
         c.volatile = self.volatile;
         c.revalidate = self.revalidate;
+        c.acl = !self.no_acl;
         c
     }
 }
@@ -185,6 +191,7 @@ impl MountArgs {
         spec.ttl = self.ttl.or(spec.ttl);
         spec.no_passthrough |= self.no_passthrough;
         spec.revalidate |= self.revalidate;
+        spec.no_acl |= self.no_acl;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

@@ -33,6 +33,13 @@ pub struct MountConfig {
     /// Lower layers may change while mounted: re-read a directory's lower entries when a lower
     /// directory changed (see the README's caching section).
     pub revalidate: bool,
+    /// Enforce POSIX ACLs (where the upper's filesystem stores them); `noacl` turns them off.
+    #[serde(default = "yes")]
+    pub acl: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl MountConfig {
@@ -45,6 +52,7 @@ impl MountConfig {
             whiteouts: WhiteoutStyle::Overlay,
             volatile: false,
             revalidate: false,
+            acl: true,
         }
     }
 
@@ -169,6 +177,7 @@ impl MountConfig {
             whiteouts: self.whiteouts,
             volatile: self.volatile,
             revalidate: self.revalidate,
+            acl: self.acl,
         })
     }
 }

@@ -416,3 +416,118 @@ fn plain_user_direct_io_reads_and_writes_every_byte() {
     drop(m);
     assert_eq!(Tree::read_raw(&lower), before, "the lower layer changed");
 }
+
+/// POSIX ACLs on a mount made by a plain user: an ACL a lower layer ships is enforced against
+/// that user (the mode alone would let them read), ACLs the user sets and default ACLs they
+/// inherit land in the upper and hold after a remount.
+#[test]
+fn plain_user_mount_enforces_and_inherits_acls() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: setting up a plain user needs root");
+        return;
+    }
+    if !Command::new("setfacl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("skipped: setfacl (Debian package acl) is missing");
+        return;
+    }
+    let (uid, gid) = rootless_user();
+    set_mode(Path::new("/dev/fuse"), 0o666);
+    let dir = tempfile::Builder::new()
+        .prefix("unionfs-rootless-acl")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    set_mode(dir.path(), 0o755);
+    let root = dir.path();
+    let (lower, upper, work, mnt) = (
+        root.join("lower"),
+        root.join("upper"),
+        root.join("work"),
+        root.join("mnt"),
+    );
+    for d in [&lower, &upper, &work, &mnt] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    std::fs::create_dir(lower.join("shared")).expect("mkdir");
+    let ok = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(root)
+        .status()
+        .expect("chown");
+    assert!(ok.success());
+    // A root-owned file the mode lets everyone read, with an entry denying our user.
+    std::fs::write(lower.join("denied"), "not for you").expect("write");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("chmod 644 denied && setfacl -m u:{USER}:--- denied"))
+        .current_dir(&lower)
+        .status()
+        .expect("setfacl");
+    assert!(st.success());
+    let mut bin = common::bin();
+    if !sh(uid, gid, root, &format!("test -x '{}'", bin.display()))
+        .status
+        .success()
+    {
+        let copy = root.join("unionfs-bin");
+        std::fs::copy(&bin, &copy).expect("copy the binary");
+        set_mode(&copy, 0o755);
+        bin = copy;
+    }
+    let args: Vec<OsString> = vec![
+        "mount".into(),
+        "--foreground".into(),
+        "--lower".into(),
+        lower.clone().into(),
+        "--upper".into(),
+        upper.clone().into(),
+        "--workdir".into(),
+        work.clone().into(),
+        mnt.clone().into(),
+    ];
+    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    assert!(
+        !sh(uid, gid, root, "cat mnt/denied").status.success(),
+        "a lower file's ACL entry must deny the mounting user"
+    );
+    sh_ok(
+        uid,
+        gid,
+        root,
+        "setfacl -d -m u::rwx,g::---,o::---,u:root:r-x mnt/shared && umask 022 && echo x > mnt/shared/new && mkdir mnt/shared/sub",
+    );
+    let acls = |when: &str| {
+        let out = sh_ok(
+            uid,
+            gid,
+            root,
+            "getfacl -cp mnt/shared/new mnt/shared/sub && stat -c '%n %a' mnt/shared/new",
+        );
+        assert!(
+            out.contains("user:root:r-x"),
+            "{when}: the default ACL was not inherited:\n{out}"
+        );
+        assert!(
+            out.contains("default:user:root:r-x"),
+            "{when}: the subdirectory lacks the default ACL:\n{out}"
+        );
+        assert!(
+            out.contains("mnt/shared/new 640"),
+            "{when}: mode not masked by the default ACL:\n{out}"
+        );
+        out
+    };
+    let before = acls("mounted");
+    sh_ok(uid, gid, root, "fusermount3 -u mnt");
+    assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
+    drop(m);
+    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    assert_eq!(acls("after remount"), before);
+    assert!(!sh(uid, gid, root, "cat mnt/denied").status.success(), "after remount");
+    sh_ok(uid, gid, root, "fusermount3 -u mnt");
+    assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
+}

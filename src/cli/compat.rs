@@ -23,7 +23,6 @@ const IGNORED_FUSE_OVERLAYFS: &[&str] = &[
     "uidmapping",
     "gidmapping",
     "static_nlink",
-    "noacl",
     "xattr_permissions",
     "threaded",
     "plugins",
@@ -189,6 +188,8 @@ fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
                 _ => return Err("option 'whiteouts' must be 'overlay' or 'oci'".into()),
             }
         }
+        "noacl" => spec.no_acl = flag(true)?,
+        "acl" => spec.no_acl = !flag(true)?,
         "ro" => spec.read_only = flag(true)?,
         "rw" => spec.read_only = !flag(true)?,
         "allow_other" => spec.mount.allow_other = Some(flag(true)?),

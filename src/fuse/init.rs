@@ -31,3 +31,11 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, passthrough: bool, stacked: bool
         && cfg.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         && cfg.set_max_stack_depth(if stacked { 2 } else { 1 }).is_ok()
 }
+
+/// POSIX ACLs: the kernel enforces them (reading `system.posix_acl_access` through us) and,
+/// with FUSE_DONT_MASK, passes the caller's umask for us to apply where no default ACL
+/// replaces it. Returns whether the kernel agreed to both.
+pub(crate) fn negotiate_acl(cfg: &mut KernelConfig) -> bool {
+    let want = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+    cfg.capabilities().contains(want) && cfg.add_capabilities(want).is_ok()
+}

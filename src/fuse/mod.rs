@@ -51,6 +51,8 @@ pub struct FuseAdapter {
     /// Set once the kernel sent DESTROY (clean unmount).
     destroyed: Arc<AtomicBool>,
     passthrough: passthrough::Passthrough,
+    /// POSIX ACLs negotiated (with FUSE_DONT_MASK).
+    acl: AtomicBool,
 }
 
 impl FuseAdapter {
@@ -60,7 +62,17 @@ impl FuseAdapter {
             opts,
             destroyed: Arc::new(AtomicBool::new(false)),
             passthrough: passthrough::Passthrough::default(),
+            acl: AtomicBool::new(false),
         }
+    }
+
+    /// The caller of a creating request; with POSIX ACLs on, the kernel leaves its umask to us.
+    fn creator(&self, req: &Request, umask: u32) -> Ctx {
+        let mut c = ctx(req);
+        if self.acl.load(Ordering::Relaxed) {
+            c.umask = umask;
+        }
+        c
     }
 
     /// A flag that turns true when the kernel ends the session.
@@ -110,6 +122,7 @@ fn ctx(req: &Request) -> Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
     }
 }
 
@@ -216,7 +229,13 @@ impl Filesystem for FuseAdapter {
         let pt = init::negotiate(cfg, want_pt, self.union.upper_is_stacked());
         self.passthrough.enable(pt);
         self.union.set_rw_upper_fds(pt);
-        tracing::debug!(passthrough = pt, "negotiated");
+        let acl = self.union.acl_supported() && init::negotiate_acl(cfg);
+        if self.union.config().acl && !acl {
+            tracing::info!("POSIX ACLs are off: the upper's filesystem (or the kernel) does not support them");
+        }
+        self.acl.store(acl, Ordering::Relaxed);
+        self.union.set_posix_acl(acl);
+        tracing::debug!(passthrough = pt, acl, "negotiated");
         Ok(())
     }
 
@@ -287,27 +306,16 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let r = self.union.mknod(&ctx(req), parent.0, name, mode, rdev as u64);
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let r = self
+            .union
+            .mknod(&self.creator(req, umask), parent.0, name, mode, rdev as u64);
         self.entry(reply, r, "mknod", (parent.0, name));
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        self.entry(
-            reply,
-            self.union.mkdir(&ctx(req), parent.0, name, mode),
-            "mkdir",
-            (parent.0, name),
-        );
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let r = self.union.mkdir(&self.creator(req, umask), parent.0, name, mode);
+        self.entry(reply, r, "mkdir", (parent.0, name));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -547,11 +555,12 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (a, o) = match self.union.create_file(&ctx(req), parent.0, name, mode, flags) {
+        let creator = self.creator(req, umask);
+        let (a, o) = match self.union.create_file(&creator, parent.0, name, mode, flags) {
             Ok(r) => r,
             Err(e) => return reply.error(failed("create", (parent.0, name, flags), e)),
         };

@@ -404,8 +404,15 @@ pub(crate) fn copy_xattrs(from: &Target<'_>, to: &Target<'_>) -> FsResult<()> {
         let Some(v) = from.get_xattr(&name)? else { continue };
         if let Err(e) = to.set_xattr(&name, &v, rustix::fs::XattrFlags::empty()) {
             let b = name.as_bytes();
-            let optional = b.starts_with(b"security.") || b.starts_with(b"trusted.") || b.starts_with(b"system.");
-            if !(optional && matches!(e, RErrno::PERM | RErrno::NOTSUP | RErrno::ACCESS | RErrno::INVAL)) {
+            // An ACL that the upper could store but refused would vanish with the copy: a
+            // permission hole. Only an upper without ACL support may drop it.
+            let optional = if b.starts_with(b"system.posix_acl_") {
+                e == RErrno::NOTSUP
+            } else {
+                (b.starts_with(b"security.") || b.starts_with(b"trusted.") || b.starts_with(b"system."))
+                    && matches!(e, RErrno::PERM | RErrno::NOTSUP | RErrno::ACCESS | RErrno::INVAL)
+            };
+            if !optional {
                 return Err(e.into());
             }
         }

@@ -9,16 +9,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, XattrFlags};
 
 use super::copy_up::remove_any;
 use super::index::{UpperWhiteout, Visible};
 use super::io::Opened;
 use super::node::{DirState, Node, NodeState};
-use super::{Ctx, Loc, Union, check_name, whiteout};
+use super::{Ctx, Loc, Union, acl, check_name, whiteout};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
-use crate::sys;
+use crate::sys::{self, Target};
 
 /// What to make at a new name.
 pub(crate) enum NewObject<'a> {
@@ -46,6 +46,16 @@ pub(crate) enum NewObject<'a> {
 }
 
 impl NewObject<'_> {
+    /// The permission bits asked for (none for symlinks and links).
+    fn perm(&self) -> Option<u32> {
+        match self {
+            NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Node { mode, .. } => {
+                Some(mode & 0o7777)
+            }
+            NewObject::Symlink { .. } | NewObject::Link { .. } => None,
+        }
+    }
+
     fn kind(&self) -> Kind {
         match self {
             NewObject::File { .. } => Kind::File,
@@ -180,7 +190,16 @@ impl Union {
         } else {
             (pdir.as_fd(), name.to_os_string())
         };
-        let fd = match self.build_new(ctx, bdir, &bname, &obj, sgid_parent, pst.st_gid, opaque) {
+        let perms = obj
+            .perm()
+            .map(|m| self.inherited_perms(pdir.as_fd(), m, ctx.umask, kind == Kind::Dir))
+            .transpose()?;
+        let place = Placement {
+            sgid: sgid_parent,
+            gid: pst.st_gid,
+            opaque,
+        };
+        let fd = match self.build_new(ctx, bdir, &bname, &obj, perms.as_ref(), place) {
             Ok(fd) => fd,
             Err(e) => {
                 if staged {
@@ -233,26 +252,36 @@ impl Union {
         Ok((node, attr, fd))
     }
 
-    /// Creates the object at `dir/name` with its final owner and mode.
-    #[allow(clippy::too_many_arguments)]
+    /// The permission bits and ACLs of a new object asked for with `perm` in the upper
+    /// directory `pdir` (see `acl.rs`): its default ACL if it has one and ACLs are on, else the
+    /// caller's umask.
+    fn inherited_perms(&self, pdir: BorrowedFd<'_>, perm: u32, umask: u32, is_dir: bool) -> FsResult<acl::Inherited> {
+        let default = if self.posix_acl.load(Ordering::Relaxed) {
+            sys::get_xattr_fd(pdir, OsStr::new(acl::DEFAULT))?.and_then(|v| acl::Acl::parse(&v))
+        } else {
+            None
+        };
+        Ok(acl::inherit(default.as_ref(), perm, umask, is_dir))
+    }
+
+    /// Creates the object at `dir/name` with its final owner, mode and ACLs.
     fn build_new(
         &self,
         ctx: &Ctx,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         obj: &NewObject<'_>,
-        sgid_parent: bool,
-        parent_gid: u32,
-        opaque: bool,
+        perms: Option<&acl::Inherited>,
+        parent: Placement,
     ) -> FsResult<Option<OwnedFd>> {
         let mut fd = None;
         let mut final_mode = None;
+        let m = perms.map_or(0, |p| p.mode);
         match obj {
-            NewObject::File { mode, flags } => {
+            NewObject::File { flags, .. } => {
                 let acc = *flags & (OFlags::RWMODE | super::BACKING_FLAGS);
                 let acc = acc | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
                 // Never a set-id bit before the owner is final; those come with the chmod below.
-                let m = mode & 0o7777;
                 let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(m & 0o1777))?;
                 fd = Some(f);
                 // Our open applied exactly `m` unless the process umask interfered.
@@ -260,27 +289,17 @@ impl Union {
                     final_mode = Some(m);
                 }
             }
-            NewObject::Dir { mode } => {
+            NewObject::Dir { .. } => {
                 rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
-                let mut m = mode & 0o7777;
-                if sgid_parent {
-                    m |= libc::S_ISGID;
-                }
-                final_mode = Some(m);
-                if opaque {
+                final_mode = Some(if parent.sgid { m | libc::S_ISGID } else { m });
+                if parent.opaque {
                     let d = sys::open_path_dir(dir, name)?;
                     whiteout::mark_opaque(d.as_fd(), self.oci(), self.privileged)?;
                 }
             }
             NewObject::Node { mode, rdev } => {
-                rustix::fs::mknodat(
-                    dir,
-                    name,
-                    FileType::from_raw_mode(*mode),
-                    Mode::from_raw_mode(mode & 0o7777),
-                    *rdev,
-                )?;
-                final_mode = Some(mode & 0o7777);
+                rustix::fs::mknodat(dir, name, FileType::from_raw_mode(*mode), Mode::from_raw_mode(m), *rdev)?;
+                final_mode = Some(m);
             }
             NewObject::Symlink { target } => rustix::fs::symlinkat(*target, dir, name)?,
             NewObject::Link {
@@ -292,9 +311,21 @@ impl Union {
                 return Ok(None);
             }
         }
-        let gid = if sgid_parent { parent_gid } else { ctx.gid };
+        if let Some(p) = perms {
+            let target = match &fd {
+                Some(f) => Target::Open(f.as_fd()),
+                None => Target::Entry(dir, name),
+            };
+            // Before the owner and mode: the final chmod then keeps the ACL's mask in step.
+            for (xattr, acl) in [(acl::ACCESS, &p.access), (acl::DEFAULT, &p.default)] {
+                if let Some(a) = acl {
+                    target.set_xattr(OsStr::new(xattr), &a.to_bytes(), XattrFlags::empty())?;
+                }
+            }
+        }
+        let gid = if parent.sgid { parent.gid } else { ctx.gid };
         // A file we create gets our fsuid, and our fsgid unless the parent is set-group-id.
-        let ours = (self.euid, if sgid_parent { parent_gid } else { self.egid });
+        let ours = (self.euid, if parent.sgid { parent.gid } else { self.egid });
         let plain_file = matches!(obj, NewObject::File { .. });
         if self.privileged && !(plain_file && ours == (ctx.uid, gid)) {
             rustix::fs::chownat(
@@ -332,6 +363,16 @@ impl Union {
         }
         Ok(())
     }
+}
+
+/// Where a new object goes: what it takes from its parent directory.
+#[derive(Clone, Copy)]
+struct Placement {
+    /// The parent is set-group-id: the object takes its group (and a directory the bit).
+    sgid: bool,
+    gid: u32,
+    /// A directory hiding a lower one of its name: opaque from the start.
+    opaque: bool,
 }
 
 impl Visible {

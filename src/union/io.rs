@@ -258,7 +258,11 @@ impl Union {
         self.with_file(fh, |fd| {
             let mut done = 0;
             while done < data.len() {
-                done += rustix::io::pwrite(fd, &data[done..], off + done as u64)?;
+                match rustix::io::pwrite(fd, &data[done..], off + done as u64)? {
+                    // No progress and no error: report it rather than spin.
+                    0 => return Err(Errno::EIO),
+                    n => done += n,
+                }
             }
             Ok(done)
         })
@@ -270,7 +274,10 @@ impl Union {
             let mut done = 0;
             while done < data.len() {
                 let buf = [std::io::IoSlice::new(&data[done..])];
-                done += rustix::io::pwritev2(fd, &buf, 0, rustix::io::ReadWriteFlags::APPEND)?;
+                match rustix::io::pwritev2(fd, &buf, 0, rustix::io::ReadWriteFlags::APPEND)? {
+                    0 => return Err(Errno::EIO),
+                    n => done += n,
+                }
             }
             Ok(done)
         })

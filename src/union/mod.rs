@@ -15,6 +15,7 @@
 //! - removals and renames (`remove.rs`, `rename.rs`) write whiteouts and opaque markers through
 //!   `whiteout.rs`, the only module that knows their encodings.
 
+mod acl;
 mod copy_up;
 mod create;
 pub(crate) mod index;
@@ -48,6 +49,9 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The caller's file-creation mask, when it is ours to apply (0 when the kernel applied it
+    /// already). A default ACL of the parent replaces it.
+    pub umask: u32,
 }
 
 /// The caller's open flags that carry over to the fd the daemon serves a file from.
@@ -171,6 +175,8 @@ pub struct Union {
     egid: u32,
     /// See [`Union::set_rw_upper_fds`].
     rw_upper_fds: AtomicBool,
+    /// See [`Union::set_posix_acl`].
+    posix_acl: AtomicBool,
     /// Layer devices, for tagging inode numbers when layers span filesystems.
     single_dev: bool,
     config: MountConfig,
@@ -231,6 +237,7 @@ impl Union {
             oci: AtomicBool::new(config.whiteouts == WhiteoutStyle::Oci),
             volatile: config.volatile,
             rw_upper_fds: AtomicBool::new(false),
+            posix_acl: AtomicBool::new(false),
             umask_is_zero: sys::umask_is_zero(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
@@ -253,6 +260,22 @@ impl Union {
     /// Whether there is a writable upper.
     pub fn writable(&self) -> bool {
         self.upper.is_some()
+    }
+
+    /// Whether POSIX ACLs can work: the mount asks for them and the filesystem new objects land
+    /// on (the upper, else the top lower) stores them.
+    pub fn acl_supported(&self) -> bool {
+        self.config.acl
+            && !matches!(
+                sys::Target::Fd(self.layers[0].root.as_fd()).read_xattr(OsStr::new(acl::ACCESS)),
+                Err(rustix::io::Errno::NOTSUP)
+            )
+    }
+
+    /// The kernel enforces POSIX ACLs (they are read through us) and leaves the creation mask to
+    /// us: new objects then inherit their directory's default ACL, computed here.
+    pub fn set_posix_acl(&self, on: bool) {
+        self.posix_acl.store(on, Ordering::Relaxed);
     }
 
     /// Number of nodes the kernel (or internal walks) currently reference.

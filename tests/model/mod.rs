@@ -1276,6 +1276,7 @@ impl Driver {
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
             pid: 0,
+            umask: 0,
         };
         Driver {
             union: Some(union),
