@@ -111,7 +111,7 @@ fio_job() { # NAME FILE ARGS...
   local name=$1 file=$2
   shift 2
   fio --name="$name" --filename="$file" --bs=64k --size=32M --direct=1 --ioengine=psync \
-    --verify=crc32c --verify_fatal=1 --randseed=42 "$@"
+    --verify=crc32c --verify_fatal=1 --verify_state_save=0 --randseed=42 "$@"
 }
 mkdir -p "$T/template" "$T/secondary"
 make_lowers "$T/template"
