@@ -74,6 +74,11 @@ struct MountArgs {
     /// 1 s) and one stat per lower directory per lookup.
     #[arg(long)]
     revalidate: bool,
+    /// How many names of directory listings the daemon keeps in memory; beyond, the least
+    /// recently used directories are read from the layers again when needed [default: 250000,
+    /// about 25 MiB].
+    #[arg(long, value_name = "NAMES")]
+    index_cache: Option<usize>,
     /// Do not enforce POSIX ACLs (they are stored and copied up, but only modes are checked).
     #[arg(long)]
     no_acl: bool,
@@ -124,6 +129,7 @@ pub(crate) struct MountSpec {
     pub revalidate: bool,
     /// `-o noacl`: the kernel checks modes only.
     pub no_acl: bool,
+    pub index_cache: Option<usize>,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -166,6 +172,9 @@ impl MountSpec {
         c.volatile = self.volatile;
         c.revalidate = self.revalidate;
         c.acl = !self.no_acl;
+        if let Some(n) = self.index_cache {
+            c.index_cache = n;
+        }
         c
     }
 }
@@ -192,6 +201,7 @@ impl MountArgs {
         spec.no_passthrough |= self.no_passthrough;
         spec.revalidate |= self.revalidate;
         spec.no_acl |= self.no_acl;
+        spec.index_cache = self.index_cache.or(spec.index_cache);
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

@@ -20,4 +20,4 @@ pub mod union;
 pub use attr::{Attr, Kind};
 pub use config::{MountConfig, WhiteoutStyle};
 pub use error::{Errno, FsResult, SetupError};
-pub use union::{Ctx, DirEntry, DirSink, Opened, ROOT, SetAttr, StatFs, Union};
+pub use union::{Ctx, DirEntry, DirSink, Opened, ROOT, SetAttr, StatFs, Stats, Union};

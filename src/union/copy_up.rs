@@ -88,14 +88,7 @@ impl Union {
             } else {
                 None
             };
-            let _ = self.with_index(&parent, |idx| {
-                if let Some(v) = idx.get_mut(&name).and_then(|s| s.vis.as_mut()) {
-                    v.layer = upper;
-                    if kind == Kind::Dir {
-                        v.merge.insert(0, upper);
-                    }
-                }
-            });
+            let _ = self.with_index(&parent, |idx| idx.moved_up(&name, upper));
             new_fd
         };
         {
@@ -254,11 +247,7 @@ impl Union {
         keep_dir_times(pdir.as_fd(), || {
             rustix::fs::linkat(&**copy_dir, copy_name, &*pdir, name, AtFlags::empty())
         })?;
-        self.with_index(dir, |idx| {
-            if let Some(v) = idx.get_mut(name).and_then(|s| s.vis.as_mut()) {
-                v.layer = upper;
-            }
-        })?;
+        self.with_index(dir, |idx| idx.moved_up(name, upper))?;
         Ok(())
     }
 

@@ -374,14 +374,3 @@ struct Placement {
     /// A directory hiding a lower one of its name: opaque from the start.
     opaque: bool,
 }
-
-impl Visible {
-    pub(crate) fn new(layer: usize, kind: Kind, ino: u64) -> Visible {
-        Visible::with_merge(
-            layer,
-            kind,
-            ino,
-            if kind == Kind::Dir { vec![layer] } else { Vec::new() },
-        )
-    }
-}

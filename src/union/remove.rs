@@ -79,7 +79,7 @@ impl Union {
 
     /// ENOTEMPTY unless the directory shows no entry.
     pub(crate) fn ensure_empty(&self, dir: &super::node::Node) -> FsResult<()> {
-        if self.with_index(dir, |idx| idx.values().any(|s| s.vis.is_some()))? {
+        if self.with_index(dir, |idx| idx.any_visible())? {
             return Err(Errno::ENOTEMPTY);
         }
         Ok(())

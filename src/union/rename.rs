@@ -208,11 +208,7 @@ impl Union {
     pub(crate) fn copy_up_tree(&self, dir: &Arc<Node>) -> FsResult<()> {
         self.copy_up(dir)?;
         let has_lower = dir.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
-        let names: Vec<(OsString, Kind)> = self.with_index(dir, |idx| {
-            idx.iter()
-                .filter_map(|(n, s)| s.vis.as_ref().map(|v| (n.clone(), v.kind)))
-                .collect()
-        })?;
+        let names: Vec<(OsString, Kind)> = self.with_index(dir, |idx| idx.visible_names())?;
         for (name, kind) in names {
             let child = self.pin_child(dir.ino, &name)?;
             let r = if kind == Kind::Dir {
