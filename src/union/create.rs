@@ -152,6 +152,12 @@ impl Union {
             ino: node.ino,
         };
         let (n, _, _) = self.make(&ctx, newparent, newname, obj)?;
+        // A copy of a multiply-linked lower file counts its names itself (see `hardlinks.rs`).
+        if !self.hardlinks.is_empty() {
+            if let Ok(Loc::Entry(d, name)) = self.locate(&n, None) {
+                self.count_names(Some((d, name)), 1);
+            }
+        }
         self.attr_of(&n)
     }
 

@@ -19,6 +19,7 @@ mod acl;
 mod copy_up;
 mod create;
 mod handles;
+mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
 mod io;
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rustix::fs::{Mode, OFlags};
 
 use self::handles::{HandleTable, OpenFile};
+use self::hardlinks::HardlinkIndex;
 use self::index::{DirIndex, Slot};
 use self::index_cache::{IndexCache, Verdict};
 pub use self::io::{DirEntry, DirSink, Opened, SetAttr, StatFs};
@@ -96,6 +98,9 @@ pub(crate) struct Layer {
     pub path: PathBuf,
     pub root: Arc<OwnedFd>,
     pub dev: u64,
+    /// The filesystem's id (stable across reboots where the filesystem has a UUID): with an
+    /// inode number, the identity of a lower object in the hard-link index.
+    pub fsid: u64,
 }
 
 /// Where an object is, for system calls.
@@ -170,6 +175,8 @@ pub struct Union {
     work_root: Option<OwnedFd>,
     nodes: NodeTable,
     handles: HandleTable,
+    /// Copies of multiply-linked lower files (see `hardlinks.rs`).
+    hardlinks: HardlinkIndex,
     index_cache: IndexCache,
     next_tmp: AtomicU64,
     /// Tags of directory listings (see `readdir_chunk`).
@@ -211,10 +218,12 @@ impl Union {
             )
             .map_err(io)?;
             let st = rustix::fs::fstat(&fd).map_err(io)?;
+            let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
             layers.push(Layer {
                 path: p.clone(),
                 root: Arc::new(fd),
                 dev: st.st_dev,
+                fsid: if fsid == 0 { st.st_dev } else { fsid },
             });
             Ok(())
         };
@@ -232,6 +241,14 @@ impl Union {
             }
             _ => (None, None),
         };
+        let hardlinks = match &work_root {
+            Some(w) => HardlinkIndex::open(w.as_fd()).map_err(|e| SetupError::Io {
+                role: "workdir",
+                path: config.workdir.clone().unwrap_or_default(),
+                source: e.into(),
+            })?,
+            None => HardlinkIndex::default(),
+        };
         let privileged = sys::has_cap_sys_admin();
         let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
         let u = Union {
@@ -241,6 +258,7 @@ impl Union {
             work_root,
             nodes: NodeTable::default(),
             handles: HandleTable::default(),
+            hardlinks,
             index_cache: IndexCache::new(config.index_cache),
             next_tmp: AtomicU64::new(1),
             next_listing: AtomicU64::new(1),
@@ -496,6 +514,14 @@ impl Union {
         let top = layer_fd(&dir_layers, vis.layer).ok_or(Errno::ESTALE)?;
         let st = sys::stat_at(top.as_fd(), name)?;
         let kind = Kind::from_mode(st.st_mode);
+        if kind == Kind::File && st.st_nlink > 1 && Some(vis.layer) != self.upper && !self.hardlinks.is_empty() {
+            let key = self.hardlink_key(vis.layer, &st);
+            if self.hardlinks.holds(key, &st) {
+                // Another name of this object was copied up: this name shows the copy too.
+                self.link_up(&dir, name, vis.ino, |pdir| self.hardlinks.link_to(key, pdir, name))?;
+                return self.resolve_child(parent, name, lookups);
+            }
+        }
         let mut layers = Vec::new();
         if kind == Kind::Dir {
             // A node we hold for this very directory keeps its layer fds.
@@ -514,6 +540,9 @@ impl Union {
         let mut attr = Attr::from_stat(vis.ino, &st);
         if merged {
             attr.nlink = 1;
+        }
+        if Some(vis.layer) == self.upper {
+            self.uncount_index_link(&mut attr, &sys::Target::Entry(top.as_fd(), name));
         }
         Ok((node, attr))
     }
@@ -612,13 +641,30 @@ impl Union {
     /// file whose names are all gone.
     pub fn getattr_fh(&self, ino: u64, fh: Option<u64>) -> FsResult<Attr> {
         let node = self.node(ino)?;
-        let merged = node.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
-        let st = self.locate(&node, fh)?.stat()?;
+        let (merged, layer) = {
+            let s = node.state.read();
+            (s.dir.as_ref().is_some_and(|d| d.layers.len() > 1), s.layer)
+        };
+        let loc = self.locate(&node, fh)?;
+        let st = loc.stat()?;
         let mut a = Attr::from_stat(node.ino, &st);
         if merged {
             a.nlink = 1;
         }
+        if Some(layer) == self.upper {
+            self.uncount_index_link(&mut a, &loc.target());
+        }
         Ok(a)
+    }
+
+    /// An upper copy of a multiply-linked lower file has its names in the view counted for it
+    /// (see `hardlinks.rs`): the upper holds only those looked up since, plus the index's link.
+    fn uncount_index_link(&self, a: &mut Attr, target: &sys::Target<'_>) {
+        if a.kind == Kind::File && a.nlink > 1 && !self.hardlinks.is_empty() {
+            if let Some(n) = self.hardlinks.view_count(target) {
+                a.nlink = n;
+            }
+        }
     }
 
     pub(crate) fn attr_of(&self, node: &Node) -> FsResult<Attr> {
