@@ -79,6 +79,11 @@ struct MountArgs {
     /// about 25 MiB].
     #[arg(long, value_name = "NAMES")]
     index_cache: Option<usize>,
+    /// When listings carry file attributes: `auto` lets the kernel ask for them with a
+    /// listing's first chunk (cheap listings); `always` sends them with every chunk (cheaper
+    /// walks that stat every entry: find, du, ls -l, tar, rsync).
+    #[arg(long, value_enum, default_value_t = ReaddirPlus::Auto)]
+    readdirplus: ReaddirPlus,
     /// Do not enforce POSIX ACLs (they are stored and copied up, but only modes are checked).
     #[arg(long)]
     no_acl: bool,
@@ -103,6 +108,12 @@ struct UmountArgs {
     lazy: bool,
     /// The union's mountpoint.
     mountpoint: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReaddirPlus {
+    Auto,
+    Always,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -130,6 +141,7 @@ pub(crate) struct MountSpec {
     /// `-o noacl`: the kernel checks modes only.
     pub no_acl: bool,
     pub index_cache: Option<usize>,
+    pub readdirplus_always: bool,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -202,6 +214,7 @@ impl MountArgs {
         spec.revalidate |= self.revalidate;
         spec.no_acl |= self.no_acl;
         spec.index_cache = self.index_cache.or(spec.index_cache);
+        spec.readdirplus_always |= self.readdirplus == ReaddirPlus::Always;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

@@ -189,6 +189,13 @@ fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
             }
         }
         "noacl" => spec.no_acl = flag(true)?,
+        "readdirplus" => {
+            spec.readdirplus_always = match need()? {
+                b"always" => true,
+                b"auto" => false,
+                _ => return Err("option 'readdirplus' must be 'auto' or 'always'".into()),
+            }
+        }
         "acl" => spec.no_acl = !flag(true)?,
         "ro" => spec.read_only = flag(true)?,
         "rw" => spec.read_only = !flag(true)?,

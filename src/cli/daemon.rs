@@ -373,6 +373,7 @@ impl MountSpec {
             o.adapter.ttl = ttl;
         }
         o.adapter.passthrough = !self.no_passthrough;
+        o.adapter.readdirplus_always = self.readdirplus_always;
         let m = &self.mount;
         if let Some(v) = m.allow_other {
             o.allow_other = v;
