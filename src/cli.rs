@@ -175,11 +175,15 @@ impl MountFlags {
 impl MountSpec {
     /// The union's configuration (not yet validated).
     pub fn config(&self) -> MountConfig {
-        let upper = if self.read_only { None } else { self.upper.clone() };
-        let mut c = MountConfig::new(self.lowers.clone(), upper);
-        if !self.read_only {
+        let mut c = if self.read_only {
+            // A read-only view of the whole union: the upper is read as the top layer.
+            let lowers = self.upper.iter().chain(&self.lowers).cloned().collect();
+            MountConfig::new(lowers, None)
+        } else {
+            let mut c = MountConfig::new(self.lowers.clone(), self.upper.clone());
             c.workdir = self.workdir.clone();
-        }
+            c
+        };
         c.whiteouts = self.whiteouts;
         c.volatile = self.volatile;
         c.revalidate = self.revalidate;
