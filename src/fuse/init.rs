@@ -2,7 +2,7 @@
 
 use fuser::{InitFlags, KernelConfig};
 
-/// Requests the capabilities that let the kernel cache and parallelise (see FUSER-NOTES A5),
+/// Requests the capabilities that let the kernel cache and parallelise (docs/architecture.md, "FUSE facts"),
 /// and FUSE passthrough when `passthrough` says we may use it (`stacked`: the upper is itself
 /// on a stacking filesystem). `rdplus_always`: every listing chunk carries attributes, instead
 /// of the kernel's choice. Returns whether passthrough was negotiated.
