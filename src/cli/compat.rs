@@ -206,6 +206,8 @@ fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
             }
         }
         "noacl" => spec.no_acl = flag(true)?,
+        "writeback" => spec.no_writeback_cache = !flag(true)?,
+        "nowriteback" | "no_writeback" => spec.no_writeback_cache = flag(true)?,
         "readdirplus" => {
             spec.readdirplus_always = match need()? {
                 b"always" => true,

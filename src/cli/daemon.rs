@@ -374,6 +374,7 @@ impl MountSpec {
         }
         o.adapter.passthrough = !self.no_passthrough;
         o.adapter.readdirplus_always = self.readdirplus_always;
+        o.adapter.writeback_cache = !self.no_writeback_cache;
         let m = &self.mount;
         if let Some(v) = m.allow_other {
             o.allow_other = v;

@@ -34,6 +34,9 @@ pub struct AdapterOptions {
     pub lower_may_change: bool,
     /// Every listing chunk carries attributes (see `init::negotiate`).
     pub readdirplus_always: bool,
+    /// Use the kernel's writeback cache where passthrough is not used (see
+    /// `init::negotiate_writeback`).
+    pub writeback_cache: bool,
 }
 
 impl Default for AdapterOptions {
@@ -43,6 +46,7 @@ impl Default for AdapterOptions {
             passthrough: true,
             lower_may_change: false,
             readdirplus_always: false,
+            writeback_cache: true,
         }
     }
 }
@@ -236,14 +240,15 @@ impl Filesystem for FuseAdapter {
             self.opts.readdirplus_always,
         );
         self.passthrough.enable(pt);
-        self.union.set_rw_upper_fds(pt);
+        let wb = !pt && self.opts.writeback_cache && init::negotiate_writeback(cfg);
+        self.union.set_rw_upper_fds(pt || wb);
         let acl = self.union.acl_supported() && init::negotiate_acl(cfg);
         if self.union.config().acl && !acl {
             tracing::info!("POSIX ACLs are off: the upper's filesystem (or the kernel) does not support them");
         }
         self.acl.store(acl, Ordering::Relaxed);
         self.union.set_posix_acl(acl);
-        tracing::debug!(passthrough = pt, acl, "negotiated");
+        tracing::debug!(passthrough = pt, writeback_cache = wb, acl, "negotiated");
         Ok(())
     }
 

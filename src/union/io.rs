@@ -204,7 +204,8 @@ impl Union {
     }
 
     /// Open upper files read-write whatever access an open asks for, so that one fd can serve
-    /// every open of the object (the FUSE adapter's passthrough needs this).
+    /// every open of the object (the FUSE adapter's passthrough needs this), and the kernel's
+    /// writeback cache can read through an open that asked to write only.
     pub fn set_rw_upper_fds(&self, on: bool) {
         self.rw_upper_fds.store(on, Ordering::Relaxed);
     }
