@@ -195,8 +195,12 @@ impl Union {
             self.make_opaque(dn)?;
         }
         rustix::fs::renameat_with(&*l.upper_from, from.name, &*l.upper_to, to.name, RenameFlags::EXCHANGE)?;
-        self.with_index(&from.dir, |idx| idx.show(from.name, Visible::new(upper, dst.kind, dst.ino)))?;
-        self.with_index(&to.dir, |idx| idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino)))?;
+        self.with_index(&from.dir, |idx| {
+            idx.show(from.name, Visible::new(upper, dst.kind, dst.ino))
+        })?;
+        self.with_index(&to.dir, |idx| {
+            idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
+        })?;
         self.moved(&plan.src, (from.parent, from.name), (to.parent, to.name));
         if let Some(dn) = &plan.dst {
             self.moved(dn, (to.parent, to.name), (from.parent, from.name));
@@ -233,7 +237,9 @@ impl Union {
         if l.to.upper_wh == Some(UpperWhiteout::Oci) {
             let _ = rustix::fs::unlinkat(&*l.upper_to, whiteout::oci_name(to.name), AtFlags::empty());
         }
-        self.with_index(&to.dir, |idx| idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino)))?;
+        self.with_index(&to.dir, |idx| {
+            idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
+        })?;
         self.with_index(&from.dir, |idx| idx.hide(from.name, src_wh))?;
         self.moved(&plan.src, (from.parent, from.name), (to.parent, to.name));
         if let Some(dn) = &plan.dst {
