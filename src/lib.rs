@@ -16,7 +16,7 @@ pub mod attr;
 pub mod config;
 pub mod error;
 pub mod fuse;
-pub mod sys;
+pub(crate) mod sys;
 pub mod union;
 
 pub use attr::{Attr, Kind};

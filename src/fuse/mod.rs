@@ -232,7 +232,7 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>, op: &'st
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> std::io::Result<()> {
         // Backing files need CAP_SYS_ADMIN (checked again by the kernel at each registration).
-        let want_pt = self.opts.passthrough && self.union.has_upper() && crate::sys::has_cap_sys_admin();
+        let want_pt = self.opts.passthrough && self.union.writable() && crate::sys::has_cap_sys_admin();
         let pt = init::negotiate(
             cfg,
             want_pt,

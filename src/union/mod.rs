@@ -26,7 +26,8 @@ mod io;
 pub(crate) mod node;
 mod remove;
 mod rename;
-pub mod whiteout;
+pub(crate) mod whiteout;
+mod workdir;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -43,6 +44,7 @@ use self::index_cache::{IndexCache, Verdict};
 pub use self::io::{DirEntry, DirSink, Opened, SetAttr, StatFs};
 pub use self::node::ROOT;
 use self::node::{DirState, Node, NodeState, NodeTable};
+use self::workdir::Workdir;
 use crate::attr::{Attr, Kind};
 use crate::config::{MountConfig, WhiteoutStyle};
 use crate::error::{Errno, FsResult, SetupError};
@@ -169,16 +171,13 @@ impl Loc {
 pub struct Union {
     layers: Vec<Layer>,
     upper: Option<usize>,
-    /// Our scratch directory inside the workdir.
-    work: Option<OwnedFd>,
-    /// The workdir itself, home of the shared whiteout (see `write_whiteout`).
-    work_root: Option<OwnedFd>,
+    /// The workdir (see `workdir.rs`); none without an upper.
+    work: Option<Workdir>,
     nodes: NodeTable,
     handles: HandleTable,
     /// Copies of multiply-linked lower files (see `hardlinks.rs`).
     hardlinks: HardlinkIndex,
     index_cache: IndexCache,
-    next_tmp: AtomicU64,
     /// Tags of directory listings (see `readdir_chunk`).
     next_listing: AtomicU64,
     /// We can write `trusted.*` xattrs and chown: running with CAP_SYS_ADMIN.
@@ -234,15 +233,12 @@ impl Union {
             open("lower layer", l)?;
         }
         let upper = config.upper.as_ref().map(|_| 0);
-        let (work_root, work) = match (&config.upper, &config.workdir) {
-            (Some(_), Some(w)) => {
-                let (r, s) = prepare_workdir(w)?;
-                (Some(r), Some(s))
-            }
-            _ => (None, None),
+        let work = match (&config.upper, &config.workdir) {
+            (Some(_), Some(w)) => Some(Workdir::prepare(w)?),
+            _ => None,
         };
-        let hardlinks = match &work_root {
-            Some(w) => HardlinkIndex::open(w.as_fd()).map_err(|e| SetupError::Io {
+        let hardlinks = match &work {
+            Some(w) => HardlinkIndex::open(w.root()).map_err(|e| SetupError::Io {
                 role: "workdir",
                 path: config.workdir.clone().unwrap_or_default(),
                 source: e.into(),
@@ -255,12 +251,10 @@ impl Union {
             layers,
             upper,
             work,
-            work_root,
             nodes: NodeTable::default(),
             handles: HandleTable::default(),
             hardlinks,
             index_cache: IndexCache::new(config.index_cache),
-            next_tmp: AtomicU64::new(1),
             next_listing: AtomicU64::new(1),
             privileged,
             oci: AtomicBool::new(config.whiteouts == WhiteoutStyle::Oci),
@@ -724,22 +718,17 @@ impl Union {
 
     // ---- helpers shared by the mutating modules ---------------------------------------------
 
-    /// Whether the union has a writable upper layer.
-    pub fn has_upper(&self) -> bool {
-        self.upper.is_some()
-    }
-
     fn upper_index(&self) -> FsResult<usize> {
         self.upper.ok_or(Errno::EROFS)
     }
 
     fn work_fd(&self) -> FsResult<BorrowedFd<'_>> {
-        self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
+        self.work.as_ref().map(|w| w.scratch()).ok_or(Errno::EROFS)
     }
 
     /// A fresh name in the workdir.
     fn tmp_name(&self) -> OsString {
-        OsString::from(format!("#{:x}", self.next_tmp.fetch_add(1, Ordering::Relaxed)))
+        self.work.as_ref().map(|w| w.tmp_name()).unwrap_or_default()
     }
 
     fn oci(&self) -> bool {
@@ -780,29 +769,4 @@ fn check_name(name: &OsStr) -> FsResult<()> {
         return Err(Errno::EINVAL);
     }
     Ok(())
-}
-
-/// Creates (if needed) `workdir/unionfs` and empties it: leftovers of a crash are never reused.
-/// Creates the workdir if needed; returns it and our emptied scratch directory in it.
-fn prepare_workdir(w: &std::path::Path) -> Result<(OwnedFd, OwnedFd), SetupError> {
-    let io = |source: std::io::Error| SetupError::Io {
-        role: "workdir",
-        path: w.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(w).map_err(io)?;
-    let root = rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io(e.into()))?;
-    match rustix::fs::mkdirat(&root, "unionfs", Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(io(e.into())),
-    }
-    let work = sys::open_path_dir(root.as_fd(), OsStr::new("unionfs")).map_err(|e| io(e.into()))?;
-    sys::remove_tree_contents(work.as_fd()).map_err(|e| io(e.into()))?;
-    // A fresh shared whiteout each mount (the old one may be near the link limit).
-    match rustix::fs::unlinkat(&root, whiteout::SHARED_WHITEOUT, rustix::fs::AtFlags::empty()) {
-        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-        Err(e) => return Err(io(e.into())),
-    }
-    Ok((root, work))
 }
