@@ -87,33 +87,21 @@ impl FuseAdapter {
         Arc::clone(&self.destroyed)
     }
 
-    /// Flags for an open we serve ourselves. Lower content never changes while mounted, so its
-    /// pages stay valid across opens. An upper file is served by us only while it is also open
-    /// through the daemon from before its copy-up; with passthrough on, the kernel's page cache
-    /// and its idea of the size can then lag behind the backing file, so such opens bypass the
-    /// page cache and appends go to our end of file (see `write`).
-    fn cached_flags(&self, in_upper: bool) -> FopenFlags {
-        if in_upper && self.passthrough.enabled() {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else if !in_upper && self.opts.lower_may_change {
-            FopenFlags::empty()
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
-        }
-    }
-
-    /// How to answer the open `o` of `ino`: passthrough when its fd may back the inode.
+    /// How to answer the open `o` of `ino` (see `passthrough.rs`, the one place that decides).
     fn open_mode(
         &self,
         ino: u64,
         o: Opened,
         open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> passthrough::Mode {
+        let lower_may_change = self.opts.lower_may_change;
         let r = self.union.with_file(o.fh, |fd| {
             let shareable = o.shared_rw.then(|| fd.as_fd());
-            Ok(self.passthrough.open(ino, o.fh, shareable, open_backing))
+            Ok(self
+                .passthrough
+                .open(ino, o.fh, o.in_upper, lower_may_change, shareable, open_backing))
         });
-        r.unwrap_or(passthrough::Mode::Cached)
+        r.unwrap_or(passthrough::Mode::Cached(FopenFlags::empty()))
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>, op: &'static str, about: impl std::fmt::Debug) {
@@ -387,7 +375,7 @@ impl Filesystem for FuseAdapter {
         let mode = self.open_mode(ino.0, o, |fd| reply.open_backing(fd));
         match mode {
             passthrough::Mode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
-            passthrough::Mode::Cached => reply.opened(FileHandle(o.fh), self.cached_flags(o.in_upper)),
+            passthrough::Mode::Cached(flags) => reply.opened(FileHandle(o.fh), flags),
         }
     }
 
@@ -587,13 +575,9 @@ impl Filesystem for FuseAdapter {
                 FopenFlags::empty(),
                 &id,
             ),
-            passthrough::Mode::Cached => reply.created(
-                &self.opts.ttl,
-                &attr,
-                Generation(0),
-                FileHandle(o.fh),
-                self.cached_flags(o.in_upper),
-            ),
+            passthrough::Mode::Cached(flags) => {
+                reply.created(&self.opts.ttl, &attr, Generation(0), FileHandle(o.fh), flags)
+            }
         }
     }
 
