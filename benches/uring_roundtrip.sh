@@ -13,6 +13,8 @@
 # CLASSIC: one classic prototype mount per entry: "none" is one thread left to the scheduler, a
 # number is one thread pinned to that CPU, "percpu" is one reader thread pinned on each CPU (as a
 # multi-threaded daemon would run, all reading the one /dev/fuse).
+# UNIONFS: one unionfs mount per entry: "none" left to the scheduler, a number: the daemon (all
+# its threads) pinned to that CPU with taskset.
 # PIN: run the client on that CPU (taskset); unset, the scheduler places it.
 #
 # Every call is one round trip: the targets are the mount roots (no LOOKUP to revalidate), the
@@ -26,6 +28,7 @@ N=${N:-200000}
 RUNS=${RUNS:-5}
 RINGS=${RINGS:-plain defer}
 CLASSIC=${CLASSIC:-none}
+UNIONFS=${UNIONFS:-none}
 DEPTH=${DEPTH:-4}
 PIN=${PIN:-}
 param=/sys/module/fuse/parameters/enable_uring
@@ -91,19 +94,29 @@ for cpu in $CLASSIC; do
     targets+=("$name")
 done
 
-mkdir -p "$tmp/L" "$tmp/U" "$tmp/W" "$tmp/unionfs"
+# unionfs over one empty lower and an upper whose root carries the xattr.
+mkdir -p "$tmp/L" "$tmp/U"
 setfattr -n user.proto -v round-trip "$tmp/U"
-"$unionfs" mount -f --lower "$tmp/L" --upper "$tmp/U" --workdir "$tmp/W" --ttl 0 "$tmp/unionfs" \
-    2>"$tmp/unionfs.err" &
-pids+=($!)
-mnts+=("$tmp/unionfs")
-for _ in $(seq 100); do mountpoint -q "$tmp/unionfs" && break; sleep 0.1; done
-mountpoint -q "$tmp/unionfs" || { echo "uring_roundtrip: unionfs did not mount:" >&2; cat "$tmp/unionfs.err" >&2; exit 1; }
-targets+=(unionfs)
+for cpu in $UNIONFS; do
+    name=unionfs
+    taskset=()
+    if [ "$cpu" != none ]; then
+        name=unionfs-cpu$cpu
+        taskset=(taskset -c "$cpu")
+    fi
+    mkdir -p "$tmp/$name" "$tmp/W-$name"
+    "${taskset[@]}" "$unionfs" mount -f --lower "$tmp/L" --upper "$tmp/U" --workdir "$tmp/W-$name" --ttl 0 \
+        "$tmp/$name" 2>"$tmp/$name.err" &
+    pids+=($!)
+    mnts+=("$tmp/$name")
+    for _ in $(seq 100); do mountpoint -q "$tmp/$name" && break; sleep 0.1; done
+    mountpoint -q "$tmp/$name" || { echo "uring_roundtrip: $name did not mount:" >&2; cat "$tmp/$name.err" >&2; exit 1; }
+    targets+=("$name")
+done
 
 # The prototype serves what it should: LOOKUP of file, its attributes, its xattr.
 for t in "${targets[@]}"; do
-    [ "$t" = unionfs ] && f="$tmp/$t" || f="$tmp/$t/file"
+    case $t in unionfs*) f="$tmp/$t" ;; *) f="$tmp/$t/file" ;; esac
     getfattr --absolute-names --only-values -n user.proto "$f" | grep -qx round-trip || { echo "uring_roundtrip: $t: bad xattr" >&2; exit 1; }
     stat -c '%F' "$f" >/dev/null
 done
@@ -111,6 +124,7 @@ done
 client=("$proto" bench --calls "$N")
 [ -n "$PIN" ] && client=(taskset -c "$PIN" "${client[@]}")
 declare -A res
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "measuring: $RUNS runs x $N calls per target and call, interleaved..."
 for run in $(seq "$RUNS"); do
     for t in "${targets[@]}"; do
@@ -125,7 +139,8 @@ spread() { tr ' ' '\n' | grep . | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {print
 
 echo
 echo "FUSE round trip, microseconds per call: median of $RUNS runs x $N calls (min-max)"
-echo "kernel $(uname -r), $(nproc) CPUs, client: $([ -n "$PIN" ] && echo "pinned to CPU $PIN" || echo "not pinned")"
+echo "kernel $(uname -r), $(nproc) CPUs, client: $([ -n "$PIN" ] && echo "pinned to CPU $PIN" || echo "not pinned")," \
+    "load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-36s %20s %20s\n' target getxattr stat
 declare -A med
 for t in "${targets[@]}"; do
@@ -135,6 +150,7 @@ for t in "${targets[@]}"; do
         classic-cpu*) label="classic prototype on CPU ${t#classic-cpu}" ;;
         classic-percpu) label="classic prototype, reader per CPU" ;;
         unionfs) label="unionfs (--ttl 0)" ;;
+        unionfs-cpu*) label="unionfs (--ttl 0) on CPU ${t#unionfs-cpu}" ;;
     esac
     row=()
     for op in getxattr stat; do
@@ -161,5 +177,5 @@ done
 mnts=()
 pids=()
 for t in "${targets[@]}"; do
-    [ "$t" = unionfs ] || echo "$t $(grep '^served' "$tmp/$t.err")"
+    case $t in unionfs*) ;; *) echo "$t $(grep '^served' "$tmp/$t.err")" ;; esac
 done

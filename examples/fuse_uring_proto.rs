@@ -320,9 +320,10 @@ fn serve_dev(fuse: &OwnedFd, buf: &mut [u8], stats: &Stats, reader: Option<usize
     }
 }
 
-/// Reads FUSE_INIT from `/dev/fuse` and answers it, asking for io_uring if `uring`. Returns
-/// whether the kernel offered `FUSE_OVER_IO_URING` (it does only with `enable_uring` on).
-fn answer_init(fuse: &OwnedFd, buf: &mut [u8], uring: bool) -> Result<bool, String> {
+/// Reads FUSE_INIT from `/dev/fuse` and answers it, asking for io_uring on that transport (if
+/// offered, or forced). Returns whether the kernel offered `FUSE_OVER_IO_URING` (it does only
+/// with `enable_uring` on).
+fn answer_init(fuse: &OwnedFd, buf: &mut [u8], transport: Transport) -> Result<bool, String> {
     let n = rustix::io::read(fuse, &mut *buf).map_err(|e| format!("read FUSE_INIT: {e}"))?;
     let h = abi::InHeader::parse(&buf[..n]);
     if h.opcode != abi::INIT {
@@ -357,7 +358,9 @@ fn answer_init(fuse: &OwnedFd, buf: &mut [u8], uring: bool) -> Result<bool, Stri
     abi::put_u16(o, 18, 12); // congestion_threshold
     abi::put_u32(o, 20, MAX_WRITE);
     abi::put_u32(o, 24, 1); // time_gran
-    if uring && offered {
+    if let Transport::Uring(ring) = transport
+        && (offered || ring.force)
+    {
         abi::put_u32(o, 32, abi::OVER_IO_URING_FLAGS2);
     }
     abi::put_out_header(&mut out, abi::INIT_OUT, 0, h.unique);
@@ -519,8 +522,9 @@ impl Queue {
         if let Some(c) = self.ring.completion().find(|c| c.result() < 0) {
             let e = Errno::from_raw_os_error(-c.result());
             return Err(format!(
-                "queue {}: FUSE_IO_URING_CMD_REGISTER: the kernel answered {e:?} ({e})",
-                self.qid
+                "queue {}: FUSE_IO_URING_CMD_REGISTER: the kernel answered {} ({e})",
+                self.qid,
+                c.result()
             ));
         }
         Ok(())
@@ -544,7 +548,7 @@ impl Queue {
                 if res < 0 {
                     let e = Errno::from_raw_os_error(-res);
                     return Err(format!(
-                        "queue {}: entry {idx}: the kernel answered {e:?} ({e})",
+                        "queue {}: entry {idx}: the kernel answered {res} ({e})",
                         self.qid
                     ));
                 }
@@ -679,6 +683,10 @@ enum Cmd {
         /// Which CPU each io_uring queue's thread is pinned to.
         #[arg(long, value_enum, default_value_t = Pin::Queue)]
         pin: Pin,
+        /// Ask for FUSE_OVER_IO_URING and register the ring even if the kernel did not offer
+        /// it in FUSE_INIT (to see what the kernel answers with enable_uring off).
+        #[arg(long, conflicts_with = "classic")]
+        force_uring: bool,
         mountpoint: PathBuf,
     },
     /// A tight loop of getxattr or stat calls on PATH; prints microseconds per call.
@@ -709,13 +717,19 @@ fn main() {
             depth,
             ring,
             pin,
+            force_uring,
             mountpoint,
         } => {
             let transport = match classic {
                 true => Transport::Classic {
                     per_cpu: per_cpu_readers,
                 },
-                false => Transport::Uring(Ring { depth, mode: ring, pin }),
+                false => Transport::Uring(Ring {
+                    depth,
+                    mode: ring,
+                    pin,
+                    force: force_uring,
+                }),
             };
             serve(&mountpoint, transport, cpu)
         }
@@ -751,6 +765,7 @@ struct Ring {
     depth: u32,
     mode: RingMode,
     pin: Pin,
+    force: bool,
 }
 
 /// How requests reach the server.
@@ -788,9 +803,9 @@ fn serve_mounted(
     stats: &Arc<Stats>,
 ) -> Result<(), String> {
     let mut buf = vec![0u8; DEV_BUF];
-    let offered = answer_init(fuse, &mut buf, matches!(transport, Transport::Uring(_)))?;
+    let offered = answer_init(fuse, &mut buf, transport)?;
     let (threads, cpu, what) = match transport {
-        Transport::Uring(ring) if !offered => {
+        Transport::Uring(ring) if !offered && !ring.force => {
             return Err(format!(
                 "the kernel did not offer FUSE_OVER_IO_URING in FUSE_INIT ({ring:?}): is \
                  /sys/module/fuse/parameters/enable_uring Y (and the kernel 6.14+ with CONFIG_FUSE_IO_URING)?"
