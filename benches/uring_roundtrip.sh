@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 N=${N:-200000}
 RUNS=${RUNS:-5}
 RINGS=${RINGS:-plain defer}
-CLASSIC=${CLASSIC:-none}
+CLASSIC=${CLASSIC:-none percpu}
 UNIONFS=${UNIONFS:-none}
 DEPTH=${DEPTH:-4}
 PIN=${PIN:-}
