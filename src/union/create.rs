@@ -87,6 +87,7 @@ impl Union {
             fh: self.new_file_handle(fd, node),
             shared_rw,
             in_upper: true,
+            beside_older: false,
         };
         Ok((attr, opened))
     }

@@ -37,6 +37,9 @@ pub struct Opened {
     /// The object is in the upper layer; otherwise its content is a lower's and never changes
     /// while mounted.
     pub in_upper: bool,
+    /// The object is also open through a handle from before its copy-up, which goes on reading
+    /// the lower content: this open must not share the kernel's page cache with it.
+    pub beside_older: bool,
 }
 
 /// Filesystem statistics (of the upper, or of the top lower without one).
@@ -174,10 +177,17 @@ impl Union {
         } else {
             loc.open(f)?
         };
+        let beside_older = in_upper
+            && self
+                .handles
+                .files_of(node.ino)
+                .iter()
+                .any(|f| f.layer != node_layer(&node));
         Ok(Opened {
             fh: self.new_file_handle(ofd, node),
             shared_rw,
             in_upper,
+            beside_older,
         })
     }
 
@@ -395,6 +405,10 @@ impl Union {
         self.copy_up(&node)?;
         self.xattr_target(&node, |t| Ok(t.remove_xattr(name)?))
     }
+}
+
+fn node_layer(node: &Node) -> usize {
+    node.state.read().layer
 }
 
 fn is_writable(fd: &OwnedFd) -> bool {
