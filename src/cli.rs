@@ -145,6 +145,8 @@ pub(crate) struct MountSpec {
     /// `-o noacl`: the kernel checks modes only.
     pub no_acl: bool,
     pub index_cache: Option<usize>,
+    /// Owner mappings (fuse-overlayfs's uidmapping=, gidmapping=, squash_*).
+    pub idmap: unionfs::idmap::IdMap,
     pub readdirplus_always: bool,
     pub no_writeback_cache: bool,
     pub foreground: bool,
@@ -193,6 +195,7 @@ impl MountSpec {
         c.volatile = self.volatile;
         c.revalidate = self.revalidate;
         c.acl = !self.no_acl;
+        c.idmap = self.idmap.clone();
         if let Some(n) = self.index_cache {
             c.index_cache = n;
         }

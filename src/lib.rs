@@ -16,6 +16,7 @@ pub mod attr;
 pub mod config;
 pub mod error;
 pub mod fuse;
+pub mod idmap;
 pub(crate) mod sys;
 pub mod union;
 

@@ -101,11 +101,12 @@ impl Union {
         // Acts on the object itself, never on a symlink's target.
         let (dir, entry, at) = loc.at();
         if set.uid.is_some() || set.gid.is_some() {
+            // Owners given through the view are stored as the layers carry them.
             rustix::fs::chownat(
                 dir,
                 &entry,
-                set.uid.map(rustix::fs::Uid::from_raw),
-                set.gid.map(rustix::fs::Gid::from_raw),
+                set.uid.map(|u| rustix::fs::Uid::from_raw(self.idmap.uid_to_host(u))),
+                set.gid.map(|g| rustix::fs::Gid::from_raw(self.idmap.gid_to_host(g))),
                 at,
             )?;
         }
