@@ -6,7 +6,8 @@
 //! numbers.
 //!
 //! Layout: [`union`] holds all overlay semantics and knows nothing of FUSE; [`fuse`] adapts
-//! fuser requests onto it; [`config`] validates a mount; [`sys`] wraps the system calls.
+//! fuser requests onto it; [`config`] validates a mount; [`sys`] wraps the system calls;
+//! [`layers`] holds the offline layer tools (diff, commit, import, size, layers, check).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod attr;
 pub mod config;
 pub mod error;
 pub mod fuse;
+pub mod layers;
 pub mod sys;
 pub mod union;
 
