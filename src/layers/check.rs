@@ -229,6 +229,12 @@ impl Checker<'_> {
                         if i.name.as_bytes() == keep {
                             continue;
                         }
+                        // Kernel overlayfs keeps one whiteout there to link new whiteouts to.
+                        let ist =
+                            sys::stat_at(sub.as_fd(), &i.name).map_err(|err| LayerError::io(p.join(&i.name), err))?;
+                        if e.name.as_bytes() == b"work" && whiteout::is_chr_whiteout(&ist) {
+                            continue;
+                        }
                         let ip = p.join(&i.name);
                         let msg = "leftover in the workdir (scratch of an interrupted operation)".to_string();
                         let subfd = sub.as_fd();
