@@ -190,11 +190,13 @@ fn core_changes(m: &Path) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Impl {
     Unionfs,
+    /// unionfs mounted with `--whiteouts oci`: an OCI-style upper.
+    UnionfsOci,
     Kernel,
     FuseOverlayfs,
 }
 
-const IMPLS: [Impl; 3] = [Impl::Unionfs, Impl::Kernel, Impl::FuseOverlayfs];
+const IMPLS: [Impl; 4] = [Impl::Unionfs, Impl::UnionfsOci, Impl::Kernel, Impl::FuseOverlayfs];
 
 /// A fuse-overlayfs mount; dropping it unmounts.
 struct FuseOverlay {
@@ -253,7 +255,7 @@ enum AnyMount {
 fn view(imp: Impl, lowers: &[PathBuf], mnt: &Path) -> AnyMount {
     std::fs::create_dir_all(mnt).expect("mkdir mnt");
     match imp {
-        Impl::Unionfs => {
+        Impl::Unionfs | Impl::UnionfsOci => {
             let args: Vec<OsString> = vec![
                 "mount".into(),
                 "--foreground".into(),
@@ -273,10 +275,17 @@ fn changed_layers(imp: Impl) -> Layers {
     let l = Layers::new(2);
     make_lowers(&l);
     match imp {
-        Impl::Unionfs => {
-            let m = l.mount(&[]);
+        Impl::Unionfs | Impl::UnionfsOci => {
+            let m = l.mount(if imp == Impl::UnionfsOci {
+                &["--whiteouts", "oci"]
+            } else {
+                &[]
+            });
             make_changes(&m.mnt);
             assert_eq!(m.unmount(), Some(0));
+            if imp == Impl::UnionfsOci {
+                assert!(u_exists(&l.upper.join(".wh.opt")), "an OCI-style upper");
+            }
         }
         Impl::Kernel => {
             let k = KernelOverlay::mount(&l.lowers, Some((&l.upper, &l.work)), &l.mnt).expect("kernel overlay");

@@ -18,9 +18,10 @@ use unionfs::layers::{self, LayerError, Observer, Stack, human_size};
 /// The layers every tool reads.
 #[derive(clap::Args)]
 pub struct StackArgs {
-    /// Lower layers, top first, separated by ':' (`\:` is a literal colon); none: an empty image.
+    /// Lower layers, top first, separated by ':' (`\:` is a literal colon); '' for none (an
+    /// empty image: every path is new).
     #[arg(long, value_name = "DIR:DIR:...")]
-    lower: Option<OsString>,
+    lower: OsString,
     /// The upper (writable) layer.
     #[arg(long, value_name = "DIR")]
     upper: PathBuf,
@@ -201,7 +202,7 @@ fn lossy(p: &[u8]) -> String {
 }
 
 pub fn diff(a: DiffArgs) -> ExitCode {
-    let stack = match open_stack(a.stack.lower.as_ref(), Some(&a.stack.upper)) {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -235,7 +236,7 @@ pub fn diff(a: DiffArgs) -> ExitCode {
 }
 
 pub fn commit(a: CommitArgs) -> ExitCode {
-    let stack = match open_stack(a.stack.lower.as_ref(), Some(&a.stack.upper)) {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -305,7 +306,7 @@ pub fn import(a: ImportArgs) -> ExitCode {
 }
 
 pub fn size(a: SizeArgs) -> ExitCode {
-    let stack = match open_stack(a.stack.lower.as_ref(), Some(&a.stack.upper)) {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -368,7 +369,7 @@ pub fn layers(a: LayersArgs) -> ExitCode {
 }
 
 pub fn check(a: CheckArgs) -> ExitCode {
-    let stack = match open_stack(a.stack.lower.as_ref(), Some(&a.stack.upper)) {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -396,7 +397,9 @@ pub fn check(a: CheckArgs) -> ExitCode {
         let tag = if pr.repaired { " (repaired)" } else { "" };
         println!("{}: {}{tag}", pr.path.display(), pr.problem);
     }
-    if !report.problems.is_empty() {
+    if report.problems.is_empty() {
+        eprintln!("unionfs: check: no problems; upper format: {}", report.format);
+    } else {
         eprintln!(
             "unionfs: check: {} problem(s), {} repaired; upper format: {}",
             report.problems.len(),
