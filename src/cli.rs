@@ -88,6 +88,16 @@ struct MountArgs {
     /// 1 s) and one stat per lower directory per lookup.
     #[arg(long)]
     revalidate: bool,
+    /// How many names of directory listings the daemon keeps in memory; beyond, the least
+    /// recently used directories are read from the layers again when needed [default: 250000,
+    /// about 25 MiB].
+    #[arg(long, value_name = "NAMES")]
+    index_cache: Option<usize>,
+    /// When listings carry file attributes: `auto` lets the kernel ask for them with a
+    /// listing's first chunk (cheap listings); `always` sends them with every chunk (cheaper
+    /// walks that stat every entry: find, du, ls -l, tar, rsync).
+    #[arg(long, value_enum, default_value_t = ReaddirPlus::Auto)]
+    readdirplus: ReaddirPlus,
     /// Do not enforce POSIX ACLs (they are stored and copied up, but only modes are checked).
     #[arg(long)]
     no_acl: bool,
@@ -114,6 +124,12 @@ struct UmountArgs {
     mountpoint: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReaddirPlus {
+    Auto,
+    Always,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Whiteouts {
     /// Character device 0/0 and `trusted.overlay.opaque` (as kernel overlayfs).
@@ -138,6 +154,8 @@ pub(crate) struct MountSpec {
     pub revalidate: bool,
     /// `-o noacl`: the kernel checks modes only.
     pub no_acl: bool,
+    pub index_cache: Option<usize>,
+    pub readdirplus_always: bool,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -171,15 +189,22 @@ impl MountFlags {
 impl MountSpec {
     /// The union's configuration (not yet validated).
     pub fn config(&self) -> MountConfig {
-        let upper = if self.read_only { None } else { self.upper.clone() };
-        let mut c = MountConfig::new(self.lowers.clone(), upper);
-        if !self.read_only {
+        let mut c = if self.read_only {
+            // A read-only view of the whole union: the upper is read as the top layer.
+            let lowers = self.upper.iter().chain(&self.lowers).cloned().collect();
+            MountConfig::new(lowers, None)
+        } else {
+            let mut c = MountConfig::new(self.lowers.clone(), self.upper.clone());
             c.workdir = self.workdir.clone();
-        }
+            c
+        };
         c.whiteouts = self.whiteouts;
         c.volatile = self.volatile;
         c.revalidate = self.revalidate;
         c.acl = !self.no_acl;
+        if let Some(n) = self.index_cache {
+            c.index_cache = n;
+        }
         c
     }
 }
@@ -206,6 +231,8 @@ impl MountArgs {
         spec.no_passthrough |= self.no_passthrough;
         spec.revalidate |= self.revalidate;
         spec.no_acl |= self.no_acl;
+        spec.index_cache = self.index_cache.or(spec.index_cache);
+        spec.readdirplus_always |= self.readdirplus == ReaddirPlus::Always;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

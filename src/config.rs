@@ -36,6 +36,17 @@ pub struct MountConfig {
     /// Enforce POSIX ACLs (where the upper's filesystem stores them); `noacl` turns them off.
     #[serde(default = "yes")]
     pub acl: bool,
+    /// How many names the directory indexes of the mount may hold in memory in total (indexes
+    /// beyond are dropped, least recently used first, and rebuilt from the layers when needed).
+    #[serde(default = "default_index_cache")]
+    pub index_cache: usize,
+}
+
+/// About 25 MiB of directory indexes.
+pub const DEFAULT_INDEX_CACHE: usize = 250_000;
+
+fn default_index_cache() -> usize {
+    DEFAULT_INDEX_CACHE
 }
 
 fn yes() -> bool {
@@ -53,6 +64,7 @@ impl MountConfig {
             volatile: false,
             revalidate: false,
             acl: true,
+            index_cache: DEFAULT_INDEX_CACHE,
         }
     }
 
@@ -178,6 +190,7 @@ impl MountConfig {
             volatile: self.volatile,
             revalidate: self.revalidate,
             acl: self.acl,
+            index_cache: self.index_cache,
         })
     }
 }

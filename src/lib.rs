@@ -1,7 +1,7 @@
 //! unionfs: a union filesystem in userspace.
 //!
 //! Read-only lower layers (top first) under one writable upper, merged into one view, with the
-//! semantics of Linux overlayfs (see `SPEC.md`): top-down lookup, whiteouts and opaque
+//! semantics of Linux overlayfs (see `docs/semantics.md`): top-down lookup, whiteouts and opaque
 //! directories in overlay and OCI formats, atomic copy-up, rename of any directory, stable inode
 //! numbers.
 //!
@@ -22,4 +22,4 @@ pub mod union;
 pub use attr::{Attr, Kind};
 pub use config::{MountConfig, WhiteoutStyle};
 pub use error::{Errno, FsResult, SetupError};
-pub use union::{Ctx, DirEntry, DirSink, Opened, ROOT, SetAttr, StatFs, Union};
+pub use union::{Ctx, DirEntry, DirSink, Opened, ROOT, SetAttr, StatFs, Stats, Union};

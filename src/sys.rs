@@ -7,6 +7,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno as RErrno;
@@ -71,8 +72,16 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> rustix::io::
     }
 }
 
+/// How many layer directories were listed and entries stat'ed since start: the cost of the
+/// union's work in system calls, for the daemon's statistics (SIGUSR1) and tests that check a
+/// cost does not grow with the size of a layer.
+pub static DIR_READS: AtomicU64 = AtomicU64::new(0);
+/// See [`DIR_READS`].
+pub static STATS: AtomicU64 = AtomicU64::new(0);
+
 /// `lstat` of an entry of `dir`.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Stat> {
+    STATS.fetch_add(1, Ordering::Relaxed);
     rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
 }
 
@@ -94,6 +103,7 @@ pub struct RawEntry {
 
 /// Reads every entry of the directory behind `dir` (an `O_PATH` fd is fine), minus `.` and `..`.
 pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
+    DIR_READS.fetch_add(1, Ordering::Relaxed);
     // O_NOATIME: listing the view must not touch the lowers, not even their atime.
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, ".", flags | OFlags::NOATIME, Mode::empty()) {

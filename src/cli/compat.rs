@@ -54,18 +54,18 @@ pub fn is_compat(args: &[OsString]) -> bool {
 }
 
 /// Parses the fuse-overlayfs form. `-o` may be given several times (also as `-oOPTS`), and the
-/// mountpoint may come before or after the options.
+/// mountpoint may come before or after the options. Two positional arguments are the form
+/// mount(8) uses through mount.fuse3 (`unionfs SOURCE MOUNTPOINT -o OPTIONS`): the source is
+/// any string, shown as the mount's source unless `fsname=` says otherwise.
 pub fn parse(args: &[OsString]) -> Result<MountSpec, String> {
     let mut spec = MountSpec::default();
     let mut it = args.iter();
     let mut only_positional = false;
+    let mut positional = Vec::new();
     while let Some(a) = it.next() {
         let b = a.as_bytes();
         if only_positional || !b.starts_with(b"-") || b == b"-" {
-            if spec.mountpoint.is_some() {
-                return Err(format!("more than one mountpoint given ('{}')", a.to_string_lossy()));
-            }
-            spec.mountpoint = Some(PathBuf::from(a));
+            positional.push(a.clone());
             continue;
         }
         match b {
@@ -90,6 +90,23 @@ pub fn parse(args: &[OsString]) -> Result<MountSpec, String> {
                 ));
             }
             _ => return Err(format!("unknown argument '{}'", a.to_string_lossy())),
+        }
+    }
+    match positional.len() {
+        0 => {}
+        1 => spec.mountpoint = positional.pop().map(PathBuf::from),
+        2 => {
+            spec.mountpoint = positional.pop().map(PathBuf::from);
+            let source = positional.pop().unwrap_or_default();
+            if spec.mount.fsname.is_none() && !source.is_empty() {
+                spec.mount.fsname = Some(source.to_string_lossy().into_owned());
+            }
+        }
+        _ => {
+            return Err(format!(
+                "too many arguments ('{}'): give [SOURCE] MOUNTPOINT",
+                positional.last().map(|p| p.to_string_lossy()).unwrap_or_default()
+            ));
         }
     }
     if spec.mountpoint.is_none() {
@@ -192,6 +209,13 @@ fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
             }
         }
         "noacl" => spec.no_acl = flag(true)?,
+        "readdirplus" => {
+            spec.readdirplus_always = match need()? {
+                b"always" => true,
+                b"auto" => false,
+                _ => return Err("option 'readdirplus' must be 'auto' or 'always'".into()),
+            }
+        }
         "acl" => spec.no_acl = !flag(true)?,
         "ro" => spec.read_only = flag(true)?,
         "rw" => spec.read_only = !flag(true)?,
@@ -218,6 +242,10 @@ fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
         }
         // fuse3 always allows non-empty mountpoints.
         "nonempty" => {}
+        // For mount(8) and fstab, not for the filesystem.
+        "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev" | "nofail" => {}
+        "comment" => {}
+        k if k.starts_with("x-") => {}
         k if IGNORED_FUSE_OVERLAYFS.contains(&k) => spec.warnings.push(format!(
             "ignoring fuse-overlayfs option '{}'",
             String::from_utf8_lossy(item)
@@ -333,6 +361,22 @@ mod tests {
     }
 
     #[test]
+    fn mount_helper_form_source_first() {
+        let s = parse(&args(&[
+            "my-union",
+            "/mnt",
+            "-o",
+            "lowerdir=a,noauto,x-systemd.after=b,defaults",
+        ]))
+        .unwrap();
+        assert_eq!(s.mountpoint, Some(PathBuf::from("/mnt")));
+        assert_eq!(s.mount.fsname.as_deref(), Some("my-union"));
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = parse(&args(&["src", "/mnt", "-o", "lowerdir=a,fsname=named"])).unwrap();
+        assert_eq!(s.mount.fsname.as_deref(), Some("named"));
+    }
+
+    #[test]
     fn bad_compat_arguments() {
         assert!(
             parse(&args(&["-o", "lowerdir=a"]))
@@ -340,9 +384,9 @@ mod tests {
                 .contains("no mountpoint")
         );
         assert!(
-            parse(&args(&["-o", "lowerdir=a", "m", "n"]))
+            parse(&args(&["-o", "lowerdir=a", "s", "m", "n"]))
                 .unwrap_err()
-                .contains("more than one")
+                .contains("too many arguments")
         );
         assert!(parse(&args(&["-o"])).unwrap_err().contains("needs a value"));
         assert!(parse(&args(&["-x", "m"])).unwrap_err().contains("unknown argument"));

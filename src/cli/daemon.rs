@@ -120,7 +120,7 @@ fn init_logging(debug: bool, log: Option<&Path>) -> io::Result<()> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_from_env("UNIONFS_LOG")
         .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
-        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "warn" }));
+        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "warn,unionfs::stats=info" }));
     let (writer, ansi) = match log {
         Some(p) => (BoxMakeWriter::new(std::sync::Mutex::new(open_log(p)?)), false),
         None => (BoxMakeWriter::new(io::stderr), io::stderr().is_terminal()),
@@ -180,7 +180,8 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
     // signal-hook delivers signals to an ordinary thread through a self-pipe, so we write no
     // signal handler (and no `unsafe`) ourselves. Registered before mounting, so a signal that
     // arrives meanwhile is not lost; acted on once the mount exists.
-    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1])
+    {
         Ok(s) => s,
         Err(e) => return fail(1, format!("cannot set up signal handling: {e}")),
     };
@@ -219,7 +220,7 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
         }
     };
     let opts = spec.session_options();
-    let mounted = match session::mount(union, &mountpoint, &opts) {
+    let mounted = match session::mount(Arc::clone(&union), &mountpoint, &opts) {
         Ok(m) => m,
         Err(e) => {
             remove_workdir(created_workdir.as_deref());
@@ -236,7 +237,7 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
             None
         }
     };
-    spawn_signal_thread(signals, mountpoint.clone(), pidfile.clone());
+    spawn_signal_thread(signals, mountpoint.clone(), pidfile.clone(), union);
     tracing::info!("mounted {}", mountpoint.display());
     if let Some(r) = ready.take() {
         r.ok();
@@ -261,14 +262,23 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
 }
 
 /// On SIGTERM, SIGINT or SIGHUP: detach the mount, which ends the session and makes `run`
-/// return; if open files keep it alive past the grace period, exit anyway.
+/// return; if open files keep it alive past the grace period, exit anyway. On SIGUSR1: log what
+/// the daemon holds (`Union::stats`, resident memory) at info level.
 fn spawn_signal_thread(
     mut signals: signal_hook::iterator::Signals,
     mountpoint: PathBuf,
     pidfile: Option<Arc<PidFile>>,
+    union: Arc<Union>,
 ) {
     let body = move || {
-        let Some(sig) = signals.forever().next() else { return };
+        let Some(sig) = signals.forever().find(|&s| {
+            if s == libc::SIGUSR1 {
+                tracing::info!(target: "unionfs::stats", "{} rss_kib={}", union.stats(), rss_kib().unwrap_or(0));
+            }
+            s != libc::SIGUSR1
+        }) else {
+            return;
+        };
         tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
         let code = match session::unmount(&mountpoint, true) {
             Ok(()) => 0,
@@ -294,6 +304,13 @@ fn spawn_signal_thread(
     if let Err(e) = std::thread::Builder::new().name("signals".into()).spawn(body) {
         tracing::warn!("cannot start the signal thread: {e}");
     }
+}
+
+/// This process's resident memory (VmRSS), in KiB.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Removes a workdir we created for a mount that then failed, so failure changes nothing.
@@ -356,6 +373,7 @@ impl MountSpec {
             o.adapter.ttl = ttl;
         }
         o.adapter.passthrough = !self.no_passthrough;
+        o.adapter.readdirplus_always = self.readdirplus_always;
         let m = &self.mount;
         if let Some(v) = m.allow_other {
             o.allow_other = v;

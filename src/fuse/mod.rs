@@ -32,6 +32,8 @@ pub struct AdapterOptions {
     pub passthrough: bool,
     /// Lower files may change while mounted: the kernel must not keep their pages across opens.
     pub lower_may_change: bool,
+    /// Every listing chunk carries attributes (see `init::negotiate`).
+    pub readdirplus_always: bool,
 }
 
 impl Default for AdapterOptions {
@@ -40,6 +42,7 @@ impl Default for AdapterOptions {
             ttl: Duration::from_secs(86400),
             passthrough: true,
             lower_may_change: false,
+            readdirplus_always: false,
         }
     }
 }
@@ -226,7 +229,12 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> std::io::Result<()> {
         // Backing files need CAP_SYS_ADMIN (checked again by the kernel at each registration).
         let want_pt = self.opts.passthrough && self.union.has_upper() && crate::sys::has_cap_sys_admin();
-        let pt = init::negotiate(cfg, want_pt, self.union.upper_is_stacked());
+        let pt = init::negotiate(
+            cfg,
+            want_pt,
+            self.union.upper_is_stacked(),
+            self.opts.readdirplus_always,
+        );
         self.passthrough.enable(pt);
         self.union.set_rw_upper_fds(pt);
         let acl = self.union.acl_supported() && init::negotiate_acl(cfg);

@@ -5,11 +5,11 @@
 //! upper parent, so a crash at any step leaves the view as it was. Parents go first. Copy-up of
 //! one object is serialised by its `copy_lock`; readers keep using the lower until the rename.
 //!
-//! A lower file with several hard links is copied once, and every other name of it that the
-//! view still shows from that layer is linked to the copy, so the names never diverge.
+//! A lower file with several hard links is copied once and the copy entered in the hard-link
+//! index (`hardlinks.rs`), where every other name of it finds the copy when it is next looked
+//! up, so the names never diverge and no copy-up searches a layer for them.
 
-use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -66,6 +66,14 @@ impl Union {
             let _ = remove_any(work, &tmp, kind);
             return Err(e);
         }
+        // Other names of a multiply-linked file find the copy through the index.
+        let indexed = (kind == Kind::File && st.st_nlink > 1).then(|| self.hardlink_key(layer, &st));
+        if let Some(key) = indexed {
+            if let Err(e) = self.hardlinks.record(work, &tmp, key, &st) {
+                let _ = remove_any(work, &tmp, kind);
+                return Err(e.into());
+            }
+        }
         let new_fd = {
             let _ns = parent.ns.lock();
             // A copy-up is not a change of the parent: keep its times (as overlayfs does).
@@ -74,6 +82,9 @@ impl Union {
             });
             if let Err(e) = published {
                 let _ = remove_any(work, &tmp, kind);
+                if let Some(key) = indexed {
+                    self.hardlinks.forget(key);
+                }
                 return Err(e.into());
             }
             if kind == Kind::Dir {
@@ -88,14 +99,7 @@ impl Union {
             } else {
                 None
             };
-            let _ = self.with_index(&parent, |idx| {
-                if let Some(v) = idx.get_mut(&name).and_then(|s| s.vis.as_mut()) {
-                    v.layer = upper;
-                    if kind == Kind::Dir {
-                        v.merge.insert(0, upper);
-                    }
-                }
-            });
+            let _ = self.with_index(&parent, |idx| idx.moved_up(&name, upper));
             new_fd
         };
         {
@@ -105,8 +109,8 @@ impl Union {
                 d.layers.insert(0, (upper, fd));
             }
         }
-        if kind == Kind::File && st.st_nlink > 1 {
-            self.link_siblings(node, layer, st.st_ino, &pdir, &name);
+        if indexed.is_some() {
+            self.link_known_names(node, &pdir, &name);
         }
         Ok(())
     }
@@ -202,96 +206,6 @@ impl Union {
                 Mode::empty(),
             ) {
                 let _ = rustix::fs::fsync(&d);
-            }
-        }
-    }
-
-    /// Links every other visible name of the lower object (`layer`, `raw_ino`) to its fresh copy.
-    fn link_siblings(&self, node: &Arc<Node>, layer: usize, raw_ino: u64, copy_dir: &Arc<OwnedFd>, copy_name: &OsStr) {
-        let paths = self.hardlink_names(layer, raw_ino);
-        for path in paths {
-            let Some((last, dirs)) = path.split_last() else {
-                continue;
-            };
-            let mut cur = ROOT;
-            let mut walked = Vec::new();
-            for c in dirs {
-                match self.pin_child(cur, c) {
-                    Ok(p) => {
-                        cur = p.ino;
-                        walked.push(p);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if walked.len() == dirs.len() {
-                if let Ok(dir) = self.node(cur) {
-                    let _ = self.link_sibling(&dir, last, node, copy_dir, copy_name);
-                }
-            }
-            // Release the walk's pins innermost first.
-            while walked.pop().is_some() {}
-        }
-    }
-
-    fn link_sibling(
-        &self,
-        dir: &Arc<Node>,
-        name: &OsStr,
-        node: &Node,
-        copy_dir: &Arc<OwnedFd>,
-        copy_name: &OsStr,
-    ) -> FsResult<()> {
-        let upper = self.upper_index()?;
-        let vis = self.slot(dir, name)?.vis;
-        // Only names that still show this very object from a lower layer.
-        if !vis.is_some_and(|v| v.ino == node.ino && v.layer != upper) {
-            return Ok(());
-        }
-        self.copy_up(&self.node(dir.ino)?)?;
-        let pdir = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
-        let _ns = dir.ns.lock();
-        keep_dir_times(pdir.as_fd(), || {
-            rustix::fs::linkat(&**copy_dir, copy_name, &*pdir, name, AtFlags::empty())
-        })?;
-        self.with_index(dir, |idx| {
-            if let Some(v) = idx.get_mut(name).and_then(|s| s.vis.as_mut()) {
-                v.layer = upper;
-            }
-        })?;
-        Ok(())
-    }
-
-    /// Every path (as components) of `raw_ino` in `layer`, found by one walk of the layer.
-    fn hardlink_names(&self, layer: usize, raw_ino: u64) -> Vec<Vec<OsString>> {
-        let mut found: HashMap<u64, Vec<Vec<OsString>>> = HashMap::new();
-        let root = Arc::clone(&self.layers[layer].root);
-        walk_links(root.as_fd(), &mut Vec::new(), &mut found, 0);
-        found.remove(&raw_ino).unwrap_or_default()
-    }
-}
-
-/// Collects multiply-linked regular files below `dir`, never following symlinks.
-fn walk_links(dir: BorrowedFd<'_>, path: &mut Vec<OsString>, out: &mut HashMap<u64, Vec<Vec<OsString>>>, depth: usize) {
-    if depth > 4096 {
-        return;
-    }
-    let Ok(entries) = sys::read_dir(dir) else { return };
-    for e in entries {
-        let ft = e.dtype;
-        if ft == FileType::Directory {
-            if let Ok(sub) = sys::open_path_dir(dir, &e.name) {
-                path.push(e.name);
-                walk_links(sub.as_fd(), path, out, depth + 1);
-                path.pop();
-            }
-        } else if ft == FileType::RegularFile || ft == FileType::Unknown {
-            if let Ok(st) = sys::stat_at(dir, &e.name) {
-                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink > 1 {
-                    let mut p = path.clone();
-                    p.push(e.name);
-                    out.entry(st.st_ino).or_default().push(p);
-                }
             }
         }
     }

@@ -152,6 +152,12 @@ impl Union {
             ino: node.ino,
         };
         let (n, _, _) = self.make(&ctx, newparent, newname, obj)?;
+        // A copy of a multiply-linked lower file counts its names itself (see `hardlinks.rs`).
+        if !self.hardlinks.is_empty() {
+            if let Ok(Loc::Entry(d, name)) = self.locate(&n, None) {
+                self.count_names(Some((d, name)), 1);
+            }
+        }
         self.attr_of(&n)
     }
 
@@ -373,15 +379,4 @@ struct Placement {
     gid: u32,
     /// A directory hiding a lower one of its name: opaque from the start.
     opaque: bool,
-}
-
-impl Visible {
-    pub(crate) fn new(layer: usize, kind: Kind, ino: u64) -> Visible {
-        Visible::with_merge(
-            layer,
-            kind,
-            ino,
-            if kind == Kind::Dir { vec![layer] } else { Vec::new() },
-        )
-    }
 }

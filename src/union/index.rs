@@ -1,12 +1,18 @@
 //! The merged listing of one directory: for every name seen in any of its layers, what is
-//! visible and what lies beneath. Built once per directory node by reading each layer, then kept
-//! up to date by every change made through the view, so that a miss costs no system call and
+//! visible and what lies beneath. Built once per directory by reading each layer, then kept up
+//! to date by every change made through the view, so that a miss costs no system call and
 //! whiteout/opaque questions are answered from memory.
+//!
+//! Memory: an index can hold a million names, so each name is one compact entry in a B-tree
+//! keyed by its listing position (about 90 bytes with the name). The position is the name's
+//! hash, so a name is found by hashing it; the rare name whose position was taken when it
+//! arrived sits at the next free one and is remembered in a small side table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::FileType;
 
@@ -14,8 +20,8 @@ use super::whiteout;
 use crate::attr::Kind;
 use crate::sys;
 
-/// The visible object of a name.
-#[derive(Debug, Clone)]
+/// The visible object of a name, as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Visible {
     /// Layer index holding it.
     pub layer: usize,
@@ -25,12 +31,24 @@ pub(crate) struct Visible {
     /// For directories: layers whose same-named directory may merge with it (top first, starting
     /// with `layer`); lookup trims this at the first opaque one.
     pub merge: Vec<usize>,
-    /// Position in listings: fixed while the name stays visible, unique within the directory,
-    /// so readdir offsets stay valid however the directory changes and whichever handle (or
-    /// the kernel's directory cache) continues a listing.
+    /// Position in listings: fixed while the name is in the index, unique within the directory,
+    /// so readdir offsets stay valid however the directory changes and whichever handle (or the
+    /// kernel's directory cache) continues a listing.
     pub cookie: u64,
-    /// Building only: lower entries can still join the merge.
-    pub(crate) merging: bool,
+}
+
+impl Visible {
+    /// A visible object in `layer` that merges with nothing below (new or moved objects).
+    pub(crate) fn new(layer: usize, kind: Kind, ino: u64) -> Visible {
+        Visible {
+            layer,
+            kind,
+            ino,
+            merge: if kind == Kind::Dir { vec![layer] } else { Vec::new() },
+            // Assigned by the index.
+            cookie: 0,
+        }
+    }
 }
 
 /// How the upper hides this name.
@@ -42,6 +60,7 @@ pub(crate) enum UpperWhiteout {
     Oci,
 }
 
+/// Everything the index knows about one name.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Slot {
     pub vis: Option<Visible>,
@@ -50,19 +69,86 @@ pub(crate) struct Slot {
     /// Some lower layer of this directory has an entry (or whiteout) of this name, so removing
     /// or replacing it needs a whiteout / an opaque directory.
     pub in_lower: bool,
-    /// Building only: a whiteout above hides lower entries of this name.
-    hidden: bool,
 }
 
-/// The index of one directory: its slots plus the next listing position to hand out.
+const VISIBLE: u8 = 1;
+const IN_LOWER: u8 = 2;
+const WH_AT_NAME: u8 = 4;
+const WH_OCI: u8 = 8;
+
+/// One name, compactly.
+#[derive(Debug)]
+struct Entry {
+    name: Box<OsStr>,
+    ino: u64,
+    /// Directories: the layers below `layer` that may merge (see [`Visible::merge`]).
+    merge_below: Option<Box<[u16]>>,
+    layer: u16,
+    kind: Kind,
+    flags: u8,
+}
+
+impl Entry {
+    fn slot(&self, cookie: u64) -> Slot {
+        let vis = (self.flags & VISIBLE != 0).then(|| {
+            let mut merge = Vec::new();
+            if self.kind == Kind::Dir {
+                merge.push(usize::from(self.layer));
+                merge.extend(self.merge_below.iter().flat_map(|m| m.iter().map(|&l| usize::from(l))));
+            }
+            Visible {
+                layer: usize::from(self.layer),
+                kind: self.kind,
+                ino: self.ino,
+                merge,
+                cookie,
+            }
+        });
+        let upper_wh = if self.flags & WH_AT_NAME != 0 {
+            Some(UpperWhiteout::AtName)
+        } else if self.flags & WH_OCI != 0 {
+            Some(UpperWhiteout::Oci)
+        } else {
+            None
+        };
+        Slot {
+            vis,
+            upper_wh,
+            in_lower: self.flags & IN_LOWER != 0,
+        }
+    }
+
+    fn set_visible(&mut self, v: &Visible) {
+        self.ino = v.ino;
+        self.layer = v.layer as u16;
+        self.kind = v.kind;
+        self.merge_below = (v.merge.len() > 1).then(|| v.merge[1..].iter().map(|&l| l as u16).collect());
+        self.flags = (self.flags | VISIBLE) & !(WH_AT_NAME | WH_OCI);
+    }
+
+    fn set_whiteout(&mut self, wh: Option<UpperWhiteout>) {
+        self.flags &= !(VISIBLE | WH_AT_NAME | WH_OCI);
+        self.flags |= match wh {
+            Some(UpperWhiteout::AtName) => WH_AT_NAME,
+            Some(UpperWhiteout::Oci) => WH_OCI,
+            None => 0,
+        };
+        self.merge_below = None;
+    }
+}
+
+/// The index of one directory.
 #[derive(Debug, Default)]
 pub(crate) struct DirIndex {
-    map: HashMap<OsString, Slot>,
-    /// Visible names by listing position: readdir serves the live directory from here.
-    order: BTreeMap<u64, OsString>,
-    next_cookie: u64,
-    /// Only a reminder of where listing positions continue: must be rebuilt before use.
-    stale: bool,
+    /// Every name by listing position; readdir serves the live directory from here.
+    entries: BTreeMap<u64, Entry>,
+    /// Names not at the position their hash gives (it was taken when they arrived).
+    displaced: HashMap<Box<OsStr>, u64>,
+    visible: usize,
+    /// Which build of this directory's index this is (see `index_cache.rs`).
+    pub generation: u64,
+    /// Used since the index cache last looked (see `index_cache.rs`).
+    used: AtomicBool,
 }
 
 /// Listing positions 1 and 2 are "." and "..".
@@ -72,98 +158,169 @@ pub(crate) const FIRST_COOKIE: u64 = 3;
 pub(crate) const COOKIE_BITS: u32 = 40;
 const LAST_COOKIE: u64 = (1 << COOKIE_BITS) - 1;
 
-/// The listing position of `name`: its hash (like ext4's htree order), moved to the next free
-/// position on a collision.
-fn alloc_cookie(order: &BTreeMap<u64, OsString>, name: &OsStr) -> u64 {
+/// The listing position a name hashes to (like ext4's htree order). The hasher has fixed keys,
+/// so positions are the same in every run.
+fn home(name: &OsStr) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut h);
-    let mut c = FIRST_COOKIE + h.finish() % (LAST_COOKIE - FIRST_COOKIE);
-    while order.contains_key(&c) {
-        c = if c >= LAST_COOKIE { FIRST_COOKIE } else { c + 1 };
-    }
-    c
-}
-
-impl std::ops::Deref for DirIndex {
-    type Target = HashMap<OsString, Slot>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
-    }
-}
-
-impl std::ops::DerefMut for DirIndex {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.map
-    }
+    FIRST_COOKIE + h.finish() % (LAST_COOKIE - FIRST_COOKIE)
 }
 
 impl DirIndex {
-    pub fn placeholder(next_cookie: u64) -> DirIndex {
-        DirIndex {
-            map: HashMap::new(),
-            order: BTreeMap::new(),
-            next_cookie,
-            stale: true,
+    /// Notes a use (for the index cache).
+    pub fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
         }
     }
 
-    pub fn next_cookie(&self) -> u64 {
-        self.next_cookie
+    /// Whether it was used since the last call.
+    pub fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
     }
 
-    pub fn is_stale(&self) -> bool {
-        self.stale
+    /// Where `name` is, if it is in the index.
+    fn find(&self, name: &OsStr) -> Option<u64> {
+        let h = home(name);
+        match self.entries.get(&h) {
+            Some(e) if &*e.name == name => Some(h),
+            _ => self.displaced.get(name).copied(),
+        }
     }
 
-    /// Makes `name` show `v` (no longer whited out in the upper). A name that was already
-    /// visible keeps its listing position; a newly visible one gets the position its name
-    /// hashes to, so a name deleted and made again does not show twice in one listing.
-    pub fn show(&mut self, name: &OsStr, mut v: Visible) {
-        let s = self.map.entry(name.to_os_string()).or_default();
-        v.cookie = match &s.vis {
-            Some(old) => old.cookie,
+    /// Adds `name` (not in the index yet) at a free position and returns that.
+    fn insert(&mut self, name: &OsStr, e: Entry) -> u64 {
+        let mut c = home(name);
+        if self.entries.contains_key(&c) {
+            while self.entries.contains_key(&c) {
+                c = if c >= LAST_COOKIE { FIRST_COOKIE } else { c + 1 };
+            }
+            self.displaced.insert(name.into(), c);
+        }
+        self.entries.insert(c, e);
+        c
+    }
+
+    fn remove(&mut self, name: &OsStr, at: u64) {
+        if let Some(e) = self.entries.remove(&at) {
+            if e.flags & VISIBLE != 0 {
+                self.visible -= 1;
+            }
+        }
+        self.displaced.remove(name);
+    }
+
+    /// What the index says of `name` (an empty slot: nothing anywhere).
+    pub fn get(&self, name: &OsStr) -> Slot {
+        self.find(name)
+            .and_then(|c| self.entries.get(&c).map(|e| e.slot(c)))
+            .unwrap_or_default()
+    }
+
+    /// Number of names (visible or hidden) in the index.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether any name is visible.
+    pub fn any_visible(&self) -> bool {
+        self.visible > 0
+    }
+
+    /// The visible names and their kinds.
+    pub fn visible_names(&self) -> Vec<(OsString, Kind)> {
+        self.entries
+            .values()
+            .filter(|e| e.flags & VISIBLE != 0)
+            .map(|e| (e.name.to_os_string(), e.kind))
+            .collect()
+    }
+
+    /// The visible object of `name` now lives in `layer` (it was copied up there).
+    pub fn moved_up(&mut self, name: &OsStr, layer: usize) {
+        if let Some(e) = self.find(name).and_then(|c| self.entries.get_mut(&c)) {
+            if e.flags & VISIBLE != 0 && usize::from(e.layer) != layer {
+                if e.kind == Kind::Dir {
+                    let mut below = vec![e.layer];
+                    below.extend(e.merge_below.iter().flat_map(|m| m.iter().copied()));
+                    e.merge_below = Some(below.into());
+                }
+                e.layer = layer as u16;
+            }
+        }
+    }
+
+    /// Makes `name` show `v` (no longer whited out in the upper). A name keeps its listing
+    /// position while it is in the index; a new one gets the position its name hashes to, so a
+    /// name deleted and made again does not show twice in one listing.
+    pub fn show(&mut self, name: &OsStr, v: Visible) {
+        let at = match self.find(name) {
+            Some(c) => c,
             None => {
-                let c = alloc_cookie(&self.order, name);
-                self.order.insert(c, name.to_os_string());
-                c
+                let e = Entry {
+                    name: name.into(),
+                    ino: 0,
+                    merge_below: None,
+                    layer: 0,
+                    kind: v.kind,
+                    flags: 0,
+                };
+                self.insert(name, e)
             }
         };
-        s.vis = Some(v);
-        s.upper_wh = None;
+        if let Some(e) = self.entries.get_mut(&at) {
+            if e.flags & VISIBLE == 0 {
+                self.visible += 1;
+            }
+            e.set_visible(&v);
+        }
     }
 
     /// `name` no longer shows anything; `wh` is the whiteout the upper now holds for it.
     pub fn hide(&mut self, name: &OsStr, wh: Option<UpperWhiteout>) {
-        let Some(s) = self.map.get_mut(name) else { return };
-        if let Some(v) = s.vis.take() {
-            self.order.remove(&v.cookie);
+        let Some(at) = self.find(name) else { return };
+        let Some(e) = self.entries.get_mut(&at) else { return };
+        if e.flags & VISIBLE != 0 {
+            self.visible -= 1;
         }
-        s.upper_wh = wh;
-        if wh.is_none() && !s.in_lower {
-            self.map.remove(name);
+        e.set_whiteout(wh);
+        if wh.is_none() && e.flags & IN_LOWER == 0 {
+            self.remove(name, at);
         }
     }
 
     /// Visible entries after listing position `after`, in order, at most `max` of them.
-    pub fn listing(&self, after: u64, max: usize) -> impl Iterator<Item = (&OsString, &Visible)> {
-        self.order
+    pub fn listing(&self, after: u64, max: usize) -> impl Iterator<Item = (&OsStr, Visible)> {
+        self.entries
             .range(after.saturating_add(1)..)
-            .filter_map(|(_, n)| self.map.get(n).and_then(|s| s.vis.as_ref()).map(|v| (n, v)))
+            .filter(|(_, e)| e.flags & VISIBLE != 0)
+            .filter_map(|(&c, e)| e.slot(c).vis.map(|v| (&*e.name, v)))
             .take(max)
     }
 }
 
+/// A name while the index is being built.
+#[derive(Default)]
+struct Building {
+    vis: Option<(usize, Kind, u64, Vec<u16>)>,
+    /// Lower entries of this name can still join a directory's merge.
+    merging: bool,
+    /// A whiteout above hides lower entries of this name.
+    hidden: bool,
+    upper_wh: Option<UpperWhiteout>,
+    in_lower: bool,
+}
+
 /// Builds the index of a directory merged from `layers` (top first). `upper` is the upper's
-/// layer index, if there is one. `ino_of(layer, dir, name, kind, raw_ino)` gives the view inode number.
+/// layer index, if there is one. `ino_of(layer, dir, name, kind, raw_ino)` gives the view inode
+/// number.
 pub(crate) fn build(
     layers: &[(usize, Arc<OwnedFd>)],
     upper: Option<usize>,
-    first_cookie: u64,
     ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
 ) -> rustix::io::Result<DirIndex> {
-    let mut map: HashMap<OsString, Slot> = HashMap::new();
-    let next_cookie = first_cookie.max(FIRST_COOKIE);
+    let mut map: HashMap<OsString, Building> = HashMap::new();
     for (layer, fd) in layers {
         let layer = *layer;
         let is_upper = Some(layer) == upper;
@@ -210,19 +367,12 @@ pub(crate) fn build(
             }
             match &mut slot.vis {
                 None => {
-                    let is_dir = kind == Kind::Dir;
-                    slot.vis = Some(Visible {
-                        layer,
-                        kind,
-                        ino,
-                        merge: if is_dir { vec![layer] } else { Vec::new() },
-                        merging: is_dir,
-                        cookie: 0,
-                    });
+                    slot.vis = Some((layer, kind, ino, Vec::new()));
+                    slot.merging = kind == Kind::Dir;
                 }
-                Some(v) if v.merging && kind == Kind::Dir => v.merge.push(layer),
+                Some(v) if slot.merging && kind == Kind::Dir => v.3.push(layer as u16),
                 // A lower non-directory below a directory ends the merge.
-                Some(v) => v.merging = false,
+                Some(_) => slot.merging = false,
             }
         }
         // Whiteouts after real entries: a `.wh.X` hides `X` only in layers below its own.
@@ -233,40 +383,114 @@ pub(crate) fn build(
             } else {
                 slot.in_lower = true;
             }
-            match &mut slot.vis {
-                Some(v) => v.merging = false,
-                None => slot.hidden = true,
+            if slot.vis.is_some() {
+                slot.merging = false;
+            } else {
+                slot.hidden = true;
             }
         }
         if marks.opaque {
             break;
         }
     }
-    let mut order = BTreeMap::new();
-    for (n, s) in map.iter_mut() {
-        if let Some(v) = s.vis.as_mut() {
-            v.cookie = alloc_cookie(&order, n);
-            order.insert(v.cookie, n.clone());
+    let mut idx = DirIndex::default();
+    for (name, b) in map {
+        let mut flags = 0;
+        if b.in_lower {
+            flags |= IN_LOWER;
         }
+        match b.upper_wh {
+            Some(UpperWhiteout::AtName) => flags |= WH_AT_NAME,
+            Some(UpperWhiteout::Oci) => flags |= WH_OCI,
+            None => {}
+        }
+        let visible = b.vis.is_some();
+        let (layer, kind, ino, below) = b.vis.unwrap_or((0, Kind::File, 0, Vec::new()));
+        if visible {
+            flags |= VISIBLE;
+            idx.visible += 1;
+        }
+        let e = Entry {
+            name: name.as_os_str().into(),
+            ino,
+            merge_below: (!below.is_empty()).then(|| below.into()),
+            layer: layer as u16,
+            kind,
+            flags,
+        };
+        idx.insert(&name, e);
     }
-    Ok(DirIndex {
-        map,
-        order,
-        next_cookie,
-        stale: false,
-    })
+    Ok(idx)
 }
 
-impl Visible {
-    pub(crate) fn with_merge(layer: usize, kind: Kind, ino: u64, merge: Vec<usize>) -> Visible {
-        Visible {
-            layer,
-            kind,
-            ino,
-            merge,
-            // Assigned by `DirIndex::show`.
-            cookie: 0,
-            merging: false,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vis(ino: u64) -> Visible {
+        Visible::new(0, Kind::File, ino)
+    }
+
+    #[test]
+    fn names_keep_their_position_and_listings_follow_it() {
+        let mut idx = DirIndex::default();
+        for i in 0..1000u64 {
+            idx.show(OsStr::new(&format!("n{i}")), vis(i + 10));
         }
+        let all: Vec<(OsString, u64)> = idx.listing(0, usize::MAX).map(|(n, v)| (n.into(), v.cookie)).collect();
+        assert_eq!(all.len(), 1000);
+        assert!(all.windows(2).all(|w| w[0].1 < w[1].1), "listing in position order");
+        // Continuing from any position gives exactly the rest.
+        let mid = all[400].1;
+        assert_eq!(idx.listing(mid, usize::MAX).count(), 599);
+        // A name that goes and comes back keeps its position.
+        let before = idx.get(OsStr::new("n7")).vis.map(|v| v.cookie);
+        idx.hide(OsStr::new("n7"), Some(UpperWhiteout::AtName));
+        assert!(idx.get(OsStr::new("n7")).vis.is_none());
+        assert_eq!(idx.get(OsStr::new("n7")).upper_wh, Some(UpperWhiteout::AtName));
+        idx.show(OsStr::new("n7"), vis(99));
+        assert_eq!(idx.get(OsStr::new("n7")).vis.map(|v| v.cookie), before);
+        assert!(idx.any_visible());
+    }
+
+    #[test]
+    fn a_taken_position_sends_the_newcomer_to_the_next_free_one() {
+        let mut idx = DirIndex::default();
+        let a = OsStr::new("a");
+        let home_a = home(a);
+        // Occupy a's position with another name, as a hash collision would.
+        let squatter = Entry {
+            name: OsStr::new("squatter").into(),
+            ino: 1,
+            merge_below: None,
+            layer: 0,
+            kind: Kind::File,
+            flags: VISIBLE,
+        };
+        idx.entries.insert(home_a, squatter);
+        idx.visible += 1;
+        idx.show(a, vis(2));
+        let slot = idx.get(a);
+        assert_eq!(slot.vis.as_ref().map(|v| v.ino), Some(2));
+        assert_ne!(slot.vis.map(|v| v.cookie), Some(home_a));
+        // Removing the squatter leaves the newcomer findable.
+        idx.entries.remove(&home_a);
+        idx.visible -= 1;
+        assert_eq!(idx.get(a).vis.map(|v| v.ino), Some(2));
+        idx.hide(a, None);
+        assert!(idx.get(a).vis.is_none());
+        assert_eq!(idx.len(), 0);
+        assert!(idx.displaced.is_empty());
+    }
+
+    #[test]
+    fn copy_up_of_a_directory_keeps_its_merge_below() {
+        let mut idx = DirIndex::default();
+        let d = OsStr::new("d");
+        let mut v = Visible::new(2, Kind::Dir, 5);
+        v.merge = vec![2, 3];
+        idx.show(d, v);
+        idx.moved_up(d, 0);
+        assert_eq!(idx.get(d).vis.map(|v| (v.layer, v.merge)), Some((0, vec![0, 2, 3])));
     }
 }

@@ -9,8 +9,9 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, SeekFrom, Timespec, Timestamps};
 
 use super::copy_up::Data;
+use super::handles::OpenFile;
 use super::node::{Node, ROOT};
-use super::{Ctx, Handle, Union, index, whiteout};
+use super::{Ctx, Union, index, whiteout};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
 use crate::sys::Target;
@@ -134,9 +135,8 @@ impl Union {
             rustix::fs::chmodat(dir, &entry, Mode::from_raw_mode(m & 0o7777), AtFlags::empty())?;
         }
         if let Some(size) = set.size {
-            let handle_fd = fh.and_then(|fh| self.handle(fh).ok());
-            match handle_fd.as_deref() {
-                Some(Handle::File { fd: hfd, .. }) if is_writable(hfd) => rustix::fs::ftruncate(hfd, size)?,
+            match fh.and_then(|fh| self.handles.file(fh).ok()) {
+                Some(f) if is_writable(&f.fd) => rustix::fs::ftruncate(&f.fd, size)?,
                 _ => {
                     let w = loc.open(OFlags::WRONLY)?;
                     rustix::fs::ftruncate(&w, size)?;
@@ -210,32 +210,13 @@ impl Union {
     }
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        node.open.lock().push(fh);
         let layer = node.state.read().layer;
-        self.handles.insert(fh, Arc::new(Handle::File { fd, layer, node }));
-        fh
-    }
-
-    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles.get(&fh).map(|h| Arc::clone(h.value())).ok_or(Errno::EBADF)
-    }
-
-    fn file(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        let h = self.handle(fh)?;
-        match *h {
-            Handle::File { .. } => Ok(h),
-            Handle::Dir { .. } => Err(Errno::EISDIR),
-        }
+        self.handles.open_file(OpenFile { fd, layer, node })
     }
 
     /// Runs `f` on the fd of file handle `fh`.
     pub fn with_file<R>(&self, fh: u64, f: impl FnOnce(&OwnedFd) -> FsResult<R>) -> FsResult<R> {
-        let h = self.file(fh)?;
-        match &*h {
-            Handle::File { fd, .. } => f(fd),
-            Handle::Dir { .. } => Err(Errno::EISDIR),
-        }
+        f(&self.handles.file(fh)?.fd)
     }
 
     /// Reads into `buf` at `off`; returns the byte count.
@@ -285,20 +266,14 @@ impl Union {
 
     /// Closes a file or directory handle.
     pub fn release(&self, fh: u64) {
-        if let Some((_, h)) = self.handles.remove(&fh) {
-            if let Handle::File { node, .. } = &*h {
-                node.open.lock().retain(|f| *f != fh);
-            }
-        }
+        self.handles.release(fh);
     }
 
     /// Flushes a file's data (and metadata unless `datasync`) to the upper's disk, and the name a
     /// copy-up gave it.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        let h = self.file(fh)?;
-        let Handle::File { fd, node, .. } = &*h else {
-            return Err(Errno::EISDIR);
-        };
+        let f = self.handles.file(fh)?;
+        let (fd, node) = (&f.fd, &f.node);
         if datasync {
             rustix::fs::fdatasync(fd)?
         } else {
@@ -337,16 +312,13 @@ impl Union {
 
     /// copy_file_range(2) between two open files.
     pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> FsResult<usize> {
-        let hin = self.file(fh_in)?;
-        let hout = self.file(fh_out)?;
-        let (Handle::File { fd: fin, .. }, Handle::File { fd: fout, .. }) = (&*hin, &*hout) else {
-            return Err(Errno::EBADF);
-        };
+        let fin = self.handles.file(fh_in)?;
+        let fout = self.handles.file(fh_out)?;
         let (mut a, mut b) = (off_in, off_out);
         Ok(rustix::fs::copy_file_range(
-            fin,
+            &fin.fd,
             Some(&mut a),
-            fout,
+            &fout.fd,
             Some(&mut b),
             len as usize,
         )?)
@@ -356,10 +328,7 @@ impl Union {
 
     /// Opens a directory for listing.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let node = self.dir_node(ino)?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Arc::new(Handle::Dir { node }));
-        Ok(fh)
+        Ok(self.handles.open_dir(self.dir_node(ino)?))
     }
 
     /// Every entry after `offset` (0: from the start, with "." and "..").
@@ -373,10 +342,7 @@ impl Union {
     /// through any handle or the kernel's directory cache, returns each name that stays
     /// visible exactly once, and never a name that is gone.
     pub fn readdir_chunk(&self, fh: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
-        let h = self.handle(fh)?;
-        let Handle::Dir { node } = &*h else {
-            return Err(Errno::ENOTDIR);
-        };
+        let node = &self.handles.dir(fh)?;
         // Each listing started from the beginning tags the offsets it hands out with a number of
         // its own (above the position bits), and continues with the tag it was given. Any tag
         // resumes at the same position, but two listings never share an offset: the kernel's
@@ -415,7 +381,7 @@ impl Union {
         let room = max.saturating_sub(out.len());
         self.with_index(node, |idx| {
             out.extend(idx.listing(offset, room).map(|(n, v)| DirEntry {
-                name: n.clone(),
+                name: n.to_os_string(),
                 ino: v.ino,
                 kind: v.kind,
                 offset: tag | v.cookie,
@@ -432,10 +398,7 @@ impl Union {
     /// error of the listing (at its first entry; after some were accepted, the listing stops
     /// there and the next request, starting at that entry, fails), never a silent gap.
     pub fn readdir_into(&self, fh: u64, offset: u64, plus: bool, sink: &mut impl DirSink) -> FsResult<()> {
-        let dir = match &*self.handle(fh)? {
-            Handle::Dir { node } => node.ino,
-            Handle::File { .. } => return Err(Errno::ENOTDIR),
-        };
+        let dir = self.handles.dir(fh)?.ino;
         let mut accepted = 0usize;
         for e in self.readdir_chunk(fh, offset, READDIR_CHUNK)? {
             if !plus {
@@ -511,15 +474,8 @@ impl Union {
     fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
         // An open handle on the object as it is now is the cheapest way to it.
         let layer = node.state.read().layer;
-        let open = node.open.lock().iter().rev().find_map(|fh| {
-            self.handle(*fh)
-                .ok()
-                .filter(|h| matches!(&**h, Handle::File { layer: l, .. } if *l == layer))
-        });
-        if let Some(h) = open {
-            if let Handle::File { fd, .. } = &*h {
-                return f(&Target::Open(fd.as_fd()));
-            }
+        if let Some(open) = self.handles.files_of(node.ino).into_iter().find(|o| o.layer == layer) {
+            return f(&Target::Open(open.fd.as_fd()));
         }
         f(&self.locate(node, None)?.target())
     }

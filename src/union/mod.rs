@@ -18,7 +18,10 @@
 mod acl;
 mod copy_up;
 mod create;
+mod handles;
+mod hardlinks;
 pub(crate) mod index;
+mod index_cache;
 mod io;
 pub(crate) mod node;
 mod remove;
@@ -31,10 +34,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use dashmap::DashMap;
 use rustix::fs::{Mode, OFlags};
 
+use self::handles::{HandleTable, OpenFile};
+use self::hardlinks::HardlinkIndex;
 use self::index::{DirIndex, Slot};
+use self::index_cache::{IndexCache, Verdict};
 pub use self::io::{DirEntry, DirSink, Opened, SetAttr, StatFs};
 pub use self::node::ROOT;
 use self::node::{DirState, Node, NodeState, NodeTable};
@@ -64,24 +69,38 @@ pub struct Ctx {
 /// overlayfs.
 pub(crate) const BACKING_FLAGS: OFlags = OFlags::SYNC.union(OFlags::DSYNC);
 
+/// A snapshot of [`Union::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Objects the kernel (or an operation in progress) holds.
+    pub nodes: usize,
+    /// Directories whose merged listing is in memory, and the names in them.
+    pub dir_indexes: usize,
+    pub indexed_names: usize,
+    pub open_handles: usize,
+    /// Layer directories listed and entries stat'ed since the daemon started.
+    pub dir_reads: u64,
+    pub stats: u64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nodes={} dir_indexes={} indexed_names={} open_handles={} dir_reads={} stats={}",
+            self.nodes, self.dir_indexes, self.indexed_names, self.open_handles, self.dir_reads, self.stats
+        )
+    }
+}
+
 /// One layer directory.
 pub(crate) struct Layer {
     pub path: PathBuf,
     pub root: Arc<OwnedFd>,
     pub dev: u64,
-}
-
-pub(crate) enum Handle {
-    File {
-        fd: OwnedFd,
-        /// The layer `fd` is in (a handle opened before a copy-up still reads the lower).
-        layer: usize,
-        /// Held so the node outlives a forget while the file is open.
-        node: Arc<Node>,
-    },
-    Dir {
-        node: Arc<Node>,
-    },
+    /// The filesystem's id (stable across reboots where the filesystem has a UUID): with an
+    /// inode number, the identity of a lower object in the hard-link index.
+    pub fsid: u64,
 }
 
 /// Where an object is, for system calls.
@@ -91,17 +110,14 @@ pub(crate) enum Loc {
     /// Any other object, as the entry `name` of a directory (in the object's layer).
     Entry(Arc<OwnedFd>, OsString),
     /// An unlinked file, through an open handle.
-    Open(Arc<Handle>),
+    Open(Arc<OpenFile>),
 }
 
 impl Loc {
     fn open_fd(&self) -> Option<&OwnedFd> {
         match self {
             Loc::Dir(fd) => Some(fd),
-            Loc::Open(h) => match &**h {
-                Handle::File { fd, .. } => Some(fd),
-                Handle::Dir { .. } => None,
-            },
+            Loc::Open(f) => Some(&f.fd),
             Loc::Entry(..) => None,
         }
     }
@@ -158,8 +174,10 @@ pub struct Union {
     /// The workdir itself, home of the shared whiteout (see `write_whiteout`).
     work_root: Option<OwnedFd>,
     nodes: NodeTable,
-    handles: DashMap<u64, Arc<Handle>>,
-    next_fh: AtomicU64,
+    handles: HandleTable,
+    /// Copies of multiply-linked lower files (see `hardlinks.rs`).
+    hardlinks: HardlinkIndex,
+    index_cache: IndexCache,
     next_tmp: AtomicU64,
     /// Tags of directory listings (see `readdir_chunk`).
     next_listing: AtomicU64,
@@ -200,10 +218,12 @@ impl Union {
             )
             .map_err(io)?;
             let st = rustix::fs::fstat(&fd).map_err(io)?;
+            let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
             layers.push(Layer {
                 path: p.clone(),
                 root: Arc::new(fd),
                 dev: st.st_dev,
+                fsid: if fsid == 0 { st.st_dev } else { fsid },
             });
             Ok(())
         };
@@ -221,6 +241,14 @@ impl Union {
             }
             _ => (None, None),
         };
+        let hardlinks = match &work_root {
+            Some(w) => HardlinkIndex::open(w.as_fd()).map_err(|e| SetupError::Io {
+                role: "workdir",
+                path: config.workdir.clone().unwrap_or_default(),
+                source: e.into(),
+            })?,
+            None => HardlinkIndex::default(),
+        };
         let privileged = sys::has_cap_sys_admin();
         let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
         let u = Union {
@@ -229,8 +257,9 @@ impl Union {
             work,
             work_root,
             nodes: NodeTable::default(),
-            handles: DashMap::new(),
-            next_fh: AtomicU64::new(1),
+            handles: HandleTable::default(),
+            hardlinks,
+            index_cache: IndexCache::new(config.index_cache),
             next_tmp: AtomicU64::new(1),
             next_listing: AtomicU64::new(1),
             privileged,
@@ -281,6 +310,26 @@ impl Union {
     /// Number of nodes the kernel (or internal walks) currently reference.
     pub fn live_nodes(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// What the union holds in memory and the system calls it made so far (walks every node:
+    /// for occasional reports, not for request paths).
+    pub fn stats(&self) -> Stats {
+        let (mut indexes, mut names) = (0, 0);
+        self.nodes.for_each(|n| {
+            if let Some(idx) = n.state.read().dir.as_ref().and_then(|d| d.index.as_ref()) {
+                indexes += 1;
+                names += idx.len();
+            }
+        });
+        Stats {
+            nodes: self.nodes.len(),
+            dir_indexes: indexes,
+            indexed_names: names,
+            open_handles: self.handles.len(),
+            dir_reads: sys::DIR_READS.load(Ordering::Relaxed),
+            stats: sys::STATS.load(Ordering::Relaxed),
+        }
     }
 
     /// Kernel lookup count of `ino` (for tests of the forget protocol).
@@ -358,31 +407,66 @@ impl Union {
         } else {
             Vec::new()
         };
-        let first_cookie = {
+        {
             let mut st = dir.state.write();
             let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
-            let current = ds.lower_stamps == stamps;
-            match ds.index.as_mut() {
-                Some(idx) if !idx.is_stale() && current => return Ok(f(idx)),
-                Some(idx) => idx.next_cookie(),
-                None => index::FIRST_COOKIE,
+            if let (Some(idx), true) = (ds.index.as_mut(), ds.lower_stamps == stamps) {
+                idx.touch();
+                return Ok(f(idx));
             }
-        };
+        }
         let layers = self.dir_layers(dir)?;
-        let built = index::build(&layers, self.upper, first_cookie, &|l, fd, name, kind, raw| {
+        let mut built = index::build(&layers, self.upper, &|l, fd, name, kind, raw| {
             self.ino_of(l, fd.as_fd(), name, kind, raw)
         })?;
-        let mut st = dir.state.write();
-        let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
-        // Another thread may have built it meanwhile; theirs is as good as ours.
-        if ds.index.as_ref().is_none_or(|i| i.is_stale()) || ds.lower_stamps != stamps {
-            ds.index = Some(built);
-            ds.lower_stamps = stamps;
-        }
-        match ds.index.as_mut() {
-            Some(idx) => Ok(f(idx)),
-            None => Err(Errno::EIO),
-        }
+        built.touch();
+        let node = self.nodes.get(dir.ino);
+        let r = {
+            let mut st = dir.state.write();
+            let ds = st.dir.as_mut().ok_or(Errno::ENOTDIR)?;
+            // Another thread may have built it meanwhile; theirs is as good as ours.
+            if ds.index.is_none() || ds.lower_stamps != stamps {
+                if let Some(n) = &node {
+                    built.generation = self.index_cache.charge(n, built.len());
+                }
+                ds.index = Some(built);
+                ds.lower_stamps = stamps;
+            }
+            match ds.index.as_mut() {
+                Some(idx) => Ok(f(idx)),
+                None => Err(Errno::EIO),
+            }
+        };
+        self.trim_indexes();
+        r
+    }
+
+    /// Drops least recently used directory indexes while they hold more names than the mount
+    /// allows (see `index_cache.rs`).
+    fn trim_indexes(&self) {
+        self.index_cache.trim(|node, generation| {
+            if self.handles.is_open(node.ino) {
+                return Verdict::Keep;
+            }
+            // Never wait: the caller may hold a lock this node's state is behind.
+            let Some(mut st) = node.state.try_write() else {
+                return Verdict::Keep;
+            };
+            let Some(ds) = st.dir.as_mut() else {
+                return Verdict::Gone;
+            };
+            match &ds.index {
+                Some(idx) if idx.generation == generation => {
+                    if idx.take_used() {
+                        Verdict::Keep
+                    } else {
+                        ds.index = None;
+                        Verdict::Dropped
+                    }
+                }
+                _ => Verdict::Gone,
+            }
+        });
     }
 
     /// Change stamps (ctime) of a directory's lower layer directories.
@@ -411,17 +495,11 @@ impl Union {
 
     fn slot(&self, dir: &Node, name: &OsStr) -> FsResult<Slot> {
         // Lookups only read the index: take the shared lock when it is already built.
-        if let Some(idx) = dir
-            .state
-            .read()
-            .dir
-            .as_ref()
-            .and_then(|d| d.index.as_ref())
-            .filter(|i| !i.is_stale())
-        {
-            return Ok(idx.get(name).cloned().unwrap_or_default());
+        if let Some(idx) = dir.state.read().dir.as_ref().and_then(|d| d.index.as_ref()) {
+            idx.touch();
+            return Ok(idx.get(name));
         }
-        self.with_index(dir, |idx| idx.get(name).cloned().unwrap_or_default())
+        self.with_index(dir, |idx| idx.get(name))
     }
 
     /// Finds `name` in directory `parent` and returns its node, adding `lookups` kernel references.
@@ -434,54 +512,82 @@ impl Union {
         let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
         let dir_layers = self.dir_layers(&dir)?;
         let top = layer_fd(&dir_layers, vis.layer).ok_or(Errno::ESTALE)?;
-        // A node we hold for this very object (same layer and type) keeps what we learnt of it.
-        let known = self.nodes.get(vis.ino).filter(|n| {
-            let s = n.state.read();
-            s.layer == vis.layer && s.kind == vis.kind && !s.unlinked
-        });
-        let lower = Some(vis.layer) != self.upper && !self.config.revalidate;
-        let cached = known
-            .as_ref()
-            .filter(|_| lower)
-            .and_then(|n| *n.lower_attr.lock())
-            .filter(|(l, _)| *l == vis.layer)
-            .map(|(_, a)| a);
-        let known_layers = known
-            .as_ref()
-            .and_then(|n| n.state.read().dir.as_ref().map(|d| d.layers.clone()));
-        let (kind, st) = match cached {
-            Some(a) => (a.kind, None),
-            None => {
-                let st = sys::stat_at(top.as_fd(), name)?;
-                (Kind::from_mode(st.st_mode), Some(st))
-            }
-        };
-        let mut child_layers = Vec::new();
-        if let (Kind::Dir, Some(layers)) = (kind, known_layers) {
-            child_layers = layers;
-        } else if kind == Kind::Dir {
-            let fd = Arc::new(sys::open_path_dir(top.as_fd(), name)?);
-            let marks = whiteout::dir_marks(fd.as_fd())?;
-            child_layers.push((vis.layer, fd));
-            if !marks.opaque {
-                for &l in vis.merge.iter().skip(1) {
-                    let Some(dfd) = layer_fd(&dir_layers, l) else { break };
-                    let cfd = match sys::open_path_dir(dfd.as_fd(), name) {
-                        Ok(fd) => fd,
-                        // What the index saw there is no directory now (a changed lower).
-                        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => break,
-                        Err(e) => return Err(e.into()),
-                    };
-                    let marks = whiteout::dir_marks(cfd.as_fd())?;
-                    child_layers.push((l, Arc::new(cfd)));
-                    if marks.opaque {
-                        break;
-                    }
-                }
+        let st = sys::stat_at(top.as_fd(), name)?;
+        let kind = Kind::from_mode(st.st_mode);
+        if kind == Kind::File && st.st_nlink > 1 && Some(vis.layer) != self.upper && !self.hardlinks.is_empty() {
+            let key = self.hardlink_key(vis.layer, &st);
+            if self.hardlinks.holds(key, &st) {
+                // Another name of this object was copied up: this name shows the copy too.
+                self.link_up(&dir, name, vis.ino, |pdir| self.hardlinks.link_to(key, pdir, name))?;
+                return self.resolve_child(parent, name, lookups);
             }
         }
-        let ino = vis.ino;
-        let merged = child_layers.len() > 1;
+        let mut layers = Vec::new();
+        if kind == Kind::Dir {
+            // A node we hold for this very directory keeps its layer fds.
+            let known = self.nodes.get(vis.ino).and_then(|n| {
+                let s = n.state.read();
+                let same = s.layer == vis.layer && s.kind == kind && !s.unlinked;
+                same.then(|| s.dir.as_ref().map(|d| d.layers.clone())).flatten()
+            });
+            layers = match known {
+                Some(l) => l,
+                None => self.merged_layers(&dir_layers, &vis, name)?,
+            };
+        }
+        let merged = layers.len() > 1;
+        let node = self.remember(parent, name, &vis, kind, layers, lookups);
+        let mut attr = Attr::from_stat(vis.ino, &st);
+        if merged {
+            attr.nlink = 1;
+        }
+        if Some(vis.layer) == self.upper {
+            self.uncount_index_link(&mut attr, &sys::Target::Entry(top.as_fd(), name));
+        }
+        Ok((node, attr))
+    }
+
+    /// The layer directories that the directory `name` (visible as `vis` in a directory merged
+    /// from `dir_layers`) merges, top first, ending at the first opaque one.
+    fn merged_layers(
+        &self,
+        dir_layers: &[(usize, Arc<OwnedFd>)],
+        vis: &index::Visible,
+        name: &OsStr,
+    ) -> FsResult<Vec<(usize, Arc<OwnedFd>)>> {
+        let mut out = Vec::new();
+        for &l in &vis.merge {
+            let Some(dfd) = layer_fd(dir_layers, l) else { break };
+            let fd = match sys::open_path_dir(dfd.as_fd(), name) {
+                Ok(fd) => fd,
+                // What the index saw there is no directory now (a changed lower).
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
+                    if !out.is_empty() =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let opaque = whiteout::dir_marks(fd.as_fd())?.opaque;
+            out.push((l, Arc::new(fd)));
+            if opaque {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The node of `vis` (found as `parent/name`), from the table or new, with `lookups` more
+    /// references.
+    fn remember(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        vis: &index::Visible,
+        kind: Kind,
+        layers: Vec<(usize, Arc<OwnedFd>)>,
+        lookups: u64,
+    ) -> Arc<Node> {
         let make_state = |layers: Vec<(usize, Arc<OwnedFd>)>| {
             NodeState::new(
                 parent,
@@ -491,35 +597,21 @@ impl Union {
                 (kind == Kind::Dir).then(|| DirState::new(layers)),
             )
         };
-        let refresh = child_layers.clone();
-        let (node, created) = self
-            .nodes
-            .get_or_insert(ino, lookups, || Node::new(ino, make_state(child_layers)));
+        let mut fresh = Some(layers);
+        let (node, created) = self.nodes.get_or_insert(vis.ino, lookups, || {
+            Node::new(vis.ino, make_state(fresh.take().unwrap_or_default()))
+        });
         if !created {
             let mut s = node.state.write();
             // Only move a node up the stack: after a copy-up, a stale index of another hard-link
             // name may still point at the lower object.
             if s.kind != kind || vis.layer < s.layer {
-                *s = make_state(refresh);
+                *s = make_state(fresh.take().unwrap_or_default());
             } else {
                 s.seen_as(parent, name);
             }
         }
-        let attr = match (cached, st) {
-            (Some(a), _) => a,
-            (None, Some(st)) => {
-                let mut attr = Attr::from_stat(ino, &st);
-                if merged {
-                    attr.nlink = 1;
-                }
-                if lower {
-                    *node.lower_attr.lock() = Some((vis.layer, attr));
-                }
-                attr
-            }
-            (None, None) => return Err(Errno::EIO),
-        };
-        Ok((node, attr))
+        node
     }
 
     /// Looks up `name` in `parent` for internal use: the node stays in the table (as if the
@@ -549,13 +641,30 @@ impl Union {
     /// file whose names are all gone.
     pub fn getattr_fh(&self, ino: u64, fh: Option<u64>) -> FsResult<Attr> {
         let node = self.node(ino)?;
-        let merged = node.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
-        let st = self.locate(&node, fh)?.stat()?;
+        let (merged, layer) = {
+            let s = node.state.read();
+            (s.dir.as_ref().is_some_and(|d| d.layers.len() > 1), s.layer)
+        };
+        let loc = self.locate(&node, fh)?;
+        let st = loc.stat()?;
         let mut a = Attr::from_stat(node.ino, &st);
         if merged {
             a.nlink = 1;
         }
+        if Some(layer) == self.upper {
+            self.uncount_index_link(&mut a, &loc.target());
+        }
         Ok(a)
+    }
+
+    /// An upper copy of a multiply-linked lower file has its names in the view counted for it
+    /// (see `hardlinks.rs`): the upper holds only those looked up since, plus the index's link.
+    fn uncount_index_link(&self, a: &mut Attr, target: &sys::Target<'_>) {
+        if a.kind == Kind::File && a.nlink > 1 && !self.hardlinks.is_empty() {
+            if let Some(n) = self.hardlinks.view_count(target) {
+                a.nlink = n;
+            }
+        }
     }
 
     pub(crate) fn attr_of(&self, node: &Node) -> FsResult<Attr> {
@@ -580,15 +689,10 @@ impl Union {
                 return None;
             }
             if s.parent == node.ino || self.nodes.get(s.parent).is_some() {
-                return Some((s.parent, s.name.clone()));
+                return Some((s.parent, s.name.to_os_string()));
             }
         }
-        let mut s = node.state.write();
-        let i = s.aliases.iter().position(|(p, _)| self.nodes.get(*p).is_some())?;
-        let (p, n) = s.aliases.swap_remove(i);
-        let old = (std::mem::replace(&mut s.parent, p), std::mem::replace(&mut s.name, n));
-        s.aliases.push(old);
-        Some((s.parent, s.name.clone()))
+        node.state.write().promote_alias(|p| self.nodes.get(p).is_some())
     }
 
     /// Where `node`'s visible object is. A file whose names are all gone is reached through
@@ -611,11 +715,11 @@ impl Union {
                 return Ok(Loc::Entry(dfd, name));
             }
         }
-        let fh = fh.or_else(|| node.open.lock().last().copied());
-        match fh.and_then(|f| self.handles.get(&f).map(|h| Arc::clone(h.value()))) {
-            Some(h) if matches!(*h, Handle::File { .. }) => Ok(Loc::Open(h)),
-            _ => Err(Errno::ENOENT),
-        }
+        let open = match fh {
+            Some(fh) => self.handles.file(fh).ok(),
+            None => self.handles.files_of(node.ino).into_iter().next(),
+        };
+        open.map(Loc::Open).ok_or(Errno::ENOENT)
     }
 
     // ---- helpers shared by the mutating modules ---------------------------------------------

@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -33,30 +33,25 @@ pub(crate) struct Node {
     pub copy_lock: Mutex<()>,
     /// Serialises namespace changes inside this directory.
     pub ns: Mutex<()>,
-    /// Open file handles of this object: the way to it once all its names are gone.
-    pub open: Mutex<Vec<u64>>,
-    /// Attributes of the object while it is in lower layer `.0`: lowers do not change while
-    /// mounted, so a repeated lookup needs no system call.
-    pub lower_attr: Mutex<Option<(usize, crate::attr::Attr)>>,
     /// A copy-up published this object under a name its upper directory has not fsynced yet.
-    pub name_unsynced: std::sync::atomic::AtomicBool,
+    pub name_unsynced: AtomicBool,
 }
 
 /// Where a node is and what it is. Only directories hold fds (their layer directories):
 /// other objects are reached as an entry of their parent, so a walk over a huge tree does not
-/// pin one fd per file.
+/// pin one fd per file. Kept small: the kernel may hold a node for every entry of a big tree.
 pub(crate) struct NodeState {
     /// The directory this node was seen in, and its name there.
     pub parent: u64,
-    pub name: OsString,
+    pub name: Box<OsStr>,
     /// Other names of a hard-linked object seen through the view.
-    pub aliases: Vec<(u64, OsString)>,
+    pub aliases: Box<[(u64, Box<OsStr>)]>,
     /// Every name is gone (unlinked while open): only open handles reach it.
     pub unlinked: bool,
     pub kind: Kind,
     /// Index (into `Union::layers`) of the layer holding the visible object.
     pub layer: usize,
-    pub dir: Option<DirState>,
+    pub dir: Option<Box<DirState>>,
 }
 
 /// How many extra names of one object we remember.
@@ -66,17 +61,17 @@ impl NodeState {
     pub fn new(parent: u64, name: &OsStr, kind: Kind, layer: usize, dir: Option<DirState>) -> Self {
         NodeState {
             parent,
-            name: name.to_os_string(),
-            aliases: Vec::new(),
+            name: name.into(),
+            aliases: Box::default(),
             unlinked: false,
             kind,
             layer,
-            dir,
+            dir: dir.map(Box::new),
         }
     }
 
     fn is(&self, parent: u64, name: &OsStr) -> bool {
-        self.parent == parent && self.name == name
+        self.parent == parent && &*self.name == name
     }
 
     /// Records that `parent/name` shows this object.
@@ -86,37 +81,58 @@ impl NodeState {
         }
         if self.unlinked || self.kind == Kind::Dir {
             self.parent = parent;
-            self.name = name.to_os_string();
+            self.name = name.into();
             self.unlinked = false;
-        } else if !self.aliases.iter().any(|(p, n)| *p == parent && n == name) && self.aliases.len() < MAX_ALIASES {
-            self.aliases.push((parent, name.to_os_string()));
+        } else if !self.aliases.iter().any(|(p, n)| *p == parent && &**n == name) && self.aliases.len() < MAX_ALIASES {
+            let mut v = std::mem::take(&mut self.aliases).into_vec();
+            v.push((parent, name.into()));
+            self.aliases = v.into();
         }
+    }
+
+    /// Takes one alias out (the last), if there is one.
+    fn pop_alias(&mut self) -> Option<(u64, Box<OsStr>)> {
+        let mut v = std::mem::take(&mut self.aliases).into_vec();
+        let last = v.pop();
+        self.aliases = v.into();
+        last
     }
 
     /// `parent/name` no longer shows this object.
     pub fn name_gone(&mut self, parent: u64, name: &OsStr) {
         if self.is(parent, name) {
-            match self.aliases.pop() {
+            match self.pop_alias() {
                 Some((p, n)) => {
                     self.parent = p;
                     self.name = n;
                 }
                 None => self.unlinked = true,
             }
-        } else {
-            self.aliases.retain(|(p, n)| !(*p == parent && n == name));
+        } else if self.aliases.iter().any(|(p, n)| *p == parent && &**n == name) {
+            let mut v = std::mem::take(&mut self.aliases).into_vec();
+            v.retain(|(p, n)| !(*p == parent && &**n == name));
+            self.aliases = v.into();
         }
     }
 
     /// The name `from` of this object became `to`.
     pub fn renamed(&mut self, from: (u64, &OsStr), to: (u64, &OsStr)) {
-        if let Some(a) = self.aliases.iter_mut().find(|(p, n)| *p == from.0 && n == from.1) {
-            *a = (to.0, to.1.to_os_string());
+        if let Some(a) = self.aliases.iter_mut().find(|(p, n)| *p == from.0 && &**n == from.1) {
+            *a = (to.0, to.1.into());
         } else {
             self.parent = to.0;
-            self.name = to.1.to_os_string();
+            self.name = to.1.into();
             self.unlinked = false;
         }
+    }
+
+    /// Makes the first alias in a live directory (`live(dir)`) the primary name; returns it.
+    pub fn promote_alias(&mut self, live: impl Fn(u64) -> bool) -> Option<(u64, OsString)> {
+        let i = self.aliases.iter().position(|(p, _)| live(*p))?;
+        let (p, n) = std::mem::replace(&mut self.aliases[i], (self.parent, self.name.clone()));
+        self.parent = p;
+        self.name = n;
+        Some((self.parent, self.name.to_os_string()))
     }
 
     /// The fd of a directory node's top layer.
@@ -147,12 +163,10 @@ impl DirState {
         }
     }
 
-    /// Drops the index (the layers changed); the next build continues the listing positions
-    /// after the old ones, so a listing in progress never sees an offset reused.
+    /// Drops the index (the layers changed); the next use builds it again. Names keep their
+    /// listing positions (their hashes), so a listing in progress goes on where it was.
     pub fn reset_index(&mut self) {
-        if let Some(old) = self.index.take() {
-            self.index = Some(DirIndex::placeholder(old.next_cookie()));
-        }
+        self.index = None;
     }
 }
 
@@ -164,9 +178,7 @@ impl Node {
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             ns: Mutex::new(()),
-            open: Mutex::new(Vec::new()),
-            lower_attr: Mutex::new(None),
-            name_unsynced: std::sync::atomic::AtomicBool::new(false),
+            name_unsynced: AtomicBool::new(false),
         }
     }
 }
@@ -174,6 +186,7 @@ impl Node {
 #[derive(Default)]
 pub(crate) struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
+    removals: AtomicU64,
 }
 
 impl NodeTable {
@@ -210,7 +223,20 @@ impl NodeTable {
                 .fetch_sub(n.min(e.get().lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
             if prev <= n {
                 e.remove();
+                self.maybe_shrink();
             }
+        }
+    }
+
+    /// After the kernel forgot most nodes, gives the table's spare capacity back (a map sized
+    /// for a million nodes keeps its buckets otherwise). Checked every few thousand removals.
+    fn maybe_shrink(&self) {
+        const EVERY: u64 = 4096;
+        if self.removals.fetch_add(1, Ordering::Relaxed) % EVERY != EVERY - 1 {
+            return;
+        }
+        if self.map.capacity() > 8 * EVERY as usize && self.map.len() * 8 < self.map.capacity() {
+            self.map.shrink_to_fit();
         }
     }
 
@@ -223,5 +249,12 @@ impl NodeTable {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Runs `f` on every node (shard by shard; `f` must not touch the table).
+    pub fn for_each(&self, mut f: impl FnMut(&Node)) {
+        for r in self.map.iter() {
+            f(r.value());
+        }
     }
 }

@@ -55,6 +55,9 @@ impl Union {
             self.ensure_empty(c)?;
         }
         let existing = (vis.layer == upper).then_some(vis.kind);
+        // Counted while the name is still there (it may be the object's only upper name).
+        let counted = self.counted_at(&self.dir_layers(&dir)?, &pdir, name, &vis);
+        self.count_names(counted, -1);
         if existing == Some(Kind::Dir) {
             if let Some(c) = &child {
                 if let Some(cfd) = self.upper_dir_fd(c) {
@@ -79,7 +82,7 @@ impl Union {
 
     /// ENOTEMPTY unless the directory shows no entry.
     pub(crate) fn ensure_empty(&self, dir: &super::node::Node) -> FsResult<()> {
-        if self.with_index(dir, |idx| idx.values().any(|s| s.vis.is_some()))? {
+        if self.with_index(dir, |idx| idx.any_visible())? {
             return Err(Errno::ENOTEMPTY);
         }
         Ok(())

@@ -94,9 +94,11 @@ impl Union {
             }
         }
         self.copy_up_for_move(&src_node)?;
+        self.show_copy_at(&d1, name, &src_node)?;
         if exchange {
             if let Some(dn) = &dst_node {
                 self.copy_up_for_move(dn)?;
+                self.show_copy_at(&d2, newname, dn)?;
             }
         }
         self.copy_up(&d1)?;
@@ -150,6 +152,11 @@ impl Union {
         if src.kind == Kind::Dir && s2.in_lower {
             self.make_opaque(&src_node)?;
         }
+        // The replaced object loses this name (counted while the name is still there).
+        if let Some(dv) = &dst {
+            let counted = self.counted_at(&self.dir_layers(&d2)?, &u2, newname, dv);
+            self.count_names(counted, -1);
+        }
         let dst_in_upper = dst.as_ref().is_some_and(|d| d.layer == upper);
         let mut src_wh: Option<UpperWhiteout> = None;
         if s2.upper_wh == Some(UpperWhiteout::AtName) {
@@ -189,6 +196,27 @@ impl Union {
         Ok(())
     }
 
+    /// Makes `dir/name` show the upper copy of `node` if it still shows the lower object: a
+    /// hard link to a lower file whose copy was made through another name (see `hardlinks.rs`).
+    fn show_copy_at(&self, dir: &Arc<Node>, name: &OsStr, node: &Node) -> FsResult<()> {
+        let (layer, kind) = {
+            let s = node.state.read();
+            (s.layer, s.kind)
+        };
+        if Some(layer) != self.upper || kind == Kind::Dir {
+            return Ok(());
+        }
+        if self.slot(dir, name)?.vis.is_none_or(|v| Some(v.layer) == self.upper) {
+            return Ok(());
+        }
+        let super::Loc::Entry(src_dir, src_name) = self.locate(node, None)? else {
+            return Err(Errno::EIO);
+        };
+        self.link_up(dir, name, node.ino, |pdir| {
+            rustix::fs::linkat(&*src_dir, &src_name, pdir, name, AtFlags::empty())
+        })
+    }
+
     /// Copies up what a move needs: the object, or for a directory that is not purely upper,
     /// its whole visible tree.
     fn copy_up_for_move(&self, node: &Arc<Node>) -> FsResult<()> {
@@ -208,11 +236,7 @@ impl Union {
     pub(crate) fn copy_up_tree(&self, dir: &Arc<Node>) -> FsResult<()> {
         self.copy_up(dir)?;
         let has_lower = dir.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
-        let names: Vec<(OsString, Kind)> = self.with_index(dir, |idx| {
-            idx.iter()
-                .filter_map(|(n, s)| s.vis.as_ref().map(|v| (n.clone(), v.kind)))
-                .collect()
-        })?;
+        let names: Vec<(OsString, Kind)> = self.with_index(dir, |idx| idx.visible_names())?;
         for (name, kind) in names {
             let child = self.pin_child(dir.ino, &name)?;
             let r = if kind == Kind::Dir {
