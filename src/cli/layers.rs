@@ -31,6 +31,10 @@ pub struct StackArgs {
 pub struct DiffArgs {
     #[command(flatten)]
     stack: StackArgs,
+    /// The workdir the union is mounted with [default: .unionfs-work.NAME beside the upper, or
+    /// `work` beside an upper named `diff` (Podman's layout), if there].
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
     /// Print a JSON array of {"kind": "A"|"C"|"D", "path": ...}.
     #[arg(long)]
     json: bool,
@@ -47,6 +51,9 @@ pub enum Compress {
 pub struct CommitArgs {
     #[command(flatten)]
     stack: StackArgs,
+    /// The workdir the union is mounted with [default: as for `diff`].
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
     /// Where to write the layer blob (written under a temporary name, renamed at the end).
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
@@ -170,6 +177,34 @@ impl Observer for Progress {
     }
 }
 
+/// The workdir a mount of `upper` uses: the one given, else the mount's default
+/// (`.unionfs-work.NAME` beside the upper), else `work` beside an upper named `diff`
+/// (containers/storage's layout), if it exists. Its hard-link index says what lower files with
+/// several names show once one name was copied up.
+fn workdir_of(given: Option<PathBuf>, upper: &Path) -> Result<Option<PathBuf>, LayerError> {
+    if let Some(w) = given {
+        if !w.is_dir() {
+            return Err(LayerError::Invalid {
+                path: w,
+                reason: "workdir is not a directory".into(),
+            });
+        }
+        return Ok(Some(w));
+    }
+    let (Some(parent), Some(name)) = (upper.parent(), upper.file_name()) else {
+        return Ok(None);
+    };
+    let mut ours = OsString::from(".unionfs-work.");
+    ours.push(name);
+    let candidates = [parent.join(ours), parent.join("work")];
+    let podman = name == "diff";
+    Ok(candidates
+        .into_iter()
+        .enumerate()
+        .find(|(i, c)| (*i == 0 || podman) && c.is_dir())
+        .map(|(_, c)| c))
+}
+
 fn open_stack(lower: Option<&OsString>, upper: Option<&Path>) -> Result<Stack, LayerError> {
     let lowers = lower.map(|l| super::compat::split_lowers(l)).unwrap_or_default();
     Stack::open(&lowers, upper)
@@ -202,7 +237,9 @@ fn lossy(p: &[u8]) -> String {
 }
 
 pub fn diff(a: DiffArgs) -> ExitCode {
-    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper))
+        .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?)))
+    {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -236,7 +273,9 @@ pub fn diff(a: DiffArgs) -> ExitCode {
 }
 
 pub fn commit(a: CommitArgs) -> ExitCode {
-    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper))
+        .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?)))
+    {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

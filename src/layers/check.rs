@@ -242,8 +242,10 @@ impl Checker<'_> {
                         self.problem(ip, msg, Some(&mut || remove_any(subfd, &name)))?;
                     }
                 }
-                // Kernel overlayfs's inode index (index=on): state, not a leftover.
+                // Kernel overlayfs's inode index (index=on) and our hard-link index: state that
+                // the view depends on, not leftovers.
                 (b"index", true) => {}
+                (n, true) if n == crate::union::hardlinks::HardlinkIndex::DIR_NAME.as_bytes() => {}
                 (b"incompat", true) => {
                     let sub = sys::open_path_dir(fd.as_fd(), &e.name).map_err(|err| LayerError::io(&p, err))?;
                     let inner = sys::read_dir(sub.as_fd()).map_err(|err| LayerError::io(&p, err))?;

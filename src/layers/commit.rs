@@ -19,7 +19,8 @@ use rustix::fs::{FileType, OFlags, Stat};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir};
+use super::linked::{IndexCopy, Linked};
+use super::walk::{Entry, EntryKind, ImageDir, Listing, Stack, is_dir};
 use super::{LayerError, Observer, Result, join};
 use crate::sys;
 use crate::union::whiteout::{self, KERNEL_INDIRECT_XATTRS};
@@ -181,7 +182,8 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
         c.marker(&mut tar, whiteout::OPAQUE_MARKER.as_bytes(), &st)?;
     }
     let img = if root.marks.opaque { None } else { Some(&img) };
-    c.dir(&mut tar, b"", upper.fd(), &root, img)?;
+    let linked = Linked::find(stack, stack.workdir.as_deref(), obs)?;
+    c.dir(&mut tar, b"", Some((upper.fd(), &root)), img, &linked)?;
     let out_err = |e: io::Error| LayerError::io("output", e);
     let uncompressed = tar.into_inner().map_err(out_err)?;
     let diff_id = uncompressed.digest();
@@ -284,8 +286,12 @@ struct Committer<'a> {
 }
 
 enum Item<'e> {
-    Object(&'e super::walk::Entry),
+    Object(&'e Entry),
     Whiteout,
+    /// A name showing a copy from the hard-link index.
+    Linked(&'e IndexCopy),
+    /// A directory only the image has, leading to such names.
+    LowerDir(OsString),
 }
 
 type Tar<W> = tar::Builder<W>;
@@ -331,17 +337,27 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// The children of the upper directory `rel` (`fd`, `listing`); `img` is the image
-    /// directory the view merges it with (None: nothing merges, so no marker is needed).
+    /// The children of the directory `rel`: the upper's (`up`: its fd and listing; None where
+    /// the upper has no such directory) and the names below it that show a copy from the
+    /// hard-link index (`linked`). `img` is the image directory the view merges it with (None:
+    /// nothing merges, so no marker is needed and no lower name shows).
     fn dir<W: Write>(
         &mut self,
         tar: &mut Tar<W>,
         rel: &[u8],
-        fd: BorrowedFd<'_>,
-        listing: &Listing,
+        up: Option<(BorrowedFd<'_>, &Listing)>,
         img: Option<&ImageDir>,
+        linked: &Linked,
     ) -> Result<()> {
         let upper = self.stack.upper()?;
+        let empty = Listing {
+            marks: Default::default(),
+            entries: Vec::new(),
+        };
+        let (fd, listing) = match up {
+            Some((fd, l)) => (Some(fd), l),
+            None => (None, &empty),
+        };
         let objects = listing.object_names();
         let hidden = listing.whiteout_targets();
         let mut items: BTreeMap<Vec<u8>, Item<'_>> = BTreeMap::new();
@@ -362,11 +378,19 @@ impl Committer<'_> {
                 }
             }
         }
-        let dir_st = if rel.is_empty() {
-            rustix::fs::fstat(fd).map_err(|e| LayerError::io(&upper.path, e))?
-        } else {
-            rustix::fs::fstat(fd).map_err(|e| LayerError::io(upper.at(rel), e))?
-        };
+        if img.is_some() {
+            let (dirs, files) = linked.children(rel);
+            for d in dirs {
+                if !objects.contains(d.as_os_str()) {
+                    items.entry(d.as_bytes().to_vec()).or_insert(Item::LowerDir(d));
+                }
+            }
+            for (n, copy) in files {
+                if !objects.contains(n.as_os_str()) {
+                    items.insert(n.as_bytes().to_vec(), Item::Linked(copy));
+                }
+            }
+        }
         for (tar_name, item) in items {
             if self.obs.cancelled() {
                 return Err(LayerError::Interrupted);
@@ -374,8 +398,39 @@ impl Committer<'_> {
             self.obs.entry();
             let path = join(rel, OsStr::from_bytes(&tar_name));
             match item {
-                Item::Whiteout => self.marker(tar, &path, &dir_st)?,
+                Item::Whiteout => {
+                    let Some(fd) = fd else { continue };
+                    let dir_st = rustix::fs::fstat(fd).map_err(|e| LayerError::io(upper.at(rel), e))?;
+                    self.marker(tar, &path, &dir_st)?;
+                }
+                Item::Linked(copy) => {
+                    let e = Entry {
+                        name: copy.name.clone(),
+                        st: copy.st,
+                        kind: EntryKind::Object,
+                    };
+                    self.object(tar, &path, copy.dir.as_fd(), &e)?;
+                }
+                Item::LowerDir(name) => {
+                    // A directory the upper does not have, on the way to such names: as the
+                    // image shows it.
+                    let Some(img) = img else { continue };
+                    let Some(found) = img.lookup(self.stack, rel, &name, true)? else {
+                        continue;
+                    };
+                    let (Some(sub), Some(d)) = (found.dir.as_ref(), img.dirs.get(found.pos)) else {
+                        continue;
+                    };
+                    let e = Entry {
+                        name: name.clone(),
+                        st: found.st,
+                        kind: EntryKind::Object,
+                    };
+                    self.object(tar, &path, d.fd.as_fd(), &e)?;
+                    self.dir(tar, &path, None, Some(sub), linked)?;
+                }
                 Item::Object(e) => {
+                    let Some(fd) = fd else { continue };
                     self.object(tar, &path, fd, e)?;
                     if is_dir(&e.st) {
                         let at = upper.at(&path);
@@ -394,7 +449,7 @@ impl Committer<'_> {
                             self.marker(tar, &m, &e.st)?;
                         }
                         let child_img = if cut { None } else { old_dir.as_ref() };
-                        self.dir(tar, &path, sfd.as_fd(), &sl, child_img)?;
+                        self.dir(tar, &path, Some((sfd.as_fd(), &sl)), child_img, linked)?;
                     }
                 }
             }

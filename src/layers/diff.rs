@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::Stat;
 
+use super::linked::{Linked, image_at};
 use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir};
 use super::{LayerError, Observer, Result, join};
 use crate::sys;
@@ -60,6 +61,16 @@ pub fn diff(stack: &Stack, obs: &dyn Observer) -> Result<Changes> {
         out: BTreeMap::new(),
     };
     d.dir(b"", upper.fd(), &root, Some(&img), merge)?;
+    // Names of lower files that show a copy made through another of their names.
+    for (rel, copy) in &Linked::find(stack, stack.workdir.as_deref(), obs)?.names {
+        if let Some((st, cap)) = image_at(stack, rel, CAPABILITY)? {
+            let copy_cap = sys::get_xattr(copy.dir.as_fd(), &copy.name, CAPABILITY)
+                .map_err(|e| LayerError::io(upper.at(rel), e))?;
+            if stat_different(&st, &copy.st) || cap != copy_cap {
+                d.out.insert(abs(rel), Change::Changed);
+            }
+        }
+    }
     // Every parent of a listed entry is changed.
     let paths: Vec<Vec<u8>> = d.out.keys().cloned().collect();
     for p in paths {

@@ -14,6 +14,7 @@ pub mod check;
 pub mod commit;
 pub mod diff;
 pub mod import;
+mod linked;
 pub mod stack;
 pub mod usage;
 mod walk;

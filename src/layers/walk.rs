@@ -54,6 +54,9 @@ impl Layer {
 pub struct Stack {
     pub lowers: Vec<Layer>,
     pub upper: Option<Layer>,
+    /// The workdir the union is mounted with: its hard-link index says what lower files with
+    /// several names show after one of them was copied up (see `linked.rs`).
+    pub workdir: Option<PathBuf>,
 }
 
 impl Stack {
@@ -72,7 +75,17 @@ impl Stack {
             }
             ls.push(layer);
         }
-        Ok(Stack { lowers: ls, upper })
+        Ok(Stack {
+            lowers: ls,
+            upper,
+            workdir: None,
+        })
+    }
+
+    /// The same stack, read with the workdir `w` (see [`Stack::workdir`]).
+    pub fn with_workdir(mut self, w: Option<PathBuf>) -> Stack {
+        self.workdir = w;
+        self
     }
 
     /// The upper, or an error naming what is missing.

@@ -19,7 +19,7 @@ mod acl;
 mod copy_up;
 mod create;
 mod handles;
-mod hardlinks;
+pub(crate) mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
 mod io;
