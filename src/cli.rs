@@ -98,6 +98,10 @@ struct MountArgs {
     /// walks that stat every entry: find, du, ls -l, tar, rsync).
     #[arg(long, value_enum, default_value_t = ReaddirPlus::Auto)]
     readdirplus: ReaddirPlus,
+    /// Without passthrough (rootless mounts, --no-passthrough), do not let the kernel cache
+    /// written pages (every write then goes to the daemon at once).
+    #[arg(long)]
+    no_writeback_cache: bool,
     /// Do not enforce POSIX ACLs (they are stored and copied up, but only modes are checked).
     #[arg(long)]
     no_acl: bool,
@@ -155,7 +159,10 @@ pub(crate) struct MountSpec {
     /// `-o noacl`: the kernel checks modes only.
     pub no_acl: bool,
     pub index_cache: Option<usize>,
+    /// Owner mappings (fuse-overlayfs's uidmapping=, gidmapping=, squash_*).
+    pub idmap: unionfs::idmap::IdMap,
     pub readdirplus_always: bool,
+    pub no_writeback_cache: bool,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -202,6 +209,7 @@ impl MountSpec {
         c.volatile = self.volatile;
         c.revalidate = self.revalidate;
         c.acl = !self.no_acl;
+        c.idmap = self.idmap.clone();
         if let Some(n) = self.index_cache {
             c.index_cache = n;
         }
@@ -233,6 +241,7 @@ impl MountArgs {
         spec.no_acl |= self.no_acl;
         spec.index_cache = self.index_cache.or(spec.index_cache);
         spec.readdirplus_always |= self.readdirplus == ReaddirPlus::Always;
+        spec.no_writeback_cache |= self.no_writeback_cache;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno as RErrno;
 
 /// `/proc/self/fd/N`: reaches the object behind `fd` (including an `O_PATH` fd).
@@ -24,28 +24,6 @@ pub fn entry_path(dir: BorrowedFd<'_>, name: &OsStr) -> OsString {
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name.as_bytes());
     OsString::from_vec(p)
-}
-
-/// Opens a directory below `root` without following any symlink and without leaving `root`.
-pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
-    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-}
-
-/// An `O_PATH` handle on the entry `name` of `dir` (the symlink itself if it is one).
-pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
 }
 
 /// Opens the object behind an `O_PATH` fd for I/O.

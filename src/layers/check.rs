@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, walk_all};
+use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, open_beneath, walk_all};
 use super::{LayerError, Observer, Result, join};
 use crate::attr::Kind;
 use crate::sys;
@@ -219,8 +219,9 @@ impl Checker<'_> {
             match (e.name.as_bytes(), dir) {
                 // Scratch space (ours; kernel overlayfs's), emptied at mount.
                 // Our shared whiteout (every whiteout of the upper is a hard link to it).
-                (n, false) if n == whiteout::SHARED_WHITEOUT.as_bytes() && whiteout::is_chr_whiteout(&st) => {}
-                (b"unionfs", true) | (b"work", true) => {
+                (n, false)
+                    if n == crate::union::workdir::SHARED_WHITEOUT.as_bytes() && whiteout::is_chr_whiteout(&st) => {}
+                (n, true) if n == crate::union::workdir::SCRATCH.as_bytes() || n == b"work" => {
                     let keep: &[u8] = b"";
                     let sub = sys::open_path_dir(fd.as_fd(), &e.name).map_err(|err| LayerError::io(&p, err))?;
                     let mut inner = sys::read_dir(sub.as_fd()).map_err(|err| LayerError::io(&p, err))?;
@@ -290,8 +291,19 @@ impl Checker<'_> {
         }
         let here = upper.at(rel);
         self.opaque_forms(&here, fd, &listing)?;
-        // Whiteouts, grouped by the name they hide.
-        let objects: HashSet<OsString> = listing.object_names().into_iter().map(|n| n.to_os_string()).collect();
+        self.whiteouts(rel, fd, &listing, merge)?;
+        self.objects(rel, fd, &listing, old)?;
+        // Re-read after repairs: they may have changed markers.
+        let listing = if self.repair {
+            Listing::read(fd, &here)?
+        } else {
+            listing
+        };
+        self.subdirs(rel, fd, &listing, merge, old)
+    }
+
+    /// The whiteouts of the upper directory `rel`, grouped by the name they hide.
+    fn whiteouts(&mut self, rel: &[u8], fd: BorrowedFd<'_>, listing: &Listing, merge: Option<&ImageDir>) -> Result<()> {
         let mut groups: BTreeMap<OsString, Vec<(OsString, WhiteoutForm)>> = BTreeMap::new();
         for e in &listing.entries {
             if let EntryKind::Whiteout { target, form } = &e.kind {
@@ -300,95 +312,137 @@ impl Checker<'_> {
         }
         for (target, forms) in &groups {
             self.obs.entry();
-            let tpath = upper.at(&join(rel, target));
-            let names: Vec<String> = forms.iter().map(|(n, _)| n.to_string_lossy().into_owned()).collect();
-            if objects.contains(target) {
-                // Present and whited out: the whiteout only cuts the merge.
-                let found = match merge {
-                    Some(m) => m.lookup(self.stack, rel, target, false)?,
-                    None => None,
-                };
-                let obj_is_dir = listing.entries.iter().any(|e| &e.name == target && e.is_dir());
-                let make_opaque = obj_is_dir && found.as_ref().is_some_and(|f| is_dir(&f.st));
-                let format = self.format;
-                let mut fix = || -> rustix::io::Result<()> {
-                    if make_opaque {
-                        let cfd = sys::open_path_dir(fd, target)?;
-                        set_opaque(cfd.as_fd(), format, has_opaque_file(cfd.as_fd())?)?;
-                    }
-                    for (n, _) in forms {
-                        remove_any(fd, n)?;
-                    }
-                    Ok(())
-                };
-                self.problem(
-                    tpath,
-                    format!("present and whited out ({}) in the same layer", names.join(", ")),
-                    Some(&mut fix),
-                )?;
+            if listing.object_names().contains(target.as_os_str()) {
+                self.present_and_whited_out(rel, fd, listing, merge, target, forms)?;
                 continue;
             }
             let hides = match merge {
                 Some(m) => m.lookup(self.stack, rel, target, false)?.is_some(),
                 None => false,
             };
-            if !hides {
-                let why = if merge.is_none() {
-                    "whiteout in a directory that hides the lowers anyway (opaque or new)"
-                } else {
-                    "whiteout hiding nothing (no lower layer shows this name)"
-                };
-                let mut fix = || -> rustix::io::Result<()> {
-                    for (n, _) in forms {
-                        remove_any(fd, n)?;
-                    }
-                    Ok(())
-                };
-                self.problem(tpath, format!("{why} ({})", names.join(", ")), Some(&mut fix))?;
-                continue;
-            }
-            let canonical = match self.format {
-                UpperFormat::Overlay { .. } => WhiteoutForm::CharDevice,
-                UpperFormat::Oci => WhiteoutForm::Oci,
-            };
-            let foreign: Vec<&(OsString, WhiteoutForm)> = forms.iter().filter(|(_, f)| *f != canonical).collect();
-            if foreign.is_empty() && forms.len() == 1 {
-                continue;
-            }
-            let msg = if forms.len() > 1 {
-                format!("a name with {} whiteout markers ({})", forms.len(), names.join(", "))
-            } else if canonical == WhiteoutForm::CharDevice && forms[0].1 == WhiteoutForm::Oci {
-                format!(
-                    "{} in an overlay-format upper (kernel overlayfs shows it as a file)",
-                    form_name(forms[0].1)
-                )
+            if hides {
+                self.whiteout_forms(rel, fd, target, forms)?;
             } else {
-                format!("{} in an {} upper", form_name(forms[0].1), self.format)
-            };
-            let has_canonical = forms.iter().any(|(_, f)| *f == canonical);
-            let mut fix = || -> rustix::io::Result<()> {
-                // Markers at the name itself go first, so the canonical one can take it.
-                for (n, f) in forms {
-                    if *f != canonical && *f != WhiteoutForm::Oci {
-                        remove_any(fd, n)?;
-                    }
-                }
-                if !has_canonical {
-                    match canonical {
-                        WhiteoutForm::CharDevice => whiteout::make_chr_whiteout(fd, target)?,
-                        _ => whiteout::make_oci_whiteout(fd, target)?,
-                    }
-                }
-                for (n, f) in forms {
-                    if *f != canonical && *f == WhiteoutForm::Oci {
-                        remove_any(fd, n)?;
-                    }
-                }
-                Ok(())
-            };
-            self.problem(tpath, msg, Some(&mut fix))?;
+                self.useless_whiteout(rel, fd, merge.is_none(), target, forms)?;
+            }
         }
-        // Objects: origins and kernel-only xattrs; then directories.
+        Ok(())
+    }
+
+    /// `target` is an object of the upper directory and whited out there too: the whiteout only
+    /// cuts the merge, which for a directory over an image directory is opacity.
+    fn present_and_whited_out(
+        &mut self,
+        rel: &[u8],
+        fd: BorrowedFd<'_>,
+        listing: &Listing,
+        merge: Option<&ImageDir>,
+        target: &OsStr,
+        forms: &[(OsString, WhiteoutForm)],
+    ) -> Result<()> {
+        let tpath = self.stack.upper()?.at(&join(rel, target));
+        let names: Vec<String> = forms.iter().map(|(n, _)| n.to_string_lossy().into_owned()).collect();
+        let found = match merge {
+            Some(m) => m.lookup(self.stack, rel, target, false)?,
+            None => None,
+        };
+        let obj_is_dir = listing.entries.iter().any(|e| e.name == target && e.is_dir());
+        let make_opaque = obj_is_dir && found.as_ref().is_some_and(|f| is_dir(&f.st));
+        let format = self.format;
+        let mut fix = || -> rustix::io::Result<()> {
+            if make_opaque {
+                let cfd = sys::open_path_dir(fd, target)?;
+                set_opaque(cfd.as_fd(), format, has_opaque_file(cfd.as_fd())?)?;
+            }
+            for (n, _) in forms {
+                remove_any(fd, n)?;
+            }
+            Ok(())
+        };
+        let msg = format!("present and whited out ({}) in the same layer", names.join(", "));
+        self.problem(tpath, msg, Some(&mut fix))
+    }
+
+    /// A whiteout that hides nothing (`in_cut`: the directory hides the lowers anyway).
+    fn useless_whiteout(
+        &mut self,
+        rel: &[u8],
+        fd: BorrowedFd<'_>,
+        in_cut: bool,
+        target: &OsStr,
+        forms: &[(OsString, WhiteoutForm)],
+    ) -> Result<()> {
+        let tpath = self.stack.upper()?.at(&join(rel, target));
+        let names: Vec<String> = forms.iter().map(|(n, _)| n.to_string_lossy().into_owned()).collect();
+        let why = if in_cut {
+            "whiteout in a directory that hides the lowers anyway (opaque or new)"
+        } else {
+            "whiteout hiding nothing (no lower layer shows this name)"
+        };
+        let mut fix = || -> rustix::io::Result<()> {
+            for (n, _) in forms {
+                remove_any(fd, n)?;
+            }
+            Ok(())
+        };
+        self.problem(tpath, format!("{why} ({})", names.join(", ")), Some(&mut fix))
+    }
+
+    /// A whiteout that hides something: one marker, in the upper's form.
+    fn whiteout_forms(
+        &mut self,
+        rel: &[u8],
+        fd: BorrowedFd<'_>,
+        target: &OsStr,
+        forms: &[(OsString, WhiteoutForm)],
+    ) -> Result<()> {
+        let tpath = self.stack.upper()?.at(&join(rel, target));
+        let names: Vec<String> = forms.iter().map(|(n, _)| n.to_string_lossy().into_owned()).collect();
+        let canonical = match self.format {
+            UpperFormat::Overlay { .. } => WhiteoutForm::CharDevice,
+            UpperFormat::Oci => WhiteoutForm::Oci,
+        };
+        let foreign: Vec<&(OsString, WhiteoutForm)> = forms.iter().filter(|(_, f)| *f != canonical).collect();
+        if foreign.is_empty() && forms.len() == 1 {
+            return Ok(());
+        }
+        let msg = if forms.len() > 1 {
+            format!("a name with {} whiteout markers ({})", forms.len(), names.join(", "))
+        } else if canonical == WhiteoutForm::CharDevice && forms[0].1 == WhiteoutForm::Oci {
+            format!(
+                "{} in an overlay-format upper (kernel overlayfs shows it as a file)",
+                form_name(forms[0].1)
+            )
+        } else {
+            format!("{} in an {} upper", form_name(forms[0].1), self.format)
+        };
+        let has_canonical = forms.iter().any(|(_, f)| *f == canonical);
+        let mut fix = || -> rustix::io::Result<()> {
+            // Markers at the name itself go first, so the canonical one can take it.
+            for (n, f) in forms {
+                if *f != canonical && *f != WhiteoutForm::Oci {
+                    remove_any(fd, n)?;
+                }
+            }
+            if !has_canonical {
+                match canonical {
+                    WhiteoutForm::CharDevice => whiteout::make_device(fd, target)?,
+                    _ => whiteout::make_oci_whiteout(fd, target)?,
+                }
+            }
+            for (n, f) in forms {
+                if *f != canonical && *f == WhiteoutForm::Oci {
+                    remove_any(fd, n)?;
+                }
+            }
+            Ok(())
+        };
+        self.problem(tpath, msg, Some(&mut fix))
+    }
+
+    /// The objects of the upper directory `rel`: origins and kernel-only xattrs.
+    fn objects(&mut self, rel: &[u8], fd: BorrowedFd<'_>, listing: &Listing, old: Option<&ImageDir>) -> Result<()> {
+        let upper = self.stack.upper()?;
         for e in &listing.entries {
             if e.kind != EntryKind::Object {
                 continue;
@@ -416,12 +470,19 @@ impl Checker<'_> {
                 self.origin(rel, fd, &e.name, ox, old)?;
             }
         }
-        // Re-read after repairs: they may have changed markers.
-        let listing = if self.repair {
-            Listing::read(fd, &here)?
-        } else {
-            listing
-        };
+        Ok(())
+    }
+
+    /// Into the subdirectories of the upper directory `rel`.
+    fn subdirs(
+        &mut self,
+        rel: &[u8],
+        fd: BorrowedFd<'_>,
+        listing: &Listing,
+        merge: Option<&ImageDir>,
+        old: Option<&ImageDir>,
+    ) -> Result<()> {
+        let upper = self.stack.upper()?;
         let hidden: HashSet<OsString> = listing
             .whiteout_targets()
             .into_iter()
@@ -573,7 +634,7 @@ impl Checker<'_> {
             if known.contains(&value) {
                 continue;
             }
-            let dfd = sys::open_dir_beneath(upper.fd(), OsStr::from_bytes(&rel)).map_err(|e| LayerError::io(&at, e))?;
+            let dfd = open_beneath(upper.fd(), OsStr::from_bytes(&rel)).map_err(|e| LayerError::io(&at, e))?;
             let mut fix = || remove_xattr(dfd.as_fd(), &name, ox);
             self.problem(
                 at,

@@ -337,29 +337,16 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// The children of the directory `rel`: the upper's (`up`: its fd and listing; None where
-    /// the upper has no such directory) and the names below it that show a copy from the
-    /// hard-link index (`linked`). `img` is the image directory the view merges it with (None:
-    /// nothing merges, so no marker is needed and no lower name shows).
-    fn dir<W: Write>(
-        &mut self,
-        tar: &mut Tar<W>,
+    /// What goes into the tar for the directory `rel`, by name: the upper's objects, the
+    /// whiteouts that hide something in `img`, and the names below that show an index copy.
+    fn items<'a>(
+        &self,
         rel: &[u8],
-        up: Option<(BorrowedFd<'_>, &Listing)>,
+        listing: &'a Listing,
         img: Option<&ImageDir>,
-        linked: &Linked,
-    ) -> Result<()> {
-        let upper = self.stack.upper()?;
-        let empty = Listing {
-            marks: Default::default(),
-            entries: Vec::new(),
-        };
-        let (fd, listing) = match up {
-            Some((fd, l)) => (Some(fd), l),
-            None => (None, &empty),
-        };
+        linked: &'a Linked,
+    ) -> Result<BTreeMap<Vec<u8>, Item<'a>>> {
         let objects = listing.object_names();
-        let hidden = listing.whiteout_targets();
         let mut items: BTreeMap<Vec<u8>, Item<'_>> = BTreeMap::new();
         for e in &listing.entries {
             match &e.kind {
@@ -391,6 +378,32 @@ impl Committer<'_> {
                 }
             }
         }
+        Ok(items)
+    }
+
+    /// The children of the directory `rel`: the upper's (`up`: its fd and listing; None where
+    /// the upper has no such directory) and the names below it that show a copy from the
+    /// hard-link index (`linked`). `img` is the image directory the view merges it with (None:
+    /// nothing merges, so no marker is needed and no lower name shows).
+    fn dir<W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        rel: &[u8],
+        up: Option<(BorrowedFd<'_>, &Listing)>,
+        img: Option<&ImageDir>,
+        linked: &Linked,
+    ) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let empty = Listing {
+            marks: Default::default(),
+            entries: Vec::new(),
+        };
+        let (fd, listing) = match up {
+            Some((fd, l)) => (Some(fd), l),
+            None => (None, &empty),
+        };
+        let hidden = listing.whiteout_targets();
+        let items = self.items(rel, listing, img, linked)?;
         for (tar_name, item) in items {
             if self.obs.cancelled() {
                 return Err(LayerError::Interrupted);
@@ -433,28 +446,46 @@ impl Committer<'_> {
                     let Some(fd) = fd else { continue };
                     self.object(tar, &path, fd, e)?;
                     if is_dir(&e.st) {
-                        let at = upper.at(&path);
-                        let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
-                        let sl = Listing::read(sfd.as_fd(), &at)?;
-                        let cut = sl.marks.opaque || hidden.contains(e.name.as_os_str());
-                        let found = match img {
-                            Some(i) => i.lookup(self.stack, rel, &e.name, true)?,
-                            None => None,
-                        };
-                        let old_dir = found.and_then(|f| f.dir);
-                        if cut && old_dir.is_some() {
-                            let mut m = path.clone();
-                            m.push(b'/');
-                            m.extend_from_slice(whiteout::OPAQUE_MARKER.as_bytes());
-                            self.marker(tar, &m, &e.st)?;
-                        }
-                        let child_img = if cut { None } else { old_dir.as_ref() };
-                        self.dir(tar, &path, Some((sfd.as_fd(), &sl)), child_img, linked)?;
+                        let cut_by_whiteout = hidden.contains(e.name.as_os_str());
+                        self.upper_subdir(tar, rel, &path, fd, e, img, cut_by_whiteout, linked)?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Below the upper directory `e` (at `path`, an entry of `fd`, the directory `rel`): its
+    /// opaque marker if it hides an image directory, then its children.
+    #[allow(clippy::too_many_arguments)]
+    fn upper_subdir<W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        rel: &[u8],
+        path: &[u8],
+        fd: BorrowedFd<'_>,
+        e: &Entry,
+        img: Option<&ImageDir>,
+        cut_by_whiteout: bool,
+        linked: &Linked,
+    ) -> Result<()> {
+        let at = self.stack.upper()?.at(path);
+        let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
+        let sl = Listing::read(sfd.as_fd(), &at)?;
+        let cut = sl.marks.opaque || cut_by_whiteout;
+        let found = match img {
+            Some(i) => i.lookup(self.stack, rel, &e.name, true)?,
+            None => None,
+        };
+        let old_dir = found.and_then(|f| f.dir);
+        if cut && old_dir.is_some() {
+            let mut m = path.to_vec();
+            m.push(b'/');
+            m.extend_from_slice(whiteout::OPAQUE_MARKER.as_bytes());
+            self.marker(tar, &m, &e.st)?;
+        }
+        let child_img = if cut { None } else { old_dir.as_ref() };
+        self.dir(tar, path, Some((sfd.as_fd(), &sl)), child_img, linked)
     }
 
     /// One real object at tar path `path` (entry `e` of the upper directory `dir`).
@@ -473,31 +504,7 @@ impl Committer<'_> {
             self.sockets.push(path.to_vec());
             return Ok(());
         }
-        let target = sys::Target::Entry(dir, &e.name);
-        let names = target.list_xattrs().map_err(|err| LayerError::io(&at, err))?;
-        let mut xattrs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for n in names {
-            if KERNEL_INDIRECT_XATTRS.iter().any(|k| n.as_bytes() == k.as_bytes()) {
-                return Err(LayerError::invalid(
-                    &at,
-                    format!(
-                        "has {} (kernel overlayfs metacopy/redirect keeps part of it in a lower); \
-                         mount with metacopy=off,redirect_dir=off or copy it up fully first",
-                        n.to_string_lossy()
-                    ),
-                ));
-            }
-            if whiteout::is_private_xattr(&n) {
-                continue;
-            }
-            let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(&at, err))? else {
-                continue;
-            };
-            let key = n
-                .to_str()
-                .ok_or_else(|| LayerError::invalid(&at, format!("xattr name {:?} is not UTF-8", n)))?;
-            xattrs.insert(format!("SCHILY.xattr.{key}"), v);
-        }
+        let xattrs = pax_xattrs(&at, dir, &e.name)?;
         // Hard links: the first name carries the object, the others link to it.
         if !is_dir(st) && st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);
@@ -514,6 +521,16 @@ impl Committer<'_> {
             tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
                 .map_err(tar_err(at.clone()))?;
         }
+        self.body(tar, path, dir, e)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// The header (and data) of the object `e` of `dir` at tar path `path`.
+    fn body<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir: BorrowedFd<'_>, e: &Entry) -> Result<()> {
+        let at = self.stack.upper()?.at(path);
+        let st = &e.st;
+        let ft = FileType::from_raw_mode(st.st_mode);
         let p = OsStr::from_bytes(path);
         match ft {
             FileType::Directory => {
@@ -556,9 +573,39 @@ impl Committer<'_> {
             }
             _ => return Err(LayerError::invalid(&at, "unknown file type")),
         }
-        self.entries += 1;
         Ok(())
     }
+}
+
+/// The PAX records for the xattrs of `dir/name` (private ones left out); an object using kernel
+/// metacopy or redirect is refused (part of it is in a lower).
+fn pax_xattrs(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<BTreeMap<String, Vec<u8>>> {
+    let target = sys::Target::Entry(dir, name);
+    let names = target.list_xattrs().map_err(|err| LayerError::io(at, err))?;
+    let mut xattrs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for n in names {
+        if KERNEL_INDIRECT_XATTRS.iter().any(|k| n.as_bytes() == k.as_bytes()) {
+            return Err(LayerError::invalid(
+                at,
+                format!(
+                    "has {} (kernel overlayfs metacopy/redirect keeps part of it in a lower); \
+                     mount with metacopy=off,redirect_dir=off or copy it up fully first",
+                    n.to_string_lossy()
+                ),
+            ));
+        }
+        if whiteout::is_private_xattr(&n) {
+            continue;
+        }
+        let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(at, err))? else {
+            continue;
+        };
+        let key = n
+            .to_str()
+            .ok_or_else(|| LayerError::invalid(at, format!("xattr name {n:?} is not UTF-8")))?;
+        xattrs.insert(format!("SCHILY.xattr.{key}"), v);
+    }
+    Ok(xattrs)
 }
 
 /// Reads exactly `left` bytes: a file that shrank while being read is an error (the tar

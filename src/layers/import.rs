@@ -22,6 +22,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use tar::EntryType;
 
+use super::walk::open_beneath;
 use super::{LayerError, Observer, Result};
 use crate::sys;
 use crate::union::whiteout;
@@ -46,12 +47,19 @@ enum Made {
     Marker,
 }
 
-struct DirMeta {
-    path: Vec<u8>,
+/// What an entry's header says about its object.
+#[derive(Clone, Copy)]
+struct Meta {
     mode: u32,
     uid: u64,
     gid: u64,
     mtime: i64,
+}
+
+/// A directory's metadata, applied once everything below it exists.
+struct DirMeta {
+    path: Vec<u8>,
+    meta: Meta,
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
@@ -256,15 +264,14 @@ impl Importer<'_> {
                         Some(i) => (&p[..i], &p[i + 1..]),
                         None => (&b""[..], &p[..]),
                     };
-                    let pfd =
-                        sys::open_dir_beneath(self.root, OsStr::from_bytes(pp)).map_err(|e| self.fail(entry, e))?;
+                    let pfd = open_beneath(self.root, OsStr::from_bytes(pp)).map_err(|e| self.fail(entry, e))?;
                     rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), Mode::from_raw_mode(0o755))
                         .map_err(|e| self.fail(entry, e))?;
                     self.made.insert(p.clone(), Made::ImplicitDir);
                 }
             }
         }
-        sys::open_dir_beneath(self.root, OsStr::from_bytes(&p)).map_err(|e| self.fail(entry, e))
+        open_beneath(self.root, OsStr::from_bytes(&p)).map_err(|e| self.fail(entry, e))
     }
 
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<()> {
@@ -273,203 +280,217 @@ impl Importer<'_> {
         let rel: Vec<u8> = comps.join(&b'/');
         let h = e.header().clone();
         let ty = h.entry_type();
-        let mode = h.mode().map_err(|err| self.fail(&raw, err))?;
-        let uid = h.uid().map_err(|err| self.fail(&raw, err))?;
-        let gid = h.gid().map_err(|err| self.fail(&raw, err))?;
-        let mtime = h.mtime().map_err(|err| self.fail(&raw, err))? as i64;
         if matches!(
             ty,
             EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
         ) {
             return Ok(());
         }
+        let meta = Meta {
+            mode: h.mode().map_err(|err| self.fail(&raw, err))?,
+            uid: h.uid().map_err(|err| self.fail(&raw, err))?,
+            gid: h.gid().map_err(|err| self.fail(&raw, err))?,
+            mtime: h.mtime().map_err(|err| self.fail(&raw, err))? as i64,
+        };
         let Some((&name, parent)) = comps.split_last() else {
-            // The archive's root ("./"): its metadata goes on the layer's root.
-            if ty != EntryType::Directory {
-                return Err(self.refuse(&raw, "the root entry is not a directory"));
-            }
-            if self.root_meta.is_some() {
-                return Err(self.refuse(&raw, "duplicate entry"));
-            }
-            self.root_meta = Some(DirMeta {
-                path: Vec::new(),
-                mode,
-                uid,
-                gid,
-                mtime,
-                xattrs: Vec::new(),
-            });
-            return Ok(());
+            return self.root_entry(&raw, ty, meta);
         };
         if !self.explicit.insert(rel.clone()) {
             return Err(self.refuse(&raw, "duplicate entry"));
         }
-        // Markers.
         if name.starts_with(whiteout::WH_PREFIX) {
-            if ty == EntryType::Directory {
-                return Err(self.refuse(&raw, "a whiteout marker that is a directory"));
-            }
-            let pfd = self.parent_dir(&raw, parent)?;
-            drop(pfd);
-            let prel: Vec<u8> = parent.join(&b'/');
-            if name == whiteout::OPAQUE_MARKER.as_bytes() {
-                self.opaques.push(prel);
-            } else {
-                let target = &name[whiteout::WH_PREFIX.len()..];
-                if target.is_empty() {
-                    return Err(self.refuse(&raw, "a whiteout for an empty name"));
-                }
-                self.whiteouts.push((prel, target.to_vec()));
-            }
-            self.made.insert(rel, Made::Marker);
-            return Ok(());
+            return self.marker_entry(&raw, ty, &rel, name, parent);
         }
         // Xattrs first: a refusal must come before anything is created.
-        let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
-        if let Some(exts) = e.pax_extensions().map_err(|err| self.fail(&raw, err))? {
-            for ext in exts {
-                let ext = ext.map_err(|err| self.fail(&raw, err))?;
-                let Ok(key) = ext.key() else { continue };
-                if let Some(x) = key.strip_prefix("SCHILY.xattr.") {
-                    if whiteout::is_private_xattr(OsStr::new(x)) {
-                        return Err(self.refuse(&raw, format!("carries the private union xattr {x}")));
-                    }
-                    xattrs.push((x.to_string(), ext.value_bytes().to_vec()));
-                }
-            }
-        }
+        let mut xattrs = self.pax_xattrs(&raw, e)?;
         match self.made.get(&rel) {
             Some(Made::ImplicitDir) if ty == EntryType::Directory => {}
             Some(_) => return Err(self.refuse(&raw, "duplicate entry")),
             None => {}
         }
         let pfd = self.parent_dir(&raw, parent)?;
-        let dir = pfd.as_fd();
-        let n = OsStr::from_bytes(name);
+        let (dir, n) = (pfd.as_fd(), OsStr::from_bytes(name));
         let made = match ty {
             EntryType::Directory => {
                 if self.made.get(&rel) != Some(&Made::ImplicitDir) {
                     rustix::fs::mkdirat(dir, n, Mode::from_raw_mode(0o700)).map_err(|err| self.fail(&raw, err))?;
                 }
+                let xattrs = std::mem::take(&mut xattrs);
                 self.dirs.push(DirMeta {
                     path: rel.clone(),
-                    mode,
-                    uid,
-                    gid,
-                    mtime,
-                    xattrs: std::mem::take(&mut xattrs),
+                    meta,
+                    xattrs,
                 });
                 Made::Dir
             }
-            EntryType::Regular | EntryType::Continuous => {
-                let fd = rustix::fs::openat(
-                    dir,
-                    n,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|err| self.fail(&raw, err))?;
-                let mut f = File::from(fd);
-                io::copy(e, &mut f).map_err(|err| self.fail(&raw, err))?;
-                drop(f);
-                Made::File
-            }
+            EntryType::Regular | EntryType::Continuous => self.make_file(dir, n, &raw, e)?,
             EntryType::Symlink => {
                 let target = e
                     .link_name_bytes()
-                    .ok_or_else(|| self.refuse(&raw, "a symlink without a target"))?
-                    .into_owned();
+                    .ok_or_else(|| self.refuse(&raw, "a symlink without a target"))?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, n).map_err(|err| self.fail(&raw, err))?;
                 Made::Symlink
             }
-            EntryType::Link => {
-                let target = e
-                    .link_name_bytes()
-                    .ok_or_else(|| self.refuse(&raw, "a hard link without a target"))?
-                    .into_owned();
-                let tc = components(&target)
-                    .map_err(|why| self.refuse(&raw, format!("hard link pointing out of the layer ({why})")))?;
-                let trel: Vec<u8> = tc.join(&b'/');
-                let kind = self.made.get(&trel).copied();
-                match kind {
-                    Some(Made::File | Made::Symlink | Made::Other) => {}
-                    Some(Made::Dir | Made::ImplicitDir) => return Err(self.refuse(&raw, "hard link to a directory")),
-                    _ => {
-                        return Err(self.refuse(
-                            &raw,
-                            format!(
-                                "hard link to '{}', which the archive did not create before it",
-                                String::from_utf8_lossy(&target)
-                            ),
-                        ));
-                    }
-                }
-                let Some((&tname, tparent)) = tc.split_last() else {
-                    return Err(self.refuse(&raw, "hard link to the root"));
-                };
-                let tp: Vec<u8> = tparent.join(&b'/');
-                let tfd =
-                    sys::open_dir_beneath(self.root, OsStr::from_bytes(&tp)).map_err(|err| self.fail(&raw, err))?;
-                rustix::fs::linkat(&tfd, OsStr::from_bytes(tname), dir, n, AtFlags::empty())
-                    .map_err(|err| self.fail(&raw, err))?;
-                self.made.insert(rel, kind.unwrap_or(Made::Other));
-                self.summary.entries += 1;
-                // A hard link shares the inode: no metadata of its own.
-                return Ok(());
-            }
-            EntryType::Char | EntryType::Block => {
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                if ty == EntryType::Char && major == 0 && minor == 0 {
-                    return Err(self.refuse(&raw, "character device 0/0 (it would read as a whiteout)"));
-                }
-                if !self.mknod_ok {
-                    return Err(self.refuse(&raw, "device node, and this process may not create them (no CAP_MKNOD)"));
-                }
-                let ft = if ty == EntryType::Char {
-                    FileType::CharacterDevice
-                } else {
-                    FileType::BlockDevice
-                };
-                rustix::fs::mknodat(
-                    dir,
-                    n,
-                    ft,
-                    Mode::from_raw_mode(0o600),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(|err| self.fail(&raw, err))?;
-                Made::Other
-            }
-            EntryType::Fifo => {
-                rustix::fs::mknodat(dir, n, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
-                    .map_err(|err| self.fail(&raw, err))?;
-                Made::Other
-            }
+            EntryType::Link => return self.hard_link(dir, n, &raw, rel, e),
+            EntryType::Char | EntryType::Block | EntryType::Fifo => self.make_special(dir, n, &raw, &h)?,
             other => return Err(self.refuse(&raw, format!("unsupported entry type {other:?}"))),
         };
-        self.made.insert(rel.clone(), made);
+        self.made.insert(rel, made);
         self.summary.entries += 1;
         if made != Made::Dir {
-            self.owner_mode_times(dir, n, &raw, made, mode, uid, gid, mtime, &xattrs)?;
+            self.owner_mode_times(dir, n, &raw, made, meta, &xattrs)?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The archive's root ("./"): its metadata goes on the layer's root.
+    fn root_entry(&mut self, raw: &[u8], ty: EntryType, meta: Meta) -> Result<()> {
+        if ty != EntryType::Directory {
+            return Err(self.refuse(raw, "the root entry is not a directory"));
+        }
+        if self.root_meta.is_some() {
+            return Err(self.refuse(raw, "duplicate entry"));
+        }
+        self.root_meta = Some(DirMeta {
+            path: Vec::new(),
+            meta,
+            xattrs: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// A whiteout or opaque marker: noted, made at the end (see [`Importer::finish`]).
+    fn marker_entry(&mut self, raw: &[u8], ty: EntryType, rel: &[u8], name: &[u8], parent: &[&[u8]]) -> Result<()> {
+        if ty == EntryType::Directory {
+            return Err(self.refuse(raw, "a whiteout marker that is a directory"));
+        }
+        drop(self.parent_dir(raw, parent)?);
+        let prel: Vec<u8> = parent.join(&b'/');
+        if name == whiteout::OPAQUE_MARKER.as_bytes() {
+            self.opaques.push(prel);
+        } else {
+            let target = &name[whiteout::WH_PREFIX.len()..];
+            if target.is_empty() {
+                return Err(self.refuse(raw, "a whiteout for an empty name"));
+            }
+            self.whiteouts.push((prel, target.to_vec()));
+        }
+        self.made.insert(rel.to_vec(), Made::Marker);
+        Ok(())
+    }
+
+    /// The entry's `SCHILY.xattr.*` PAX records; private union xattrs are refused.
+    fn pax_xattrs<R: Read>(&self, raw: &[u8], e: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut xattrs = Vec::new();
+        if let Some(exts) = e.pax_extensions().map_err(|err| self.fail(raw, err))? {
+            for ext in exts {
+                let ext = ext.map_err(|err| self.fail(raw, err))?;
+                let Ok(key) = ext.key() else { continue };
+                if let Some(x) = key.strip_prefix("SCHILY.xattr.") {
+                    if whiteout::is_private_xattr(OsStr::new(x)) {
+                        return Err(self.refuse(raw, format!("carries the private union xattr {x}")));
+                    }
+                    xattrs.push((x.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        Ok(xattrs)
+    }
+
+    fn make_file<R: Read>(
+        &self,
+        dir: BorrowedFd<'_>,
+        n: &OsStr,
+        raw: &[u8],
+        e: &mut tar::Entry<'_, R>,
+    ) -> Result<Made> {
+        let fd = rustix::fs::openat(
+            dir,
+            n,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|err| self.fail(raw, err))?;
+        let mut f = File::from(fd);
+        io::copy(e, &mut f).map_err(|err| self.fail(raw, err))?;
+        Ok(Made::File)
+    }
+
+    /// A hard link: only to a non-directory this archive made before, by a path inside it.
+    fn hard_link<R: Read>(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        n: &OsStr,
+        raw: &[u8],
+        rel: Vec<u8>,
+        e: &mut tar::Entry<'_, R>,
+    ) -> Result<()> {
+        let target = e
+            .link_name_bytes()
+            .ok_or_else(|| self.refuse(raw, "a hard link without a target"))?
+            .into_owned();
+        let tc = components(&target)
+            .map_err(|why| self.refuse(raw, format!("hard link pointing out of the layer ({why})")))?;
+        let kind = self.made.get(&tc.join(&b'/')).copied();
+        match kind {
+            Some(Made::File | Made::Symlink | Made::Other) => {}
+            Some(Made::Dir | Made::ImplicitDir) => return Err(self.refuse(raw, "hard link to a directory")),
+            _ => {
+                let t = String::from_utf8_lossy(&target);
+                return Err(self.refuse(
+                    raw,
+                    format!("hard link to '{t}', which the archive did not create before it"),
+                ));
+            }
+        }
+        let Some((&tname, tparent)) = tc.split_last() else {
+            return Err(self.refuse(raw, "hard link to the root"));
+        };
+        let tfd =
+            open_beneath(self.root, OsStr::from_bytes(&tparent.join(&b'/'))).map_err(|err| self.fail(raw, err))?;
+        rustix::fs::linkat(&tfd, OsStr::from_bytes(tname), dir, n, AtFlags::empty())
+            .map_err(|err| self.fail(raw, err))?;
+        self.made.insert(rel, kind.unwrap_or(Made::Other));
+        self.summary.entries += 1;
+        // A hard link shares the inode: no metadata of its own.
+        Ok(())
+    }
+
+    /// A FIFO, or a device node (refused without CAP_MKNOD, and 0/0, which reads as a whiteout).
+    fn make_special(&self, dir: BorrowedFd<'_>, n: &OsStr, raw: &[u8], h: &tar::Header) -> Result<Made> {
+        let ty = h.entry_type();
+        let (ft, rdev) = if ty == EntryType::Fifo {
+            (FileType::Fifo, 0)
+        } else {
+            let major = h.device_major().ok().flatten().unwrap_or(0);
+            let minor = h.device_minor().ok().flatten().unwrap_or(0);
+            if ty == EntryType::Char && major == 0 && minor == 0 {
+                return Err(self.refuse(raw, "character device 0/0 (it would read as a whiteout)"));
+            }
+            if !self.mknod_ok {
+                return Err(self.refuse(raw, "device node, and this process may not create them (no CAP_MKNOD)"));
+            }
+            let ft = if ty == EntryType::Char {
+                FileType::CharacterDevice
+            } else {
+                FileType::BlockDevice
+            };
+            (ft, rustix::fs::makedev(major, minor))
+        };
+        rustix::fs::mknodat(dir, n, ft, Mode::from_raw_mode(0o600), rdev).map_err(|err| self.fail(raw, err))?;
+        Ok(Made::Other)
+    }
+
     fn owner_mode_times(
         &self,
         dir: BorrowedFd<'_>,
         n: &OsStr,
         raw: &[u8],
         made: Made,
-        mode: u32,
-        uid: u64,
-        gid: u64,
-        mtime: i64,
+        meta: Meta,
         xattrs: &[(String, Vec<u8>)],
     ) -> Result<()> {
-        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
+        let (Ok(uid), Ok(gid)) = (u32::try_from(meta.uid), u32::try_from(meta.gid)) else {
             return Err(self.refuse(raw, "owner out of range"));
         };
         let r = rustix::fs::chownat(
@@ -486,7 +507,7 @@ impl Importer<'_> {
             Err(err) => return Err(self.fail(raw, err)),
         }
         if made != Made::Symlink {
-            rustix::fs::chmodat(dir, n, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())
+            rustix::fs::chmodat(dir, n, Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty())
                 .map_err(|err| self.fail(raw, err))?;
         }
         // After the owner change (which drops file capabilities) and the mode (which would
@@ -500,8 +521,8 @@ impl Importer<'_> {
             }
         }
         let t = Timestamps {
-            last_access: ts(mtime),
-            last_modification: ts(mtime),
+            last_access: ts(meta.mtime),
+            last_modification: ts(meta.mtime),
         };
         rustix::fs::utimensat(dir, n, &t, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| self.fail(raw, err))?;
         Ok(())
@@ -516,7 +537,7 @@ impl Importer<'_> {
                 p.push(b'/');
             }
             p.extend_from_slice(&target);
-            let pfd = sys::open_dir_beneath(self.root, OsStr::from_bytes(&parent)).map_err(|e| self.fail(&p, e))?;
+            let pfd = open_beneath(self.root, OsStr::from_bytes(&parent)).map_err(|e| self.fail(&p, e))?;
             let n = OsStr::from_bytes(&target);
             match self.made.get(&p) {
                 // The same layer has the name: a whiteout only hides the layers below, which for a
@@ -528,7 +549,7 @@ impl Importer<'_> {
                 Some(_) => continue,
                 None => {}
             }
-            match whiteout::make_chr_whiteout(pfd.as_fd(), n) {
+            match whiteout::make_device(pfd.as_fd(), n) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::PERM | rustix::io::Errno::OPNOTSUPP) => {
                     whiteout::make_oci_whiteout(pfd.as_fd(), n).map_err(|e| self.fail(&p, e))?
@@ -541,7 +562,7 @@ impl Importer<'_> {
         opaques.sort();
         opaques.dedup();
         for d in opaques {
-            let fd = sys::open_dir_beneath(self.root, OsStr::from_bytes(&d)).map_err(|e| self.fail(&d, e))?;
+            let fd = open_beneath(self.root, OsStr::from_bytes(&d)).map_err(|e| self.fail(&d, e))?;
             whiteout::mark_opaque(fd.as_fd(), false, self.privileged).map_err(|e| self.fail(&d, e))?;
             self.summary.opaque_dirs += 1;
         }
@@ -555,26 +576,16 @@ impl Importer<'_> {
             };
             let (pfd, n) = if d.path.is_empty() {
                 (
-                    sys::open_dir_beneath(self.root, OsStr::new("")).map_err(|e| self.fail(&d.path, e))?,
+                    open_beneath(self.root, OsStr::new("")).map_err(|e| self.fail(&d.path, e))?,
                     OsStr::new("."),
                 )
             } else {
                 (
-                    sys::open_dir_beneath(self.root, OsStr::from_bytes(parent)).map_err(|e| self.fail(&d.path, e))?,
+                    open_beneath(self.root, OsStr::from_bytes(parent)).map_err(|e| self.fail(&d.path, e))?,
                     OsStr::from_bytes(name),
                 )
             };
-            self.owner_mode_times(
-                pfd.as_fd(),
-                n,
-                &d.path,
-                Made::Dir,
-                d.mode,
-                d.uid,
-                d.gid,
-                d.mtime,
-                &d.xattrs,
-            )?;
+            self.owner_mode_times(pfd.as_fd(), n, &d.path, Made::Dir, d.meta, &d.xattrs)?;
         }
         Ok(())
     }
