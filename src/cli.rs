@@ -1,5 +1,5 @@
-//! Command line: `unionfs mount ...`, `unionfs umount ...`, the offline layer tools
-//! (`diff`, `commit`, `import`, `size`, `layers`, `check`: `cli/layers.rs`), and the fuse-overlayfs form
+//! Command line: `unionfs mount ...`, `unionfs umount ...`, the offline layer tools (`diff`,
+//! `commit`, `import`, `size`, `layers`, `check`: `cli/layers.rs`), and the fuse-overlayfs form
 //! `unionfs [-f] -o lowerdir=..,upperdir=..,workdir=.. MOUNTPOINT` (for Podman's `mount_program`).
 //!
 //! Exit status: 0 success; 2 bad input or a failed mount; 1 a failure at run time.
