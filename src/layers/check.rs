@@ -252,7 +252,11 @@ impl Checker<'_> {
                     let inner = sys::read_dir(sub.as_fd()).map_err(|err| LayerError::io(&p, err))?;
                     for i in inner {
                         let msg = if i.name.as_bytes() == b"volatile" {
-                            "a volatile kernel overlayfs mount was not unmounted cleanly (the kernel refuses to mount this upper until it is removed)".to_string()
+                            concat!(
+                                "a volatile kernel overlayfs mount was not unmounted cleanly ",
+                                "(the kernel refuses to mount this upper until it is removed)"
+                            )
+                            .to_string()
                         } else {
                             "leftover in the workdir".to_string()
                         };
@@ -457,7 +461,8 @@ impl Checker<'_> {
                     self.report(
                         at.clone(),
                         format!(
-                            "kernel overlayfs {} (part of the object lives elsewhere; unionfs and commit cannot follow it)",
+                            "kernel overlayfs {} (part of the object lives elsewhere; \
+                             unionfs and commit cannot follow it)",
                             x.to_string_lossy()
                         ),
                         false,
