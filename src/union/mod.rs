@@ -19,7 +19,7 @@ mod acl;
 mod copy_up;
 mod create;
 mod handles;
-mod hardlinks;
+pub(crate) mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
 mod io;
@@ -28,7 +28,7 @@ mod readdir;
 mod remove;
 mod rename;
 pub(crate) mod whiteout;
-mod workdir;
+pub(crate) mod workdir;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
