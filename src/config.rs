@@ -40,6 +40,9 @@ pub struct MountConfig {
     /// beyond are dropped, least recently used first, and rebuilt from the layers when needed).
     #[serde(default = "default_index_cache")]
     pub index_cache: usize,
+    /// Owner mappings between the layers and the view (see `idmap.rs`).
+    #[serde(default)]
+    pub idmap: crate::idmap::IdMap,
 }
 
 /// About 25 MiB of directory indexes.
@@ -65,6 +68,7 @@ impl MountConfig {
             revalidate: false,
             acl: true,
             index_cache: DEFAULT_INDEX_CACHE,
+            idmap: crate::idmap::IdMap::default(),
         }
     }
 

@@ -14,14 +14,10 @@ use std::time::Duration;
 use fuser::MountOption;
 
 use super::MountSpec;
+use unionfs::idmap;
 
 /// fuse-overlayfs options we accept but do not implement (one warning each).
 const IGNORED_FUSE_OVERLAYFS: &[&str] = &[
-    "squash_to_root",
-    "squash_to_uid",
-    "squash_to_gid",
-    "uidmapping",
-    "gidmapping",
     "static_nlink",
     "xattr_permissions",
     "threaded",
@@ -44,7 +40,10 @@ pub fn is_compat(args: &[OsString]) -> bool {
     if f.starts_with(b"-") {
         return true;
     }
-    if matches!(f, b"mount" | b"umount" | b"unmount" | b"help") {
+    if matches!(
+        f,
+        b"mount" | b"umount" | b"unmount" | b"help" | b"diff" | b"commit" | b"import" | b"size" | b"layers" | b"check"
+    ) {
         return false;
     }
     args.iter().any(|a| a.as_bytes().starts_with(b"-o"))
@@ -258,6 +257,16 @@ fn union_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
                 _ => return Err("option 'whiteouts' must be 'overlay' or 'oci'".into()),
             }
         }
+        "uidmapping" => spec.idmap.uids = idmap::parse_ranges(&o.text()).map_err(|e| format!("uidmapping: {e}"))?,
+        "gidmapping" => spec.idmap.gids = idmap::parse_ranges(&o.text()).map_err(|e| format!("gidmapping: {e}"))?,
+        "squash_to_root" => {
+            o.flag(true)?;
+            spec.idmap.squash_uid.get_or_insert(0);
+            spec.idmap.squash_gid.get_or_insert(0);
+        }
+        // Stronger than squash_to_root, in whatever order they come.
+        "squash_to_uid" => spec.idmap.squash_uid = Some(parse_id(o)?),
+        "squash_to_gid" => spec.idmap.squash_gid = Some(parse_id(o)?),
         "noacl" => spec.no_acl = o.flag(true)?,
         "acl" => spec.no_acl = !o.flag(true)?,
         "writeback" => spec.no_writeback_cache = !o.flag(true)?,
@@ -304,6 +313,12 @@ fn mount_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+fn parse_id(o: &Opt<'_>) -> Result<u32, String> {
+    o.text()
+        .parse()
+        .map_err(|_| format!("option '{}' needs a numeric id, not '{}'", o.key, o.text()))
 }
 
 /// Strips one pair of surrounding double quotes.
@@ -383,7 +398,7 @@ mod tests {
             "-o",
             "lowerdir=l/A:l/B,upperdir=/u,workdir=/w,volatile,",
             "-o",
-            "nodev,squash_to_root,frobnicate=1",
+            "nodev,squash_to_root,frobnicate=1,static_nlink,uidmapping=:0:100000:65536,gidmapping=0:5:1",
             "/mnt",
         ]))
         .unwrap();
@@ -394,9 +409,13 @@ mod tests {
         assert!(s.volatile);
         assert!(!s.foreground);
         assert_eq!(s.mount.dev, Some(false));
-        assert_eq!(s.warnings.len(), 2);
-        assert!(s.warnings[0].contains("fuse-overlayfs option 'squash_to_root'"));
-        assert!(s.warnings[1].contains("unknown option 'frobnicate=1'"));
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("unknown option 'frobnicate=1'"));
+        assert!(s.warnings[1].contains("fuse-overlayfs option 'static_nlink'"));
+        assert_eq!((s.idmap.squash_uid, s.idmap.squash_gid), (Some(0), Some(0)));
+        assert_eq!(s.idmap.uids.len(), 1);
+        assert_eq!((s.idmap.gids[0].host, s.idmap.gids[0].view), (0, 5));
+        assert!(parse(&args(&["-o", "lowerdir=a,uidmapping=1:2", "m"])).is_err());
     }
 
     #[test]

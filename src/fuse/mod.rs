@@ -99,7 +99,7 @@ impl FuseAdapter {
             let shareable = o.shared_rw.then(|| fd.as_fd());
             Ok(self
                 .passthrough
-                .open(ino, o.fh, o.in_upper, lower_may_change, shareable, open_backing))
+                .open(ino, &o, lower_may_change, shareable, open_backing))
         });
         r.unwrap_or(passthrough::Mode::Cached(FopenFlags::empty()))
     }

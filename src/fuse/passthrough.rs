@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::{BackingId, FopenFlags};
+
+use crate::union::Opened;
 use parking_lot::Mutex;
 
 /// How one open was answered.
@@ -60,18 +62,19 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Decides how to answer the open `fh` of inode `ino` (an upper file or not; `lower_may_change`
-    /// with `--revalidate`). `shareable` says the handle's fd may back every open of the inode;
+    /// Decides how to answer the open `o` of inode `ino` (`lower_may_change` with
+    /// `--revalidate`). `shareable` is the handle's fd if it may back every open of the inode;
     /// `open_backing` registers it with the kernel.
     pub(crate) fn open<F: AsFd>(
         &self,
         ino: u64,
-        fh: u64,
-        in_upper: bool,
+        o: &Opened,
         lower_may_change: bool,
         shareable: Option<F>,
         open_backing: impl FnOnce(F) -> std::io::Result<BackingId>,
     ) -> Mode {
+        let fh = o.fh;
+        let cached = || Mode::Cached(self.cached_flags(o, lower_may_change));
         let mut inodes = self.inodes.lock();
         let st = inodes.entry(ino).or_default();
         let mode = match (&st.backing, shareable) {
@@ -88,11 +91,11 @@ impl Passthrough {
                         // or a backing filesystem stacked too deep): serve file I/O ourselves.
                         tracing::info!("FUSE passthrough unavailable ({e}); serving file I/O in the daemon");
                         self.refused.store(true, Ordering::Relaxed);
-                        Mode::Cached(self.cached_flags(in_upper, lower_may_change))
+                        cached()
                     }
                 }
             }
-            _ => Mode::Cached(self.cached_flags(in_upper, lower_may_change)),
+            _ => cached(),
         };
         let pt = matches!(mode, Mode::Passthrough(_));
         if pt {
@@ -109,11 +112,13 @@ impl Passthrough {
     /// pages stay valid across opens. An upper file is served by us while passthrough is on only
     /// when it is also open through the daemon from before its copy-up; the kernel's page cache
     /// and its idea of the size can then lag behind the backing file, so such opens bypass the
-    /// page cache and appends go to our end of file (see the adapter's `write`).
-    fn cached_flags(&self, in_upper: bool, lower_may_change: bool) -> FopenFlags {
-        if in_upper && self.enabled() {
+    /// page cache and appends go to our end of file (see the adapter's `write`). Without
+    /// passthrough the same holds while a handle from before the copy-up is open: it reads the
+    /// lower content, and must not find the copy's pages in the cache it shares with this open.
+    fn cached_flags(&self, o: &Opened, lower_may_change: bool) -> FopenFlags {
+        if o.in_upper && (self.enabled() || o.beside_older) {
             FopenFlags::FOPEN_DIRECT_IO
-        } else if !in_upper && lower_may_change {
+        } else if !o.in_upper && lower_may_change {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE

@@ -87,6 +87,7 @@ impl Union {
             fh: self.new_file_handle(fd, node),
             shared_rw,
             in_upper: true,
+            beside_older: false,
         };
         Ok((attr, opened))
     }
@@ -196,7 +197,7 @@ impl Union {
         };
         self.with_index(&dir, |idx| idx.show(name, Visible::new(upper, kind, ino)))?;
         let node = self.remember_new(parent, name, &pdir, &obj, ino)?;
-        Ok((node, Attr::from_stat(ino, &st), fd))
+        Ok((node, self.view_attr(ino, &st), fd))
     }
 
     /// Builds `obj` at `pdir/name`, whose index entry is `slot`: in place, or in the workdir
@@ -353,15 +354,21 @@ impl Union {
                 }
             }
         }
-        let gid = if parent.sgid { parent.gid } else { ctx.gid };
+        // The caller's ids are the view's; a set-group-id parent's group is stored already.
+        let gid = if parent.sgid {
+            parent.gid
+        } else {
+            self.idmap.gid_to_host(ctx.gid)
+        };
+        let uid = self.idmap.uid_to_host(ctx.uid);
         // A file we create gets our fsuid, and our fsgid unless the parent is set-group-id.
         let ours = (self.euid, if parent.sgid { parent.gid } else { self.egid });
         let plain_file = matches!(obj, NewObject::File { .. });
-        if self.privileged && !(plain_file && ours == (ctx.uid, gid)) {
+        if self.privileged && !(plain_file && ours == (uid, gid)) {
             rustix::fs::chownat(
                 dir,
                 name,
-                Some(rustix::fs::Uid::from_raw(ctx.uid)),
+                Some(rustix::fs::Uid::from_raw(uid)),
                 Some(rustix::fs::Gid::from_raw(gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )?;

@@ -37,6 +37,9 @@ pub struct Opened {
     /// The object is in the upper layer; otherwise its content is a lower's and never changes
     /// while mounted.
     pub in_upper: bool,
+    /// The object is also open through a handle from before its copy-up, which goes on reading
+    /// the lower content: this open must not share the kernel's page cache with it.
+    pub beside_older: bool,
 }
 
 /// Filesystem statistics (of the upper, or of the top lower without one).
@@ -98,11 +101,12 @@ impl Union {
         // Acts on the object itself, never on a symlink's target.
         let (dir, entry, at) = loc.at();
         if set.uid.is_some() || set.gid.is_some() {
+            // Owners given through the view are stored as the layers carry them.
             rustix::fs::chownat(
                 dir,
                 &entry,
-                set.uid.map(rustix::fs::Uid::from_raw),
-                set.gid.map(rustix::fs::Gid::from_raw),
+                set.uid.map(|u| rustix::fs::Uid::from_raw(self.idmap.uid_to_host(u))),
+                set.gid.map(|g| rustix::fs::Gid::from_raw(self.idmap.gid_to_host(g))),
                 at,
             )?;
         }
@@ -174,10 +178,17 @@ impl Union {
         } else {
             loc.open(f)?
         };
+        let beside_older = in_upper
+            && self
+                .handles
+                .files_of(node.ino)
+                .iter()
+                .any(|f| f.layer != node_layer(&node));
         Ok(Opened {
             fh: self.new_file_handle(ofd, node),
             shared_rw,
             in_upper,
+            beside_older,
         })
     }
 
@@ -395,6 +406,10 @@ impl Union {
         self.copy_up(&node)?;
         self.xattr_target(&node, |t| Ok(t.remove_xattr(name)?))
     }
+}
+
+fn node_layer(node: &Node) -> usize {
+    node.state.read().layer
 }
 
 fn is_writable(fd: &OwnedFd) -> bool {

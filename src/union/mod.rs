@@ -19,7 +19,7 @@ mod acl;
 mod copy_up;
 mod create;
 mod handles;
-mod hardlinks;
+pub(crate) mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
 mod io;
@@ -28,7 +28,7 @@ mod readdir;
 mod remove;
 mod rename;
 pub(crate) mod whiteout;
-mod workdir;
+pub(crate) mod workdir;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -50,6 +50,7 @@ use self::workdir::Workdir;
 use crate::attr::{Attr, Kind};
 use crate::config::{MountConfig, WhiteoutStyle};
 use crate::error::{Errno, FsResult, SetupError};
+use crate::idmap::IdMap;
 use crate::sys;
 
 /// Who is asking: the caller's credentials, used to own new objects when we run as root.
@@ -196,6 +197,8 @@ pub struct Union {
     rw_upper_fds: AtomicBool,
     /// See [`Union::set_posix_acl`].
     posix_acl: AtomicBool,
+    /// Owner mappings in force (see `idmap.rs` and `effective_idmap`).
+    idmap: IdMap,
     /// Layer devices, for tagging inode numbers when layers span filesystems.
     single_dev: bool,
     config: MountConfig,
@@ -247,6 +250,7 @@ impl Union {
             })?,
             None => HardlinkIndex::default(),
         };
+        let idmap = effective_idmap(&config.idmap, &layers);
         let privileged = sys::has_cap_sys_admin();
         let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
         let u = Union {
@@ -263,6 +267,7 @@ impl Union {
             volatile: config.volatile,
             rw_upper_fds: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
+            idmap,
             umask_is_zero: sys::umask_is_zero(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
@@ -533,7 +538,7 @@ impl Union {
         }
         let merged = layers.len() > 1;
         let node = self.remember(parent, name, &vis, kind, layers, lookups);
-        let mut attr = Attr::from_stat(vis.ino, &st);
+        let mut attr = self.view_attr(vis.ino, &st);
         if merged {
             attr.nlink = 1;
         }
@@ -643,7 +648,7 @@ impl Union {
         };
         let loc = self.locate(&node, fh)?;
         let st = loc.stat()?;
-        let mut a = Attr::from_stat(node.ino, &st);
+        let mut a = self.view_attr(node.ino, &st);
         if merged {
             a.nlink = 1;
         }
@@ -651,6 +656,15 @@ impl Union {
             self.uncount_index_link(&mut a, &loc.target());
         }
         Ok(a)
+    }
+
+    /// The attributes the view shows for `st` under inode number `ino` (owners mapped).
+    pub(crate) fn view_attr(&self, ino: u64, st: &rustix::fs::Stat) -> Attr {
+        let mut a = Attr::from_stat(ino, st);
+        if !self.idmap.is_identity() {
+            (a.uid, a.gid) = self.idmap.to_view(a.uid, a.gid);
+        }
+        a
     }
 
     /// An upper copy of a multiply-linked lower file has its names in the view counted for it
@@ -771,4 +785,39 @@ fn check_name(name: &OsStr) -> FsResult<()> {
         return Err(Errno::EINVAL);
     }
     Ok(())
+}
+
+/// The owner mappings a mount uses: none when the top layer already carries owners of the view
+/// (its root's owner is in a view range and in no layer range). Podman passes its container's
+/// mapping along with layers it has shifted to it already; applying it again would show (and
+/// store) owners shifted twice.
+fn effective_idmap(asked: &IdMap, layers: &[Layer]) -> IdMap {
+    if asked.uids.is_empty() && asked.gids.is_empty() {
+        return asked.clone();
+    }
+    // The top lower (after the upper, which the mount made itself, if there is one).
+    let top_lower = layers.get(usize::from(layers.len() > 1));
+    let Some(st) = top_lower.and_then(|l| rustix::fs::fstat(&*l.root).ok()) else {
+        return asked.clone();
+    };
+    let in_view = asked
+        .uids
+        .iter()
+        .any(|r| st.st_uid >= r.view && st.st_uid - r.view < r.len);
+    let in_host = asked
+        .uids
+        .iter()
+        .any(|r| st.st_uid >= r.host && st.st_uid - r.host < r.len);
+    if in_view && !in_host {
+        tracing::info!(
+            "the layers' owners are shifted already (the top layer's root belongs to {}): the uid/gid mappings are not applied again",
+            st.st_uid
+        );
+        return IdMap {
+            uids: Vec::new(),
+            gids: Vec::new(),
+            ..asked.clone()
+        };
+    }
+    asked.clone()
 }
