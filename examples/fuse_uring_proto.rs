@@ -3,7 +3,9 @@
 //! classic `/dev/fuse` read/write loop, to measure what one round trip costs on each path.
 //!
 //! ```text
-//! fuse_uring_proto serve [--classic] [--depth N] [--ring plain|coop|defer] MOUNTPOINT
+//! fuse_uring_proto serve [--depth N] [--ring plain|coop|defer] [--pin queue|other|none]
+//!                        [--force-uring] MOUNTPOINT
+//! fuse_uring_proto serve --classic [--cpu N | --per-cpu-readers] MOUNTPOINT
 //! fuse_uring_proto bench --op getxattr|stat [--calls N] [--name XATTR] PATH
 //! ```
 //!
@@ -24,6 +26,9 @@
 //!
 //! `bench` is the client: a tight loop of `--calls` getxattr or stat calls on PATH; it prints
 //! microseconds per call. `benches/uring_roundtrip.sh` runs both modes and a unionfs mount.
+//!
+//! `unsafe` is confined to this example (the crate forbids it in `src/`): the ring entries'
+//! buffers the kernel writes behind our back, pushing SQEs, and setting the SQE's `len`.
 //!
 //! The kernel side: `Documentation/filesystems/fuse-io-uring.rst`, `fs/fuse/dev_uring.c` and
 //! `include/uapi/linux/fuse.h` (`fuse_uring_req_header`, `fuse_uring_cmd_req`).
