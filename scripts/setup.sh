@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building, mounting and testing need, once: fuse3 (fusermount3), the peers we
-# compare against (fuse-overlayfs, unionfs-fuse), attr/util-linux tools. Idempotent.
+# compare against (fuse-overlayfs, unionfs-fuse), attr/util-linux/e2fsprogs tools. Idempotent.
 set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
@@ -10,6 +10,7 @@ command -v getfattr >/dev/null || need+=(attr)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v fio >/dev/null || need+=(fio)
 command -v setfacl >/dev/null || need+=(acl)
+command -v lsattr >/dev/null || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "unionfs setup: please install: ${need[*]} (as root: apt-get install ${need[*]})" >&2

@@ -305,6 +305,36 @@ pub fn has_cap_sys_admin() -> bool {
         .unwrap_or(false)
 }
 
+/// What the kernel knows of a process and the daemon cannot see in a FUSE request: its
+/// supplementary groups and whether it holds CAP_FSETID (from `/proc/PID/status`). `None` when
+/// the process is gone or outside our pid namespace (pid 0).
+pub fn process_creds(pid: u32) -> Option<ProcessCreds> {
+    if pid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    let groups = field("Groups:")?
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    let caps = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
+    Some(ProcessCreds {
+        groups,
+        fsetid: caps & (1 << CAP_FSETID) != 0,
+    })
+}
+
+/// See [`process_creds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessCreds {
+    pub groups: Vec<u32>,
+    /// CAP_FSETID: writing keeps setuid and setgid bits.
+    pub fsetid: bool,
+}
+
+const CAP_FSETID: u32 = 4;
+
 /// Whether the process umask is 0, read from /proc (setting it to find out would race with
 /// other threads creating files).
 pub fn umask_is_zero() -> bool {

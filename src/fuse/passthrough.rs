@@ -35,6 +35,8 @@ struct Inode {
     backing: Option<Arc<BackingId>>,
     passthrough: u32,
     cached: u32,
+    /// Passthrough opens that may write (see [`Passthrough::writing`]).
+    writers: u32,
 }
 
 /// Passthrough state of the mount: per-inode modes and which handle counts where.
@@ -47,8 +49,8 @@ pub(crate) struct Passthrough {
     /// existing backing file still get it).
     refused: AtomicBool,
     inodes: Mutex<HashMap<u64, Inode>>,
-    /// File handle -> (inode, opened passthrough).
-    handles: Mutex<HashMap<u64, (u64, bool)>>,
+    /// File handle -> (inode, opened passthrough, opened for writing).
+    handles: Mutex<HashMap<u64, (u64, bool, bool)>>,
 }
 
 impl Passthrough {
@@ -60,12 +62,14 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Decides how to answer the open `fh` of inode `ino`. `shareable` says the handle's fd may
-    /// back every open of the inode; `open_backing` registers it with the kernel.
+    /// Decides how to answer the open `fh` of inode `ino` (`writable`: for writing).
+    /// `shareable` says the handle's fd may back every open of the inode; `open_backing`
+    /// registers it with the kernel.
     pub(crate) fn open<F: AsFd>(
         &self,
         ino: u64,
         fh: u64,
+        writable: bool,
         shareable: Option<F>,
         open_backing: impl FnOnce(F) -> std::io::Result<BackingId>,
     ) -> Mode {
@@ -94,17 +98,25 @@ impl Passthrough {
         let pt = matches!(mode, Mode::Passthrough(_));
         if pt {
             st.passthrough += 1;
+            st.writers += u32::from(writable);
         } else {
             st.cached += 1;
         }
         drop(inodes);
-        self.handles.lock().insert(fh, (ino, pt));
+        self.handles.lock().insert(fh, (ino, pt, writable));
         mode
+    }
+
+    /// Whether the kernel may be changing `ino` behind our back: it is open for writing through
+    /// passthrough, where writes through a shared mapping change the backing file's data and
+    /// times without the FUSE layer noticing. Its attributes must not be cached meanwhile.
+    pub(crate) fn writing(&self, ino: u64) -> bool {
+        self.enabled() && self.inodes.lock().get(&ino).is_some_and(|st| st.writers > 0)
     }
 
     /// Forgets the open `fh`; the last passthrough open of an inode closes its backing file.
     pub(crate) fn release(&self, fh: u64) {
-        let Some((ino, pt)) = self.handles.lock().remove(&fh) else {
+        let Some((ino, pt, writable)) = self.handles.lock().remove(&fh) else {
             return;
         };
         let mut inodes = self.inodes.lock();
@@ -113,6 +125,7 @@ impl Passthrough {
         };
         if pt {
             st.passthrough = st.passthrough.saturating_sub(1);
+            st.writers = st.writers.saturating_sub(u32::from(writable));
             if st.passthrough == 0 {
                 st.backing = None;
             }

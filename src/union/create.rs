@@ -87,6 +87,7 @@ impl Union {
             fh: self.new_file_handle(fd, node),
             shared_rw,
             in_upper: true,
+            daemon_writes: attr.perm & 0o2010 == 0o2000,
         };
         Ok((attr, opened))
     }

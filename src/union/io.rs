@@ -59,6 +59,9 @@ pub struct Opened {
     /// The object is in the upper layer; otherwise its content is a lower's and never changes
     /// while mounted.
     pub in_upper: bool,
+    /// Writes must reach the daemon (no FUSE passthrough): the file is set-group-ID without
+    /// group execute, a bit the kernel's FUSE layer leaves to us to drop (see `privs.rs`).
+    pub daemon_writes: bool,
 }
 
 /// Filesystem statistics (of the upper, or of the top lower without one).
@@ -110,7 +113,7 @@ const OMIT: Timespec = Timespec {
 impl Union {
     /// Changes attributes (copying the object up first). `fh` is an open handle, if the change
     /// came through one (ftruncate on a file whose name is gone).
-    pub fn setattr(&self, _ctx: &Ctx, ino: u64, set: &SetAttr, fh: Option<u64>) -> FsResult<Attr> {
+    pub fn setattr(&self, ctx: &Ctx, ino: u64, set: &SetAttr, fh: Option<u64>) -> FsResult<Attr> {
         self.upper_index()?;
         let node = self.node(ino)?;
         let truncating_to_zero = set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
@@ -142,6 +145,7 @@ impl Union {
                     rustix::fs::ftruncate(&w, size)?;
                 }
             }
+            self.drop_privs_at(ctx, &loc)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let times = Timestamps {
@@ -191,15 +195,17 @@ impl Union {
                     shared_rw = true;
                     fd
                 }
-                Err(_) => loc.open(f)?,
+                Err(_) => open_as_asked(&loc, f, flags)?,
             }
         } else {
-            loc.open(f)?
+            open_as_asked(&loc, f, flags)?
         };
+        let daemon_writes = in_upper && sgid_without_group_exec(&ofd);
         Ok(Opened {
             fh: self.new_file_handle(ofd, node),
             shared_rw,
             in_upper,
+            daemon_writes,
         })
     }
 
@@ -523,6 +529,21 @@ impl Union {
         self.copy_up(&node)?;
         self.xattr_target(&node, |t| Ok(t.remove_xattr(name)?))
     }
+}
+
+/// Opens `loc` with our flags `f` for a caller that asked for `asked`. An append-only file
+/// (`chattr +a`) refuses write opens without O_APPEND: then ours keeps the caller's O_APPEND,
+/// and every write through it appends, as the flag demands.
+fn open_as_asked(loc: &super::Loc, f: OFlags, asked: OFlags) -> FsResult<OwnedFd> {
+    match loc.open(f) {
+        Err(rustix::io::Errno::PERM) if asked.contains(OFlags::APPEND) => Ok(loc.open(f | OFlags::APPEND)?),
+        r => Ok(r?),
+    }
+}
+
+/// A regular file that is set-group-ID but not executable by its group.
+fn sgid_without_group_exec(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| st.st_mode & 0o172010 == 0o102000)
 }
 
 fn is_writable(fd: &OwnedFd) -> bool {

@@ -18,12 +18,14 @@
 mod acl;
 mod copy_up;
 mod create;
+mod fileattr;
 mod handles;
 mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
 mod io;
 pub(crate) mod node;
+mod privs;
 mod remove;
 mod rename;
 pub mod whiteout;
