@@ -88,7 +88,8 @@ struct MountArgs {
     #[arg(long)]
     no_acl: bool,
     /// Mount options, comma separated: ro, nosuid, nodev, noexec, allow_other, fsname=..,
-    /// and the fuse-overlayfs ones (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
+    /// noatime, relatime (the default), strictatime, nodiratime, and the fuse-overlayfs ones
+    /// (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<OsString>,
     /// Log to FILE instead of stderr (in the background: instead of nowhere).
@@ -142,6 +143,8 @@ pub(crate) struct MountSpec {
     pub no_acl: bool,
     pub index_cache: Option<usize>,
     pub readdirplus_always: bool,
+    /// `-o noatime`, `relatime`, `strictatime`, `nodiratime`.
+    pub atime: unionfs::AtimePolicy,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -187,6 +190,7 @@ impl MountSpec {
         if let Some(n) = self.index_cache {
             c.index_cache = n;
         }
+        c.atime = self.atime;
         c
     }
 }

@@ -127,6 +127,19 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
     Ok(out)
 }
 
+/// Reads the first entries of the directory behind `dir` and nothing more: the kernel updates
+/// its access time as its mount says, as for any listing that starts.
+pub fn read_dir_once(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::Dir::read_from(&fd)?.read().transpose()?;
+    Ok(())
+}
+
 /// Reads an extended attribute of the entry `name` of `dir` (not following a symlink).
 /// A missing attribute (or one the filesystem does not support) is `Ok(None)`.
 pub fn get_xattr(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> rustix::io::Result<Option<Vec<u8>>> {
@@ -303,6 +316,71 @@ pub fn has_cap_sys_admin() -> bool {
     rustix::thread::capabilities(None)
         .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
         .unwrap_or(false)
+}
+
+/// Per-mount flags (see [`private_binds`]).
+pub use rustix::mount::MountFlags;
+
+/// Private bind mounts of directories (canonical paths), each with its own per-mount flags
+/// instead of its mount's (`recursive`: with the mounts below it), reachable through the
+/// returned `O_PATH` fds only. The kernel then applies those flags to everything done through
+/// fds opened beneath them: access-time updates (including FUSE passthrough reads of backing
+/// files), read-only.
+///
+/// Made in a short-lived thread that moves into a mount namespace of its own (needs
+/// CAP_SYS_ADMIN there): the namespace goes away with the thread, the mounts stay alive,
+/// detached, as long as fds on them do. Nothing is ever mounted where other processes could
+/// see it. The outer error is the namespace's; each mount has its own result.
+pub fn private_binds(dirs: &[(&std::path::Path, MountFlags, bool)]) -> std::io::Result<Vec<std::io::Result<OwnedFd>>> {
+    let dirs: Vec<_> = dirs.iter().map(|(d, f, r)| (d.to_path_buf(), *f, *r)).collect();
+    std::thread::spawn(move || {
+        enter_private_namespace()?;
+        Ok(dirs.iter().map(|(d, f, r)| bind_with_flags(d, *f, *r)).collect())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the private mount thread panicked"))?
+}
+
+/// Moves the calling thread into a mount namespace of its own whose mounts pass nothing on to
+/// the ones they were copied from.
+fn enter_private_namespace() -> std::io::Result<()> {
+    use nix::sched::CloneFlags;
+    use rustix::mount::MountPropagationFlags;
+    // CLONE_FS too: threads share their root and cwd, which a namespace change must not touch.
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(std::io::Error::from)?;
+    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
+    Ok(())
+}
+
+/// Binds `dir` onto itself (in the private namespace) and gives the bind mount `flags`.
+fn bind_with_flags(dir: &std::path::Path, flags: MountFlags, recursive: bool) -> std::io::Result<OwnedFd> {
+    if recursive {
+        rustix::mount::mount_bind_recursive(dir, dir)?;
+    } else {
+        rustix::mount::mount_bind(dir, dir)?;
+    }
+    let keep = kept_mount_flags(rustix::fs::statvfs(dir)?.f_flag);
+    rustix::mount::mount_remount(dir, MountFlags::BIND | keep | flags, "")?;
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The flags of a mount (statvfs `f_flag`) other than its atime ones, which a bind remount
+/// must repeat.
+fn kept_mount_flags(f: rustix::fs::StatVfsMountFlags) -> MountFlags {
+    use rustix::fs::StatVfsMountFlags as S;
+    [
+        (S::RDONLY, MountFlags::RDONLY),
+        (S::NOSUID, MountFlags::NOSUID),
+        (S::NODEV, MountFlags::NODEV),
+        (S::NOEXEC, MountFlags::NOEXEC),
+    ]
+    .into_iter()
+    .filter(|(s, _)| f.contains(*s))
+    .fold(MountFlags::empty(), |m, (_, flag)| m | flag)
 }
 
 /// What the kernel knows of a process and the daemon cannot see in a FUSE request: its

@@ -609,3 +609,170 @@ fn getxattr_racing_with_replace_sees_old_or_new_value() {
         );
     }
 }
+
+// ---- 3. access times -----------------------------------------------------------------------
+
+/// atime (ns) of `p` (not following a symlink).
+fn atime_of(p: &Path) -> i128 {
+    let md = lstat(p);
+    md.atime() as i128 * 1_000_000_000 + md.atime_nsec() as i128
+}
+
+/// Runs `access` on `p` and says whether the atime moved (after a pause, so that it could).
+fn moved(p: &Path, access: impl FnOnce()) -> &'static str {
+    std::thread::sleep(Duration::from_millis(30));
+    let before = atime_of(p);
+    access();
+    if atime_of(p) != before { "updated" } else { "kept" }
+}
+
+fn read_all(p: &Path) {
+    std::fs::read(p).unwrap();
+}
+
+fn list(p: &Path) {
+    names(p);
+}
+
+/// What reads, listings and runs do to access times through `mnt`, with lower layer `lower`.
+fn atime_transcript(mnt: &Path, lower: &Path) -> Vec<String> {
+    let p = |n: &str| mnt.join(n);
+    let old = 1_000_000_000;
+    std::fs::write(p("file"), b"data\n").unwrap();
+    std::fs::create_dir(p("dir")).unwrap();
+    std::fs::write(p("dir/inside"), b"x").unwrap();
+    std::fs::copy("/bin/true", p("prog")).unwrap();
+    let mut t = Vec::new();
+    // An atime older than the ctime: the next access updates it unless `noatime`.
+    set_times(&p("file"), old, old);
+    t.push(format!(
+        "file, 1st read: {}",
+        moved(&p("file"), || read_all(&p("file")))
+    ));
+    t.push(format!(
+        "file, 2nd read: {}",
+        moved(&p("file"), || read_all(&p("file")))
+    ));
+    append(&p("file"), b"more\n").unwrap();
+    t.push(format!(
+        "file, read after a write: {}",
+        moved(&p("file"), || read_all(&p("file")))
+    ));
+    t.push(format!(
+        "file, read again: {}",
+        moved(&p("file"), || read_all(&p("file")))
+    ));
+    set_times(&p("dir"), old, old);
+    t.push(format!("dir, 1st listing: {}", moved(&p("dir"), || list(&p("dir")))));
+    t.push(format!("dir, 2nd listing: {}", moved(&p("dir"), || list(&p("dir")))));
+    set_times(&p("prog"), old, old);
+    let run = || assert!(spawn_fresh_program(&p("prog"), &[]).wait().unwrap().success());
+    t.push(format!("program run: {}", moved(&p("prog"), run)));
+    // Lower objects: read, listed, followed through the mount; the layer keeps its times.
+    let raw = ["lfile", "ldir", "llink"].map(|n| atime_of(&lower.join(n)));
+    let view = atime_of(&p("lfile"));
+    read_all(&p("lfile"));
+    list(&p("ldir"));
+    std::fs::read_link(p("llink")).unwrap();
+    read_all(&p("llink"));
+    t.push(format!(
+        "lower file seen: {}",
+        if atime_of(&p("lfile")) == view {
+            "kept"
+        } else {
+            "updated"
+        }
+    ));
+    let now = ["lfile", "ldir", "llink"].map(|n| atime_of(&lower.join(n)));
+    t.push(format!("lower layer: {}", if now == raw { "kept" } else { "updated" }));
+    t
+}
+
+fn fill_atime(l: &Layers) {
+    l.put(0, "lfile", b"lower\n");
+    l.put(0, "ldir/entry", b"e");
+    std::os::unix::fs::symlink("lfile", l.lower(0, "llink")).unwrap();
+    for n in ["lfile", "ldir", "llink"] {
+        set_times(&l.lower(0, n), 1_000_000_000, 1_000_000_000);
+    }
+}
+
+/// The atime options as the kernel shows them, for each set of options.
+fn check_atime_options(opts: &str, expect: &[(&str, &str)]) {
+    let k = layers(fill_atime);
+    let kernel = {
+        let _ko = kernel_overlay(&k, opts);
+        atime_transcript(&k.mnt, &k.lowers[0])
+    };
+    for (what, how) in expect {
+        let line = format!("{what}: {how}");
+        assert!(
+            kernel.contains(&line),
+            "kernel overlayfs -o {opts}: no '{line}' in {kernel:#?}"
+        );
+    }
+    for (label, args) in MODES {
+        let l = layers(fill_atime);
+        let mut args = args.to_vec();
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        let m = l.mount(&args);
+        let ours = atime_transcript(&m.mnt, &l.lowers[0]);
+        assert_eq!(ours, kernel, "{label}, -o {opts:?}");
+    }
+}
+
+#[test]
+fn relatime_is_the_default_and_updates_the_first_access_after_a_change() {
+    let expect = [
+        ("file, 1st read", "updated"),
+        ("file, 2nd read", "kept"),
+        ("file, read after a write", "updated"),
+        ("dir, 2nd listing", "kept"),
+        ("lower layer", "kept"),
+    ];
+    check_atime_options("", &expect);
+    check_atime_options("relatime", &expect);
+}
+
+#[test]
+fn strictatime_updates_every_access() {
+    check_atime_options(
+        "strictatime",
+        &[
+            ("file, 2nd read", "updated"),
+            ("dir, 2nd listing", "updated"),
+            ("lower layer", "kept"),
+        ],
+    );
+}
+
+#[test]
+fn noatime_updates_nothing_not_even_a_program_run() {
+    check_atime_options(
+        "noatime",
+        &[
+            ("file, 1st read", "kept"),
+            ("dir, 1st listing", "kept"),
+            ("program run", "kept"),
+            ("lower layer", "kept"),
+        ],
+    );
+}
+
+#[test]
+fn nodiratime_keeps_directory_times_only() {
+    check_atime_options(
+        "strictatime,nodiratime",
+        &[
+            ("file, 2nd read", "updated"),
+            ("dir, 1st listing", "kept"),
+            ("lower layer", "kept"),
+        ],
+    );
+    check_atime_options(
+        "nodiratime",
+        &[("file, 1st read", "updated"), ("dir, 1st listing", "kept")],
+    );
+}

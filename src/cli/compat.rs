@@ -206,8 +206,22 @@ fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
         "suid" | "nosuid" => spec.mount.suid = Some(flag(key == "suid")?),
         "dev" | "nodev" => spec.mount.dev = Some(flag(key == "dev")?),
         "exec" | "noexec" => spec.mount.exec = Some(flag(key == "exec")?),
-        "atime" => spec.mount.extra_flag(MountOption::Atime, MountOption::NoAtime),
-        "noatime" => spec.mount.extra_flag(MountOption::NoAtime, MountOption::Atime),
+        // The kernel leaves access times of FUSE files to us (see `AtimePolicy`); `noatime`
+        // also shows in the mount's options.
+        "atime" | "relatime" | "strictatime" | "norelatime" => {
+            flag(true)?;
+            spec.atime.mode = match key.as_str() {
+                "strictatime" | "norelatime" => unionfs::AtimeMode::Strict,
+                _ => unionfs::AtimeMode::Relatime,
+            };
+            spec.mount.extra.retain(|o| *o != MountOption::NoAtime);
+        }
+        "noatime" => {
+            flag(true)?;
+            spec.atime.mode = unionfs::AtimeMode::NoAtime;
+            spec.mount.extra_flag(MountOption::NoAtime, MountOption::Atime);
+        }
+        "nodiratime" | "diratime" => spec.atime.nodiratime = flag(key == "nodiratime")?,
         "sync" => spec.mount.extra_flag(MountOption::Sync, MountOption::Async),
         "async" => spec.mount.extra_flag(MountOption::Async, MountOption::Sync),
         "dirsync" => spec.mount.extra_flag(MountOption::DirSync, MountOption::DirSync),
@@ -356,6 +370,29 @@ mod tests {
                 .contains("needs a value")
         );
         assert!(parse(&args(&["-o", "fsync=2", "m"])).unwrap_err().contains("fsync"));
+        assert!(
+            parse(&args(&["-o", "noatime=1", "m"]))
+                .unwrap_err()
+                .contains("no value")
+        );
+    }
+
+    #[test]
+    fn atime_options() {
+        use unionfs::AtimeMode::*;
+        let atime = |o: &str| parse(&args(&["-o", o, "m"])).unwrap().atime;
+        assert_eq!(atime("lowerdir=a").mode, Relatime);
+        assert_eq!(atime("noatime").mode, NoAtime);
+        assert_eq!(atime("strictatime").mode, Strict);
+        assert_eq!(atime("noatime,relatime").mode, Relatime);
+        assert_eq!(atime("strictatime,atime").mode, Relatime);
+        let p = atime("strictatime,nodiratime");
+        assert_eq!((p.mode, p.nodiratime), (Strict, true));
+        assert!(!atime("nodiratime,diratime").nodiratime);
+        let s = parse(&args(&["-o", "noatime", "m"])).unwrap();
+        assert_eq!(s.mount.extra, vec![MountOption::NoAtime]);
+        let s = parse(&args(&["-o", "noatime,relatime", "m"])).unwrap();
+        assert!(s.mount.extra.is_empty());
     }
 
     #[test]

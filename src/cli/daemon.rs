@@ -219,6 +219,9 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
             return fail(2, setup_message(&e));
         }
     };
+    if union.has_upper() && !union.atime_by_mount() {
+        tracing::debug!("access times follow the upper's own mount options (but noatime): no private mount");
+    }
     let opts = spec.session_options();
     let mounted = match session::mount(Arc::clone(&union), &mountpoint, &opts) {
         Ok(m) => m,

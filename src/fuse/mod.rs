@@ -21,7 +21,7 @@ use fuser::{
 
 use crate::attr::{Attr, Kind};
 use crate::error::Errno;
-use crate::union::{Ctx, DirEntry, DirSink, Opened, SetAttr, Union};
+use crate::union::{Ctx, DirEntry, DirSink, Opened, ReadAtime, SetAttr, Union};
 
 /// Options of the adapter (how long the kernel may cache).
 #[derive(Debug, Clone, Copy)]
@@ -134,14 +134,20 @@ impl FuseAdapter {
     /// pages stay valid across opens. An upper file is served by us only while it is also open
     /// through the daemon from before its copy-up; with passthrough on, the kernel's page cache
     /// and its idea of the size can then lag behind the backing file, so such opens bypass the
-    /// page cache and appends go to our end of file (see `write`).
-    fn cached_flags(&self, in_upper: bool) -> FopenFlags {
-        if in_upper && self.passthrough.enabled() {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else if !in_upper && self.opts.lower_may_change {
-            FopenFlags::empty()
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
+    /// page cache and appends go to our end of file (see `write`). A read that must update the
+    /// access time must reach the file: the next one (the cache is dropped at open), or every
+    /// one (`strictatime`).
+    fn cached_flags(&self, o: &Opened) -> FopenFlags {
+        if o.in_upper && self.passthrough.enabled() {
+            return FopenFlags::FOPEN_DIRECT_IO;
+        }
+        if !o.in_upper && self.opts.lower_may_change {
+            return FopenFlags::empty();
+        }
+        match o.atime {
+            ReadAtime::Untouched => FopenFlags::FOPEN_KEEP_CACHE,
+            ReadAtime::NextRead => FopenFlags::empty(),
+            ReadAtime::EveryRead => FopenFlags::FOPEN_DIRECT_IO,
         }
     }
 
@@ -454,7 +460,7 @@ impl Filesystem for FuseAdapter {
         let mode = self.open_mode(ino.0, o, flags.0, |fd| reply.open_backing(fd));
         match mode {
             passthrough::Mode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
-            passthrough::Mode::Cached => reply.opened(FileHandle(o.fh), self.cached_flags(o.in_upper)),
+            passthrough::Mode::Cached => reply.opened(FileHandle(o.fh), self.cached_flags(&o)),
         }
     }
 
@@ -545,6 +551,10 @@ impl Filesystem for FuseAdapter {
             // mixing into the cache (see `Union::readdir_chunk`).
             // Changes to a lower (`--revalidate`) do not pass through the mount: no cache then.
             Ok(fh) if self.opts.lower_may_change => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // A listing that updates the access time must reach us (see `Union::readdir_into`).
+            Ok(fh) if self.union.listing_updates_atime(ino.0) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR)
+            }
             Ok(fh) => reply.opened(
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
@@ -666,7 +676,7 @@ impl Filesystem for FuseAdapter {
                 &attr,
                 Generation(0),
                 FileHandle(o.fh),
-                self.cached_flags(o.in_upper),
+                self.cached_flags(&o),
             ),
         }
     }

@@ -62,6 +62,8 @@ pub struct Opened {
     /// Writes must reach the daemon (no FUSE passthrough): the file is set-group-ID without
     /// group execute, a bit the kernel's FUSE layer leaves to us to drop (see `privs.rs`).
     pub daemon_writes: bool,
+    /// What reads do to the access time, so what the kernel may cache (see `atime.rs`).
+    pub atime: super::ReadAtime,
 }
 
 /// Filesystem statistics (of the upper, or of the top lower without one).
@@ -182,7 +184,7 @@ impl Union {
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
         // O_DIRECT stays off our fd (see `BACKING_FLAGS`).
         let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::BACKING_FLAGS);
-        if !in_upper {
+        if !in_upper || self.upper_fds_noatime() {
             f |= OFlags::NOATIME;
         }
         let loc = self.locate(&node, None)?;
@@ -201,11 +203,17 @@ impl Union {
             open_as_asked(&loc, f, flags)?
         };
         let daemon_writes = in_upper && sgid_without_group_exec(&ofd);
+        let atime = if in_upper {
+            self.read_atime(&ofd)
+        } else {
+            super::ReadAtime::Untouched
+        };
         Ok(Opened {
             fh: self.new_file_handle(ofd, node),
             shared_rw,
             in_upper,
             daemon_writes,
+            atime,
         })
     }
 
@@ -404,7 +412,11 @@ impl Union {
     /// error of the listing (at its first entry; after some were accepted, the listing stops
     /// there and the next request, starting at that entry, fails), never a silent gap.
     pub fn readdir_into(&self, fh: u64, offset: u64, plus: bool, sink: &mut impl DirSink) -> FsResult<()> {
-        let dir = self.handles.dir(fh)?.ino;
+        let node = self.handles.dir(fh)?;
+        if offset == 0 {
+            self.listing_started(&node);
+        }
+        let dir = node.ino;
         let mut accepted = 0usize;
         for e in self.readdir_chunk(fh, offset, READDIR_CHUNK)? {
             if !plus {

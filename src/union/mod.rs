@@ -16,6 +16,7 @@
 //!   `whiteout.rs`, the only module that knows their encodings.
 
 mod acl;
+mod atime;
 mod copy_up;
 mod create;
 mod fileattr;
@@ -38,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{Mode, OFlags};
 
+pub use self::atime::ReadAtime;
 use self::handles::{HandleTable, OpenFile};
 use self::hardlinks::HardlinkIndex;
 use self::index::{DirIndex, Slot};
@@ -199,6 +201,8 @@ pub struct Union {
     posix_acl: AtomicBool,
     /// Layer devices, for tagging inode numbers when layers span filesystems.
     single_dev: bool,
+    /// The upper is reached through a private mount with the atime options (`atime.rs`).
+    atime_by_mount: bool,
     config: MountConfig,
 }
 
@@ -206,6 +210,9 @@ impl Union {
     /// Opens the layers of `config` (validating it first) and cleans the workdir.
     pub fn new(config: &MountConfig) -> Result<Union, SetupError> {
         let config = config.validate(None)?;
+        let mut private = atime::PrivateMounts::make(&config);
+        let mut private_lowers = std::mem::take(&mut private.lowers).into_iter();
+        let private = private.upper;
         let mut layers = Vec::new();
         let mut open = |role: &'static str, p: &PathBuf| -> Result<(), SetupError> {
             let io = |e: rustix::io::Errno| SetupError::Io {
@@ -213,11 +220,20 @@ impl Union {
                 path: p.clone(),
                 source: e.into(),
             };
-            let fd = rustix::fs::open(
-                p.as_path(),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
+            let mine = if role == "upper" {
+                None
+            } else {
+                private_lowers.next().flatten()
+            };
+            let fd = match (&private, mine) {
+                (Some(pu), _) if role == "upper" => pu.open(p),
+                (_, Some(fd)) => Ok(fd),
+                _ => rustix::fs::open(
+                    p.as_path(),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+            }
             .map_err(io)?;
             let st = rustix::fs::fstat(&fd).map_err(io)?;
             let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
@@ -238,7 +254,7 @@ impl Union {
         let upper = config.upper.as_ref().map(|_| 0);
         let (work_root, work) = match (&config.upper, &config.workdir) {
             (Some(_), Some(w)) => {
-                let (r, s) = prepare_workdir(w)?;
+                let (r, s) = prepare_workdir(w, private.as_ref())?;
                 (Some(r), Some(s))
             }
             _ => (None, None),
@@ -273,6 +289,7 @@ impl Union {
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
             single_dev,
+            atime_by_mount: private.is_some(),
             config,
         };
         u.insert_root().map_err(|e| SetupError::Io {
@@ -786,15 +803,22 @@ fn check_name(name: &OsStr) -> FsResult<()> {
 
 /// Creates (if needed) `workdir/unionfs` and empties it: leftovers of a crash are never reused.
 /// Creates the workdir if needed; returns it and our emptied scratch directory in it.
-fn prepare_workdir(w: &std::path::Path) -> Result<(OwnedFd, OwnedFd), SetupError> {
+/// `private`: the upper's private mount, which the workdir must be reached through too.
+fn prepare_workdir(
+    w: &std::path::Path,
+    private: Option<&atime::PrivateUpper>,
+) -> Result<(OwnedFd, OwnedFd), SetupError> {
     let io = |source: std::io::Error| SetupError::Io {
         role: "workdir",
         path: w.to_path_buf(),
         source,
     };
     std::fs::create_dir_all(w).map_err(io)?;
-    let root = rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io(e.into()))?;
+    let root = match private {
+        Some(pu) => pu.open(w),
+        None => rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+    }
+    .map_err(|e| io(e.into()))?;
     match rustix::fs::mkdirat(&root, "unionfs", Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(io(e.into())),
