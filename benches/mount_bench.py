@@ -96,12 +96,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BIN = os.path.join(REPO, "target", "release", "unionfs")
 DEFAULT_WORKDIR = "/var/tmp/unionfs-bench"
 DEFAULT_TARGETS = ["plain", "kernel", "fuse-overlayfs", "unionfs"]
-# unionfs-volatile (unionfs --volatile: copy-up without fsync) runs only when asked for.
-ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile"]
+# unionfs-volatile (unionfs --volatile: copy-up without fsync) runs only when asked for;
+# unionfs-nopt (--no-passthrough: every read and write through the daemon, the data path of
+# rootless mounts, measured as root) and unionfs-rootless (the daemon started by a plain user
+# through fusermount3, the workloads run as that user) when named in --targets.
+ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless"]
+ROOTLESS_USER = "unionfs-bench"
 LOWERS = ["l1", "l2", "l3"]  # top first
 
 # ---- data parameters (bump GEN_VERSION when the layout changes) ------------------------------
-GEN_VERSION = 3
+GEN_VERSION = 4
 MiB = 1 << 20
 TREE_A, TREE_B, TREE_C = 12, 10, 100  # 12,000 files
 MERGED_NAMES = 10500  # 10,000 visible + 500 whited out
@@ -115,7 +119,9 @@ SEQWRITE_SIZE = 256 * MiB
 APPEND_BYTES = 4096
 OLD_MTIME = 1704067200  # 2024-01-01: generated files are never "racily clean" for git
 
-GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C",
+           # The rootless target's user reads a repository root made.
+           "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
 
 
 def log(msg):
@@ -304,7 +310,10 @@ def generate(workdir):
     run(git + ["gc", "-q"], env=GIT_ENV)
     run(git + ["status", "--porcelain"], env=GIT_ENV, stdout=subprocess.DEVNULL)
 
+    # Everything writable by everyone: the unionfs-rootless target's plain user must be able to
+    # do what root does on the other targets (modes cost nothing to the others).
     for p in L.values():
+        run(["chmod", "-R", "a+rwX", p])
         _old_times(p)
 
     # The tarball (outside the layers).
@@ -586,6 +595,43 @@ class Unionfs(Target):
             return os.path.basename(args[0].decode()) == "unionfs" and b"mount" in args
         except UnicodeDecodeError:
             return False
+
+
+class RootlessUnionfs(Unionfs):
+    """unionfs mounted by a plain user through fusermount3 (no passthrough, no allow_other):
+    the worker runs as that user too."""
+
+    def __init__(self, workdir):
+        super().__init__(workdir, "unionfs-rootless")
+        self.uid, self.gid = rootless_user()
+
+    def as_user(self):
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", "--"]
+
+    def fresh_dirs(self):
+        super().fresh_dirs()
+        for p in (self.upper, self.work, self.mnt):
+            os.chown(p, self.uid, self.gid)
+
+    def mount_cmd(self):
+        return self.as_user() + super().mount_cmd()
+
+    def umount_cmd(self):
+        return self.as_user() + ["fusermount3", "-u", self.mnt]
+
+
+def rootless_user():
+    """uid and gid of ROOTLESS_USER (created if missing); /dev/fuse made usable by all, as
+    desktop distributions ship it."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(ROOTLESS_USER)
+    except KeyError:
+        run(["useradd", "-M", "-s", "/usr/sbin/nologin", ROOTLESS_USER], check=False)
+        pw = pwd.getpwnam(ROOTLESS_USER)
+    os.chmod("/dev/fuse", 0o666)
+    return pw.pw_uid, pw.pw_gid
 
 
 MOUNTS = {}  # mountpoint -> Target, everything we mounted and have not unmounted yet
@@ -910,7 +956,8 @@ class Runner:
         for n in names:
             spec_ctx["sources"] += ctx["sources_by_wl"].get(n, [])
         spec = {"ctx": spec_ctx, "workloads": names, "mode": mode}
-        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_worker", json.dumps(spec)],
+        prefix = t.as_user() if isinstance(t, RootlessUnionfs) else []
+        p = subprocess.Popen(prefix + [sys.executable, os.path.abspath(__file__), "--_worker", json.dumps(spec)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                              text=True, start_new_session=True)
         try:
@@ -1115,6 +1162,10 @@ def table(runner, meta):
         cols.append("u/kernel")
     if has_u and "fuse-overlayfs" in targets:
         cols.append("u/fuse-ovl")
+    # The rootless data path against fuse-overlayfs (which rootless users run instead).
+    rootless = [t for t in ("unionfs-nopt", "unionfs-rootless") if t in targets]
+    if "fuse-overlayfs" in targets:
+        cols += [f"{t[8:]}/fuse-ovl" for t in rootless]
     rows = []
     for w in runner.workloads + [RSS]:
         if w is RSS and not any(runner.samples[w.name].values()):
@@ -1133,6 +1184,10 @@ def table(runner, meta):
         for other in ("kernel", "fuse-overlayfs"):
             if has_u and other in targets:
                 r = ratio(meds.get("unionfs"), meds.get(other))
+                row.append("-" if r is None else f"{r:.2f}x")
+        if "fuse-overlayfs" in targets:
+            for t in rootless:
+                r = ratio(meds.get(t), meds.get("fuse-overlayfs"))
                 row.append("-" if r is None else f"{r:.2f}x")
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
@@ -1272,6 +1327,10 @@ def main():
             targets.append(FuseOverlayfs(args.workdir))
         elif n == "unionfs-volatile":
             targets.append(Unionfs(args.workdir, n, ["--volatile"]))
+        elif n == "unionfs-nopt":
+            targets.append(Unionfs(args.workdir, n, ["--no-passthrough"]))
+        elif n == "unionfs-rootless":
+            targets.append(RootlessUnionfs(args.workdir))
         else:
             targets.append(Unionfs(args.workdir))
     if not targets:

@@ -354,7 +354,7 @@ pub fn run_case<T>(
     let mut model = View::from_layers(&fx.layers);
     let mut ids = Identity::default();
     let mut d = fx.mount();
-    // Callers other than the daemon's user: what they create must be theirs (SPEC, Permissions).
+    // Callers other than the daemon's user: what they create must be theirs (docs/semantics.md, Permissions).
     if rustix::process::geteuid().is_root() {
         d.ctx.uid = 1000;
         d.ctx.gid = 1000;

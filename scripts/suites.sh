@@ -161,6 +161,7 @@ run_pjdfstest() { # SIDE MNT
 }
 run_pjdfstest kernel "$K_MNT"
 run_pjdfstest unionfs "$U_MNT"
+run_pjdfstest unionfs-np "$N_MNT"
 
 count() { awk -v s="$2" '$2 == s' "$1" | wc -l; }
 declare -A known=()
@@ -168,17 +169,19 @@ for entry in "${KNOWN_DIFFERENCES[@]}"; do known[${entry%%|*}]=${entry#*|}; done
 pjd_regressions=()
 pjd_known=()
 pjd_stale=()
-while read -r name k u; do
-  if [ "$k" = ok ] && [ "$u" != ok ]; then
-    if [ -n "${known[$name]:-}" ]; then
-      pjd_known+=("$name")
-    else
-      pjd_regressions+=("$name")
+for pside in unionfs unionfs-np; do
+  while read -r name k u; do
+    if [ "$k" = ok ] && [ "$u" != ok ]; then
+      if [ -n "${known[$name]:-}" ]; then
+        pjd_known+=("$name ($pside)")
+      else
+        pjd_regressions+=("$name ($pside)")
+      fi
+    elif [ -n "${known[$name]:-}" ]; then
+      pjd_stale+=("$name ($u on $pside, $k on the kernel)")
     fi
-  elif [ -n "${known[$name]:-}" ]; then
-    pjd_stale+=("$name ($u on unionfs, $k on the kernel)")
-  fi
-done < <(join -a1 -a2 -e missing -o 0,1.2,2.2 "$T/pjdfstest-kernel.results" "$T/pjdfstest-unionfs.results")
+  done < <(join -a1 -a2 -e missing -o 0,1.2,2.2 "$T/pjdfstest-kernel.results" "$T/pjdfstest-$pside.results")
+done
 pjd_total=$(wc -l <"$T/pjdfstest-kernel.results")
 if [ "$pjd_total" -lt 100 ]; then
   echo "suites: pjdfstest on the kernel ran only $pjd_total cases; see $T/pjdfstest-kernel.log" >&2
@@ -224,8 +227,8 @@ run_fsx() { # LABEL FILE(relative to the mount) MMAP BLOCKMODE
   local slug=${rel##*/}
   local conf=$T/fsx-$slug.toml
   fsx_config "$conf" "$m" "$b"
-  for side in unionfs kernel; do
-    [ "$side" = unionfs ] && mnt=$U_MNT || mnt=$K_MNT
+  for side in unionfs unionfs-np kernel; do
+    case $side in unionfs) mnt=$U_MNT ;; unionfs-np) mnt=$N_MNT ;; kernel) mnt=$K_MNT ;; esac
     mkdir -p "$T/fsx-artifacts/$side-$slug"
     t=$SECONDS
     if timeout 900 "$FSX" -q -N "$FSX_OPS" -S "$FSX_SEED" -f "$conf" -P "$T/fsx-artifacts/$side-$slug" \
@@ -236,14 +239,22 @@ run_fsx() { # LABEL FILE(relative to the mount) MMAP BLOCKMODE
     fi
     secs+=($((SECONDS - t)))
   done
-  local passed=0 failed=0
-  if [ "${st[0]}" = pass ]; then passed=1; else failed=1; fsx_failures=$((fsx_failures + 1)); fi
-  fsx_rows+=("fsx|$label: $FSX_OPS ops, seed $FSX_SEED|$passed|$failed|${st[1]}")
-  echo "suites: fsx $label: unionfs ${st[0]} (${secs[0]} s), kernel ${st[1]} (${secs[1]} s)"
-  if [ "${st[0]}" != pass ]; then
-    echo "--- fsx $label on unionfs, last lines of $T/fsx-unionfs-$slug.log:"
-    tail -n 30 "$T/fsx-unionfs-$slug.log"
-  fi
+  local passed=0 failed=0 i s
+  for i in 0 1; do
+    if [ "${st[$i]}" = pass ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  done
+  fsx_failures=$((fsx_failures + failed))
+  fsx_rows+=("fsx|$label: $FSX_OPS ops (both unionfs mounts)|$passed|$failed|${st[2]}")
+  echo "suites: fsx $label: unionfs ${st[0]} (${secs[0]} s), unionfs --no-passthrough ${st[1]} (${secs[1]} s)," \
+    "kernel ${st[2]} (${secs[2]} s)"
+  for i in 0 1; do
+    if [ "${st[$i]}" != pass ]; then
+      s=unionfs
+      [ "$i" = 1 ] && s=unionfs-np
+      echo "--- fsx $label on $s, last lines of $T/fsx-$s-$slug.log:"
+      tail -n 30 "$T/fsx-$s-$slug.log"
+    fi
+  done
 }
 run_fsx "new file, no mmap" fsx/new-nommap 0 0
 run_fsx "new file, mmap" fsx/new-mmap 1 0
@@ -302,6 +313,9 @@ printf '%-10s | %-44s | %-6s | %-6s | %s\n' suite "what ran" passed failed "kern
 printf '%s\n' "-----------+----------------------------------------------+--------+--------+---------------------------------"
 printf '%-10s | %-44s | %-6s | %-6s | %s\n' pjdfstest "$PJDFSTEST_VERSION: $pjd_total cases, $us skipped" "$uu" \
   "$uf" "passed $ku, failed $kf, skipped $ks"
+printf '%-10s | %-44s | %-6s | %-6s | %s\n' pjdfstest "the same, unionfs --no-passthrough" \
+  "$(count "$T/pjdfstest-unionfs-np.results" ok)" "$(count "$T/pjdfstest-unionfs-np.results" FAILED)" \
+  "(writeback cache, the rootless data path)"
 for row in "${fsx_rows[@]}" "${fio_rows[@]}"; do
   IFS='|' read -r s what p f k <<<"$row"
   printf '%-10s | %-44s | %-6s | %-6s | %s\n' "$s" "$what" "$p" "$f" "$k"
@@ -327,9 +341,12 @@ if [ ${#pjd_regressions[@]} -gt 0 ]; then
   echo "pjdfstest, cases the kernel passes and unionfs does not:"
   for n in "${pjd_regressions[@]}"; do
     echo "  $n"
-    # The failure message pjdfstest printed under the case.
-    sed 's/\x1b\[[0-9;]*m//g' "$T/pjdfstest-unionfs.log" |
-      awk -v n="$n" '$1 == n {on = 1; next} on && /^\t/ {print "    " $0; next} {on = 0}' | head -n 5
+    # The failure message pjdfstest printed under the case ("NAME (SIDE)").
+    case_name=${n%% *}
+    case_side=${n##*(}
+    case_side=${case_side%)}
+    sed 's/\x1b\[[0-9;]*m//g' "$T/pjdfstest-$case_side.log" |
+      awk -v n="$case_name" '$1 == n {on = 1; next} on && /^\t/ {print "    " $0; next} {on = 0}' | head -n 5
   done
   status=1
 fi

@@ -84,6 +84,10 @@ struct MountArgs {
     /// walks that stat every entry: find, du, ls -l, tar, rsync).
     #[arg(long, value_enum, default_value_t = ReaddirPlus::Auto)]
     readdirplus: ReaddirPlus,
+    /// Without passthrough (rootless mounts, --no-passthrough), do not let the kernel cache
+    /// written pages (every write then goes to the daemon at once).
+    #[arg(long)]
+    no_writeback_cache: bool,
     /// Do not enforce POSIX ACLs (they are stored and copied up, but only modes are checked).
     #[arg(long)]
     no_acl: bool,
@@ -142,9 +146,12 @@ pub(crate) struct MountSpec {
     /// `-o noacl`: the kernel checks modes only.
     pub no_acl: bool,
     pub index_cache: Option<usize>,
+    /// Owner mappings (fuse-overlayfs's uidmapping=, gidmapping=, squash_*).
+    pub idmap: unionfs::idmap::IdMap,
     pub readdirplus_always: bool,
     /// `-o noatime`, `relatime`, `strictatime`, `nodiratime`.
     pub atime: unionfs::AtimePolicy,
+    pub no_writeback_cache: bool,
     pub foreground: bool,
     pub debug: bool,
     pub log: Option<PathBuf>,
@@ -178,15 +185,20 @@ impl MountFlags {
 impl MountSpec {
     /// The union's configuration (not yet validated).
     pub fn config(&self) -> MountConfig {
-        let upper = if self.read_only { None } else { self.upper.clone() };
-        let mut c = MountConfig::new(self.lowers.clone(), upper);
-        if !self.read_only {
+        let mut c = if self.read_only {
+            // A read-only view of the whole union: the upper is read as the top layer.
+            let lowers = self.upper.iter().chain(&self.lowers).cloned().collect();
+            MountConfig::new(lowers, None)
+        } else {
+            let mut c = MountConfig::new(self.lowers.clone(), self.upper.clone());
             c.workdir = self.workdir.clone();
-        }
+            c
+        };
         c.whiteouts = self.whiteouts;
         c.volatile = self.volatile;
         c.revalidate = self.revalidate;
         c.acl = !self.no_acl;
+        c.idmap = self.idmap.clone();
         if let Some(n) = self.index_cache {
             c.index_cache = n;
         }
@@ -219,6 +231,7 @@ impl MountArgs {
         spec.no_acl |= self.no_acl;
         spec.index_cache = self.index_cache.or(spec.index_cache);
         spec.readdirplus_always |= self.readdirplus == ReaddirPlus::Always;
+        spec.no_writeback_cache |= self.no_writeback_cache;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);
         Ok(spec)

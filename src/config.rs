@@ -74,6 +74,9 @@ pub struct MountConfig {
     /// beyond are dropped, least recently used first, and rebuilt from the layers when needed).
     #[serde(default = "default_index_cache")]
     pub index_cache: usize,
+    /// Owner mappings between the layers and the view (see `idmap.rs`).
+    #[serde(default)]
+    pub idmap: crate::idmap::IdMap,
     /// When accesses update access times (`noatime`, `relatime`, `strictatime`, `nodiratime`).
     #[serde(default)]
     pub atime: AtimePolicy,
@@ -102,6 +105,7 @@ impl MountConfig {
             revalidate: false,
             acl: true,
             index_cache: DEFAULT_INDEX_CACHE,
+            idmap: crate::idmap::IdMap::default(),
             atime: AtimePolicy::default(),
         }
     }
@@ -131,91 +135,24 @@ impl MountConfig {
         if self.lowers.is_empty() {
             return Err(SetupError::NoLower);
         }
-        let mut lowers = Vec::new();
-        for l in &self.lowers {
-            lowers.push(canonical_dir("lower layer", l)?);
-        }
+        let lowers = self
+            .lowers
+            .iter()
+            .map(|l| canonical_dir("lower layer", l))
+            .collect::<Result<Vec<_>, _>>()?;
         let upper = self.upper.as_ref().map(|u| canonical_dir("upper", u)).transpose()?;
         let mut roles: Vec<(&'static str, PathBuf)> = lowers.iter().map(|l| ("lower layer", l.clone())).collect();
         if let Some(u) = &upper {
             roles.push(("upper", u.clone()));
         }
-        for (i, (ra, a)) in roles.iter().enumerate() {
-            for (j, (rb, b)) in roles.iter().enumerate() {
-                if i != j && a.starts_with(b) && a != b {
-                    return Err(SetupError::Nested {
-                        inner_role: ra,
-                        inner: a.clone(),
-                        outer_role: rb,
-                        outer: b.clone(),
-                    });
-                }
-            }
-        }
-        if let Some(u) = &upper {
-            for l in &lowers {
-                if l == u {
-                    return Err(SetupError::Nested {
-                        inner_role: "upper",
-                        inner: u.clone(),
-                        outer_role: "lower layer",
-                        outer: l.clone(),
-                    });
-                }
-            }
-        }
-        let mut workdir = None;
-        if let (Some(u), Some(w)) = (&upper, self.effective_workdir()) {
-            // The workdir may not exist yet (we create it); its parent must.
-            let wc = match std::fs::canonicalize(&w) {
-                Ok(p) => {
-                    if !p.is_dir() {
-                        return Err(SetupError::NotADirectory {
-                            role: "workdir",
-                            path: w.clone(),
-                        });
-                    }
-                    p
-                }
-                Err(_) => {
-                    let parent = w
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."));
-                    canonical_dir("workdir parent", parent)?.join(w.file_name().unwrap_or_default())
-                }
-            };
-            for (r, p) in &roles {
-                if wc.starts_with(p) || p.starts_with(&wc) {
-                    return Err(SetupError::Nested {
-                        inner_role: "workdir",
-                        inner: wc.clone(),
-                        outer_role: r,
-                        outer: p.clone(),
-                    });
-                }
-            }
-            let wdev = dev_of(wc.parent().unwrap_or(Path::new("/")), "workdir")?;
-            if wdev != dev_of(u, "upper")? {
-                return Err(SetupError::WorkdirOtherFs {
-                    work: wc,
-                    upper: u.clone(),
-                });
-            }
-            workdir = Some(wc);
-        }
+        check_layers_apart(&roles, upper.as_deref())?;
+        let workdir = match (&upper, self.effective_workdir()) {
+            (Some(u), Some(w)) => Some(check_workdir(&w, u, &roles)?),
+            _ => None,
+        };
         if let Some(m) = mountpoint {
             let mc = canonical_dir("mountpoint", m)?;
-            for (r, p) in &roles {
-                if mc.starts_with(p) || p.starts_with(&mc) {
-                    return Err(SetupError::Nested {
-                        inner_role: "mountpoint",
-                        inner: mc.clone(),
-                        outer_role: r,
-                        outer: p.clone(),
-                    });
-                }
-            }
+            apart("mountpoint", &mc, &roles)?;
             if is_mount_point(&mc) {
                 return Err(SetupError::AlreadyMounted { path: mc });
             }
@@ -224,13 +161,67 @@ impl MountConfig {
             lowers,
             upper,
             workdir,
-            whiteouts: self.whiteouts,
-            volatile: self.volatile,
-            revalidate: self.revalidate,
-            acl: self.acl,
-            index_cache: self.index_cache,
-            atime: self.atime,
+            ..self.clone()
         })
+    }
+}
+
+/// No layer may lie inside another, and the upper may not be a lower.
+fn check_layers_apart(roles: &[(&'static str, PathBuf)], upper: Option<&Path>) -> Result<(), SetupError> {
+    for (i, (ra, a)) in roles.iter().enumerate() {
+        for (j, (rb, b)) in roles.iter().enumerate() {
+            let same_upper = upper == Some(a.as_path()) && *rb != "upper";
+            if i != j && a.starts_with(b) && (a != b || same_upper) {
+                return Err(nested(ra, a, rb, b));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The canonical workdir `w` (which may not exist yet: its parent must), checked to lie apart
+/// from every layer and on the upper's filesystem.
+fn check_workdir(w: &Path, upper: &Path, roles: &[(&'static str, PathBuf)]) -> Result<PathBuf, SetupError> {
+    let wc = match std::fs::canonicalize(w) {
+        Ok(p) if !p.is_dir() => {
+            return Err(SetupError::NotADirectory {
+                role: "workdir",
+                path: w.to_path_buf(),
+            });
+        }
+        Ok(p) => p,
+        Err(_) => {
+            let parent = w
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            canonical_dir("workdir parent", parent)?.join(w.file_name().unwrap_or_default())
+        }
+    };
+    apart("workdir", &wc, roles)?;
+    if dev_of(wc.parent().unwrap_or(Path::new("/")), "workdir")? != dev_of(upper, "upper")? {
+        return Err(SetupError::WorkdirOtherFs {
+            work: wc,
+            upper: upper.to_path_buf(),
+        });
+    }
+    Ok(wc)
+}
+
+/// `path` (in `role`) neither contains nor lies inside any of `roles`.
+fn apart(role: &'static str, path: &Path, roles: &[(&'static str, PathBuf)]) -> Result<(), SetupError> {
+    match roles.iter().find(|(_, p)| path.starts_with(p) || p.starts_with(path)) {
+        Some((r, p)) => Err(nested(role, path, r, p)),
+        None => Ok(()),
+    }
+}
+
+fn nested(inner_role: &'static str, inner: &Path, outer_role: &'static str, outer: &Path) -> SetupError {
+    SetupError::Nested {
+        inner_role,
+        inner: inner.to_path_buf(),
+        outer_role,
+        outer: outer.to_path_buf(),
     }
 }
 

@@ -26,28 +26,6 @@ pub fn entry_path(dir: BorrowedFd<'_>, name: &OsStr) -> OsString {
     OsString::from_vec(p)
 }
 
-/// Opens a directory below `root` without following any symlink and without leaving `root`.
-pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
-    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-}
-
-/// An `O_PATH` handle on the entry `name` of `dir` (the symlink itself if it is one).
-pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
 /// Opens the object behind an `O_PATH` fd for I/O.
 pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> rustix::io::Result<OwnedFd> {
     let flags = (flags | OFlags::CLOEXEC) & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY);
@@ -299,6 +277,19 @@ pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An `O_PATH` fd on the directory `rel` below `root` (empty: `root` itself), without following
+/// any symlink and without leaving `root`.
+pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
+    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
 }
 
 /// An `O_PATH` fd on the subdirectory `name` of `dir`, refusing symlinks.

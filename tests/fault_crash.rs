@@ -1,4 +1,4 @@
-//! Crash safety (SPEC "Copy-up": a crash at any step leaves the view as it was): the daemon is
+//! Crash safety (docs/semantics.md, "Copy-up": a crash at any step leaves the view as it was): the daemon is
 //! killed with SIGKILL in the middle of big copy-ups, directory-rename materialisation and streams
 //! of fsynced writes. After cleaning up the dead mount and remounting, no partial file is visible
 //! at a final name, every byte written before a completed fsync is there, the workdir's scratch

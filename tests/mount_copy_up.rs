@@ -1,4 +1,4 @@
-//! Copy-up through a real mount (SPEC "Copy-up"): what triggers it, what it keeps (data, holes,
+//! Copy-up through a real mount (docs/semantics.md, "Copy-up"): what triggers it, what it keeps (data, holes,
 //! mode, owner, times, xattrs), read-only sources, special files, and that it is built in the
 //! workdir. Every test remounts and re-reads, and proves the lower layers unchanged.
 

@@ -1,4 +1,4 @@
-//! Inode numbers and devices through a real mount (SPEC "Identity"): st_ino unique, equal to
+//! Inode numbers and devices through a real mount (docs/semantics.md, "Identity"): st_ino unique, equal to
 //! d_ino, shared by hard links, unchanged by copy-up, stable across remounts (also when the
 //! layers span filesystems), one st_dev for the whole mount. Every test remounts and re-reads,
 //! and proves the lower layers unchanged.

@@ -1,4 +1,4 @@
-//! Lookup and readdir through a real mount (SPEC "Lookup", "Readdir", and the markers of
+//! Lookup and readdir through a real mount (docs/semantics.md, "Lookup", "Readdir", and the markers of
 //! "On-disk formats" that we read in every layer). Every test remounts and re-reads, and proves
 //! the lower layers unchanged.
 
@@ -446,7 +446,7 @@ fn readdir_lists_each_name_once_across_layers() {
     assert_eq!(l.snapshot_lowers(), before);
 }
 
-/// Number of entries of the big-directory test. SPEC asks for 100k; in a debug build that takes
+/// Number of entries of the big-directory test. docs/semantics.md promises 100k; in a debug build that takes
 /// ~35 s here, so the default is 20k. `UNIONFS_BIG_DIR=100000` runs the full size.
 fn big_n() -> usize {
     std::env::var("UNIONFS_BIG_DIR")

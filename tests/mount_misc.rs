@@ -1,5 +1,5 @@
-//! "Other behaviour users rely on" through a real mount (SPEC), plus the read-only union, the
-//! workdir and lower layers left untouched (SPEC "Terms"): statfs, fsync, mmap, O_TMPFILE,
+//! "Other behaviour users rely on" through a real mount (docs/semantics.md), plus the read-only union, the
+//! workdir and lower layers left untouched (docs/semantics.md, "Terms"): statfs, fsync, mmap, O_TMPFILE,
 //! fallocate, SEEK_DATA/SEEK_HOLE, copy_file_range, symlinks, FIFOs and devices, xattrs (private
 //! ones hidden and refused), open handles to deleted files, unmounting. Every test remounts and
 //! re-reads, and proves the lower layers unchanged.

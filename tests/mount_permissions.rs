@@ -1,4 +1,4 @@
-//! Permissions through a real mount (SPEC "Permissions"): default_permissions with the real
+//! Permissions through a real mount (docs/semantics.md, "Permissions"): default_permissions with the real
 //! owner and mode; as root, what a caller creates belongs to the caller, and the daemon's
 //! privilege never leaks. Other users act through `setpriv`. Every test remounts and re-reads,
 //! and proves the lower layers unchanged.

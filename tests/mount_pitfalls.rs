@@ -1,4 +1,4 @@
-//! One test per "Known pitfall in peers" at the end of SPEC.md, through a real mount. Every test
+//! One test per "Known pitfall in peers" at the end of docs/semantics.md, through a real mount. Every test
 //! remounts and re-reads, and proves the lower layers unchanged.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Rename through a real mount (SPEC "Rename"): files with whiteouts at the old name,
+//! Rename through a real mount (docs/semantics.md, "Rename"): files with whiteouts at the old name,
 //! RENAME_NOREPLACE and RENAME_EXCHANGE, and directories of any origin (no EXDEV). Every test
 //! remounts and re-reads, and proves the lower layers unchanged.
 

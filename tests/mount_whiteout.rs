@@ -1,4 +1,4 @@
-//! Removal and re-creation through a real mount (SPEC "Unlink, rmdir, create over a deleted
+//! Removal and re-creation through a real mount (docs/semantics.md, "Unlink, rmdir, create over a deleted
 //! name", the whiteout/opaque formats we write, and `.wh.` names refused). Every test remounts
 //! and re-reads, checks the upper's on-disk format, and proves the lower layers unchanged.
 

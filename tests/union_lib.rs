@@ -1,5 +1,5 @@
 //! Deterministic tests of `unionfs::Union` as a library (no FUSE, no mount), driven the way the
-//! kernel would drive it (see `model::Driver`). Each checks one SPEC rule through the view, on
+//! kernel would drive it (see `model::Driver`). Each checks one rule of docs/semantics.md through the view, on
 //! disk in the upper, and again after a remount.
 
 mod model;
@@ -94,7 +94,7 @@ fn unlink_of_lower_file_leaves_whiteout() {
     assert!(!exists(&mut d, "a"));
     let md = fs::symlink_metadata(fx.upper.join("a"));
     if is_root() {
-        // SPEC: overlay style writes a char device 0/0 (mknod works for root).
+        // docs/semantics.md: overlay style writes a char device 0/0 (mknod works for root).
         let md = md.expect("whiteout in the upper");
         assert!(
             md.file_type().is_char_device() && md.rdev() == 0,
@@ -113,7 +113,7 @@ fn unlink_of_lower_file_leaves_whiteout() {
     assert_eq!(list(&mut d, ""), ["b"]);
 }
 
-/// SPEC: a directory created where a lower has that name is opaque, including at the root,
+/// docs/semantics.md: a directory created where a lower has that name is opaque, including at the root,
 /// so the lower's old children stay hidden after a remount.
 #[test]
 fn mkdir_over_deleted_lower_dir_is_opaque() {
@@ -149,7 +149,7 @@ fn mkdir_over_deleted_lower_dir_is_opaque() {
     }
 }
 
-/// SPEC: every directory can be renamed (no EXDEV), as if `mv` copied the tree.
+/// docs/semantics.md: every directory can be renamed (no EXDEV), as if `mv` copied the tree.
 #[test]
 fn rename_of_merged_lower_dir_survives_remount() {
     let top = layer(&[("d", dir()), ("d/a", file(b"a0")), ("d/.wh.gone", file(b""))]);
@@ -188,7 +188,7 @@ fn rename_of_merged_lower_dir_survives_remount() {
     assert!(list(&mut d, "d").is_empty());
 }
 
-/// SPEC: a name starting with `.wh.` would read as a whiteout after a remount.
+/// docs/semantics.md: a name starting with `.wh.` would read as a whiteout after a remount.
 #[test]
 fn whiteout_names_are_refused() {
     let fx = Fixture::new(&[(layer(&[("f", file(b"x"))]), Encoding::Oci)]);
@@ -210,7 +210,7 @@ fn whiteout_names_are_refused() {
     assert_eq!(list(&mut d, ""), ["f"]);
 }
 
-/// SPEC: a 100 MiB sparse file with 1 MiB of data takes 1 MiB in the upper after copy-up.
+/// docs/semantics.md: a 100 MiB sparse file with 1 MiB of data takes 1 MiB in the upper after copy-up.
 #[test]
 fn sparse_lower_file_stays_sparse_on_copy_up() {
     const MIB: u64 = 1 << 20;
@@ -245,7 +245,7 @@ fn sparse_lower_file_stays_sparse_on_copy_up() {
     d.u().release(fh);
 }
 
-/// SPEC: xattrs survive copy-up (minus private ones, which never show).
+/// docs/semantics.md: xattrs survive copy-up (minus private ones, which never show).
 #[test]
 fn xattrs_survive_copy_up() {
     let fx = Fixture::new(&[(layer(&[("d", dir()), ("d/f", file(b"x"))]), Encoding::Oci)]);
@@ -298,7 +298,7 @@ fn xattrs_survive_copy_up() {
     check(&mut d);
 }
 
-/// SPEC: a write through one name of a lower hard-linked file lands on the object; every name
+/// docs/semantics.md: a write through one name of a lower hard-linked file lands on the object; every name
 /// shows it, shares one inode number, and stays linked after a remount.
 #[test]
 fn lower_hard_links_stay_one_object() {
@@ -342,7 +342,7 @@ fn lower_hard_links_stay_one_object() {
     assert_eq!(read(&mut d, "sub/b"), b"NEW!");
 }
 
-/// SPEC: `--lower` alone gives a read-only union: every change is EROFS, reading works.
+/// docs/semantics.md: `--lower` alone gives a read-only union: every change is EROFS, reading works.
 #[test]
 fn union_without_upper_is_read_only() {
     let fx = Fixture::new(&[(layer(&[("d", dir()), ("d/f", file(b"x"))]), Encoding::Oci)]);
@@ -379,7 +379,7 @@ fn union_without_upper_is_read_only() {
     assert!(diff.is_empty(), "the lower changed:\n{}", diff.join("\n"));
 }
 
-/// SPEC: the workdir is emptied at mount (leftovers of a crash are never reused) and never
+/// docs/semantics.md: the workdir is emptied at mount (leftovers of a crash are never reused) and never
 /// shows in the view.
 #[test]
 fn workdir_is_emptied_at_mount() {
@@ -433,7 +433,7 @@ fn getxattr_size_query_returns_size() {
     assert_eq!(d.u().getxattr(ino, OsStr::new("user.nope")), Err(Errno::ENODATA));
 }
 
-/// SPEC: lowers are never modified, "not even their atime". Listing a lower directory
+/// docs/semantics.md: lowers are never modified, "not even their atime". Listing a lower directory
 /// (`sys::read_dir`, used to build the merged index) opened it without `O_NOATIME`, so with
 /// relatime the first listing moved the atime of every lower directory the view read.
 #[test]
@@ -447,7 +447,7 @@ fn listing_leaves_lower_dir_atime_alone() {
     assert!(diff.is_empty(), "listing changed the lower:\n{}", diff.join("\n"));
 }
 
-/// Copy-up copies the parent chain "with times" (SPEC, copy-up step 1), but publishing the
+/// Copy-up copies the parent chain "with times" (docs/semantics.md, copy-up step 1), but publishing the
 /// child into the fresh upper directory moved that directory's mtime to now: a chmod of
 /// `d/e/f` changed the mtime the view reports for `d/e`. Overlayfs restores the parent's times
 /// after copy-up (`ovl_set_timestamps`), so `ls -l` of the parent does not change.
@@ -488,7 +488,7 @@ fn copy_up_of_hard_link_keeps_sibling_dir_mtime() {
     );
 }
 
-/// Renaming a lower directory must look like `mv` (SPEC), which keeps the directory's mtime.
+/// Renaming a lower directory must look like `mv` (docs/semantics.md), which keeps the directory's mtime.
 /// With OCI markers, `make_opaque` created `.wh..wh..opq` inside the copied-up directory
 /// (and in either style removed whiteouts from it), so the moved directory showed a new mtime.
 #[test]

@@ -14,14 +14,10 @@ use std::time::Duration;
 use fuser::MountOption;
 
 use super::MountSpec;
+use unionfs::idmap;
 
 /// fuse-overlayfs options we accept but do not implement (one warning each).
 const IGNORED_FUSE_OVERLAYFS: &[&str] = &[
-    "squash_to_root",
-    "squash_to_uid",
-    "squash_to_gid",
-    "uidmapping",
-    "gidmapping",
     "static_nlink",
     "xattr_permissions",
     "threaded",
@@ -51,18 +47,18 @@ pub fn is_compat(args: &[OsString]) -> bool {
 }
 
 /// Parses the fuse-overlayfs form. `-o` may be given several times (also as `-oOPTS`), and the
-/// mountpoint may come before or after the options.
+/// mountpoint may come before or after the options. Two positional arguments are the form
+/// mount(8) uses through mount.fuse3 (`unionfs SOURCE MOUNTPOINT -o OPTIONS`): the source is
+/// any string, shown as the mount's source unless `fsname=` says otherwise.
 pub fn parse(args: &[OsString]) -> Result<MountSpec, String> {
     let mut spec = MountSpec::default();
     let mut it = args.iter();
     let mut only_positional = false;
+    let mut positional = Vec::new();
     while let Some(a) = it.next() {
         let b = a.as_bytes();
         if only_positional || !b.starts_with(b"-") || b == b"-" {
-            if spec.mountpoint.is_some() {
-                return Err(format!("more than one mountpoint given ('{}')", a.to_string_lossy()));
-            }
-            spec.mountpoint = Some(PathBuf::from(a));
+            positional.push(a.clone());
             continue;
         }
         match b {
@@ -87,6 +83,23 @@ pub fn parse(args: &[OsString]) -> Result<MountSpec, String> {
                 ));
             }
             _ => return Err(format!("unknown argument '{}'", a.to_string_lossy())),
+        }
+    }
+    match positional.len() {
+        0 => {}
+        1 => spec.mountpoint = positional.pop().map(PathBuf::from),
+        2 => {
+            spec.mountpoint = positional.pop().map(PathBuf::from);
+            let source = positional.pop().unwrap_or_default();
+            if spec.mount.fsname.is_none() && !source.is_empty() {
+                spec.mount.fsname = Some(source.to_string_lossy().into_owned());
+            }
+        }
+        _ => {
+            return Err(format!(
+                "too many arguments ('{}'): give [SOURCE] MOUNTPOINT",
+                positional.last().map(|p| p.to_string_lossy()).unwrap_or_default()
+            ));
         }
     }
     if spec.mountpoint.is_none() {
@@ -148,103 +161,183 @@ pub fn apply_options(spec: &mut MountSpec, opts: &OsStr) -> Result<(), String> {
     Ok(())
 }
 
+/// One `key[=value]` item of an option string.
+struct Opt<'a> {
+    item: &'a [u8],
+    key: String,
+    value: Option<&'a [u8]>,
+}
+
+impl<'a> Opt<'a> {
+    fn parse(item: &'a [u8]) -> Opt<'a> {
+        let (key, value) = match item.iter().position(|&c| c == b'=') {
+            Some(i) => (&item[..i], Some(&item[i + 1..])),
+            None => (item, None),
+        };
+        Opt {
+            item,
+            key: String::from_utf8_lossy(key).into_owned(),
+            value,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.value
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn need(&self) -> Result<&'a [u8], String> {
+        self.value.ok_or_else(|| format!("option '{}' needs a value", self.key))
+    }
+
+    fn path(&self) -> Result<PathBuf, String> {
+        Ok(PathBuf::from(OsStr::from_bytes(unquote(self.need()?))))
+    }
+
+    /// A flag option: `on` when given without a value.
+    fn flag(&self, on: bool) -> Result<bool, String> {
+        match self.value {
+            None => Ok(on),
+            Some(_) => Err(format!("option '{}' takes no value", self.key)),
+        }
+    }
+}
+
 fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
-    let (key, value) = match item.iter().position(|&c| c == b'=') {
-        Some(i) => (&item[..i], Some(&item[i + 1..])),
-        None => (item, None),
-    };
-    let key = String::from_utf8_lossy(key).into_owned();
-    let text = || value.map(|v| String::from_utf8_lossy(v).into_owned());
-    let need = || value.ok_or_else(|| format!("option '{key}' needs a value"));
-    let path = |v: &[u8]| PathBuf::from(OsStr::from_bytes(unquote(v)));
-    let flag = |v: bool| match value {
-        None => Ok(v),
-        Some(_) => Err(format!("option '{key}' takes no value")),
-    };
-    match key.as_str() {
-        "lowerdir" => spec.lowers = split_lowers(OsStr::from_bytes(unquote(need()?))),
-        "upperdir" => spec.upper = Some(path(need()?)),
-        "workdir" => spec.workdir = Some(path(need()?)),
-        "volatile" => spec.volatile = flag(true)?,
-        "fsync" => match need()? {
-            b"0" => spec.volatile = true,
-            b"1" => spec.volatile = false,
-            _ => {
-                return Err(format!(
-                    "option 'fsync' must be 0 or 1, not '{}'",
-                    text().unwrap_or_default()
-                ));
+    let o = Opt::parse(item);
+    if union_option(spec, &o)? || mount_option(spec, &o)? || atime_option(spec, &o)? {
+        return Ok(());
+    }
+    let k = o.key.as_str();
+    let for_mount8 = matches!(
+        k,
+        "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev" | "nofail" | "comment"
+    ) || k.starts_with("x-");
+    if for_mount8 {
+        // For mount(8) and fstab, not for the filesystem.
+    } else if IGNORED_FUSE_OVERLAYFS.contains(&k) {
+        spec.warnings.push(format!(
+            "ignoring fuse-overlayfs option '{}'",
+            String::from_utf8_lossy(item)
+        ));
+    } else {
+        spec.warnings
+            .push(format!("ignoring unknown option '{}'", String::from_utf8_lossy(item)));
+    }
+    Ok(())
+}
+
+/// Options of the union itself (layers and how it behaves); whether `o` was one.
+fn union_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
+    match o.key.as_str() {
+        "lowerdir" => spec.lowers = split_lowers(OsStr::from_bytes(unquote(o.need()?))),
+        "upperdir" => spec.upper = Some(o.path()?),
+        "workdir" => spec.workdir = Some(o.path()?),
+        "volatile" => spec.volatile = o.flag(true)?,
+        "fsync" => {
+            spec.volatile = match o.need()? {
+                b"0" => true,
+                b"1" => false,
+                _ => return Err(format!("option 'fsync' must be 0 or 1, not '{}'", o.text())),
             }
-        },
-        "timeout" => spec.ttl = Some(parse_ttl(&text().unwrap_or_default()).map_err(|e| format!("timeout: {e}"))?),
+        }
+        "timeout" => spec.ttl = Some(parse_ttl(&o.text()).map_err(|e| format!("timeout: {e}"))?),
         "debug" => {
-            spec.debug = flag(true)?;
+            spec.debug = o.flag(true)?;
             spec.foreground = true;
         }
         "whiteouts" => {
-            spec.whiteouts = match need()? {
+            spec.whiteouts = match o.need()? {
                 b"overlay" => unionfs::WhiteoutStyle::Overlay,
                 b"oci" => unionfs::WhiteoutStyle::Oci,
                 _ => return Err("option 'whiteouts' must be 'overlay' or 'oci'".into()),
             }
         }
-        "noacl" => spec.no_acl = flag(true)?,
+        "uidmapping" => spec.idmap.uids = idmap::parse_ranges(&o.text()).map_err(|e| format!("uidmapping: {e}"))?,
+        "gidmapping" => spec.idmap.gids = idmap::parse_ranges(&o.text()).map_err(|e| format!("gidmapping: {e}"))?,
+        "squash_to_root" => {
+            o.flag(true)?;
+            spec.idmap.squash_uid.get_or_insert(0);
+            spec.idmap.squash_gid.get_or_insert(0);
+        }
+        // Stronger than squash_to_root, in whatever order they come.
+        "squash_to_uid" => spec.idmap.squash_uid = Some(parse_id(o)?),
+        "squash_to_gid" => spec.idmap.squash_gid = Some(parse_id(o)?),
+        "noacl" => spec.no_acl = o.flag(true)?,
+        "acl" => spec.no_acl = !o.flag(true)?,
+        "writeback" => spec.no_writeback_cache = !o.flag(true)?,
+        "nowriteback" | "no_writeback" => spec.no_writeback_cache = o.flag(true)?,
         "readdirplus" => {
-            spec.readdirplus_always = match need()? {
+            spec.readdirplus_always = match o.need()? {
                 b"always" => true,
                 b"auto" => false,
                 _ => return Err("option 'readdirplus' must be 'auto' or 'always'".into()),
             }
         }
-        "acl" => spec.no_acl = !flag(true)?,
-        "ro" => spec.read_only = flag(true)?,
-        "rw" => spec.read_only = !flag(true)?,
-        "allow_other" => spec.mount.allow_other = Some(flag(true)?),
-        "allow_root" => spec.mount.allow_root = flag(true)?,
-        // Always on: the kernel checks permissions.
-        "default_permissions" => {}
-        "suid" | "nosuid" => spec.mount.suid = Some(flag(key == "suid")?),
-        "dev" | "nodev" => spec.mount.dev = Some(flag(key == "dev")?),
-        "exec" | "noexec" => spec.mount.exec = Some(flag(key == "exec")?),
-        // The kernel leaves access times of FUSE files to us (see `AtimePolicy`); `noatime`
-        // also shows in the mount's options.
-        "atime" | "relatime" | "strictatime" | "norelatime" => {
-            flag(true)?;
-            spec.atime.mode = match key.as_str() {
-                "strictatime" | "norelatime" => unionfs::AtimeMode::Strict,
-                _ => unionfs::AtimeMode::Relatime,
-            };
-            spec.mount.extra.retain(|o| *o != MountOption::NoAtime);
-        }
-        "noatime" => {
-            flag(true)?;
-            spec.atime.mode = unionfs::AtimeMode::NoAtime;
-            spec.mount.extra_flag(MountOption::NoAtime, MountOption::Atime);
-        }
-        "nodiratime" | "diratime" => spec.atime.nodiratime = flag(key == "nodiratime")?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Options of the mount as the kernel sees it; whether `o` was one.
+fn mount_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
+    let key = o.key.as_str();
+    match key {
+        "ro" => spec.read_only = o.flag(true)?,
+        "rw" => spec.read_only = !o.flag(true)?,
+        "allow_other" => spec.mount.allow_other = Some(o.flag(true)?),
+        "allow_root" => spec.mount.allow_root = o.flag(true)?,
+        // Always on: the kernel checks permissions. fuse3 always allows non-empty mountpoints.
+        "default_permissions" | "nonempty" => {}
+        "suid" | "nosuid" => spec.mount.suid = Some(o.flag(key == "suid")?),
+        "dev" | "nodev" => spec.mount.dev = Some(o.flag(key == "dev")?),
+        "exec" | "noexec" => spec.mount.exec = Some(o.flag(key == "exec")?),
         "sync" => spec.mount.extra_flag(MountOption::Sync, MountOption::Async),
         "async" => spec.mount.extra_flag(MountOption::Async, MountOption::Sync),
         "dirsync" => spec.mount.extra_flag(MountOption::DirSync, MountOption::DirSync),
-        "fsname" => spec.mount.fsname = Some(text().ok_or("option 'fsname' needs a value")?),
-        "subtype" => spec.mount.subtype = Some(text().ok_or("option 'subtype' needs a value")?),
+        "fsname" => spec.mount.fsname = Some(o.value.map(|_| o.text()).ok_or("option 'fsname' needs a value")?),
+        "subtype" => spec.mount.subtype = Some(o.value.map(|_| o.text()).ok_or("option 'subtype' needs a value")?),
         // SELinux labels: the kernel takes them only when SELinux is on; without it they mean nothing.
         "context" | "fscontext" | "defcontext" | "rootcontext" => {
             if selinux_enabled() {
-                let v = String::from_utf8_lossy(item).into_owned();
+                let v = String::from_utf8_lossy(o.item).into_owned();
                 spec.mount.extra.push(MountOption::CUSTOM(v));
             }
         }
-        // fuse3 always allows non-empty mountpoints.
-        "nonempty" => {}
-        k if IGNORED_FUSE_OVERLAYFS.contains(&k) => spec.warnings.push(format!(
-            "ignoring fuse-overlayfs option '{}'",
-            String::from_utf8_lossy(item)
-        )),
-        _ => spec
-            .warnings
-            .push(format!("ignoring unknown option '{}'", String::from_utf8_lossy(item))),
+        _ => return Ok(false),
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The access-time options (see `AtimePolicy`: the kernel leaves access times of FUSE files to
+/// us); whether `o` was one. `noatime` also shows in the mount's options.
+fn atime_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
+    let key = o.key.as_str();
+    match key {
+        "atime" | "relatime" | "strictatime" | "norelatime" => {
+            o.flag(true)?;
+            spec.atime.mode = match key {
+                "strictatime" | "norelatime" => unionfs::AtimeMode::Strict,
+                _ => unionfs::AtimeMode::Relatime,
+            };
+            spec.mount.extra.retain(|x| *x != MountOption::NoAtime);
+        }
+        "noatime" => {
+            o.flag(true)?;
+            spec.atime.mode = unionfs::AtimeMode::NoAtime;
+            spec.mount.extra_flag(MountOption::NoAtime, MountOption::Atime);
+        }
+        "nodiratime" | "diratime" => spec.atime.nodiratime = o.flag(key == "nodiratime")?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn parse_id(o: &Opt<'_>) -> Result<u32, String> {
+    o.text()
+        .parse()
+        .map_err(|_| format!("option '{}' needs a numeric id, not '{}'", o.key, o.text()))
 }
 
 /// Strips one pair of surrounding double quotes.
@@ -324,7 +417,7 @@ mod tests {
             "-o",
             "lowerdir=l/A:l/B,upperdir=/u,workdir=/w,volatile,",
             "-o",
-            "nodev,squash_to_root,frobnicate=1",
+            "nodev,squash_to_root,frobnicate=1,static_nlink,uidmapping=:0:100000:65536,gidmapping=0:5:1",
             "/mnt",
         ]))
         .unwrap();
@@ -335,9 +428,13 @@ mod tests {
         assert!(s.volatile);
         assert!(!s.foreground);
         assert_eq!(s.mount.dev, Some(false));
-        assert_eq!(s.warnings.len(), 2);
-        assert!(s.warnings[0].contains("fuse-overlayfs option 'squash_to_root'"));
-        assert!(s.warnings[1].contains("unknown option 'frobnicate=1'"));
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("unknown option 'frobnicate=1'"));
+        assert!(s.warnings[1].contains("fuse-overlayfs option 'static_nlink'"));
+        assert_eq!((s.idmap.squash_uid, s.idmap.squash_gid), (Some(0), Some(0)));
+        assert_eq!(s.idmap.uids.len(), 1);
+        assert_eq!((s.idmap.gids[0].host, s.idmap.gids[0].view), (0, 5));
+        assert!(parse(&args(&["-o", "lowerdir=a,uidmapping=1:2", "m"])).is_err());
     }
 
     #[test]
@@ -351,6 +448,22 @@ mod tests {
     }
 
     #[test]
+    fn mount_helper_form_source_first() {
+        let s = parse(&args(&[
+            "my-union",
+            "/mnt",
+            "-o",
+            "lowerdir=a,noauto,x-systemd.after=b,defaults",
+        ]))
+        .unwrap();
+        assert_eq!(s.mountpoint, Some(PathBuf::from("/mnt")));
+        assert_eq!(s.mount.fsname.as_deref(), Some("my-union"));
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = parse(&args(&["src", "/mnt", "-o", "lowerdir=a,fsname=named"])).unwrap();
+        assert_eq!(s.mount.fsname.as_deref(), Some("named"));
+    }
+
+    #[test]
     fn bad_compat_arguments() {
         assert!(
             parse(&args(&["-o", "lowerdir=a"]))
@@ -358,9 +471,9 @@ mod tests {
                 .contains("no mountpoint")
         );
         assert!(
-            parse(&args(&["-o", "lowerdir=a", "m", "n"]))
+            parse(&args(&["-o", "lowerdir=a", "s", "m", "n"]))
                 .unwrap_err()
-                .contains("more than one")
+                .contains("too many arguments")
         );
         assert!(parse(&args(&["-o"])).unwrap_err().contains("needs a value"));
         assert!(parse(&args(&["-x", "m"])).unwrap_err().contains("unknown argument"));
@@ -393,6 +506,7 @@ mod tests {
         assert_eq!(s.mount.extra, vec![MountOption::NoAtime]);
         let s = parse(&args(&["-o", "noatime,relatime", "m"])).unwrap();
         assert!(s.mount.extra.is_empty());
+        assert!(s.warnings.is_empty());
     }
 
     #[test]

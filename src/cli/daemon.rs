@@ -150,29 +150,45 @@ fn raise_nofile_limit() {
     }
 }
 
+/// Why the daemon could not start: its exit status and one line for the user.
+struct Failure(u8, String);
+
+/// A mount made, not yet serving.
+struct Started {
+    mounted: session::Mounted,
+    union: Arc<Union>,
+    signals: signal_hook::iterator::Signals,
+    mountpoint: PathBuf,
+}
+
 /// Mounts and serves in this process until unmounted. `ready` is set in a background child.
 pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
     let daemon_child = ready.is_some();
-    let mut ready = ready;
-    let mut fail = |code: u8, msg: String| {
-        match ready.take() {
-            Some(r) => {
-                tracing::error!("{msg}");
-                r.error(&msg)
+    match start(&spec, daemon_child) {
+        Ok(started) => run_until_unmounted(started, ready, daemon_child),
+        Err(Failure(code, msg)) => {
+            match ready {
+                Some(r) => {
+                    tracing::error!("{msg}");
+                    r.error(&msg)
+                }
+                None => eprintln!("unionfs: {msg}"),
             }
-            None => eprintln!("unionfs: {msg}"),
+            ExitCode::from(code)
         }
-        ExitCode::from(code)
-    };
+    }
+}
+
+/// Everything up to a mount that works: logging, signals, the checked configuration, the
+/// union's layers, the FUSE session. A failure changes nothing on disk.
+fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
     if daemon_child {
         // Leave the parent's session and terminal: no SIGHUP/SIGINT from it.
         let _ = rustix::process::setsid();
     }
     // A background child already has its stderr on the log file.
     let log = if daemon_child { None } else { spec.log.as_deref() };
-    if let Err(e) = init_logging(spec.debug, log) {
-        return fail(2, e.to_string());
-    }
+    init_logging(spec.debug, log).map_err(|e| Failure(2, e.to_string()))?;
     for w in &spec.warnings {
         eprintln!("unionfs: warning: {w}");
     }
@@ -180,31 +196,21 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
     // signal-hook delivers signals to an ordinary thread through a self-pipe, so we write no
     // signal handler (and no `unsafe`) ourselves. Registered before mounting, so a signal that
     // arrives meanwhile is not lost; acted on once the mount exists.
-    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1])
-    {
-        Ok(s) => s,
-        Err(e) => return fail(1, format!("cannot set up signal handling: {e}")),
-    };
-    let Some(mountpoint) = spec.mountpoint.clone() else {
-        return fail(2, "no mountpoint given".into());
-    };
-    let cfg = match spec.config().validate(Some(&mountpoint)) {
-        Ok(c) => c,
-        Err(e) => return fail(2, setup_message(&e)),
-    };
-    let mountpoint = match std::fs::canonicalize(&mountpoint) {
-        Ok(m) => m,
-        Err(e) => {
-            return fail(
-                2,
-                setup_message(&SetupError::Io {
-                    role: "mountpoint",
-                    path: mountpoint,
-                    source: e,
-                }),
-            );
-        }
-    };
+    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1])
+        .map_err(|e| Failure(1, format!("cannot set up signal handling: {e}")))?;
+    let mountpoint = spec
+        .mountpoint
+        .clone()
+        .ok_or_else(|| Failure(2, "no mountpoint given".into()))?;
+    let setup = |e: SetupError| Failure(2, setup_message(&e));
+    let cfg = spec.config().validate(Some(&mountpoint)).map_err(setup)?;
+    let mountpoint = std::fs::canonicalize(&mountpoint).map_err(|e| {
+        setup(SetupError::Io {
+            role: "mountpoint",
+            path: mountpoint,
+            source: e,
+        })
+    })?;
     if daemon_child {
         // Paths are canonical now; do not keep the caller's directory busy.
         let _ = std::env::set_current_dir("/");
@@ -212,24 +218,28 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
     let created_workdir = cfg.workdir.as_ref().filter(|w| !w.exists()).cloned();
     // Modes of new files come from the callers (the kernel applies their umask, or sends it).
     rustix::process::umask(rustix::fs::Mode::empty());
-    let union = match Union::new(&cfg) {
-        Ok(u) => Arc::new(u),
-        Err(e) => {
-            remove_workdir(created_workdir.as_deref());
-            return fail(2, setup_message(&e));
-        }
-    };
-    if union.has_upper() && !union.atime_by_mount() {
+    let union = Union::new(&cfg).map(Arc::new).map_err(|e| {
+        remove_workdir(created_workdir.as_deref());
+        setup(e)
+    })?;
+    if union.writable() && !union.atime_by_mount() {
         tracing::debug!("access times follow the upper's own mount options (but noatime): no private mount");
     }
-    let opts = spec.session_options();
-    let mounted = match session::mount(Arc::clone(&union), &mountpoint, &opts) {
-        Ok(m) => m,
-        Err(e) => {
-            remove_workdir(created_workdir.as_deref());
-            return fail(2, mount_error_message(&e, &mountpoint));
-        }
-    };
+    let mounted = session::mount(Arc::clone(&union), &mountpoint, &spec.session_options()).map_err(|e| {
+        remove_workdir(created_workdir.as_deref());
+        Failure(2, mount_error_message(&e, &mountpoint))
+    })?;
+    Ok(Started {
+        mounted,
+        union,
+        signals,
+        mountpoint,
+    })
+}
+
+/// Tells the parent the mount is ready and serves until it is unmounted.
+fn run_until_unmounted(s: Started, ready: Option<ReadyPipe>, daemon_child: bool) -> ExitCode {
+    let mountpoint = s.mountpoint;
     let pidfile = match PidFile::create(&mountpoint) {
         Ok(p) => {
             tracing::debug!("pid file {}", p.path().display());
@@ -240,12 +250,12 @@ pub fn serve(spec: MountSpec, ready: Option<ReadyPipe>) -> ExitCode {
             None
         }
     };
-    spawn_signal_thread(signals, mountpoint.clone(), pidfile.clone(), union);
+    spawn_signal_thread(s.signals, mountpoint.clone(), pidfile.clone(), s.union);
     tracing::info!("mounted {}", mountpoint.display());
-    if let Some(r) = ready.take() {
+    if let Some(r) = ready {
         r.ok();
     }
-    let r = mounted.run();
+    let r = s.mounted.run();
     if let Some(p) = &pidfile {
         p.remove();
     }
@@ -377,6 +387,7 @@ impl MountSpec {
         }
         o.adapter.passthrough = !self.no_passthrough;
         o.adapter.readdirplus_always = self.readdirplus_always;
+        o.adapter.writeback_cache = !self.no_writeback_cache;
         let m = &self.mount;
         if let Some(v) = m.allow_other {
             o.allow_other = v;

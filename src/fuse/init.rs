@@ -2,7 +2,7 @@
 
 use fuser::{InitFlags, KernelConfig};
 
-/// Requests the capabilities that let the kernel cache and parallelise (see FUSER-NOTES A5),
+/// Requests the capabilities that let the kernel cache and parallelise (docs/architecture.md, "FUSE facts"),
 /// and FUSE passthrough when `passthrough` says we may use it (`stacked`: the upper is itself
 /// on a stacking filesystem). `rdplus_always`: every listing chunk carries attributes, instead
 /// of the kernel's choice. Returns whether passthrough was negotiated.
@@ -36,6 +36,16 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, passthrough: bool, stacked: bool
     passthrough
         && cfg.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         && cfg.set_max_stack_depth(if stacked { 2 } else { 1 }).is_ok()
+}
+
+/// The writeback cache, for mounts without passthrough (the two exclude each other): the kernel
+/// keeps written pages and sends them in big batches, so small writes cost no round trip each.
+/// It also owns the file's size and times while pages are dirty, reads through write-only opens
+/// (so our fds are read-write), and turns O_APPEND into explicit offsets itself. Returns whether
+/// the kernel agreed.
+pub(crate) fn negotiate_writeback(cfg: &mut KernelConfig) -> bool {
+    let want = InitFlags::FUSE_WRITEBACK_CACHE;
+    cfg.capabilities().contains(want) && cfg.add_capabilities(want).is_ok()
 }
 
 /// POSIX ACLs: the kernel enforces them (reading `system.posix_acl_access` through us) and,

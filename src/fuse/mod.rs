@@ -21,7 +21,7 @@ use fuser::{
 
 use crate::attr::{Attr, Kind};
 use crate::error::Errno;
-use crate::union::{Ctx, DirEntry, DirSink, Opened, ReadAtime, SetAttr, Union};
+use crate::union::{Ctx, DirEntry, DirSink, Opened, SetAttr, Union};
 
 /// Options of the adapter (how long the kernel may cache).
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,9 @@ pub struct AdapterOptions {
     pub lower_may_change: bool,
     /// Every listing chunk carries attributes (see `init::negotiate`).
     pub readdirplus_always: bool,
+    /// Use the kernel's writeback cache where passthrough is not used (see
+    /// `init::negotiate_writeback`).
+    pub writeback_cache: bool,
 }
 
 impl Default for AdapterOptions {
@@ -44,6 +47,7 @@ impl Default for AdapterOptions {
             passthrough: true,
             lower_may_change: false,
             readdirplus_always: false,
+            writeback_cache: true,
         }
     }
 }
@@ -130,29 +134,8 @@ impl FuseAdapter {
         Arc::clone(&self.destroyed)
     }
 
-    /// Flags for an open we serve ourselves. Lower content never changes while mounted, so its
-    /// pages stay valid across opens. An upper file is served by us only while it is also open
-    /// through the daemon from before its copy-up; with passthrough on, the kernel's page cache
-    /// and its idea of the size can then lag behind the backing file, so such opens bypass the
-    /// page cache and appends go to our end of file (see `write`). A read that must update the
-    /// access time must reach the file: the next one (the cache is dropped at open), or every
-    /// one (`strictatime`).
-    fn cached_flags(&self, o: &Opened) -> FopenFlags {
-        if o.in_upper && self.passthrough.enabled() {
-            return FopenFlags::FOPEN_DIRECT_IO;
-        }
-        if !o.in_upper && self.opts.lower_may_change {
-            return FopenFlags::empty();
-        }
-        match o.atime {
-            ReadAtime::Untouched => FopenFlags::FOPEN_KEEP_CACHE,
-            ReadAtime::NextRead => FopenFlags::empty(),
-            ReadAtime::EveryRead => FopenFlags::FOPEN_DIRECT_IO,
-        }
-    }
-
-    /// How to answer the open `o` of `ino` with the caller's `flags`: passthrough when its fd
-    /// may back the inode.
+    /// How to answer the open `o` of `ino` with the caller's `flags` (see `passthrough.rs`, the
+    /// one place that decides).
     fn open_mode(
         &self,
         ino: u64,
@@ -161,11 +144,14 @@ impl FuseAdapter {
         open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> passthrough::Mode {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let lower_may_change = self.opts.lower_may_change;
         let r = self.union.with_file(o.fh, |fd| {
             let shareable = (o.shared_rw && !o.daemon_writes).then(|| fd.as_fd());
-            Ok(self.passthrough.open(ino, o.fh, writable, shareable, open_backing))
+            Ok(self
+                .passthrough
+                .open(ino, &o, writable, lower_may_change, shareable, open_backing))
         });
-        let mode = r.unwrap_or(passthrough::Mode::Cached);
+        let mode = r.unwrap_or(passthrough::Mode::Cached(FopenFlags::empty()));
         if writable && matches!(mode, passthrough::Mode::Passthrough(_)) {
             // From now on its attributes are not cached (see `attr_ttl`); drop those cached
             // before, which a write through a shared mapping would otherwise hide.
@@ -306,7 +292,7 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>, op: &'st
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> std::io::Result<()> {
         // Backing files need CAP_SYS_ADMIN (checked again by the kernel at each registration).
-        let want_pt = self.opts.passthrough && self.union.has_upper() && crate::sys::has_cap_sys_admin();
+        let want_pt = self.opts.passthrough && self.union.writable() && crate::sys::has_cap_sys_admin();
         let pt = init::negotiate(
             cfg,
             want_pt,
@@ -314,14 +300,15 @@ impl Filesystem for FuseAdapter {
             self.opts.readdirplus_always,
         );
         self.passthrough.enable(pt);
-        self.union.set_rw_upper_fds(pt);
+        let wb = !pt && self.opts.writeback_cache && init::negotiate_writeback(cfg);
+        self.union.set_rw_upper_fds(pt || wb);
         let acl = self.union.acl_supported() && init::negotiate_acl(cfg);
         if self.union.config().acl && !acl {
             tracing::info!("POSIX ACLs are off: the upper's filesystem (or the kernel) does not support them");
         }
         self.acl.store(acl, Ordering::Relaxed);
         self.union.set_posix_acl(acl);
-        tracing::debug!(passthrough = pt, acl, "negotiated");
+        tracing::debug!(passthrough = pt, writeback_cache = wb, acl, "negotiated");
         Ok(())
     }
 
@@ -460,7 +447,7 @@ impl Filesystem for FuseAdapter {
         let mode = self.open_mode(ino.0, o, flags.0, |fd| reply.open_backing(fd));
         match mode {
             passthrough::Mode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
-            passthrough::Mode::Cached => reply.opened(FileHandle(o.fh), self.cached_flags(&o)),
+            passthrough::Mode::Cached(flags) => reply.opened(FileHandle(o.fh), flags),
         }
     }
 
@@ -671,13 +658,9 @@ impl Filesystem for FuseAdapter {
                 FopenFlags::empty(),
                 &id,
             ),
-            passthrough::Mode::Cached => reply.created(
-                &self.attr_ttl(a.ino),
-                &attr,
-                Generation(0),
-                FileHandle(o.fh),
-                self.cached_flags(&o),
-            ),
+            passthrough::Mode::Cached(flags) => {
+                reply.created(&self.attr_ttl(a.ino), &attr, Generation(0), FileHandle(o.fh), flags)
+            }
         }
     }
 

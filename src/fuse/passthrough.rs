@@ -1,5 +1,5 @@
-//! FUSE passthrough: the kernel reads and writes an open upper file itself, without a round
-//! trip to us per request.
+//! How each open is answered: FUSE passthrough (the kernel reads and writes an open upper file
+//! itself, without a round trip to us per request) or served by us, with which cache flags.
 //!
 //! The kernel's rules (fs/fuse/iomode.c) shape this module: every open of an inode that has a
 //! backing file must name the *same* backing file, and an inode cannot have passthrough opens
@@ -19,15 +19,17 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fuser::BackingId;
+use fuser::{BackingId, FopenFlags};
+
+use crate::union::{Opened, ReadAtime};
 use parking_lot::Mutex;
 
 /// How one open was answered.
 pub(crate) enum Mode {
     /// Served by the kernel from this backing file.
     Passthrough(Arc<BackingId>),
-    /// Served by us (read/write requests reach the daemon).
-    Cached,
+    /// Served by us (read/write requests reach the daemon), with these open flags.
+    Cached(FopenFlags),
 }
 
 #[derive(Default)]
@@ -62,17 +64,20 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Decides how to answer the open `fh` of inode `ino` (`writable`: for writing).
-    /// `shareable` says the handle's fd may back every open of the inode; `open_backing`
-    /// registers it with the kernel.
+    /// Decides how to answer the open `o` of inode `ino` (`writable`: for writing;
+    /// `lower_may_change` with `--revalidate`). `shareable` is the handle's fd if it may back
+    /// every open of the inode; `open_backing` registers it with the kernel.
     pub(crate) fn open<F: AsFd>(
         &self,
         ino: u64,
-        fh: u64,
+        o: &Opened,
         writable: bool,
+        lower_may_change: bool,
         shareable: Option<F>,
         open_backing: impl FnOnce(F) -> std::io::Result<BackingId>,
     ) -> Mode {
+        let fh = o.fh;
+        let cached = || Mode::Cached(self.cached_flags(o, lower_may_change));
         let mut inodes = self.inodes.lock();
         let st = inodes.entry(ino).or_default();
         let mode = match (&st.backing, shareable) {
@@ -89,11 +94,11 @@ impl Passthrough {
                         // or a backing filesystem stacked too deep): serve file I/O ourselves.
                         tracing::info!("FUSE passthrough unavailable ({e}); serving file I/O in the daemon");
                         self.refused.store(true, Ordering::Relaxed);
-                        Mode::Cached
+                        cached()
                     }
                 }
             }
-            _ => Mode::Cached,
+            _ => cached(),
         };
         let pt = matches!(mode, Mode::Passthrough(_));
         if pt {
@@ -112,6 +117,31 @@ impl Passthrough {
     /// times without the FUSE layer noticing. Its attributes must not be cached meanwhile.
     pub(crate) fn writing(&self, ino: u64) -> bool {
         self.enabled() && self.inodes.lock().get(&ino).is_some_and(|st| st.writers > 0)
+    }
+
+    /// Flags for an open we serve ourselves. Lower content never changes while mounted, so its
+    /// pages stay valid across opens. An upper file is served by us while passthrough is on only
+    /// when it is also open through the daemon from before its copy-up; the kernel's page cache
+    /// and its idea of the size can then lag behind the backing file, so such opens bypass the
+    /// page cache and appends go to our end of file (see the adapter's `write`). Without
+    /// passthrough the same holds while a handle from before the copy-up is open: it reads the
+    /// lower content, and must not find the copy's pages in the cache it shares with this open.
+    /// Writes to a file whose privileges only we drop (`Opened::daemon_writes`) must reach us as
+    /// the caller's, not from the page cache. A read that must update the access time must
+    /// reach the file: the next one (the cache is dropped at open), or every one
+    /// (`strictatime`).
+    fn cached_flags(&self, o: &Opened, lower_may_change: bool) -> FopenFlags {
+        if o.in_upper && (self.enabled() || o.beside_older || o.daemon_writes) {
+            return FopenFlags::FOPEN_DIRECT_IO;
+        }
+        if !o.in_upper && lower_may_change {
+            return FopenFlags::empty();
+        }
+        match o.atime {
+            ReadAtime::Untouched => FopenFlags::FOPEN_KEEP_CACHE,
+            ReadAtime::NextRead => FopenFlags::empty(),
+            ReadAtime::EveryRead => FopenFlags::FOPEN_DIRECT_IO,
+        }
     }
 
     /// Forgets the open `fh`; the last passthrough open of an inode closes its backing file.

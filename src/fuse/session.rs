@@ -1,6 +1,6 @@
 //! Mount sessions: mounting, serving with a pool of threads, and unmounting.
 //!
-//! We own shutdown (FUSER-NOTES A2): a signal or `unionfs umount` detaches the mount lazily,
+//! We own shutdown (docs/architecture.md, "FUSE facts"): a signal or `unionfs umount` detaches the mount lazily,
 //! the kernel then ends the session, and `run` returns. fuser's AutoUnmount is not used: it can
 //! hang shutdown.
 

@@ -88,6 +88,7 @@ impl Union {
             fh: self.new_file_handle(fd, node),
             shared_rw,
             in_upper: true,
+            beside_older: false,
             daemon_writes: attr.perm & 0o2010 == 0o2000,
             atime,
         };
@@ -187,12 +188,36 @@ impl Union {
         if slot.vis.is_some() {
             return Err(Errno::EEXIST);
         }
-        let pst = rustix::fs::fstat(&*pdir)?;
-        let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let fd = self.build_at(ctx, &pdir, name, &obj, &slot)?;
+        if slot.upper_wh == Some(UpperWhiteout::Oci) {
+            let _ = rustix::fs::unlinkat(&*pdir, whiteout::oci_name(name), AtFlags::empty());
+        }
+        let st = sys::stat_at(pdir.as_fd(), name)?;
+        let ino = match &obj {
+            // Every name of an object shares its number.
+            NewObject::Link { ino, .. } => *ino,
+            _ => self.tag_ino(upper, st.st_ino),
+        };
+        self.with_index(&dir, |idx| idx.show(name, Visible::new(upper, kind, ino)))?;
+        let node = self.remember_new(parent, name, &pdir, &obj, ino)?;
+        Ok((node, self.view_attr(ino, &st), fd))
+    }
+
+    /// Builds `obj` at `pdir/name`, whose index entry is `slot`: in place, or in the workdir
+    /// when it must be complete before it shows (over a whiteout, or a directory that must be
+    /// opaque first) and then moved there in one step.
+    fn build_at(
+        &self,
+        ctx: &Ctx,
+        pdir: &Arc<OwnedFd>,
+        name: &OsStr,
+        obj: &NewObject<'_>,
+        slot: &super::index::Slot,
+    ) -> FsResult<Option<OwnedFd>> {
+        let kind = obj.kind();
+        let pst = rustix::fs::fstat(&**pdir)?;
         let opaque = kind == Kind::Dir && (slot.in_lower || slot.upper_wh.is_some());
         let over_whiteout = slot.upper_wh == Some(UpperWhiteout::AtName);
-        // Build in the workdir when the object must be complete before it shows: over a
-        // whiteout, or a directory that must be opaque first.
         let staged = over_whiteout || opaque;
         let (bdir, bname) = if staged {
             (self.work_fd()?, self.tmp_name())
@@ -204,35 +229,36 @@ impl Union {
             .map(|m| self.inherited_perms(pdir.as_fd(), m, ctx.umask, kind == Kind::Dir))
             .transpose()?;
         let place = Placement {
-            sgid: sgid_parent,
+            sgid: pst.st_mode & libc::S_ISGID != 0,
             gid: pst.st_gid,
             opaque,
         };
-        let fd = match self.build_new(ctx, bdir, &bname, &obj, perms.as_ref(), place) {
-            Ok(fd) => fd,
-            Err(e) => {
+        let built = self
+            .build_new(ctx, bdir, &bname, obj, perms.as_ref(), place)
+            .and_then(|fd| {
                 if staged {
-                    let _ = remove_any(bdir, &bname, kind);
+                    self.publish_over(bdir, &bname, pdir.as_fd(), name, kind, over_whiteout)?;
                 }
-                return Err(e);
-            }
-        };
-        if staged {
-            if let Err(e) = self.publish_over(bdir, &bname, pdir.as_fd(), name, kind, over_whiteout) {
-                let _ = remove_any(bdir, &bname, kind);
-                return Err(e);
-            }
+                Ok(fd)
+            });
+        if built.is_err() && staged {
+            let _ = remove_any(bdir, &bname, kind);
         }
-        if slot.upper_wh == Some(UpperWhiteout::Oci) {
-            let _ = rustix::fs::unlinkat(&*pdir, whiteout::oci_name(name), AtFlags::empty());
-        }
-        let st = sys::stat_at(pdir.as_fd(), name)?;
-        let ino = match &obj {
-            // Every name of an object shares its number.
-            NewObject::Link { ino, .. } => *ino,
-            _ => self.tag_ino(upper, st.st_ino),
-        };
-        self.with_index(&dir, |idx| idx.show(name, Visible::new(upper, kind, ino)))?;
+        built
+    }
+
+    /// The node of a new name `parent/name` (in the upper directory `pdir`), with one kernel
+    /// reference.
+    fn remember_new(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        pdir: &Arc<OwnedFd>,
+        obj: &NewObject<'_>,
+        ino: u64,
+    ) -> FsResult<Arc<Node>> {
+        let upper = self.upper_index()?;
+        let kind = obj.kind();
         let dir_state = if kind == Kind::Dir {
             let fd = Arc::new(sys::open_path_dir(pdir.as_fd(), name)?);
             Some(DirState::new(vec![(upper, fd)]))
@@ -250,15 +276,14 @@ impl Union {
         });
         if !created {
             let mut s = node.state.write();
-            match (&obj, fresh) {
+            match (obj, fresh) {
                 (NewObject::Link { .. }, _) => s.seen_as(parent, name),
                 // A stale node under a reused inode number: point it at the new object.
                 (_, Some(f)) => *s = f,
                 _ => {}
             }
         }
-        let attr = Attr::from_stat(ino, &st);
-        Ok((node, attr, fd))
+        Ok(node)
     }
 
     /// The permission bits and ACLs of a new object asked for with `perm` in the upper
@@ -332,15 +357,21 @@ impl Union {
                 }
             }
         }
-        let gid = if parent.sgid { parent.gid } else { ctx.gid };
+        // The caller's ids are the view's; a set-group-id parent's group is stored already.
+        let gid = if parent.sgid {
+            parent.gid
+        } else {
+            self.idmap.gid_to_host(ctx.gid)
+        };
+        let uid = self.idmap.uid_to_host(ctx.uid);
         // A file we create gets our fsuid, and our fsgid unless the parent is set-group-id.
         let ours = (self.euid, if parent.sgid { parent.gid } else { self.egid });
         let plain_file = matches!(obj, NewObject::File { .. });
-        if self.privileged && !(plain_file && ours == (ctx.uid, gid)) {
+        if self.privileged && !(plain_file && ours == (uid, gid)) {
             rustix::fs::chownat(
                 dir,
                 name,
-                Some(rustix::fs::Uid::from_raw(ctx.uid)),
+                Some(rustix::fs::Uid::from_raw(uid)),
                 Some(rustix::fs::Gid::from_raw(gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )?;

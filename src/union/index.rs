@@ -322,74 +322,8 @@ pub(crate) fn build(
 ) -> rustix::io::Result<DirIndex> {
     let mut map: HashMap<OsString, Building> = HashMap::new();
     for (layer, fd) in layers {
-        let layer = *layer;
-        let is_upper = Some(layer) == upper;
-        let dir = fd.as_fd();
-        let marks = whiteout::dir_marks(dir)?;
-        let mut whs: Vec<(OsString, UpperWhiteout)> = Vec::new();
-        for e in sys::read_dir(dir)? {
-            if e.name.as_encoded_bytes() == whiteout::OPAQUE_MARKER.as_bytes() {
-                continue;
-            }
-            if let Some(t) = whiteout::oci_target(&e.name) {
-                whs.push((t.to_os_string(), UpperWhiteout::Oci));
-                continue;
-            }
-            let mut ft = e.dtype;
-            if ft == FileType::Unknown
-                || ft == FileType::CharacterDevice
-                || (marks.xattr_whiteouts && ft == FileType::RegularFile)
-            {
-                let Some(st) = sys::stat_at_opt(dir, &e.name)? else {
-                    continue;
-                };
-                ft = FileType::from_raw_mode(st.st_mode);
-                if whiteout::is_chr_whiteout(&st)
-                    || (marks.xattr_whiteouts && whiteout::is_xattr_whiteout(dir, &e.name, &st))
-                {
-                    whs.push((e.name, UpperWhiteout::AtName));
-                    continue;
-                }
-            }
-            let kind = Kind::from_file_type(ft);
-            let needs_ino = map.get(&e.name).is_none_or(|s| s.vis.is_none() && !s.hidden);
-            let ino = if needs_ino {
-                ino_of(layer, fd, &e.name, kind, e.ino)
-            } else {
-                0
-            };
-            let slot = map.entry(e.name).or_default();
-            if !is_upper {
-                slot.in_lower = true;
-            }
-            if slot.hidden {
-                continue;
-            }
-            match &mut slot.vis {
-                None => {
-                    slot.vis = Some((layer, kind, ino, Vec::new()));
-                    slot.merging = kind == Kind::Dir;
-                }
-                Some(v) if slot.merging && kind == Kind::Dir => v.3.push(layer as u16),
-                // A lower non-directory below a directory ends the merge.
-                Some(_) => slot.merging = false,
-            }
-        }
-        // Whiteouts after real entries: a `.wh.X` hides `X` only in layers below its own.
-        for (name, how) in whs {
-            let slot = map.entry(name).or_default();
-            if is_upper {
-                slot.upper_wh = Some(how);
-            } else {
-                slot.in_lower = true;
-            }
-            if slot.vis.is_some() {
-                slot.merging = false;
-            } else {
-                slot.hidden = true;
-            }
-        }
-        if marks.opaque {
+        let opaque = merge_layer(&mut map, *layer, fd, Some(*layer) == upper, ino_of)?;
+        if opaque {
             break;
         }
     }
@@ -421,6 +355,83 @@ pub(crate) fn build(
         idx.insert(&name, e);
     }
     Ok(idx)
+}
+
+/// Merges one layer's directory `fd` into `map` (the layers above it are in already); returns
+/// whether the directory is opaque there (the layers below do not count).
+fn merge_layer(
+    map: &mut HashMap<OsString, Building>,
+    layer: usize,
+    fd: &OwnedFd,
+    is_upper: bool,
+    ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
+) -> rustix::io::Result<bool> {
+    let dir = fd.as_fd();
+    let marks = whiteout::dir_marks(dir)?;
+    let mut whs: Vec<(OsString, UpperWhiteout)> = Vec::new();
+    for e in sys::read_dir(dir)? {
+        if e.name.as_encoded_bytes() == whiteout::OPAQUE_MARKER.as_bytes() {
+            continue;
+        }
+        if let Some(t) = whiteout::oci_target(&e.name) {
+            whs.push((t.to_os_string(), UpperWhiteout::Oci));
+            continue;
+        }
+        let mut ft = e.dtype;
+        if ft == FileType::Unknown
+            || ft == FileType::CharacterDevice
+            || (marks.xattr_whiteouts && ft == FileType::RegularFile)
+        {
+            let Some(st) = sys::stat_at_opt(dir, &e.name)? else {
+                continue;
+            };
+            ft = FileType::from_raw_mode(st.st_mode);
+            if whiteout::is_chr_whiteout(&st)
+                || (marks.xattr_whiteouts && whiteout::is_xattr_whiteout(dir, &e.name, &st))
+            {
+                whs.push((e.name, UpperWhiteout::AtName));
+                continue;
+            }
+        }
+        let kind = Kind::from_file_type(ft);
+        let needs_ino = map.get(&e.name).is_none_or(|s| s.vis.is_none() && !s.hidden);
+        let ino = if needs_ino {
+            ino_of(layer, fd, &e.name, kind, e.ino)
+        } else {
+            0
+        };
+        let slot = map.entry(e.name).or_default();
+        if !is_upper {
+            slot.in_lower = true;
+        }
+        if slot.hidden {
+            continue;
+        }
+        match &mut slot.vis {
+            None => {
+                slot.vis = Some((layer, kind, ino, Vec::new()));
+                slot.merging = kind == Kind::Dir;
+            }
+            Some(v) if slot.merging && kind == Kind::Dir => v.3.push(layer as u16),
+            // A lower non-directory below a directory ends the merge.
+            Some(_) => slot.merging = false,
+        }
+    }
+    // Whiteouts after real entries: a `.wh.X` hides `X` only in layers below its own.
+    for (name, how) in whs {
+        let slot = map.entry(name).or_default();
+        if is_upper {
+            slot.upper_wh = Some(how);
+        } else {
+            slot.in_lower = true;
+        }
+        if slot.vis.is_some() {
+            slot.merging = false;
+        } else {
+            slot.hidden = true;
+        }
+    }
+    Ok(marks.opaque)
 }
 
 #[cfg(test)]

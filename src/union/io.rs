@@ -10,8 +10,8 @@ use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, SeekFrom, Timespec, Time
 
 use super::copy_up::Data;
 use super::handles::OpenFile;
-use super::node::{Node, ROOT};
-use super::{Ctx, Union, index, whiteout};
+use super::node::Node;
+use super::{Ctx, Union, whiteout};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
 use crate::sys::Target;
@@ -28,28 +28,6 @@ pub struct SetAttr {
     pub mtime: Option<Option<SystemTime>>,
 }
 
-/// Entries read from the index per listing request: more than one reply page holds (about
-/// 100 names).
-const READDIR_CHUNK: usize = 256;
-
-/// Where a listing goes (the FUSE reply, in the adapter).
-pub trait DirSink {
-    /// Offers one entry, with its attributes in a `plus` listing. Returns false when the entry
-    /// did not fit; the listing ends there.
-    fn add(&mut self, entry: &DirEntry, attr: Option<&Attr>) -> bool;
-}
-
-/// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    pub name: OsString,
-    pub ino: u64,
-    pub kind: Kind,
-    /// Its readdir offset: a listing continued from offset `o` resumes with the first entry
-    /// whose offset is greater than `o`.
-    pub offset: u64,
-}
-
 /// An open file handle and what its fd is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
@@ -59,8 +37,12 @@ pub struct Opened {
     /// The object is in the upper layer; otherwise its content is a lower's and never changes
     /// while mounted.
     pub in_upper: bool,
-    /// Writes must reach the daemon (no FUSE passthrough): the file is set-group-ID without
-    /// group execute, a bit the kernel's FUSE layer leaves to us to drop (see `privs.rs`).
+    /// The object is also open through a handle from before its copy-up, which goes on reading
+    /// the lower content: this open must not share the kernel's page cache with it.
+    pub beside_older: bool,
+    /// Writes must reach the daemon as the caller makes them (no FUSE passthrough, no page
+    /// cache): the file is set-group-ID without group execute, a bit the kernel's FUSE layer
+    /// leaves to us to drop (see `privs.rs`), or append-only, and our fd appends.
     pub daemon_writes: bool,
     /// What reads do to the access time, so what the kernel may cache (see `atime.rs`).
     pub atime: super::ReadAtime,
@@ -125,11 +107,12 @@ impl Union {
         // Acts on the object itself, never on a symlink's target.
         let (dir, entry, at) = loc.at();
         if set.uid.is_some() || set.gid.is_some() {
+            // Owners given through the view are stored as the layers carry them.
             rustix::fs::chownat(
                 dir,
                 &entry,
-                set.uid.map(rustix::fs::Uid::from_raw),
-                set.gid.map(rustix::fs::Gid::from_raw),
+                set.uid.map(|u| rustix::fs::Uid::from_raw(self.idmap.uid_to_host(u))),
+                set.gid.map(|g| rustix::fs::Gid::from_raw(self.idmap.gid_to_host(g))),
                 at,
             )?;
         }
@@ -189,36 +172,45 @@ impl Union {
         }
         let loc = self.locate(&node, None)?;
         let mut shared_rw = false;
-        let ofd = if in_upper && self.rw_upper_fds.load(Ordering::Relaxed) {
+        let rw = (f & !OFlags::RWMODE) | OFlags::RDWR;
+        let (ofd, appending) = if in_upper && self.rw_upper_fds.load(Ordering::Relaxed) {
             // The caller's access mode is enforced by the kernel on its own file; ours may
             // then serve every later open of the object (a passthrough backing file).
-            match loc.open((f & !OFlags::RWMODE) | OFlags::RDWR) {
+            match loc.open(rw) {
                 Ok(fd) => {
                     shared_rw = true;
-                    fd
+                    (fd, false)
                 }
-                Err(_) => open_as_asked(&loc, f, flags)?,
+                Err(_) => open_as_asked(&loc, rw, flags).or_else(|_| open_as_asked(&loc, f, flags))?,
             }
         } else {
             open_as_asked(&loc, f, flags)?
         };
-        let daemon_writes = in_upper && sgid_without_group_exec(&ofd);
+        let daemon_writes = in_upper && (appending || sgid_without_group_exec(&ofd));
         let atime = if in_upper {
             self.read_atime(&ofd)
         } else {
             super::ReadAtime::Untouched
         };
+        let beside_older = in_upper
+            && self
+                .handles
+                .files_of(node.ino)
+                .iter()
+                .any(|f| f.layer != node_layer(&node));
         Ok(Opened {
             fh: self.new_file_handle(ofd, node),
             shared_rw,
             in_upper,
+            beside_older,
             daemon_writes,
             atime,
         })
     }
 
     /// Open upper files read-write whatever access an open asks for, so that one fd can serve
-    /// every open of the object (the FUSE adapter's passthrough needs this).
+    /// every open of the object (the FUSE adapter's passthrough needs this), and the kernel's
+    /// writeback cache can read through an open that asked to write only.
     pub fn set_rw_upper_fds(&self, on: bool) {
         self.rw_upper_fds.store(on, Ordering::Relaxed);
     }
@@ -338,117 +330,6 @@ impl Union {
         )?)
     }
 
-    // ---- directories ------------------------------------------------------------------------
-
-    /// Opens a directory for listing.
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        Ok(self.handles.open_dir(self.dir_node(ino)?))
-    }
-
-    /// Every entry after `offset` (0: from the start, with "." and "..").
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        self.readdir_chunk(fh, offset, usize::MAX)
-    }
-
-    /// At most `max` entries after `offset`, in offset order, read from the live directory.
-    /// Offsets belong to the directory, not to a handle: an entry keeps its offset while it
-    /// stays visible, and new entries get higher ones. So a listing continued from any offset,
-    /// through any handle or the kernel's directory cache, returns each name that stays
-    /// visible exactly once, and never a name that is gone.
-    pub fn readdir_chunk(&self, fh: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
-        let node = &self.handles.dir(fh)?;
-        // Each listing started from the beginning tags the offsets it hands out with a number of
-        // its own (above the position bits), and continues with the tag it was given. Any tag
-        // resumes at the same position, but two listings never share an offset: the kernel's
-        // directory cache appends a reply to its cached listing when the request's offset is
-        // where the cache ends, so a shared offset would let a listing served before a change
-        // complete a cache filled after it.
-        let mask = (1u64 << index::COOKIE_BITS) - 1;
-        let tag = if offset == 0 {
-            (self.next_listing.fetch_add(1, Ordering::Relaxed) % (1 << (62 - index::COOKIE_BITS))) << index::COOKIE_BITS
-        } else {
-            offset & !mask
-        };
-        let offset = offset & mask;
-        let mut out = Vec::new();
-        if offset < 1 {
-            out.push(DirEntry {
-                name: ".".into(),
-                ino: node.ino,
-                kind: Kind::Dir,
-                offset: tag | 1,
-            });
-        }
-        if offset < 2 {
-            let parent = if node.ino == ROOT {
-                ROOT
-            } else {
-                node.state.read().parent
-            };
-            out.push(DirEntry {
-                name: "..".into(),
-                ino: parent,
-                kind: Kind::Dir,
-                offset: tag | 2,
-            });
-        }
-        let room = max.saturating_sub(out.len());
-        self.with_index(node, |idx| {
-            out.extend(idx.listing(offset, room).map(|(n, v)| DirEntry {
-                name: n.to_os_string(),
-                ino: v.ino,
-                kind: v.kind,
-                offset: tag | v.cookie,
-            }));
-        })?;
-        Ok(out)
-    }
-
-    /// Lists directory handle `fh` from `offset` into `sink`, as many entries as it takes.
-    ///
-    /// With `plus`, every entry comes with its attributes, and each one the sink accepts counts
-    /// as a kernel lookup of it (an entry that did not fit is not remembered). A name that
-    /// vanished since the index was read is skipped; any other failure to look an entry up is an
-    /// error of the listing (at its first entry; after some were accepted, the listing stops
-    /// there and the next request, starting at that entry, fails), never a silent gap.
-    pub fn readdir_into(&self, fh: u64, offset: u64, plus: bool, sink: &mut impl DirSink) -> FsResult<()> {
-        let node = self.handles.dir(fh)?;
-        if offset == 0 {
-            self.listing_started(&node);
-        }
-        let dir = node.ino;
-        let mut accepted = 0usize;
-        for e in self.readdir_chunk(fh, offset, READDIR_CHUNK)? {
-            if !plus {
-                if !sink.add(&e, None) {
-                    break;
-                }
-                continue;
-            }
-            let dot = e.name == "." || e.name == "..";
-            let attr = if dot {
-                self.getattr(e.ino)
-            } else {
-                self.resolve_child(dir, &e.name, 1).map(|(_, a)| a)
-            };
-            let attr = match attr {
-                Ok(a) => a,
-                // Gone since the index was read (or "..": above the root).
-                Err(Errno::ENOENT) | Err(Errno::ESTALE) => continue,
-                Err(err) if accepted == 0 => return Err(err),
-                Err(_) => break,
-            };
-            if !sink.add(&e, Some(&attr)) {
-                if !dot {
-                    self.nodes.forget(attr.ino, 1);
-                }
-                break;
-            }
-            accepted += 1;
-        }
-        Ok(())
-    }
-
     /// Syncs a directory's upper copy, if it has one.
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
         let node = self.node(ino)?;
@@ -545,17 +426,22 @@ impl Union {
 
 /// Opens `loc` with our flags `f` for a caller that asked for `asked`. An append-only file
 /// (`chattr +a`) refuses write opens without O_APPEND: then ours keeps the caller's O_APPEND,
-/// and every write through it appends, as the flag demands.
-fn open_as_asked(loc: &super::Loc, f: OFlags, asked: OFlags) -> FsResult<OwnedFd> {
+/// every write through it appends, as the flag demands, and the second value is true (such a
+/// handle's writes must come from the caller, never rewritten from the page cache).
+fn open_as_asked(loc: &super::Loc, f: OFlags, asked: OFlags) -> FsResult<(OwnedFd, bool)> {
     match loc.open(f) {
-        Err(rustix::io::Errno::PERM) if asked.contains(OFlags::APPEND) => Ok(loc.open(f | OFlags::APPEND)?),
-        r => Ok(r?),
+        Err(rustix::io::Errno::PERM) if asked.contains(OFlags::APPEND) => Ok((loc.open(f | OFlags::APPEND)?, true)),
+        r => Ok((r?, false)),
     }
 }
 
 /// A regular file that is set-group-ID but not executable by its group.
 fn sgid_without_group_exec(fd: &OwnedFd) -> bool {
     rustix::fs::fstat(fd).is_ok_and(|st| st.st_mode & 0o172010 == 0o102000)
+}
+
+fn node_layer(node: &Node) -> usize {
+    node.state.read().layer
 }
 
 fn is_writable(fd: &OwnedFd) -> bool {

@@ -27,9 +27,11 @@ mod index_cache;
 mod io;
 pub(crate) mod node;
 mod privs;
+mod readdir;
 mod remove;
 mod rename;
-pub mod whiteout;
+pub(crate) mod whiteout;
+mod workdir;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -44,12 +46,15 @@ use self::handles::{HandleTable, OpenFile};
 use self::hardlinks::HardlinkIndex;
 use self::index::{DirIndex, Slot};
 use self::index_cache::{IndexCache, Verdict};
-pub use self::io::{DirEntry, DirSink, Opened, SetAttr, StatFs};
+pub use self::io::{Opened, SetAttr, StatFs};
 pub use self::node::ROOT;
 use self::node::{DirState, Node, NodeState, NodeTable};
+pub use self::readdir::{DirEntry, DirSink};
+use self::workdir::Workdir;
 use crate::attr::{Attr, Kind};
 use crate::config::{MountConfig, WhiteoutStyle};
 use crate::error::{Errno, FsResult, SetupError};
+use crate::idmap::IdMap;
 use crate::sys;
 
 /// Who is asking: the caller's credentials, used to own new objects when we run as root.
@@ -173,16 +178,13 @@ impl Loc {
 pub struct Union {
     layers: Vec<Layer>,
     upper: Option<usize>,
-    /// Our scratch directory inside the workdir.
-    work: Option<OwnedFd>,
-    /// The workdir itself, home of the shared whiteout (see `write_whiteout`).
-    work_root: Option<OwnedFd>,
+    /// The workdir (see `workdir.rs`); none without an upper.
+    work: Option<Workdir>,
     nodes: NodeTable,
     handles: HandleTable,
     /// Copies of multiply-linked lower files (see `hardlinks.rs`).
     hardlinks: HardlinkIndex,
     index_cache: IndexCache,
-    next_tmp: AtomicU64,
     /// Tags of directory listings (see `readdir_chunk`).
     next_listing: AtomicU64,
     /// We can write `trusted.*` xattrs and chown: running with CAP_SYS_ADMIN.
@@ -199,6 +201,8 @@ pub struct Union {
     rw_upper_fds: AtomicBool,
     /// See [`Union::set_posix_acl`].
     posix_acl: AtomicBool,
+    /// Owner mappings in force (see `idmap.rs` and `effective_idmap`).
+    idmap: IdMap,
     /// Layer devices, for tagging inode numbers when layers span filesystems.
     single_dev: bool,
     /// The upper is reached through a private mount with the atime options (`atime.rs`).
@@ -211,80 +215,40 @@ impl Union {
     pub fn new(config: &MountConfig) -> Result<Union, SetupError> {
         let config = config.validate(None)?;
         let mut private = atime::PrivateMounts::make(&config);
-        let mut private_lowers = std::mem::take(&mut private.lowers).into_iter();
+        let lowers = std::mem::take(&mut private.lowers);
         let private = private.upper;
-        let mut layers = Vec::new();
-        let mut open = |role: &'static str, p: &PathBuf| -> Result<(), SetupError> {
-            let io = |e: rustix::io::Errno| SetupError::Io {
-                role,
-                path: p.clone(),
-                source: e.into(),
-            };
-            let mine = if role == "upper" {
-                None
-            } else {
-                private_lowers.next().flatten()
-            };
-            let fd = match (&private, mine) {
-                (Some(pu), _) if role == "upper" => pu.open(p),
-                (_, Some(fd)) => Ok(fd),
-                _ => rustix::fs::open(
-                    p.as_path(),
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ),
-            }
-            .map_err(io)?;
-            let st = rustix::fs::fstat(&fd).map_err(io)?;
-            let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
-            layers.push(Layer {
-                path: p.clone(),
-                root: Arc::new(fd),
-                dev: st.st_dev,
-                fsid: if fsid == 0 { st.st_dev } else { fsid },
-            });
-            Ok(())
-        };
-        if let Some(u) = &config.upper {
-            open("upper", u)?;
-        }
-        for l in &config.lowers {
-            open("lower layer", l)?;
-        }
+        let layers = open_layers(&config, private.as_ref(), lowers)?;
         let upper = config.upper.as_ref().map(|_| 0);
-        let (work_root, work) = match (&config.upper, &config.workdir) {
-            (Some(_), Some(w)) => {
-                let (r, s) = prepare_workdir(w, private.as_ref())?;
-                (Some(r), Some(s))
-            }
-            _ => (None, None),
+        let work = match (&config.upper, &config.workdir) {
+            (Some(_), Some(w)) => Some(Workdir::prepare(w, private.as_ref())?),
+            _ => None,
         };
-        let hardlinks = match &work_root {
-            Some(w) => HardlinkIndex::open(w.as_fd()).map_err(|e| SetupError::Io {
+        let hardlinks = match &work {
+            Some(w) => HardlinkIndex::open(w.root()).map_err(|e| SetupError::Io {
                 role: "workdir",
                 path: config.workdir.clone().unwrap_or_default(),
                 source: e.into(),
             })?,
             None => HardlinkIndex::default(),
         };
+        let idmap = effective_idmap(&config.idmap, &layers);
         let privileged = sys::has_cap_sys_admin();
         let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
         let u = Union {
             layers,
             upper,
             work,
-            work_root,
             nodes: NodeTable::default(),
             handles: HandleTable::default(),
             hardlinks,
             index_cache: IndexCache::new(config.index_cache),
-            next_tmp: AtomicU64::new(1),
             next_listing: AtomicU64::new(1),
             privileged,
             oci: AtomicBool::new(config.whiteouts == WhiteoutStyle::Oci),
             volatile: config.volatile,
             rw_upper_fds: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
+            idmap,
             umask_is_zero: sys::umask_is_zero(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
@@ -556,7 +520,7 @@ impl Union {
         }
         let merged = layers.len() > 1;
         let node = self.remember(parent, name, &vis, kind, layers, lookups);
-        let mut attr = Attr::from_stat(vis.ino, &st);
+        let mut attr = self.view_attr(vis.ino, &st);
         if merged {
             attr.nlink = 1;
         }
@@ -666,7 +630,7 @@ impl Union {
         };
         let loc = self.locate(&node, fh)?;
         let st = loc.stat()?;
-        let mut a = Attr::from_stat(node.ino, &st);
+        let mut a = self.view_attr(node.ino, &st);
         if merged {
             a.nlink = 1;
         }
@@ -674,6 +638,15 @@ impl Union {
             self.uncount_index_link(&mut a, &loc.target());
         }
         Ok(a)
+    }
+
+    /// The attributes the view shows for `st` under inode number `ino` (owners mapped).
+    pub(crate) fn view_attr(&self, ino: u64, st: &rustix::fs::Stat) -> Attr {
+        let mut a = Attr::from_stat(ino, st);
+        if !self.idmap.is_identity() {
+            (a.uid, a.gid) = self.idmap.to_view(a.uid, a.gid);
+        }
+        a
     }
 
     /// An upper copy of a multiply-linked lower file has its names in the view counted for it
@@ -743,22 +716,17 @@ impl Union {
 
     // ---- helpers shared by the mutating modules ---------------------------------------------
 
-    /// Whether the union has a writable upper layer.
-    pub fn has_upper(&self) -> bool {
-        self.upper.is_some()
-    }
-
     fn upper_index(&self) -> FsResult<usize> {
         self.upper.ok_or(Errno::EROFS)
     }
 
     fn work_fd(&self) -> FsResult<BorrowedFd<'_>> {
-        self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
+        self.work.as_ref().map(|w| w.scratch()).ok_or(Errno::EROFS)
     }
 
     /// A fresh name in the workdir.
     fn tmp_name(&self) -> OsString {
-        OsString::from(format!("#{:x}", self.next_tmp.fetch_add(1, Ordering::Relaxed)))
+        self.work.as_ref().map(|w| w.tmp_name()).unwrap_or_default()
     }
 
     fn oci(&self) -> bool {
@@ -801,34 +769,80 @@ fn check_name(name: &OsStr) -> FsResult<()> {
     Ok(())
 }
 
-/// Creates (if needed) `workdir/unionfs` and empties it: leftovers of a crash are never reused.
-/// Creates the workdir if needed; returns it and our emptied scratch directory in it.
-/// `private`: the upper's private mount, which the workdir must be reached through too.
-fn prepare_workdir(
-    w: &std::path::Path,
+/// Opens the layer directories of `config`, upper first: the upper through its private mount
+/// and each lower through the private mount in `lowers` (by position) where there is one.
+fn open_layers(
+    config: &MountConfig,
     private: Option<&atime::PrivateUpper>,
-) -> Result<(OwnedFd, OwnedFd), SetupError> {
-    let io = |source: std::io::Error| SetupError::Io {
-        role: "workdir",
-        path: w.to_path_buf(),
-        source,
+    lowers: Vec<Option<OwnedFd>>,
+) -> Result<Vec<Layer>, SetupError> {
+    let open = |role: &'static str, p: &PathBuf, mine: Option<OwnedFd>| -> Result<Layer, SetupError> {
+        let io = |e: rustix::io::Errno| SetupError::Io {
+            role,
+            path: p.clone(),
+            source: e.into(),
+        };
+        let fd = match (private, mine) {
+            (Some(pu), _) if role == "upper" => pu.open(p),
+            (_, Some(fd)) => Ok(fd),
+            _ => rustix::fs::open(
+                p.as_path(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+        }
+        .map_err(io)?;
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
+        Ok(Layer {
+            path: p.clone(),
+            root: Arc::new(fd),
+            dev: st.st_dev,
+            fsid: if fsid == 0 { st.st_dev } else { fsid },
+        })
     };
-    std::fs::create_dir_all(w).map_err(io)?;
-    let root = match private {
-        Some(pu) => pu.open(w),
-        None => rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+    let mut layers = Vec::new();
+    if let Some(u) = &config.upper {
+        layers.push(open("upper", u, None)?);
     }
-    .map_err(|e| io(e.into()))?;
-    match rustix::fs::mkdirat(&root, "unionfs", Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(io(e.into())),
+    let mut mine = lowers.into_iter();
+    for l in &config.lowers {
+        layers.push(open("lower layer", l, mine.next().flatten())?);
     }
-    let work = sys::open_path_dir(root.as_fd(), OsStr::new("unionfs")).map_err(|e| io(e.into()))?;
-    sys::remove_tree_contents(work.as_fd()).map_err(|e| io(e.into()))?;
-    // A fresh shared whiteout each mount (the old one may be near the link limit).
-    match rustix::fs::unlinkat(&root, whiteout::SHARED_WHITEOUT, rustix::fs::AtFlags::empty()) {
-        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-        Err(e) => return Err(io(e.into())),
+    Ok(layers)
+}
+
+/// The owner mappings a mount uses: none when the top layer already carries owners of the view
+/// (its root's owner is in a view range and in no layer range). Podman passes its container's
+/// mapping along with layers it has shifted to it already; applying it again would show (and
+/// store) owners shifted twice.
+fn effective_idmap(asked: &IdMap, layers: &[Layer]) -> IdMap {
+    if asked.uids.is_empty() && asked.gids.is_empty() {
+        return asked.clone();
     }
-    Ok((root, work))
+    // The top lower (after the upper, which the mount made itself, if there is one).
+    let top_lower = layers.get(usize::from(layers.len() > 1));
+    let Some(st) = top_lower.and_then(|l| rustix::fs::fstat(&*l.root).ok()) else {
+        return asked.clone();
+    };
+    let in_view = asked
+        .uids
+        .iter()
+        .any(|r| st.st_uid >= r.view && st.st_uid - r.view < r.len);
+    let in_host = asked
+        .uids
+        .iter()
+        .any(|r| st.st_uid >= r.host && st.st_uid - r.host < r.len);
+    if in_view && !in_host {
+        tracing::info!(
+            "the layers' owners are shifted already (the top layer's root belongs to {}): the uid/gid mappings are not applied again",
+            st.st_uid
+        );
+        return IdMap {
+            uids: Vec::new(),
+            gids: Vec::new(),
+            ..asked.clone()
+        };
+    }
+    asked.clone()
 }

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno as RErrno;
 
 use super::copy_up::remove_any;
@@ -88,24 +88,8 @@ impl Union {
         Ok(())
     }
 
-    /// Links `dir/name` to the shared whiteout, making that first (or anew, when it has as many
-    /// links as the filesystem allows).
     fn link_shared_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
-        let root = self.work_root.as_ref().ok_or(RErrno::ROFS)?;
-        let shared = whiteout::SHARED_WHITEOUT;
-        match rustix::fs::linkat(root, shared, dir, name, AtFlags::empty()) {
-            Err(RErrno::NOENT) | Err(RErrno::MLINK) => {}
-            r => return r,
-        }
-        let work = self.work_fd().map_err(|_| RErrno::ROFS)?;
-        let tmp = self.tmp_name();
-        rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0)?;
-        // Replacing a concurrent thread's fresh one is harmless: both are whiteouts.
-        if let Err(e) = rustix::fs::renameat(work, &tmp, root, shared) {
-            let _ = rustix::fs::unlinkat(work, &tmp, AtFlags::empty());
-            return Err(e);
-        }
-        rustix::fs::linkat(root, shared, dir, name, AtFlags::empty())
+        self.work.as_ref().ok_or(RErrno::ROFS)?.link_shared_whiteout(dir, name)
     }
 
     /// Puts a whiteout at `dir/name`, atomically replacing the upper object `existing` if any.
@@ -128,7 +112,7 @@ impl Union {
             let tmp = self.tmp_name();
             let made = match self.link_shared_whiteout(work, &tmp) {
                 Ok(()) => Ok(()),
-                Err(_) => rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0),
+                Err(_) => whiteout::make_device(work, &tmp),
             };
             match made {
                 Ok(()) => {

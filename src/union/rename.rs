@@ -7,15 +7,15 @@
 //! has is made opaque.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, RenameFlags};
 
 use super::copy_up::keep_dir_times;
-use super::index::{UpperWhiteout, Visible};
+use super::index::{Slot, UpperWhiteout, Visible};
 use super::node::{Node, ROOT};
-use super::{Ctx, Union, check_name, whiteout};
+use super::{Ctx, Pin, Union, check_name, whiteout};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
 use crate::sys;
@@ -25,6 +25,33 @@ pub const RENAME_NOREPLACE: u32 = 1;
 /// Swap source and target.
 pub const RENAME_EXCHANGE: u32 = 2;
 const RENAME_WHITEOUT: u32 = 4;
+
+/// One end of a rename: a name in a directory.
+struct End<'a> {
+    parent: u64,
+    name: &'a OsStr,
+    dir: Arc<Node>,
+}
+
+/// A rename that passed every check, with the objects it moves pinned.
+struct Plan<'a> {
+    from: End<'a>,
+    to: End<'a>,
+    src: Pin<'a>,
+    /// What the target name shows now, if anything.
+    dst: Option<Pin<'a>>,
+    exchange: bool,
+    noreplace: bool,
+}
+
+/// The two ends as they are under both directories' locks.
+struct Locked {
+    from: Slot,
+    to: Slot,
+    src: Visible,
+    upper_from: Arc<OwnedFd>,
+    upper_to: Arc<OwnedFd>,
+}
 
 impl Union {
     /// Renames `parent/name` to `newparent/newname`. `flags` are renameat2(2) flags.
@@ -37,7 +64,55 @@ impl Union {
         newname: &OsStr,
         flags: u32,
     ) -> FsResult<()> {
-        let upper = self.upper_index()?;
+        let Some(plan) = self.plan_rename(parent, name, newparent, newname, flags)? else {
+            return Ok(());
+        };
+        self.copy_up_for_move(&plan.src)?;
+        self.show_copy_at(&plan.from.dir, name, &plan.src)?;
+        if let (true, Some(dn)) = (plan.exchange, &plan.dst) {
+            self.copy_up_for_move(dn)?;
+            self.show_copy_at(&plan.to.dir, newname, dn)?;
+        }
+        self.copy_up(&plan.from.dir)?;
+        self.copy_up(&plan.to.dir)?;
+        let upper_from = self.upper_dir_fd(&plan.from.dir).ok_or(Errno::EIO)?;
+        let upper_to = self.upper_dir_fd(&plan.to.dir).ok_or(Errno::EIO)?;
+        let (_g1, _g2) = lock_pair(&plan.from.dir, &plan.to.dir);
+        // What the checks saw may have changed while we copied up: look again, under the locks.
+        let from = self.slot(&plan.from.dir, name)?;
+        let to = self.slot(&plan.to.dir, newname)?;
+        let src = from.vis.clone().ok_or(Errno::ENOENT)?;
+        if Some(src.layer) != self.upper {
+            return Err(Errno::EIO);
+        }
+        if plan.noreplace && to.vis.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let locked = Locked {
+            from,
+            to,
+            src,
+            upper_from,
+            upper_to,
+        };
+        if plan.exchange {
+            self.exchange(&plan, &locked)
+        } else {
+            self.move_over(&plan, &locked)
+        }
+    }
+
+    /// Checks a rename in the order Linux does and pins what it moves; `None` when there is
+    /// nothing to do (the same name, or two names of one object).
+    fn plan_rename<'a>(
+        &'a self,
+        parent: u64,
+        name: &'a OsStr,
+        newparent: u64,
+        newname: &'a OsStr,
+        flags: u32,
+    ) -> FsResult<Option<Plan<'a>>> {
+        self.upper_index()?;
         check_name(name)?;
         check_name(newname)?;
         if flags & RENAME_WHITEOUT != 0
@@ -50,29 +125,26 @@ impl Union {
             return Err(Errno::ENOENT);
         }
         let exchange = flags & RENAME_EXCHANGE != 0;
+        let noreplace = flags & RENAME_NOREPLACE != 0;
         let d1 = self.dir_node(parent)?;
         let d2 = self.dir_node(newparent)?;
-        // Errors in the order Linux checks them: a missing source first.
         let src = self.slot(&d1, name)?.vis.ok_or(Errno::ENOENT)?;
         if whiteout::is_reserved_name(newname) {
             // A reserved name is never visible: nothing to exchange with.
             return Err(if exchange { Errno::ENOENT } else { Errno::EINVAL });
         }
         let dst = self.slot(&d2, newname)?.vis;
-        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
+        if noreplace && dst.is_some() {
             return Err(Errno::EEXIST);
         }
         if parent == newparent && name == newname {
-            return Ok(());
+            return Ok(None);
         }
         if exchange && dst.is_none() {
             return Err(Errno::ENOENT);
         }
         let src_node = self.pin_child(parent, name)?;
-        let dst_node = match &dst {
-            Some(_) => Some(self.pin_child(newparent, newname)?),
-            None => None,
-        };
+        let dst_node = dst.as_ref().map(|_| self.pin_child(newparent, newname)).transpose()?;
         if src.kind == Kind::Dir && self.is_ancestor(src_node.ino, newparent) {
             return Err(Errno::EINVAL);
         }
@@ -80,120 +152,129 @@ impl Union {
             if dv.kind == Kind::Dir && self.is_ancestor(dn.ino, parent) {
                 return Err(if exchange { Errno::EINVAL } else { Errno::ENOTEMPTY });
             }
-        }
-        if let (Some(dv), false) = (&dst, exchange) {
-            match (src.kind == Kind::Dir, dv.kind == Kind::Dir) {
-                (true, false) => return Err(Errno::ENOTDIR),
-                (false, true) => return Err(Errno::EISDIR),
-                (true, true) => self.ensure_empty(dst_node.as_deref().ok_or(Errno::EIO)?)?,
-                _ => {}
-            }
-            // Two names of one object: rename(2) does nothing.
-            if dv.ino == src.ino {
-                return Ok(());
-            }
-        }
-        self.copy_up_for_move(&src_node)?;
-        self.show_copy_at(&d1, name, &src_node)?;
-        if exchange {
-            if let Some(dn) = &dst_node {
-                self.copy_up_for_move(dn)?;
-                self.show_copy_at(&d2, newname, dn)?;
-            }
-        }
-        self.copy_up(&d1)?;
-        self.copy_up(&d2)?;
-        let u1 = self.upper_dir_fd(&d1).ok_or(Errno::EIO)?;
-        let u2 = self.upper_dir_fd(&d2).ok_or(Errno::EIO)?;
-
-        let (_g1, _g2) = lock_pair(&d1, &d2);
-        let s1 = self.slot(&d1, name)?;
-        let s2 = self.slot(&d2, newname)?;
-        let src = s1.vis.clone().ok_or(Errno::ENOENT)?;
-        if src.layer != upper {
-            return Err(Errno::EIO);
-        }
-        let dst = s2.vis.clone();
-        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
-            return Err(Errno::EEXIST);
-        }
-
-        if exchange {
-            let dst = dst.ok_or(Errno::ENOENT)?;
-            if dst.layer != upper {
-                return Err(Errno::EIO);
-            }
-            if src.kind == Kind::Dir && s2.in_lower {
-                self.make_opaque(&src_node)?;
-            }
-            if dst.kind == Kind::Dir && s1.in_lower {
-                if let Some(dn) = &dst_node {
-                    self.make_opaque(dn)?;
+            if !exchange {
+                match (src.kind == Kind::Dir, dv.kind == Kind::Dir) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    (true, true) => self.ensure_empty(dn)?,
+                    _ => {}
+                }
+                // Two names of one object: rename(2) does nothing.
+                if dv.ino == src.ino {
+                    return Ok(None);
                 }
             }
-            rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::EXCHANGE)?;
-            self.with_index(&d1, |idx| idx.show(name, Visible::new(upper, dst.kind, dst.ino)))?;
-            self.with_index(&d2, |idx| idx.show(newname, Visible::new(upper, src.kind, src.ino)))?;
-            self.moved(&src_node, (parent, name), (newparent, newname));
-            if let Some(dn) = &dst_node {
-                self.moved(dn, (newparent, newname), (parent, name));
-            }
-            return Ok(());
         }
+        Ok(Some(Plan {
+            from: End { parent, name, dir: d1 },
+            to: End {
+                parent: newparent,
+                name: newname,
+                dir: d2,
+            },
+            src: src_node,
+            dst: dst_node,
+            exchange,
+            noreplace,
+        }))
+    }
 
+    /// RENAME_EXCHANGE: both names stay, with their objects swapped.
+    fn exchange(&self, plan: &Plan<'_>, l: &Locked) -> FsResult<()> {
+        let upper = self.upper_index()?;
+        let dst = l.to.vis.clone().ok_or(Errno::ENOENT)?;
+        let (from, to) = (&plan.from, &plan.to);
+        if dst.layer != upper {
+            return Err(Errno::EIO);
+        }
+        // A directory landing where a lower layer has the name hides what is below.
+        if l.src.kind == Kind::Dir && l.to.in_lower {
+            self.make_opaque(&plan.src)?;
+        }
+        if let (Kind::Dir, true, Some(dn)) = (dst.kind, l.from.in_lower, &plan.dst) {
+            self.make_opaque(dn)?;
+        }
+        rustix::fs::renameat_with(&*l.upper_from, from.name, &*l.upper_to, to.name, RenameFlags::EXCHANGE)?;
+        self.with_index(&from.dir, |idx| {
+            idx.show(from.name, Visible::new(upper, dst.kind, dst.ino))
+        })?;
+        self.with_index(&to.dir, |idx| {
+            idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
+        })?;
+        self.moved(&plan.src, (from.parent, from.name), (to.parent, to.name));
+        if let Some(dn) = &plan.dst {
+            self.moved(dn, (to.parent, to.name), (from.parent, from.name));
+        }
+        Ok(())
+    }
+
+    /// A plain rename: the object moves, replacing whatever the target showed, and the old name
+    /// keeps a whiteout if a lower layer has it.
+    fn move_over(&self, plan: &Plan<'_>, l: &Locked) -> FsResult<()> {
+        let upper = self.upper_index()?;
+        let (from, to) = (&plan.from, &plan.to);
+        let dst = l.to.vis.as_ref();
         // Replacing an upper directory: it holds only whiteouts now, which rename(2) would refuse.
-        if let (Some(dv), Some(dn)) = (&dst, &dst_node) {
+        if let (Some(dv), Some(dn)) = (dst, &plan.dst) {
             if dv.kind == Kind::Dir && dv.layer == upper {
                 if let Some(fd) = self.upper_dir_fd(dn) {
                     sys::remove_tree_contents(fd.as_fd())?;
                 }
             }
         }
-        if src.kind == Kind::Dir && s2.in_lower {
-            self.make_opaque(&src_node)?;
+        if l.src.kind == Kind::Dir && l.to.in_lower {
+            self.make_opaque(&plan.src)?;
         }
         // The replaced object loses this name (counted while the name is still there).
-        if let Some(dv) = &dst {
-            let counted = self.counted_at(&self.dir_layers(&d2)?, &u2, newname, dv);
+        if let Some(dv) = dst {
+            let counted = self.counted_at(&self.dir_layers(&to.dir)?, &l.upper_to, to.name, dv);
             self.count_names(counted, -1);
         }
-        let dst_in_upper = dst.as_ref().is_some_and(|d| d.layer == upper);
-        let mut src_wh: Option<UpperWhiteout> = None;
-        if s2.upper_wh == Some(UpperWhiteout::AtName) {
-            if src.kind == Kind::Dir {
-                // A directory cannot replace a whiteout device: swap them. The whiteout lands at
-                // the old name, which is where one is needed if a lower layer has it.
-                rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::EXCHANGE)?;
-                if s1.in_lower {
-                    src_wh = Some(UpperWhiteout::AtName);
-                } else {
-                    rustix::fs::unlinkat(&*u1, name, AtFlags::empty())?;
-                }
-            } else {
-                rustix::fs::renameat(&*u1, name, &*u2, newname)?;
-            }
-        } else if s1.in_lower && !self.oci() && self.privileged && !dst_in_upper {
-            // One atomic step: move and leave a whiteout behind.
-            match rustix::fs::renameat_with(&*u1, name, &*u2, newname, RenameFlags::WHITEOUT) {
-                Ok(()) => src_wh = Some(UpperWhiteout::AtName),
-                Err(_) => rustix::fs::renameat(&*u1, name, &*u2, newname)?,
-            }
-        } else {
-            rustix::fs::renameat(&*u1, name, &*u2, newname)?;
+        let mut src_wh = self.rename_in_upper(plan, l)?;
+        if l.from.in_lower && src_wh.is_none() {
+            src_wh = Some(self.write_whiteout(l.upper_from.as_fd(), from.name, None)?);
         }
-        if s1.in_lower && src_wh.is_none() {
-            src_wh = Some(self.write_whiteout(u1.as_fd(), name, None)?);
+        if l.to.upper_wh == Some(UpperWhiteout::Oci) {
+            let _ = rustix::fs::unlinkat(&*l.upper_to, whiteout::oci_name(to.name), AtFlags::empty());
         }
-        if s2.upper_wh == Some(UpperWhiteout::Oci) {
-            let _ = rustix::fs::unlinkat(&*u2, whiteout::oci_name(newname), AtFlags::empty());
-        }
-        self.with_index(&d2, |idx| idx.show(newname, Visible::new(upper, src.kind, src.ino)))?;
-        self.with_index(&d1, |idx| idx.hide(name, src_wh))?;
-        self.moved(&src_node, (parent, name), (newparent, newname));
-        if let Some(dn) = dst_node {
-            dn.state.write().name_gone(newparent, newname);
+        self.with_index(&to.dir, |idx| {
+            idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
+        })?;
+        self.with_index(&from.dir, |idx| idx.hide(from.name, src_wh))?;
+        self.moved(&plan.src, (from.parent, from.name), (to.parent, to.name));
+        if let Some(dn) = &plan.dst {
+            dn.state.write().name_gone(to.parent, to.name);
         }
         Ok(())
+    }
+
+    /// The rename(2) itself, the way the upper allows; returns the whiteout it left at the old
+    /// name, if it left one.
+    fn rename_in_upper(&self, plan: &Plan<'_>, l: &Locked) -> FsResult<Option<UpperWhiteout>> {
+        let (u1, n1, u2, n2) = (&*l.upper_from, plan.from.name, &*l.upper_to, plan.to.name);
+        let dst_in_upper = l.to.vis.as_ref().is_some_and(|d| Some(d.layer) == self.upper);
+        if l.to.upper_wh == Some(UpperWhiteout::AtName) {
+            if l.src.kind != Kind::Dir {
+                rustix::fs::renameat(u1, n1, u2, n2)?;
+                return Ok(None);
+            }
+            // A directory cannot replace a whiteout device: swap them. The whiteout lands at the
+            // old name, which is where one is needed if a lower layer has it.
+            rustix::fs::renameat_with(u1, n1, u2, n2, RenameFlags::EXCHANGE)?;
+            if l.from.in_lower {
+                return Ok(Some(UpperWhiteout::AtName));
+            }
+            rustix::fs::unlinkat(u1, n1, AtFlags::empty())?;
+            return Ok(None);
+        }
+        if l.from.in_lower && !self.oci() && self.privileged && !dst_in_upper {
+            // One atomic step: move and leave a whiteout behind.
+            if rustix::fs::renameat_with(u1, n1, u2, n2, RenameFlags::WHITEOUT).is_ok() {
+                return Ok(Some(UpperWhiteout::AtName));
+            }
+        }
+        rustix::fs::renameat(u1, n1, u2, n2)?;
+        Ok(None)
     }
 
     /// Makes `dir/name` show the upper copy of `node` if it still shows the lower object: a

@@ -7,7 +7,7 @@
 //! Written in the upper: overlay format by default, OCI files when asked or when mknod is refused.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{FileType, Stat};
@@ -158,11 +158,7 @@ pub fn mark_opaque(dir: BorrowedFd<'_>, oci: bool, privileged: bool) -> rustix::
     Ok(())
 }
 
-/// Whether an upper directory fd is usable (helper for callers holding `Arc<OwnedFd>`).
-pub fn as_dir<T: AsFd>(fd: &T) -> BorrowedFd<'_> {
-    fd.as_fd()
+/// Makes a whiteout device (character device 0/0) at `dir/name`.
+pub(crate) fn make_device(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
 }
-
-/// The whiteout device in the workdir that new whiteouts are hard links to, as kernel
-/// overlayfs does: a link costs no inode allocation.
-pub(crate) const SHARED_WHITEOUT: &str = "unionfs-whiteout";

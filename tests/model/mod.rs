@@ -3,7 +3,7 @@
 //! runs operations on `unionfs::Union` the way the kernel would through a mount.
 //!
 //! The model is deliberately naive: the view is a map from path to object, computed once from
-//! the layers by [`fold`] (the SPEC rules, written independently of `src/union/index.rs`) and then
+//! the layers by [`fold`] (the rules of docs/semantics.md, written independently of `src/union/index.rs`) and then
 //! changed with plain POSIX semantics. Nothing in it knows about copy-up, whiteouts or opaque
 //! markers beyond the initial fold; that is exactly what the library must make invisible.
 
@@ -28,7 +28,7 @@ pub const WH: &str = ".wh.";
 pub const OPQ: &str = ".wh..wh..opq";
 /// The one user xattr the tests set and compare.
 pub const XATTR: &str = "user.x";
-/// Opaque xattrs the library may write (SPEC: trusted when privileged, else user).
+/// Opaque xattrs the library may write (docs/semantics.md: trusted when privileged, else user).
 pub const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 /// Times given to every lower entry, old enough that a relatime read would move the atime.
 const LOWER_TIME: i64 = 1_000_000_000;
@@ -135,7 +135,7 @@ pub fn split(p: &Path) -> (&Path, &OsStr) {
     (p.parent().unwrap_or(Path::new("")), p.file_name().unwrap_or_default())
 }
 
-/// Whether a name may not be created through the view (SPEC: it would read as a whiteout).
+/// Whether a name may not be created through the view (docs/semantics.md: it would read as a whiteout).
 pub fn is_reserved(name: &OsStr) -> bool {
     name.as_bytes().starts_with(WH.as_bytes())
 }
@@ -156,7 +156,7 @@ pub struct Fold {
     pub dirs: BTreeMap<PathBuf, Vec<usize>>,
 }
 
-/// Folds layers (top first) into the view, by the SPEC rules: the topmost entry wins; a `.wh.N`
+/// Folds layers (top first) into the view, by the rules of docs/semantics.md: the topmost entry wins; a `.wh.N`
 /// hides `N` in the layers below its own only; a directory merges with same-named directories
 /// below until one is opaque, a lower non-directory or a whiteout ends the merge.
 pub fn fold(layers: &[Layer]) -> Fold {
@@ -1058,7 +1058,7 @@ pub fn diff_snapshots(before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathB
 
 /// Reads a layer (the upper) back from disk in the OCI naming of [`Layer`]: a char device 0/0
 /// becomes `.wh.NAME`, an opaque xattr becomes `.wh..wh..opq`. Also returns every way the
-/// layer breaks the SPEC's on-disk format.
+/// layer breaks the on-disk format of docs/semantics.md.
 pub fn read_layer(root: &Path) -> (Layer, Vec<String>) {
     let mut layer = Layer::new();
     let mut problems = Vec::new();
@@ -1126,7 +1126,7 @@ pub fn read_layer(root: &Path) -> (Layer, Vec<String>) {
 }
 
 /// Whiteouts in the upper (layer 0 of `layers`) that hide nothing: no lower layer merged into
-/// their directory has that name (SPEC: "only in the upper and nothing below: plain unlink";
+/// their directory has that name (docs/semantics.md: "only in the upper and nothing below: plain unlink";
 /// "no whiteouts inside an opaque directory").
 pub fn redundant_whiteouts(layers: &[Layer]) -> Vec<String> {
     let f = fold(layers);

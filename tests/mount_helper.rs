@@ -1,0 +1,161 @@
+//! mount(8), fstab and mount.fuse3: `mount -t fuse.unionfs SOURCE MNT -o lowerdir=..` runs
+//! `unionfs SOURCE MNT -o OPTIONS`; the source names the mount (unless `fsname=` does), `ro`
+//! gives a read-only view of the whole union (upper included), and mount(8)'s own options in
+//! fstab lines (noauto, x-systemd.*, ...) are accepted silently.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// Our binary at a path without a dot (mount(8) hands `fuse.PATH` to mount.fuse3 only then).
+fn helper_binary(l: &Layers) -> PathBuf {
+    let dir = l.dir.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("unionfs");
+    std::fs::copy(bin(), &p).expect("copy the binary");
+    assert!(!p.to_string_lossy().contains('.'), "{} has a dot", p.display());
+    p
+}
+
+/// Unmounts with `unionfs umount` (which waits for the daemon mount.fuse3 started) on drop.
+struct HelperMount<'a> {
+    bin: &'a Path,
+    mnt: &'a Path,
+}
+
+impl Drop for HelperMount<'_> {
+    fn drop(&mut self) {
+        if is_mounted(self.mnt) {
+            let ok = Command::new(self.bin)
+                .arg("umount")
+                .arg(self.mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(self.mnt).status();
+            }
+        }
+    }
+}
+
+fn mount_cmd(args: &[&str]) -> std::process::Output {
+    Command::new("mount").args(args).output().expect("run mount")
+}
+
+/// (source, fstype, options) of the mount at `mnt`.
+fn findmnt(mnt: &Path) -> (String, String, String) {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE,FSTYPE,OPTIONS"])
+        .arg(mnt)
+        .output()
+        .expect("findmnt");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let f: Vec<&str> = s.split_whitespace().collect();
+    assert_eq!(f.len(), 3, "findmnt said: {s}");
+    (f[0].to_string(), f[1].to_string(), f[2].to_string())
+}
+
+fn skip() -> bool {
+    let missing = !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists();
+    if !rustix::process::geteuid().is_root() || missing {
+        eprintln!("skipped: needs root and mount.fuse3 (Debian package fuse3)");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn mount_t_fuse_unionfs_mounts_names_and_serves_the_union() {
+    if skip() {
+        return;
+    }
+    let l = Layers::new(2);
+    l.put(0, "top", b"from lower0");
+    l.put(1, "top", b"hidden");
+    l.put(1, "bottom", b"from lower1");
+    let bin = helper_binary(&l);
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        l.lowers[0].display(),
+        l.lowers[1].display(),
+        l.upper.display(),
+        l.work.display()
+    );
+    let fstype = format!("fuse.{}", bin.display());
+    let mnt = l.mnt.to_string_lossy().into_owned();
+    let out = mount_cmd(&["-t", &fstype, "my-union", &mnt, "-o", &opts]);
+    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    let g = HelperMount { bin: &bin, mnt: &l.mnt };
+    assert_eq!(findmnt(&l.mnt).0, "my-union", "the source names the mount");
+    assert_eq!(std::fs::read(l.mnt.join("top")).unwrap(), b"from lower0");
+    assert_eq!(std::fs::read(l.mnt.join("bottom")).unwrap(), b"from lower1");
+    std::fs::write(l.mnt.join("new"), b"written").unwrap();
+    drop(g);
+    assert!(!is_mounted(&l.mnt));
+    assert_eq!(std::fs::read(l.up("new")).unwrap(), b"written");
+
+    // -o ro with an upper: the whole union, upper included, read-only; fsname= names it.
+    let ro = format!("{opts},ro,fsname=named-union");
+    let out = mount_cmd(&["-t", &fstype, "ignored-source", &mnt, "-o", &ro]);
+    assert!(
+        out.status.success(),
+        "mount ro: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _g = HelperMount { bin: &bin, mnt: &l.mnt };
+    let (source, _, options) = findmnt(&l.mnt);
+    assert_eq!(source, "named-union");
+    assert!(options.split(',').any(|o| o == "ro"), "options {options}");
+    assert_eq!(
+        std::fs::read(l.mnt.join("new")).unwrap(),
+        b"written",
+        "the upper is part of the view"
+    );
+    assert_eq!(std::fs::read(l.mnt.join("top")).unwrap(), b"from lower0");
+    let err = std::fs::write(l.mnt.join("other"), b"x").expect_err("a read-only union");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert!(!exists_raw(&l.up("other")));
+}
+
+#[test]
+fn an_fstab_line_mounts_the_union() {
+    if skip() {
+        return;
+    }
+    let l = Layers::new(1);
+    l.put(0, "etc/motd", b"hello");
+    let bin = helper_binary(&l);
+    let fstab = l.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# a union of one layer\nunion-from-fstab {} fuse.{} \
+             noauto,x-systemd.requires=local-fs.target,lowerdir={},upperdir={},workdir={} 0 0\n",
+            l.mnt.display(),
+            bin.display(),
+            l.lowers[0].display(),
+            l.upper.display(),
+            l.work.display()
+        ),
+    )
+    .unwrap();
+    let mnt = l.mnt.to_string_lossy().into_owned();
+    let out = mount_cmd(&["-T", &fstab.to_string_lossy(), &mnt]);
+    assert!(
+        out.status.success(),
+        "mount from fstab: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _g = HelperMount { bin: &bin, mnt: &l.mnt };
+    assert_eq!(findmnt(&l.mnt).0, "union-from-fstab");
+    assert_eq!(std::fs::read(l.mnt.join("etc/motd")).unwrap(), b"hello");
+    // mount(8)'s own options produced no warning line in the daemon's start.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

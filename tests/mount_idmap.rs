@@ -1,0 +1,208 @@
+//! Owner mappings (fuse-overlayfs's uidmapping=, gidmapping=, squash_to_*) through real mounts,
+//! with fuse-overlayfs 1.10 over identical layers as the oracle for direct use, and Podman's
+//! case (layers whose owners it has shifted already, mapping passed along) shown as the kernel
+//! driver shows them.
+
+mod common;
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn owners(root: &Path, names: &[&str]) -> Vec<(String, u32, u32)> {
+    names
+        .iter()
+        .map(|n| {
+            let m = lstat(&root.join(n));
+            (n.to_string(), m.uid(), m.gid())
+        })
+        .collect()
+}
+
+/// A foreground unionfs mount in the fuse-overlayfs form with extra `-o` options.
+fn compat_mount(l: &Layers, opts: &str) -> Mount {
+    let o = format!(
+        "lowerdir={},upperdir={},workdir={},{opts}",
+        l.lower_arg(),
+        l.upper.display(),
+        l.work.display()
+    );
+    let args: Vec<OsString> = vec!["-f".into(), "-o".into(), o.into(), l.mnt.clone().into()];
+    Mount::start(&args, &l.mnt)
+}
+
+/// fuse-overlayfs over a copy of `l`'s lower (a mount guard that unmounts on drop).
+struct FuseOverlayfs {
+    mnt: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl FuseOverlayfs {
+    fn start(lower: &Path, base: &Path, opts: &str) -> Option<FuseOverlayfs> {
+        if Command::new("fuse-overlayfs").arg("--version").output().is_err() {
+            return None;
+        }
+        let (upper, work, mnt) = (base.join("fo-upper"), base.join("fo-work"), base.join("fo-mnt"));
+        for d in [&upper, &work, &mnt] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let o = format!(
+            "lowerdir={},upperdir={},workdir={},{opts}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let child = Command::new("fuse-overlayfs")
+            .args(["-f", "-o", &o])
+            .arg(&mnt)
+            .spawn()
+            .expect("start fuse-overlayfs");
+        let g = FuseOverlayfs {
+            mnt: mnt.clone(),
+            child: Some(child),
+        };
+        for _ in 0..500 {
+            if is_mounted(&mnt) {
+                return Some(g);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("fuse-overlayfs did not mount");
+    }
+}
+
+impl Drop for FuseOverlayfs {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if let Some(c) = self.child.take() {
+            wait_or_kill(c, std::time::Duration::from_secs(10));
+        }
+    }
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        p,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .expect("chown");
+}
+
+fn layer_with_owners() -> Layers {
+    let l = Layers::new(1);
+    l.open_to_all();
+    l.put(0, "a", b"a");
+    l.put(0, "b", b"b");
+    l.put(0, "c", b"c");
+    chown(&l.lower(0, "a"), 0, 0);
+    chown(&l.lower(0, "b"), 1, 1);
+    chown(&l.lower(0, "c"), 70000, 70000);
+    l
+}
+
+#[test]
+fn uid_and_gid_mappings_show_and_store_owners_as_fuse_overlayfs_does() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let opts = "uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1:1:110000:65536";
+    let l = layer_with_owners();
+    let m = compat_mount(&l, opts);
+    let ours = owners(&m.mnt, &["a", "b"]);
+    assert_eq!(
+        ours,
+        vec![("a".into(), 1000, 1000), ("b".into(), 110000, 110000)],
+        "the man page's example"
+    );
+    if let Some(fo) = FuseOverlayfs::start(&l.lowers[0], l.dir.path(), opts) {
+        assert_eq!(owners(&fo.mnt, &["a", "b"]), ours, "fuse-overlayfs shows the same");
+    }
+    // An owner given through the view is stored unshifted, and shown as given.
+    let out = Command::new("chown")
+        .arg("110005:1000")
+        .arg(m.path("a"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((lstat(&m.path("a")).uid(), lstat(&m.path("a")).gid()), (110005, 1000));
+    assert_eq!(
+        (lstat(&l.up("a")).uid(), lstat(&l.up("a")).gid()),
+        (6, 0),
+        "stored as the layers carry owners"
+    );
+    let m = remount(&l, m, &["-o", opts]);
+    assert_eq!(lstat(&m.path("a")).uid(), 110005, "after remount");
+}
+
+#[test]
+fn squash_options_show_every_owner_as_the_given_id() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let l = layer_with_owners();
+    for (opts, want) in [
+        ("squash_to_root", (0, 0)),
+        ("squash_to_root,squash_to_uid=7,squash_to_gid=8", (7, 8)),
+    ] {
+        let m = compat_mount(&l, opts);
+        let ours = owners(&m.mnt, &["a", "b", "c"]);
+        assert!(ours.iter().all(|(_, u, g)| (*u, *g) == want), "{opts}: {ours:?}");
+        if let Some(fo) = FuseOverlayfs::start(&l.lowers[0], l.dir.path(), opts) {
+            assert_eq!(
+                owners(&fo.mnt, &["a", "b", "c"]),
+                ours,
+                "{opts}: fuse-overlayfs shows the same"
+            );
+        }
+        drop(m);
+        // What is stored stays as it was.
+        assert_eq!(lstat(&l.lower(0, "b")).uid(), 1);
+    }
+}
+
+#[test]
+fn layers_shifted_already_are_shown_as_the_kernel_driver_shows_them() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // As Podman prepares a container with --uidmap 0:100000:65536: the layer's owners shifted
+    // to the container's range, and the mapping passed along anyway. (Two lowers: kernel
+    // overlayfs needs two for a read-only union.)
+    let l = Layers::new(2);
+    l.open_to_all();
+    l.put(0, "etc/passwd", b"root:x:0:0::/:/bin/sh\n");
+    l.put(0, "home/u/f", b"f");
+    for p in ["", "etc", "etc/passwd", "home"] {
+        chown(&l.lower(0, p), 100000, 100000);
+    }
+    chown(&l.lower(0, "home/u"), 101000, 101000);
+    chown(&l.lower(0, "home/u/f"), 101000, 101000);
+    std::fs::set_permissions(&l.lowers[0], std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ko_mnt = l.dir.path().join("kmnt");
+    std::fs::create_dir(&ko_mnt).unwrap();
+    let ko = KernelOverlay::mount(&l.lowers, None, &ko_mnt).expect("kernel overlayfs");
+    let want = owners(&ko.mnt, &["etc", "etc/passwd", "home/u", "home/u/f"]);
+    let m = compat_mount(&l, "uidmapping=:0:100000:65536,gidmapping=:0:100000:65536");
+    assert_eq!(owners(&m.mnt, &["etc", "etc/passwd", "home/u", "home/u/f"]), want);
+    // A container process (uid 100000 as the daemon sees it) creates a file: stored as the
+    // kernel driver would store it.
+    let out = run_as(
+        100000,
+        100000,
+        "/bin/sh",
+        &["-c".as_ref(), "echo x > \"$0\"/home/new".as_ref(), m.mnt.as_os_str()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lstat(&l.up("home/new")).uid(), 100000);
+}
