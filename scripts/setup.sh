@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, mounting and testing need, once: fuse3 (fusermount3), the peers we
-# compare against (fuse-overlayfs, unionfs-fuse), attr/util-linux/e2fsprogs tools. Idempotent.
+# compare against (fuse-overlayfs, unionfs-fuse), attr/util-linux/e2fsprogs tools, umoci and
+# Podman (layer tools). Idempotent.
 set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
@@ -11,6 +12,10 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v fio >/dev/null || need+=(fio)
 command -v setfacl >/dev/null || need+=(acl)
 command -v lsattr >/dev/null || need+=(e2fsprogs)
+# The layer tools' oracles (tests/layer_tools.rs): umoci applies committed layers; Podman's
+# `podman diff` (with unionfs as the overlay driver's mount_program) checks `unionfs diff`.
+command -v umoci >/dev/null || need+=(umoci)
+command -v podman >/dev/null || need+=(podman)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "unionfs setup: please install: ${need[*]} (as root: apt-get install ${need[*]})" >&2

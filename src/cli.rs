@@ -1,10 +1,12 @@
-//! Command line: `unionfs mount ...`, `unionfs umount ...`, and the fuse-overlayfs form
+//! Command line: `unionfs mount ...`, `unionfs umount ...`, the offline layer tools (`diff`,
+//! `commit`, `import`, `size`, `layers`, `check`: `cli/layers.rs`), and the fuse-overlayfs form
 //! `unionfs [-f] -o lowerdir=..,upperdir=..,workdir=.. MOUNTPOINT` (for Podman's `mount_program`).
 //!
 //! Exit status: 0 success; 2 bad input or a failed mount; 1 a failure at run time.
 
 mod compat;
 mod daemon;
+mod layers;
 mod pidfile;
 mod umount;
 
@@ -37,6 +39,18 @@ enum Cmd {
     /// Unmount a union and wait for its daemon to exit.
     #[command(visible_alias = "unmount")]
     Umount(UmountArgs),
+    /// What the upper changes relative to the lowers (`docker diff`: A, C, D lines).
+    Diff(layers::DiffArgs),
+    /// Write the upper as an OCI image layer tar; prints its DiffID last.
+    Commit(layers::CommitArgs),
+    /// Apply an OCI layer tar as a new layer directory (usable as a lower).
+    Import(layers::ImportArgs),
+    /// The upper's disk usage and the whole union's (`docker ps -s`).
+    Size(layers::SizeArgs),
+    /// One line per layer, top first: entries, size, whiteouts, opaque directories.
+    Layers(layers::LayersArgs),
+    /// Check an upper (and workdir) for what breaks a mount or a commit; --repair fixes it.
+    Check(layers::CheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -286,6 +300,12 @@ pub fn main() -> ExitCode {
             mount(spec, child_args)
         }
         Cmd::Umount(a) => umount::run(&a.mountpoint, a.lazy),
+        Cmd::Diff(a) => layers::diff(a),
+        Cmd::Commit(a) => layers::commit(a),
+        Cmd::Import(a) => layers::import(a),
+        Cmd::Size(a) => layers::size(a),
+        Cmd::Layers(a) => layers::layers(a),
+        Cmd::Check(a) => layers::check(a),
     }
 }
 

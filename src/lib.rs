@@ -6,7 +6,8 @@
 //! numbers.
 //!
 //! Layout: [`union`] holds all overlay semantics and knows nothing of FUSE; [`fuse`] adapts
-//! fuser requests onto it; [`config`] validates a mount; [`sys`] wraps the system calls.
+//! fuser requests onto it; [`config`] validates a mount; [`sys`] wraps the system calls;
+//! [`layers`] holds the offline layer tools (diff, commit, import, size, layers, check).
 
 #![forbid(unsafe_code)]
 // No function over 80 lines (clippy.toml): long ones get split into named steps.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod fuse;
 pub mod idmap;
+pub mod layers;
 pub(crate) mod sys;
 pub mod union;
 

@@ -454,9 +454,9 @@ fn fuse_overlayfs_form_with_trailing_comma_symlinked_lower_and_unknown_option() 
     let o = run(&["umount", &fx.s("m")]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lower = format!("lowerdir={}", fx.s("link"));
-    let o = run(&[&fx.s("m"), "-o", &lower, "-o", "squash_to_root,"]);
+    let o = run(&[&fx.s("m"), "-o", &lower, "-o", "static_nlink,"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("ignoring fuse-overlayfs option 'squash_to_root'"));
+    assert!(stderr(&o).contains("ignoring fuse-overlayfs option 'static_nlink'"));
     assert!(fs::write(fx.p("m/new"), "x").is_err(), "no upper: read-only");
     let o = run(&["umount", &fx.s("m")]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -40,7 +40,10 @@ pub fn is_compat(args: &[OsString]) -> bool {
     if f.starts_with(b"-") {
         return true;
     }
-    if matches!(f, b"mount" | b"umount" | b"unmount" | b"help") {
+    if matches!(
+        f,
+        b"mount" | b"umount" | b"unmount" | b"help" | b"diff" | b"commit" | b"import" | b"size" | b"layers" | b"check"
+    ) {
         return false;
     }
     args.iter().any(|a| a.as_bytes().starts_with(b"-o"))

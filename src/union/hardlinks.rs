@@ -269,6 +269,34 @@ impl Union {
     }
 }
 
+/// For the offline layer tools (`crate::layers`): the index in the workdir `work_root` as it
+/// is, if there is one (nothing is created), and what it holds.
+impl HardlinkIndex {
+    pub(crate) fn read_only(work_root: BorrowedFd<'_>) -> rustix::io::Result<Option<HardlinkIndex>> {
+        let dir = match sys::open_path_dir(work_root, OsStr::new(DIR)) {
+            Ok(d) => d,
+            Err(RErrno::NOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let keys = sys::read_dir(dir.as_fd())?
+            .iter()
+            .filter_map(|e| Key::parse(&e.name))
+            .collect();
+        Ok(Some(HardlinkIndex {
+            dir: Some(Arc::new(dir)),
+            keys: RwLock::new(keys),
+        }))
+    }
+
+    /// Every key with an entry.
+    pub(crate) fn keys(&self) -> Vec<Key> {
+        self.keys.read().iter().copied().collect()
+    }
+
+    /// The name of the index directory in the workdir.
+    pub(crate) const DIR_NAME: &'static str = DIR;
+}
+
 fn set_count(t: &Target<'_>, n: u32) -> rustix::io::Result<()> {
     t.set_xattr(OsStr::new(COUNT_XATTR), &n.to_le_bytes(), XattrFlags::empty())
 }

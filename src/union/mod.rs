@@ -21,7 +21,7 @@ mod copy_up;
 mod create;
 mod fileattr;
 mod handles;
-mod hardlinks;
+pub(crate) mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
 mod io;
@@ -31,7 +31,7 @@ mod readdir;
 mod remove;
 mod rename;
 pub(crate) mod whiteout;
-mod workdir;
+pub(crate) mod workdir;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

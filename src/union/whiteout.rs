@@ -162,3 +162,95 @@ pub fn mark_opaque(dir: BorrowedFd<'_>, oci: bool, privileged: bool) -> rustix::
 pub(crate) fn make_device(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
     rustix::fs::mknodat(dir, name, FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
 }
+
+// ---- Helpers for the offline layer tools (`crate::layers`); the core does not use them. ----
+
+/// Which whiteout encoding an entry of a layer directory uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum WhiteoutForm {
+    /// Character device 0/0 at the name (kernel overlayfs, fuse-overlayfs, ours).
+    CharDevice,
+    /// An OCI `.wh.NAME` entry beside the name.
+    Oci,
+    /// A zero-size file with an `overlay.whiteout` xattr (inside an `opaque=x` directory).
+    Xattr,
+}
+
+/// The opaque xattrs set to `y` on the directory behind `dir`, in the order of
+/// [`dir_marks`]; a marker we may not read counts as absent, as there.
+pub(crate) fn opaque_xattrs_set(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for x in OPAQUE_XATTRS {
+        match sys::get_xattr_fd(dir, OsStr::new(x)) {
+            Ok(Some(v)) if v.as_slice() == b"y" => out.push(x),
+            Ok(_) | Err(rustix::io::Errno::ACCESS) | Err(rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Classifies the entry `name` of a layer directory whose marks are `marks` and whose `lstat`
+/// is `st`: `Some((hidden name, form))` when it is a whiteout, as the merged index reads it
+/// (`.wh.X` hides `X`; the opaque marker is not a whiteout).
+pub(crate) fn classify_whiteout(
+    dir: BorrowedFd<'_>,
+    marks: DirMarks,
+    name: &OsStr,
+    st: &Stat,
+) -> Option<(OsString, WhiteoutForm)> {
+    if let Some(t) = oci_target(name) {
+        return Some((t.to_os_string(), WhiteoutForm::Oci));
+    }
+    if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
+        return None;
+    }
+    if is_chr_whiteout(st) {
+        return Some((name.to_os_string(), WhiteoutForm::CharDevice));
+    }
+    if marks.xattr_whiteouts && is_xattr_whiteout(dir, name, st) {
+        return Some((name.to_os_string(), WhiteoutForm::Xattr));
+    }
+    None
+}
+
+/// Creates an empty OCI whiteout `.wh.NAME` in `dir`.
+pub(crate) fn make_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        oci_name(name).as_os_str(),
+        rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o000),
+    )?;
+    drop(fd);
+    Ok(())
+}
+
+/// Removes every opaque xattr from the directory behind `dir` except `keep`.
+pub(crate) fn remove_opaque_xattrs_except(dir: BorrowedFd<'_>, keep: Option<&str>) -> rustix::io::Result<()> {
+    let t = sys::Target::Fd(dir);
+    for x in OPAQUE_XATTRS {
+        if Some(x) == keep {
+            continue;
+        }
+        match t.remove_xattr(OsStr::new(x)) {
+            Ok(()) | Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Kernel overlayfs features that keep part of an object's meaning outside the upper (data in
+/// a lower: metacopy; the source directory in a lower: redirect). Offline tools cannot follow
+/// them.
+pub(crate) const KERNEL_INDIRECT_XATTRS: [&str; 4] = [
+    "trusted.overlay.metacopy",
+    "trusted.overlay.redirect",
+    "user.overlay.metacopy",
+    "user.overlay.redirect",
+];

@@ -19,9 +19,9 @@ use crate::error::SetupError;
 use crate::sys;
 
 /// Our scratch directory in the workdir.
-const SCRATCH: &str = "unionfs";
+pub(crate) const SCRATCH: &str = "unionfs";
 /// The shared whiteout device.
-const SHARED_WHITEOUT: &str = "unionfs-whiteout";
+pub(crate) const SHARED_WHITEOUT: &str = "unionfs-whiteout";
 
 pub(crate) struct Workdir {
     root: OwnedFd,

@@ -1,0 +1,450 @@
+//! The offline layer tools: `unionfs diff`, `commit`, `import`, `size`, `layers`, `check`
+//! (library: `unionfs::layers`). Exit status: 0 success (for `check`: clean, or everything
+//! repaired); 1 `check` found problems; 2 bad input, one line naming the path and the cause;
+//! 130 interrupted (nothing half-written is left).
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use unionfs::layers::{self, LayerError, Observer, Stack, human_size};
+
+/// The layers every tool reads.
+#[derive(clap::Args)]
+pub struct StackArgs {
+    /// Lower layers, top first, separated by ':' (`\:` is a literal colon); '' for none (an
+    /// empty image: every path is new).
+    #[arg(long, value_name = "DIR:DIR:...")]
+    lower: OsString,
+    /// The upper (writable) layer.
+    #[arg(long, value_name = "DIR")]
+    upper: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// The workdir the union is mounted with [default: .unionfs-work.NAME beside the upper, or
+    /// `work` beside an upper named `diff` (Podman's layout), if there].
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Print a JSON array of {"kind": "A"|"C"|"D", "path": ...}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Compress {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(clap::Args)]
+pub struct CommitArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// The workdir the union is mounted with [default: as for `diff`].
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Where to write the layer blob (written under a temporary name, renamed at the end).
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// Compression of the blob.
+    #[arg(long, value_enum, default_value_t = Compress::None)]
+    compress: Compress,
+    /// Clamp every mtime to SECONDS since the epoch [default: $SOURCE_DATE_EPOCH if set].
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    timestamp: Option<i64>,
+    /// Print the result as JSON instead of digest lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// An OCI layer tar (plain, gzip or zstd).
+    file: PathBuf,
+    /// The new layer directory (created; it must not exist, or be empty).
+    dir: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SizeArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// Print {"upper_bytes", "virtual_bytes", "size", "virtual"} as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LayersArgs {
+    /// Lower layers, top first, separated by ':'.
+    #[arg(long, value_name = "DIR:DIR:...")]
+    lower: Option<OsString>,
+    /// The upper layer, if any.
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    /// Print a JSON array, one object per layer.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// The workdir the upper was mounted with (checked for leftovers too).
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Make the upper canonical without changing the merged view (the union must not be
+    /// mounted meanwhile).
+    #[arg(long)]
+    repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Progress on a terminal (nothing on a pipe), and Ctrl-C turned into a clean stop.
+struct Progress {
+    bar: Option<ProgressBar>,
+    bytes: AtomicU64,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Progress {
+    /// `interruptible`: SIGINT/SIGTERM set a flag the tool polls (it then removes what it was
+    /// writing) instead of killing the process.
+    fn new(what: &str, interruptible: bool) -> Progress {
+        let cancel = Arc::new(AtomicBool::new(false));
+        if interruptible {
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                let _ = signal_hook::flag::register(sig, Arc::clone(&cancel));
+            }
+        }
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix}: {human_pos} entries {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.set_prefix(what.to_string());
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Progress {
+            bar,
+            bytes: AtomicU64::new(0),
+            cancel,
+        }
+    }
+
+    fn done(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn entry(&self) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+    fn bytes(&self, n: u64) {
+        let before = self.bytes.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            if (before + n) >> 22 != before >> 22 {
+                b.set_message(human_size(before + n));
+            }
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// The workdir a mount of `upper` uses: the one given, else the mount's default
+/// (`.unionfs-work.NAME` beside the upper), else `work` beside an upper named `diff`
+/// (containers/storage's layout), if it exists. Its hard-link index says what lower files with
+/// several names show once one name was copied up.
+fn workdir_of(given: Option<PathBuf>, upper: &Path) -> Result<Option<PathBuf>, LayerError> {
+    if let Some(w) = given {
+        if !w.is_dir() {
+            return Err(LayerError::Invalid {
+                path: w,
+                reason: "workdir is not a directory".into(),
+            });
+        }
+        return Ok(Some(w));
+    }
+    let (Some(parent), Some(name)) = (upper.parent(), upper.file_name()) else {
+        return Ok(None);
+    };
+    let mut ours = OsString::from(".unionfs-work.");
+    ours.push(name);
+    let candidates = [parent.join(ours), parent.join("work")];
+    let podman = name == "diff";
+    Ok(candidates
+        .into_iter()
+        .enumerate()
+        .find(|(i, c)| (*i == 0 || podman) && c.is_dir())
+        .map(|(_, c)| c))
+}
+
+fn open_stack(lower: Option<&OsString>, upper: Option<&Path>) -> Result<Stack, LayerError> {
+    let lowers = lower.map(|l| super::compat::split_lowers(l)).unwrap_or_default();
+    Stack::open(&lowers, upper)
+}
+
+/// Prints a tool's error and gives its exit status.
+fn fail(e: LayerError) -> ExitCode {
+    eprintln!("unionfs: {e}");
+    match e {
+        LayerError::Interrupted => ExitCode::from(130),
+        _ => ExitCode::from(2),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unionfs: JSON output: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn lossy(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+pub fn diff(a: DiffArgs) -> ExitCode {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper))
+        .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?)))
+    {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let p = Progress::new("diff", false);
+    let r = layers::diff::diff(&stack, &p);
+    p.done();
+    let changes = match r {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        let v: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|(path, c)| serde_json::json!({"kind": c, "path": lossy(path)}))
+            .collect();
+        return print_json(&v);
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (path, c) in &changes {
+        let mut line = vec![c.letter() as u8, b' '];
+        line.extend_from_slice(path);
+        line.push(b'\n');
+        if out.write_all(&line).is_err() {
+            return ExitCode::from(1);
+        }
+    }
+    if out.flush().is_err() {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn commit(a: CommitArgs) -> ExitCode {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper))
+        .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?)))
+    {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let clamp = match a.timestamp {
+        Some(t) => Some(t),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.trim().is_empty() => match v.trim().parse::<i64>() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    eprintln!("unionfs: SOURCE_DATE_EPOCH: '{v}' is not a number of seconds");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => None,
+        },
+    };
+    let opts = layers::commit::CommitOptions {
+        compression: match a.compress {
+            Compress::None => layers::commit::Compression::None,
+            Compress::Gzip => layers::commit::Compression::Gzip,
+            Compress::Zstd => layers::commit::Compression::Zstd,
+        },
+        clamp_mtime: clamp,
+    };
+    let p = Progress::new("commit", true);
+    let r = layers::commit::commit_to_file(&stack, &opts, &a.output, &p);
+    p.done();
+    let s = match r {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    for sock in &s.skipped_sockets {
+        eprintln!(
+            "unionfs: warning: {}: socket not committed (a tar cannot carry sockets)",
+            a.stack.upper.join(std::ffi::OsStr::new(&lossy(sock))).display()
+        );
+    }
+    if a.json {
+        return print_json(&s);
+    }
+    if s.digest != s.diff_id {
+        println!("blob {} {} {}", s.digest, s.size, s.media_type);
+    }
+    println!("{}", s.diff_id);
+    ExitCode::SUCCESS
+}
+
+pub fn import(a: ImportArgs) -> ExitCode {
+    let p = Progress::new("import", true);
+    let r = layers::import::import(&a.file, &a.dir, &p);
+    p.done();
+    let s = match r {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        return print_json(&s);
+    }
+    println!(
+        "{}: {} entries, {} whiteouts, {} opaque directories",
+        a.dir.display(),
+        s.entries,
+        s.whiteouts,
+        s.opaque_dirs
+    );
+    ExitCode::SUCCESS
+}
+
+pub fn size(a: SizeArgs) -> ExitCode {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let p = Progress::new("size", false);
+    let r = layers::usage::usage(&stack, &p);
+    p.done();
+    let u = match r {
+        Ok(u) => u,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        return print_json(&serde_json::json!({
+            "upper_bytes": u.upper_bytes,
+            "virtual_bytes": u.virtual_bytes,
+            "size": human_size(u.upper_bytes),
+            "virtual": human_size(u.virtual_bytes),
+        }));
+    }
+    println!(
+        "{} (virtual {})",
+        human_size(u.upper_bytes),
+        human_size(u.virtual_bytes)
+    );
+    ExitCode::SUCCESS
+}
+
+pub fn layers(a: LayersArgs) -> ExitCode {
+    let stack = match open_stack(a.lower.as_ref(), a.upper.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let p = Progress::new("layers", false);
+    let r = layers::stack::layers(&stack, &p);
+    p.done();
+    let rows = match r {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<9} {:>9} {:>8} {:>12} {:>9} {:>6}  PATH",
+        "LAYER", "ENTRIES", "SIZE", "BYTES", "WHITEOUTS", "OPAQUE"
+    );
+    for r in rows {
+        let f = r.figures;
+        println!(
+            "{:<9} {:>9} {:>8} {:>12} {:>9} {:>6}  {}",
+            r.role,
+            f.entries,
+            human_size(f.bytes),
+            f.bytes,
+            f.whiteouts,
+            f.opaque_dirs,
+            r.path.display()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn check(a: CheckArgs) -> ExitCode {
+    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let opts = layers::check::CheckOptions {
+        workdir: a.workdir,
+        repair: a.repair,
+    };
+    let p = Progress::new("check", false);
+    let r = layers::check::check(&stack, &opts, &p);
+    p.done();
+    let report = match r {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let code = if report.remaining() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
+    if a.json {
+        print_json(&report);
+        return code;
+    }
+    for pr in &report.problems {
+        let tag = if pr.repaired { " (repaired)" } else { "" };
+        println!("{}: {}{tag}", pr.path.display(), pr.problem);
+    }
+    if report.problems.is_empty() {
+        eprintln!("unionfs: check: no problems; upper format: {}", report.format);
+    } else {
+        eprintln!(
+            "unionfs: check: {} problem(s), {} repaired; upper format: {}",
+            report.problems.len(),
+            report.problems.len() - report.remaining(),
+            report.format
+        );
+    }
+    code
+}

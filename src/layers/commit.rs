@@ -1,0 +1,639 @@
+//! `unionfs commit`: the upper as an OCI image layer (image-spec `layer.md`).
+//!
+//! A tar, entries in name order (a directory, then its opaque marker if any, then its children):
+//! whiteouts as `.wh.NAME` (only for names the image shows), directories the upper made opaque
+//! over an image directory as `DIR/.wh..wh..opq`, hard links as tar links (the first name in
+//! this order carries the data), xattrs as PAX `SCHILY.xattr.*` records minus the private ones,
+//! numeric owners only, no sockets. Markers in every format the mount reads are understood.
+//! Reproducible: the same upper gives the same bytes; `clamp_mtime` caps every mtime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, OFlags, Stat};
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+
+use super::linked::{IndexCopy, Linked};
+use super::walk::{Entry, EntryKind, ImageDir, Listing, Stack, is_dir};
+use super::{LayerError, Observer, Result, join};
+use crate::sys;
+use crate::union::whiteout::{self, KERNEL_INDIRECT_XATTRS};
+
+/// How the layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The OCI media type of a layer blob compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+/// Options of a commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitOptions {
+    pub compression: Compression,
+    /// Every mtime later than this (seconds since the epoch) is written as this.
+    pub clamp_mtime: Option<i64>,
+}
+
+/// What a commit wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommitSummary {
+    /// `sha256:HEX` of the uncompressed tar.
+    pub diff_id: String,
+    /// `sha256:HEX` of the blob as written (equal to `diff_id` without compression).
+    pub digest: String,
+    /// Bytes of the blob as written.
+    pub size: u64,
+    /// Bytes of the uncompressed tar.
+    pub tar_size: u64,
+    pub media_type: &'static str,
+    /// Tar entries written (whiteouts and opaque markers included).
+    pub entries: u64,
+    /// Sockets in the upper, which a tar cannot carry (relative paths).
+    #[serde(skip)]
+    pub skipped_sockets: Vec<Vec<u8>>,
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            sha: Sha256::new(),
+            n: 0,
+        }
+    }
+    fn digest(&self) -> String {
+        let d = self.sha.clone().finalize();
+        let mut s = String::with_capacity(71);
+        s.push_str("sha256:");
+        for b in d {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+enum Encoder<W: Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::Encoder<'static, W>),
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(c: Compression, w: W) -> io::Result<Encoder<W>> {
+        Ok(match c {
+            Compression::None => Encoder::Plain(w),
+            // A fixed header (no name, mtime 0): the same tar gives the same blob.
+            Compression::Gzip => Encoder::Gzip(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(w, flate2::Compression::default()),
+            ),
+            Compression::Zstd => Encoder::Zstd(zstd::Encoder::new(w, 3)?),
+        })
+    }
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Plain(w) => Ok(w),
+            Encoder::Gzip(w) => w.finish(),
+            Encoder::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes the upper of `stack` as a layer to `out` (blob bytes, compressed as asked).
+pub fn commit<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
+    commit_inner(stack, opts, out, obs).map_err(|e| if obs.cancelled() { LayerError::Interrupted } else { e })
+}
+
+fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
+    let upper = stack.upper()?;
+    let blob = Hashing::new(out);
+    let enc = Encoder::new(opts.compression, blob).map_err(|e| LayerError::io("output", e))?;
+    let mut tar = tar::Builder::new(Hashing::new(enc));
+    let root = Listing::read(upper.fd(), &upper.path)?;
+    let img = stack.image_root()?;
+    let mut c = Committer {
+        stack,
+        opts,
+        obs,
+        links: HashMap::new(),
+        entries: 0,
+        sockets: Vec::new(),
+    };
+    // An opaque upper root hides the whole image.
+    if root.marks.opaque && !img.dirs.is_empty() {
+        let st = rustix::fs::fstat(upper.fd()).map_err(|e| LayerError::io(&upper.path, e))?;
+        c.marker(&mut tar, whiteout::OPAQUE_MARKER.as_bytes(), &st)?;
+    }
+    let img = if root.marks.opaque { None } else { Some(&img) };
+    let linked = Linked::find(stack, stack.workdir.as_deref(), obs)?;
+    c.dir(&mut tar, b"", Some((upper.fd(), &root)), img, &linked)?;
+    let out_err = |e: io::Error| LayerError::io("output", e);
+    let uncompressed = tar.into_inner().map_err(out_err)?;
+    let diff_id = uncompressed.digest();
+    let tar_size = uncompressed.n;
+    let mut blob = uncompressed.inner.finish().map_err(out_err)?;
+    blob.flush().map_err(out_err)?;
+    Ok(CommitSummary {
+        diff_id,
+        digest: blob.digest(),
+        size: blob.n,
+        tar_size,
+        media_type: opts.compression.media_type(),
+        entries: c.entries,
+        skipped_sockets: c.sockets,
+    })
+}
+
+/// [`commit`] into the file `path`, written under a temporary name beside it and renamed into
+/// place at the end: an error or an interruption leaves no file behind.
+pub fn commit_to_file(stack: &Stack, opts: &CommitOptions, path: &Path, obs: &dyn Observer) -> Result<CommitSummary> {
+    let tmp = TempOutput::create(path)?;
+    let w = BufWriter::with_capacity(1 << 20, tmp.file().map_err(|e| LayerError::io(path, e))?);
+    let summary = commit(stack, opts, w, obs).map_err(|e| match e {
+        LayerError::Io { path: p, source } if p == Path::new("output") => LayerError::io(path, source),
+        e => e,
+    })?;
+    tmp.persist()?;
+    Ok(summary)
+}
+
+/// An output file being written under a temporary name; removed unless persisted.
+pub(crate) struct TempOutput {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: Option<File>,
+}
+
+impl TempOutput {
+    pub fn create(dest: &Path) -> Result<TempOutput> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| LayerError::invalid(dest, "not a file name"))?;
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if dest.is_dir() {
+            return Err(LayerError::invalid(dest, "is a directory"));
+        }
+        let mut tn = OsString::from(".");
+        tn.push(name);
+        tn.push(format!(".unionfs-tmp.{}", std::process::id()));
+        let tmp = dir.join(tn);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| LayerError::io(dest, e))?;
+        Ok(TempOutput {
+            tmp,
+            dest: dest.to_path_buf(),
+            file: Some(file),
+        })
+    }
+
+    pub fn file(&self) -> io::Result<File> {
+        match &self.file {
+            Some(f) => f.try_clone(),
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Syncs the data and renames the file into place.
+    pub fn persist(mut self) -> Result<()> {
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(|e| LayerError::io(&self.dest, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| LayerError::io(&self.dest, e))?;
+        self.tmp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+struct Committer<'a> {
+    stack: &'a Stack,
+    opts: &'a CommitOptions,
+    obs: &'a dyn Observer,
+    /// (dev, ino) of multiply linked objects → the tar path that carries them.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    entries: u64,
+    sockets: Vec<Vec<u8>>,
+}
+
+enum Item<'e> {
+    Object(&'e Entry),
+    Whiteout,
+    /// A name showing a copy from the hard-link index.
+    Linked(&'e IndexCopy),
+    /// A directory only the image has, leading to such names.
+    LowerDir(OsString),
+}
+
+type Tar<W> = tar::Builder<W>;
+
+fn tar_err(p: PathBuf) -> impl Fn(io::Error) -> LayerError {
+    move |e| LayerError::io(p.clone(), e)
+}
+
+impl Committer<'_> {
+    fn mtime(&self, st: &Stat) -> u64 {
+        let t = st.st_mtime;
+        let t = match self.opts.clamp_mtime {
+            Some(c) if t > c => c,
+            _ => t,
+        };
+        t.max(0) as u64
+    }
+
+    fn header(&self, st: &Stat, ty: EntryType) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(st.st_mode & 0o7777);
+        h.set_uid(st.st_uid as u64);
+        h.set_gid(st.st_gid as u64);
+        h.set_mtime(self.mtime(st));
+        h.set_size(0);
+        h
+    }
+
+    /// An empty marker file (`.wh.X` or `.wh..wh..opq`) at `path`, dated like its directory.
+    fn marker<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir_st: &Stat) -> Result<()> {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(self.mtime(dir_st));
+        h.set_size(0);
+        let upper = self.stack.upper()?;
+        tar.append_data(&mut h, OsStr::from_bytes(path), io::empty())
+            .map_err(tar_err(upper.at(path)))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// What goes into the tar for the directory `rel`, by name: the upper's objects, the
+    /// whiteouts that hide something in `img`, and the names below that show an index copy.
+    fn items<'a>(
+        &self,
+        rel: &[u8],
+        listing: &'a Listing,
+        img: Option<&ImageDir>,
+        linked: &'a Linked,
+    ) -> Result<BTreeMap<Vec<u8>, Item<'a>>> {
+        let objects = listing.object_names();
+        let mut items: BTreeMap<Vec<u8>, Item<'_>> = BTreeMap::new();
+        for e in &listing.entries {
+            match &e.kind {
+                EntryKind::OpaqueFile => {}
+                EntryKind::Object => {
+                    items.insert(e.name.as_bytes().to_vec(), Item::Object(e));
+                }
+                EntryKind::Whiteout { target, .. } => {
+                    let Some(img) = img else { continue };
+                    if objects.contains(target.as_os_str()) {
+                        continue;
+                    }
+                    if img.lookup(self.stack, rel, target, false)?.is_some() {
+                        items.insert(whiteout::oci_name(target).as_bytes().to_vec(), Item::Whiteout);
+                    }
+                }
+            }
+        }
+        if img.is_some() {
+            let (dirs, files) = linked.children(rel);
+            for d in dirs {
+                if !objects.contains(d.as_os_str()) {
+                    items.entry(d.as_bytes().to_vec()).or_insert(Item::LowerDir(d));
+                }
+            }
+            for (n, copy) in files {
+                if !objects.contains(n.as_os_str()) {
+                    items.insert(n.as_bytes().to_vec(), Item::Linked(copy));
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// The children of the directory `rel`: the upper's (`up`: its fd and listing; None where
+    /// the upper has no such directory) and the names below it that show a copy from the
+    /// hard-link index (`linked`). `img` is the image directory the view merges it with (None:
+    /// nothing merges, so no marker is needed and no lower name shows).
+    fn dir<W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        rel: &[u8],
+        up: Option<(BorrowedFd<'_>, &Listing)>,
+        img: Option<&ImageDir>,
+        linked: &Linked,
+    ) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let empty = Listing {
+            marks: Default::default(),
+            entries: Vec::new(),
+        };
+        let (fd, listing) = match up {
+            Some((fd, l)) => (Some(fd), l),
+            None => (None, &empty),
+        };
+        let hidden = listing.whiteout_targets();
+        let items = self.items(rel, listing, img, linked)?;
+        for (tar_name, item) in items {
+            if self.obs.cancelled() {
+                return Err(LayerError::Interrupted);
+            }
+            self.obs.entry();
+            let path = join(rel, OsStr::from_bytes(&tar_name));
+            match item {
+                Item::Whiteout => {
+                    let Some(fd) = fd else { continue };
+                    let dir_st = rustix::fs::fstat(fd).map_err(|e| LayerError::io(upper.at(rel), e))?;
+                    self.marker(tar, &path, &dir_st)?;
+                }
+                Item::Linked(copy) => {
+                    let e = Entry {
+                        name: copy.name.clone(),
+                        st: copy.st,
+                        kind: EntryKind::Object,
+                    };
+                    self.object(tar, &path, copy.dir.as_fd(), &e)?;
+                }
+                Item::LowerDir(name) => {
+                    // A directory the upper does not have, on the way to such names: as the
+                    // image shows it.
+                    let Some(img) = img else { continue };
+                    let Some(found) = img.lookup(self.stack, rel, &name, true)? else {
+                        continue;
+                    };
+                    let (Some(sub), Some(d)) = (found.dir.as_ref(), img.dirs.get(found.pos)) else {
+                        continue;
+                    };
+                    let e = Entry {
+                        name: name.clone(),
+                        st: found.st,
+                        kind: EntryKind::Object,
+                    };
+                    self.object(tar, &path, d.fd.as_fd(), &e)?;
+                    self.dir(tar, &path, None, Some(sub), linked)?;
+                }
+                Item::Object(e) => {
+                    let Some(fd) = fd else { continue };
+                    self.object(tar, &path, fd, e)?;
+                    if is_dir(&e.st) {
+                        let cut_by_whiteout = hidden.contains(e.name.as_os_str());
+                        self.upper_subdir(tar, rel, &path, fd, e, img, cut_by_whiteout, linked)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Below the upper directory `e` (at `path`, an entry of `fd`, the directory `rel`): its
+    /// opaque marker if it hides an image directory, then its children.
+    #[allow(clippy::too_many_arguments)]
+    fn upper_subdir<W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        rel: &[u8],
+        path: &[u8],
+        fd: BorrowedFd<'_>,
+        e: &Entry,
+        img: Option<&ImageDir>,
+        cut_by_whiteout: bool,
+        linked: &Linked,
+    ) -> Result<()> {
+        let at = self.stack.upper()?.at(path);
+        let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
+        let sl = Listing::read(sfd.as_fd(), &at)?;
+        let cut = sl.marks.opaque || cut_by_whiteout;
+        let found = match img {
+            Some(i) => i.lookup(self.stack, rel, &e.name, true)?,
+            None => None,
+        };
+        let old_dir = found.and_then(|f| f.dir);
+        if cut && old_dir.is_some() {
+            let mut m = path.to_vec();
+            m.push(b'/');
+            m.extend_from_slice(whiteout::OPAQUE_MARKER.as_bytes());
+            self.marker(tar, &m, &e.st)?;
+        }
+        let child_img = if cut { None } else { old_dir.as_ref() };
+        self.dir(tar, path, Some((sfd.as_fd(), &sl)), child_img, linked)
+    }
+
+    /// One real object at tar path `path` (entry `e` of the upper directory `dir`).
+    fn object<W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        path: &[u8],
+        dir: BorrowedFd<'_>,
+        e: &super::walk::Entry,
+    ) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let at = upper.at(path);
+        let st = &e.st;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        if ft == FileType::Socket {
+            self.sockets.push(path.to_vec());
+            return Ok(());
+        }
+        let xattrs = pax_xattrs(&at, dir, &e.name)?;
+        // Hard links: the first name carries the object, the others link to it.
+        if !is_dir(st) && st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.links.get(&key) {
+                let mut h = self.header(st, EntryType::Link);
+                tar.append_link(&mut h, OsStr::from_bytes(path), OsStr::from_bytes(first))
+                    .map_err(tar_err(at))?;
+                self.entries += 1;
+                return Ok(());
+            }
+            self.links.insert(key, path.to_vec());
+        }
+        if !xattrs.is_empty() {
+            tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .map_err(tar_err(at.clone()))?;
+        }
+        self.body(tar, path, dir, e)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// The header (and data) of the object `e` of `dir` at tar path `path`.
+    fn body<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir: BorrowedFd<'_>, e: &Entry) -> Result<()> {
+        let at = self.stack.upper()?.at(path);
+        let st = &e.st;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let p = OsStr::from_bytes(path);
+        match ft {
+            FileType::Directory => {
+                let mut h = self.header(st, EntryType::Directory);
+                tar.append_data(&mut h, p, io::empty()).map_err(tar_err(at))?;
+            }
+            FileType::Symlink => {
+                let link = rustix::fs::readlinkat(dir, e.name.as_os_str(), Vec::new())
+                    .map_err(|err| LayerError::io(&at, err))?;
+                let mut h = self.header(st, EntryType::Symlink);
+                tar.append_link(&mut h, p, OsStr::from_bytes(link.as_bytes()))
+                    .map_err(tar_err(at))?;
+            }
+            FileType::RegularFile => {
+                let fd = sys::open_at(dir, &e.name, OFlags::RDONLY | OFlags::NOATIME)
+                    .map_err(|err| LayerError::io(&at, err))?;
+                let mut h = self.header(st, EntryType::Regular);
+                h.set_size(st.st_size as u64);
+                let r = ExactReader {
+                    inner: File::from(fd),
+                    left: st.st_size as u64,
+                    obs: self.obs,
+                };
+                tar.append_data(&mut h, p, r).map_err(tar_err(at))?;
+            }
+            FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {
+                let ty = match ft {
+                    FileType::CharacterDevice => EntryType::Char,
+                    FileType::BlockDevice => EntryType::Block,
+                    _ => EntryType::Fifo,
+                };
+                let mut h = self.header(st, ty);
+                if ty != EntryType::Fifo {
+                    h.set_device_major(rustix::fs::major(st.st_rdev))
+                        .map_err(tar_err(at.clone()))?;
+                    h.set_device_minor(rustix::fs::minor(st.st_rdev))
+                        .map_err(tar_err(at.clone()))?;
+                }
+                tar.append_data(&mut h, p, io::empty()).map_err(tar_err(at))?;
+            }
+            _ => return Err(LayerError::invalid(&at, "unknown file type")),
+        }
+        Ok(())
+    }
+}
+
+/// The PAX records for the xattrs of `dir/name` (private ones left out); an object using kernel
+/// metacopy or redirect is refused (part of it is in a lower).
+fn pax_xattrs(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<BTreeMap<String, Vec<u8>>> {
+    let target = sys::Target::Entry(dir, name);
+    let names = target.list_xattrs().map_err(|err| LayerError::io(at, err))?;
+    let mut xattrs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for n in names {
+        if KERNEL_INDIRECT_XATTRS.iter().any(|k| n.as_bytes() == k.as_bytes()) {
+            return Err(LayerError::invalid(
+                at,
+                format!(
+                    "has {} (kernel overlayfs metacopy/redirect keeps part of it in a lower); \
+                     mount with metacopy=off,redirect_dir=off or copy it up fully first",
+                    n.to_string_lossy()
+                ),
+            ));
+        }
+        if whiteout::is_private_xattr(&n) {
+            continue;
+        }
+        let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(at, err))? else {
+            continue;
+        };
+        let key = n
+            .to_str()
+            .ok_or_else(|| LayerError::invalid(at, format!("xattr name {n:?} is not UTF-8")))?;
+        xattrs.insert(format!("SCHILY.xattr.{key}"), v);
+    }
+    Ok(xattrs)
+}
+
+/// Reads exactly `left` bytes: a file that shrank while being read is an error (the tar
+/// header already promised its size), one that grew is cut at that size.
+struct ExactReader<'a> {
+    inner: File,
+    left: u64,
+    obs: &'a dyn Observer,
+}
+
+impl Read for ExactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        if self.obs.cancelled() {
+            return Err(io::Error::other("interrupted"));
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being committed",
+            ));
+        }
+        self.left -= n as u64;
+        self.obs.bytes(n as u64);
+        Ok(n)
+    }
+}

@@ -1,0 +1,222 @@
+//! Lower files with several names, copied up through one of them. The mount keeps such copies
+//! in a hard-link index in its workdir (`W/unionfs-index`, see `union/hardlinks.rs`): every other
+//! name of the lower file shows the copy, but joins the upper only when it is next looked up.
+//! So the upper alone does not say what those names show; with the workdir the tools do.
+//!
+//! Cost: nothing without an index. Each index entry records how many names the object has in
+//! the view; when the upper holds all of them, nothing more is read. Otherwise the image is
+//! walked once to find the missing names (a lower file's other names may be anywhere in it).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::fs::{FileType, Stat};
+
+use super::walk::{Found, ImageDir, Stack, is_dir};
+use super::{LayerError, Observer, Result, join};
+use crate::sys;
+use crate::union::hardlinks::{HardlinkIndex, Key};
+use crate::union::whiteout;
+
+/// The index's copy a name shows.
+pub(crate) struct IndexCopy {
+    pub dir: Arc<OwnedFd>,
+    pub name: OsString,
+    pub st: Stat,
+}
+
+/// Names of the view (relative paths) that show an index copy but are not in the upper.
+#[derive(Default)]
+pub(crate) struct Linked {
+    pub names: BTreeMap<Vec<u8>, IndexCopy>,
+}
+
+impl Linked {
+    /// The names below the directory `rel`: its children that are such names, and its child
+    /// directories that lead to some.
+    pub fn children(&self, rel: &[u8]) -> (BTreeSet<OsString>, Vec<(OsString, &IndexCopy)>) {
+        let mut dirs = BTreeSet::new();
+        let mut files = Vec::new();
+        let prefix: Vec<u8> = if rel.is_empty() {
+            Vec::new()
+        } else {
+            let mut p = rel.to_vec();
+            p.push(b'/');
+            p
+        };
+        for (path, copy) in self.names.range(prefix.clone()..) {
+            let Some(rest) = path.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            match rest.iter().position(|&b| b == b'/') {
+                Some(i) => {
+                    dirs.insert(OsStr::from_bytes(&rest[..i]).to_os_string());
+                }
+                None => files.push((OsStr::from_bytes(rest).to_os_string(), copy)),
+            }
+        }
+        (dirs, files)
+    }
+
+    /// Finds the names of the view that show a copy in the index of the workdir `work`.
+    pub fn find(stack: &Stack, work: Option<&Path>, obs: &dyn Observer) -> Result<Linked> {
+        let Some(work) = work else {
+            return Ok(Linked::default());
+        };
+        let wfd = rustix::fs::open(
+            work,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| LayerError::io(work, e))?;
+        let at = work.join(HardlinkIndex::DIR_NAME);
+        let Some(index) = HardlinkIndex::read_only(wfd.as_fd()).map_err(|e| LayerError::io(&at, e))? else {
+            return Ok(Linked::default());
+        };
+        // Keys whose copy the upper does not carry under every name the view gives it.
+        let mut incomplete: HashSet<Key> = HashSet::new();
+        for key in index.keys() {
+            let Some((dir, name)) = index.entry(key) else { continue };
+            let Some(st) = sys::stat_at_opt(dir.as_fd(), &name).map_err(|e| LayerError::io(at.join(&name), e))? else {
+                continue;
+            };
+            let in_upper = st.st_nlink.saturating_sub(1);
+            let view = index.view_count(&sys::Target::Entry(dir.as_fd(), &name));
+            if view.is_none_or(|n| u64::from(n) != in_upper) {
+                incomplete.insert(key);
+            }
+        }
+        if incomplete.is_empty() {
+            return Ok(Linked::default());
+        }
+        let fsids: Vec<u64> = stack
+            .lowers
+            .iter()
+            .map(|l| {
+                let fsid = rustix::fs::fstatvfs(l.fd()).map(|v| v.f_fsid).unwrap_or(0);
+                if fsid == 0 { l.dev } else { fsid }
+            })
+            .collect();
+        let mut found = Vec::new();
+        let root = stack.image_root()?;
+        let mut f = Finder {
+            stack,
+            index: &index,
+            incomplete: &incomplete,
+            fsids: &fsids,
+            obs,
+            found: &mut found,
+        };
+        f.walk(b"", &root)?;
+        let mut names = BTreeMap::new();
+        for (rel, key) in found {
+            if !shown_from_lowers(stack, &rel)? {
+                continue;
+            }
+            let Some((dir, name)) = index.entry(key) else { continue };
+            let Some(st) = sys::stat_at_opt(dir.as_fd(), &name).map_err(|e| LayerError::io(at.join(&name), e))? else {
+                continue;
+            };
+            names.insert(rel, IndexCopy { dir, name, st });
+        }
+        Ok(Linked { names })
+    }
+}
+
+struct Finder<'a> {
+    stack: &'a Stack,
+    index: &'a HardlinkIndex,
+    incomplete: &'a HashSet<Key>,
+    fsids: &'a [u64],
+    obs: &'a dyn Observer,
+    found: &'a mut Vec<(Vec<u8>, Key)>,
+}
+
+impl Finder<'_> {
+    fn walk(&mut self, rel: &[u8], dir: &ImageDir) -> Result<()> {
+        if self.obs.cancelled() {
+            return Err(LayerError::Interrupted);
+        }
+        for (name, (pos, st)) in dir.list(self.stack, rel)? {
+            self.obs.entry();
+            let ft = FileType::from_raw_mode(st.st_mode);
+            if ft == FileType::RegularFile && st.st_nlink > 1 {
+                let Some(layer) = dir.dirs.get(pos).map(|d| d.layer) else {
+                    continue;
+                };
+                let key = Key {
+                    fsid: self.fsids[layer],
+                    ino: st.st_ino,
+                };
+                if self.incomplete.contains(&key) && self.index.holds(key, &st) {
+                    self.found.push((join(rel, &name), key));
+                }
+            } else if ft == FileType::Directory {
+                if let Some(Found { dir: Some(sub), .. }) = dir.lookup(self.stack, rel, &name, true)? {
+                    self.walk(&join(rel, &name), &sub)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the view shows `rel` from a lower layer: no entry or whiteout for it in the upper,
+/// and no directory on the way is opaque, whited out or replaced there.
+fn shown_from_lowers(stack: &Stack, rel: &[u8]) -> Result<bool> {
+    let upper = stack.upper()?;
+    let io = |e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
+    let mut cur: OwnedFd = sys::open_path_dir(upper.fd(), OsStr::new(".")).map_err(io)?;
+    if whiteout::dir_marks(cur.as_fd()).map_err(io)?.opaque {
+        return Ok(false);
+    }
+    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        let name = OsStr::from_bytes(c);
+        let d: BorrowedFd<'_> = cur.as_fd();
+        if sys::stat_at_opt(d, &whiteout::oci_name(name)).map_err(io)?.is_some() {
+            return Ok(false);
+        }
+        let Some(st) = sys::stat_at_opt(d, name).map_err(io)? else {
+            // Nothing of it in the upper from here down.
+            return Ok(true);
+        };
+        if i + 1 == comps.len() || !is_dir(&st) {
+            return Ok(false);
+        }
+        let next = sys::open_path_dir(d, name).map_err(io)?;
+        if whiteout::dir_marks(next.as_fd()).map_err(io)?.opaque {
+            return Ok(false);
+        }
+        cur = next;
+    }
+    Ok(false)
+}
+
+/// What the image shows at `rel`, with its file capability (None: nothing).
+pub(crate) fn image_at(stack: &Stack, rel: &[u8], cap: &str) -> Result<Option<(Stat, Option<Vec<u8>>)>> {
+    let mut dir = stack.image_root()?;
+    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    let mut parent: Vec<u8> = Vec::new();
+    for (i, c) in comps.iter().enumerate() {
+        let name = OsStr::from_bytes(c);
+        let last = i + 1 == comps.len();
+        let Some(f) = dir.lookup(stack, &parent, name, !last)? else {
+            return Ok(None);
+        };
+        if last {
+            let Some(d) = dir.dirs.get(f.pos) else { return Ok(None) };
+            let c = sys::get_xattr(d.fd.as_fd(), name, cap)
+                .map_err(|e| LayerError::io(stack.lowers[d.layer].at(rel), e))?;
+            return Ok(Some((f.st, c)));
+        }
+        let Some(sub) = f.dir else { return Ok(None) };
+        dir = sub;
+        parent = join(&parent, name);
+    }
+    Ok(None)
+}

@@ -1,0 +1,150 @@
+//! Offline tools for layer directories: what an upper changes (`diff`), the upper as an OCI
+//! image layer (`commit`), an OCI layer tar as a new layer directory (`import`), sizes
+//! (`usage`), a per-layer summary (`stack`) and a consistency check with repair (`check`).
+//!
+//! Nothing here needs FUSE or a mount. Every question about markers (whiteouts, opaque
+//! directories, private xattrs) is answered by [`crate::union::whiteout`], the module the
+//! union core uses, so the tools read every format the mount reads.
+//!
+//! Speed: the tools that compare an upper with its lowers (`diff`, `commit`, `check`) walk the
+//! upper only, and look at the lowers only at the paths the upper has (a few `lstat`s per upper
+//! entry and per lower layer), so their cost follows the size of the change, not of the image.
+
+pub mod check;
+pub mod commit;
+pub mod diff;
+pub mod import;
+mod linked;
+pub mod stack;
+pub mod usage;
+mod walk;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub use walk::{Layer, Stack};
+
+/// Why a layer tool failed. Every variant names the path it is about and the cause, so the
+/// command line prints it as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("interrupted; no output was left behind")]
+    Interrupted,
+}
+
+pub type Result<T> = std::result::Result<T, LayerError>;
+
+impl LayerError {
+    pub(crate) fn io(path: impl Into<PathBuf>, e: impl Into<std::io::Error>) -> LayerError {
+        LayerError::Io {
+            path: path.into(),
+            source: e.into(),
+        }
+    }
+
+    pub(crate) fn invalid(path: impl Into<PathBuf>, reason: impl Into<String>) -> LayerError {
+        LayerError::Invalid {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Receives progress of long walks and tells them to stop. All methods have no-op defaults.
+pub trait Observer: Sync {
+    /// One more entry handled.
+    fn entry(&self) {}
+    /// `n` more bytes of file data handled.
+    fn bytes(&self, _n: u64) {}
+    /// Whether the user asked to stop (Ctrl-C): the tool then removes what it was writing and
+    /// returns [`LayerError::Interrupted`].
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// An observer that shows nothing and never cancels.
+pub struct Quiet;
+
+impl Observer for Quiet {}
+
+/// `a/b` + `c` = `a/b/c` (relative paths inside a layer, as bytes; the root is empty).
+pub(crate) fn join(rel: &[u8], name: &OsStr) -> Vec<u8> {
+    let mut p = Vec::with_capacity(rel.len() + 1 + name.len());
+    p.extend_from_slice(rel);
+    if !rel.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name.as_bytes());
+    p
+}
+
+/// `root/rel`, for messages.
+pub(crate) fn full_path(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    }
+}
+
+/// A size as `docker ps -s` prints it: decimal units, three significant digits (`61.6kB`,
+/// `444MB`, `0B`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    // Three significant digits, like Go's %.3g without the exponent form.
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let mut s = format!("{v:.digits$}");
+    if s.starts_with("1000") && u < UNITS.len() - 1 {
+        s = "1".into();
+        u += 1;
+    }
+    if s.contains('.') {
+        while s.ends_with('0') {
+            s.pop();
+        }
+        if s.ends_with('.') {
+            s.pop();
+        }
+    }
+    format!("{s}{}", UNITS[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_print_like_docker() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1000), "1kB");
+        assert_eq!(human_size(61_600), "61.6kB");
+        assert_eq!(human_size(61_649), "61.6kB");
+        assert_eq!(human_size(444_000_000), "444MB");
+        assert_eq!(human_size(1_234_567), "1.23MB");
+        assert_eq!(human_size(999_999), "1MB");
+        assert_eq!(human_size(10_060), "10.1kB");
+    }
+}

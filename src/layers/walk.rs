@@ -1,0 +1,342 @@
+//! Reading layers: an upper directory's entries classified through `whiteout.rs`, and the image
+//! (the union of the lowers, without the upper) at the paths an upper walk reaches.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags, Stat};
+
+use super::{LayerError, Result, full_path};
+use crate::sys;
+use crate::union::whiteout::{self, DirMarks, WhiteoutForm};
+
+/// One layer directory, opened.
+pub struct Layer {
+    pub path: PathBuf,
+    pub(crate) root: OwnedFd,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Layer {
+    /// Opens the layer directory at `path` (`role` names it in errors).
+    pub fn open(role: &str, path: &Path) -> Result<Layer> {
+        let fd =
+            rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
+                match e {
+                    rustix::io::Errno::NOTDIR => LayerError::invalid(path, format!("{role} is not a directory")),
+                    e => LayerError::invalid(path, format!("{role}: {}", std::io::Error::from(e))),
+                }
+            })?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| LayerError::io(path, e))?;
+        Ok(Layer {
+            path: path.to_path_buf(),
+            root: fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// `path/rel`, for messages.
+    pub(crate) fn at(&self, rel: &[u8]) -> PathBuf {
+        full_path(&self.path, rel)
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+/// A layer stack: lowers top first, and the upper if there is one.
+pub struct Stack {
+    pub lowers: Vec<Layer>,
+    pub upper: Option<Layer>,
+    /// The workdir the union is mounted with: its hard-link index says what lower files with
+    /// several names show after one of them was copied up (see `linked.rs`).
+    pub workdir: Option<PathBuf>,
+}
+
+impl Stack {
+    /// Opens the layers; a layer given twice (or the upper among the lowers) is refused.
+    pub fn open(lowers: &[PathBuf], upper: Option<&Path>) -> Result<Stack> {
+        let upper = upper.map(|u| Layer::open("upper", u)).transpose()?;
+        let mut ls: Vec<Layer> = Vec::new();
+        for l in lowers {
+            let layer = Layer::open("lower layer", l)?;
+            let same = |o: &Layer| o.dev == layer.dev && o.ino == layer.ino;
+            if upper.as_ref().is_some_and(same) {
+                return Err(LayerError::invalid(l, "is the upper too; a layer must appear once"));
+            }
+            if ls.iter().any(same) {
+                return Err(LayerError::invalid(l, "lower layer given twice"));
+            }
+            ls.push(layer);
+        }
+        Ok(Stack {
+            lowers: ls,
+            upper,
+            workdir: None,
+        })
+    }
+
+    /// The same stack, read with the workdir `w` (see [`Stack::workdir`]).
+    pub fn with_workdir(mut self, w: Option<PathBuf>) -> Stack {
+        self.workdir = w;
+        self
+    }
+
+    /// The upper, or an error naming what is missing.
+    pub fn upper(&self) -> Result<&Layer> {
+        self.upper
+            .as_ref()
+            .ok_or_else(|| LayerError::invalid(PathBuf::from("--upper"), "an upper layer is required"))
+    }
+
+    /// The image's root directory: the lowers' roots, down to the first opaque one.
+    pub(crate) fn image_root(&self) -> Result<ImageDir> {
+        let mut dirs = Vec::new();
+        for (i, l) in self.lowers.iter().enumerate() {
+            let fd = sys::open_path_dir(l.fd(), OsStr::new(".")).map_err(|e| LayerError::io(&l.path, e))?;
+            let marks = whiteout::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(&l.path, e))?;
+            dirs.push(LowerDir { layer: i, fd, marks });
+            if marks.opaque {
+                break;
+            }
+        }
+        Ok(ImageDir { dirs })
+    }
+}
+
+/// What an entry of a layer directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    /// A real object (file, directory, symlink, device, FIFO, socket).
+    Object,
+    /// A whiteout hiding `target` (the entry's own name, or `X` for `.wh.X`).
+    Whiteout { target: OsString, form: WhiteoutForm },
+    /// The OCI opaque marker `.wh..wh..opq`.
+    OpaqueFile,
+}
+
+/// One entry of a layer directory, with its `lstat`.
+pub(crate) struct Entry {
+    pub name: OsString,
+    pub st: Stat,
+    pub kind: EntryKind,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Object && is_dir(&self.st)
+    }
+}
+
+/// A layer directory's entries (sorted by name) and marks.
+pub(crate) struct Listing {
+    pub marks: DirMarks,
+    pub entries: Vec<Entry>,
+}
+
+impl Listing {
+    /// Reads the directory behind `dir`; `at` names it in errors.
+    pub fn read(dir: BorrowedFd<'_>, at: &Path) -> Result<Listing> {
+        let io = |e: rustix::io::Errno| LayerError::io(at, e);
+        let marks = whiteout::dir_marks(dir).map_err(io)?;
+        let mut raw = sys::read_dir(dir).map_err(io)?;
+        raw.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        let mut entries = Vec::with_capacity(raw.len());
+        for e in raw {
+            let st = match sys::stat_at_opt(dir, &e.name) {
+                Ok(Some(st)) => st,
+                Ok(None) => continue,
+                Err(err) => return Err(LayerError::io(at.join(&e.name), err)),
+            };
+            let kind = if e.name.as_bytes() == whiteout::OPAQUE_MARKER.as_bytes() {
+                EntryKind::OpaqueFile
+            } else if let Some((target, form)) = whiteout::classify_whiteout(dir, marks, &e.name, &st) {
+                EntryKind::Whiteout { target, form }
+            } else {
+                EntryKind::Object
+            };
+            entries.push(Entry { name: e.name, st, kind });
+        }
+        Ok(Listing { marks, entries })
+    }
+
+    /// Names of the real objects.
+    pub fn object_names(&self) -> std::collections::BTreeSet<&OsStr> {
+        self.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Object)
+            .map(|e| e.name.as_os_str())
+            .collect()
+    }
+
+    /// Names some whiteout of this directory hides.
+    pub fn whiteout_targets(&self) -> std::collections::BTreeSet<&OsStr> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Whiteout { target, .. } => Some(target.as_os_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// One lower layer's directory taking part in an image directory.
+pub(crate) struct LowerDir {
+    /// Index in `Stack::lowers`.
+    pub layer: usize,
+    pub fd: OwnedFd,
+    pub marks: DirMarks,
+}
+
+/// A directory of the image (the union of the lowers): the lower directories merged into it,
+/// top first, down to the first opaque one. No directories: the image has nothing here.
+pub(crate) struct ImageDir {
+    pub dirs: Vec<LowerDir>,
+}
+
+/// What the image shows at a name.
+pub(crate) struct Found {
+    /// Index in `ImageDir::dirs` of the directory holding it.
+    pub pos: usize,
+    pub st: Stat,
+    /// For a directory, when asked for: the image directory it is.
+    pub dir: Option<ImageDir>,
+}
+
+impl ImageDir {
+    /// What the image shows at `name`, following the lookup rules of the union core: the first
+    /// layer that has the name wins, a whiteout (at the name, or `.wh.NAME` beside it) hides
+    /// it in the layers below, a directory merges with directories below it down to the first
+    /// opaque one or the first non-directory. With `open_dir`, a directory comes with its
+    /// image directory. `stack` names layers in errors; `rel` is this directory's path.
+    pub fn lookup(&self, stack: &Stack, rel: &[u8], name: &OsStr, open_dir: bool) -> Result<Option<Found>> {
+        if whiteout::is_reserved_name(name) || name.is_empty() {
+            return Ok(None);
+        }
+        let mut found: Option<Found> = None;
+        let mut merging = false;
+        for (pos, d) in self.dirs.iter().enumerate() {
+            let at = || stack.lowers[d.layer].at(&super::join(rel, name));
+            let st = sys::stat_at_opt(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
+            let mut stop = false;
+            if let Some(st) = st {
+                let wh = whiteout::classify_whiteout(d.fd.as_fd(), d.marks, name, &st).is_some();
+                if wh {
+                    stop = true;
+                } else if found.is_none() {
+                    let dir = is_dir(&st);
+                    merging = dir;
+                    let mut f = Found { pos, st, dir: None };
+                    if dir && open_dir {
+                        let fd = sys::open_path_dir(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
+                        let marks = whiteout::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(at(), e))?;
+                        merging = !marks.opaque;
+                        f.dir = Some(ImageDir {
+                            dirs: vec![LowerDir {
+                                layer: d.layer,
+                                fd,
+                                marks,
+                            }],
+                        });
+                    }
+                    found = Some(f);
+                } else if merging && is_dir(&st) {
+                    if let Some(img) = found.as_mut().and_then(|f| f.dir.as_mut()) {
+                        let fd = sys::open_path_dir(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
+                        let marks = whiteout::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(at(), e))?;
+                        merging = !marks.opaque;
+                        img.dirs.push(LowerDir {
+                            layer: d.layer,
+                            fd,
+                            marks,
+                        });
+                    }
+                } else {
+                    stop = true;
+                }
+            }
+            let oci = whiteout::oci_name(name);
+            if sys::stat_at_opt(d.fd.as_fd(), &oci)
+                .map_err(|e| LayerError::io(at(), e))?
+                .is_some()
+            {
+                stop = true;
+            }
+            if stop || (found.is_some() && (!merging || !open_dir)) {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every name the image shows in this directory, with what shows it.
+    pub fn list(&self, stack: &Stack, rel: &[u8]) -> Result<BTreeMap<OsString, (usize, Stat)>> {
+        let mut seen: BTreeMap<OsString, Option<(usize, Stat)>> = BTreeMap::new();
+        for (pos, d) in self.dirs.iter().enumerate() {
+            let at = stack.lowers[d.layer].at(rel);
+            let listing = Listing::read(d.fd.as_fd(), &at)?;
+            let mut hidden = Vec::new();
+            for e in listing.entries {
+                match e.kind {
+                    EntryKind::OpaqueFile => {}
+                    EntryKind::Whiteout { target, .. } => hidden.push(target),
+                    EntryKind::Object => {
+                        seen.entry(e.name).or_insert(Some((pos, e.st)));
+                    }
+                }
+            }
+            // After the layer's own entries: `.wh.X` hides `X` only below its layer.
+            for t in hidden {
+                seen.entry(t).or_insert(None);
+            }
+        }
+        Ok(seen.into_iter().filter_map(|(n, v)| v.map(|v| (n, v))).collect())
+    }
+}
+
+/// Opens the directory `rel` below `root` (`O_PATH`) without following any symlink and without
+/// leaving `root`: the kernel enforces it (`RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`).
+pub(crate) fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
+    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::IN_ROOT
+            | rustix::fs::ResolveFlags::NO_SYMLINKS
+            | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// What [`walk_all`] calls: `(rel, dir fd, listing, entry)`.
+pub(crate) type WalkFn<'f> = dyn FnMut(&[u8], BorrowedFd<'_>, &Listing, Option<&Entry>) -> Result<()> + 'f;
+
+/// Every entry below the directory `dir` of a layer, depth first in name order: `f(rel,
+/// dir_fd, listing, None)` once for each directory (the root included) when it has been
+/// listed, then `f(rel, dir_fd, listing, Some(entry))` for each of its entries; stops at the
+/// first error.
+pub(crate) fn walk_all(dir: BorrowedFd<'_>, root: &Path, rel: &[u8], f: &mut WalkFn<'_>) -> Result<()> {
+    let listing = Listing::read(dir, &full_path(root, rel))?;
+    f(rel, dir, &listing, None)?;
+    for e in &listing.entries {
+        f(rel, dir, &listing, Some(e))?;
+        if e.is_dir() {
+            let p = super::join(rel, &e.name);
+            let sub = sys::open_path_dir(dir, &e.name).map_err(|err| LayerError::io(full_path(root, &p), err))?;
+            walk_all(sub.as_fd(), root, &p, f)?;
+        }
+    }
+    Ok(())
+}
