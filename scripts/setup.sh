@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, mounting and testing need, once: fuse3 (fusermount3), the peers we
-# compare against (fuse-overlayfs, unionfs-fuse), attr/util-linux tools, umoci and Podman (layer
-# tools). Idempotent.
+# compare against (fuse-overlayfs, unionfs-fuse), attr/util-linux/e2fsprogs tools, umoci and
+# Podman (layer tools). Idempotent.
 set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
@@ -11,6 +11,7 @@ command -v getfattr >/dev/null || need+=(attr)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v fio >/dev/null || need+=(fio)
 command -v setfacl >/dev/null || need+=(acl)
+command -v lsattr >/dev/null || need+=(e2fsprogs)
 # The layer tools' oracles (tests/layer_tools.rs): umoci applies committed layers; Podman's
 # `podman diff` (with unionfs as the overlay driver's mount_program) checks `unionfs diff`.
 command -v umoci >/dev/null || need+=(umoci)

@@ -106,7 +106,8 @@ struct MountArgs {
     #[arg(long)]
     no_acl: bool,
     /// Mount options, comma separated: ro, nosuid, nodev, noexec, allow_other, fsname=..,
-    /// and the fuse-overlayfs ones (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
+    /// noatime, relatime (the default), strictatime, nodiratime, and the fuse-overlayfs ones
+    /// (lowerdir=.., upperdir=.., workdir=.., volatile, ...).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<OsString>,
     /// Log to FILE instead of stderr (in the background: instead of nowhere).
@@ -162,6 +163,8 @@ pub(crate) struct MountSpec {
     /// Owner mappings (fuse-overlayfs's uidmapping=, gidmapping=, squash_*).
     pub idmap: unionfs::idmap::IdMap,
     pub readdirplus_always: bool,
+    /// `-o noatime`, `relatime`, `strictatime`, `nodiratime`.
+    pub atime: unionfs::AtimePolicy,
     pub no_writeback_cache: bool,
     pub foreground: bool,
     pub debug: bool,
@@ -213,6 +216,7 @@ impl MountSpec {
         if let Some(n) = self.index_cache {
             c.index_cache = n;
         }
+        c.atime = self.atime;
         c
     }
 }

@@ -18,6 +18,40 @@ pub enum WhiteoutStyle {
     Oci,
 }
 
+/// When an access (reading a file, listing a directory) updates its access time, as the
+/// kernel's mount options of that name say. Only the upper's objects are ever touched: the
+/// lower layers keep their times whatever the option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AtimeMode {
+    /// `relatime`: when the atime is not newer than the mtime or ctime, or a day old.
+    #[default]
+    Relatime,
+    /// `strictatime`: every access.
+    Strict,
+    /// `noatime`: never.
+    NoAtime,
+}
+
+/// The atime mount options: [`AtimeMode`] and `nodiratime` (never for directories).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AtimePolicy {
+    pub mode: AtimeMode,
+    pub nodiratime: bool,
+}
+
+impl AtimePolicy {
+    /// Whether an access to an object (a directory: `dir`) with these times updates its atime.
+    /// Times are (seconds, nanoseconds); `now` in seconds.
+    pub fn updates(&self, dir: bool, atime: (i64, i64), mtime: (i64, i64), ctime: (i64, i64), now: i64) -> bool {
+        match self.mode {
+            AtimeMode::NoAtime => false,
+            _ if dir && self.nodiratime => false,
+            AtimeMode::Strict => true,
+            AtimeMode::Relatime => atime <= mtime || atime <= ctime || now - atime.0 >= 24 * 3600,
+        }
+    }
+}
+
 /// Everything the union needs to open its layers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountConfig {
@@ -43,6 +77,9 @@ pub struct MountConfig {
     /// Owner mappings between the layers and the view (see `idmap.rs`).
     #[serde(default)]
     pub idmap: crate::idmap::IdMap,
+    /// When accesses update access times (`noatime`, `relatime`, `strictatime`, `nodiratime`).
+    #[serde(default)]
+    pub atime: AtimePolicy,
 }
 
 /// About 25 MiB of directory indexes.
@@ -69,6 +106,7 @@ impl MountConfig {
             acl: true,
             index_cache: DEFAULT_INDEX_CACHE,
             idmap: crate::idmap::IdMap::default(),
+            atime: AtimePolicy::default(),
         }
     }
 

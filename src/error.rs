@@ -27,6 +27,7 @@ impl Errno {
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
 
     /// The raw errno value.
     pub fn code(self) -> i32 {

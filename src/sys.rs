@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno as RErrno;
 
 /// `/proc/self/fd/N`: reaches the object behind `fd` (including an `O_PATH` fd).
@@ -103,6 +103,19 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
         });
     }
     Ok(out)
+}
+
+/// Reads the first entries of the directory behind `dir` and nothing more: the kernel updates
+/// its access time as its mount says, as for any listing that starts.
+pub fn read_dir_once(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::Dir::read_from(&fd)?.read().transpose()?;
+    Ok(())
 }
 
 /// Reads an extended attribute of the entry `name` of `dir` (not following a symlink).
@@ -266,6 +279,19 @@ pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
     Ok(())
 }
 
+/// An `O_PATH` fd on the directory `rel` below `root` (empty: `root` itself), without following
+/// any symlink and without leaving `root`.
+pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
+    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
 /// An `O_PATH` fd on the subdirectory `name` of `dir`, refusing symlinks.
 pub fn open_path_dir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(
@@ -282,6 +308,101 @@ pub fn has_cap_sys_admin() -> bool {
         .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
         .unwrap_or(false)
 }
+
+/// Per-mount flags (see [`private_binds`]).
+pub use rustix::mount::MountFlags;
+
+/// Private bind mounts of directories (canonical paths), each with its own per-mount flags
+/// instead of its mount's (`recursive`: with the mounts below it), reachable through the
+/// returned `O_PATH` fds only. The kernel then applies those flags to everything done through
+/// fds opened beneath them: access-time updates (including FUSE passthrough reads of backing
+/// files), read-only.
+///
+/// Made in a short-lived thread that moves into a mount namespace of its own (needs
+/// CAP_SYS_ADMIN there): the namespace goes away with the thread, the mounts stay alive,
+/// detached, as long as fds on them do. Nothing is ever mounted where other processes could
+/// see it. The outer error is the namespace's; each mount has its own result.
+pub fn private_binds(dirs: &[(&std::path::Path, MountFlags, bool)]) -> std::io::Result<Vec<std::io::Result<OwnedFd>>> {
+    let dirs: Vec<_> = dirs.iter().map(|(d, f, r)| (d.to_path_buf(), *f, *r)).collect();
+    std::thread::spawn(move || {
+        enter_private_namespace()?;
+        Ok(dirs.iter().map(|(d, f, r)| bind_with_flags(d, *f, *r)).collect())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the private mount thread panicked"))?
+}
+
+/// Moves the calling thread into a mount namespace of its own whose mounts pass nothing on to
+/// the ones they were copied from.
+fn enter_private_namespace() -> std::io::Result<()> {
+    use nix::sched::CloneFlags;
+    use rustix::mount::MountPropagationFlags;
+    // CLONE_FS too: threads share their root and cwd, which a namespace change must not touch.
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(std::io::Error::from)?;
+    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
+    Ok(())
+}
+
+/// Binds `dir` onto itself (in the private namespace) and gives the bind mount `flags`.
+fn bind_with_flags(dir: &std::path::Path, flags: MountFlags, recursive: bool) -> std::io::Result<OwnedFd> {
+    if recursive {
+        rustix::mount::mount_bind_recursive(dir, dir)?;
+    } else {
+        rustix::mount::mount_bind(dir, dir)?;
+    }
+    let keep = kept_mount_flags(rustix::fs::statvfs(dir)?.f_flag);
+    rustix::mount::mount_remount(dir, MountFlags::BIND | keep | flags, "")?;
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The flags of a mount (statvfs `f_flag`) other than its atime ones, which a bind remount
+/// must repeat.
+fn kept_mount_flags(f: rustix::fs::StatVfsMountFlags) -> MountFlags {
+    use rustix::fs::StatVfsMountFlags as S;
+    [
+        (S::RDONLY, MountFlags::RDONLY),
+        (S::NOSUID, MountFlags::NOSUID),
+        (S::NODEV, MountFlags::NODEV),
+        (S::NOEXEC, MountFlags::NOEXEC),
+    ]
+    .into_iter()
+    .filter(|(s, _)| f.contains(*s))
+    .fold(MountFlags::empty(), |m, (_, flag)| m | flag)
+}
+
+/// What the kernel knows of a process and the daemon cannot see in a FUSE request: its
+/// supplementary groups and whether it holds CAP_FSETID (from `/proc/PID/status`). `None` when
+/// the process is gone or outside our pid namespace (pid 0).
+pub fn process_creds(pid: u32) -> Option<ProcessCreds> {
+    if pid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    let groups = field("Groups:")?
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    let caps = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
+    Some(ProcessCreds {
+        groups,
+        fsetid: caps & (1 << CAP_FSETID) != 0,
+    })
+}
+
+/// See [`process_creds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessCreds {
+    pub groups: Vec<u32>,
+    /// CAP_FSETID: writing keeps setuid and setgid bits.
+    pub fsetid: bool,
+}
+
+const CAP_FSETID: u32 = 4;
 
 /// Whether the process umask is 0, read from /proc (setting it to find out would race with
 /// other threads creating files).

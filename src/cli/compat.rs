@@ -209,7 +209,7 @@ impl<'a> Opt<'a> {
 
 fn apply_option(spec: &mut MountSpec, item: &[u8]) -> Result<(), String> {
     let o = Opt::parse(item);
-    if union_option(spec, &o)? || mount_option(spec, &o)? {
+    if union_option(spec, &o)? || mount_option(spec, &o)? || atime_option(spec, &o)? {
         return Ok(());
     }
     let k = o.key.as_str();
@@ -296,8 +296,6 @@ fn mount_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
         "suid" | "nosuid" => spec.mount.suid = Some(o.flag(key == "suid")?),
         "dev" | "nodev" => spec.mount.dev = Some(o.flag(key == "dev")?),
         "exec" | "noexec" => spec.mount.exec = Some(o.flag(key == "exec")?),
-        "atime" => spec.mount.extra_flag(MountOption::Atime, MountOption::NoAtime),
-        "noatime" => spec.mount.extra_flag(MountOption::NoAtime, MountOption::Atime),
         "sync" => spec.mount.extra_flag(MountOption::Sync, MountOption::Async),
         "async" => spec.mount.extra_flag(MountOption::Async, MountOption::Sync),
         "dirsync" => spec.mount.extra_flag(MountOption::DirSync, MountOption::DirSync),
@@ -310,6 +308,30 @@ fn mount_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
                 spec.mount.extra.push(MountOption::CUSTOM(v));
             }
         }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The access-time options (see `AtimePolicy`: the kernel leaves access times of FUSE files to
+/// us); whether `o` was one. `noatime` also shows in the mount's options.
+fn atime_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
+    let key = o.key.as_str();
+    match key {
+        "atime" | "relatime" | "strictatime" | "norelatime" => {
+            o.flag(true)?;
+            spec.atime.mode = match key {
+                "strictatime" | "norelatime" => unionfs::AtimeMode::Strict,
+                _ => unionfs::AtimeMode::Relatime,
+            };
+            spec.mount.extra.retain(|x| *x != MountOption::NoAtime);
+        }
+        "noatime" => {
+            o.flag(true)?;
+            spec.atime.mode = unionfs::AtimeMode::NoAtime;
+            spec.mount.extra_flag(MountOption::NoAtime, MountOption::Atime);
+        }
+        "nodiratime" | "diratime" => spec.atime.nodiratime = o.flag(key == "nodiratime")?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -464,6 +486,30 @@ mod tests {
                 .contains("needs a value")
         );
         assert!(parse(&args(&["-o", "fsync=2", "m"])).unwrap_err().contains("fsync"));
+        assert!(
+            parse(&args(&["-o", "noatime=1", "m"]))
+                .unwrap_err()
+                .contains("no value")
+        );
+    }
+
+    #[test]
+    fn atime_options() {
+        use unionfs::AtimeMode::*;
+        let atime = |o: &str| parse(&args(&["-o", o, "m"])).unwrap().atime;
+        assert_eq!(atime("lowerdir=a").mode, Relatime);
+        assert_eq!(atime("noatime").mode, NoAtime);
+        assert_eq!(atime("strictatime").mode, Strict);
+        assert_eq!(atime("noatime,relatime").mode, Relatime);
+        assert_eq!(atime("strictatime,atime").mode, Relatime);
+        let p = atime("strictatime,nodiratime");
+        assert_eq!((p.mode, p.nodiratime), (Strict, true));
+        assert!(!atime("nodiratime,diratime").nodiratime);
+        let s = parse(&args(&["-o", "noatime", "m"])).unwrap();
+        assert_eq!(s.mount.extra, vec![MountOption::NoAtime]);
+        let s = parse(&args(&["-o", "noatime,relatime", "m"])).unwrap();
+        assert!(s.mount.extra.is_empty());
+        assert!(s.warnings.is_empty());
     }
 
     #[test]

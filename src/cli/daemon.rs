@@ -222,6 +222,9 @@ fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
         remove_workdir(created_workdir.as_deref());
         setup(e)
     })?;
+    if union.writable() && !union.atime_by_mount() {
+        tracing::debug!("access times follow the upper's own mount options (but noatime): no private mount");
+    }
     let mounted = session::mount(Arc::clone(&union), &mountpoint, &spec.session_options()).map_err(|e| {
         remove_workdir(created_workdir.as_deref());
         Failure(2, mount_error_message(&e, &mountpoint))

@@ -2,20 +2,21 @@
 //! logic lives here; errnos are decided by the union, this only forwards them.
 
 mod init;
+mod ioctl;
 mod passthrough;
 pub mod session;
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::attr::{Attr, Kind};
@@ -60,6 +61,8 @@ pub struct FuseAdapter {
     passthrough: passthrough::Passthrough,
     /// POSIX ACLs negotiated (with FUSE_DONT_MASK).
     acl: AtomicBool,
+    /// Tells the kernel what changed without its knowledge (set once the session exists).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
@@ -70,7 +73,51 @@ impl FuseAdapter {
             destroyed: Arc::new(AtomicBool::new(false)),
             passthrough: passthrough::Passthrough::default(),
             acl: AtomicBool::new(false),
+            notifier: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Serves an inode-flags ioctl (see `ioctl.rs`); `None` is any other ioctl (ENOTTY).
+    fn inode_flags_request(&self, ino: u64, req: Option<ioctl::FlagsRequest>, out_size: u32) -> Result<Vec<u8>, Errno> {
+        use ioctl::FlagsRequest as R;
+        let set = |flags: u32| {
+            self.union.set_inode_flags(ino, flags)?;
+            // The change moves the ctime, which the kernel would not ask us for again.
+            self.invalidate_attrs(ino);
+            Ok(Vec::new())
+        };
+        match req.ok_or(Errno::ENOTTY)? {
+            R::Get => Ok(ioctl::flags_reply(self.union.inode_flags(ino)?, out_size)),
+            R::GetX => Ok(ioctl::fsxattr_reply(self.union.inode_flags(ino)?)),
+            R::Set(flags) => set(flags),
+            R::SetX(xflags) => set(ioctl::flags_from_xflags(self.union.inode_flags(ino)?, xflags)),
+        }
+    }
+
+    /// Where the session puts its notifier once it exists.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        Arc::clone(&self.notifier)
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (not its pages): we changed them in a way
+    /// the kernel cannot know. Only takes a spinlock in the kernel, so it is safe inside a
+    /// request handler.
+    fn invalidate_attrs(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            // ENOENT: the kernel holds no inode for it, so nothing is cached.
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                tracing::trace!(ino, "attribute invalidation: {e}");
+            }
+        }
+    }
+
+    /// Drops setuid/setgid as the kernel would before `req` changes the data of `ino` through
+    /// the handle `fh` (see `Union::drop_privs`).
+    fn drop_privs(&self, req: &Request, ino: INodeNo, fh: FileHandle) -> Result<(), Errno> {
+        if self.union.drop_privs(&ctx(req), fh.0)? {
+            self.invalidate_attrs(ino.0);
+        }
+        Ok(())
     }
 
     /// The caller of a creating request; with POSIX ACLs on, the kernel leaves its umask to us.
@@ -87,26 +134,49 @@ impl FuseAdapter {
         Arc::clone(&self.destroyed)
     }
 
-    /// How to answer the open `o` of `ino` (see `passthrough.rs`, the one place that decides).
+    /// How to answer the open `o` of `ino` with the caller's `flags` (see `passthrough.rs`, the
+    /// one place that decides).
     fn open_mode(
         &self,
         ino: u64,
         o: Opened,
+        flags: i32,
         open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> passthrough::Mode {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let lower_may_change = self.opts.lower_may_change;
         let r = self.union.with_file(o.fh, |fd| {
-            let shareable = o.shared_rw.then(|| fd.as_fd());
+            let shareable = (o.shared_rw && !o.daemon_writes).then(|| fd.as_fd());
             Ok(self
                 .passthrough
-                .open(ino, &o, lower_may_change, shareable, open_backing))
+                .open(ino, &o, writable, lower_may_change, shareable, open_backing))
         });
-        r.unwrap_or(passthrough::Mode::Cached(FopenFlags::empty()))
+        let mode = r.unwrap_or(passthrough::Mode::Cached(FopenFlags::empty()));
+        if writable && matches!(mode, passthrough::Mode::Passthrough(_)) {
+            // From now on its attributes are not cached (see `attr_ttl`); drop those cached
+            // before, which a write through a shared mapping would otherwise hide.
+            self.invalidate_attrs(ino);
+        }
+        mode
+    }
+
+    /// How long the kernel may keep the attributes of `ino`.
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        if self.passthrough.writing(ino) {
+            Duration::ZERO
+        } else {
+            self.opts.ttl
+        }
+    }
+
+    /// An entry reply: names are kept for the TTL, attributes as `attr_ttl` says.
+    fn reply_entry(&self, reply: ReplyEntry, a: &Attr) {
+        reply.entry_with_ttls(&self.attr_ttl(a.ino), &self.opts.ttl, &file_attr(a), Generation(0));
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>, op: &'static str, about: impl std::fmt::Debug) {
         match r {
-            Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => self.reply_entry(reply, &a),
             Err(e) => reply.error(failed(op, about, e)),
         }
     }
@@ -142,19 +212,21 @@ impl DirSink for Listing {
 }
 
 /// A listing-with-attributes reply as the union's [`DirSink`].
-struct ListingPlus {
+struct ListingPlus<'a> {
     reply: ReplyDirectoryPlus,
-    ttl: Duration,
+    adapter: &'a FuseAdapter,
 }
 
-impl DirSink for ListingPlus {
+impl DirSink for ListingPlus<'_> {
     fn add(&mut self, e: &DirEntry, attr: Option<&Attr>) -> bool {
         let Some(a) = attr else { return false };
+        // One TTL covers the name and the attributes here: a file the kernel may be changing
+        // behind our back (see `attr_ttl`) goes without, and is looked up again.
         !self.reply.add(
             INodeNo(a.ino),
             e.offset,
             &e.name,
-            &self.ttl,
+            &self.adapter.attr_ttl(a.ino),
             &file_attr(a),
             Generation(0),
         )
@@ -246,7 +318,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.union.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.opts.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => self.reply_entry(reply, &a),
             // A negative entry: the kernel caches the miss for the TTL (node id 0).
             Err(Errno::ENOENT) => {
                 let mut neg = file_attr(&negative_attr());
@@ -263,7 +335,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.union.getattr_fh(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
             Err(e) => reply.error(failed("getattr", ino.0, e)),
         }
     }
@@ -295,7 +367,7 @@ impl Filesystem for FuseAdapter {
             mtime: time(mtime),
         };
         match self.union.setattr(&ctx(req), ino.0, &set, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.opts.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
             Err(e) => reply.error(failed("setattr", (ino.0, set), e)),
         }
     }
@@ -372,7 +444,7 @@ impl Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(failed("open", (ino.0, flags.0), e)),
         };
-        let mode = self.open_mode(ino.0, o, |fd| reply.open_backing(fd));
+        let mode = self.open_mode(ino.0, o, flags.0, |fd| reply.open_backing(fd));
         match mode {
             passthrough::Mode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
             passthrough::Mode::Cached(flags) => reply.opened(FileHandle(o.fh), flags),
@@ -406,12 +478,12 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -419,11 +491,21 @@ impl Filesystem for FuseAdapter {
         // The kernel derives an O_APPEND offset from its cached size, which passthrough writes
         // through other opens may have outdated: append at the real end of file instead.
         let append = flags.0 & libc::O_APPEND != 0 && self.passthrough.enabled();
-        let r = if append {
-            self.union.append(fh.0, data)
+        // Write-back of the page cache (a shared mapping) is no write of the caller's: the
+        // kernel drops no privileges for it.
+        let by_caller = !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        let r = if by_caller {
+            self.drop_privs(req, ino, fh)
         } else {
-            self.union.write(fh.0, offset, data)
+            Ok(())
         };
+        let r = r.and_then(|()| {
+            if append {
+                self.union.append(fh.0, data)
+            } else {
+                self.union.write(fh.0, offset, data)
+            }
+        });
         match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(failed("write", (fh.0, offset, data.len()), e)),
@@ -456,6 +538,10 @@ impl Filesystem for FuseAdapter {
             // mixing into the cache (see `Union::readdir_chunk`).
             // Changes to a lower (`--revalidate`) do not pass through the mount: no cache then.
             Ok(fh) if self.opts.lower_may_change => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // A listing that updates the access time must reach us (see `Union::readdir_into`).
+            Ok(fh) if self.union.listing_updates_atime(ino.0) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR)
+            }
             Ok(fh) => reply.opened(
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
@@ -473,10 +559,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
-        let mut sink = ListingPlus {
-            reply,
-            ttl: self.opts.ttl,
-        };
+        let mut sink = ListingPlus { reply, adapter: self };
         match self.union.readdir_into(fh.0, offset, true, &mut sink) {
             Ok(()) => sink.reply.ok(),
             Err(e) => sink.reply.error(failed("readdirplus", ino, e)),
@@ -566,9 +649,9 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(failed("create", (parent.0, name, flags), e)),
         };
         let attr = file_attr(&a);
-        match self.open_mode(a.ino, o, |fd| reply.open_backing(fd)) {
+        match self.open_mode(a.ino, o, flags, |fd| reply.open_backing(fd)) {
             passthrough::Mode::Passthrough(id) => reply.created_passthrough(
-                &self.opts.ttl,
+                &self.attr_ttl(a.ino),
                 &attr,
                 Generation(0),
                 FileHandle(o.fh),
@@ -576,27 +659,49 @@ impl Filesystem for FuseAdapter {
                 &id,
             ),
             passthrough::Mode::Cached(flags) => {
-                reply.created(&self.opts.ttl, &attr, Generation(0), FileHandle(o.fh), flags)
+                reply.created(&self.attr_ttl(a.ino), &attr, Generation(0), FileHandle(o.fh), flags)
             }
         }
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            self.union.fallocate(fh.0, offset, length, mode),
-            "fallocate",
-            (fh.0, offset, length, mode),
-        );
+        let r = self
+            .drop_privs(req, ino, fh)
+            .and_then(|()| self.union.fallocate(fh.0, offset, length, mode));
+        empty(reply, r, "fallocate", (fh.0, offset, length, mode));
+    }
+
+    /// Only the inode-flag requests, which the kernel makes itself for FS_IOC_GETFLAGS and
+    /// FS_IOC_SETFLAGS on any file of the mount (through a private open of the file, with the
+    /// caller's ownership and CAP_LINUX_IMMUTABLE already checked). Every other ioctl is
+    /// refused with ENOTTY. FS_IOC_FIEMAP never arrives: the kernel answers it for FUSE files
+    /// itself (EOPNOTSUPP), and a restricted FUSE ioctl could not carry its extent array.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let r =
+            ioctl::FlagsRequest::decode(cmd, in_data).and_then(|req| self.inode_flags_request(ino.0, req, out_size));
+        match r {
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(failed("ioctl", (ino.0, cmd), e)),
+        }
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
@@ -608,21 +713,22 @@ impl Filesystem for FuseAdapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .union
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
+        let r = self.drop_privs(req, ino_out, fh_out).and_then(|()| {
+            self.union
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        });
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(failed("copy_file_range", (fh_in.0, fh_out.0, len), e)),
         }

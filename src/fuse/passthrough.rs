@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::{BackingId, FopenFlags};
 
-use crate::union::Opened;
+use crate::union::{Opened, ReadAtime};
 use parking_lot::Mutex;
 
 /// How one open was answered.
@@ -37,6 +37,8 @@ struct Inode {
     backing: Option<Arc<BackingId>>,
     passthrough: u32,
     cached: u32,
+    /// Passthrough opens that may write (see [`Passthrough::writing`]).
+    writers: u32,
 }
 
 /// Passthrough state of the mount: per-inode modes and which handle counts where.
@@ -49,8 +51,8 @@ pub(crate) struct Passthrough {
     /// existing backing file still get it).
     refused: AtomicBool,
     inodes: Mutex<HashMap<u64, Inode>>,
-    /// File handle -> (inode, opened passthrough).
-    handles: Mutex<HashMap<u64, (u64, bool)>>,
+    /// File handle -> (inode, opened passthrough, opened for writing).
+    handles: Mutex<HashMap<u64, (u64, bool, bool)>>,
 }
 
 impl Passthrough {
@@ -62,13 +64,14 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Decides how to answer the open `o` of inode `ino` (`lower_may_change` with
-    /// `--revalidate`). `shareable` is the handle's fd if it may back every open of the inode;
-    /// `open_backing` registers it with the kernel.
+    /// Decides how to answer the open `o` of inode `ino` (`writable`: for writing;
+    /// `lower_may_change` with `--revalidate`). `shareable` is the handle's fd if it may back
+    /// every open of the inode; `open_backing` registers it with the kernel.
     pub(crate) fn open<F: AsFd>(
         &self,
         ino: u64,
         o: &Opened,
+        writable: bool,
         lower_may_change: bool,
         shareable: Option<F>,
         open_backing: impl FnOnce(F) -> std::io::Result<BackingId>,
@@ -100,12 +103,20 @@ impl Passthrough {
         let pt = matches!(mode, Mode::Passthrough(_));
         if pt {
             st.passthrough += 1;
+            st.writers += u32::from(writable);
         } else {
             st.cached += 1;
         }
         drop(inodes);
-        self.handles.lock().insert(fh, (ino, pt));
+        self.handles.lock().insert(fh, (ino, pt, writable));
         mode
+    }
+
+    /// Whether the kernel may be changing `ino` behind our back: it is open for writing through
+    /// passthrough, where writes through a shared mapping change the backing file's data and
+    /// times without the FUSE layer noticing. Its attributes must not be cached meanwhile.
+    pub(crate) fn writing(&self, ino: u64) -> bool {
+        self.enabled() && self.inodes.lock().get(&ino).is_some_and(|st| st.writers > 0)
     }
 
     /// Flags for an open we serve ourselves. Lower content never changes while mounted, so its
@@ -115,19 +126,27 @@ impl Passthrough {
     /// page cache and appends go to our end of file (see the adapter's `write`). Without
     /// passthrough the same holds while a handle from before the copy-up is open: it reads the
     /// lower content, and must not find the copy's pages in the cache it shares with this open.
+    /// Writes to a file whose privileges only we drop (`Opened::daemon_writes`) must reach us as
+    /// the caller's, not from the page cache. A read that must update the access time must
+    /// reach the file: the next one (the cache is dropped at open), or every one
+    /// (`strictatime`).
     fn cached_flags(&self, o: &Opened, lower_may_change: bool) -> FopenFlags {
-        if o.in_upper && (self.enabled() || o.beside_older) {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else if !o.in_upper && lower_may_change {
-            FopenFlags::empty()
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
+        if o.in_upper && (self.enabled() || o.beside_older || o.daemon_writes) {
+            return FopenFlags::FOPEN_DIRECT_IO;
+        }
+        if !o.in_upper && lower_may_change {
+            return FopenFlags::empty();
+        }
+        match o.atime {
+            ReadAtime::Untouched => FopenFlags::FOPEN_KEEP_CACHE,
+            ReadAtime::NextRead => FopenFlags::empty(),
+            ReadAtime::EveryRead => FopenFlags::FOPEN_DIRECT_IO,
         }
     }
 
     /// Forgets the open `fh`; the last passthrough open of an inode closes its backing file.
     pub(crate) fn release(&self, fh: u64) {
-        let Some((ino, pt)) = self.handles.lock().remove(&fh) else {
+        let Some((ino, pt, writable)) = self.handles.lock().remove(&fh) else {
             return;
         };
         let mut inodes = self.inodes.lock();
@@ -136,6 +155,7 @@ impl Passthrough {
         };
         if pt {
             st.passthrough = st.passthrough.saturating_sub(1);
+            st.writers = st.writers.saturating_sub(u32::from(writable));
             if st.passthrough == 0 {
                 st.backing = None;
             }

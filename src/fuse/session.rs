@@ -108,7 +108,10 @@ pub struct Mounted {
 pub fn mount(union: Arc<Union>, mountpoint: &Path, opts: &SessionOptions) -> io::Result<Mounted> {
     let cfg = opts.fuser_config(!union.writable());
     let adapter = FuseAdapter::new(union, opts.adapter);
+    let notifier = adapter.notifier_slot();
     let session = Session::new(adapter, mountpoint, &cfg)?;
+    // Requests wait until `run`, so none can need the notifier before it is here.
+    let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session,
         mountpoint: mountpoint.to_path_buf(),

@@ -83,11 +83,14 @@ impl Union {
         }
         let (node, attr, fd) = self.make(ctx, parent, name, NewObject::File { mode, flags })?;
         let fd = fd.ok_or(Errno::EIO)?;
+        let atime = self.read_atime(&fd);
         let opened = Opened {
             fh: self.new_file_handle(fd, node),
             shared_rw,
             in_upper: true,
             beside_older: false,
+            daemon_writes: attr.perm & 0o2010 == 0o2000,
+            atime,
         };
         Ok((attr, opened))
     }

@@ -40,6 +40,12 @@ pub struct Opened {
     /// The object is also open through a handle from before its copy-up, which goes on reading
     /// the lower content: this open must not share the kernel's page cache with it.
     pub beside_older: bool,
+    /// Writes must reach the daemon as the caller makes them (no FUSE passthrough, no page
+    /// cache): the file is set-group-ID without group execute, a bit the kernel's FUSE layer
+    /// leaves to us to drop (see `privs.rs`), or append-only, and our fd appends.
+    pub daemon_writes: bool,
+    /// What reads do to the access time, so what the kernel may cache (see `atime.rs`).
+    pub atime: super::ReadAtime,
 }
 
 /// Filesystem statistics (of the upper, or of the top lower without one).
@@ -91,7 +97,7 @@ const OMIT: Timespec = Timespec {
 impl Union {
     /// Changes attributes (copying the object up first). `fh` is an open handle, if the change
     /// came through one (ftruncate on a file whose name is gone).
-    pub fn setattr(&self, _ctx: &Ctx, ino: u64, set: &SetAttr, fh: Option<u64>) -> FsResult<Attr> {
+    pub fn setattr(&self, ctx: &Ctx, ino: u64, set: &SetAttr, fh: Option<u64>) -> FsResult<Attr> {
         self.upper_index()?;
         let node = self.node(ino)?;
         let truncating_to_zero = set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
@@ -124,6 +130,7 @@ impl Union {
                     rustix::fs::ftruncate(&w, size)?;
                 }
             }
+            self.drop_privs_at(ctx, &loc)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let times = Timestamps {
@@ -160,23 +167,30 @@ impl Union {
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
         // O_DIRECT stays off our fd (see `BACKING_FLAGS`).
         let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::BACKING_FLAGS);
-        if !in_upper {
+        if !in_upper || self.upper_fds_noatime() {
             f |= OFlags::NOATIME;
         }
         let loc = self.locate(&node, None)?;
         let mut shared_rw = false;
-        let ofd = if in_upper && self.rw_upper_fds.load(Ordering::Relaxed) {
+        let rw = (f & !OFlags::RWMODE) | OFlags::RDWR;
+        let (ofd, appending) = if in_upper && self.rw_upper_fds.load(Ordering::Relaxed) {
             // The caller's access mode is enforced by the kernel on its own file; ours may
             // then serve every later open of the object (a passthrough backing file).
-            match loc.open((f & !OFlags::RWMODE) | OFlags::RDWR) {
+            match loc.open(rw) {
                 Ok(fd) => {
                     shared_rw = true;
-                    fd
+                    (fd, false)
                 }
-                Err(_) => loc.open(f)?,
+                Err(_) => open_as_asked(&loc, rw, flags).or_else(|_| open_as_asked(&loc, f, flags))?,
             }
         } else {
-            loc.open(f)?
+            open_as_asked(&loc, f, flags)?
+        };
+        let daemon_writes = in_upper && (appending || sgid_without_group_exec(&ofd));
+        let atime = if in_upper {
+            self.read_atime(&ofd)
+        } else {
+            super::ReadAtime::Untouched
         };
         let beside_older = in_upper
             && self
@@ -189,6 +203,8 @@ impl Union {
             shared_rw,
             in_upper,
             beside_older,
+            daemon_writes,
+            atime,
         })
     }
 
@@ -406,6 +422,22 @@ impl Union {
         self.copy_up(&node)?;
         self.xattr_target(&node, |t| Ok(t.remove_xattr(name)?))
     }
+}
+
+/// Opens `loc` with our flags `f` for a caller that asked for `asked`. An append-only file
+/// (`chattr +a`) refuses write opens without O_APPEND: then ours keeps the caller's O_APPEND,
+/// every write through it appends, as the flag demands, and the second value is true (such a
+/// handle's writes must come from the caller, never rewritten from the page cache).
+fn open_as_asked(loc: &super::Loc, f: OFlags, asked: OFlags) -> FsResult<(OwnedFd, bool)> {
+    match loc.open(f) {
+        Err(rustix::io::Errno::PERM) if asked.contains(OFlags::APPEND) => Ok((loc.open(f | OFlags::APPEND)?, true)),
+        r => Ok((r?, false)),
+    }
+}
+
+/// A regular file that is set-group-ID but not executable by its group.
+fn sgid_without_group_exec(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| st.st_mode & 0o172010 == 0o102000)
 }
 
 fn node_layer(node: &Node) -> usize {

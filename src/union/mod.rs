@@ -16,14 +16,17 @@
 //!   `whiteout.rs`, the only module that knows their encodings.
 
 mod acl;
+mod atime;
 mod copy_up;
 mod create;
+mod fileattr;
 mod handles;
 pub(crate) mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
 mod io;
 pub(crate) mod node;
+mod privs;
 mod readdir;
 mod remove;
 mod rename;
@@ -38,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{Mode, OFlags};
 
+pub use self::atime::ReadAtime;
 use self::handles::{HandleTable, OpenFile};
 use self::hardlinks::HardlinkIndex;
 use self::index::{DirIndex, Slot};
@@ -201,6 +205,8 @@ pub struct Union {
     idmap: IdMap,
     /// Layer devices, for tagging inode numbers when layers span filesystems.
     single_dev: bool,
+    /// The upper is reached through a private mount with the atime options (`atime.rs`).
+    atime_by_mount: bool,
     config: MountConfig,
 }
 
@@ -208,38 +214,13 @@ impl Union {
     /// Opens the layers of `config` (validating it first) and cleans the workdir.
     pub fn new(config: &MountConfig) -> Result<Union, SetupError> {
         let config = config.validate(None)?;
-        let mut layers = Vec::new();
-        let mut open = |role: &'static str, p: &PathBuf| -> Result<(), SetupError> {
-            let io = |e: rustix::io::Errno| SetupError::Io {
-                role,
-                path: p.clone(),
-                source: e.into(),
-            };
-            let fd = rustix::fs::open(
-                p.as_path(),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(io)?;
-            let st = rustix::fs::fstat(&fd).map_err(io)?;
-            let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
-            layers.push(Layer {
-                path: p.clone(),
-                root: Arc::new(fd),
-                dev: st.st_dev,
-                fsid: if fsid == 0 { st.st_dev } else { fsid },
-            });
-            Ok(())
-        };
-        if let Some(u) = &config.upper {
-            open("upper", u)?;
-        }
-        for l in &config.lowers {
-            open("lower layer", l)?;
-        }
+        let mut private = atime::PrivateMounts::make(&config);
+        let lowers = std::mem::take(&mut private.lowers);
+        let private = private.upper;
+        let layers = open_layers(&config, private.as_ref(), lowers)?;
         let upper = config.upper.as_ref().map(|_| 0);
         let work = match (&config.upper, &config.workdir) {
-            (Some(_), Some(w)) => Some(Workdir::prepare(w)?),
+            (Some(_), Some(w)) => Some(Workdir::prepare(w, private.as_ref())?),
             _ => None,
         };
         let hardlinks = match &work {
@@ -272,6 +253,7 @@ impl Union {
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
             single_dev,
+            atime_by_mount: private.is_some(),
             config,
         };
         u.insert_root().map_err(|e| SetupError::Io {
@@ -785,6 +767,49 @@ fn check_name(name: &OsStr) -> FsResult<()> {
         return Err(Errno::EINVAL);
     }
     Ok(())
+}
+
+/// Opens the layer directories of `config`, upper first: the upper through its private mount
+/// and each lower through the private mount in `lowers` (by position) where there is one.
+fn open_layers(
+    config: &MountConfig,
+    private: Option<&atime::PrivateUpper>,
+    lowers: Vec<Option<OwnedFd>>,
+) -> Result<Vec<Layer>, SetupError> {
+    let open = |role: &'static str, p: &PathBuf, mine: Option<OwnedFd>| -> Result<Layer, SetupError> {
+        let io = |e: rustix::io::Errno| SetupError::Io {
+            role,
+            path: p.clone(),
+            source: e.into(),
+        };
+        let fd = match (private, mine) {
+            (Some(pu), _) if role == "upper" => pu.open(p),
+            (_, Some(fd)) => Ok(fd),
+            _ => rustix::fs::open(
+                p.as_path(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+        }
+        .map_err(io)?;
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
+        Ok(Layer {
+            path: p.clone(),
+            root: Arc::new(fd),
+            dev: st.st_dev,
+            fsid: if fsid == 0 { st.st_dev } else { fsid },
+        })
+    };
+    let mut layers = Vec::new();
+    if let Some(u) = &config.upper {
+        layers.push(open("upper", u, None)?);
+    }
+    let mut mine = lowers.into_iter();
+    for l in &config.lowers {
+        layers.push(open("lower layer", l, mine.next().flatten())?);
+    }
+    Ok(layers)
 }
 
 /// The owner mappings a mount uses: none when the top layer already carries owners of the view

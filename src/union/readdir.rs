@@ -104,7 +104,12 @@ impl Union {
     /// error of the listing (at its first entry; after some were accepted, the listing stops
     /// there and the next request, starting at that entry, fails), never a silent gap.
     pub fn readdir_into(&self, fh: u64, offset: u64, plus: bool, sink: &mut impl DirSink) -> FsResult<()> {
-        let dir = self.handles.dir(fh)?.ino;
+        let node = self.handles.dir(fh)?;
+        if offset == 0 {
+            // A listing that starts: the upper directory's access time (see `atime.rs`).
+            self.listing_started(&node);
+        }
+        let dir = node.ino;
         let mut accepted = 0usize;
         for e in self.readdir_chunk(fh, offset, READDIR_CHUNK)? {
             if !plus {

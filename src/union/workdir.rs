@@ -30,16 +30,20 @@ pub(crate) struct Workdir {
 }
 
 impl Workdir {
-    /// Creates the workdir `w` if needed and empties our scratch directory in it.
-    pub fn prepare(w: &Path) -> Result<Workdir, SetupError> {
+    /// Creates the workdir `w` if needed and empties our scratch directory in it. `private`: the
+    /// upper's private mount (see `atime.rs`), which the workdir must be reached through too.
+    pub fn prepare(w: &Path, private: Option<&super::atime::PrivateUpper>) -> Result<Workdir, SetupError> {
         let io = |source: std::io::Error| SetupError::Io {
             role: "workdir",
             path: w.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(w).map_err(io)?;
-        let root = rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| io(e.into()))?;
+        let root = match private {
+            Some(pu) => pu.open(w),
+            None => rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+        }
+        .map_err(|e| io(e.into()))?;
         match rustix::fs::mkdirat(&root, SCRATCH, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(RErrno::EXIST) => {}
             Err(e) => return Err(io(e.into())),

@@ -1,0 +1,103 @@
+//! Setuid and setgid bits dropped when a file's data changes, by the kernel's rule
+//! (`setattr_should_drop_suidgid`, applied by `file_remove_privs` on write, truncate, fallocate
+//! and copy_file_range).
+//!
+//! The kernel's FUSE layer applies an older rule of its own before it sends us a data change:
+//! it clears setuid, and setgid only on a file that group members may execute. The kernel's VFS
+//! (and so kernel overlayfs) also clears setgid on a file that group members may not execute
+//! when the writer is not in the file's group, unless the writer holds CAP_FSETID. What the
+//! FUSE layer leaves is done here, on the requests that reach us. Writes the kernel sends from
+//! its page cache (write-back of a shared mapping) are not the caller's writes: the kernel
+//! drops nothing for them, and neither do we.
+
+use std::os::fd::AsFd;
+
+use rustix::fs::{AtFlags, FileType, Mode, Stat};
+
+use super::{Ctx, Loc, Union};
+use crate::error::FsResult;
+use crate::sys;
+
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o0010;
+
+impl Union {
+    /// Drops setuid/setgid of the file open as `fh` before `ctx` changes its data through it.
+    /// Returns whether the mode changed (the kernel's cached attributes are then stale).
+    pub fn drop_privs(&self, ctx: &Ctx, fh: u64) -> FsResult<bool> {
+        let f = self.handles.file(fh)?;
+        let Some(mode) = mode_after_write(ctx, &rustix::fs::fstat(&f.fd)?) else {
+            return Ok(false);
+        };
+        rustix::fs::fchmod(&f.fd, Mode::from_raw_mode(mode))?;
+        Ok(true)
+    }
+
+    /// [`Union::drop_privs`] for an object reached by its location (a truncate by name).
+    pub(crate) fn drop_privs_at(&self, ctx: &Ctx, loc: &Loc) -> FsResult<bool> {
+        let Some(mode) = mode_after_write(ctx, &loc.stat()?) else {
+            return Ok(false);
+        };
+        let (dir, entry, _) = loc.at();
+        rustix::fs::chmodat(dir.as_fd(), &entry, Mode::from_raw_mode(mode), AtFlags::empty())?;
+        Ok(true)
+    }
+}
+
+/// The permission bits `st` must get when `ctx` changes its data, if they change.
+fn mode_after_write(ctx: &Ctx, st: &Stat) -> Option<u32> {
+    let mode = st.st_mode & 0o7777;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || mode & (S_ISUID | S_ISGID) == 0 {
+        return None;
+    }
+    let creds = sys::process_creds(ctx.pid);
+    // Without /proc (the caller is gone, or in another pid namespace) root counts as capable.
+    let capable = creds.as_ref().map_or(ctx.uid == 0, |c| c.fsetid);
+    if capable {
+        return None;
+    }
+    let in_group = ctx.gid == st.st_gid || creds.is_some_and(|c| c.groups.contains(&st.st_gid));
+    let mut kill = mode & S_ISUID;
+    if mode & S_ISGID != 0 && (mode & S_IXGRP != 0 || !in_group) {
+        kill |= S_ISGID;
+    }
+    (kill != 0).then_some(mode & !kill)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat_of(mode: u32, gid: u32) -> Stat {
+        // A real stat, made a regular file with the given mode and group.
+        let mut st = rustix::fs::stat("/").expect("stat /");
+        st.st_mode = (st.st_mode & !0o177777) | 0o100000 | mode;
+        st.st_gid = gid;
+        st
+    }
+
+    fn plain(uid: u32, gid: u32) -> Ctx {
+        // pid 0: no /proc lookup, so only uid and gid decide.
+        Ctx {
+            uid,
+            gid,
+            pid: 0,
+            umask: 0,
+        }
+    }
+
+    #[test]
+    fn kernel_rule() {
+        let user = plain(1000, 1000);
+        assert_eq!(mode_after_write(&user, &stat_of(0o6666, 0)), Some(0o666));
+        assert_eq!(mode_after_write(&user, &stat_of(0o2766, 0)), Some(0o766));
+        assert_eq!(mode_after_write(&user, &stat_of(0o6777, 0)), Some(0o777));
+        // setgid without group execute stays for a member of the group.
+        assert_eq!(mode_after_write(&user, &stat_of(0o2666, 1000)), None);
+        assert_eq!(mode_after_write(&user, &stat_of(0o6666, 1000)), Some(0o2666));
+        assert_eq!(mode_after_write(&user, &stat_of(0o2676, 1000)), Some(0o676));
+        assert_eq!(mode_after_write(&user, &stat_of(0o644, 0)), None);
+        assert_eq!(mode_after_write(&plain(0, 0), &stat_of(0o6777, 5)), None);
+    }
+}
