@@ -96,11 +96,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BIN = os.path.join(REPO, "target", "release", "unionfs")
 DEFAULT_WORKDIR = "/var/tmp/unionfs-bench"
 DEFAULT_TARGETS = ["plain", "kernel", "fuse-overlayfs", "unionfs"]
-# unionfs-volatile (unionfs --volatile: copy-up without fsync) runs only when asked for;
+# unionfs-volatile (unionfs --volatile: copy-up without fsync) and unionfs-rdauto
+# (--readdirplus auto) run only when asked for;
 # unionfs-nopt (--no-passthrough: every read and write through the daemon, the data path of
 # rootless mounts, measured as root) and unionfs-rootless (the daemon started by a plain user
 # through fusermount3, the workloads run as that user) when named in --targets.
-ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless"]
+ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless", "unionfs-rdauto"]
 ROOTLESS_USER = "unionfs-bench"
 LOWERS = ["l1", "l2", "l3"]  # top first
 
@@ -1327,6 +1328,8 @@ def main():
             targets.append(FuseOverlayfs(args.workdir))
         elif n == "unionfs-volatile":
             targets.append(Unionfs(args.workdir, n, ["--volatile"]))
+        elif n == "unionfs-rdauto":
+            targets.append(Unionfs(args.workdir, n, ["--readdirplus", "auto"]))
         elif n == "unionfs-nopt":
             targets.append(Unionfs(args.workdir, n, ["--no-passthrough"]))
         elif n == "unionfs-rootless":

@@ -93,10 +93,11 @@ struct MountArgs {
     /// about 25 MiB].
     #[arg(long, value_name = "NAMES")]
     index_cache: Option<usize>,
-    /// When listings carry file attributes: `auto` lets the kernel ask for them with a
-    /// listing's first chunk (cheap listings); `always` sends them with every chunk (cheaper
-    /// walks that stat every entry: find, du, ls -l, tar, rsync).
-    #[arg(long, value_enum, default_value_t = ReaddirPlus::Auto)]
+    /// When listings carry file attributes: `always` sends them with every chunk (walks that
+    /// stat every entry, find, du, ls -l, tar, rsync, cost no round trip per entry); `auto`
+    /// lets the kernel ask for them with a listing's first chunk only (cheaper cold listings
+    /// that stat nothing, such as `find -name`).
+    #[arg(long, value_enum, default_value_t = ReaddirPlus::Always)]
     readdirplus: ReaddirPlus,
     /// Without passthrough (rootless mounts, --no-passthrough), do not let the kernel cache
     /// written pages (every write then goes to the daemon at once).
@@ -162,7 +163,8 @@ pub(crate) struct MountSpec {
     pub index_cache: Option<usize>,
     /// Owner mappings (fuse-overlayfs's uidmapping=, gidmapping=, squash_*).
     pub idmap: unionfs::idmap::IdMap,
-    pub readdirplus_always: bool,
+    /// `--readdirplus auto`.
+    pub readdirplus_auto: bool,
     /// `-o noatime`, `relatime`, `strictatime`, `nodiratime`.
     pub atime: unionfs::AtimePolicy,
     pub no_writeback_cache: bool,
@@ -244,7 +246,7 @@ impl MountArgs {
         spec.revalidate |= self.revalidate;
         spec.no_acl |= self.no_acl;
         spec.index_cache = self.index_cache.or(spec.index_cache);
-        spec.readdirplus_always |= self.readdirplus == ReaddirPlus::Always;
+        spec.readdirplus_auto |= self.readdirplus == ReaddirPlus::Auto;
         spec.no_writeback_cache |= self.no_writeback_cache;
         spec.log = self.log;
         spec.mountpoint = Some(self.mountpoint);

@@ -272,9 +272,9 @@ fn union_option(spec: &mut MountSpec, o: &Opt<'_>) -> Result<bool, String> {
         "writeback" => spec.no_writeback_cache = !o.flag(true)?,
         "nowriteback" | "no_writeback" => spec.no_writeback_cache = o.flag(true)?,
         "readdirplus" => {
-            spec.readdirplus_always = match o.need()? {
-                b"always" => true,
-                b"auto" => false,
+            spec.readdirplus_auto = match o.need()? {
+                b"always" => false,
+                b"auto" => true,
                 _ => return Err("option 'readdirplus' must be 'auto' or 'always'".into()),
             }
         }

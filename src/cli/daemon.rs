@@ -386,7 +386,7 @@ impl MountSpec {
             o.adapter.ttl = ttl;
         }
         o.adapter.passthrough = !self.no_passthrough;
-        o.adapter.readdirplus_always = self.readdirplus_always;
+        o.adapter.readdirplus_always = !self.readdirplus_auto;
         o.adapter.writeback_cache = !self.no_writeback_cache;
         let m = &self.mount;
         if let Some(v) = m.allow_other {

@@ -46,7 +46,7 @@ impl Default for AdapterOptions {
             ttl: Duration::from_secs(86400),
             passthrough: true,
             lower_may_change: false,
-            readdirplus_always: false,
+            readdirplus_always: true,
             writeback_cache: true,
         }
     }
