@@ -16,6 +16,9 @@ command -v lsattr >/dev/null || need+=(e2fsprogs)
 # `podman diff` (with unionfs as the overlay driver's mount_program) checks `unionfs diff`.
 command -v umoci >/dev/null || need+=(umoci)
 command -v podman >/dev/null || need+=(podman)
+# tests/podman.rs: a busybox image, and rootless Podman's subordinate id maps.
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v newuidmap >/dev/null || need+=(uidmap)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "unionfs setup: please install: ${need[*]} (as root: apt-get install ${need[*]})" >&2

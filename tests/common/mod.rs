@@ -728,3 +728,4 @@ impl AsMut<[u8]> for AlignedBuf {
         &mut self.raw[self.start..self.start + self.len]
     }
 }
+pub mod podman;
