@@ -259,8 +259,10 @@ def rss_kib(pid, field="VmRSS"):
     return None
 
 
-def bench_dataset(tgt, dataset_root, plan, reps, results, checks):
-    """Runs the workloads of `plan` for one target over one dataset."""
+def bench_dataset(tgt, dataset_root, plan, reps, results, checks, measure_rss):
+    """Runs the workloads of `plan` for one target over one dataset; with `measure_rss`, the
+    daemon's memory after the last repetition too (once per target: it waits for the kernel to
+    forget and the allocator to give memory back)."""
     for rep in range(reps):
         root = tgt.mount()
         try:
@@ -286,7 +288,7 @@ def bench_dataset(tgt, dataset_root, plan, reps, results, checks):
                     ms, check = timed(lambda: fn(root))
                 results.setdefault(wl, {}).setdefault(tgt.name, []).append(ms)
                 checks.setdefault(wl, {})[tgt.name] = check
-            if pid and rep == reps - 1 and any(w.startswith("find-warm") or w == "farm-find-warm" for w, _ in plan):
+            if measure_rss and pid and rep == reps - 1 and any(w.startswith("find-warm") or w == "farm-find-warm" for w, _ in plan):
                 peak = rss_kib(pid, "VmHWM")
                 with open("/proc/sys/vm/drop_caches", "w") as f:
                     f.write("2")
@@ -382,7 +384,7 @@ def main():
         for rep in range(reps):
             for name in targets:
                 tgt = ScaleTarget(make_target(name, a.workdir, fo2), layer)
-                bench_dataset(tgt, layer, plan, 1, results, checks)
+                bench_dataset(tgt, layer, plan, 1, results, checks, measure_rss=rep == reps - 1)
         for wl, per in results.items():
             key = f"{wl} ({size})" if not wl.startswith(("farm", "git")) else wl
             all_results[key] = {t: statistics.median(v) for t, v in per.items()}

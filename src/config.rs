@@ -52,6 +52,10 @@ impl AtimePolicy {
     }
 }
 
+/// The most lower layers one union stacks. Layer numbers are kept in 16 bits in the per-entry
+/// structures (memory per cached entry); kernel overlayfs stops at 500.
+pub const MAX_LOWERS: usize = 4096;
+
 /// Everything the union needs to open its layers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountConfig {
@@ -134,6 +138,12 @@ impl MountConfig {
     pub fn validate(&self, mountpoint: Option<&Path>) -> Result<MountConfig, SetupError> {
         if self.lowers.is_empty() {
             return Err(SetupError::NoLower);
+        }
+        if self.lowers.len() > MAX_LOWERS {
+            return Err(SetupError::TooManyLayers {
+                given: self.lowers.len(),
+                max: MAX_LOWERS,
+            });
         }
         let lowers = self
             .lowers

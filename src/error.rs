@@ -82,6 +82,8 @@ pub enum SetupError {
     AlreadyMounted { path: PathBuf },
     #[error("no lower layer given (--lower a:b:c or -o lowerdir=a:b:c)")]
     NoLower,
+    #[error("{given} lower layers given; at most {max} can be stacked")]
+    TooManyLayers { given: usize, max: usize },
     #[error("{0}")]
     Invalid(String),
 }

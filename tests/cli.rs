@@ -337,6 +337,11 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     let opts = format!("lowerdir={l1}:{},upperdir={u},", fx.s("nope"));
     assert_one_line_naming(&run(&["-o", &opts, &m]), &fx.s("nope"));
     assert_eq!(run(&["-o", "upperdir=/tmp", &m]).status.code(), Some(2));
+    // More lowers than a union stacks.
+    let many = vec![l1.as_str(); 4097].join(":");
+    let o = run(&["mount", "--lower", &many, "--upper", &u, &m]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("4097 lower layers given; at most 4096"));
     assert_eq!(fx.tree(), before);
     assert!(!fx.p(".unionfs-work.u").exists());
     assert!(mounts_below(&fx.dir) == vec![other]);

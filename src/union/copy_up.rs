@@ -40,16 +40,16 @@ impl Union {
 
     pub(crate) fn copy_up_with(&self, node: &Arc<Node>, data: Data) -> FsResult<()> {
         let upper = self.upper_index()?;
-        if node.state.read().layer == upper {
+        if node.state.read().layer() == upper {
             return Ok(());
         }
         let _g = node.copy_lock.lock();
         let (kind, layer) = {
             let s = node.state.read();
-            if s.layer == upper {
+            if s.layer() == upper {
                 return Ok(());
             }
-            (s.kind, s.layer)
+            (s.kind, s.layer())
         };
         if node.ino == ROOT {
             return Ok(());
@@ -104,7 +104,7 @@ impl Union {
         };
         {
             let mut s = node.state.write();
-            s.layer = upper;
+            s.set_layer(upper);
             if let (Some(d), Some(fd)) = (s.dir.as_mut(), new_fd) {
                 d.layers.insert(0, (upper, fd));
             }

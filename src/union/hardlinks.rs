@@ -198,7 +198,7 @@ impl Union {
     /// counts them in the link count) to its fresh copy `copy_dir/copy_name`. Names nobody
     /// looked up yet join when they are (through the hard-link index).
     pub(crate) fn link_known_names(&self, node: &Node, copy_dir: &Arc<OwnedFd>, copy_name: &OsStr) {
-        let known: Vec<(u64, Box<OsStr>)> = node.state.read().aliases.to_vec();
+        let known: Vec<(u64, Box<OsStr>)> = node.state.read().aliases().to_vec();
         for (parent, name) in known {
             if let Some(dir) = self.nodes.get(parent) {
                 let _ = self.link_up(&dir, &name, node.ino, |pdir| {

@@ -163,7 +163,7 @@ impl Union {
                 },
             )?;
         }
-        let in_upper = Some(node.state.read().layer) == self.upper;
+        let in_upper = Some(node.state.read().layer()) == self.upper;
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
         // O_DIRECT stays off our fd (see `BACKING_FLAGS`).
         let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::BACKING_FLAGS);
@@ -216,7 +216,7 @@ impl Union {
     }
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
-        let layer = node.state.read().layer;
+        let layer = node.state.read().layer();
         self.handles.open_file(OpenFile { fd, layer, node })
     }
 
@@ -372,7 +372,7 @@ impl Union {
 
     fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
         // An open handle on the object as it is now is the cheapest way to it.
-        let layer = node.state.read().layer;
+        let layer = node.state.read().layer();
         if let Some(open) = self.handles.files_of(node.ino).into_iter().find(|o| o.layer == layer) {
             return f(&Target::Open(open.fd.as_fd()));
         }
@@ -441,7 +441,7 @@ fn sgid_without_group_exec(fd: &OwnedFd) -> bool {
 }
 
 fn node_layer(node: &Node) -> usize {
-    node.state.read().layer
+    node.state.read().layer()
 }
 
 fn is_writable(fd: &OwnedFd) -> bool {

@@ -510,7 +510,7 @@ impl Union {
             // A node we hold for this very directory keeps its layer fds.
             let known = self.nodes.get(vis.ino).and_then(|n| {
                 let s = n.state.read();
-                let same = s.layer == vis.layer && s.kind == kind && !s.unlinked;
+                let same = s.layer() == vis.layer && s.kind == kind && !s.unlinked;
                 same.then(|| s.dir.as_ref().map(|d| d.layers.clone())).flatten()
             });
             layers = match known {
@@ -588,7 +588,7 @@ impl Union {
             let mut s = node.state.write();
             // Only move a node up the stack: after a copy-up, a stale index of another hard-link
             // name may still point at the lower object.
-            if s.kind != kind || vis.layer < s.layer {
+            if s.kind != kind || vis.layer < s.layer() {
                 *s = make_state(fresh.take().unwrap_or_default());
             } else {
                 s.seen_as(parent, name);
@@ -626,7 +626,7 @@ impl Union {
         let node = self.node(ino)?;
         let (merged, layer) = {
             let s = node.state.read();
-            (s.dir.as_ref().is_some_and(|d| d.layers.len() > 1), s.layer)
+            (s.dir.as_ref().is_some_and(|d| d.layers.len() > 1), s.layer())
         };
         let loc = self.locate(&node, fh)?;
         let st = loc.stat()?;
@@ -692,7 +692,7 @@ impl Union {
     pub(crate) fn locate(&self, node: &Node, fh: Option<u64>) -> FsResult<Loc> {
         let (layer, dir_fd) = {
             let s = node.state.read();
-            (s.layer, s.dir_fd())
+            (s.layer(), s.dir_fd())
         };
         if let Some(fd) = dir_fd {
             return Ok(Loc::Dir(fd));

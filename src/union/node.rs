@@ -44,14 +44,24 @@ pub(crate) struct NodeState {
     /// The directory this node was seen in, and its name there.
     pub parent: u64,
     pub name: Box<OsStr>,
-    /// Other names of a hard-linked object seen through the view.
-    pub aliases: Box<[(u64, Box<OsStr>)]>,
+    /// Other names of a hard-linked object seen through the view. Boxed twice so that the
+    /// common case (none) costs one pointer.
+    aliases: Option<Box<Aliases>>,
     /// Every name is gone (unlinked while open): only open handles reach it.
     pub unlinked: bool,
     pub kind: Kind,
-    /// Index (into `Union::layers`) of the layer holding the visible object.
-    pub layer: usize,
+    /// Index (into `Union::layers`) of the layer holding the visible object (at most
+    /// `MAX_LOWERS` + 1, see `layer()`).
+    layer: u16,
     pub dir: Option<Box<DirState>>,
+}
+
+/// Names of a hard-linked object besides its primary one: (directory node, name).
+type Aliases = Vec<(u64, Box<OsStr>)>;
+
+/// A layer index in 16 bits: `MountConfig::validate` refuses more than `MAX_LOWERS` lowers.
+fn layer_u16(layer: usize) -> u16 {
+    u16::try_from(layer).expect("layer index within MAX_LOWERS (checked when the mount is configured)")
 }
 
 /// How many extra names of one object we remember.
@@ -62,12 +72,38 @@ impl NodeState {
         NodeState {
             parent,
             name: name.into(),
-            aliases: Box::default(),
+            aliases: None,
             unlinked: false,
             kind,
-            layer,
+            layer: layer_u16(layer),
             dir: dir.map(Box::new),
         }
+    }
+
+    /// Index (into `Union::layers`) of the layer holding the visible object.
+    pub fn layer(&self) -> usize {
+        usize::from(self.layer)
+    }
+
+    pub fn set_layer(&mut self, layer: usize) {
+        self.layer = layer_u16(layer);
+    }
+
+    /// Other names of this object seen through the view.
+    pub fn aliases(&self) -> &[(u64, Box<OsStr>)] {
+        self.aliases.as_deref().map_or(&[], |v| v.as_slice())
+    }
+
+    fn set_aliases(&mut self, v: Vec<(u64, Box<OsStr>)>) {
+        self.aliases = (!v.is_empty()).then(|| Box::new(v));
+    }
+
+    fn take_aliases(&mut self) -> Vec<(u64, Box<OsStr>)> {
+        self.aliases.take().map(|b| *b).unwrap_or_default()
+    }
+
+    fn has_alias(&self, parent: u64, name: &OsStr) -> bool {
+        self.aliases().iter().any(|(p, n)| *p == parent && &**n == name)
     }
 
     fn is(&self, parent: u64, name: &OsStr) -> bool {
@@ -83,18 +119,18 @@ impl NodeState {
             self.parent = parent;
             self.name = name.into();
             self.unlinked = false;
-        } else if !self.aliases.iter().any(|(p, n)| *p == parent && &**n == name) && self.aliases.len() < MAX_ALIASES {
-            let mut v = std::mem::take(&mut self.aliases).into_vec();
+        } else if !self.has_alias(parent, name) && self.aliases().len() < MAX_ALIASES {
+            let mut v = self.take_aliases();
             v.push((parent, name.into()));
-            self.aliases = v.into();
+            self.set_aliases(v);
         }
     }
 
     /// Takes one alias out (the last), if there is one.
     fn pop_alias(&mut self) -> Option<(u64, Box<OsStr>)> {
-        let mut v = std::mem::take(&mut self.aliases).into_vec();
+        let mut v = self.take_aliases();
         let last = v.pop();
-        self.aliases = v.into();
+        self.set_aliases(v);
         last
     }
 
@@ -108,16 +144,20 @@ impl NodeState {
                 }
                 None => self.unlinked = true,
             }
-        } else if self.aliases.iter().any(|(p, n)| *p == parent && &**n == name) {
-            let mut v = std::mem::take(&mut self.aliases).into_vec();
+        } else if self.has_alias(parent, name) {
+            let mut v = self.take_aliases();
             v.retain(|(p, n)| !(*p == parent && &**n == name));
-            self.aliases = v.into();
+            self.set_aliases(v);
         }
     }
 
     /// The name `from` of this object became `to`.
     pub fn renamed(&mut self, from: (u64, &OsStr), to: (u64, &OsStr)) {
-        if let Some(a) = self.aliases.iter_mut().find(|(p, n)| *p == from.0 && &**n == from.1) {
+        if let Some(a) = self
+            .aliases
+            .as_deref_mut()
+            .and_then(|v| v.iter_mut().find(|(p, n)| *p == from.0 && &**n == from.1))
+        {
             *a = (to.0, to.1.into());
         } else {
             self.parent = to.0;
@@ -128,8 +168,9 @@ impl NodeState {
 
     /// Makes the first alias in a live directory (`live(dir)`) the primary name; returns it.
     pub fn promote_alias(&mut self, live: impl Fn(u64) -> bool) -> Option<(u64, OsString)> {
-        let i = self.aliases.iter().position(|(p, _)| live(*p))?;
-        let (p, n) = std::mem::replace(&mut self.aliases[i], (self.parent, self.name.clone()));
+        let v = self.aliases.as_deref_mut()?;
+        let i = v.iter().position(|(p, _)| live(*p))?;
+        let (p, n) = std::mem::replace(&mut v[i], (self.parent, self.name.clone()));
         self.parent = p;
         self.name = n;
         Some((self.parent, self.name.to_os_string()))
@@ -256,5 +297,16 @@ impl NodeTable {
         for r in self.map.iter() {
             f(r.value());
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The kernel may hold a node for every entry of a huge tree (memory per cached entry is a
+    /// goal of the project): a node with its `Arc` counts must fit the allocator's 96-byte class.
+    #[test]
+    fn a_node_fits_96_bytes_with_its_arc_counts() {
+        let size = std::mem::size_of::<super::Node>() + 2 * std::mem::size_of::<usize>();
+        assert!(size <= 96, "Node + Arc counts: {size} bytes");
     }
 }

@@ -282,7 +282,7 @@ impl Union {
     fn show_copy_at(&self, dir: &Arc<Node>, name: &OsStr, node: &Node) -> FsResult<()> {
         let (layer, kind) = {
             let s = node.state.read();
-            (s.layer, s.kind)
+            (s.layer(), s.kind)
         };
         if Some(layer) != self.upper || kind == Kind::Dir {
             return Ok(());
