@@ -340,16 +340,30 @@ pub enum Checks {
 
 /// Runs one case: `steps` are resolved to operations against the model one by one. `Err`
 /// describes the first divergence, with the operations as they actually ran.
+/// How the union opens upper files for the harness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opens {
+    /// With the access each open asks for (the daemon without passthrough or writeback cache).
+    AsAsked,
+    /// Read-write whatever the open asks for, one fd able to serve every open of an object:
+    /// the shape the FUSE adapter uses with passthrough or the writeback cache
+    /// (`Union::set_rw_upper_fds`).
+    ReadWriteUpper,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run_case<T>(
     lowers: &[(Layer, Encoding)],
     style: WhiteoutStyle,
     checks: Checks,
+    opens: Opens,
     strict: Strictness,
     steps: &[T],
     resolve: impl Fn(&View, &T) -> Op,
 ) -> Result<(), String> {
     let mut fx = Fixture::new(lowers);
     fx.style = style;
+    fx.rw_upper_fds = opens == Opens::ReadWriteUpper;
     let lowers_before = fx.snapshot_lowers(LOWER_ATIMES);
     let mut model = View::from_layers(&fx.layers);
     let mut ids = Identity::default();
@@ -361,7 +375,9 @@ pub fn run_case<T>(
         model.creator = (1000, 1000);
     }
     let context = |ran: &[Op], e: String| {
-        format!("{e}\nlowers: {lowers:?}\nstyle: {style:?}, checks: {checks:?}\noperations run: {ran:#?}")
+        format!(
+            "{e}\nlowers: {lowers:?}\nstyle: {style:?}, checks: {checks:?}, opens: {opens:?}\noperations run: {ran:#?}"
+        )
     };
     check_state(&fx, &mut d, &model, &mut ids, &lowers_before, true)
         .map_err(|e| context(&[], format!("before any operation: {e}")))?;
@@ -400,8 +416,10 @@ pub fn run_case<T>(
 
 /// Replays fixed operations (for regression tests) with exact errnos: panics with the divergence.
 pub fn replay(lowers: Vec<(Layer, Encoding)>, style: WhiteoutStyle, checks: Checks, ops: Vec<Op>) {
-    if let Err(e) = run_case(&lowers, style, checks, EXACT, &ops, |_, op| op.clone()) {
-        panic!("{e}");
+    for opens in [Opens::AsAsked, Opens::ReadWriteUpper] {
+        if let Err(e) = run_case(&lowers, style, checks, opens, EXACT, &ops, |_, op| op.clone()) {
+            panic!("{e}");
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Entry, KernelOverlay, Mount, Tree};
+use common::{Entry, KernelOverlay, Mount, Rng, Tree};
 use rustix::fs::{CWD, FileType, Mode, RenameFlags, XattrFlags};
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -40,47 +40,10 @@ const UNSHARE_TMP: &str = "unshare.tmp";
 /// An operation that makes no progress for this long is taken as a hang.
 const STUCK: Duration = Duration::from_secs(60);
 
-// ---------------------------------------------------------------------------------------------
-// Random numbers: xorshift64*, seeded, reproducible.
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03);
-        if r.0 == 0 {
-            r.0 = 1;
-        }
-        for _ in 0..4 {
-            r.next();
-        }
-        r
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn name(&mut self) -> &'static str {
-        NAMES[self.below(NAMES.len() as u64) as usize]
-    }
-
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
+/// A name from the small set the operations draw from (collisions are the point).
+fn random_name(rng: &mut Rng) -> &'static str {
+    let name: &&str = rng.pick(&NAMES);
+    name
 }
 
 /// File contents, described compactly so that an op sequence prints short: `len` bytes of a
@@ -527,7 +490,7 @@ fn random_target(rng: &mut Rng) -> String {
     // Relative and without "..": following it never leaves the mount.
     let mut t = rng.pick(&NAMES).to_string();
     if rng.chance(30) {
-        t = join(&t, rng.name());
+        t = join(&t, random_name(rng));
     }
     t
 }
@@ -600,7 +563,7 @@ impl Paths {
     fn random(&self, rng: &mut Rng) -> String {
         let mut s = rng.pick(&NAMES).to_string();
         for _ in 0..rng.below(3) {
-            s = join(&s, rng.name());
+            s = join(&s, random_name(rng));
         }
         s
     }
@@ -637,7 +600,7 @@ impl Paths {
     /// A name in an existing directory (which may or may not exist yet).
     fn fresh(&self, rng: &mut Rng) -> String {
         if rng.chance(90) {
-            join(rng.pick(&self.dirs).as_str(), rng.name())
+            join(rng.pick(&self.dirs).as_str(), random_name(rng))
         } else {
             self.random(rng)
         }
@@ -960,23 +923,7 @@ impl Case {
 }
 
 fn mount_unionfs(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Mount {
-    let lower = lowers
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":");
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        lower.into(),
-        "--upper".into(),
-        upper.into(),
-        "--workdir".into(),
-        work.into(),
-        mnt.into(),
-    ];
-    Mount::start(&args, mnt)
+    Mount::unionfs(lowers, Some((upper, work)), &[], mnt)
 }
 
 /// Runs one case; Err carries the failure report.

@@ -19,19 +19,6 @@ const FILES: usize = 8;
 const SHARED: usize = 3;
 const RUN: Duration = Duration::from_secs(5);
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 fn owned(t: usize, k: usize) -> String {
     format!("work/t{t}_f{k}")
 }
@@ -51,17 +38,19 @@ fn owner(m_root: std::path::PathBuf, t: usize, start: Arc<Barrier>) -> BTreeMap<
     let mut last: BTreeMap<String, Option<Vec<u8>>> = (0..FILES)
         .map(|k| (owned(t, k), (k < FILES / 2).then(|| lower_owned(t, k))))
         .collect();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
+    let mut rng = Rng::new(t as u64 + 1);
     start.wait();
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed() < RUN {
         n += 1;
-        let k = rng.below(FILES);
+        let k = rng.below(FILES as u64) as usize;
         let name = owned(t, k);
         match rng.below(10) {
             0..=3 => {
-                let data = format!("t{t} f{k} write {n}\n").repeat(1 + rng.below(50)).into_bytes();
+                let data = format!("t{t} f{k} write {n}\n")
+                    .repeat(1 + rng.below(50) as usize)
+                    .into_bytes();
                 std::fs::write(p(&name), &data).unwrap_or_else(|e| panic!("write {name}: {e}"));
                 last.insert(name, Some(data));
             }
@@ -80,7 +69,7 @@ fn owner(m_root: std::path::PathBuf, t: usize, start: Arc<Barrier>) -> BTreeMap<
                 }
             }
             5 | 6 => {
-                let j = rng.below(FILES);
+                let j = rng.below(FILES as u64) as usize;
                 let to = owned(t, j);
                 let r = std::fs::rename(p(&name), p(&to));
                 match last.get(&name).cloned().flatten() {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KernelOverlay, Layers, Mount, bin, is_mounted, mknod_whiteout, set_times, xset};
+use common::{KernelOverlay, Layers, Mount, bin, is_mounted, lower_arg, mknod_whiteout, set_times, xset};
 
 // ---- running the tools ------------------------------------------------------------------------
 
@@ -41,11 +41,6 @@ fn tool(args: &[&OsStr]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn lower_arg(lowers: &[PathBuf]) -> OsString {
-    let v: Vec<String> = lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    OsString::from(v.join(":"))
 }
 
 fn sh(cmd: &mut Command) -> Output {
@@ -265,16 +260,7 @@ enum AnyMount {
 fn view(imp: Impl, lowers: &[PathBuf], mnt: &Path) -> AnyMount {
     std::fs::create_dir_all(mnt).expect("mkdir mnt");
     match imp {
-        Impl::Unionfs | Impl::UnionfsOci => {
-            let args: Vec<OsString> = vec![
-                "mount".into(),
-                "--foreground".into(),
-                "--lower".into(),
-                lower_arg(lowers),
-                mnt.into(),
-            ];
-            AnyMount::Unionfs(Mount::start(&args, mnt))
-        }
+        Impl::Unionfs | Impl::UnionfsOci => AnyMount::Unionfs(Mount::unionfs(lowers, None, &[], mnt)),
         Impl::Kernel => AnyMount::Kernel(KernelOverlay::mount(lowers, None, mnt).expect("kernel overlay")),
         Impl::FuseOverlayfs => AnyMount::Fuse(FuseOverlay::mount(lowers, None, mnt)),
     }
@@ -318,23 +304,12 @@ fn container_view(imp: Impl, l: &Layers, mnt: &Path) -> AnyMount {
     match imp {
         Impl::Unionfs | Impl::UnionfsOci => {
             std::fs::create_dir_all(mnt).expect("mkdir mnt");
-            let mut args: Vec<OsString> = vec![
-                "mount".into(),
-                "--foreground".into(),
-                "--lower".into(),
-                lower_arg(&l.lowers),
-            ];
-            args.extend([
-                "--upper".into(),
-                l.upper.clone().into(),
-                "--workdir".into(),
-                l.work.clone().into(),
-            ]);
-            if imp == Impl::UnionfsOci {
-                args.extend(["--whiteouts".into(), "oci".into()]);
-            }
-            args.push(mnt.into());
-            AnyMount::Unionfs(Mount::start(&args, mnt))
+            let extra: &[&str] = if imp == Impl::UnionfsOci {
+                &["--whiteouts", "oci"]
+            } else {
+                &[]
+            };
+            AnyMount::Unionfs(Mount::unionfs(&l.lowers, Some((&l.upper, &l.work)), extra, mnt))
         }
         _ => view(imp, &with_upper(l), mnt),
     }
@@ -368,27 +343,11 @@ struct Snapshot {
     links: BTreeSet<Vec<String>>,
 }
 
+/// The xattrs a layer carries: `user.*` and `security.capability`, not the unions' own.
 fn xattrs_of(p: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
-        return out;
-    };
-    for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let name = String::from_utf8_lossy(name).into_owned();
-        let private = ["user.overlay.", "user.unionfs.", "user.fuseoverlayfs."]
-            .iter()
-            .any(|p| name.starts_with(p));
-        if private || !(name.starts_with("user.") || name == "security.capability") {
-            continue;
-        }
-        let mut v = vec![0u8; 65536];
-        if let Ok(n) = rustix::fs::lgetxattr(p, name.as_str(), &mut v[..]) {
-            v.truncate(n);
-            out.insert(name, v);
-        }
-    }
-    out
+    let mut x = common::xattrs(p);
+    x.retain(|n, _| n.starts_with("user.") || n == "security.capability");
+    x
 }
 
 fn snapshot(root: &Path) -> Snapshot {

@@ -11,7 +11,7 @@ mod model;
 
 use std::path::PathBuf;
 
-use harness::{Checks, Op, from_env, is_marker, p, run_case};
+use harness::{Checks, Op, Opens, from_env, is_marker, p, run_case};
 use model::*;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -223,9 +223,10 @@ proptest! {
         lowers in prop::collection::vec(lower(), 1..=3),
         style in prop::sample::select(&[WhiteoutStyle::Overlay, WhiteoutStyle::Oci][..]),
         checks in prop_oneof![7 => Just(Checks::Every), 3 => Just(Checks::Sparse)],
+        opens in prop::sample::select(&[Opens::AsAsked, Opens::ReadWriteUpper][..]),
         ops in prop::collection::vec(op(), 1..25),
     ) {
-        if let Err(e) = run_case(&lowers, style, checks, from_env(), &ops, |m, op| op.map_paths(|p| p.resolve(m))) {
+        if let Err(e) = run_case(&lowers, style, checks, opens, from_env(), &ops, |m, op| op.map_paths(|p| p.resolve(m))) {
             return Err(TestCaseError::fail(e));
         }
     }

@@ -21,7 +21,7 @@ mod model;
 #[path = "../harness.rs"]
 mod harness;
 
-use harness::{Checks, EXACT, Op, is_marker, run_case};
+use harness::{Checks, EXACT, Op, Opens, is_marker, run_case};
 use model::*;
 
 const MAX_LOWERS: usize = 3;
@@ -241,6 +241,7 @@ struct Case {
     lowers: Vec<(Layer, Encoding)>,
     style: WhiteoutStyle,
     checks: Checks,
+    opens: Opens,
     ops: Vec<OpIn>,
 }
 
@@ -254,11 +255,18 @@ fn decode(bytes: &[u8]) -> arbitrary::Result<Case> {
     }
     let style = if u.arbitrary::<bool>()? { WhiteoutStyle::Oci } else { WhiteoutStyle::Overlay };
     let checks = if u.ratio(3u8, 10u8)? { Checks::Sparse } else { Checks::Every };
+    let opens = if u.arbitrary::<bool>()? { Opens::ReadWriteUpper } else { Opens::AsAsked };
     let mut ops = Vec::new();
     while ops.len() < MAX_OPS && !u.is_empty() {
         ops.push(u.arbitrary::<OpIn>()?);
     }
-    Ok(Case { lowers, style, checks, ops })
+    Ok(Case {
+        lowers,
+        style,
+        checks,
+        opens,
+        ops,
+    })
 }
 
 fn skips() -> &'static [String] {
@@ -272,7 +280,7 @@ fn skips() -> &'static [String] {
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(case) = decode(bytes) else { return };
-    if let Err(e) = run_case(&case.lowers, case.style, case.checks, EXACT, &case.ops, |m, op| op.resolve(m)) {
+    if let Err(e) = run_case(&case.lowers, case.style, case.checks, case.opens, EXACT, &case.ops, |m, op| op.resolve(m)) {
         if skips().iter().any(|s| e.contains(s.as_str())) {
             return;
         }

@@ -24,38 +24,58 @@ use fuser::{BackingId, FopenFlags};
 use crate::union::{Opened, ReadAtime};
 use parking_lot::Mutex;
 
-/// How one open was answered.
-pub(crate) enum Mode {
+/// How one open was answered. `B` is the kernel's backing-file handle (a stand-in in tests).
+pub(crate) enum Mode<B = BackingId> {
     /// Served by the kernel from this backing file.
-    Passthrough(Arc<BackingId>),
+    Passthrough(Arc<B>),
     /// Served by us (read/write requests reach the daemon), with these open flags.
     Cached(FopenFlags),
 }
 
-#[derive(Default)]
-struct Inode {
-    backing: Option<Arc<BackingId>>,
+struct Inode<B> {
+    backing: Option<Arc<B>>,
     passthrough: u32,
     cached: u32,
     /// Passthrough opens that may write (see [`Passthrough::writing`]).
     writers: u32,
 }
 
+impl<B> Default for Inode<B> {
+    fn default() -> Self {
+        Inode {
+            backing: None,
+            passthrough: 0,
+            cached: 0,
+            writers: 0,
+        }
+    }
+}
+
 /// Passthrough state of the mount: per-inode modes and which handle counts where.
-#[derive(Default)]
-pub(crate) struct Passthrough {
+pub(crate) struct Passthrough<B = BackingId> {
     /// Negotiated at INIT: upper files may have been served by the kernel, so the daemon-served
     /// opens must allow for that (see `FuseAdapter::cached_flags`).
     enabled: AtomicBool,
     /// Registering a backing file failed once: register no more (opens that must share an
     /// existing backing file still get it).
     refused: AtomicBool,
-    inodes: Mutex<HashMap<u64, Inode>>,
+    inodes: Mutex<HashMap<u64, Inode<B>>>,
     /// File handle -> (inode, opened passthrough, opened for writing).
     handles: Mutex<HashMap<u64, (u64, bool, bool)>>,
 }
 
-impl Passthrough {
+impl<B> Default for Passthrough<B> {
+    fn default() -> Self {
+        Passthrough {
+            enabled: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+            inodes: Mutex::default(),
+            handles: Mutex::default(),
+        }
+    }
+}
+
+impl<B> Passthrough<B> {
     pub(crate) fn enable(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
     }
@@ -74,8 +94,8 @@ impl Passthrough {
         writable: bool,
         lower_may_change: bool,
         shareable: Option<F>,
-        open_backing: impl FnOnce(F) -> std::io::Result<BackingId>,
-    ) -> Mode {
+        open_backing: impl FnOnce(F) -> std::io::Result<B>,
+    ) -> Mode<B> {
         let fh = o.fh;
         let cached = || Mode::Cached(self.cached_flags(o, lower_may_change));
         let mut inodes = self.inodes.lock();
@@ -165,5 +185,132 @@ impl Passthrough {
         if st.passthrough == 0 && st.cached == 0 {
             inodes.remove(&ino);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io;
+
+    use super::*;
+
+    /// A backing file in tests: which registration made it.
+    #[derive(Debug, PartialEq)]
+    struct Backing(u32);
+
+    fn opened(fh: u64, in_upper: bool) -> Opened {
+        Opened {
+            fh,
+            shared_rw: in_upper,
+            in_upper,
+            beside_older: false,
+            daemon_writes: false,
+            atime: ReadAtime::Untouched,
+        }
+    }
+
+    fn on() -> Passthrough<Backing> {
+        let p = Passthrough::default();
+        p.enable(true);
+        p
+    }
+
+    /// An fd that may back the inode (any fd does for the decision).
+    fn fd() -> Option<std::fs::File> {
+        Some(std::fs::File::open("/dev/null").expect("/dev/null"))
+    }
+
+    fn backing_of(m: &Mode<Backing>) -> Option<&Backing> {
+        match m {
+            Mode::Passthrough(b) => Some(b),
+            Mode::Cached(_) => None,
+        }
+    }
+
+    #[test]
+    fn opens_of_an_upper_file_share_one_backing_file_until_the_last_closes() {
+        let p = on();
+        let registered = Cell::new(0);
+        let register = |_| {
+            registered.set(registered.get() + 1);
+            Ok(Backing(registered.get()))
+        };
+        let a = p.open(7, &opened(1, true), true, false, fd(), register);
+        let b = p.open(7, &opened(2, true), false, false, fd(), register);
+        assert_eq!(backing_of(&a), Some(&Backing(1)));
+        assert_eq!(
+            backing_of(&b),
+            Some(&Backing(1)),
+            "the second open shares the first's backing file"
+        );
+        assert_eq!(registered.get(), 1);
+        assert!(p.writing(7), "open for writing through passthrough");
+        p.release(1);
+        assert!(!p.writing(7), "the writer closed");
+        p.release(2);
+        let c = p.open(7, &opened(3, true), false, false, fd(), register);
+        assert_eq!(
+            backing_of(&c),
+            Some(&Backing(2)),
+            "a new backing file after the last close"
+        );
+    }
+
+    #[test]
+    fn lower_files_are_served_cached_and_keep_their_pages() {
+        let p = on();
+        let m = p.open(7, &opened(1, false), false, false, None::<std::fs::File>, |_| {
+            panic!("a lower file never gets a backing file")
+        });
+        assert!(matches!(m, Mode::Cached(f) if f == FopenFlags::FOPEN_KEEP_CACHE));
+        // With --revalidate a lower file may change: its pages are not kept.
+        let m = p.open(8, &opened(2, false), false, true, None::<std::fs::File>, |_| {
+            panic!("lower")
+        });
+        assert!(matches!(m, Mode::Cached(f) if f.is_empty()));
+    }
+
+    #[test]
+    fn an_inode_with_a_cached_open_gets_no_passthrough_until_it_closes() {
+        let p = on();
+        // Opened before its copy-up: served by us.
+        let old = p.open(7, &opened(1, false), false, false, None::<std::fs::File>, |_| {
+            panic!("lower")
+        });
+        assert!(matches!(old, Mode::Cached(_)));
+        let mut o = opened(2, true);
+        o.beside_older = true;
+        let new = p.open(7, &o, true, false, fd(), |_| -> io::Result<Backing> {
+            panic!("the kernel refuses mixing passthrough and cached opens of one inode")
+        });
+        assert!(matches!(new, Mode::Cached(f) if f == FopenFlags::FOPEN_DIRECT_IO));
+        p.release(1);
+        p.release(2);
+        let later = p.open(7, &opened(3, true), false, false, fd(), |_| Ok(Backing(1)));
+        assert_eq!(backing_of(&later), Some(&Backing(1)));
+    }
+
+    #[test]
+    fn a_refused_registration_turns_passthrough_off_for_good() {
+        let p = on();
+        let m = p.open(7, &opened(1, true), true, false, fd(), |_| {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        });
+        assert!(matches!(m, Mode::Cached(f) if f == FopenFlags::FOPEN_DIRECT_IO));
+        let m = p.open(8, &opened(2, true), true, false, fd(), |_| -> io::Result<Backing> {
+            panic!("no second attempt after a refusal")
+        });
+        assert!(matches!(m, Mode::Cached(_)));
+    }
+
+    #[test]
+    fn without_passthrough_upper_files_keep_the_page_cache() {
+        let p: Passthrough<Backing> = Passthrough::default();
+        let m = p.open(7, &opened(1, true), true, false, fd(), |_| -> io::Result<Backing> {
+            panic!("passthrough is off")
+        });
+        assert!(matches!(m, Mode::Cached(f) if f == FopenFlags::FOPEN_KEEP_CACHE));
+        assert!(!p.writing(7));
     }
 }

@@ -301,12 +301,82 @@ impl NodeTable {
 }
 
 #[cfg(test)]
-mod size_tests {
+mod tests {
+    use super::*;
+
     /// The kernel may hold a node for every entry of a huge tree (memory per cached entry is a
     /// goal of the project): a node with its `Arc` counts must fit the allocator's 96-byte class.
     #[test]
     fn a_node_fits_96_bytes_with_its_arc_counts() {
-        let size = std::mem::size_of::<super::Node>() + 2 * std::mem::size_of::<usize>();
+        let size = std::mem::size_of::<Node>() + 2 * std::mem::size_of::<usize>();
         assert!(size <= 96, "Node + Arc counts: {size} bytes");
+    }
+
+    fn file(parent: u64, name: &str) -> NodeState {
+        NodeState::new(parent, OsStr::new(name), Kind::File, 1, None)
+    }
+
+    fn names(s: &NodeState) -> Vec<(u64, String)> {
+        let mut v = vec![(s.parent, s.name.to_string_lossy().into_owned())];
+        v.extend(s.aliases().iter().map(|(p, n)| (*p, n.to_string_lossy().into_owned())));
+        v
+    }
+
+    #[test]
+    fn a_file_remembers_every_name_it_was_seen_under_once() {
+        let mut s = file(1, "a");
+        s.seen_as(1, OsStr::new("b"));
+        s.seen_as(2, OsStr::new("a"));
+        s.seen_as(1, OsStr::new("b"));
+        s.seen_as(1, OsStr::new("a"));
+        assert_eq!(names(&s), [(1, "a".into()), (1, "b".into()), (2, "a".into())]);
+        for i in 0..2 * MAX_ALIASES {
+            s.seen_as(3, OsStr::new(&format!("n{i}")));
+        }
+        assert_eq!(s.aliases().len(), MAX_ALIASES, "at most MAX_ALIASES extra names");
+    }
+
+    #[test]
+    fn a_directory_has_one_name_the_last_it_was_seen_under() {
+        let mut s = NodeState::new(1, OsStr::new("d"), Kind::Dir, 0, None);
+        s.seen_as(2, OsStr::new("e"));
+        assert_eq!(names(&s), [(2, "e".into())]);
+    }
+
+    #[test]
+    fn removing_the_primary_name_promotes_an_alias_and_the_last_name_unlinks() {
+        let mut s = file(1, "a");
+        s.seen_as(1, OsStr::new("b"));
+        s.name_gone(1, OsStr::new("a"));
+        assert_eq!(names(&s), [(1, "b".into())]);
+        assert!(!s.unlinked);
+        s.name_gone(1, OsStr::new("x"));
+        assert!(!s.unlinked, "a name it never had changes nothing");
+        s.name_gone(1, OsStr::new("b"));
+        assert!(s.unlinked);
+        // Seen again (linked back in by a hard link): it has a name again.
+        s.seen_as(4, OsStr::new("c"));
+        assert_eq!(names(&s), [(4, "c".into())]);
+        assert!(!s.unlinked);
+    }
+
+    #[test]
+    fn a_rename_moves_the_name_it_names_primary_or_alias() {
+        let mut s = file(1, "a");
+        s.seen_as(1, OsStr::new("b"));
+        s.renamed((1, OsStr::new("b")), (2, OsStr::new("c")));
+        assert_eq!(names(&s), [(1, "a".into()), (2, "c".into())]);
+        s.renamed((1, OsStr::new("a")), (3, OsStr::new("d")));
+        assert_eq!(names(&s), [(3, "d".into()), (2, "c".into())]);
+    }
+
+    #[test]
+    fn promote_alias_picks_the_first_name_in_a_live_directory() {
+        let mut s = file(1, "a");
+        s.seen_as(2, OsStr::new("b"));
+        s.seen_as(3, OsStr::new("c"));
+        assert_eq!(s.promote_alias(|d| d == 3), Some((3, "c".into())));
+        assert_eq!(names(&s), [(3, "c".into()), (2, "b".into()), (1, "a".into())]);
+        assert_eq!(s.promote_alias(|_| false), None);
     }
 }

@@ -71,25 +71,12 @@ impl Layers {
 
     /// `--lower` argument, top first.
     pub fn lower_arg(&self) -> String {
-        self.lowers
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(":")
+        lower_arg(&self.lowers).to_string_lossy().into_owned()
     }
 
     /// Mounts with the upper and workdir, plus `extra` arguments.
     pub fn mount(&self, extra: &[&str]) -> Mount {
-        let mut args: Vec<OsString> = vec!["mount".into(), "--foreground".into()];
-        args.push("--lower".into());
-        args.push(self.lower_arg().into());
-        args.push("--upper".into());
-        args.push(self.upper.clone().into());
-        args.push("--workdir".into());
-        args.push(self.work.clone().into());
-        args.extend(extra.iter().map(OsString::from));
-        args.push(self.mnt.clone().into());
-        Mount::start(&args, &self.mnt)
+        Mount::unionfs(&self.lowers, Some((&self.upper, &self.work)), extra, &self.mnt)
     }
 
     /// Snapshot of every lower layer, to prove they were not modified.
@@ -104,7 +91,30 @@ pub struct Mount {
     pub mnt: PathBuf,
 }
 
+/// `a:b:c` for `--lower`.
+pub fn lower_arg(lowers: &[PathBuf]) -> OsString {
+    let v: Vec<String> = lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    OsString::from(v.join(":"))
+}
+
 impl Mount {
+    /// `unionfs mount --foreground` of `lowers` (top first), with an (upper, workdir) or
+    /// read-only, plus `extra` arguments, at `mnt`.
+    pub fn unionfs(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>, extra: &[&str], mnt: &Path) -> Mount {
+        let mut args: Vec<OsString> = vec![
+            "mount".into(),
+            "--foreground".into(),
+            "--lower".into(),
+            lower_arg(lowers),
+        ];
+        if let Some((upper, work)) = upper_work {
+            args.extend(["--upper".into(), upper.into(), "--workdir".into(), work.into()]);
+        }
+        args.extend(extra.iter().map(OsString::from));
+        args.push(mnt.into());
+        Mount::start(&args, mnt)
+    }
+
     /// Starts `unionfs ARGS` (a foreground mount) and waits until `mnt` is mounted.
     pub fn start(args: &[OsString], mnt: &Path) -> Mount {
         let child = Command::new(bin())
@@ -266,23 +276,11 @@ fn walk(root: &Path, dir: &Path, t: &mut Tree, raw: bool) {
 }
 
 fn list_xattrs(p: &Path, all: bool) -> BTreeMap<OsString, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut buf = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
-        return out;
-    };
-    for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let name = OsString::from(String::from_utf8_lossy(name).into_owned());
-        if !all && !name.to_string_lossy().starts_with("user.") {
-            continue;
-        }
-        let mut v = vec![0u8; 65536];
-        if let Ok(n) = rustix::fs::lgetxattr(p, name.as_os_str(), &mut v[..]) {
-            v.truncate(n);
-            out.insert(name, v);
-        }
-    }
-    out
+    all_xattrs(p)
+        .into_iter()
+        .filter(|(n, _)| all || n.starts_with("user."))
+        .map(|(n, v)| (OsString::from(n), v))
+        .collect()
 }
 
 // ---- Helpers for the `mount_*` tests (added; everything above is shared as it was) ----------
@@ -357,6 +355,38 @@ pub fn xlist(p: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Prefixes of the xattrs union filesystems keep for themselves (ours, overlayfs' and
+/// fuse-overlayfs'), which a comparison of user-visible xattrs leaves out.
+pub const PRIVATE_XATTRS: &[&str] = &[
+    "user.unionfs.",
+    "trusted.unionfs.",
+    "user.overlay.",
+    "trusted.overlay.",
+    "user.fuseoverlayfs.",
+];
+
+/// Every xattr of `p` with its value, leaving out [`PRIVATE_XATTRS`] (none where the
+/// filesystem has none).
+pub fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut x = all_xattrs(p);
+    x.retain(|n, _| !PRIVATE_XATTRS.iter().any(|p| n.starts_with(p)));
+    x
+}
+
+/// Every xattr of `p` with its value (none where the filesystem has none).
+pub fn all_xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
+        return BTreeMap::new();
+    };
+    buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .filter_map(|n| xget(p, &n).map(|v| (n, v)))
+        .collect()
 }
 
 /// Creates an overlay whiteout (char device 0/0) at `p`.
@@ -679,6 +709,16 @@ impl Rng {
     /// A number in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// One of `xs` (which must not be empty).
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
     }
 
     /// `len` random bytes.

@@ -15,6 +15,8 @@ pub struct Fixture {
     pub work: PathBuf,
     /// How the union writes whiteouts and opaque markers in the upper.
     pub style: WhiteoutStyle,
+    /// Upper files opened read-write whatever an open asks (`Union::set_rw_upper_fds`).
+    pub rw_upper_fds: bool,
 }
 
 impl Fixture {
@@ -33,6 +35,7 @@ impl Fixture {
         let work = tmp.path().join("work");
         Fixture {
             style: WhiteoutStyle::Overlay,
+            rw_upper_fds: false,
             lowers: paths,
             layers: lowers.iter().map(|(l, _)| l.clone()).collect(),
             upper,
@@ -57,7 +60,9 @@ impl Fixture {
     }
 
     pub fn mount(&self) -> Driver {
-        Driver::new(&self.config())
+        let mut d = Driver::new(&self.config());
+        d.set_rw_upper_fds(self.rw_upper_fds);
+        d
     }
 
     pub fn snapshot_lowers(&self, atimes: Atimes) -> Vec<BTreeMap<PathBuf, String>> {
@@ -122,6 +127,8 @@ pub struct Driver {
     /// Open write handles: slot -> (file handle, inode number). An open file pins its inode in
     /// the kernel, so each holds one lookup reference until it is closed.
     handles: BTreeMap<u8, (u64, u64)>,
+    /// See `Fixture::rw_upper_fds`; kept across remounts.
+    rw_upper_fds: bool,
 }
 
 impl Driver {
@@ -140,7 +147,15 @@ impl Driver {
             pending: Vec::new(),
             cached: Vec::new(),
             handles: BTreeMap::new(),
+            rw_upper_fds: false,
         }
+    }
+
+    /// Opens upper files read-write whatever an open asks for, as the FUSE adapter does with
+    /// passthrough or the writeback cache.
+    pub fn set_rw_upper_fds(&mut self, on: bool) {
+        self.rw_upper_fds = on;
+        self.u().set_rw_upper_fds(on);
     }
 
     pub fn u(&self) -> &Union {
@@ -154,6 +169,7 @@ impl Driver {
         self.cached.clear();
         self.union = None;
         self.union = Some(Union::new(&self.cfg).unwrap_or_else(|e| panic!("remount: {e}")));
+        self.u().set_rw_upper_fds(self.rw_upper_fds);
     }
 
     /// Returns every reference taken so far (the kernel forgetting its dentries).
