@@ -266,18 +266,5 @@ fn dev_of(p: &Path, role: &'static str) -> Result<u64, SetupError> {
 
 /// Whether `p` (canonical) is listed as a mount point in /proc/self/mountinfo.
 pub fn is_mount_point(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = p.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == want)
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    crate::mountinfo::topmost_at(p).is_some()
 }

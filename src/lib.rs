@@ -19,6 +19,7 @@ pub mod error;
 pub mod fuse;
 pub mod idmap;
 pub mod layers;
+pub mod mountinfo;
 pub(crate) mod sys;
 pub mod union;
 

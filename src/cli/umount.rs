@@ -1,53 +1,21 @@
 //! `unionfs umount [--lazy] MOUNTPOINT`: unmount, then wait for the daemon to exit.
 
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use unionfs::fuse::session;
+use unionfs::mountinfo::{self, MountEntry};
 
 use super::pidfile;
 
 /// How long to wait for the daemon after the unmount.
 const DAEMON_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A line of /proc/self/mountinfo.
-struct MountEntry {
-    fstype: String,
-}
-
 /// The topmost mount at `p` (canonical), if any.
 fn mount_at(p: &Path) -> Option<MountEntry> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = p.as_os_str().as_bytes();
-    info.lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|mp| unescape(mp) == want))
-        .filter_map(|l| {
-            let after = l.split(" - ").nth(1)?;
-            Some(MountEntry {
-                fstype: after.split(' ').next()?.to_string(),
-            })
-        })
-        .next_back()
-}
-
-/// Undoes the octal escapes of mountinfo (`\040` for a space, ...).
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    mountinfo::topmost_at(p)
 }
 
 /// The canonical path of `p` without touching it when it is a mount (a stale or hung FUSE mount
@@ -78,7 +46,7 @@ pub fn run(mountpoint: &Path, lazy: bool) -> ExitCode {
         eprintln!("unionfs: umount: {shown}: not a mount point");
         return ExitCode::from(2);
     };
-    if !(entry.fstype == "fuse" || entry.fstype.starts_with("fuse.")) {
+    if !entry.is_fuse() {
         eprintln!(
             "unionfs: umount: {shown}: not a unionfs (FUSE) mount, it is {}",
             entry.fstype
@@ -130,15 +98,4 @@ pub fn run(mountpoint: &Path, lazy: bool) -> ExitCode {
         std::thread::sleep(Duration::from_millis(10));
     }
     ExitCode::SUCCESS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unescapes_mountinfo() {
-        assert_eq!(unescape("/a\\040b\\134c"), b"/a b\\c".to_vec());
-        assert_eq!(unescape("/a\\04"), b"/a\\04".to_vec());
-    }
 }
