@@ -10,7 +10,7 @@ Usage (as root; needs kernel overlayfs, fuse3, optionally fuse-overlayfs and git
     python3 benches/scale_bench.py --full         # 3 repetitions everywhere
     python3 benches/scale_bench.py --only find-cold --sizes 100k --targets kernel,unionfs
 
-Options: --sizes 100k,1m   --targets plain,kernel,fuse-overlayfs,fuse-overlayfs-2,unionfs
+Options: --sizes 100k,1m (or 300k)   --targets plain,kernel,fuse-overlayfs,fuse-overlayfs-2,unionfs
          --only WORKLOAD,...   --reps N   --bin PATH   --fo2 PATH (fuse-overlayfs 2.0 binary;
          default: fuse-overlayfs in ~/.cargo/bin or /var/tmp/fo2/bin, from
          `cargo install fuse-overlayfs --version 2.0.0`)   --workdir DIR (default
@@ -59,7 +59,7 @@ import mount_bench as mb  # noqa: E402  (shared mount helpers)
 
 DEFAULT_WORKDIR = "/var/tmp/unionfs-scale"
 GEN_VERSION = 1
-SIZES = {"100k": 100_000, "1m": 1_000_000}
+SIZES = {"100k": 100_000, "300k": 300_000, "1m": 1_000_000}
 PER_DIR = 1000
 COPY_N, COPY_SIZE = 100, 64 * 1024
 FARM_N = 100_000
@@ -328,7 +328,7 @@ def main():
     sizes = [s for s in a.sizes.split(",") if s]
     for s in sizes:
         if s not in SIZES:
-            sys.exit(f"scale_bench: unknown size {s} (100k, 1m)")
+            sys.exit(f"scale_bench: unknown size {s} (100k, 300k, 1m)")
     targets = [t for t in a.targets.split(",") if t]
     fo2 = a.fo2 or next(
         (p for p in (os.path.expanduser("~/.cargo/bin/fuse-overlayfs"), "/var/tmp/fo2/bin/fuse-overlayfs")
@@ -412,7 +412,7 @@ def report(res, targets):
         ratio = lambda o: f"{u / o:.2f}x" if (u is not None and o) else "–"  # noqa: E731
         print(f"| {wl} | " + " | ".join(fmt(per.get(t)) for t in cols)
               + f" | {ratio(per.get('kernel'))} | {ratio(per.get('fuse-overlayfs'))} |")
-    for size in ("100k", "1m"):
+    for size in SIZES:
         linked, single = res.get(f"copyup-linked-100 ({size})", {}), res.get(f"copyup-single-100 ({size})", {})
         if linked.get("unionfs") and single.get("unionfs"):
             print(f"copy-up multiply-linked / singly-linked at {size}, unionfs: "
