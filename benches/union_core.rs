@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tempfile::TempDir;
-use unionfs::{Ctx, MountConfig, ROOT, Union};
+use unionfs::{MountConfig, ROOT, Union};
 
 const VISIBLE: usize = 10_000;
 const WHITED_OUT: usize = 500;
@@ -189,7 +189,6 @@ fn bench_readdir(c: &mut Criterion, l: &Layers) {
 }
 
 fn bench_copy_up(c: &mut Criterion, l: &Layers) {
-    let ctx = Ctx::default();
     let mut g = c.benchmark_group("copy_up");
     for (name, volatile) in [("open_wronly_1MiB", false), ("open_wronly_1MiB_volatile", true)] {
         g.bench_function(name, |b| {
@@ -201,7 +200,7 @@ fn bench_copy_up(c: &mut Criterion, l: &Layers) {
                     (tmp, u, f)
                 },
                 |(tmp, u, f)| {
-                    let fh = u.open(&ctx, f, libc::O_WRONLY).unwrap();
+                    let fh = u.open(f, libc::O_WRONLY).unwrap();
                     u.release(fh);
                     (tmp, u) // dropped (and the temp dir removed) outside the measurement
                 },

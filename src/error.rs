@@ -2,54 +2,86 @@
 //! configuration (what a person sees: every variant names the path and the cause).
 
 use std::io;
+use std::panic::Location;
 use std::path::PathBuf;
 
 /// An errno returned by a union operation. The union core decides every errno; the FUSE adapter
-/// only forwards it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{}", io::Error::from_raw_os_error(self.0))]
-pub struct Errno(pub i32);
+/// only forwards it. An errno that came from a failed system call also remembers where in our
+/// code it was turned into an `Errno` (the `?` that received it), so the adapter's log can say
+/// which step of an operation failed, not only how. Two errnos are equal when their codes are.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("{}", io::Error::from_raw_os_error(self.code))]
+pub struct Errno {
+    code: i32,
+    at: Option<&'static Location<'static>>,
+}
 
 impl Errno {
-    pub const ENOENT: Errno = Errno(libc::ENOENT);
-    pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const EIO: Errno = Errno(libc::EIO);
-    pub const EPERM: Errno = Errno(libc::EPERM);
-    pub const EROFS: Errno = Errno(libc::EROFS);
-    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
-    pub const EISDIR: Errno = Errno(libc::EISDIR);
-    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
-    pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const ENODATA: Errno = Errno(libc::ENODATA);
-    pub const ESTALE: Errno = Errno(libc::ESTALE);
-    pub const EXDEV: Errno = Errno(libc::EXDEV);
-    pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
-    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
-    pub const ERANGE: Errno = Errno(libc::ERANGE);
-    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
+    pub const ENOENT: Errno = Errno::new(libc::ENOENT);
+    pub const EEXIST: Errno = Errno::new(libc::EEXIST);
+    pub const EINVAL: Errno = Errno::new(libc::EINVAL);
+    pub const EIO: Errno = Errno::new(libc::EIO);
+    pub const EPERM: Errno = Errno::new(libc::EPERM);
+    pub const EROFS: Errno = Errno::new(libc::EROFS);
+    pub const ENOTDIR: Errno = Errno::new(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno::new(libc::EISDIR);
+    pub const ENOTEMPTY: Errno = Errno::new(libc::ENOTEMPTY);
+    pub const EBADF: Errno = Errno::new(libc::EBADF);
+    pub const ENODATA: Errno = Errno::new(libc::ENODATA);
+    pub const ESTALE: Errno = Errno::new(libc::ESTALE);
+    pub const EXDEV: Errno = Errno::new(libc::EXDEV);
+    pub const ENOTSUP: Errno = Errno::new(libc::ENOTSUP);
+    pub const ENAMETOOLONG: Errno = Errno::new(libc::ENAMETOOLONG);
+    pub const ERANGE: Errno = Errno::new(libc::ERANGE);
+    pub const ENOTTY: Errno = Errno::new(libc::ENOTTY);
+
+    /// An errno the union decided itself (no system call behind it).
+    pub const fn new(code: i32) -> Errno {
+        Errno { code, at: None }
+    }
 
     /// The raw errno value.
     pub fn code(self) -> i32 {
-        self.0
+        self.code
+    }
+
+    /// Where a failed system call's errno entered our code, if it came from one.
+    pub fn origin(self) -> Option<&'static Location<'static>> {
+        self.at
     }
 }
 
+impl PartialEq for Errno {
+    fn eq(&self, other: &Errno) -> bool {
+        self.code == other.code
+    }
+}
+
+impl Eq for Errno {}
+
 impl From<rustix::io::Errno> for Errno {
+    #[track_caller]
     fn from(e: rustix::io::Errno) -> Self {
-        Errno(e.raw_os_error())
+        Errno {
+            code: e.raw_os_error(),
+            at: Some(Location::caller()),
+        }
     }
 }
 
 impl From<io::Error> for Errno {
+    #[track_caller]
     fn from(e: io::Error) -> Self {
-        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+        Errno {
+            code: e.raw_os_error().unwrap_or(libc::EIO),
+            at: Some(Location::caller()),
+        }
     }
 }
 
 impl From<Errno> for io::Error {
     fn from(e: Errno) -> Self {
-        io::Error::from_raw_os_error(e.0)
+        io::Error::from_raw_os_error(e.code)
     }
 }
 
@@ -86,4 +118,27 @@ pub enum SetupError {
     TooManyLayers { given: usize, max: usize },
     #[error("{0}")]
     Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fails() -> FsResult<()> {
+        rustix::fs::stat("/nonexistent/unionfs-error-test")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_call_remembers_the_question_mark_that_received_it() {
+        let e = fails().unwrap_err();
+        assert_eq!(e, Errno::ENOENT);
+        let at = e.origin().expect("an errno from a system call has an origin");
+        assert_eq!(at.file(), file!());
+        let line = include_str!("error.rs")
+            .lines()
+            .position(|l| l.contains("unionfs-error-test\")?;"));
+        assert_eq!(Some(at.line() as usize), line.map(|n| n + 1));
+        assert_eq!(Errno::ENOENT.origin(), None, "errnos the union decides have none");
+    }
 }

@@ -35,11 +35,17 @@ impl MountEntry {
     }
 }
 
+/// Every mount, in the table's order (later mounts over earlier ones); empty if the table
+/// cannot be read.
+pub fn table() -> Vec<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().filter_map(MountEntry::parse).collect()
+}
+
 /// The topmost mount at `p` (a canonical path), if any.
 pub fn topmost_at(p: &Path) -> Option<MountEntry> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .filter_map(MountEntry::parse)
+    table()
+        .into_iter()
         .rfind(|e| e.mountpoint.as_os_str().as_bytes() == p.as_os_str().as_bytes())
 }
 

@@ -256,6 +256,19 @@ impl Target<'_> {
     }
 }
 
+/// Removes the entry `name` of `dir`, a whole tree if `is_dir` (made writable first: a
+/// half-built or broken tree may hold read-only directories), never following symlinks.
+pub fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> rustix::io::Result<()> {
+    if !is_dir {
+        return rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
+    }
+    if let Ok(sub) = open_path_dir(dir, name) {
+        let _ = rustix::fs::chmod(fd_path(sub.as_fd()).as_c_str(), Mode::from_raw_mode(0o700));
+        remove_tree_contents(sub.as_fd())?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
 /// Removes everything below the directory `dir` (not `dir` itself), never following symlinks.
 pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
     for e in read_dir(dir)? {

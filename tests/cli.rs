@@ -223,20 +223,8 @@ fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
 fn mount_points() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .collect()
+    unionfs::mountinfo::table().into_iter().map(|e| e.mountpoint).collect()
 }
 
 fn is_mounted(p: &Path) -> bool {
@@ -598,4 +586,53 @@ fn log_file_receives_daemon_output() {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         r => panic!("unmounted expected: {r:?}"),
     }
+}
+
+/// `--debug` logs every failed request with its operation, its errno and, when a system call
+/// failed, the place in the union core that made it; errnos the union decides say so.
+#[test]
+fn debug_log_names_each_failure_and_where_it_came_from() {
+    if !can_mount() {
+        return;
+    }
+    let fx = Fixture::new();
+    let log = fx.s("daemon.log");
+    let (lowers, upper, work) = (format!("{}:{}", fx.s("l1"), fx.s("l2")), fx.s("u"), fx.s("w"));
+    fs::write(fx.p("l1/sub/x"), "").unwrap();
+    let o = run(&[
+        "mount",
+        "--debug",
+        "--log",
+        &log,
+        "--lower",
+        &lowers,
+        "--upper",
+        &upper,
+        "--workdir",
+        &work,
+        &fx.s("m"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // ENODATA from the backing file's getxattr: a failed system call.
+    let missing = rustix::fs::getxattr(fx.p("m/g"), "user.unionfs-test-missing", &mut [0u8; 64]);
+    assert_eq!(missing.err(), Some(rustix::io::Errno::NODATA));
+    // ENOTEMPTY: decided from the union's merged index of the directory, no system call behind it.
+    let rmdir = fs::remove_dir(fx.p("m/sub"));
+    assert_eq!(rmdir.map_err(|e| e.raw_os_error()), Err(Some(libc::ENOTEMPTY)));
+    let o = run(&["umount", &fx.s("m")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = fs::read_to_string(&log).unwrap();
+    let line = |op: &str, errno: i32| {
+        text.lines()
+            .find(|l| l.contains(&format!("op=\"{op}\"")) && l.contains(&format!("errno={errno}")))
+            .unwrap_or_else(|| panic!("no {op} failure with errno {errno} in the log:\n{text}"))
+            .to_owned()
+    };
+    let getxattr = line("getxattr", libc::ENODATA);
+    assert!(
+        getxattr.contains("at=\"src/union/"),
+        "the failing call's place: {getxattr}"
+    );
+    let rmdir = line("rmdir", libc::ENOTEMPTY);
+    assert!(rmdir.contains("decided by the union"), "{rmdir}");
 }

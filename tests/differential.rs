@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Entry, KernelOverlay, Mount, Rng, Tree};
+use common::{Entry, KernelOverlay, Mount, Rng, Tree, all_xattrs};
 use rustix::fs::{CWD, FileType, Mode, RenameFlags, XattrFlags};
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -306,25 +306,9 @@ fn apply(root: &Path, op: &Op) -> Outcome {
 fn user_xattrs(p: &Path) -> Vec<(OsString, Vec<u8>)> {
     all_xattrs(p)
         .into_iter()
-        .filter(|(n, _)| n.to_string_lossy().starts_with("user."))
+        .filter(|(n, _)| n.starts_with("user."))
+        .map(|(n, v)| (OsString::from(n), v))
         .collect()
-}
-
-fn all_xattrs(p: &Path) -> Vec<(OsString, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
-        return out;
-    };
-    for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let name = OsString::from(String::from_utf8_lossy(name).into_owned());
-        let mut v = vec![0u8; 65536];
-        if let Ok(n) = rustix::fs::lgetxattr(p, name.as_os_str(), &mut v[..]) {
-            v.truncate(n);
-            out.push((name, v));
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,8 +718,7 @@ fn xattr_names(root: &Path, t: &Tree) -> BTreeMap<PathBuf, Vec<OsString>> {
         if matches!(e, Entry::Symlink { .. }) {
             continue;
         }
-        let mut names: Vec<OsString> = all_xattrs(&root.join(k)).into_iter().map(|(n, _)| n).collect();
-        names.sort();
+        let names: Vec<OsString> = all_xattrs(&root.join(k)).into_keys().map(OsString::from).collect();
         if !names.is_empty() {
             out.insert(k.clone(), names);
         }
@@ -764,8 +747,10 @@ fn compare_views(kroot: &Path, uroot: &Path) -> (Tree, Vec<String>) {
 /// Mode and xattrs of the mount root itself (a `Tree` holds only what is below it).
 fn root_meta(root: &Path) -> (String, Vec<(OsString, Vec<u8>)>) {
     let md = fs::symlink_metadata(root).expect("lstat mount root");
-    let mut xs = all_xattrs(root);
-    xs.sort();
+    let xs = all_xattrs(root)
+        .into_iter()
+        .map(|(n, v)| (OsString::from(n), v))
+        .collect();
     (format!("{:o}", md.mode() & 0o7777), xs)
 }
 

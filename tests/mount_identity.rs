@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -136,20 +135,8 @@ fn identity_when_layers_span_filesystems() {
     std::fs::write(shm_lower.join("copied"), b"c").unwrap();
     std::fs::hard_link(shm_lower.join("copied"), shm_lower.join("sub/copied_link")).unwrap();
     let before = (l.snapshot_lowers(), Tree::read_raw(&shm_lower));
-    let mount = || {
-        let args: Vec<OsString> = vec![
-            "mount".into(),
-            "--foreground".into(),
-            "--lower".into(),
-            format!("{}:{}", l.lowers[0].display(), shm_lower.display()).into(),
-            "--upper".into(),
-            l.upper.clone().into(),
-            "--workdir".into(),
-            l.work.clone().into(),
-            l.mnt.clone().into_os_string(),
-        ];
-        Mount::start(&args, &l.mnt)
-    };
+    let lowers = [l.lowers[0].clone(), shm_lower.clone()];
+    let mount = || Mount::unionfs(&lowers, Some((&l.upper, &l.work)), &[], &l.mnt);
     let m = mount();
     let check = |m: &Mount| {
         let ids = walk_ids(&m.mnt);

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -18,19 +17,8 @@ const MIB: u64 = 1 << 20;
 
 /// Mounts the given lowers (top first) without an upper: a read-only union.
 fn mount_ro(lowers: &[&Path], mnt: &Path) -> Mount {
-    let lower = lowers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        lower.into(),
-        mnt.as_os_str().to_owned(),
-    ];
-    Mount::start(&args, mnt)
+    let lowers: Vec<PathBuf> = lowers.iter().map(|p| p.to_path_buf()).collect();
+    Mount::unionfs(&lowers, None, &[], mnt)
 }
 
 fn shm_dir() -> tempfile::TempDir {
@@ -53,17 +41,8 @@ fn statfs_reports_the_upper_or_else_the_top_lower() {
         "test needs two different filesystems"
     );
     let before = Tree::read_raw(shm.path());
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        format!("{}:{}", shm.path().display(), l.lowers[0].display()).into(),
-        "--upper".into(),
-        l.upper.clone().into(),
-        "--workdir".into(),
-        l.work.clone().into(),
-        l.mnt.clone().into(),
-    ];
+    let lowers = [shm.path().to_path_buf(), l.lowers[0].clone()];
+    let mount = || Mount::unionfs(&lowers, Some((&l.upper, &l.work)), &[], &l.mnt);
     let check = |m: &Mount, want: &rustix::fs::StatVfs| {
         let got = rustix::fs::statvfs(&m.mnt).unwrap();
         assert_eq!(
@@ -79,10 +58,10 @@ fn statfs_reports_the_upper_or_else_the_top_lower() {
             want.f_bfree
         );
     };
-    let m = Mount::start(&args, &l.mnt);
+    let m = mount();
     check(&m, &fs_upper);
     assert_eq!(m.unmount(), Some(0));
-    let m = Mount::start(&args, &l.mnt);
+    let m = mount();
     check(&m, &fs_upper);
     drop(m);
     let m = mount_ro(&[shm.path(), &l.lowers[0]], &l.mnt);

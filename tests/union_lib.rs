@@ -235,7 +235,7 @@ fn sparse_lower_file_stays_sparse_on_copy_up() {
         "copy-up allocated {used} bytes for 1 MiB of data"
     );
     let (ino, _) = d.walk(p("big")).expect("lookup");
-    let fh = d.u().open(&d.ctx, ino, libc::O_RDONLY).expect("open");
+    let fh = d.u().open(ino, libc::O_RDONLY).expect("open");
     let mut buf = vec![0u8; MIB as usize];
     assert_eq!(d.u().read(fh, 50 * MIB, &mut buf), Ok(MIB as usize));
     assert!(buf == data, "data moved or changed in the copy");
@@ -529,7 +529,7 @@ fn hard_link_works_after_its_first_name_is_forgotten() {
     // The kernel evicts a/f, then a; c and c/f stay cached.
     u.forget(x, 1);
     u.forget(a, 1);
-    let fh = u.open(&d.ctx, x, libc::O_RDONLY);
+    let fh = u.open(x, libc::O_RDONLY);
     assert!(fh.is_ok(), "open for reading through c/f: {fh:?}");
     u.release(fh.unwrap_or_default());
     let set = unionfs::SetAttr {

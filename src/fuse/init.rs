@@ -27,7 +27,7 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, passthrough: bool, stacked: bool
         | InitFlags::FUSE_NO_EXPORT_SUPPORT
         | InitFlags::FUSE_BIG_WRITES
         | InitFlags::FUSE_ASYNC_READ
-        // Shared mmap of a FOPEN_DIRECT_IO file (see `cached_flags`).
+        // Shared mmap of a FOPEN_DIRECT_IO file (see `Passthrough::served_flags`).
         | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
     let _ = cfg.add_capabilities(want & cfg.capabilities());
     let _ = cfg.set_max_write(1 << 20);

@@ -151,7 +151,7 @@ impl FuseAdapter {
                 .passthrough
                 .open(ino, &o, writable, lower_may_change, shareable, open_backing))
         });
-        let mode = r.unwrap_or(passthrough::Mode::Cached(FopenFlags::empty()));
+        let mode = r.unwrap_or(passthrough::Mode::Served(FopenFlags::empty()));
         if writable && matches!(mode, passthrough::Mode::Passthrough(_)) {
             // From now on its attributes are not cached (see `attr_ttl`); drop those cached
             // before, which a write through a shared mapping would otherwise hide.
@@ -191,13 +191,17 @@ fn ctx(req: &Request) -> Ctx {
     }
 }
 
-/// The one way a failed request is answered: logged (at debug level, so `--log`/`-d` shows
-/// why an application got an error) with the operation, what it was about and the errno.
+/// The one way a failed request is answered: logged (at debug level, so `--log debug` shows
+/// why an application got an error) with the operation, what it was about, the errno and, for
+/// a failed system call, the place in the union core that made it. Misses (ENOENT) go to trace:
+/// negative lookups are the normal case of every `$PATH` search and would drown the rest.
 fn failed(op: &'static str, about: impl std::fmt::Debug, e: Errno) -> fuser::Errno {
+    let at = e.origin().map(|l| format!("{}:{}", l.file(), l.line()));
+    let at = at.as_deref().unwrap_or("decided by the union");
     if e == Errno::ENOENT {
-        tracing::trace!(op, ?about, errno = e.code(), "{e}");
+        tracing::trace!(op, ?about, errno = e.code(), at, "{e}");
     } else {
-        tracing::debug!(op, ?about, errno = e.code(), "{e}");
+        tracing::debug!(op, ?about, errno = e.code(), at, "{e}");
     }
     fuser::Errno::from_i32(e.code())
 }
@@ -320,7 +324,7 @@ impl Filesystem for FuseAdapter {
         match self.union.lookup(parent.0, name) {
             Ok(a) => self.reply_entry(reply, &a),
             // A negative entry: the kernel caches the miss for the TTL (node id 0).
-            Err(Errno::ENOENT) => {
+            Err(e) if e == Errno::ENOENT => {
                 let mut neg = file_attr(&negative_attr());
                 neg.ino = INodeNo(0);
                 reply.entry(&self.opts.ttl, &neg, Generation(0));
@@ -391,22 +395,12 @@ impl Filesystem for FuseAdapter {
         self.entry(reply, r, "mkdir", (parent.0, name));
     }
 
-    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            self.union.unlink(&ctx(req), parent.0, name),
-            "unlink",
-            (parent.0, name),
-        );
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.union.unlink(parent.0, name), "unlink", (parent.0, name));
     }
 
-    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            self.union.rmdir(&ctx(req), parent.0, name),
-            "rmdir",
-            (parent.0, name),
-        );
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.union.rmdir(parent.0, name), "rmdir", (parent.0, name));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
@@ -416,7 +410,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        req: &Request,
+        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -424,9 +418,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .union
-            .rename(&ctx(req), parent.0, name, newparent.0, newname, flags.bits());
+        let r = self.union.rename(parent.0, name, newparent.0, newname, flags.bits());
         empty(reply, r, "rename", (parent.0, name, newparent.0, newname, flags.bits()));
     }
 
@@ -439,15 +431,15 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let o = match self.union.open_file(&ctx(req), ino.0, flags.0) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let o = match self.union.open_file(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(failed("open", (ino.0, flags.0), e)),
         };
         let mode = self.open_mode(ino.0, o, flags.0, |fd| reply.open_backing(fd));
         match mode {
             passthrough::Mode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
-            passthrough::Mode::Cached(flags) => reply.opened(FileHandle(o.fh), flags),
+            passthrough::Mode::Served(flags) => reply.opened(FileHandle(o.fh), flags),
         }
     }
 
@@ -658,7 +650,7 @@ impl Filesystem for FuseAdapter {
                 FopenFlags::empty(),
                 &id,
             ),
-            passthrough::Mode::Cached(flags) => {
+            passthrough::Mode::Served(flags) => {
                 reply.created(&self.attr_ttl(a.ino), &attr, Generation(0), FileHandle(o.fh), flags)
             }
         }

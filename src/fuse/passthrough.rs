@@ -3,12 +3,12 @@
 //!
 //! The kernel's rules (fs/fuse/iomode.c) shape this module: every open of an inode that has a
 //! backing file must name the *same* backing file, and an inode cannot have passthrough opens
-//! and cached (daemon-served) opens at once. So each inode is in one mode at a time, decided by
+//! and daemon-served opens at once. So each inode is in one mode at a time, decided by
 //! the opens still outstanding:
-//! - lower files are always served cached: their content never changes while mounted, the page
+//! - lower files are always served by us: their content never changes while mounted, the page
 //!   cache keeps it across opens, and a later write-open copies them up to a *different* file,
 //!   which could not share a lower backing file;
-//! - an upper file goes passthrough when no cached open of it is outstanding, sharing one
+//! - an upper file goes passthrough when no daemon-served open of it is outstanding, sharing one
 //!   backing file (a read-write fd, see `Union::set_rw_upper_fds`) among all its opens.
 //!
 //! Our counts only fall when RELEASE arrives, which the kernel sends after it has dropped the
@@ -29,13 +29,13 @@ pub(crate) enum Mode<B = BackingId> {
     /// Served by the kernel from this backing file.
     Passthrough(Arc<B>),
     /// Served by us (read/write requests reach the daemon), with these open flags.
-    Cached(FopenFlags),
+    Served(FopenFlags),
 }
 
 struct Inode<B> {
     backing: Option<Arc<B>>,
     passthrough: u32,
-    cached: u32,
+    served: u32,
     /// Passthrough opens that may write (see [`Passthrough::writing`]).
     writers: u32,
 }
@@ -45,7 +45,7 @@ impl<B> Default for Inode<B> {
         Inode {
             backing: None,
             passthrough: 0,
-            cached: 0,
+            served: 0,
             writers: 0,
         }
     }
@@ -54,7 +54,7 @@ impl<B> Default for Inode<B> {
 /// Passthrough state of the mount: per-inode modes and which handle counts where.
 pub(crate) struct Passthrough<B = BackingId> {
     /// Negotiated at INIT: upper files may have been served by the kernel, so the daemon-served
-    /// opens must allow for that (see `FuseAdapter::cached_flags`).
+    /// opens must allow for that (see `Passthrough::served_flags`).
     enabled: AtomicBool,
     /// Registering a backing file failed once: register no more (opens that must share an
     /// existing backing file still get it).
@@ -97,12 +97,12 @@ impl<B> Passthrough<B> {
         open_backing: impl FnOnce(F) -> std::io::Result<B>,
     ) -> Mode<B> {
         let fh = o.fh;
-        let cached = || Mode::Cached(self.cached_flags(o, lower_may_change));
+        let served = || Mode::Served(self.served_flags(o, lower_may_change));
         let mut inodes = self.inodes.lock();
         let st = inodes.entry(ino).or_default();
         let mode = match (&st.backing, shareable) {
             (Some(b), _) if st.passthrough > 0 => Mode::Passthrough(Arc::clone(b)),
-            (_, Some(fd)) if st.cached == 0 && self.enabled() && !self.refused.load(Ordering::Relaxed) => {
+            (_, Some(fd)) if st.served == 0 && self.enabled() && !self.refused.load(Ordering::Relaxed) => {
                 match open_backing(fd) {
                     Ok(id) => {
                         let id = Arc::new(id);
@@ -114,18 +114,18 @@ impl<B> Passthrough<B> {
                         // or a backing filesystem stacked too deep): serve file I/O ourselves.
                         tracing::info!("FUSE passthrough unavailable ({e}); serving file I/O in the daemon");
                         self.refused.store(true, Ordering::Relaxed);
-                        cached()
+                        served()
                     }
                 }
             }
-            _ => cached(),
+            _ => served(),
         };
         let pt = matches!(mode, Mode::Passthrough(_));
         if pt {
             st.passthrough += 1;
             st.writers += u32::from(writable);
         } else {
-            st.cached += 1;
+            st.served += 1;
         }
         drop(inodes);
         self.handles.lock().insert(fh, (ino, pt, writable));
@@ -150,7 +150,7 @@ impl<B> Passthrough<B> {
     /// the caller's, not from the page cache. A read that must update the access time must
     /// reach the file: the next one (the cache is dropped at open), or every one
     /// (`strictatime`).
-    fn cached_flags(&self, o: &Opened, lower_may_change: bool) -> FopenFlags {
+    fn served_flags(&self, o: &Opened, lower_may_change: bool) -> FopenFlags {
         if o.in_upper && (self.enabled() || o.beside_older || o.daemon_writes) {
             return FopenFlags::FOPEN_DIRECT_IO;
         }
@@ -180,9 +180,9 @@ impl<B> Passthrough<B> {
                 st.backing = None;
             }
         } else {
-            st.cached = st.cached.saturating_sub(1);
+            st.served = st.served.saturating_sub(1);
         }
-        if st.passthrough == 0 && st.cached == 0 {
+        if st.passthrough == 0 && st.served == 0 {
             inodes.remove(&ino);
         }
     }
@@ -224,7 +224,7 @@ mod tests {
     fn backing_of(m: &Mode<Backing>) -> Option<&Backing> {
         match m {
             Mode::Passthrough(b) => Some(b),
-            Mode::Cached(_) => None,
+            Mode::Served(_) => None,
         }
     }
 
@@ -258,33 +258,33 @@ mod tests {
     }
 
     #[test]
-    fn lower_files_are_served_cached_and_keep_their_pages() {
+    fn lower_files_are_served_by_us_and_keep_their_pages() {
         let p = on();
         let m = p.open(7, &opened(1, false), false, false, None::<std::fs::File>, |_| {
             panic!("a lower file never gets a backing file")
         });
-        assert!(matches!(m, Mode::Cached(f) if f == FopenFlags::FOPEN_KEEP_CACHE));
+        assert!(matches!(m, Mode::Served(f) if f == FopenFlags::FOPEN_KEEP_CACHE));
         // With --revalidate a lower file may change: its pages are not kept.
         let m = p.open(8, &opened(2, false), false, true, None::<std::fs::File>, |_| {
             panic!("lower")
         });
-        assert!(matches!(m, Mode::Cached(f) if f.is_empty()));
+        assert!(matches!(m, Mode::Served(f) if f.is_empty()));
     }
 
     #[test]
-    fn an_inode_with_a_cached_open_gets_no_passthrough_until_it_closes() {
+    fn an_inode_with_a_served_open_gets_no_passthrough_until_it_closes() {
         let p = on();
         // Opened before its copy-up: served by us.
         let old = p.open(7, &opened(1, false), false, false, None::<std::fs::File>, |_| {
             panic!("lower")
         });
-        assert!(matches!(old, Mode::Cached(_)));
+        assert!(matches!(old, Mode::Served(_)));
         let mut o = opened(2, true);
         o.beside_older = true;
         let new = p.open(7, &o, true, false, fd(), |_| -> io::Result<Backing> {
-            panic!("the kernel refuses mixing passthrough and cached opens of one inode")
+            panic!("the kernel refuses mixing passthrough and daemon-served opens of one inode")
         });
-        assert!(matches!(new, Mode::Cached(f) if f == FopenFlags::FOPEN_DIRECT_IO));
+        assert!(matches!(new, Mode::Served(f) if f == FopenFlags::FOPEN_DIRECT_IO));
         p.release(1);
         p.release(2);
         let later = p.open(7, &opened(3, true), false, false, fd(), |_| Ok(Backing(1)));
@@ -297,11 +297,11 @@ mod tests {
         let m = p.open(7, &opened(1, true), true, false, fd(), |_| {
             Err(io::Error::from_raw_os_error(libc::EPERM))
         });
-        assert!(matches!(m, Mode::Cached(f) if f == FopenFlags::FOPEN_DIRECT_IO));
+        assert!(matches!(m, Mode::Served(f) if f == FopenFlags::FOPEN_DIRECT_IO));
         let m = p.open(8, &opened(2, true), true, false, fd(), |_| -> io::Result<Backing> {
             panic!("no second attempt after a refusal")
         });
-        assert!(matches!(m, Mode::Cached(_)));
+        assert!(matches!(m, Mode::Served(_)));
     }
 
     #[test]
@@ -310,7 +310,7 @@ mod tests {
         let m = p.open(7, &opened(1, true), true, false, fd(), |_| -> io::Result<Backing> {
             panic!("passthrough is off")
         });
-        assert!(matches!(m, Mode::Cached(f) if f == FopenFlags::FOPEN_KEEP_CACHE));
+        assert!(matches!(m, Mode::Served(f) if f == FopenFlags::FOPEN_KEEP_CACHE));
         assert!(!p.writing(7));
     }
 }

@@ -684,16 +684,5 @@ fn remove_xattr(dir: BorrowedFd<'_>, name: &OsStr, x: &str) -> rustix::io::Resul
 
 /// Removes the entry `name` of `dir`, a whole tree if it is a directory.
 fn remove_any(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
-    let st = sys::stat_at(dir, name)?;
-    if is_dir(&st) {
-        let sub = sys::open_path_dir(dir, name)?;
-        let _ = rustix::fs::chmod(
-            sys::fd_path(sub.as_fd()).as_c_str(),
-            rustix::fs::Mode::from_raw_mode(0o700),
-        );
-        sys::remove_tree_contents(sub.as_fd())?;
-        rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::REMOVEDIR)
-    } else {
-        rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty())
-    }
+    sys::remove_entry(dir, name, is_dir(&sys::stat_at(dir, name)?))
 }

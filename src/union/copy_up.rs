@@ -141,7 +141,7 @@ impl Union {
                     // Fewer allocated blocks than the size means holes worth skipping.
                     let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
                     copy_data(&input, &out, st.st_size as u64, sparse)?;
-                    if !self.volatile {
+                    if !self.config.volatile {
                         rustix::fs::fsync(&out)?;
                     }
                 }
@@ -180,7 +180,7 @@ impl Union {
 
     /// Owner, then mode (a chown clears setuid), then times, on the entry `name` of `dir`.
     fn finish_meta(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, st: &Stat) -> FsResult<()> {
-        if self.privileged {
+        if self.process.privileged {
             rustix::fs::chownat(
                 dir,
                 name,
@@ -198,7 +198,7 @@ impl Union {
 
     /// Durability of a rename or create: fsync the directory, unless mounted volatile.
     pub(crate) fn sync_dir(&self, dir: BorrowedFd<'_>) {
-        if !self.volatile {
+        if !self.config.volatile {
             if let Ok(d) = rustix::fs::openat(
                 dir,
                 ".",
@@ -334,15 +334,7 @@ pub(crate) fn copy_xattrs(from: &Target<'_>, to: &Target<'_>) -> FsResult<()> {
     Ok(())
 }
 
-/// Removes a half-built object from the workdir.
+/// Removes a half-built object (from the workdir, or staged beside its final name).
 pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &OsStr, kind: Kind) -> rustix::io::Result<()> {
-    if kind == Kind::Dir {
-        if let Ok(sub) = sys::open_path_dir(dir, name) {
-            let _ = rustix::fs::chmod(sys::fd_path(sub.as_fd()).as_c_str(), Mode::from_raw_mode(0o700));
-            sys::remove_tree_contents(sub.as_fd())?;
-        }
-        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-    } else {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty())
-    }
+    sys::remove_entry(dir, name, kind == Kind::Dir)
 }

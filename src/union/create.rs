@@ -76,7 +76,7 @@ impl Union {
     /// [`Union::create`], saying also what the handle's fd is (see [`Opened`]).
     pub fn create_file(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> FsResult<(Attr, Opened)> {
         let mut flags = OFlags::from_bits_retain(flags as u32);
-        let shared_rw = self.rw_upper_fds.load(Ordering::Relaxed);
+        let shared_rw = self.agreed.rw_upper_fds.load(Ordering::Relaxed);
         if shared_rw {
             // A new file is always writable by its creator, whatever its mode.
             flags = (flags & !OFlags::RWMODE) | OFlags::RDWR;
@@ -290,7 +290,7 @@ impl Union {
     /// directory `pdir` (see `acl.rs`): its default ACL if it has one and ACLs are on, else the
     /// caller's umask.
     fn inherited_perms(&self, pdir: BorrowedFd<'_>, perm: u32, umask: u32, is_dir: bool) -> FsResult<acl::Inherited> {
-        let default = if self.posix_acl.load(Ordering::Relaxed) {
+        let default = if self.agreed.posix_acl.load(Ordering::Relaxed) {
             sys::get_xattr_fd(pdir, OsStr::new(acl::DEFAULT))?.and_then(|v| acl::Acl::parse(&v))
         } else {
             None
@@ -319,7 +319,7 @@ impl Union {
                 let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(m & 0o1777))?;
                 fd = Some(f);
                 // Our open applied exactly `m` unless the process umask interfered.
-                if m & 0o6000 != 0 || !self.umask_is_zero {
+                if m & 0o6000 != 0 || !self.process.umask_is_zero {
                     final_mode = Some(m);
                 }
             }
@@ -328,7 +328,7 @@ impl Union {
                 final_mode = Some(if parent.sgid { m | libc::S_ISGID } else { m });
                 if parent.opaque {
                     let d = sys::open_path_dir(dir, name)?;
-                    whiteout::mark_opaque(d.as_fd(), self.oci(), self.privileged)?;
+                    whiteout::mark_opaque(d.as_fd(), self.oci(), self.process.privileged)?;
                 }
             }
             NewObject::Node { mode, rdev } => {
@@ -365,9 +365,12 @@ impl Union {
         };
         let uid = self.idmap.uid_to_host(ctx.uid);
         // A file we create gets our fsuid, and our fsgid unless the parent is set-group-id.
-        let ours = (self.euid, if parent.sgid { parent.gid } else { self.egid });
+        let ours = (
+            self.process.euid,
+            if parent.sgid { parent.gid } else { self.process.egid },
+        );
         let plain_file = matches!(obj, NewObject::File { .. });
-        if self.privileged && !(plain_file && ours == (uid, gid)) {
+        if self.process.privileged && !(plain_file && ours == (uid, gid)) {
             rustix::fs::chownat(
                 dir,
                 name,

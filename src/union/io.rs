@@ -143,12 +143,12 @@ impl Union {
     }
 
     /// Opens `ino`; a write or truncating open copies it up first. Returns a file handle.
-    pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> FsResult<u64> {
-        self.open_file(ctx, ino, flags).map(|o| o.fh)
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        self.open_file(ino, flags).map(|o| o.fh)
     }
 
     /// [`Union::open`], saying also where the handle's fd points (see [`Opened`]).
-    pub fn open_file(&self, _ctx: &Ctx, ino: u64, flags: i32) -> FsResult<Opened> {
+    pub fn open_file(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let node = self.node(ino)?;
         let flags = OFlags::from_bits_retain(flags as u32);
         let writes = flags.intersects(OFlags::WRONLY | OFlags::RDWR) || flags.contains(OFlags::TRUNC);
@@ -173,7 +173,7 @@ impl Union {
         let loc = self.locate(&node, None)?;
         let mut shared_rw = false;
         let rw = (f & !OFlags::RWMODE) | OFlags::RDWR;
-        let (ofd, appending) = if in_upper && self.rw_upper_fds.load(Ordering::Relaxed) {
+        let (ofd, appending) = if in_upper && self.agreed.rw_upper_fds.load(Ordering::Relaxed) {
             // The caller's access mode is enforced by the kernel on its own file; ours may
             // then serve every later open of the object (a passthrough backing file).
             match loc.open(rw) {
@@ -212,7 +212,7 @@ impl Union {
     /// every open of the object (the FUSE adapter's passthrough needs this), and the kernel's
     /// writeback cache can read through an open that asked to write only.
     pub fn set_rw_upper_fds(&self, on: bool) {
-        self.rw_upper_fds.store(on, Ordering::Relaxed);
+        self.agreed.rw_upper_fds.store(on, Ordering::Relaxed);
     }
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {

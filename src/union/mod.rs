@@ -175,6 +175,37 @@ impl Loc {
 }
 
 /// A mounted (or mountable) union of layers.
+/// What the daemon process is, as far as the objects it creates are concerned.
+struct Process {
+    /// We can write `trusted.*` xattrs and chown: running with CAP_SYS_ADMIN.
+    privileged: bool,
+    /// The process umask is 0 (the daemon's is), so create modes apply as given.
+    umask_is_zero: bool,
+    /// Our effective ids: the owner of what we create.
+    euid: u32,
+    egid: u32,
+}
+
+impl Process {
+    fn current() -> Process {
+        Process {
+            privileged: sys::has_cap_sys_admin(),
+            umask_is_zero: sys::umask_is_zero(),
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+        }
+    }
+}
+
+/// What the FUSE adapter settled with the kernel at INIT, after the union was opened.
+#[derive(Default)]
+struct KernelAgreed {
+    /// See [`Union::set_rw_upper_fds`].
+    rw_upper_fds: AtomicBool,
+    /// See [`Union::set_posix_acl`].
+    posix_acl: AtomicBool,
+}
+
 pub struct Union {
     layers: Vec<Layer>,
     upper: Option<usize>,
@@ -187,20 +218,10 @@ pub struct Union {
     index_cache: IndexCache,
     /// Tags of directory listings (see `readdir_chunk`).
     next_listing: AtomicU64,
-    /// We can write `trusted.*` xattrs and chown: running with CAP_SYS_ADMIN.
-    privileged: bool,
     /// Write OCI `.wh.` markers (asked for, or mknod was refused).
     oci: AtomicBool,
-    volatile: bool,
-    /// The process umask is 0 (the daemon's is), so create modes apply as given.
-    umask_is_zero: bool,
-    /// Our effective ids: the owner of what we create.
-    euid: u32,
-    egid: u32,
-    /// See [`Union::set_rw_upper_fds`].
-    rw_upper_fds: AtomicBool,
-    /// See [`Union::set_posix_acl`].
-    posix_acl: AtomicBool,
+    process: Process,
+    agreed: KernelAgreed,
     /// Owner mappings in force (see `idmap.rs` and `effective_idmap`).
     idmap: IdMap,
     /// Layer devices, for tagging inode numbers when layers span filesystems.
@@ -232,7 +253,6 @@ impl Union {
             None => HardlinkIndex::default(),
         };
         let idmap = effective_idmap(&config.idmap, &layers);
-        let privileged = sys::has_cap_sys_admin();
         let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
         let u = Union {
             layers,
@@ -243,15 +263,10 @@ impl Union {
             hardlinks,
             index_cache: IndexCache::new(config.index_cache),
             next_listing: AtomicU64::new(1),
-            privileged,
             oci: AtomicBool::new(config.whiteouts == WhiteoutStyle::Oci),
-            volatile: config.volatile,
-            rw_upper_fds: AtomicBool::new(false),
-            posix_acl: AtomicBool::new(false),
+            process: Process::current(),
+            agreed: KernelAgreed::default(),
             idmap,
-            umask_is_zero: sys::umask_is_zero(),
-            euid: rustix::process::geteuid().as_raw(),
-            egid: rustix::process::getegid().as_raw(),
             single_dev,
             atime_by_mount: private.is_some(),
             config,
@@ -287,7 +302,7 @@ impl Union {
     /// The kernel enforces POSIX ACLs (they are read through us) and leaves the creation mask to
     /// us: new objects then inherit their directory's default ACL, computed here.
     pub fn set_posix_acl(&self, on: bool) {
-        self.posix_acl.store(on, Ordering::Relaxed);
+        self.agreed.posix_acl.store(on, Ordering::Relaxed);
     }
 
     /// Number of nodes the kernel (or internal walks) currently reference.

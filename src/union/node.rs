@@ -29,9 +29,13 @@ pub(crate) struct Node {
     pub ino: u64,
     lookups: AtomicU64,
     pub state: RwLock<NodeState>,
-    /// Serialises copy-up of this object.
+    /// Serialises copy-up of this object. A token, not a guard of data: what it protects is on
+    /// disk (the copy being built in the workdir and the rename that publishes it), and the
+    /// in-memory result (`state.layer`) is read without it by every lookup, under `state`.
     pub copy_lock: Mutex<()>,
-    /// Serialises namespace changes inside this directory.
+    /// Serialises namespace changes inside this directory. A token for the same reason: it
+    /// orders changes to the upper directory on disk, while the directory's index and `state`
+    /// stay readable by lookups and listings that must not wait for a copy-up or an fsync.
     pub ns: Mutex<()>,
     /// A copy-up published this object under a name its upper directory has not fsynced yet.
     pub name_unsynced: AtomicBool,

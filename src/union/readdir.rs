@@ -127,7 +127,7 @@ impl Union {
             let attr = match attr {
                 Ok(a) => a,
                 // Gone since the index was read (or "..": above the root).
-                Err(Errno::ENOENT) | Err(Errno::ESTALE) => continue,
+                Err(err) if err == Errno::ENOENT || err == Errno::ESTALE => continue,
                 Err(err) if accepted == 0 => return Err(err),
                 Err(_) => break,
             };

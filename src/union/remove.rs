@@ -8,19 +8,19 @@ use rustix::io::Errno as RErrno;
 
 use super::copy_up::remove_any;
 use super::index::UpperWhiteout;
-use super::{Ctx, Union, check_name, whiteout};
+use super::{Union, check_name, whiteout};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
 use crate::sys;
 
 impl Union {
     /// Removes a non-directory.
-    pub fn unlink(&self, _ctx: &Ctx, parent: u64, name: &OsStr) -> FsResult<()> {
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.remove(parent, name, false)
     }
 
     /// Removes an empty directory (empty in the view: whiteouts inside it do not count).
-    pub fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &OsStr) -> FsResult<()> {
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.remove(parent, name, true)
     }
 

@@ -15,7 +15,7 @@ use rustix::fs::{AtFlags, RenameFlags};
 use super::copy_up::keep_dir_times;
 use super::index::{Slot, UpperWhiteout, Visible};
 use super::node::{Node, ROOT};
-use super::{Ctx, Pin, Union, check_name, whiteout};
+use super::{Pin, Union, check_name, whiteout};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
 use crate::sys;
@@ -55,15 +55,7 @@ struct Locked {
 
 impl Union {
     /// Renames `parent/name` to `newparent/newname`. `flags` are renameat2(2) flags.
-    pub fn rename(
-        &self,
-        _ctx: &Ctx,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> FsResult<()> {
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
         let Some(plan) = self.plan_rename(parent, name, newparent, newname, flags)? else {
             return Ok(());
         };
@@ -267,7 +259,7 @@ impl Union {
             rustix::fs::unlinkat(u1, n1, AtFlags::empty())?;
             return Ok(None);
         }
-        if l.from.in_lower && !self.oci() && self.privileged && !dst_in_upper {
+        if l.from.in_lower && !self.oci() && self.process.privileged && !dst_in_upper {
             // One atomic step: move and leave a whiteout behind.
             if rustix::fs::renameat_with(u1, n1, u2, n2, RenameFlags::WHITEOUT).is_ok() {
                 return Ok(Some(UpperWhiteout::AtName));
@@ -335,14 +327,14 @@ impl Union {
         // Materialising is a copy-up: the directory keeps its times.
         Ok(keep_dir_times(fd.as_fd(), || {
             self.make_opaque(dir)
-                .map_err(|e| rustix::io::Errno::from_raw_os_error(e.0))
+                .map_err(|e| rustix::io::Errno::from_raw_os_error(e.code()))
         })?)
     }
 
     /// Marks an upper directory opaque and drops the lower layers (and now useless whiteouts).
     fn make_opaque(&self, dir: &Node) -> FsResult<()> {
         let fd = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
-        whiteout::mark_opaque(fd.as_fd(), self.oci(), self.privileged)?;
+        whiteout::mark_opaque(fd.as_fd(), self.oci(), self.process.privileged)?;
         for e in sys::read_dir(fd.as_fd())? {
             let is_wh = whiteout::oci_target(&e.name).is_some()
                 || sys::stat_at(fd.as_fd(), &e.name).is_ok_and(|st| whiteout::is_chr_whiteout(&st));

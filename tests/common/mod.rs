@@ -17,11 +17,7 @@ pub fn bin() -> PathBuf {
 /// Whether `p` is a mount point right now.
 pub fn is_mounted(p: &Path) -> bool {
     let want = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let want = want.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    unionfs::mountinfo::topmost_at(&want).is_some()
 }
 
 /// A temporary set of directories: `lower0..lowerN` (lower0 on top), `upper`, `work`, `mnt`.

@@ -107,7 +107,7 @@ pub struct Seen {
 }
 
 pub(super) fn code(e: unionfs::Errno) -> i32 {
-    e.0
+    e.code()
 }
 
 /// Runs operations on a `Union` as the kernel would: paths are walked with `lookup` from the
@@ -265,7 +265,7 @@ impl Driver {
 
     pub fn write_file(&mut self, p: &Path, offset: u64, data: &[u8]) -> Result<(), i32> {
         let ino = self.walk_file(p)?;
-        let fh = self.u().open(&self.ctx, ino, libc::O_WRONLY).map_err(code)?;
+        let fh = self.u().open(ino, libc::O_WRONLY).map_err(code)?;
         let r = self.write_all(fh, offset, data);
         self.u().release(fh);
         r
@@ -310,7 +310,7 @@ impl Driver {
     pub fn open_write(&mut self, slot: u8, p: &Path) -> Result<(), i32> {
         self.close(slot);
         let ino = self.walk_file(p)?;
-        let fh = self.u().open(&self.ctx, ino, libc::O_WRONLY).map_err(code)?;
+        let fh = self.u().open(ino, libc::O_WRONLY).map_err(code)?;
         // The walk's last reference (to the file itself) now belongs to the open handle.
         let held = self.pending.pop();
         debug_assert_eq!(held, Some(ino));
@@ -390,14 +390,14 @@ impl Driver {
         let (dir, name) = split(p);
         let parent = self.walk_dir(dir)?;
         self.lookup_last(parent, name)?;
-        self.u().unlink(&self.ctx, parent, name).map_err(code)
+        self.u().unlink(parent, name).map_err(code)
     }
 
     pub fn rmdir(&mut self, p: &Path) -> Result<(), i32> {
         let (dir, name) = split(p);
         let parent = self.walk_dir(dir)?;
         self.lookup_last(parent, name)?;
-        self.u().rmdir(&self.ctx, parent, name).map_err(code)
+        self.u().rmdir(parent, name).map_err(code)
     }
 
     pub fn rename(&mut self, from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
@@ -407,7 +407,7 @@ impl Driver {
         let p2 = self.walk_dir(d2)?;
         self.lookup_last(p1, n1)?;
         self.lookup_last(p2, n2)?;
-        self.u().rename(&self.ctx, p1, n1, p2, n2, flags).map_err(code)
+        self.u().rename(p1, n1, p2, n2, flags).map_err(code)
     }
 
     /// Reads a whole file through a fresh read-only handle.
@@ -417,7 +417,7 @@ impl Driver {
     }
 
     fn read_ino(&self, ino: u64) -> Result<Vec<u8>, i32> {
-        let fh = self.u().open(&self.ctx, ino, libc::O_RDONLY).map_err(code)?;
+        let fh = self.u().open(ino, libc::O_RDONLY).map_err(code)?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         let r = loop {
@@ -433,7 +433,7 @@ impl Driver {
 
     fn xattr(&self, ino: u64) -> Result<Option<Vec<u8>>, String> {
         match self.u().getxattr(ino, OsStr::new(XATTR)) {
-            Err(unionfs::Errno::ENODATA) => Ok(None),
+            Err(e) if e == unionfs::Errno::ENODATA => Ok(None),
             Err(e) => Err(format!("getxattr: {e}")),
             Ok(v) => Ok(Some(v)),
         }
