@@ -207,6 +207,19 @@ fn has_setfacl() -> bool {
 
 #[test]
 fn acls_are_enforced_and_inherited_as_on_kernel_overlayfs() {
+    acl_table_against_kernel_overlayfs(&[]);
+}
+
+/// The same table on the rootless data path: every read and write served by the daemon (no
+/// FUSE passthrough, the kernel's writeback cache on), as a mount without CAP_SYS_ADMIN is.
+#[test]
+fn acls_are_enforced_and_inherited_as_on_kernel_overlayfs_without_passthrough() {
+    acl_table_against_kernel_overlayfs(&["--no-passthrough"]);
+}
+
+/// Runs [`CASES`] on a unionfs mount with `extra` arguments and on kernel overlayfs over
+/// identical layers, compares every outcome, then does it again after a remount (with `extra`).
+fn acl_table_against_kernel_overlayfs(extra: &[&str]) {
     if !rustix::process::geteuid().is_root() || !has_setfacl() {
         eprintln!("skipped: needs root and setfacl (Debian package acl)");
         return;
@@ -233,7 +246,7 @@ fn acls_are_enforced_and_inherited_as_on_kernel_overlayfs() {
     assert!(cp.success());
     let lowers_before = l.snapshot_lowers();
 
-    let m = l.mount(&[]);
+    let m = l.mount(extra);
     let ko = KernelOverlay::mount(&k.lowers, Some((&k.upper, &k.work)), &k.mnt).expect("kernel overlayfs");
     for case in CASES.iter().filter(|c| !c.setup.is_empty()) {
         for (mnt, what) in [(&m.mnt, "unionfs"), (&ko.mnt, "kernel overlayfs")] {
@@ -253,7 +266,7 @@ fn acls_are_enforced_and_inherited_as_on_kernel_overlayfs() {
             .collect();
         assert!(
             diffs.is_empty() && errors.is_empty(),
-            "{phase}: {} differences from kernel overlayfs:\n{}\nunexpected outcomes:\n  {}",
+            "{phase} ({extra:?}): {} differences from kernel overlayfs:\n{}\nunexpected outcomes:\n  {}",
             diffs.len(),
             diffs.join("\n"),
             errors.join("\n  ")
@@ -261,7 +274,7 @@ fn acls_are_enforced_and_inherited_as_on_kernel_overlayfs() {
     };
     compare("mounted", &m.mnt, &ko.mnt);
     // The ACLs live in the upper: a remount enforces the same.
-    let m = remount(&l, m, &[]);
+    let m = remount(&l, m, extra);
     drop(ko);
     let ko = KernelOverlay::mount(&k.lowers, Some((&k.upper, &k.work)), &k.mnt).expect("kernel overlayfs again");
     compare("after remount", &m.mnt, &ko.mnt);

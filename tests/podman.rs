@@ -1,13 +1,15 @@
 //! Podman with unionfs as its overlay driver's mount_program, against Podman's kernel overlay
 //! driver on the same image in the same test: a container created with `--uidmap` shows the
-//! same owners (`podman mount`), the same changes give the same `podman diff`, and `podman
-//! commit` gives an image whose tree is the same. As root, and as a plain user (rootless
-//! Podman, inside `podman unshare`). Skipped with a message only where Podman cannot run.
+//! same owners (`podman mount`), the same changes give the same `podman diff` (fuse-overlayfs as
+//! mount_program the reference, the kernel driver's own diff checked too), and `podman commit`
+//! gives an image whose tree, read back through a container of it, is the same. As root, and as
+//! a plain user (rootless Podman against the rootless kernel driver, containers mounted and read
+//! inside `podman unshare`). Trees are read with `tar` where the mount is visible. Skipped with
+//! a message only where Podman cannot run.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -93,45 +95,79 @@ const MOUNT_PROGRAM_DIFF: &[&str] = &[
     "D /olddir/z",
 ];
 
-/// path -> "uid:gid mode kind content" for every entry below `root`.
-fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
-    fn go(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        names.sort();
-        for p in names {
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let content = if m.is_file() {
-                let data = std::fs::read(&p).unwrap();
-                if data.len() > 256 {
-                    format!("{} bytes, {:016x}", data.len(), fnv(&data))
-                } else {
-                    String::from_utf8_lossy(&data).into_owned()
-                }
-            } else if m.file_type().is_symlink() {
-                std::fs::read_link(&p).unwrap().display().to_string()
-            } else {
-                String::new()
-            };
-            let kind = if m.is_dir() {
-                "d"
-            } else if m.is_file() {
-                "f"
-            } else {
-                "l"
-            };
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            out.insert(
-                rel,
-                format!("{}:{} {:o} {kind} {content}", m.uid(), m.gid(), m.mode() & 0o7777),
-            );
-            if m.is_dir() {
-                go(root, &p, out);
-            }
-        }
+/// A file's content as a tree shows it: short text as it is, anything longer summarised.
+fn describe(data: &[u8]) -> String {
+    if data.len() > 256 {
+        format!("{} bytes, {:016x}", data.len(), fnv(data))
+    } else {
+        String::from_utf8_lossy(data).into_owned()
     }
+}
+
+/// path -> "uid:gid mode kind content" for every entry of a tar stream of a tree (GNU tar,
+/// `--numeric-owner`, made with `-C DIR .`). A hard link gets the line of the name it links to.
+fn tar_tree(stream: &[u8]) -> BTreeMap<PathBuf, String> {
+    let strip = |p: &Path| -> PathBuf { p.strip_prefix(".").unwrap_or(p).components().collect() };
     let mut out = BTreeMap::new();
-    go(root, root, &mut out);
+    let mut ar = tar::Archive::new(stream);
+    for e in ar.entries().expect("a tar stream") {
+        let mut e = e.expect("a tar entry");
+        let rel = strip(&e.path().expect("entry path"));
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let h = e.header().clone();
+        let kind = h.entry_type();
+        if kind.is_hard_link() {
+            let target = strip(&e.link_name().expect("link name").expect("a hard link's target"));
+            let line = out
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| format!("link to missing {}", target.display()));
+            out.insert(rel, line);
+            continue;
+        }
+        let (k, content) = if kind.is_dir() {
+            ("d", String::new())
+        } else if kind.is_symlink() {
+            let target = e.link_name().expect("link name").unwrap_or_default();
+            ("l", target.display().to_string())
+        } else if kind.is_file() {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).expect("read a tar entry");
+            ("f", describe(&data))
+        } else {
+            ("?", format!("{kind:?}"))
+        };
+        let line = format!(
+            "{}:{} {:o} {k} {content}",
+            h.uid().unwrap(),
+            h.gid().unwrap(),
+            h.mode().unwrap() & 0o7777
+        );
+        out.insert(rel, line);
+    }
     out
+}
+
+/// Runs `script` where the store's containers mount (rootless: inside `podman unshare`); its
+/// stdout. `"$@"` in the script is the store's podman command.
+fn in_mount_ns(p: &Podman, script: &str) -> Vec<u8> {
+    let o = p.in_mount_ns(&format!("set -e; {script}"));
+    assert!(
+        o.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// The tree of container `name`, mounted with `podman mount` (as `ls -ln` shows owners).
+fn mounted_tree(p: &Podman, name: &str) -> BTreeMap<PathBuf, String> {
+    tar_tree(&in_mount_ns(
+        p,
+        &format!("m=$(\"$@\" mount {name}); tar --numeric-owner -C \"$m\" -cf - .; \"$@\" umount {name} >/dev/null"),
+    ))
 }
 
 /// What one store does with the image: the owners a `--uidmap` container shows, its diff
@@ -142,47 +178,125 @@ struct Outcome {
     committed: BTreeMap<PathBuf, String>,
 }
 
-fn exercise(p: &Podman, tar: &Path) -> Outcome {
-    p.run(&["import", &tar.to_string_lossy(), "localhost/unionfs-bb:1"]);
+/// Imports the image, creates a container with `--uidmap MAP --gidmap MAP` and reads its tree,
+/// makes CHANGES in another container, diffs and commits it, and reads the committed image
+/// back through a container of it. `Err`: the import failed (why Podman cannot run here).
+fn exercise(p: &Podman, tar: &Path, map: &str) -> Result<Outcome, String> {
+    let o = p.try_run(&["import", &tar.to_string_lossy(), "localhost/unionfs-bb:1"]);
+    if !o.status.success() {
+        return Err(format!("podman import: {}", String::from_utf8_lossy(&o.stderr)));
+    }
     p.run(&[
         "create",
         "--name",
         "mapped",
         "--uidmap",
-        "0:100000:65536",
+        map,
         "--gidmap",
-        "0:100000:65536",
+        map,
         "localhost/unionfs-bb:1",
         "/bin/sh",
     ]);
-    let mnt = PathBuf::from(p.run(&["mount", "mapped"]));
-    let owners = tree(&mnt);
-    p.run(&["umount", "mapped"]);
+    let owners = mounted_tree(p, "mapped");
     p.run(&["create", "--name", "plain", "localhost/unionfs-bb:1", "/bin/sh"]);
-    let mnt = PathBuf::from(p.run(&["mount", "plain"]));
-    let out = Command::new("sh")
-        .args(["-c", CHANGES, "sh"])
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "changes: {}",
-        String::from_utf8_lossy(&out.stderr)
+    in_mount_ns(
+        p,
+        &format!("m=$(\"$@\" mount plain); sh -c '{CHANGES}' sh \"$m\"; \"$@\" umount plain >/dev/null"),
     );
-    p.run(&["umount", "plain"]);
     let mut diff: Vec<String> = p.run(&["diff", "plain"]).lines().map(str::to_string).collect();
     diff.sort();
     p.run(&["commit", "plain", "localhost/unionfs-bb:changed"]);
     p.run(&["create", "--name", "check", "localhost/unionfs-bb:changed", "/bin/sh"]);
-    let mnt = PathBuf::from(p.run(&["mount", "check"]));
-    let committed = tree(&mnt);
-    p.run(&["umount", "check"]);
-    Outcome {
+    let committed = mounted_tree(p, "check");
+    Ok(Outcome {
         owners,
         diff,
         committed,
+    })
+}
+
+/// `podman diff` after CHANGES with the kernel driver, which reads the container's upper
+/// (containers/storage's overlay diff): the directory removed and made again is opaque there,
+/// so it is `D /olddir` with `A /olddir/new` and no word on its old child, and a directory that
+/// was only copied up to hold a changed file (`keep`) is not listed. The same as root and
+/// rootless.
+const KERNEL_DIFF: &[&str] = &[
+    "A /data/a3",
+    "A /data/renamed",
+    "A /olddir/new",
+    "C /data",
+    "C /data/a2",
+    "C /gone",
+    "C /keep/x",
+    "D /data/a",
+    "D /gone/y",
+    "D /olddir",
+];
+
+/// What unionfs as mount_program must give, the kernel driver (and fuse-overlayfs as
+/// mount_program, where installed) being the references; `notes` is the owner the `--uidmap`
+/// container shows for `home/u/notes` (uid 1000 in the image).
+fn compare(kernel: &Outcome, ours: &Outcome, fuse_overlayfs: Option<&Outcome>, notes: &str, what: &str) {
+    // The kernel driver's answers are what a user of Podman sees; they are also checked.
+    assert_eq!(
+        kernel
+            .owners
+            .get(Path::new("home/u/notes"))
+            .map(|s| s.split(' ').next().unwrap()),
+        Some(notes),
+        "{what}: the kernel driver's owner of home/u/notes in the --uidmap container"
+    );
+    assert_eq!(kernel.diff, KERNEL_DIFF, "{what}: the kernel driver's podman diff");
+    let d = differences(&ours.owners, &kernel.owners);
+    assert!(
+        d.is_empty(),
+        "{what}: owners of a --uidmap container, ours vs kernel: {d:#?}"
+    );
+    // With a mount_program Podman diffs by comparing the mounted trees, with the kernel driver
+    // by reading the upper (an opaque directory is then "D", not "C" with its old children
+    // "D"): the reference for our diff is Podman with fuse-overlayfs, whose diff it runs the same
+    // way.
+    if let Some(fo) = fuse_overlayfs {
+        assert_eq!(
+            ours.diff, fo.diff,
+            "{what}: podman diff, unionfs against fuse-overlayfs as mount_program"
+        );
     }
+    assert_eq!(ours.diff, MOUNT_PROGRAM_DIFF, "{what}: podman diff");
+    // One difference, where we are right and the kernel driver is not: `data/renamed` is a name
+    // of the same file as `data/a2`, so a write through `a2` shows through it. Kernel overlayfs
+    // (Podman mounts it without index=on) copied the renamed name up alone and broke the link.
+    let d = differences(&ours.committed, &kernel.committed);
+    assert_eq!(d.len(), 1, "{what}: the committed image's tree, ours vs kernel: {d:#?}");
+    let name = |t: &BTreeMap<PathBuf, String>, n: &str| t.get(Path::new(n)).cloned().unwrap_or_default();
+    assert_eq!(name(&kernel.committed, "data/renamed"), "0:0 644 f first name\n");
+    for n in ["data/renamed", "data/a2", "data/a3"] {
+        assert_eq!(
+            name(&ours.committed, n),
+            "0:0 644 f first name\nappended\n",
+            "{what}: {n}: hard links kept through the commit"
+        );
+    }
+    for (n, want) in [
+        ("keep/x", "0:0 644 f kept\nmore\n"),
+        ("olddir/new", "0:0 644 f new\n"),
+        ("home/u/notes", "1000:1000 644 f mine\n"),
+    ] {
+        assert_eq!(name(&ours.committed, n), want, "{what}: {n} in the committed image");
+    }
+    for n in ["gone/y", "olddir/z", "data/a"] {
+        assert_eq!(
+            name(&ours.committed, n),
+            "",
+            "{what}: {n} is gone from the committed image"
+        );
+    }
+}
+
+/// fuse-overlayfs as mount_program, where installed.
+fn fuse_overlayfs() -> Option<PathBuf> {
+    let p = PathBuf::from("/usr/bin/fuse-overlayfs");
+    p.exists().then_some(p)
 }
 
 #[test]
@@ -200,41 +314,12 @@ fn podman_with_unionfs_matches_the_kernel_driver_as_root() {
         .tempdir()
         .unwrap();
     let tar = image_tar(dir.path());
-    let kernel = exercise(&Podman::new(None), &tar);
-    let ours = exercise(&Podman::new(Some(bin())), &tar);
-    // The kernel driver's answers are what a user of Podman sees; they are also checked.
-    assert_eq!(
-        kernel.owners.get(Path::new("home/u/notes")).map(|s| &s[..13]),
-        Some("101000:101000")
-    );
-    let d = differences(&ours.owners, &kernel.owners);
-    assert!(d.is_empty(), "owners of a --uidmap container, ours vs kernel: {d:#?}");
-    // With a mount_program Podman diffs by comparing the mounted trees, with the kernel driver
-    // by reading the upper (an opaque directory is then "D", not "C" with its old children
-    // "D"): the reference for our diff is Podman with fuse-overlayfs, whose diff it runs the same
-    // way.
-    if std::path::Path::new("/usr/bin/fuse-overlayfs").exists() {
-        let fo = exercise(&Podman::new(Some("/usr/bin/fuse-overlayfs".into())), &tar);
-        assert_eq!(
-            ours.diff, fo.diff,
-            "podman diff, unionfs against fuse-overlayfs as mount_program"
-        );
-    }
-    assert_eq!(ours.diff, MOUNT_PROGRAM_DIFF, "podman diff");
-    // One difference, where we are right and the kernel driver is not: `data/renamed` is a name
-    // of the same file as `data/a2`, so a write through `a2` shows through it. Kernel overlayfs
-    // (Podman mounts it without index=on) copied the renamed name up alone and broke the link.
-    let d = differences(&ours.committed, &kernel.committed);
-    assert_eq!(d.len(), 1, "the committed image's tree, ours vs kernel: {d:#?}");
-    let name = |t: &BTreeMap<PathBuf, String>, n: &str| t.get(Path::new(n)).cloned().unwrap_or_default();
-    assert_eq!(name(&kernel.committed, "data/renamed"), "0:0 644 f first name\n");
-    for n in ["data/renamed", "data/a2", "data/a3"] {
-        assert_eq!(
-            name(&ours.committed, n),
-            "0:0 644 f first name\nappended\n",
-            "{n}: hard links kept through the commit"
-        );
-    }
+    const MAP: &str = "0:100000:65536";
+    let kernel = exercise(&Podman::new(None), &tar, MAP).expect("podman with the kernel driver");
+    let ours = exercise(&Podman::new(Some(bin())), &tar, MAP).expect("podman with unionfs as mount_program");
+    let fo =
+        fuse_overlayfs().map(|mp| exercise(&Podman::new(Some(mp)), &tar, MAP).expect("podman with fuse-overlayfs"));
+    compare(&kernel, &ours, fo.as_ref(), "101000:101000", "as root");
 }
 
 /// A plain user with a subordinate id range, for rootless Podman.
@@ -258,41 +343,13 @@ fn rootless_user() -> Option<(u32, u32, PathBuf)> {
     Some((uid, gid, home))
 }
 
-/// Rootless: the same in a store of a plain user, inside `podman unshare` (where rootless
-/// `podman mount` works). Returns why it cannot run here, if it cannot.
-fn exercise_rootless(p: &Podman, tar: &Path) -> Result<Outcome, String> {
-    let o = p.try_run(&["import", &tar.to_string_lossy(), "localhost/unionfs-bb:1"]);
-    if !o.status.success() {
-        return Err(format!(
-            "rootless podman import: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    p.run(&["create", "--name", "plain", "localhost/unionfs-bb:1", "/bin/sh"]);
-    let script = format!(
-        "set -e; m=$(podman --root {r} --runroot {rr} --storage-driver overlay {mp} mount plain); \
-         sh -c '{CHANGES}' sh \"$m\"; podman --root {r} --runroot {rr} --storage-driver overlay {mp} umount plain",
-        r = p.path().join("root").display(),
-        rr = p.path().join("run").display(),
-        mp = p
-            .mount_program
-            .as_ref()
-            .map(|m| format!("--storage-opt overlay.mount_program={}", m.display()))
-            .unwrap_or_default(),
-    );
-    let o = p.try_run(&["unshare", "sh", "-c", &script]);
-    if !o.status.success() {
-        return Err(format!("podman unshare: {}", String::from_utf8_lossy(&o.stderr)));
-    }
-    let mut diff: Vec<String> = p.run(&["diff", "plain"]).lines().map(str::to_string).collect();
-    diff.sort();
-    Ok(Outcome {
-        owners: BTreeMap::new(),
-        diff,
-        committed: BTreeMap::new(),
-    })
-}
-
+/// Rootless: the same with stores of a plain user, containers mounted inside `podman unshare`
+/// (where rootless `podman mount` works), against Podman's rootless kernel overlay driver
+/// (unprivileged overlayfs in the user namespace). The user namespace holds the user's 65536
+/// subordinate ids plus the user itself, so the container's map is `0:1:65536` (root's
+/// `0:100000:65536` does not fit): Podman leaves the image's layer unshifted and passes the map
+/// to the mount_program as `uidmapping=`/`gidmapping=`, which unionfs must apply to show the
+/// owners the kernel driver shows (uid 1000 as 1001).
 #[test]
 fn podman_with_unionfs_matches_the_kernel_driver_rootless() {
     if let Some(why) = podman_unavailable() {
@@ -316,32 +373,20 @@ fn podman_with_unionfs_matches_the_kernel_driver_rootless() {
     // The binary must be reachable by the user.
     let exe = dir.path().join("unionfs");
     std::fs::copy(bin(), &exe).unwrap();
-    let store = |mp: Option<PathBuf>| {
-        let mut p = Podman::new(mp);
-        p.user = Some(user.clone());
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", user.0, user.1))
-            .arg(p.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        p
-    };
     for p in [dir.path(), &tar] {
         let _ = Command::new("chmod").args(["a+rx"]).arg(p).status();
     }
-    let kernel = match exercise_rootless(&store(None), &tar) {
+    const MAP: &str = "0:1:65536";
+    let store = |mp: Option<PathBuf>| Podman::rootless(mp, user.clone());
+    let kernel = match exercise(&store(None), &tar, MAP) {
         Ok(o) => o,
         Err(why) => {
             eprintln!("SKIPPED: rootless Podman cannot run here: {why}");
             return;
         }
     };
-    let ours = exercise_rootless(&store(Some(exe)), &tar).expect("rootless Podman with unionfs as mount_program");
-    assert_eq!(
-        ours.diff, MOUNT_PROGRAM_DIFF,
-        "rootless podman diff (the kernel driver's: {:?})",
-        kernel.diff
-    );
+    let ours = exercise(&store(Some(exe)), &tar, MAP).expect("rootless Podman with unionfs as mount_program");
+    let fo =
+        fuse_overlayfs().map(|mp| exercise(&store(Some(mp)), &tar, MAP).expect("rootless Podman with fuse-overlayfs"));
+    compare(&kernel, &ours, fo.as_ref(), "1001:1001", "rootless");
 }
