@@ -7,10 +7,13 @@
 #     reads/writes, fallocate, hole punching, copy_file_range... verified against a model), with
 #     and without mmap, on a file that starts in a lower layer (opening it copies it up) and on
 #     a new file;
-#   - fio (Debian's package) with O_DIRECT and data verification: a pattern written into a lower
-#     layer on its own filesystem, verified through the mount with read-only direct opens (so
-#     nothing is copied up); random direct reads and writes, verified, on a new file and on a
-#     lower-resident file opened for writing. Also on a `--no-passthrough` unionfs mount, the
+#   - fio (Debian's package) with O_DIRECT and data verification (crc32c): a pattern written into
+#     a lower layer on its own filesystem, verified through the mount by a direct read job with
+#     read-only opens and by `verify_only` of the very job that wrote it (fio 3.37 and later open
+#     such a job read-only; older ones open it read-write, which copies the file up: then the
+#     copy is checked against the lower file too); nothing is copied up by the read-only opens
+#     and no lower file changes. Random direct reads and writes, verified, on a new file and on
+#     a lower-resident file opened for writing. Also on a `--no-passthrough` unionfs mount, the
 #     data path of every rootless mount.
 # unionfs must pass every pjdfstest case the kernel passes, except those in KNOWN_DIFFERENCES
 # below, and every fsx run. Needs root (kernel overlayfs, pjdfstest's user switching).
@@ -102,11 +105,12 @@ make_lowers() { # DIR
   # fio's lower-resident files: a verifiable pattern written with O_DIRECT on the lower's own
   # filesystem, and random data that a verified random-write job overwrites through the mount.
   mkdir -p "$l1/fio"
-  fio_job verify-pattern "$l1/fio/pattern.dat" --rw=write --do_verify=0 >/dev/null
+  fio_job verify-pattern "$l1/fio/pattern.dat" "${FIO_PATTERN_JOB[@]}" --do_verify=0 >/dev/null
   head -c $((32 << 20)) /dev/urandom >"$l1/fio/lower-rw.dat"
 }
 
 # One fio job with O_DIRECT and crc32c verification; the job's exit status is fio's.
+FIO_PATTERN_JOB=(--rw=write) # the job that writes the lower pattern (and verifies it later)
 fio_job() { # NAME FILE ARGS...
   local name=$1 file=$2
   shift 2
@@ -264,19 +268,31 @@ run_fsx "lower file, mmap" fsx/lower-mmap 1 1
 # ---- fio, O_DIRECT with verification ---------------------------------------------------------
 fio_rows=()
 fio_failures=0
-run_fio() { # LABEL CHECK(copyup|none) NAME FILE(relative to the mount) ARGS...
-  local label=$1 check=$2 name=$3 rel=$4 side mnt st=()
-  shift 4
+# CHECK, after the job on each side: `none`, the job's opens were read-only: the file was not
+# copied up and the lower file is as written; `copied`, the job opened the lower file read-write:
+# its upper copy holds the lower file's bytes, and the lower file is as written; `copyup`,
+# nothing more than fio's own verification.
+run_fio() { # LABEL CHECK(none|copied|copyup) TAG(log name) JOBNAME FILE(relative to the mount) ARGS...
+  local label=$1 check=$2 tag=$3 name=$4 rel=$5 side mnt st=() log
+  shift 5
   for side in unionfs unionfs-np kernel; do
     case $side in unionfs) mnt=$U_MNT ;; unionfs-np) mnt=$N_MNT ;; kernel) mnt=$K_MNT ;; esac
-    if fio_job "$name" "$mnt/$rel" "$@" >"$T/fio-$side-$name.log" 2>&1; then
+    log=$T/fio-$side-$tag.log
+    if fio_job "$name" "$mnt/$rel" "$@" >"$log" 2>&1; then
       st+=(pass)
     else
       st+=(FAIL)
     fi
-    # A read-only direct open must not have copied anything up.
     if [ "$check" = none ] && [ -e "$T/$side/upper/$rel" ]; then
-      echo "suites: fio $label on $side copied $rel up" >>"$T/fio-$side-$name.log"
+      echo "suites: fio $label on $side copied $rel up" >>"$log"
+      st[-1]=FAIL
+    fi
+    if [ "$check" = copied ] && ! cmp "$T/$side/upper/$rel" "$T/$side/lower1/$rel" >>"$log" 2>&1; then
+      echo "suites: fio $label on $side: the upper copy of $rel is not the lower file" >>"$log"
+      st[-1]=FAIL
+    fi
+    if [ "$check" != copyup ] && ! cmp "$T/$side/lower1/$rel" "$T/template/lower1/$rel" >>"$log" 2>&1; then
+      echo "suites: fio $label on $side changed the lower file $rel" >>"$log"
       st[-1]=FAIL
     fi
   done
@@ -291,14 +307,28 @@ run_fio() { # LABEL CHECK(copyup|none) NAME FILE(relative to the mount) ARGS...
     if [ "${st[$i]}" != pass ]; then
       local s=unionfs
       [ "$i" = 1 ] && s=unionfs-np
-      echo "--- fio $label on $s, last lines of $T/fio-$s-$name.log:"
-      tail -n 20 "$T/fio-$s-$name.log"
+      echo "--- fio $label on $s, last lines of $T/fio-$s-$tag.log:"
+      tail -n 20 "$T/fio-$s-$tag.log"
     fi
   done
 }
-run_fio "verify a lower file, read-only direct opens" none verify-pattern fio/pattern.dat --rw=read --readonly
-run_fio "random direct reads/writes, new file" copyup randrw-new fio/new.dat --rw=randrw --bsrange=4k-256k
-run_fio "random direct writes, lower file opened for writing" copyup randrw-lower fio/lower-rw.dat \
+# fio opens a verify_only job of a writing workload read-only since 3.37 (commit 8b3190c3,
+# "filesetup: clear O_RDWR flag for verify_only write workloads"); before, read-write, which
+# copies the file up. --readonly cannot be added: fio refuses it with a writing job.
+fio_version=$(fio --version | sed 's/^fio-//')
+if [ "$(printf '%s\n' 3.37 "$fio_version" | sort -V | head -n 1)" = 3.37 ]; then
+  vo_check=none
+  vo_label="lower file, verify_only, read-only opens"
+else
+  vo_check=copied
+  vo_label="lower file, verify_only (fio $fio_version: copy-up)"
+fi
+run_fio "lower file, read job, read-only opens" none read-pattern verify-pattern fio/pattern.dat \
+  --rw=read --readonly
+run_fio "$vo_label" "$vo_check" verify-only verify-pattern fio/pattern.dat \
+  "${FIO_PATTERN_JOB[@]}" --verify_only=1
+run_fio "random direct reads/writes, new file" copyup randrw-new randrw-new fio/new.dat --rw=randrw --bsrange=4k-256k
+run_fio "random direct writes, lower file opened for writing" copyup randrw-lower randrw-lower fio/lower-rw.dat \
   --rw=randwrite --bsrange=4k-256k
 
 # ---- summary -------------------------------------------------------------------------------

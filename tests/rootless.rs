@@ -1,11 +1,15 @@
 //! A plain user mounts through fusermount3: reads, copies up, creates, deletes (whiteouts),
 //! makes and removes directories, unmounts with `fusermount3 -u`, mounts again and finds
-//! everything as it left it; the lowers are untouched.
+//! everything as it left it; the lowers are untouched. Direct I/O on such a mount (every read
+//! and write served by the daemon) runs the scenarios of `mount_direct_io` as the plain user:
+//! this test binary starts itself again as that user to run them.
 //!
 //! Setup needs root (it is skipped otherwise) and is idempotent: the account `unionfs-rootless`
 //! is created if missing and `/dev/fuse` is made 0666, as desktop distributions ship it.
 
 mod common;
+#[path = "common/direct_io.rs"]
+mod direct_io;
 
 use std::ffi::OsString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -528,6 +532,206 @@ fn plain_user_mount_enforces_and_inherits_acls() {
     let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
     assert_eq!(acls("after remount"), before);
     assert!(!sh(uid, gid, root, "cat mnt/denied").status.success(), "after remount");
+    sh_ok(uid, gid, root, "fusermount3 -u mnt");
+    assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
+}
+
+/// `path` if the test user can execute it, else a copy in `dir` they can (a parent directory of
+/// the build may be private).
+fn reachable_program(uid: u32, gid: u32, dir: &Path, path: &Path) -> PathBuf {
+    if sh(uid, gid, dir, &format!("test -x '{}'", path.display()))
+        .status
+        .success()
+    {
+        return path.to_path_buf();
+    }
+    let copy = dir.join(path.file_name().expect("program name"));
+    std::fs::copy(path, &copy).expect("copy the program");
+    set_mode(&copy, 0o755);
+    copy
+}
+
+/// The environment variable that hands the mount point to [`direct_io_matrix_as_the_plain_user`].
+const DIO_MNT_ENV: &str = "UNIONFS_ROOTLESS_DIO_MNT";
+const DIO_CHILD: &str = "direct_io_matrix_as_the_plain_user";
+
+/// The `O_DIRECT` matrix of `mount_direct_io` on a mount a plain user made through fusermount3
+/// (no passthrough: the daemon serves every read and write), run by that user: direct reads of
+/// a lower file opened read-only (aligned sizes from 512 bytes to 4 MiB at offsets the kernel
+/// splits; nothing copied up), direct writes and reads of a new file, direct writes into a lower
+/// file copied up by the open, a direct reader opened before another descriptor copies the file
+/// up, and direct and buffered opens of one file. Every byte is compared, through the mount and
+/// afterwards in the upper; the lower is untouched.
+#[test]
+fn plain_user_direct_io_matrix_compares_every_byte() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: setting up a plain user needs root");
+        return;
+    }
+    let (uid, gid) = rootless_user();
+    set_mode(Path::new("/dev/fuse"), 0o666);
+    let dir = tempfile::Builder::new()
+        .prefix("unionfs-rootless-diomatrix")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    set_mode(dir.path(), 0o755);
+    let root = dir.path();
+    let (lower, upper, work, mnt) = (
+        root.join("lower"),
+        root.join("upper"),
+        root.join("work"),
+        root.join("mnt"),
+    );
+    for d in [&lower, &upper, &work, &mnt] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let (old, new) = direct_io::before_copy_up_data();
+    std::fs::write(lower.join("image.raw"), direct_io::image_data()).expect("write lower");
+    std::fs::write(lower.join("vm.img"), direct_io::vm_data()).expect("write lower");
+    std::fs::write(lower.join("data"), &old).expect("write lower");
+    let ok = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(root)
+        .status()
+        .expect("chown");
+    assert!(ok.success());
+    let before = Tree::read_raw(&lower);
+    let bin = reachable_program(uid, gid, root, &common::bin());
+    let exe = reachable_program(uid, gid, root, &std::env::current_exe().expect("test binary"));
+    let args: Vec<OsString> = vec![
+        "mount".into(),
+        "--foreground".into(),
+        "--lower".into(),
+        lower.clone().into(),
+        "--upper".into(),
+        upper.clone().into(),
+        "--workdir".into(),
+        work.clone().into(),
+        mnt.clone().into(),
+    ];
+    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    let out = as_user(uid, gid)
+        .arg(&exe)
+        .args(["--exact", DIO_CHILD, "--ignored", "--nocapture", "--test-threads=1"])
+        .env(DIO_MNT_ENV, &mnt)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test binary as the test user");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the direct I/O matrix as {USER} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sh_ok(uid, gid, root, "fusermount3 -u mnt");
+    assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
+    drop(m);
+    assert!(
+        !upper.join("image.raw").exists(),
+        "a read-only direct open copied the file up"
+    );
+    assert!(
+        std::fs::read(upper.join("new.img")).unwrap() == direct_io::new_file_expected(),
+        "upper new.img"
+    );
+    assert!(
+        std::fs::read(upper.join("vm.img")).unwrap() == direct_io::copy_up_expected(),
+        "upper vm.img"
+    );
+    assert!(std::fs::read(upper.join("data")).unwrap() == new, "upper data");
+    for name in ["new.img", "vm.img", "data", "mixed"] {
+        let md = std::fs::metadata(upper.join(name)).expect("upper file");
+        assert_eq!((md.uid(), md.gid()), (uid, gid), "upper/{name} not owned by the user");
+    }
+    assert_eq!(Tree::read_raw(&lower), before, "the lower layer changed");
+}
+
+/// The half of [`plain_user_direct_io_matrix_compares_every_byte`] that runs as the plain user,
+/// in the mount named by `UNIONFS_ROOTLESS_DIO_MNT`; does nothing without it.
+#[test]
+#[ignore = "helper: run as the plain user by plain_user_direct_io_matrix_compares_every_byte"]
+fn direct_io_matrix_as_the_plain_user() {
+    let Some(mnt) = std::env::var_os(DIO_MNT_ENV).map(PathBuf::from) else {
+        eprintln!("nothing to do: {DIO_MNT_ENV} is not set (plain_user_direct_io_matrix_compares_every_byte sets it)");
+        return;
+    };
+    assert!(
+        !rustix::process::geteuid().is_root(),
+        "the matrix is meant to run as the plain user"
+    );
+    direct_io::lower_direct_reads(&mnt.join("image.raw"), &direct_io::image_data(), "rootless");
+    direct_io::new_file_direct_writes(&mnt.join("new.img"), "rootless");
+    direct_io::copy_up_direct_writes(&mnt.join("vm.img"), "rootless");
+    direct_io::direct_reader_across_copy_up(&mnt.join("data"), "rootless");
+    direct_io::direct_and_buffered_coherent(&mnt.join("mixed"), "rootless");
+}
+
+/// A lower directory the daemon of a plain user cannot search (root's, mode 0700: /root,
+/// /etc/ssl/private in a system tree) cannot have its opaque marker read. Nothing of a lower
+/// directory below it may show (its contents stay an error), but its own name and attributes
+/// need no marker: it lists and stats as on the plain filesystem and with fuse-overlayfs.
+#[test]
+fn plain_user_lists_and_stats_a_lower_directory_it_cannot_search() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: setting up a plain user needs root");
+        return;
+    }
+    let (uid, gid) = rootless_user();
+    set_mode(Path::new("/dev/fuse"), 0o666);
+    let dir = tempfile::Builder::new()
+        .prefix("unionfs-rootless-nosearch")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    set_mode(dir.path(), 0o755);
+    let root = dir.path();
+    let (l0, l1) = (root.join("lower0"), root.join("lower1"));
+    let (upper, work, mnt) = (root.join("upper"), root.join("work"), root.join("mnt"));
+    for d in [&l0, &l1, &upper, &work, &mnt] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    std::fs::create_dir(l1.join("private")).expect("mkdir");
+    std::fs::write(l1.join("private/secret"), "hidden below an opaque directory").expect("write");
+    std::fs::write(l1.join("pub"), "public").expect("write");
+    let ok = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(root)
+        .status()
+        .expect("chown");
+    assert!(ok.success());
+    // The top layer's `private`: root's, 0700, marked opaque in the form a plain user can read
+    // when allowed to search the directory.
+    std::fs::create_dir(l0.join("private")).expect("mkdir");
+    std::fs::write(l0.join("private/.wh..wh..opq"), "").expect("opaque marker");
+    std::fs::set_permissions(l0.join("private"), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&l0, Some(uid), Some(gid)).expect("chown lower0");
+    let bin = reachable_program(uid, gid, root, &common::bin());
+    let lower_arg = format!("{}:{}", l0.display(), l1.display());
+    let args: Vec<OsString> = vec![
+        "mount".into(),
+        "--foreground".into(),
+        "--lower".into(),
+        lower_arg.into(),
+        "--upper".into(),
+        upper.clone().into(),
+        "--workdir".into(),
+        work.clone().into(),
+        mnt.clone().into(),
+    ];
+    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    // Never what the directory may hide.
+    let r = sh(uid, gid, root, "cat mnt/private/secret");
+    assert!(
+        !r.status.success() && !String::from_utf8_lossy(&r.stdout).contains("hidden"),
+        "the content below a directory whose marker cannot be read showed"
+    );
+    assert!(!sh(uid, gid, root, "ls mnt/private").status.success(), "listed");
+    // Its name and attributes, as on the plain filesystem.
+    assert_eq!(sh_ok(uid, gid, root, "LC_ALL=C ls -A mnt"), "private\npub\n");
+    assert_eq!(sh_ok(uid, gid, root, "stat -c '%a %u' mnt/private").trim(), "700 0");
     sh_ok(uid, gid, root, "fusermount3 -u mnt");
     assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
 }

@@ -1,6 +1,8 @@
-//! Independent test suites: runs `scripts/suites.sh` (pjdfstest and fsx on a unionfs mount and on
-//! a kernel overlayfs mount of the same layers) against the binary under test, and fails if the
-//! script fails. The script installs the two tools with `cargo install` the first time.
+//! Independent test suites: runs `scripts/suites.sh` (pjdfstest, fsx and fio with O_DIRECT and
+//! data verification, on a unionfs mount with and without passthrough and on a kernel overlayfs
+//! mount of the same layers as the reference) against the binary under test, and fails if the
+//! script fails. The script installs pjdfstest and fsx with `cargo install` the first time; fio is
+//! Debian's package (scripts/setup.sh).
 //!
 //! Needs root (kernel overlayfs, pjdfstest's user switching, FUSE); skipped otherwise. Knobs:
 //! `FSX_OPS` (operations per fsx run, default 20000), `FSX_SEED`, `UNIONFS_SUITES=0` to skip.
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn pjdfstest_and_fsx_match_kernel_overlayfs() {
+fn pjdfstest_fsx_and_fio_match_kernel_overlayfs() {
     if !rustix::process::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
         eprintln!("skipped: the suites need root and /dev/fuse (kernel overlayfs, pjdfstest's user switching)");
         return;

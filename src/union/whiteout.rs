@@ -90,8 +90,11 @@ pub struct DirMarks {
 }
 
 /// Reads the opaque markers of the directory behind the `O_PATH` fd `dir`. A marker we may
-/// not read (an unprivileged daemon and another user's directory) counts as absent; a layer
-/// that fails to answer is an error, never a guess that could show what a marker hides.
+/// not read (an unprivileged daemon and another user's directory, which it may not search
+/// either) counts as absent: the directory itself is shown as the plain filesystem shows it,
+/// and what a hidden marker could hide stays out of reach, because listing or looking up
+/// anything inside reads this same directory and fails there. A layer that fails to answer
+/// otherwise is an error, never a guess that could show what a marker hides.
 pub fn dir_marks(dir: BorrowedFd<'_>) -> rustix::io::Result<DirMarks> {
     let mut m = DirMarks::default();
     for x in OPAQUE_XATTRS {
@@ -105,8 +108,12 @@ pub fn dir_marks(dir: BorrowedFd<'_>) -> rustix::io::Result<DirMarks> {
             Err(e) => return Err(e),
         }
     }
-    if !m.opaque && sys::stat_at_opt(dir, OsStr::new(OPAQUE_MARKER))?.is_some() {
-        m.opaque = true;
+    if !m.opaque {
+        match sys::stat_at_opt(dir, OsStr::new(OPAQUE_MARKER)) {
+            Ok(found) => m.opaque = found.is_some(),
+            Err(rustix::io::Errno::ACCESS) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(m)
 }
