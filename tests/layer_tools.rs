@@ -357,7 +357,7 @@ fn snapshot(root: &Path) -> Snapshot {
     let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for p in paths.iter().skip(1) {
         let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
-        let md = std::fs::symlink_metadata(p).expect("lstat");
+        let md = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {} (listed): {e}", p.display()));
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
         let (kind, data) = if ft.is_dir() {
@@ -823,7 +823,7 @@ fn commit_compressed_is_reproducible_and_clamped() {
 /// plain, gzip and zstd blobs; markers become the overlay ones.
 #[test]
 fn import_round_trip_gives_the_same_view() {
-    for imp in [Impl::Unionfs, Impl::FuseOverlayfs] {
+    for imp in [Impl::Unionfs, Impl::FuseOverlayfs, Impl::Kernel] {
         let l = changed_layers(imp);
         let vm = l.dir.path().join("view");
         let want = {
@@ -1385,6 +1385,770 @@ fn bad_input_is_one_line_exit_2() {
     assert!(
         !l.dir.path().join("new").exists(),
         "a failed import leaves no target behind"
+    );
+}
+
+// ---- interruption, JSON, markers, kernel-only uppers, figures, progress ------------------------
+
+fn refs(v: &[OsString]) -> Vec<&OsStr> {
+    v.iter().map(|s| s.as_os_str()).collect()
+}
+
+/// A writable mount of `l` (its upper and workdir) at `l.mnt`, by `imp`.
+fn writable(imp: Impl, l: &Layers) -> AnyMount {
+    match imp {
+        Impl::Unionfs => AnyMount::Unionfs(l.mount(&[])),
+        Impl::UnionfsOci => AnyMount::Unionfs(l.mount(&["--whiteouts", "oci"])),
+        Impl::Kernel => AnyMount::Kernel(
+            KernelOverlay::mount(&l.lowers, Some((&l.upper, &l.work)), &l.mnt).expect("kernel overlay"),
+        ),
+        Impl::FuseOverlayfs => AnyMount::Fuse(FuseOverlay::mount(&l.lowers, Some((&l.upper, &l.work)), &l.mnt)),
+    }
+}
+
+impl AnyMount {
+    /// Unmounts; our daemon must exit cleanly.
+    fn finish(self) {
+        match self {
+            AnyMount::Unionfs(m) => assert_eq!(m.unmount(), Some(0), "unionfs daemon exit status"),
+            other => drop(other),
+        }
+    }
+}
+
+/// A tar holding one regular file `big` of `size` zero bytes, itself sparse (header, then a
+/// hole for the data and the end-of-archive blocks): gigabytes to import, nothing on disk.
+fn sparse_tar(path: &Path, size: u64) {
+    let mut h = tar::Header::new_gnu();
+    h.set_path("big").expect("path");
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(OLD as u64);
+    h.set_size(size);
+    h.set_cksum();
+    let mut f = std::fs::File::create(path).expect("create tar");
+    std::io::Write::write_all(&mut f, h.as_bytes()).expect("write header");
+    f.set_len(512 + size.div_ceil(512) * 512 + 1024).expect("sparse tar");
+}
+
+/// Starts `unionfs import TAR TARGET`, sends SIGINT once `TARGET/big` is being written, and
+/// returns what the process did; None if it finished before the signal could be sent.
+fn interrupt_import(tarp: &Path, target: &Path) -> Option<Output> {
+    let mut child = Command::new(bin())
+        .arg("import")
+        .arg(tarp)
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn import");
+    let big = target.join("big");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::symlink_metadata(&big).is_ok_and(|m| m.len() > 0) {
+        // try_wait reaps a finished child: from then on its pid must not be signalled.
+        if child.try_wait().expect("try_wait").is_some() {
+            let o = child.wait_with_output().expect("wait");
+            assert!(
+                o.status.success(),
+                "import failed before SIGINT ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the import never started writing {}",
+            big.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let o = child.wait_with_output().expect("wait");
+    if o.status.success() {
+        // The signal arrived as the import was finishing: nothing interrupted.
+        return None;
+    }
+    Some(o)
+}
+
+/// Ctrl-C during an import: exit 130 and no half-written layer, neither a target it created
+/// (gone) nor one that was there empty (left empty).
+#[test]
+fn import_interrupted_leaves_nothing() {
+    let t = tempfile::Builder::new()
+        .prefix("unionfs-import-int")
+        .tempdir()
+        .expect("tempdir");
+    let tarp = t.path().join("big.tar");
+    let existing = t.path().join("existing");
+    for (target, pre_existing) in [(t.path().join("created"), false), (existing.clone(), true)] {
+        // Retried with a bigger archive if the import was done before the signal got there.
+        let mut size: u64 = 1 << 30;
+        let o = loop {
+            sparse_tar(&tarp, size);
+            if pre_existing {
+                std::fs::create_dir_all(&target).expect("mkdir target");
+            }
+            if let Some(o) = interrupt_import(&tarp, &target) {
+                break o;
+            }
+            assert!(size < 64 << 30, "import of {size} bytes always finished before SIGINT");
+            std::fs::remove_dir_all(&target).expect("rm finished import");
+            size *= 4;
+        };
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "interrupted import exits 130: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("interrupted"), "{err}");
+        assert!(o.stdout.is_empty(), "no summary printed");
+        if pre_existing {
+            assert_eq!(
+                common::names(&target),
+                Vec::<String>::new(),
+                "the empty target is left empty"
+            );
+        } else {
+            assert!(!u_exists(&target), "the target the import created is gone");
+        }
+        let mut want = vec!["big.tar".to_string()];
+        if pre_existing {
+            want.push("existing".into());
+        }
+        assert_eq!(common::names(t.path()), want, "nothing else left beside the target");
+    }
+}
+
+/// The tar entries of a layer blob (plain, gzip or zstd), as the tar crate reads them (PAX and
+/// GNU long-name records belong to the entry they precede).
+fn tar_entry_count(blob: &[u8]) -> u64 {
+    let r: Box<dyn std::io::Read + '_> = match blob {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::Decoder::new(blob).expect("zstd")),
+        _ => Box::new(blob),
+    };
+    let mut ar = tar::Archive::new(r);
+    ar.entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("tar entry");
+        })
+        .count() as u64
+}
+
+fn json_of(args: &[&OsStr]) -> (Option<i32>, serde_json::Value) {
+    let o = unionfs(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!(
+            "unionfs {args:?}: stdout is not one JSON document ({e}):\n{out}\nstderr: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code(), v)
+}
+
+/// `commit --json`, `import --json` and `check --json` print one JSON document with the figures
+/// the text output has, and they are right: digests of the files, sizes, entry and marker counts.
+#[test]
+fn json_output_of_commit_import_and_check() {
+    let l = changed_layers(Impl::Unionfs);
+    let stack = [
+        os("--lower"),
+        &lower_arg(&l.lowers),
+        os("--upper"),
+        l.upper.as_os_str(),
+        os("--workdir"),
+        l.work.as_os_str(),
+    ];
+    let commit = |out: &Path, compress: &str, json: bool| {
+        let mut a = vec![os("commit")];
+        a.extend(stack);
+        a.extend([os("--output"), out.as_os_str(), os("--compress"), os(compress)]);
+        if json {
+            a.push(os("--json"));
+        }
+        a.iter().map(|s| s.to_os_string()).collect::<Vec<OsString>>()
+    };
+
+    // commit, plain tar.
+    let plain = l.dir.path().join("layer.tar");
+    let (code, v) = json_of(&refs(&commit(&plain, "none", true)));
+    assert_eq!(code, Some(0), "{v}");
+    let bytes = std::fs::read(&plain).expect("read layer");
+    let sha = sha256_file(&plain);
+    assert_eq!(v["diff_id"], sha.as_str(), "{v}");
+    assert_eq!(v["digest"], sha.as_str(), "uncompressed: digest is the DiffID: {v}");
+    assert_eq!(v["size"].as_u64(), Some(bytes.len() as u64), "{v}");
+    assert_eq!(v["tar_size"].as_u64(), Some(bytes.len() as u64), "{v}");
+    assert_eq!(v["media_type"], "application/vnd.oci.image.layer.v1.tar", "{v}");
+    let names = tar_names(&plain);
+    assert_eq!(v["entries"].as_u64(), Some(tar_entry_count(&bytes)), "{v}");
+    assert_eq!(
+        v["entries"].as_u64(),
+        Some(names.len() as u64),
+        "tar -t lists: {names:?}"
+    );
+    assert!(v.get("skipped_sockets").is_none(), "internal field in the JSON: {v}");
+    let diff_id = sha;
+
+    // commit, zstd: the same tar inside; the JSON agrees with the text lines.
+    let zst = l.dir.path().join("layer.tar.zst");
+    let (code, v) = json_of(&refs(&commit(&zst, "zstd", true)));
+    assert_eq!(code, Some(0), "{v}");
+    let zbytes = std::fs::read(&zst).expect("read layer");
+    assert_eq!(v["diff_id"], diff_id.as_str(), "same tar, same DiffID: {v}");
+    assert_eq!(v["digest"], sha256_file(&zst).as_str(), "{v}");
+    assert_eq!(v["size"].as_u64(), Some(zbytes.len() as u64), "{v}");
+    assert_eq!(v["tar_size"].as_u64(), Some(bytes.len() as u64), "{v}");
+    assert_eq!(v["media_type"], "application/vnd.oci.image.layer.v1.tar+zstd", "{v}");
+    assert_eq!(v["entries"].as_u64(), Some(tar_entry_count(&zbytes)), "{v}");
+    let zst2 = l.dir.path().join("layer2.tar.zst");
+    let text = tool(&refs(&commit(&zst2, "zstd", false)));
+    let want = format!(
+        "blob {} {} {}\n{}\n",
+        v["digest"].as_str().unwrap_or(""),
+        v["size"],
+        v["media_type"].as_str().unwrap_or(""),
+        diff_id
+    );
+    assert_eq!(text, want, "text output vs --json");
+
+    // import: counts as the text line says, and as the archive and the new layer hold.
+    let markers: Vec<&String> = names
+        .iter()
+        .filter(|n| n.rsplit('/').next().is_some_and(|b| b.starts_with(".wh.")))
+        .collect();
+    let opq = markers.iter().filter(|n| n.ends_with("/.wh..wh..opq")).count() as u64;
+    let wh = markers.len() as u64 - opq;
+    assert!(wh >= 5 && opq >= 1, "{names:?}");
+    let dir = l.dir.path().join("imported");
+    let (code, v) = json_of(&[os("import"), zst.as_os_str(), dir.as_os_str(), os("--json")]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["whiteouts"].as_u64(), Some(wh), "{v} vs {markers:?}");
+    assert_eq!(v["opaque_dirs"].as_u64(), Some(opq), "{v} vs {markers:?}");
+    let mut made = Vec::new();
+    collect_paths(&dir, &mut made);
+    let chr = made.iter().filter(|p| common::is_chr_whiteout(p)).count() as u64;
+    assert_eq!(chr, wh, "char 0/0 whiteouts in the imported layer");
+    let objects = made.len() as u64 - 1 - chr;
+    assert_eq!(
+        v["entries"].as_u64(),
+        Some(objects),
+        "{v}: objects in the imported layer"
+    );
+    let dir2 = l.dir.path().join("imported2");
+    let line = tool(&[os("import"), zst.as_os_str(), dir2.as_os_str()]);
+    assert_eq!(
+        line.trim(),
+        format!(
+            "{}: {} entries, {} whiteouts, {} opaque directories",
+            dir2.display(),
+            v["entries"],
+            v["whiteouts"],
+            v["opaque_dirs"]
+        )
+    );
+
+    // check: a clean upper, then two problems, then repaired.
+    let mut check = vec![os("check")];
+    check.extend(stack);
+    check.push(os("--json"));
+    let (code, v) = json_of(&check);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    let format = v["format"].as_str().unwrap_or("").to_string();
+    assert!(format.starts_with("overlay"), "{v}");
+    mknod_whiteout(&l.upper.join("etc/nothing"));
+    std::fs::write(l.upper.join("var/keep/.wh..wh..opq"), b"").expect("second opaque marker");
+    let (code, v) = json_of(&check);
+    assert_eq!(code, Some(1), "problems found: {v}");
+    assert_eq!(v["format"], format.as_str(), "{v}");
+    let problems = v["problems"].as_array().expect("problems array");
+    let expect = [
+        ("etc/nothing", "whiteout hiding nothing"),
+        ("var/keep", "opaque directory with 2 markers"),
+    ];
+    assert_eq!(problems.len(), expect.len(), "{v}");
+    for (p, (path, what)) in problems.iter().zip(expect) {
+        assert_eq!(p["path"], l.upper.join(path).to_string_lossy().as_ref(), "{v}");
+        assert!(p["problem"].as_str().is_some_and(|s| s.contains(what)), "{what}: {v}");
+        assert_eq!(p["repaired"], false, "{v}");
+    }
+    let mut repair = check.clone();
+    repair.push(os("--repair"));
+    let (code, v) = json_of(&repair);
+    assert_eq!(code, Some(0), "all repaired: {v}");
+    let problems = v["problems"].as_array().expect("problems array");
+    assert_eq!(problems.len(), expect.len(), "{v}");
+    assert!(problems.iter().all(|p| p["repaired"] == true), "{v}");
+    let (code, v) = json_of(&check);
+    assert_eq!((code, &v["problems"]), (Some(0), &serde_json::json!([])), "{v}");
+}
+
+/// The `.wh.` entries of a tar listing.
+fn tar_markers(names: &[String]) -> BTreeSet<String> {
+    names
+        .iter()
+        .filter(|n| n.rsplit('/').next().is_some_and(|b| b.starts_with(".wh.")))
+        .cloned()
+        .collect()
+}
+
+/// `commit` writes a whiteout only for a name the image has, and an opaque marker only over a
+/// directory the image has: not for files created and deleted again, directories deleted and
+/// made again, fuse-overlayfs's opaque new directories, nor markers planted in the upper for
+/// names no lower shows (absent, or hidden by an opaque lower directory or by the upper's own
+/// opaque directory).
+#[test]
+fn commit_writes_no_marker_for_what_no_lower_has() {
+    for imp in [Impl::Unionfs, Impl::UnionfsOci, Impl::Kernel, Impl::FuseOverlayfs] {
+        let l = Layers::new(2);
+        l.put(1, "etc/a", b"a\n");
+        l.put(1, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n");
+        l.put(1, "etc/conf", b"conf\n");
+        l.put(1, "keep/k", b"k\n");
+        l.put(1, "srv/s", b"s\n");
+        l.put(1, "var/opq/hidden", b"hidden\n");
+        l.put(0, "var/opq/shown", b"shown\n");
+        xset(&l.lower(0, "var/opq"), "trusted.overlay.opaque", b"y").expect("opaque lower dir");
+        println!("{imp:?}"); // shown if the test fails
+        let m = writable(imp, &l);
+        let p = |r: &str| l.mnt.join(r);
+        // Legitimate markers: a lower file deleted, a lower directory deleted and made again.
+        std::fs::remove_file(p("etc/a")).expect("rm lower file");
+        std::fs::remove_dir_all(p("keep")).expect("rm -r lower dir");
+        std::fs::create_dir(p("keep")).expect("mkdir");
+        // Nothing for these.
+        std::fs::write(p("etc/tmp"), b"t").expect("write");
+        std::fs::remove_file(p("etc/tmp")).expect("rm");
+        std::fs::create_dir_all(p("nd/deep")).expect("mkdir -p");
+        std::fs::write(p("nd/z"), b"z").expect("write");
+        std::fs::remove_file(p("nd/z")).expect("rm");
+        std::fs::create_dir(p("nd2")).expect("mkdir");
+        std::fs::write(p("nd2/q"), b"q").expect("write");
+        std::fs::remove_dir_all(p("nd2")).expect("rm -r");
+        std::fs::create_dir(p("nd2")).expect("mkdir again");
+        std::fs::write(p("nd2/r"), b"r").expect("write");
+        m.finish();
+        if imp == Impl::FuseOverlayfs {
+            assert_eq!(
+                common::xget(&l.upper.join("nd"), "trusted.overlay.opaque").as_deref(),
+                Some(&b"y"[..]),
+                "fuse-overlayfs marks the new directory opaque (what this case is about)"
+            );
+        }
+        // Planted: markers for names no lower shows, in the upper's own format.
+        let u = |r: &str| l.upper.join(r);
+        let oci = imp == Impl::UnionfsOci;
+        let whiteout = |rel: &str| {
+            if oci {
+                let at = u(rel);
+                let name = format!(".wh.{}", at.file_name().expect("name").to_string_lossy());
+                std::fs::write(at.with_file_name(name), b"").expect("plant .wh. whiteout");
+            } else {
+                mknod_whiteout(&u(rel));
+            }
+        };
+        let opaque = |rel: &str| {
+            std::fs::create_dir_all(u(rel)).expect("mkdir");
+            if oci {
+                std::fs::write(u(rel).join(".wh..wh..opq"), b"").expect("plant .wh..wh..opq");
+            } else {
+                xset(&u(rel), "trusted.overlay.opaque", b"y").expect("plant opaque xattr");
+            }
+        };
+        for d in ["etc", "nd", "var/opq"] {
+            std::fs::create_dir_all(u(d)).expect("mkdir");
+        }
+        whiteout("ghost"); // absent everywhere
+        whiteout("etc/ghost"); // in a lower directory, absent there
+        whiteout("nd/ghost"); // in a new directory
+        whiteout("var/opq/hidden"); // hidden by lower0's opaque var/opq already
+        opaque("planted"); // a new directory
+        opaque("etc/conf"); // a directory over a lower file: no lower directory to hide
+        opaque("srv"); // legitimate (lower1 has srv), and it hides srv/s already:
+        whiteout("srv/s");
+        let layer = l.dir.path().join("layer.tar");
+        tool(&[
+            os("commit"),
+            os("--lower"),
+            &lower_arg(&l.lowers),
+            os("--upper"),
+            l.upper.as_os_str(),
+            os("--workdir"),
+            l.work.as_os_str(),
+            os("--output"),
+            layer.as_os_str(),
+        ]);
+        let names = tar_names(&layer);
+        let want: BTreeSet<String> = ["etc/.wh.a", "keep/.wh..wh..opq", "srv/.wh..wh..opq"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(tar_markers(&names), want, "{imp:?}: markers in the layer: {names:?}");
+        for d in ["nd/", "nd/deep/", "nd2/", "nd2/r", "planted/", "etc/conf/", "srv/"] {
+            assert!(
+                names.iter().any(|n| n == d || n == d.trim_end_matches('/')),
+                "{imp:?}: {d} missing from {names:?}"
+            );
+        }
+        // And the layer means what the upper shows: applied by umoci, the merged view. Kernel
+        // overlayfs lists a whiteout in a directory it does not merge (one no lower has, or an
+        // opaque one: it reads those as they are) but then cannot stat it: not a view to
+        // compare with.
+        if imp == Impl::Kernel {
+            for planted in ["nd/ghost", "srv/s"] {
+                std::fs::remove_file(u(planted)).expect("rm planted whiteout");
+            }
+        }
+        let rootfs = umoci_apply_on_lowers(&l, &layer, &format!("{imp:?}"));
+        let vm = l.dir.path().join("view");
+        let _v = container_view(imp, &l, &vm);
+        assert_same(
+            &format!("{imp:?}: umoci-applied layer vs merged view"),
+            &snapshot(&rootfs),
+            &snapshot(&vm),
+        );
+    }
+}
+
+/// Kernel overlayfs with `metacopy=on,redirect_dir=on` writing the upper of `l` (one lower):
+/// `change` runs on the mount; the guard unmounts on drop.
+fn kernel_indirect_upper(l: &Layers, change: impl FnOnce(&Path)) {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},metacopy=on,redirect_dir=on",
+        l.lowers[0].display(),
+        l.upper.display(),
+        l.work.display()
+    );
+    sh(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&l.mnt));
+    let k = KernelOverlay { mnt: l.mnt.clone() };
+    change(&k.mnt);
+    drop(k);
+}
+
+fn indirect_layers() -> Layers {
+    let l = Layers::new(1);
+    l.put(0, "f", b"data in the lower\n");
+    l.put(0, "d/sub/x", b"x\n");
+    l.put(0, "d/y", b"y\n");
+    l
+}
+
+/// Uppers kernel overlayfs wrote with metacopy (a chmod copies up only the metadata) and with
+/// redirect_dir (a renamed lower directory points at its old name): part of the object lives
+/// in a lower, so `commit` refuses, one line naming the object and the cause, exit 2, and
+/// writes nothing; `check` reports them.
+#[test]
+fn commit_refuses_kernel_metacopy_and_redirect_uppers() {
+    type Case = (&'static str, fn(&Path), &'static str, &'static str);
+    let cases: [Case; 2] = [
+        (
+            "metacopy",
+            |m| std::fs::set_permissions(m.join("f"), std::fs::Permissions::from_mode(0o600)).expect("chmod"),
+            "f",
+            "trusted.overlay.metacopy",
+        ),
+        (
+            "redirect",
+            |m| std::fs::rename(m.join("d"), m.join("e")).expect("rename lower dir"),
+            "e",
+            "trusted.overlay.redirect",
+        ),
+    ];
+    for (what, change, obj, xattr) in cases {
+        let l = indirect_layers();
+        kernel_indirect_upper(&l, change);
+        assert!(
+            common::all_xattrs(&l.upper.join(obj)).contains_key(xattr),
+            "{what}: the kernel wrote no {xattr} on {obj}: {:?}",
+            common::all_xattrs(&l.upper.join(obj))
+        );
+        let out_dir = l.dir.path().join("out");
+        std::fs::create_dir(&out_dir).expect("mkdir");
+        for json in [false, true] {
+            let mut args = vec![
+                os("commit"),
+                os("--lower"),
+                l.lowers[0].as_os_str(),
+                os("--upper"),
+                l.upper.as_os_str(),
+                os("--workdir"),
+                l.work.as_os_str(),
+                os("--output"),
+            ];
+            let out = out_dir.join("layer.tar");
+            args.push(out.as_os_str());
+            if json {
+                args.push(os("--json"));
+            }
+            let o = unionfs(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+            assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+            let path = l.upper.join(obj).display().to_string();
+            assert!(
+                err.contains(&format!("{path}:")) && err.contains(xattr),
+                "{what}: '{err}' names neither {path} nor {xattr}"
+            );
+            assert!(
+                err.contains("metacopy=off,redirect_dir=off"),
+                "{what}: says what to do: {err}"
+            );
+            assert!(o.stdout.is_empty(), "{what}: nothing on stdout");
+            assert_eq!(common::names(&out_dir), Vec::<String>::new(), "{what}: nothing written");
+        }
+        let o = unionfs(&[
+            os("check"),
+            os("--lower"),
+            l.lowers[0].as_os_str(),
+            os("--upper"),
+            l.upper.as_os_str(),
+            os("--workdir"),
+            l.work.as_os_str(),
+        ]);
+        let report = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(1), "{what}: {report}");
+        assert!(
+            report
+                .lines()
+                .any(|line| line.starts_with(&format!("{}: ", l.upper.join(obj).display())) && line.contains(xattr)),
+            "{what}: check does not report it: {report}"
+        );
+    }
+}
+
+/// `diff` of an upper with a redirected directory must refuse too (its contents are in the
+/// lower under the old name): today it prints `A /e` without what `/e` holds.
+#[test]
+fn diff_refuses_kernel_redirect_uppers() {
+    let l = indirect_layers();
+    kernel_indirect_upper(&l, |m| std::fs::rename(m.join("d"), m.join("e")).expect("rename"));
+    let o = unionfs(&[
+        os("diff"),
+        os("--lower"),
+        l.lowers[0].as_os_str(),
+        os("--upper"),
+        l.upper.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "diff printed:\n{}{err}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("trusted.overlay.redirect"), "{err}");
+}
+
+/// `du -scB1` of `paths`.
+fn du(paths: &[&Path]) -> u64 {
+    let o = sh(Command::new("du").arg("-scB1").args(paths));
+    let s = String::from_utf8_lossy(&o.stdout);
+    s.lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("du total")
+}
+
+/// Objects of a layer: every path below the root but whiteouts (char 0/0, `.wh.NAME`) and
+/// opaque marker files.
+fn layer_objects(root: &Path) -> u64 {
+    let mut all = Vec::new();
+    collect_paths(root, &mut all);
+    all.iter()
+        .skip(1)
+        .filter(|p| !common::is_chr_whiteout(p) && !p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".wh.")))
+        .count() as u64
+}
+
+/// `size` and `layers` on uppers kernel overlayfs and fuse-overlayfs wrote: `du`'s figures
+/// (hard links once, holes free), the upper's objects, whiteouts and opaque directories.
+#[test]
+fn size_and_layers_on_kernel_and_fuse_overlayfs_uppers() {
+    for imp in [Impl::Kernel, Impl::FuseOverlayfs] {
+        let l = changed_layers(imp);
+        let m = writable(imp, &l);
+        let f = std::fs::File::create(l.mnt.join("sparse")).expect("create");
+        f.set_len(64 << 20).expect("truncate");
+        std::os::unix::fs::FileExt::write_at(&f, &[1u8; 4096], 1 << 20).expect("write");
+        drop(f);
+        m.finish();
+        let upper_du = du(&[&l.upper]);
+        let all_du = du(&[&l.upper, &l.lowers[0], &l.lowers[1]]);
+        assert!(upper_du < 1 << 20, "{imp:?}: holes are not counted: {upper_du}");
+        let stack = [os("--lower"), &lower_arg(&l.lowers), os("--upper"), l.upper.as_os_str()];
+        let mut args = vec![os("size")];
+        args.extend(stack);
+        args.push(os("--json"));
+        let v: serde_json::Value = serde_json::from_str(&tool(&args)).expect("json");
+        assert_eq!(v["upper_bytes"].as_u64(), Some(upper_du), "{imp:?}: {v}");
+        assert_eq!(v["virtual_bytes"].as_u64(), Some(all_du), "{imp:?}: {v}");
+        let mut args = vec![os("size")];
+        args.extend(stack);
+        assert_eq!(
+            tool(&args).trim(),
+            format!(
+                "{} (virtual {})",
+                unionfs::layers::human_size(upper_du),
+                unionfs::layers::human_size(all_du)
+            ),
+            "{imp:?}"
+        );
+        let mut args = vec![os("layers")];
+        args.extend(stack);
+        args.push(os("--json"));
+        let rows: serde_json::Value = serde_json::from_str(&tool(&args)).expect("json");
+        let rows = rows.as_array().expect("array");
+        assert_eq!(rows.len(), 3, "{imp:?}: {rows:?}");
+        assert_eq!(rows[0]["role"], "upper");
+        assert_eq!(rows[0]["bytes"].as_u64(), Some(upper_du), "{imp:?}: {rows:?}");
+        assert_eq!(
+            rows[0]["entries"].as_u64(),
+            Some(layer_objects(&l.upper)),
+            "{imp:?}: {rows:?}"
+        );
+        // Whiteouts: var/old/x, var/old/sub, link, opt, var/opq/visible; not the char-0/0
+        // `.wh..opq` fuse-overlayfs puts in the first opaque directories it makes (var/keep,
+        // new), which is part of its opaque marker; opaque: var/keep, and for fuse-overlayfs every
+        // directory it made (new, new/deep, new/deep/dir).
+        let mut all = Vec::new();
+        collect_paths(&l.upper, &mut all);
+        let fuse_opq = all
+            .iter()
+            .filter(|p| p.file_name() == Some(OsStr::new(".wh..opq")) && common::is_chr_whiteout(p))
+            .count() as u64;
+        assert_eq!(fuse_opq, if imp == Impl::FuseOverlayfs { 2 } else { 0 }, "{imp:?}");
+        assert_eq!(rows[0]["whiteouts"].as_u64(), Some(5), "{imp:?}: {rows:?}");
+        let opaque = if imp == Impl::FuseOverlayfs { 4 } else { 1 };
+        assert_eq!(rows[0]["opaque_dirs"].as_u64(), Some(opaque), "{imp:?}: {rows:?}");
+        for (i, lower) in l.lowers.iter().enumerate() {
+            assert_eq!(rows[i + 1]["role"], format!("lower {i}"));
+            assert_eq!(rows[i + 1]["bytes"].as_u64(), Some(du(&[lower])), "{imp:?}: {rows:?}");
+            assert_eq!(rows[i + 1]["entries"].as_u64(), Some(layer_objects(lower)), "{imp:?}");
+        }
+        let mut args = vec![os("layers")];
+        args.extend(stack);
+        let table = tool(&args);
+        assert_eq!(table.lines().count(), 4, "{imp:?}: {table}");
+        let upper_row: Vec<&str> = table.lines().nth(1).unwrap_or("").split_whitespace().collect();
+        assert_eq!(upper_row.first(), Some(&"upper"), "{table}");
+        assert!(upper_row.contains(&upper_du.to_string().as_str()), "{imp:?}: {table}");
+    }
+}
+
+/// Single-quoted for sh.
+fn shq(s: &OsStr) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// Runs `unionfs ARGS` with stderr on a pseudo-terminal (`script`), stdout to /dev/null;
+/// returns what the terminal got.
+fn on_terminal(args: &[&OsStr]) -> String {
+    let mut cmd = shq(bin().as_os_str());
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(&shq(a));
+    }
+    cmd.push_str(" >/dev/null");
+    let o = sh(Command::new("script").args(["-qec", &cmd, "/dev/null"]));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// On a terminal the tools draw a progress line on stderr (the tool's name, the entries done)
+/// and clear it at the end; with stderr on a pipe they print nothing there; the layer written
+/// is the same.
+#[test]
+fn progress_on_a_terminal_only() {
+    assert!(have("script"), "script (util-linux) is needed");
+    let l = Layers::new(1);
+    l.put(0, "etc/passwd", b"root\n");
+    // Enough for a run to take a moment (the spinner is drawn from its first tick anyway).
+    for i in 0..500 {
+        l.put(0, &format!("d{}/f{i}", i % 10), b"lower\n");
+    }
+    for i in 0..500 {
+        std::fs::create_dir_all(l.upper.join(format!("n{}", i % 10))).expect("mkdir");
+        std::fs::write(l.upper.join(format!("n{}/f{i}", i % 10)), b"upper\n").expect("write");
+    }
+    let stack = [
+        os("--lower"),
+        l.lowers[0].as_os_str(),
+        os("--upper"),
+        l.upper.as_os_str(),
+    ];
+    let tty_layer = l.dir.path().join("tty.tar");
+    let pipe_layer = l.dir.path().join("pipe.tar");
+    let commit = |out: &Path| {
+        let mut a = vec![os("commit")];
+        a.extend(stack);
+        a.extend([os("--output"), out.as_os_str()]);
+        a.iter().map(|s| s.to_os_string()).collect::<Vec<OsString>>()
+    };
+    let mut diff = vec![os("diff")];
+    diff.extend(stack);
+    let import_dir = l.dir.path().join("imported");
+    let tty_commit = commit(&tty_layer);
+    let runs: [(&str, Vec<&OsStr>); 3] = [
+        ("commit", refs(&tty_commit)),
+        ("diff", diff.clone()),
+        (
+            "import",
+            vec![os("import"), pipe_layer.as_os_str(), import_dir.as_os_str()],
+        ),
+    ];
+    // The pipe run first: the import below reads its layer.
+    let o = unionfs(&refs(&commit(&pipe_layer)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "commit with stderr on a pipe: {:?}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = unionfs(&diff);
+    assert!(
+        o.status.success() && o.stdout.len() > 500 * 10,
+        "diff lists the new files"
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "diff with stderr on a pipe: {:?}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (name, args) in runs {
+        let term = on_terminal(&args);
+        let last = term
+            .rfind(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("{name}: no progress line on the terminal: {term:?}"));
+        assert!(term[last..].contains(" entries"), "{name}: {term:?}");
+        assert!(
+            term[last..].contains("\r\x1b[2K"),
+            "{name}: the progress line is not cleared at the end: {term:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&tty_layer).expect("read"),
+        std::fs::read(&pipe_layer).expect("read"),
+        "the layer does not depend on the terminal"
+    );
+    let o = unionfs(&[
+        os("import"),
+        pipe_layer.as_os_str(),
+        l.dir.path().join("imported2").as_os_str(),
+    ]);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "import with stderr on a pipe: {:?}",
+        String::from_utf8_lossy(&o.stderr)
     );
 }
 

@@ -23,11 +23,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, open_beneath, walk_all};
+use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, is_kernel_indirect, open_beneath, walk_all};
 use super::{LayerError, Observer, Result, join};
 use crate::attr::Kind;
 use crate::sys;
-use crate::union::whiteout::{self, KERNEL_INDIRECT_XATTRS, WhiteoutForm};
+use crate::union::whiteout::{self, WhiteoutForm};
 
 /// Options of a check.
 #[derive(Debug, Clone, Default)]
@@ -457,7 +457,7 @@ impl Checker<'_> {
             let t = sys::Target::Entry(fd, &e.name);
             let xs = t.list_xattrs().map_err(|err| LayerError::io(&at, err))?;
             for x in &xs {
-                if KERNEL_INDIRECT_XATTRS.iter().any(|k| x.as_bytes() == k.as_bytes()) {
+                if is_kernel_indirect(x) {
                     self.report(
                         at.clone(),
                         format!(

@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use super::linked::{IndexCopy, Linked};
-use super::walk::{Entry, EntryKind, ImageDir, Listing, Stack, is_dir};
+use super::walk::{Entry, EntryKind, ImageDir, Listing, Stack, indirect_refusal, is_dir, is_kernel_indirect};
 use super::{LayerError, Observer, Result, join};
 use crate::sys;
-use crate::union::whiteout::{self, KERNEL_INDIRECT_XATTRS};
+use crate::union::whiteout;
 
 /// How the layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -584,15 +584,8 @@ fn pax_xattrs(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<BTreeMap<S
     let names = target.list_xattrs().map_err(|err| LayerError::io(at, err))?;
     let mut xattrs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for n in names {
-        if KERNEL_INDIRECT_XATTRS.iter().any(|k| n.as_bytes() == k.as_bytes()) {
-            return Err(LayerError::invalid(
-                at,
-                format!(
-                    "has {} (kernel overlayfs metacopy/redirect keeps part of it in a lower); \
-                     mount with metacopy=off,redirect_dir=off or copy it up fully first",
-                    n.to_string_lossy()
-                ),
-            ));
+        if is_kernel_indirect(&n) {
+            return Err(indirect_refusal(at, &n));
         }
         if whiteout::is_private_xattr(&n) {
             continue;

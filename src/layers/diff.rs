@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use rustix::fs::Stat;
 
 use super::linked::{Linked, image_at};
-use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir};
+use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, refuse_kernel_indirect};
 use super::{LayerError, Observer, Result, join};
 use crate::sys;
 
@@ -145,6 +145,7 @@ impl Differ<'_> {
                 }
                 EntryKind::Object => {
                     let path = join(rel, &e.name);
+                    refuse_kernel_indirect(&upper.at(&path), fd, &e.name)?;
                     let dir = is_dir(&e.st);
                     let found = match old {
                         Some(o) => o.lookup(self.stack, rel, &e.name, dir)?,

@@ -3,9 +3,11 @@
 
 use std::collections::HashSet;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 
 use super::walk::{EntryKind, Layer, Stack, walk_all};
 use super::{LayerError, Observer, Result};
+use crate::union::whiteout;
 
 /// What one layer holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -43,6 +45,8 @@ pub fn layer_figures(layer: &Layer, seen: &mut HashSet<(u64, u64)>, obs: &dyn Ob
         }
         match &e.kind {
             EntryKind::Object => f.entries += 1,
+            EntryKind::Whiteout { .. }
+                if listing.marks.opaque && e.name.as_bytes() == whiteout::FUSE_OVERLAYFS_OPAQUE.as_bytes() => {}
             EntryKind::Whiteout { .. } => f.whiteouts += 1,
             EntryKind::OpaqueFile => {}
         }

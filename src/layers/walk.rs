@@ -11,7 +11,7 @@ use rustix::fs::{FileType, Mode, OFlags, Stat};
 
 use super::{LayerError, Result, full_path};
 use crate::sys;
-use crate::union::whiteout::{self, DirMarks, WhiteoutForm};
+use crate::union::whiteout::{self, DirMarks, KERNEL_INDIRECT_XATTRS, WhiteoutForm};
 
 /// One layer directory, opened.
 pub struct Layer {
@@ -339,4 +339,33 @@ pub(crate) fn walk_all(dir: BorrowedFd<'_>, root: &Path, rel: &[u8], f: &mut Wal
         }
     }
     Ok(())
+}
+
+/// Whether the xattr `name` is one of kernel overlayfs's metacopy/redirect markers.
+pub(crate) fn is_kernel_indirect(name: &OsStr) -> bool {
+    KERNEL_INDIRECT_XATTRS.iter().any(|k| name.as_bytes() == k.as_bytes())
+}
+
+/// The refusal of an object at `at` carrying the kernel marker `xattr`: part of it is in a
+/// lower, where no offline tool can follow it.
+pub(crate) fn indirect_refusal(at: &Path, xattr: &OsStr) -> LayerError {
+    LayerError::invalid(
+        at,
+        format!(
+            "has {} (kernel overlayfs metacopy/redirect keeps part of it in a lower); \
+             mount with metacopy=off,redirect_dir=off or copy it up fully first",
+            xattr.to_string_lossy()
+        ),
+    )
+}
+
+/// Refuses the upper object `dir/name` (at `at`) if kernel metacopy or redirect marks it.
+pub(crate) fn refuse_kernel_indirect(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let names = sys::Target::Entry(dir, name)
+        .list_xattrs()
+        .map_err(|e| LayerError::io(at, e))?;
+    match names.iter().find(|n| is_kernel_indirect(n)) {
+        Some(n) => Err(indirect_refusal(at, n)),
+        None => Ok(()),
+    }
 }

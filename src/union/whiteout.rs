@@ -19,6 +19,9 @@ use crate::sys;
 pub const WH_PREFIX: &[u8] = b".wh.";
 /// OCI opaque marker.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// A whiteout device of this name is part of the opaque marker fuse-overlayfs writes (beside the
+/// xattr and `.wh..wh..opq`), not a whiteout of anything a user made.
+pub const FUSE_OVERLAYFS_OPAQUE: &str = ".wh..opq";
 
 const OPAQUE_XATTRS: [&str; 3] = [
     "trusted.overlay.opaque",
