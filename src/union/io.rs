@@ -167,7 +167,9 @@ impl Union {
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
         // O_DIRECT stays off our fd (see `BACKING_FLAGS`).
         let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::BACKING_FLAGS);
-        if !in_upper || self.upper_fds_noatime() {
+        // The caller's O_NOATIME too: our reads of the file are its reads (a passthrough backing
+        // file is reopened by the kernel with each caller's own flags, so sharing ours is safe).
+        if !in_upper || self.upper_fds_noatime() || flags.contains(OFlags::NOATIME) {
             f |= OFlags::NOATIME;
         }
         let loc = self.locate(&node, None)?;
