@@ -18,7 +18,7 @@ use common::{KernelOverlay, Layers, Mount, bin, is_mounted, lower_arg, mknod_whi
 
 // ---- running the tools ------------------------------------------------------------------------
 
-fn unionfs(args: &[&OsStr]) -> Output {
+fn unionfs<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
@@ -31,7 +31,7 @@ fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
 }
 
 /// Runs a tool that must succeed; returns its stdout.
-fn tool(args: &[&OsStr]) -> String {
+fn tool<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let o = unionfs(args);
     assert!(
         o.status.success(),
@@ -43,6 +43,32 @@ fn tool(args: &[&OsStr]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `CMD --lower LOWER --upper UPPER`, then `rest`: a tool's run on a stack of layers.
+fn stack_args(cmd: &str, lower: &OsStr, upper: &OsStr, rest: &[&OsStr]) -> Vec<OsString> {
+    [os(cmd), os("--lower"), lower, os("--upper"), upper]
+        .iter()
+        .chain(rest)
+        .map(|a| a.to_os_string())
+        .collect()
+}
+
+/// [`stack_args`] on the lowers (top first) and the upper of `l`.
+fn args_on(cmd: &str, l: &Layers, rest: &[&OsStr]) -> Vec<OsString> {
+    stack_args(cmd, &lower_arg(&l.lowers), l.upper.as_os_str(), rest)
+}
+
+/// [`args_on`] with the workdir of `l` too.
+fn args_on_work(cmd: &str, l: &Layers, rest: &[&OsStr]) -> Vec<OsString> {
+    let mut with_work = vec![os("--workdir"), l.work.as_os_str()];
+    with_work.extend(rest);
+    args_on(cmd, l, &with_work)
+}
+
+/// `commit` of the lowers, upper and workdir of `l` into `output`.
+fn commit_args(l: &Layers, output: &Path) -> Vec<OsString> {
+    args_on_work("commit", l, &[os("--output"), output.as_os_str()])
+}
+
 fn sh(cmd: &mut Command) -> Output {
     let o = cmd.stdin(Stdio::null()).output().expect("spawn");
     assert!(
@@ -52,6 +78,11 @@ fn sh(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&o.stderr)
     );
     o
+}
+
+/// A fresh temporary directory named `prefix…`, removed on drop.
+fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir")
 }
 
 fn have(prog: &str) -> bool {
@@ -519,15 +550,7 @@ fn diff_lines(stdout: &str) -> BTreeSet<String> {
 fn diff_matches_changes_dirs_of_the_views() {
     for imp in IMPLS {
         let l = changed_layers(imp);
-        let out = tool(&[
-            os("diff"),
-            os("--lower"),
-            &lower_arg(&l.lowers),
-            os("--upper"),
-            l.upper.as_os_str(),
-            os("--workdir"),
-            l.work.as_os_str(),
-        ]);
+        let out = tool(&args_on_work("diff", &l, &[]));
         let lines: Vec<&str> = out.lines().collect();
         let mut sorted = lines.clone();
         sorted.sort_by(|a, b| a.as_bytes()[2..].cmp(&b.as_bytes()[2..]));
@@ -580,14 +603,7 @@ fn diff_matches_changes_dirs_of_the_views() {
         ] {
             assert!(!ours.contains(never), "{imp:?}: unexpected '{never}' in:\n{out}");
         }
-        let json = tool(&[
-            os("diff"),
-            os("--lower"),
-            &lower_arg(&l.lowers),
-            os("--upper"),
-            l.upper.as_os_str(),
-            os("--json"),
-        ]);
+        let json = tool(&args_on("diff", &l, &[os("--json")]));
         let v: serde_json::Value = serde_json::from_str(&json).expect("diff --json");
         assert_eq!(
             v.as_array().map(|a| a.len()),
@@ -637,6 +653,19 @@ fn umoci_apply_on_lowers(l: &Layers, layer: &Path, tag: &str) -> PathBuf {
     umoci_apply(l.dir.path(), &base_mnt, layer, tag)
 }
 
+/// `layer` applied by umoci on the image made of the lowers of `l` gives the merged view of
+/// the upper of `l` as `imp` mounts it.
+fn assert_umoci_applies_to_the_view(imp: Impl, l: &Layers, layer: &Path) {
+    let rootfs = umoci_apply_on_lowers(l, layer, &format!("{imp:?}"));
+    let vm = l.dir.path().join("view");
+    let _v = container_view(imp, l, &vm);
+    assert_same(
+        &format!("{imp:?}: umoci-applied layer vs merged view"),
+        &snapshot(&rootfs),
+        &snapshot(&vm),
+    );
+}
+
 fn sha256_file(p: &Path) -> String {
     let o = sh(Command::new("sha256sum").arg(p));
     let s = String::from_utf8_lossy(&o.stdout);
@@ -662,19 +691,7 @@ fn commit_applied_by_umoci_equals_the_view() {
         let sock_path = l.upper.join("new/sock");
         let _sock = std::os::unix::net::UnixListener::bind(&sock_path).expect("bind socket");
         let layer = l.dir.path().join("layer.tar");
-        let base = [
-            os("commit"),
-            os("--lower"),
-            &lower_arg(&l.lowers),
-            os("--upper"),
-            l.upper.as_os_str(),
-            os("--workdir"),
-            l.work.as_os_str(),
-            os("--output"),
-        ];
-        let mut args = base.to_vec();
-        args.push(layer.as_os_str());
-        let o = unionfs(&args);
+        let o = unionfs(&commit_args(&l, &layer));
         assert!(
             o.status.success(),
             "{imp:?}: commit: {}",
@@ -686,9 +703,7 @@ fn commit_applied_by_umoci_equals_the_view() {
         assert_eq!(diff_id, sha256_file(&layer), "{imp:?}: the last line is the DiffID");
         // Twice: the same bytes.
         let again = l.dir.path().join("again.tar");
-        let mut args = base.to_vec();
-        args.push(again.as_os_str());
-        tool(&args);
+        tool(&commit_args(&l, &again));
         assert_eq!(
             std::fs::read(&layer).expect("read"),
             std::fs::read(&again).expect("read"),
@@ -742,14 +757,7 @@ fn commit_applied_by_umoci_equals_the_view() {
             // The other name of srv/data, from the hard-link index: a link to the copy.
             assert!(names.iter().any(|n| n == "home/user/data.link"), "{imp:?}: {names:?}");
         }
-        let rootfs = umoci_apply_on_lowers(&l, &layer, &format!("{imp:?}"));
-        let vm = l.dir.path().join("view");
-        let _v = container_view(imp, &l, &vm);
-        assert_same(
-            &format!("{imp:?}: umoci-applied layer vs merged view"),
-            &snapshot(&rootfs),
-            &snapshot(&vm),
-        );
+        assert_umoci_applies_to_the_view(imp, &l, &layer);
     }
 }
 
@@ -761,19 +769,18 @@ fn commit_compressed_is_reproducible_and_clamped() {
         let mut outs = Vec::new();
         for i in 0..2 {
             let f = l.dir.path().join(format!("layer-{c}-{i}"));
-            let out = tool(&[
-                os("commit"),
-                os("--lower"),
-                &lower_arg(&l.lowers),
-                os("--upper"),
-                l.upper.as_os_str(),
-                os("--output"),
-                f.as_os_str(),
-                os("--compress"),
-                os(c),
-                os("--timestamp"),
-                os("1000000000"),
-            ]);
+            let out = tool(&args_on(
+                "commit",
+                &l,
+                &[
+                    os("--output"),
+                    f.as_os_str(),
+                    os("--compress"),
+                    os(c),
+                    os("--timestamp"),
+                    os("1000000000"),
+                ],
+            ));
             let lines: Vec<&str> = out.lines().collect();
             assert_eq!(lines.len(), 2, "{out}");
             let blob = lines[0].split_whitespace().nth(1).unwrap_or("");
@@ -798,20 +805,13 @@ fn commit_compressed_is_reproducible_and_clamped() {
     // SOURCE_DATE_EPOCH does the same as --timestamp.
     let a = l.dir.path().join("sde-a");
     let b = l.dir.path().join("sde-b");
-    let common = [
-        os("commit"),
-        os("--lower"),
-        &lower_arg(&l.lowers),
-        os("--upper"),
-        l.upper.as_os_str(),
-        os("--output"),
-    ];
-    let mut args = common.to_vec();
-    args.extend([a.as_os_str(), os("--timestamp"), os("1000000000")]);
-    tool(&args);
+    tool(&args_on(
+        "commit",
+        &l,
+        &[os("--output"), a.as_os_str(), os("--timestamp"), os("1000000000")],
+    ));
     let o = Command::new(bin())
-        .args(common)
-        .arg(&b)
+        .args(args_on("commit", &l, &[os("--output"), b.as_os_str()]))
         .env("SOURCE_DATE_EPOCH", "1000000000")
         .output()
         .expect("run");
@@ -832,17 +832,11 @@ fn import_round_trip_gives_the_same_view() {
         };
         for c in ["none", "gzip", "zstd"] {
             let layer = l.dir.path().join(format!("layer-{c}"));
-            tool(&[
-                os("commit"),
-                os("--lower"),
-                &lower_arg(&l.lowers),
-                os("--upper"),
-                l.upper.as_os_str(),
-                os("--output"),
-                layer.as_os_str(),
-                os("--compress"),
-                os(c),
-            ]);
+            tool(&args_on(
+                "commit",
+                &l,
+                &[os("--output"), layer.as_os_str(), os("--compress"), os(c)],
+            ));
             let dir = l.dir.path().join(format!("imported-{c}"));
             let out = tool(&[os("import"), layer.as_os_str(), dir.as_os_str()]);
             assert!(out.contains("whiteouts"), "{out}");
@@ -922,10 +916,7 @@ fn write_tar(path: &Path, f: impl FnOnce(&mut tar::Builder<Vec<u8>>)) {
 #[test]
 fn import_refuses_hostile_tars() {
     use tar::EntryType as T;
-    let t = tempfile::Builder::new()
-        .prefix("unionfs-import")
-        .tempdir()
-        .expect("tempdir");
+    let t = tempdir("unionfs-import");
     let outside = t.path().join("outside");
     std::fs::create_dir(&outside).expect("mkdir");
     std::fs::write(outside.join("secret"), b"secret").expect("write");
@@ -1074,28 +1065,13 @@ fn size_and_layers_match_du_and_the_layers() {
     std::os::unix::fs::FileExt::write_at(&f, &[1u8; 4096], 1 << 20).expect("write");
     drop(f);
     assert_eq!(m.unmount(), Some(0));
-    let du = |args: &[&Path]| -> u64 {
-        let o = sh(Command::new("du").arg("-scB1").args(args));
-        let s = String::from_utf8_lossy(&o.stdout);
-        s.lines()
-            .last()
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .expect("du total")
-    };
     let upper_du = du(&[&l.upper]);
     let all_du = du(&[&l.upper, &l.lowers[0], &l.lowers[1]]);
-    let stack = [os("--lower"), &lower_arg(&l.lowers), os("--upper"), l.upper.as_os_str()];
-    let mut args = vec![os("size")];
-    args.extend(stack);
-    args.push(os("--json"));
-    let v: serde_json::Value = serde_json::from_str(&tool(&args)).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&tool(&args_on("size", &l, &[os("--json")]))).expect("json");
     assert_eq!(v["upper_bytes"].as_u64(), Some(upper_du), "{v}");
     assert_eq!(v["virtual_bytes"].as_u64(), Some(all_du), "{v}");
     assert!(upper_du < 1 << 20, "holes are not counted: {upper_du}");
-    let mut args = vec![os("size")];
-    args.extend(stack);
-    let line = tool(&args);
+    let line = tool(&args_on("size", &l, &[]));
     assert_eq!(
         line.trim(),
         format!(
@@ -1104,10 +1080,7 @@ fn size_and_layers_match_du_and_the_layers() {
             unionfs::layers::human_size(all_du)
         )
     );
-    let mut args = vec![os("layers")];
-    args.extend(stack);
-    args.push(os("--json"));
-    let rows: serde_json::Value = serde_json::from_str(&tool(&args)).expect("json");
+    let rows: serde_json::Value = serde_json::from_str(&tool(&args_on("layers", &l, &[os("--json")]))).expect("json");
     let rows = rows.as_array().expect("array");
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["role"], "upper");
@@ -1119,9 +1092,7 @@ fn size_and_layers_match_du_and_the_layers() {
     assert_eq!(rows[1]["opaque_dirs"].as_u64(), Some(1), "{rows:?}");
     assert_eq!(rows[2]["entries"].as_u64(), Some(30), "{rows:?}");
     assert_eq!(rows[2]["bytes"].as_u64(), Some(du(&[&l.lowers[1]])));
-    let mut args = vec![os("layers")];
-    args.extend(stack);
-    let table = tool(&args);
+    let table = tool(&args_on("layers", &l, &[]));
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.lines().nth(1).is_some_and(|r| r.starts_with("upper")), "{table}");
 }
@@ -1184,22 +1155,7 @@ fn check_repair_keeps_the_view_and_kernel_mounts_it() {
     // 3. Clean uppers of unionfs and of the kernel: nothing to report.
     for imp in [Impl::Unionfs, Impl::Kernel] {
         let l = changed_layers(imp);
-        let o = unionfs(&[
-            os("check"),
-            os("--lower"),
-            &lower_arg(&l.lowers),
-            os("--upper"),
-            l.upper.as_os_str(),
-            os("--workdir"),
-            l.work.as_os_str(),
-        ]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{imp:?}: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
-        assert!(o.stdout.is_empty());
+        assert_check_clean(&args_on_work("check", &l, &[]), &format!("{imp:?}"));
     }
 }
 
@@ -1212,20 +1168,24 @@ fn oci_markers(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `check` with `args` finds nothing: exit status 0, nothing on stdout.
+fn assert_check_clean(args: &[OsString], what: &str) {
+    let o = unionfs(args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(o.stdout.is_empty(), "{what}");
+}
+
 fn u_exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
 fn repair_and_compare(l: &Layers, expect: &[&str]) {
-    let args = [
-        os("check"),
-        os("--lower"),
-        &lower_arg(&l.lowers),
-        os("--upper"),
-        l.upper.as_os_str(),
-        os("--workdir"),
-        l.work.as_os_str(),
-    ];
+    let args = args_on_work("check", l, &[]);
     let vm = l.dir.path().join("check-view");
     let before = {
         let _v = view(Impl::Unionfs, &with_upper(l), &vm);
@@ -1240,9 +1200,7 @@ fn repair_and_compare(l: &Layers, expect: &[&str]) {
             "'{e}' not reported:\n{report}"
         );
     }
-    let mut rep = args.to_vec();
-    rep.push(os("--repair"));
-    let o = unionfs(&rep);
+    let o = unionfs(&args_on_work("check", l, &[os("--repair")]));
     let repaired = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(
         o.status.code(),
@@ -1251,14 +1209,7 @@ fn repair_and_compare(l: &Layers, expect: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(repaired.lines().all(|l| l.ends_with("(repaired)")), "{repaired}");
-    let o = unionfs(&args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "still broken: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(o.stdout.is_empty());
+    assert_check_clean(&args, "still broken");
     assert_eq!(
         oci_markers(&l.upper),
         Vec::<PathBuf>::new(),
@@ -1290,16 +1241,11 @@ fn commit_interrupted_leaves_nothing() {
     std::fs::create_dir(&out_dir).expect("mkdir");
     let out = out_dir.join("layer.tar.zst");
     let mut child = Command::new(bin())
-        .args([
-            os("commit"),
-            os("--lower"),
-            l.lowers[0].as_os_str(),
-            os("--upper"),
-            l.upper.as_os_str(),
-            os("--output"),
-        ])
-        .arg(&out)
-        .args(["--compress", "zstd"])
+        .args(args_on(
+            "commit",
+            &l,
+            &[os("--output"), out.as_os_str(), os("--compress"), os("zstd")],
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1327,51 +1273,27 @@ fn bad_input_is_one_line_exit_2() {
     let lo = l.lowers[0].as_os_str();
     let out_missing = missing.join("x.tar");
     let new_dir = l.dir.path().join("new");
-    let cases: Vec<(Vec<&OsStr>, String)> = vec![
+    let up = l.upper.as_os_str();
+    let cases: Vec<(Vec<OsString>, String)> = vec![
         (
-            vec![os("diff"), os("--lower"), lo, os("--upper"), missing.as_os_str()],
+            stack_args("diff", lo, missing.as_os_str(), &[]),
             missing.display().to_string(),
         ),
         (
-            vec![
-                os("diff"),
-                os("--lower"),
-                file.as_os_str(),
-                os("--upper"),
-                l.upper.as_os_str(),
-            ],
+            stack_args("diff", file.as_os_str(), up, &[]),
             file.display().to_string(),
         ),
+        (stack_args("size", lo, lo, &[]), l.lowers[0].display().to_string()),
         (
-            vec![os("size"), os("--lower"), lo, os("--upper"), lo],
-            l.lowers[0].display().to_string(),
-        ),
-        (
-            vec![
-                os("commit"),
-                os("--lower"),
-                lo,
-                os("--upper"),
-                l.upper.as_os_str(),
-                os("--output"),
-                out_missing.as_os_str(),
-            ],
+            stack_args("commit", lo, up, &[os("--output"), out_missing.as_os_str()]),
             out_missing.display().to_string(),
         ),
         (
-            vec![os("import"), missing.as_os_str(), new_dir.as_os_str()],
+            vec!["import".into(), missing.clone().into(), new_dir.clone().into()],
             missing.display().to_string(),
         ),
         (
-            vec![
-                os("check"),
-                os("--lower"),
-                lo,
-                os("--upper"),
-                l.upper.as_os_str(),
-                os("--workdir"),
-                missing.as_os_str(),
-            ],
+            stack_args("check", lo, up, &[os("--workdir"), missing.as_os_str()]),
             missing.display().to_string(),
         ),
     ];
@@ -1389,10 +1311,6 @@ fn bad_input_is_one_line_exit_2() {
 }
 
 // ---- interruption, JSON, markers, kernel-only uppers, figures, progress ------------------------
-
-fn refs(v: &[OsString]) -> Vec<&OsStr> {
-    v.iter().map(|s| s.as_os_str()).collect()
-}
 
 /// A writable mount of `l` (its upper and workdir) at `l.mnt`, by `imp`.
 fn writable(imp: Impl, l: &Layers) -> AnyMount {
@@ -1480,10 +1398,7 @@ fn interrupt_import(tarp: &Path, target: &Path) -> Option<Output> {
 /// (gone) nor one that was there empty (left empty).
 #[test]
 fn import_interrupted_leaves_nothing() {
-    let t = tempfile::Builder::new()
-        .prefix("unionfs-import-int")
-        .tempdir()
-        .expect("tempdir");
+    let t = tempdir("unionfs-import-int");
     let tarp = t.path().join("big.tar");
     let existing = t.path().join("existing");
     for (target, pre_existing) in [(t.path().join("created"), false), (existing.clone(), true)] {
@@ -1540,7 +1455,7 @@ fn tar_entry_count(blob: &[u8]) -> u64 {
         .count() as u64
 }
 
-fn json_of(args: &[&OsStr]) -> (Option<i32>, serde_json::Value) {
+fn json_of<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> (Option<i32>, serde_json::Value) {
     let o = unionfs(args);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let v = serde_json::from_str(&out).unwrap_or_else(|e| {
@@ -1557,27 +1472,18 @@ fn json_of(args: &[&OsStr]) -> (Option<i32>, serde_json::Value) {
 #[test]
 fn json_output_of_commit_import_and_check() {
     let l = changed_layers(Impl::Unionfs);
-    let stack = [
-        os("--lower"),
-        &lower_arg(&l.lowers),
-        os("--upper"),
-        l.upper.as_os_str(),
-        os("--workdir"),
-        l.work.as_os_str(),
-    ];
     let commit = |out: &Path, compress: &str, json: bool| {
-        let mut a = vec![os("commit")];
-        a.extend(stack);
-        a.extend([os("--output"), out.as_os_str(), os("--compress"), os(compress)]);
+        let mut a = commit_args(&l, out);
+        a.extend(["--compress".into(), compress.into()]);
         if json {
-            a.push(os("--json"));
+            a.push("--json".into());
         }
-        a.iter().map(|s| s.to_os_string()).collect::<Vec<OsString>>()
+        a
     };
 
     // commit, plain tar.
     let plain = l.dir.path().join("layer.tar");
-    let (code, v) = json_of(&refs(&commit(&plain, "none", true)));
+    let (code, v) = json_of(&commit(&plain, "none", true));
     assert_eq!(code, Some(0), "{v}");
     let bytes = std::fs::read(&plain).expect("read layer");
     let sha = sha256_file(&plain);
@@ -1598,7 +1504,7 @@ fn json_output_of_commit_import_and_check() {
 
     // commit, zstd: the same tar inside; the JSON agrees with the text lines.
     let zst = l.dir.path().join("layer.tar.zst");
-    let (code, v) = json_of(&refs(&commit(&zst, "zstd", true)));
+    let (code, v) = json_of(&commit(&zst, "zstd", true));
     assert_eq!(code, Some(0), "{v}");
     let zbytes = std::fs::read(&zst).expect("read layer");
     assert_eq!(v["diff_id"], diff_id.as_str(), "same tar, same DiffID: {v}");
@@ -1608,7 +1514,7 @@ fn json_output_of_commit_import_and_check() {
     assert_eq!(v["media_type"], "application/vnd.oci.image.layer.v1.tar+zstd", "{v}");
     assert_eq!(v["entries"].as_u64(), Some(tar_entry_count(&zbytes)), "{v}");
     let zst2 = l.dir.path().join("layer2.tar.zst");
-    let text = tool(&refs(&commit(&zst2, "zstd", false)));
+    let text = tool(&commit(&zst2, "zstd", false));
     let want = format!(
         "blob {} {} {}\n{}\n",
         v["digest"].as_str().unwrap_or(""),
@@ -1655,9 +1561,7 @@ fn json_output_of_commit_import_and_check() {
     );
 
     // check: a clean upper, then two problems, then repaired.
-    let mut check = vec![os("check")];
-    check.extend(stack);
-    check.push(os("--json"));
+    let check = args_on_work("check", &l, &[os("--json")]);
     let (code, v) = json_of(&check);
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["problems"], serde_json::json!([]), "{v}");
@@ -1679,9 +1583,7 @@ fn json_output_of_commit_import_and_check() {
         assert!(p["problem"].as_str().is_some_and(|s| s.contains(what)), "{what}: {v}");
         assert_eq!(p["repaired"], false, "{v}");
     }
-    let mut repair = check.clone();
-    repair.push(os("--repair"));
-    let (code, v) = json_of(&repair);
+    let (code, v) = json_of(&args_on_work("check", &l, &[os("--json"), os("--repair")]));
     assert_eq!(code, Some(0), "all repaired: {v}");
     let problems = v["problems"].as_array().expect("problems array");
     assert_eq!(problems.len(), expect.len(), "{v}");
@@ -1719,20 +1621,24 @@ fn commit_writes_no_marker_for_what_no_lower_has() {
         println!("{imp:?}"); // shown if the test fails
         let m = writable(imp, &l);
         let p = |r: &str| l.mnt.join(r);
+        let written_and_removed = |r: &str, data: &[u8]| {
+            std::fs::write(p(r), data).expect("write");
+            std::fs::remove_file(p(r)).expect("rm");
+        };
+        let removed_and_made_again = |r: &str| {
+            std::fs::remove_dir_all(p(r)).expect("rm -r");
+            std::fs::create_dir(p(r)).expect("mkdir again");
+        };
         // Legitimate markers: a lower file deleted, a lower directory deleted and made again.
         std::fs::remove_file(p("etc/a")).expect("rm lower file");
-        std::fs::remove_dir_all(p("keep")).expect("rm -r lower dir");
-        std::fs::create_dir(p("keep")).expect("mkdir");
+        removed_and_made_again("keep");
         // Nothing for these.
-        std::fs::write(p("etc/tmp"), b"t").expect("write");
-        std::fs::remove_file(p("etc/tmp")).expect("rm");
+        written_and_removed("etc/tmp", b"t");
         std::fs::create_dir_all(p("nd/deep")).expect("mkdir -p");
-        std::fs::write(p("nd/z"), b"z").expect("write");
-        std::fs::remove_file(p("nd/z")).expect("rm");
+        written_and_removed("nd/z", b"z");
         std::fs::create_dir(p("nd2")).expect("mkdir");
         std::fs::write(p("nd2/q"), b"q").expect("write");
-        std::fs::remove_dir_all(p("nd2")).expect("rm -r");
-        std::fs::create_dir(p("nd2")).expect("mkdir again");
+        removed_and_made_again("nd2");
         std::fs::write(p("nd2/r"), b"r").expect("write");
         m.finish();
         if imp == Impl::FuseOverlayfs {
@@ -1774,17 +1680,7 @@ fn commit_writes_no_marker_for_what_no_lower_has() {
         opaque("srv"); // legitimate (lower1 has srv), and it hides srv/s already:
         whiteout("srv/s");
         let layer = l.dir.path().join("layer.tar");
-        tool(&[
-            os("commit"),
-            os("--lower"),
-            &lower_arg(&l.lowers),
-            os("--upper"),
-            l.upper.as_os_str(),
-            os("--workdir"),
-            l.work.as_os_str(),
-            os("--output"),
-            layer.as_os_str(),
-        ]);
+        tool(&commit_args(&l, &layer));
         let names = tar_names(&layer);
         let want: BTreeSet<String> = ["etc/.wh.a", "keep/.wh..wh..opq", "srv/.wh..wh..opq"]
             .iter()
@@ -1806,14 +1702,7 @@ fn commit_writes_no_marker_for_what_no_lower_has() {
                 std::fs::remove_file(u(planted)).expect("rm planted whiteout");
             }
         }
-        let rootfs = umoci_apply_on_lowers(&l, &layer, &format!("{imp:?}"));
-        let vm = l.dir.path().join("view");
-        let _v = container_view(imp, &l, &vm);
-        assert_same(
-            &format!("{imp:?}: umoci-applied layer vs merged view"),
-            &snapshot(&rootfs),
-            &snapshot(&vm),
-        );
+        assert_umoci_applies_to_the_view(imp, &l, &layer);
     }
 }
 
@@ -1874,20 +1763,9 @@ fn commit_refuses_kernel_metacopy_and_redirect_uppers() {
         let out_dir = l.dir.path().join("out");
         std::fs::create_dir(&out_dir).expect("mkdir");
         for json in [false, true] {
-            let mut args = vec![
-                os("commit"),
-                os("--lower"),
-                l.lowers[0].as_os_str(),
-                os("--upper"),
-                l.upper.as_os_str(),
-                os("--workdir"),
-                l.work.as_os_str(),
-                os("--output"),
-            ];
-            let out = out_dir.join("layer.tar");
-            args.push(out.as_os_str());
+            let mut args = commit_args(&l, &out_dir.join("layer.tar"));
             if json {
-                args.push(os("--json"));
+                args.push("--json".into());
             }
             let o = unionfs(&args);
             let err = String::from_utf8_lossy(&o.stderr);
@@ -1905,15 +1783,7 @@ fn commit_refuses_kernel_metacopy_and_redirect_uppers() {
             assert!(o.stdout.is_empty(), "{what}: nothing on stdout");
             assert_eq!(common::names(&out_dir), Vec::<String>::new(), "{what}: nothing written");
         }
-        let o = unionfs(&[
-            os("check"),
-            os("--lower"),
-            l.lowers[0].as_os_str(),
-            os("--upper"),
-            l.upper.as_os_str(),
-            os("--workdir"),
-            l.work.as_os_str(),
-        ]);
+        let o = unionfs(&args_on_work("check", &l, &[]));
         let report = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(1), "{what}: {report}");
         assert!(
@@ -1931,13 +1801,7 @@ fn commit_refuses_kernel_metacopy_and_redirect_uppers() {
 fn diff_refuses_kernel_redirect_uppers() {
     let l = indirect_layers();
     kernel_indirect_upper(&l, |m| std::fs::rename(m.join("d"), m.join("e")).expect("rename"));
-    let o = unionfs(&[
-        os("diff"),
-        os("--lower"),
-        l.lowers[0].as_os_str(),
-        os("--upper"),
-        l.upper.as_os_str(),
-    ]);
+    let o = unionfs(&args_on("diff", &l, &[]));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         o.status.code(),
@@ -1986,17 +1850,11 @@ fn size_and_layers_on_kernel_and_fuse_overlayfs_uppers() {
         let upper_du = du(&[&l.upper]);
         let all_du = du(&[&l.upper, &l.lowers[0], &l.lowers[1]]);
         assert!(upper_du < 1 << 20, "{imp:?}: holes are not counted: {upper_du}");
-        let stack = [os("--lower"), &lower_arg(&l.lowers), os("--upper"), l.upper.as_os_str()];
-        let mut args = vec![os("size")];
-        args.extend(stack);
-        args.push(os("--json"));
-        let v: serde_json::Value = serde_json::from_str(&tool(&args)).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&tool(&args_on("size", &l, &[os("--json")]))).expect("json");
         assert_eq!(v["upper_bytes"].as_u64(), Some(upper_du), "{imp:?}: {v}");
         assert_eq!(v["virtual_bytes"].as_u64(), Some(all_du), "{imp:?}: {v}");
-        let mut args = vec![os("size")];
-        args.extend(stack);
         assert_eq!(
-            tool(&args).trim(),
+            tool(&args_on("size", &l, &[])).trim(),
             format!(
                 "{} (virtual {})",
                 unionfs::layers::human_size(upper_du),
@@ -2004,10 +1862,8 @@ fn size_and_layers_on_kernel_and_fuse_overlayfs_uppers() {
             ),
             "{imp:?}"
         );
-        let mut args = vec![os("layers")];
-        args.extend(stack);
-        args.push(os("--json"));
-        let rows: serde_json::Value = serde_json::from_str(&tool(&args)).expect("json");
+        let rows: serde_json::Value =
+            serde_json::from_str(&tool(&args_on("layers", &l, &[os("--json")]))).expect("json");
         let rows = rows.as_array().expect("array");
         assert_eq!(rows.len(), 3, "{imp:?}: {rows:?}");
         assert_eq!(rows[0]["role"], "upper");
@@ -2036,9 +1892,7 @@ fn size_and_layers_on_kernel_and_fuse_overlayfs_uppers() {
             assert_eq!(rows[i + 1]["bytes"].as_u64(), Some(du(&[lower])), "{imp:?}: {rows:?}");
             assert_eq!(rows[i + 1]["entries"].as_u64(), Some(layer_objects(lower)), "{imp:?}");
         }
-        let mut args = vec![os("layers")];
-        args.extend(stack);
-        let table = tool(&args);
+        let table = tool(&args_on("layers", &l, &[]));
         assert_eq!(table.lines().count(), 4, "{imp:?}: {table}");
         let upper_row: Vec<&str> = table.lines().nth(1).unwrap_or("").split_whitespace().collect();
         assert_eq!(upper_row.first(), Some(&"upper"), "{table}");
@@ -2053,7 +1907,7 @@ fn shq(s: &OsStr) -> String {
 
 /// Runs `unionfs ARGS` with stderr on a pseudo-terminal (`script`), stdout to /dev/null;
 /// returns what the terminal got.
-fn on_terminal(args: &[&OsStr]) -> String {
+fn on_terminal(args: &[OsString]) -> String {
     let mut cmd = shq(bin().as_os_str());
     for a in args {
         cmd.push(' ');
@@ -2080,34 +1934,21 @@ fn progress_on_a_terminal_only() {
         std::fs::create_dir_all(l.upper.join(format!("n{}", i % 10))).expect("mkdir");
         std::fs::write(l.upper.join(format!("n{}/f{i}", i % 10)), b"upper\n").expect("write");
     }
-    let stack = [
-        os("--lower"),
-        l.lowers[0].as_os_str(),
-        os("--upper"),
-        l.upper.as_os_str(),
-    ];
     let tty_layer = l.dir.path().join("tty.tar");
     let pipe_layer = l.dir.path().join("pipe.tar");
-    let commit = |out: &Path| {
-        let mut a = vec![os("commit")];
-        a.extend(stack);
-        a.extend([os("--output"), out.as_os_str()]);
-        a.iter().map(|s| s.to_os_string()).collect::<Vec<OsString>>()
-    };
-    let mut diff = vec![os("diff")];
-    diff.extend(stack);
+    let commit = |out: &Path| args_on("commit", &l, &[os("--output"), out.as_os_str()]);
+    let diff = args_on("diff", &l, &[]);
     let import_dir = l.dir.path().join("imported");
-    let tty_commit = commit(&tty_layer);
-    let runs: [(&str, Vec<&OsStr>); 3] = [
-        ("commit", refs(&tty_commit)),
+    let runs: [(&str, Vec<OsString>); 3] = [
+        ("commit", commit(&tty_layer)),
         ("diff", diff.clone()),
         (
             "import",
-            vec![os("import"), pipe_layer.as_os_str(), import_dir.as_os_str()],
+            vec!["import".into(), pipe_layer.clone().into(), import_dir.clone().into()],
         ),
     ];
     // The pipe run first: the import below reads its layer.
-    let o = unionfs(&refs(&commit(&pipe_layer)));
+    let o = unionfs(&commit(&pipe_layer));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         o.stderr.is_empty(),
@@ -2225,10 +2066,7 @@ fn podman_diff_matches() {
         return;
     }
     let p = Podman {
-        dir: tempfile::Builder::new()
-            .prefix("unionfs-podman")
-            .tempdir()
-            .expect("tempdir"),
+        dir: tempdir("unionfs-podman"),
         mount_program: bin(),
     };
     // The image: the lowers' view as one base layer.
@@ -2254,13 +2092,7 @@ fn podman_diff_matches() {
         let upper = p.run(&["inspect", name, "--format", "{{.GraphDriver.Data.UpperDir}}"]);
         let lower = p.run(&["inspect", name, "--format", "{{.GraphDriver.Data.LowerDir}}"]);
         let podman: BTreeSet<String> = p.run(&["diff", name]).lines().map(str::to_string).collect();
-        let ours = diff_lines(&tool(&[
-            os("diff"),
-            os("--lower"),
-            os(&lower),
-            os("--upper"),
-            os(&upper),
-        ]));
+        let ours = diff_lines(&tool(&stack_args("diff", os(&lower), os(&upper), &[])));
         (upper, lower, podman, ours)
     };
     let (upper, lower, podman, ours) = container("c1", core_changes);
@@ -2286,15 +2118,12 @@ fn podman_diff_matches() {
     );
     // `unionfs commit` of the container's upper, applied by umoci, is what Podman mounts.
     let layer = l.dir.path().join("c1.tar");
-    tool(&[
-        os("commit"),
-        os("--lower"),
+    tool(&stack_args(
+        "commit",
         os(&lower),
-        os("--upper"),
         os(&upper),
-        os("--output"),
-        layer.as_os_str(),
-    ]);
+        &[os("--output"), layer.as_os_str()],
+    ));
     let rootfs = umoci_apply(l.dir.path(), Path::new(&lower), &layer, "podman");
     let merged = PathBuf::from(p.run(&["mount", "c1"]));
     let want = snapshot(&merged);

@@ -128,27 +128,120 @@ fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-#[test]
-fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
-    if !rustix::process::geteuid().is_root() {
+/// `path` if the test user can execute it, else a copy in `dir` they can (a parent directory of
+/// the build may be private).
+fn reachable_program(uid: u32, gid: u32, dir: &Path, path: &Path) -> PathBuf {
+    if sh(uid, gid, dir, &format!("test -x '{}'", path.display()))
+        .status
+        .success()
+    {
+        return path.to_path_buf();
+    }
+    let copy = dir.join(path.file_name().expect("program name"));
+    std::fs::copy(path, &copy).expect("copy the program");
+    set_mode(&copy, 0o755);
+    copy
+}
+
+/// Whether the test runs as root; if not, it says the test is skipped.
+fn root_or_skip() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
         eprintln!("skipped: setting up a plain user needs root");
-        return;
+    }
+    root
+}
+
+/// The layers of a rootless test in a fresh directory below /tmp that the test user can reach:
+/// the lowers (top first), the upper, the workdir and the mount point, all root's until
+/// [`RootlessDirs::chown_to_user`].
+struct RootlessDirs {
+    dir: tempfile::TempDir,
+    uid: u32,
+    gid: u32,
+    lowers: Vec<PathBuf>,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+/// Root's set-up of a rootless test: the test user, a world-usable /dev/fuse, and the
+/// directories (the lowers named `lowers`, top first) in a temporary directory `prefix…` in
+/// /tmp. None, after saying the test is skipped, when not run as root.
+fn rootless_dirs(prefix: &str, lowers: &[&str]) -> Option<RootlessDirs> {
+    if !root_or_skip() {
+        return None;
     }
     let (uid, gid) = rootless_user();
     // Desktop distributions ship /dev/fuse world-usable; fusermount3 is setuid root.
     set_mode(Path::new("/dev/fuse"), 0o666);
-
     let dir = tempfile::Builder::new()
-        .prefix("unionfs-rootless")
+        .prefix(prefix)
         .tempdir_in("/tmp")
         .expect("tempdir");
     set_mode(dir.path(), 0o755);
     let root = dir.path();
-    let (l0, l1) = (root.join("lower0"), root.join("lower1"));
+    let lowers: Vec<PathBuf> = lowers.iter().map(|name| root.join(name)).collect();
     let (upper, work, mnt) = (root.join("upper"), root.join("work"), root.join("mnt"));
-    for d in [&l0, &l1, &upper, &work, &mnt] {
+    for d in lowers.iter().chain([&upper, &work, &mnt]) {
         std::fs::create_dir(d).expect("mkdir");
     }
+    Some(RootlessDirs {
+        dir,
+        uid,
+        gid,
+        lowers,
+        upper,
+        work,
+        mnt,
+    })
+}
+
+/// `mount --foreground --lower LOWERS --upper UPPER --workdir WORK MNT`.
+fn mount_args(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Vec<OsString> {
+    vec![
+        "mount".into(),
+        "--foreground".into(),
+        "--lower".into(),
+        common::lower_arg(lowers),
+        "--upper".into(),
+        upper.into(),
+        "--workdir".into(),
+        work.into(),
+        mnt.into(),
+    ]
+}
+
+impl RootlessDirs {
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Hands everything below the test directory to the test user (`chown -R`).
+    fn chown_to_user(&self) {
+        let ok = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(self.root())
+            .status()
+            .expect("chown");
+        assert!(ok.success(), "chown -R the test dirs");
+    }
+
+    /// `bin` started as the test user, mounting the lowers, upper and workdir at the mount point.
+    fn mount(&self, bin: &Path) -> UserMount {
+        let args = mount_args(&self.lowers, &self.upper, &self.work, &self.mnt);
+        UserMount::start(self.uid, self.gid, bin, &args, &self.mnt)
+    }
+}
+
+#[test]
+fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
+    let Some(d) = rootless_dirs("unionfs-rootless", &["lower0", "lower1"]) else {
+        return;
+    };
+    let (uid, gid, root) = (d.uid, d.gid, d.root());
+    let (l0, l1, upper, mnt) = (&d.lowers[0], &d.lowers[1], &d.upper, &d.mnt);
     let put = |p: PathBuf, data: &str| {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir -p");
         std::fs::write(p, data).expect("write lower");
@@ -162,39 +255,14 @@ fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
     put(l1.join("tree/x"), "x");
     put(l0.join("tree/y"), "y");
     put(l1.join("again/old"), "must stay hidden");
-    let chown = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(root)
-        .status()
-        .expect("chown");
-    assert!(chown.success(), "chown -R the test dirs");
-    let lowers_before = [Tree::read_raw(&l0), Tree::read_raw(&l1)];
+    d.chown_to_user();
+    let lowers_before = [Tree::read_raw(l0), Tree::read_raw(l1)];
 
     // The binary must be reachable by the user; if a parent directory is private, use a copy.
-    let mut bin = common::bin();
-    let reach = sh(uid, gid, root, &format!("test -x '{}'", bin.display()));
-    if !reach.status.success() {
-        let copy = root.join("unionfs-bin");
-        std::fs::copy(&bin, &copy).expect("copy the binary");
-        set_mode(&copy, 0o755);
-        bin = copy;
-    }
-    let lower_arg = format!("{}:{}", l0.display(), l1.display());
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        lower_arg.into(),
-        "--upper".into(),
-        upper.clone().into(),
-        "--workdir".into(),
-        work.clone().into(),
-        mnt.clone().into(),
-    ];
+    let bin = reachable_program(uid, gid, root, &common::bin());
 
     // First session: the user changes things through the mount.
-    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    let mut m = d.mount(&bin);
     assert_eq!(sh_ok(uid, gid, root, "cat mnt/top"), "top-over-bottom");
     assert_eq!(sh_ok(uid, gid, root, "cat mnt/copyme"), "lower data");
     sh_ok(uid, gid, root, "printf 'written by the user' > mnt/copyme");
@@ -245,7 +313,7 @@ fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
         Some(0),
         "unionfs must exit 0 after fusermount3 -u"
     );
-    assert!(!is_mounted(&mnt), "mount left behind after fusermount3 -u");
+    assert!(!is_mounted(mnt), "mount left behind after fusermount3 -u");
     drop(m);
 
     // What landed in the upper: whiteouts in a form the user could write.
@@ -254,15 +322,15 @@ fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
             std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0);
         chr || std::fs::symlink_metadata(dir.join(format!(".wh.{name}"))).is_ok_and(|m| m.is_file())
     };
-    assert!(is_whiteout(&upper, "gone"), "no whiteout for 'gone' in the upper");
+    assert!(is_whiteout(upper, "gone"), "no whiteout for 'gone' in the upper");
     assert!(
         is_whiteout(&upper.join("sub"), "drop"),
         "no whiteout for 'sub/drop' in the upper"
     );
-    assert!(is_whiteout(&upper, "tree"), "no whiteout for 'tree' in the upper");
+    assert!(is_whiteout(upper, "tree"), "no whiteout for 'tree' in the upper");
     let chr = std::fs::symlink_metadata(upper.join("gone")).is_ok_and(|m| m.file_type().is_char_device());
     eprintln!("rootless whiteout form: {}", if chr { "char 0/0" } else { ".wh.NAME" });
-    let upper_tree = Tree::read_raw(&upper);
+    let upper_tree = Tree::read_raw(upper);
     // The recreated directory is opaque, marked in a way a plain user can write.
     let marks = upper_tree.xattrs.get(Path::new("again"));
     let opaque = marks
@@ -281,7 +349,7 @@ fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
     }
 
     // Second session: everything persisted.
-    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    let mut m = d.mount(&bin);
     expect_view("after remount");
     sh_ok(uid, gid, root, "fusermount3 -u mnt");
     assert_eq!(
@@ -289,11 +357,11 @@ fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
         Some(0),
         "unionfs must exit 0 after the second fusermount3 -u"
     );
-    assert!(!is_mounted(&mnt));
+    assert!(!is_mounted(mnt));
     drop(m);
 
     assert_eq!(
-        [Tree::read_raw(&l0), Tree::read_raw(&l1)],
+        [Tree::read_raw(l0), Tree::read_raw(l1)],
         lowers_before,
         "lower layers must not change"
     );
@@ -304,60 +372,18 @@ fn plain_user_mounts_writes_deletes_unmounts_and_remounts() {
 /// with direct I/O, a lower file opened for direct writing (copied up first).
 #[test]
 fn plain_user_direct_io_reads_and_writes_every_byte() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: setting up a plain user needs root");
+    let Some(d) = rootless_dirs("unionfs-rootless-dio", &["lower"]) else {
         return;
-    }
-    let (uid, gid) = rootless_user();
-    set_mode(Path::new("/dev/fuse"), 0o666);
-    let dir = tempfile::Builder::new()
-        .prefix("unionfs-rootless-dio")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    set_mode(dir.path(), 0o755);
-    let root = dir.path();
-    let (lower, upper, work, mnt) = (
-        root.join("lower"),
-        root.join("upper"),
-        root.join("work"),
-        root.join("mnt"),
-    );
-    for d in [&lower, &upper, &work, &mnt] {
-        std::fs::create_dir(d).expect("mkdir");
-    }
+    };
+    let (uid, gid, root) = (d.uid, d.gid, d.root());
+    let (lower, upper) = (&d.lowers[0], &d.upper);
     let data = common::Rng::new(7).bytes((4 << 20) + 4096);
     std::fs::write(lower.join("image"), &data).expect("write lower");
     std::fs::write(lower.join("db"), &data[..1 << 20]).expect("write lower");
-    let ok = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(root)
-        .status()
-        .expect("chown");
-    assert!(ok.success());
-    let before = Tree::read_raw(&lower);
-    let mut bin = common::bin();
-    if !sh(uid, gid, root, &format!("test -x '{}'", bin.display()))
-        .status
-        .success()
-    {
-        let copy = root.join("unionfs-bin");
-        std::fs::copy(&bin, &copy).expect("copy the binary");
-        set_mode(&copy, 0o755);
-        bin = copy;
-    }
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        lower.clone().into(),
-        "--upper".into(),
-        upper.clone().into(),
-        "--workdir".into(),
-        work.clone().into(),
-        mnt.clone().into(),
-    ];
-    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    d.chown_to_user();
+    let before = Tree::read_raw(lower);
+    let bin = reachable_program(uid, gid, root, &common::bin());
+    let mut m = d.mount(&bin);
     // Direct reads of a lower file, whole and from an offset split over several requests.
     sh_ok(
         uid,
@@ -418,7 +444,7 @@ fn plain_user_direct_io_reads_and_writes_every_byte() {
     sh_ok(uid, gid, root, "fusermount3 -u mnt");
     assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
     drop(m);
-    assert_eq!(Tree::read_raw(&lower), before, "the lower layer changed");
+    assert_eq!(Tree::read_raw(lower), before, "the lower layer changed");
 }
 
 /// POSIX ACLs on a mount made by a plain user: an ACL a lower layer ships is enforced against
@@ -426,8 +452,7 @@ fn plain_user_direct_io_reads_and_writes_every_byte() {
 /// inherit land in the upper and hold after a remount.
 #[test]
 fn plain_user_mount_enforces_and_inherits_acls() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: setting up a plain user needs root");
+    if !root_or_skip() {
         return;
     }
     if !Command::new("setfacl")
@@ -438,62 +463,24 @@ fn plain_user_mount_enforces_and_inherits_acls() {
         eprintln!("skipped: setfacl (Debian package acl) is missing");
         return;
     }
-    let (uid, gid) = rootless_user();
-    set_mode(Path::new("/dev/fuse"), 0o666);
-    let dir = tempfile::Builder::new()
-        .prefix("unionfs-rootless-acl")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    set_mode(dir.path(), 0o755);
-    let root = dir.path();
-    let (lower, upper, work, mnt) = (
-        root.join("lower"),
-        root.join("upper"),
-        root.join("work"),
-        root.join("mnt"),
-    );
-    for d in [&lower, &upper, &work, &mnt] {
-        std::fs::create_dir(d).expect("mkdir");
-    }
+    let Some(d) = rootless_dirs("unionfs-rootless-acl", &["lower"]) else {
+        return;
+    };
+    let (uid, gid, root) = (d.uid, d.gid, d.root());
+    let lower = &d.lowers[0];
     std::fs::create_dir(lower.join("shared")).expect("mkdir");
-    let ok = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(root)
-        .status()
-        .expect("chown");
-    assert!(ok.success());
+    d.chown_to_user();
     // A root-owned file the mode lets everyone read, with an entry denying our user.
     std::fs::write(lower.join("denied"), "not for you").expect("write");
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!("chmod 644 denied && setfacl -m u:{USER}:--- denied"))
-        .current_dir(&lower)
+        .current_dir(lower)
         .status()
         .expect("setfacl");
     assert!(st.success());
-    let mut bin = common::bin();
-    if !sh(uid, gid, root, &format!("test -x '{}'", bin.display()))
-        .status
-        .success()
-    {
-        let copy = root.join("unionfs-bin");
-        std::fs::copy(&bin, &copy).expect("copy the binary");
-        set_mode(&copy, 0o755);
-        bin = copy;
-    }
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        lower.clone().into(),
-        "--upper".into(),
-        upper.clone().into(),
-        "--workdir".into(),
-        work.clone().into(),
-        mnt.clone().into(),
-    ];
-    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    let bin = reachable_program(uid, gid, root, &common::bin());
+    let mut m = d.mount(&bin);
     assert!(
         !sh(uid, gid, root, "cat mnt/denied").status.success(),
         "a lower file's ACL entry must deny the mounting user"
@@ -529,26 +516,11 @@ fn plain_user_mount_enforces_and_inherits_acls() {
     sh_ok(uid, gid, root, "fusermount3 -u mnt");
     assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
     drop(m);
-    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    let mut m = d.mount(&bin);
     assert_eq!(acls("after remount"), before);
     assert!(!sh(uid, gid, root, "cat mnt/denied").status.success(), "after remount");
     sh_ok(uid, gid, root, "fusermount3 -u mnt");
     assert_eq!(m.wait(Duration::from_secs(15)), Some(0));
-}
-
-/// `path` if the test user can execute it, else a copy in `dir` they can (a parent directory of
-/// the build may be private).
-fn reachable_program(uid: u32, gid: u32, dir: &Path, path: &Path) -> PathBuf {
-    if sh(uid, gid, dir, &format!("test -x '{}'", path.display()))
-        .status
-        .success()
-    {
-        return path.to_path_buf();
-    }
-    let copy = dir.join(path.file_name().expect("program name"));
-    std::fs::copy(path, &copy).expect("copy the program");
-    set_mode(&copy, 0o755);
-    copy
 }
 
 /// The environment variable that hands the mount point to [`direct_io_matrix_as_the_plain_user`].
@@ -564,57 +536,24 @@ const DIO_CHILD: &str = "direct_io_matrix_as_the_plain_user";
 /// afterwards in the upper; the lower is untouched.
 #[test]
 fn plain_user_direct_io_matrix_compares_every_byte() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: setting up a plain user needs root");
+    let Some(d) = rootless_dirs("unionfs-rootless-diomatrix", &["lower"]) else {
         return;
-    }
-    let (uid, gid) = rootless_user();
-    set_mode(Path::new("/dev/fuse"), 0o666);
-    let dir = tempfile::Builder::new()
-        .prefix("unionfs-rootless-diomatrix")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    set_mode(dir.path(), 0o755);
-    let root = dir.path();
-    let (lower, upper, work, mnt) = (
-        root.join("lower"),
-        root.join("upper"),
-        root.join("work"),
-        root.join("mnt"),
-    );
-    for d in [&lower, &upper, &work, &mnt] {
-        std::fs::create_dir(d).expect("mkdir");
-    }
+    };
+    let (uid, gid, root) = (d.uid, d.gid, d.root());
+    let (lower, upper, mnt) = (&d.lowers[0], &d.upper, &d.mnt);
     let (old, new) = direct_io::before_copy_up_data();
     std::fs::write(lower.join("image.raw"), direct_io::image_data()).expect("write lower");
     std::fs::write(lower.join("vm.img"), direct_io::vm_data()).expect("write lower");
     std::fs::write(lower.join("data"), &old).expect("write lower");
-    let ok = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(root)
-        .status()
-        .expect("chown");
-    assert!(ok.success());
-    let before = Tree::read_raw(&lower);
+    d.chown_to_user();
+    let before = Tree::read_raw(lower);
     let bin = reachable_program(uid, gid, root, &common::bin());
     let exe = reachable_program(uid, gid, root, &std::env::current_exe().expect("test binary"));
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        lower.clone().into(),
-        "--upper".into(),
-        upper.clone().into(),
-        "--workdir".into(),
-        work.clone().into(),
-        mnt.clone().into(),
-    ];
-    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    let mut m = d.mount(&bin);
     let out = as_user(uid, gid)
         .arg(&exe)
         .args(["--exact", DIO_CHILD, "--ignored", "--nocapture", "--test-threads=1"])
-        .env(DIO_MNT_ENV, &mnt)
+        .env(DIO_MNT_ENV, mnt)
         .current_dir(root)
         .stdin(Stdio::null())
         .output()
@@ -646,7 +585,7 @@ fn plain_user_direct_io_matrix_compares_every_byte() {
         let md = std::fs::metadata(upper.join(name)).expect("upper file");
         assert_eq!((md.uid(), md.gid()), (uid, gid), "upper/{name} not owned by the user");
     }
-    assert_eq!(Tree::read_raw(&lower), before, "the lower layer changed");
+    assert_eq!(Tree::read_raw(lower), before, "the lower layer changed");
 }
 
 /// The half of [`plain_user_direct_io_matrix_compares_every_byte`] that runs as the plain user,
@@ -675,53 +614,23 @@ fn direct_io_matrix_as_the_plain_user() {
 /// need no marker: it lists and stats as on the plain filesystem and with fuse-overlayfs.
 #[test]
 fn plain_user_lists_and_stats_a_lower_directory_it_cannot_search() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: setting up a plain user needs root");
+    let Some(d) = rootless_dirs("unionfs-rootless-nosearch", &["lower0", "lower1"]) else {
         return;
-    }
-    let (uid, gid) = rootless_user();
-    set_mode(Path::new("/dev/fuse"), 0o666);
-    let dir = tempfile::Builder::new()
-        .prefix("unionfs-rootless-nosearch")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    set_mode(dir.path(), 0o755);
-    let root = dir.path();
-    let (l0, l1) = (root.join("lower0"), root.join("lower1"));
-    let (upper, work, mnt) = (root.join("upper"), root.join("work"), root.join("mnt"));
-    for d in [&l0, &l1, &upper, &work, &mnt] {
-        std::fs::create_dir(d).expect("mkdir");
-    }
+    };
+    let (uid, gid, root) = (d.uid, d.gid, d.root());
+    let (l0, l1) = (&d.lowers[0], &d.lowers[1]);
     std::fs::create_dir(l1.join("private")).expect("mkdir");
     std::fs::write(l1.join("private/secret"), "hidden below an opaque directory").expect("write");
     std::fs::write(l1.join("pub"), "public").expect("write");
-    let ok = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(root)
-        .status()
-        .expect("chown");
-    assert!(ok.success());
+    d.chown_to_user();
     // The top layer's `private`: root's, 0700, marked opaque in the form a plain user can read
     // when allowed to search the directory.
     std::fs::create_dir(l0.join("private")).expect("mkdir");
     std::fs::write(l0.join("private/.wh..wh..opq"), "").expect("opaque marker");
     std::fs::set_permissions(l0.join("private"), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    std::os::unix::fs::chown(&l0, Some(uid), Some(gid)).expect("chown lower0");
+    std::os::unix::fs::chown(l0, Some(uid), Some(gid)).expect("chown lower0");
     let bin = reachable_program(uid, gid, root, &common::bin());
-    let lower_arg = format!("{}:{}", l0.display(), l1.display());
-    let args: Vec<OsString> = vec![
-        "mount".into(),
-        "--foreground".into(),
-        "--lower".into(),
-        lower_arg.into(),
-        "--upper".into(),
-        upper.clone().into(),
-        "--workdir".into(),
-        work.clone().into(),
-        mnt.clone().into(),
-    ];
-    let mut m = UserMount::start(uid, gid, &bin, &args, &mnt);
+    let mut m = d.mount(&bin);
     // Never what the directory may hide.
     let r = sh(uid, gid, root, "cat mnt/private/secret");
     assert!(
