@@ -220,13 +220,7 @@ def make_target(name, workdir, fo2):
 # ---- workloads -------------------------------------------------------------------------------
 
 
-def walk(top):
-    n = 0
-    for dp, dns, fns in os.walk(top):
-        for name in dns + fns:
-            os.lstat(os.path.join(dp, name))
-            n += 1
-    return n
+walk = mb._stat_walk  # os.walk + lstat of every entry, as mount_bench's stat-all
 
 
 def append_all(d):

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::podman::{Podman, podman_unavailable};
 use common::{KernelOverlay, Layers, Mount, bin, is_mounted, lower_arg, mknod_whiteout, set_times, xset};
 
 // ---- running the tools ------------------------------------------------------------------------
@@ -1995,66 +1996,6 @@ fn progress_on_a_terminal_only() {
 
 // ---- Podman ---------------------------------------------------------------------------------
 
-/// A private Podman store in a temporary directory; dropping it unmounts and removes everything.
-struct Podman {
-    dir: tempfile::TempDir,
-    mount_program: PathBuf,
-}
-
-impl Podman {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(self.dir.path().join("root"))
-            .arg("--runroot")
-            .arg(self.dir.path().join("run"))
-            .arg("--storage-driver")
-            .arg("overlay")
-            .arg("--storage-opt")
-            .arg(format!("overlay.mount_program={}", self.mount_program.display()))
-            .arg("--events-backend")
-            .arg("none")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let o = sh(self.cmd().args(args));
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cmd().args(["umount", "-a", "-f"]).output();
-        let _ = self.cmd().args(["rm", "-a", "-f"]).output();
-        let root = self.dir.path().to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mounts.lines() {
-            if let Some(mp) = line.split(' ').nth(4) {
-                if mp.starts_with(&root) {
-                    let _ = Command::new("umount").arg("-l").arg(mp).status();
-                }
-            }
-        }
-    }
-}
-
-/// Where Podman cannot run here, why (the test then says so and passes without checking).
-fn podman_unavailable() -> Option<String> {
-    if !have("podman") {
-        return Some("podman is not installed (scripts/setup.sh installs it where apt-get works)".into());
-    }
-    match Command::new("podman").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "podman --version failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Some(format!("podman cannot start: {e}")),
-    }
-}
-
 /// The same changes in a Podman container (`podman create` + `podman mount`, unionfs as the
 /// overlay driver's mount_program): `unionfs diff` on the layer directories `podman inspect`
 /// names prints the same set of lines as `podman diff`; `unionfs commit` of that upper, applied
@@ -2065,10 +2006,7 @@ fn podman_diff_matches() {
         eprintln!("SKIPPED podman_diff_matches: {why}");
         return;
     }
-    let p = Podman {
-        dir: tempdir("unionfs-podman"),
-        mount_program: bin(),
-    };
+    let p = Podman::new(Some(bin()));
     // The image: the lowers' view as one base layer.
     let l = Layers::new(2);
     make_lowers(&l);

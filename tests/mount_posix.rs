@@ -150,29 +150,6 @@ fn run_op(op: &str, path: &Path, arg: &Path) {
     }
 }
 
-/// Maps the first page of `f` shared, reads and writes `data` at its start and unmaps it,
-/// without msync (what a process exiting after such a write does).
-fn mmap_write_no_msync(f: &std::fs::File, data: &[u8]) {
-    let len = 4096;
-    // SAFETY: a fresh shared mapping of the first page of a file at least that long; we write
-    // inside it only and unmap it before returning, and no other reference to it exists.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        let first = std::ptr::read_volatile(p as *const u8);
-        std::hint::black_box(first);
-        std::ptr::copy_nonoverlapping(data.as_ptr(), p as *mut u8, data.len());
-        assert_eq!(libc::munmap(p, len), 0);
-    }
-}
-
 // ---- 5. setuid and setgid ------------------------------------------------------------------
 
 const DATA_OPS: [&str; 9] = [
@@ -312,7 +289,7 @@ fn mapped_write_times(mnt: &Path) -> (bool, bool) {
     std::thread::sleep(Duration::from_millis(50));
     let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
     let len = 4096;
-    // SAFETY: as in `mmap_write_no_msync`; the fd is closed right after mapping (the mapping
+    // SAFETY: as in `common::mmap_write_no_msync`; the fd is closed right after mapping (the mapping
     // keeps the file), the page is read and written inside the mapping only.
     let moved = unsafe {
         let ptr = libc::mmap(
@@ -883,16 +860,7 @@ impl LoopMount {
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        if is_mounted(&self.dir) {
-            let ok = Command::new("umount")
-                .arg(&self.dir)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-            }
-        }
+        unmount_dir(&self.dir);
     }
 }
 

@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, is_kernel_indirect, open_beneath, walk_all};
+use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, is_kernel_indirect, walk_all};
 use super::{LayerError, Observer, Result, join};
 use crate::attr::Kind;
 use crate::sys;
@@ -639,7 +639,7 @@ impl Checker<'_> {
             if known.contains(&value) {
                 continue;
             }
-            let dfd = open_beneath(upper.fd(), OsStr::from_bytes(&rel)).map_err(|e| LayerError::io(&at, e))?;
+            let dfd = sys::open_dir_beneath(upper.fd(), OsStr::from_bytes(&rel)).map_err(|e| LayerError::io(&at, e))?;
             let mut fix = || remove_xattr(dfd.as_fd(), &name, ox);
             self.problem(
                 at,

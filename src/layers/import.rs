@@ -22,7 +22,6 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use tar::EntryType;
 
-use super::walk::open_beneath;
 use super::{LayerError, Observer, Result};
 use crate::sys;
 use crate::union::whiteout;
@@ -264,14 +263,15 @@ impl Importer<'_> {
                         Some(i) => (&p[..i], &p[i + 1..]),
                         None => (&b""[..], &p[..]),
                     };
-                    let pfd = open_beneath(self.root, OsStr::from_bytes(pp)).map_err(|e| self.fail(entry, e))?;
+                    let pfd =
+                        sys::open_dir_beneath(self.root, OsStr::from_bytes(pp)).map_err(|e| self.fail(entry, e))?;
                     rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), Mode::from_raw_mode(0o755))
                         .map_err(|e| self.fail(entry, e))?;
                     self.made.insert(p.clone(), Made::ImplicitDir);
                 }
             }
         }
-        open_beneath(self.root, OsStr::from_bytes(&p)).map_err(|e| self.fail(entry, e))
+        sys::open_dir_beneath(self.root, OsStr::from_bytes(&p)).map_err(|e| self.fail(entry, e))
     }
 
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<()> {
@@ -446,8 +446,8 @@ impl Importer<'_> {
         let Some((&tname, tparent)) = tc.split_last() else {
             return Err(self.refuse(raw, "hard link to the root"));
         };
-        let tfd =
-            open_beneath(self.root, OsStr::from_bytes(&tparent.join(&b'/'))).map_err(|err| self.fail(raw, err))?;
+        let tfd = sys::open_dir_beneath(self.root, OsStr::from_bytes(&tparent.join(&b'/')))
+            .map_err(|err| self.fail(raw, err))?;
         rustix::fs::linkat(&tfd, OsStr::from_bytes(tname), dir, n, AtFlags::empty())
             .map_err(|err| self.fail(raw, err))?;
         self.made.insert(rel, kind.unwrap_or(Made::Other));
@@ -537,7 +537,7 @@ impl Importer<'_> {
                 p.push(b'/');
             }
             p.extend_from_slice(&target);
-            let pfd = open_beneath(self.root, OsStr::from_bytes(&parent)).map_err(|e| self.fail(&p, e))?;
+            let pfd = sys::open_dir_beneath(self.root, OsStr::from_bytes(&parent)).map_err(|e| self.fail(&p, e))?;
             let n = OsStr::from_bytes(&target);
             match self.made.get(&p) {
                 // The same layer has the name: a whiteout only hides the layers below, which for a
@@ -562,7 +562,7 @@ impl Importer<'_> {
         opaques.sort();
         opaques.dedup();
         for d in opaques {
-            let fd = open_beneath(self.root, OsStr::from_bytes(&d)).map_err(|e| self.fail(&d, e))?;
+            let fd = sys::open_dir_beneath(self.root, OsStr::from_bytes(&d)).map_err(|e| self.fail(&d, e))?;
             whiteout::mark_opaque(fd.as_fd(), false, self.privileged).map_err(|e| self.fail(&d, e))?;
             self.summary.opaque_dirs += 1;
         }
@@ -576,12 +576,12 @@ impl Importer<'_> {
             };
             let (pfd, n) = if d.path.is_empty() {
                 (
-                    open_beneath(self.root, OsStr::new("")).map_err(|e| self.fail(&d.path, e))?,
+                    sys::open_dir_beneath(self.root, OsStr::new("")).map_err(|e| self.fail(&d.path, e))?,
                     OsStr::new("."),
                 )
             } else {
                 (
-                    open_beneath(self.root, OsStr::from_bytes(parent)).map_err(|e| self.fail(&d.path, e))?,
+                    sys::open_dir_beneath(self.root, OsStr::from_bytes(parent)).map_err(|e| self.fail(&d.path, e))?,
                     OsStr::from_bytes(name),
                 )
             };

@@ -305,21 +305,6 @@ impl ImageDir {
     }
 }
 
-/// Opens the directory `rel` below `root` (`O_PATH`) without following any symlink and without
-/// leaving `root`: the kernel enforces it (`RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`).
-pub(crate) fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
-    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        rustix::fs::ResolveFlags::IN_ROOT
-            | rustix::fs::ResolveFlags::NO_SYMLINKS
-            | rustix::fs::ResolveFlags::NO_MAGICLINKS,
-    )
-}
-
 /// What [`walk_all`] calls: `(rel, dir fd, listing, entry)`.
 pub(crate) type WalkFn<'f> = dyn FnMut(&[u8], BorrowedFd<'_>, &Listing, Option<&Entry>) -> Result<()> + 'f;
 

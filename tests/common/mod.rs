@@ -511,15 +511,20 @@ impl KernelOverlay {
 
 impl Drop for KernelOverlay {
     fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
+        unmount_dir(&self.mnt);
+    }
+}
+
+/// Unmounts whatever is mounted at `dir` (lazily if it is busy); nothing if nothing is.
+pub fn unmount_dir(dir: &Path) {
+    if is_mounted(dir) {
+        let ok = Command::new("umount")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(dir).status();
         }
     }
 }
@@ -636,9 +641,19 @@ pub fn upper_format_problems(upper: &Path) -> Vec<String> {
 
 /// Writes `data` at `off` of `f` through a shared mapping, then msync and munmap.
 pub fn mmap_write(f: &std::fs::File, len: usize, off: usize, data: &[u8]) {
+    mapped_write(f, len, off, data, true);
+}
+
+/// Reads and then writes `data` at the start of `f`'s first page through a shared mapping and
+/// unmaps it without msync (what a process exiting after such a write does).
+pub fn mmap_write_no_msync(f: &std::fs::File, data: &[u8]) {
+    mapped_write(f, 4096, 0, data, false);
+}
+
+fn mapped_write(f: &std::fs::File, len: usize, off: usize, data: &[u8], msync: bool) {
     assert!(off + data.len() <= len);
-    // SAFETY: we map `len` bytes of a file that is at least that long, write only inside the
-    // mapping, and unmap it before returning; no other reference to the memory exists.
+    // SAFETY: we map `len` bytes of a file that is at least that long, read and write only
+    // inside the mapping, and unmap it before returning; no other reference to the memory exists.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -649,13 +664,16 @@ pub fn mmap_write(f: &std::fs::File, len: usize, off: usize, data: &[u8]) {
             0,
         );
         assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        std::hint::black_box(std::ptr::read_volatile(p as *const u8));
         std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(off), data.len());
-        assert_eq!(
-            libc::msync(p, len, libc::MS_SYNC),
-            0,
-            "msync: {}",
-            std::io::Error::last_os_error()
-        );
+        if msync {
+            assert_eq!(
+                libc::msync(p, len, libc::MS_SYNC),
+                0,
+                "msync: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         assert_eq!(libc::munmap(p, len), 0);
     }
 }

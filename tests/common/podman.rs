@@ -152,13 +152,9 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.cmd().args(["umount", "-a", "-f"]).output();
         let _ = self.cmd().args(["rm", "-a", "-f"]).output();
-        let root = self.dir.path().to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mounts.lines() {
-            if let Some(mp) = line.split(' ').nth(4) {
-                if mp.starts_with(&root) {
-                    let _ = Command::new("umount").arg("-l").arg(mp).status();
-                }
+        for m in unionfs::mountinfo::table().into_iter().rev() {
+            if m.mountpoint.starts_with(self.dir.path()) {
+                let _ = Command::new("umount").arg("-l").arg(&m.mountpoint).status();
             }
         }
         if let Some(pid) = self.pause_pid() {
