@@ -116,6 +116,12 @@ pub enum SetupError {
     NoLower,
     #[error("{given} lower layers given; at most {max} can be stacked")]
     TooManyLayers { given: usize, max: usize },
+    #[error("{role} {path} is in use by {holder}; an upper or workdir serves one mount at a time")]
+    InUse {
+        role: &'static str,
+        path: PathBuf,
+        holder: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }

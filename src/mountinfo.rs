@@ -13,6 +13,8 @@ pub struct MountEntry {
     pub mountpoint: PathBuf,
     /// `fuse`, `fuse.unionfs`, `overlay`, ...
     pub fstype: String,
+    /// The filesystem's own options (`upperdir=...,workdir=...` for kernel overlayfs), escaped.
+    pub super_options: String,
 }
 
 impl MountEntry {
@@ -22,12 +24,25 @@ impl MountEntry {
         let dev = f.nth(2)?;
         let (maj, min) = dev.split_once(':')?;
         let mountpoint = f.nth(1)?;
-        let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
+        let mut tail = line.split(" - ").nth(1)?.split(' ');
+        let fstype = tail.next()?;
+        let super_options = tail.nth(1).unwrap_or_default();
         Some(MountEntry {
             dev: (maj.parse().ok()?, min.parse().ok()?),
             mountpoint: PathBuf::from(OsString::from_vec(unescape(mountpoint))),
             fstype: fstype.to_string(),
+            super_options: super_options.to_string(),
         })
+    }
+
+    /// The paths given to the filesystem options `keys` (`upperdir`, ...), unescaped.
+    pub fn options_named(&self, keys: &[&str]) -> Vec<PathBuf> {
+        self.super_options
+            .split(',')
+            .filter_map(|o| o.split_once('='))
+            .filter(|(k, _)| keys.contains(k))
+            .map(|(_, v)| PathBuf::from(OsString::from_vec(unescape(v))))
+            .collect()
     }
 
     pub fn is_fuse(&self) -> bool {
@@ -85,9 +100,20 @@ mod tests {
                 dev: (0, 41),
                 mountpoint: "/mnt/my union".into(),
                 fstype: "fuse.unionfs".into(),
+                super_options: "rw,user_id=0".into(),
             })
         );
         assert!(MountEntry::parse(l).is_some_and(|e| e.is_fuse()));
         assert_eq!(MountEntry::parse("garbage"), None);
+    }
+
+    #[test]
+    fn finds_the_directories_of_a_kernel_overlay() {
+        let l = "40 35 0:50 / /m rw - overlay overlay rw,lowerdir=/l,upperdir=/u\\054x,workdir=/w";
+        let e = MountEntry::parse(l).expect("parses");
+        assert_eq!(
+            e.options_named(&["upperdir", "workdir"]),
+            vec![PathBuf::from("/u,x"), PathBuf::from("/w")]
+        );
     }
 }

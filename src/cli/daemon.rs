@@ -159,6 +159,8 @@ struct Started {
     union: Arc<Union>,
     signals: signal_hook::iterator::Signals,
     mountpoint: PathBuf,
+    /// The upper and workdir, ours until the daemon exits (see `unionfs::inuse`).
+    _in_use: Vec<unionfs::inuse::DirLock>,
 }
 
 /// Mounts and serves in this process until unmounted. `ready` is set in a background child.
@@ -216,6 +218,7 @@ fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
         let _ = std::env::set_current_dir("/");
     }
     let created_workdir = cfg.workdir.as_ref().filter(|w| !w.exists()).cloned();
+    let in_use = unionfs::inuse::hold_for_mount(&cfg).map_err(setup)?;
     // Modes of new files come from the callers (the kernel applies their umask, or sends it).
     rustix::process::umask(rustix::fs::Mode::empty());
     let union = Union::new(&cfg).map(Arc::new).map_err(|e| {
@@ -234,6 +237,7 @@ fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
         union,
         signals,
         mountpoint,
+        _in_use: in_use,
     })
 }
 

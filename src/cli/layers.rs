@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
-use unionfs::layers::{self, LayerError, Observer, Stack, human_size};
+use unionfs::layers::{self, Claim, LayerError, Observer, Stack, Use, human_size};
 
 /// The layers every tool reads.
 #[derive(clap::Args)]
@@ -205,6 +205,20 @@ fn workdir_of(given: Option<PathBuf>, upper: &Path) -> Result<Option<PathBuf>, L
         .map(|(_, c)| c))
 }
 
+/// Takes the locks a tool needs on an upper and its workdir (see `layers::claim`) and prints
+/// the warnings.
+fn claim(upper: Option<&Path>, workdir: Option<&Path>, how: Use) -> Result<Claim, LayerError> {
+    let dirs: Vec<(&str, &Path)> = [("upper", upper), ("workdir", workdir)]
+        .into_iter()
+        .filter_map(|(r, p)| Some((r, p?)))
+        .collect();
+    let c = layers::claim(&dirs, how)?;
+    for w in &c.warnings {
+        eprintln!("unionfs: warning: {w}");
+    }
+    Ok(c)
+}
+
 fn open_stack(lower: Option<&OsString>, upper: Option<&Path>) -> Result<Stack, LayerError> {
     let lowers = lower.map(|l| super::compat::split_lowers(l)).unwrap_or_default();
     Stack::open(&lowers, upper)
@@ -241,6 +255,10 @@ pub fn diff(a: DiffArgs) -> ExitCode {
         .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?)))
     {
         Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let _claim = match claim(Some(&a.stack.upper), stack.workdir.as_deref(), Use::Read) {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
     let p = Progress::new("diff", false);
@@ -300,6 +318,10 @@ pub fn commit(a: CommitArgs) -> ExitCode {
         },
         clamp_mtime: clamp,
     };
+    let _claim = match claim(Some(&a.stack.upper), stack.workdir.as_deref(), Use::ReadStill) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let p = Progress::new("commit", true);
     let r = layers::commit::commit_to_file(&stack, &opts, &a.output, &p);
     p.done();
@@ -324,6 +346,10 @@ pub fn commit(a: CommitArgs) -> ExitCode {
 }
 
 pub fn import(a: ImportArgs) -> ExitCode {
+    let _claim = match claim(Some(&a.dir), None, Use::Write) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let p = Progress::new("import", true);
     let r = layers::import::import(&a.file, &a.dir, &p);
     p.done();
@@ -347,6 +373,10 @@ pub fn import(a: ImportArgs) -> ExitCode {
 pub fn size(a: SizeArgs) -> ExitCode {
     let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
         Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let _claim = match claim(Some(&a.stack.upper), None, Use::Read) {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
     let p = Progress::new("size", false);
@@ -375,6 +405,10 @@ pub fn size(a: SizeArgs) -> ExitCode {
 pub fn layers(a: LayersArgs) -> ExitCode {
     let stack = match open_stack(a.lower.as_ref(), a.upper.as_deref()) {
         Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let _claim = match claim(a.upper.as_deref(), None, Use::Read) {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
     let p = Progress::new("layers", false);
@@ -412,8 +446,17 @@ pub fn check(a: CheckArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let workdir = match workdir_of(a.workdir, &a.stack.upper) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    let how = if a.repair { Use::Write } else { Use::Read };
+    let _claim = match claim(Some(&a.stack.upper), workdir.as_deref(), how) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let opts = layers::check::CheckOptions {
-        workdir: a.workdir,
+        workdir,
         repair: a.repair,
     };
     let p = Progress::new("check", false);

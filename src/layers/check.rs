@@ -27,6 +27,7 @@ use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, is_kernel_indirec
 use super::{LayerError, Observer, Result, join};
 use crate::attr::Kind;
 use crate::sys;
+use crate::union::hardlinks::{HardlinkIndex, IndexState};
 use crate::union::whiteout::{self, WhiteoutForm};
 
 /// Options of a check.
@@ -246,7 +247,7 @@ impl Checker<'_> {
                 // Kernel overlayfs's inode index (index=on) and our hard-link index: state that
                 // the view depends on, not leftovers.
                 (b"index", true) => {}
-                (n, true) if n == crate::union::hardlinks::HardlinkIndex::DIR_NAME.as_bytes() => {}
+                (n, true) if n == HardlinkIndex::DIR_NAME.as_bytes() => self.hardlink_index(fd.as_fd(), &p)?,
                 (b"incompat", true) => {
                     let sub = sys::open_path_dir(fd.as_fd(), &e.name).map_err(|err| LayerError::io(&p, err))?;
                     let inner = sys::read_dir(sub.as_fd()).map_err(|err| LayerError::io(&p, err))?;
@@ -273,6 +274,30 @@ impl Checker<'_> {
                         "leftover in the workdir".to_string(),
                         Some(&mut || remove_any(wfd, &name)),
                     )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Our hard-link index (at `p` in the workdir `wfd`): made for another upper, or entries
+    /// whose copy has no name left in the upper. A mount would remove both before using it.
+    fn hardlink_index(&mut self, wfd: BorrowedFd<'_>, p: &Path) -> Result<()> {
+        let upper = self.stack.upper()?;
+        match HardlinkIndex::inspect(wfd, upper.fd()).map_err(|e| LayerError::io(p, e))? {
+            IndexState::None => {}
+            IndexState::Foreign(n) => {
+                let msg = format!(
+                    "hard-link index made for another upper than {} (or by an older unionfs): {n} entries the view must not show",
+                    upper.path.display()
+                );
+                self.problem(p.to_path_buf(), msg, Some(&mut || HardlinkIndex::remove_all(wfd)))?;
+            }
+            IndexState::Owned(_, orphans) => {
+                for key in orphans {
+                    let msg = "hard-link index entry whose copy has no name left in the upper".to_string();
+                    let at = p.join(HardlinkIndex::entry_name(key));
+                    self.problem(at, msg, Some(&mut || HardlinkIndex::remove_entry(wfd, key)))?;
                 }
             }
         }

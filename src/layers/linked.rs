@@ -19,7 +19,7 @@ use rustix::fs::{FileType, Stat};
 use super::walk::{Found, ImageDir, Stack, is_dir};
 use super::{LayerError, Observer, Result, join};
 use crate::sys;
-use crate::union::hardlinks::{HardlinkIndex, Key};
+use crate::union::hardlinks::{HardlinkIndex, IndexState, Key};
 use crate::union::whiteout;
 
 /// The index's copy a name shows.
@@ -74,7 +74,10 @@ impl Linked {
         )
         .map_err(|e| LayerError::io(work, e))?;
         let at = work.join(HardlinkIndex::DIR_NAME);
-        let Some(index) = HardlinkIndex::read_only(wfd.as_fd()).map_err(|e| LayerError::io(&at, e))? else {
+        let upper = stack.upper()?;
+        let found = HardlinkIndex::inspect(wfd.as_fd(), upper.fd()).map_err(|e| LayerError::io(&at, e))?;
+        // A foreign index is not the view's: a mount of this upper removes it before use.
+        let IndexState::Owned(index, _) = found else {
             return Ok(Linked::default());
         };
         // Keys whose copy the upper does not carry under every name the view gives it.

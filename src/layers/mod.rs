@@ -59,6 +59,62 @@ impl LayerError {
     }
 }
 
+/// What a tool does with the directories it is given, for the locks it takes on them (see
+/// `crate::inuse`: a live mount holds its upper and workdir exclusively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Reads them and may run beside a mount (`diff`, `size`, `layers`, `check`): the answer is
+    /// then a snapshot of a moving target, and says so.
+    Read,
+    /// Reads them and needs them to hold still (`commit`): refused while a mount holds them.
+    ReadStill,
+    /// Changes them (`check --repair`, `import`): refused while anyone else uses them.
+    Write,
+}
+
+/// The locks a tool holds while it runs, and warnings for the user.
+#[derive(Debug)]
+pub struct Claim {
+    pub warnings: Vec<String>,
+    _locks: Vec<crate::inuse::DirLock>,
+}
+
+/// Locks `dirs` (role, path; paths that do not exist are skipped) for `how`.
+pub fn claim(dirs: &[(&str, &Path)], how: Use) -> Result<Claim> {
+    use crate::inuse::{Access, LockError, lock};
+    let mut c = Claim {
+        warnings: Vec::new(),
+        _locks: Vec::new(),
+    };
+    let access = if how == Use::Write {
+        Access::Exclusive
+    } else {
+        Access::Shared
+    };
+    for &(role, dir) in dirs {
+        if !dir.is_dir() {
+            continue;
+        }
+        match lock(dir, access) {
+            Ok(l) => c._locks.push(l),
+            Err(LockError::Busy { holder }) if how == Use::Read => c.warnings.push(format!(
+                "{role} {} is in use by {holder}: this is a snapshot of a moving target",
+                dir.display()
+            )),
+            Err(LockError::Busy { holder }) => {
+                return Err(LayerError::invalid(
+                    dir,
+                    format!("{role} in use by {holder}; unmount it (or wait for it) first"),
+                ));
+            }
+            // A directory we may not open for reading cannot be used by a mount of ours either.
+            Err(LockError::Io(e)) if how == Use::Read => c.warnings.push(format!("{role} {}: {e}", dir.display())),
+            Err(LockError::Io(e)) => return Err(LayerError::io(dir, e)),
+        }
+    }
+    Ok(c)
+}
+
 /// Receives progress of long walks and tells them to stop. All methods have no-op defaults.
 pub trait Observer: Sync {
     /// One more entry handled.

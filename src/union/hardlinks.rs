@@ -18,13 +18,15 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use parking_lot::RwLock;
-use rustix::fs::{AtFlags, Mode, Stat, XattrFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno as RErrno;
 
 use std::sync::Arc;
 
 use super::index::Visible;
+use super::index_owner::UpperIdentity;
 use super::node::Node;
+use super::workdir::Workdir;
 use super::{Union, copy_up::keep_dir_times};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
@@ -32,6 +34,8 @@ use crate::sys::{self, Target};
 
 /// The index directory, beside our scratch directory in the workdir.
 const DIR: &str = "unionfs-index";
+/// The file in it that says which upper the index belongs to (see `index_owner.rs`).
+const OWNER: &str = "owner";
 /// What an entry was copied from (see [`Origin`]).
 const ORIGIN_XATTR: &str = "user.unionfs.index";
 /// How many names the object has in the view: the lower file's link count at copy-up, plus
@@ -61,20 +65,27 @@ impl Key {
     }
 }
 
-/// The lower file an index entry was copied from.
+/// The lower file an index entry was copied from: its identity, and what tells a file that
+/// later got the same inode number (a layer rebuilt, a new image version unpacked in its
+/// place) from it. The ctime is the strong part: unpacking or copying a file gives it a new
+/// one, and nobody can set it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Origin {
+    fsid: u64,
+    ino: u64,
     size: i64,
-    mtime: i64,
-    mtime_nsec: u64,
+    mtime: (i64, u64),
+    ctime: (i64, u64),
 }
 
 impl Origin {
-    fn of(st: &Stat) -> Origin {
+    fn of(key: Key, st: &Stat) -> Origin {
         Origin {
+            fsid: key.fsid,
+            ino: key.ino,
             size: st.st_size,
-            mtime: st.st_mtime,
-            mtime_nsec: st.st_mtime_nsec,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }
     }
 
@@ -98,22 +109,52 @@ pub(crate) struct HardlinkIndex {
     keys: RwLock<HashSet<Key>>,
 }
 
+/// What opening an index removed (for the daemon's log and `unionfs check`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cleanup {
+    /// Entries of an index made for another upper, or before indexes recorded their upper.
+    pub foreign: usize,
+    /// Entries whose copy has no name left in the upper.
+    pub orphans: usize,
+}
+
 impl HardlinkIndex {
-    /// Opens (creating it if needed) the index in the workdir `work_root`.
-    pub fn open(work_root: BorrowedFd<'_>) -> rustix::io::Result<HardlinkIndex> {
-        match rustix::fs::mkdirat(work_root, DIR, Mode::from_raw_mode(0o700)) {
+    /// Opens (creating it if needed) the index in the workdir `work` for the upper whose root is
+    /// `upper_root`. An index made for another upper is emptied first, and entries whose copy
+    /// has no name left in the upper are removed (see `index_owner.rs`), before any lookup can
+    /// link them into the view. `privileged`: where the upper's id is written.
+    pub fn open(
+        work: &Workdir,
+        upper_root: BorrowedFd<'_>,
+        privileged: bool,
+    ) -> rustix::io::Result<(HardlinkIndex, Cleanup)> {
+        match rustix::fs::mkdirat(work.root(), DIR, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(RErrno::EXIST) => {}
             Err(e) => return Err(e),
         }
-        let dir = sys::open_path_dir(work_root, OsStr::new(DIR))?;
-        let keys = sys::read_dir(dir.as_fd())?
-            .iter()
-            .filter_map(|e| Key::parse(&e.name))
-            .collect();
-        Ok(HardlinkIndex {
+        let dir = sys::open_path_dir(work.root(), OsStr::new(DIR))?;
+        let upper = UpperIdentity::establish(upper_root, privileged)?;
+        let recorded = read_owner(dir.as_fd())?;
+        let mut cleanup = Cleanup::default();
+        let mut keys = entry_keys(dir.as_fd())?;
+        if !recorded.as_ref().is_some_and(|r| r.owns(&upper)) {
+            cleanup.foreign = keys.len();
+            sys::remove_tree_contents(dir.as_fd())?;
+            keys.clear();
+        }
+        for key in orphans(dir.as_fd(), &keys)? {
+            rustix::fs::unlinkat(&dir, key.name(), AtFlags::empty())?;
+            keys.remove(&key);
+            cleanup.orphans += 1;
+        }
+        if recorded.as_ref() != Some(&upper) {
+            write_owner(work, dir.as_fd(), &upper)?;
+        }
+        let index = HardlinkIndex {
             dir: Some(Arc::new(dir)),
             keys: RwLock::new(keys),
-        })
+        };
+        Ok((index, cleanup))
     }
 
     /// Whether the index has no entry (then no lookup needs to consult it).
@@ -128,7 +169,7 @@ impl HardlinkIndex {
             return false;
         }
         match sys::get_xattr(dir.as_fd(), &key.name(), ORIGIN_XATTR) {
-            Ok(Some(v)) => Origin::decode(&v) == Some(Origin::of(st)),
+            Ok(Some(v)) => Origin::decode(&v) == Some(Origin::of(key, st)),
             // Written where xattrs are not supported: trust the identity alone.
             Ok(None) => true,
             Err(_) => false,
@@ -142,7 +183,11 @@ impl HardlinkIndex {
         // Best effort: without them the entry is trusted by identity alone and the view counts
         // the names in the upper.
         let t = Target::Entry(work, tmp);
-        let _ = t.set_xattr(OsStr::new(ORIGIN_XATTR), &Origin::of(st).encode(), XattrFlags::empty());
+        let _ = t.set_xattr(
+            OsStr::new(ORIGIN_XATTR),
+            &Origin::of(key, st).encode(),
+            XattrFlags::empty(),
+        );
         let _ = set_count(&t, st.st_nlink as u32);
         let name = key.name();
         match rustix::fs::linkat(work, tmp, dir, &name, AtFlags::empty()) {
@@ -269,23 +314,43 @@ impl Union {
     }
 }
 
-/// For the offline layer tools (`crate::layers`): the index in the workdir `work_root` as it
-/// is, if there is one (nothing is created), and what it holds.
+/// An index as the offline layer tools (`crate::layers`) find it: nothing is created or removed.
+pub(crate) enum IndexState {
+    /// No index in the workdir.
+    None,
+    /// An index made for another upper (or before indexes recorded theirs), with its entry
+    /// count: a mount of this upper removes it before using the workdir.
+    Foreign(usize),
+    /// The upper's own index (without the orphans, which a mount removes), and the orphans.
+    Owned(HardlinkIndex, Vec<Key>),
+}
+
 impl HardlinkIndex {
-    pub(crate) fn read_only(work_root: BorrowedFd<'_>) -> rustix::io::Result<Option<HardlinkIndex>> {
+    /// The index in the workdir `work_root` as a mount of the upper whose root is
+    /// `upper_root` would use it.
+    pub(crate) fn inspect(work_root: BorrowedFd<'_>, upper_root: BorrowedFd<'_>) -> rustix::io::Result<IndexState> {
         let dir = match sys::open_path_dir(work_root, OsStr::new(DIR)) {
             Ok(d) => d,
-            Err(RErrno::NOENT) => return Ok(None),
+            Err(RErrno::NOENT) => return Ok(IndexState::None),
             Err(e) => return Err(e),
         };
-        let keys = sys::read_dir(dir.as_fd())?
-            .iter()
-            .filter_map(|e| Key::parse(&e.name))
-            .collect();
-        Ok(Some(HardlinkIndex {
+        let mut keys = entry_keys(dir.as_fd())?;
+        let upper = UpperIdentity::read(upper_root)?;
+        if !read_owner(dir.as_fd())?.is_some_and(|r| r.owns(&upper)) {
+            return Ok(match keys.len() {
+                0 => IndexState::None,
+                n => IndexState::Foreign(n),
+            });
+        }
+        let orphans = orphans(dir.as_fd(), &keys)?;
+        for k in &orphans {
+            keys.remove(k);
+        }
+        let index = HardlinkIndex {
             dir: Some(Arc::new(dir)),
             keys: RwLock::new(keys),
-        }))
+        };
+        Ok(IndexState::Owned(index, orphans))
     }
 
     /// Every key with an entry.
@@ -293,8 +358,76 @@ impl HardlinkIndex {
         self.keys.read().iter().copied().collect()
     }
 
+    /// Removes the entry of `key` (for `check --repair`).
+    pub(crate) fn remove_entry(work_root: BorrowedFd<'_>, key: Key) -> rustix::io::Result<()> {
+        let dir = sys::open_path_dir(work_root, OsStr::new(DIR))?;
+        rustix::fs::unlinkat(&dir, key.name(), AtFlags::empty())
+    }
+
+    /// Empties the index (for `check --repair` of a foreign index).
+    pub(crate) fn remove_all(work_root: BorrowedFd<'_>) -> rustix::io::Result<()> {
+        let dir = sys::open_path_dir(work_root, OsStr::new(DIR))?;
+        sys::remove_tree_contents(dir.as_fd())
+    }
+
     /// The name of the index directory in the workdir.
     pub(crate) const DIR_NAME: &'static str = DIR;
+
+    /// The name of the key's entry, for messages.
+    pub(crate) fn entry_name(key: Key) -> OsString {
+        key.name()
+    }
+}
+
+/// The keys of the index directory `dir`'s entries.
+fn entry_keys(dir: BorrowedFd<'_>) -> rustix::io::Result<HashSet<Key>> {
+    Ok(sys::read_dir(dir)?.iter().filter_map(|e| Key::parse(&e.name)).collect())
+}
+
+/// The entries of `keys` whose copy has no name left in the upper (the index's own link is its
+/// only one).
+fn orphans(dir: BorrowedFd<'_>, keys: &HashSet<Key>) -> rustix::io::Result<Vec<Key>> {
+    let mut out = Vec::new();
+    for &k in keys {
+        match sys::stat_at_opt(dir, &k.name())? {
+            Some(st) if st.st_nlink > 1 => {}
+            Some(_) => out.push(k),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The upper the index in `dir` was made for, if it says.
+fn read_owner(dir: BorrowedFd<'_>) -> rustix::io::Result<Option<UpperIdentity>> {
+    let fd = match sys::open_at(dir, OsStr::new(OWNER), OFlags::RDONLY) {
+        Ok(fd) => fd,
+        Err(RErrno::NOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf)
+        .map_err(|e| e.raw_os_error().map_or(RErrno::IO, RErrno::from_raw_os_error))?;
+    Ok(UpperIdentity::decode(&buf))
+}
+
+/// Records `upper` as the index's owner: written in the workdir's scratch directory, synced,
+/// then renamed into place, so a crash leaves the old record or the new one.
+fn write_owner(work: &Workdir, dir: BorrowedFd<'_>, upper: &UpperIdentity) -> rustix::io::Result<()> {
+    let tmp = work.tmp_name();
+    let fd = rustix::fs::openat(
+        work.scratch(),
+        &tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let bytes = upper.encode();
+    let mut done = 0;
+    while done < bytes.len() {
+        done += rustix::io::write(&fd, &bytes[done..])?;
+    }
+    rustix::fs::fsync(&fd)?;
+    rustix::fs::renameat(work.scratch(), &tmp, dir, OWNER)
 }
 
 fn set_count(t: &Target<'_>, n: u32) -> rustix::io::Result<()> {
@@ -319,12 +452,18 @@ mod tests {
     #[test]
     fn origins_round_trip_and_differ_by_history() {
         let o = Origin {
+            fsid: 7,
+            ino: 42,
             size: 10,
-            mtime: 1_700_000_000,
-            mtime_nsec: 5,
+            mtime: (1_700_000_000, 5),
+            ctime: (1_700_000_001, 6),
         };
         assert_eq!(Origin::decode(&o.encode()), Some(o));
-        let other = Origin { size: 11, ..o };
-        assert_ne!(Origin::decode(&other.encode()), Some(o));
+        // The same inode number, size and mtime, but made again: another file.
+        let remade = Origin {
+            ctime: (1_800_000_000, 0),
+            ..o
+        };
+        assert_ne!(Origin::decode(&remade.encode()), Some(o));
     }
 }

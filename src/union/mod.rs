@@ -24,6 +24,7 @@ mod handles;
 pub(crate) mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
+mod index_owner;
 mod io;
 pub(crate) mod node;
 mod privs;
@@ -245,11 +246,7 @@ impl Union {
             _ => None,
         };
         let hardlinks = match &work {
-            Some(w) => HardlinkIndex::open(w.root()).map_err(|e| SetupError::Io {
-                role: "workdir",
-                path: config.workdir.clone().unwrap_or_default(),
-                source: e.into(),
-            })?,
+            Some(w) => open_hardlink_index(&config, w, &layers[0])?,
             None => HardlinkIndex::default(),
         };
         let idmap = effective_idmap(&config.idmap, &layers);
@@ -602,8 +599,10 @@ impl Union {
         if !created {
             let mut s = node.state.write();
             // Only move a node up the stack: after a copy-up, a stale index of another hard-link
-            // name may still point at the lower object.
-            if s.kind != kind || vis.layer < s.layer() {
+            // name may still point at the lower object. But a copy whose every name is gone is
+            // no longer what its number shows: a lower name of it, found again, is the lower
+            // object (the hard-link index dropped the copy with its last upper name).
+            if s.kind != kind || vis.layer < s.layer() || (s.unlinked && vis.layer != s.layer()) {
                 *s = make_state(fresh.take().unwrap_or_default());
             } else {
                 s.seen_as(parent, name);
@@ -782,6 +781,33 @@ fn check_name(name: &OsStr) -> FsResult<()> {
         return Err(Errno::EINVAL);
     }
     Ok(())
+}
+
+/// Opens the workdir's hard-link index for the upper `upper`, logging what had to go.
+fn open_hardlink_index(config: &MountConfig, work: &Workdir, upper: &Layer) -> Result<HardlinkIndex, SetupError> {
+    let workdir = config.workdir.clone().unwrap_or_default();
+    let privileged = sys::has_cap_sys_admin();
+    let (index, cleanup) = HardlinkIndex::open(work, upper.root.as_fd(), privileged).map_err(|e| SetupError::Io {
+        role: "workdir",
+        path: workdir.clone(),
+        source: e.into(),
+    })?;
+    if cleanup.foreign > 0 {
+        tracing::warn!(
+            "the hard-link index in {} was made for another upper than {} (or by an older unionfs): its {} entries were removed",
+            workdir.display(),
+            upper.path.display(),
+            cleanup.foreign
+        );
+    }
+    if cleanup.orphans > 0 {
+        tracing::info!(
+            "removed {} entries of the hard-link index in {} whose copies had no name left in the upper",
+            cleanup.orphans,
+            workdir.display()
+        );
+    }
+    Ok(index)
 }
 
 /// Opens the layer directories of `config`, upper first: the upper through its private mount
