@@ -3,7 +3,7 @@
 # and the upper's contents, then unmount. Everything lives in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >/dev/null
+bash scripts/setup.sh --no-accounts >/dev/null
 if [ -z "${UNIONFS_BIN:-}" ]; then
   cargo build --release --quiet
   UNIONFS_BIN=target/release/unionfs

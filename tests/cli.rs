@@ -1,9 +1,12 @@
 //! Integration tests of the `unionfs` command: bad input, background and foreground daemons,
 //! every way of unmounting, the fuse-overlayfs form, read-only unions.
 //!
-//! They mount, so they need root and /dev/fuse; without those they are skipped (with a note).
+//! They mount, so they need root and /dev/fuse; without those they are skipped (a failure in
+//! strict mode, `UNIONFS_STRICT=1`).
 //! Every test works inside its own temporary directory, and its [`Fixture`] tears down, even when
 //! the test fails, every mount below that directory and every process whose command line names it.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -16,13 +19,9 @@ use rustix::process::{Pid, Signal, kill_process};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unionfs");
 
-/// Whether these tests can mount here.
+/// Whether these tests can mount here, through `common::require`.
 fn can_mount() -> bool {
-    let ok = rustix::process::geteuid().is_root() && Path::new("/dev/fuse").exists();
-    if !ok {
-        eprintln!("skipping: mounting needs root and /dev/fuse");
-    }
-    ok
+    common::require_root("mounting") && common::require(Path::new("/dev/fuse").exists(), "/dev/fuse (the fuse module)")
 }
 
 /// A temporary directory with layers `l1` (top, holding `g` and `sub/`), `l2` (holding `f`), an

@@ -1097,12 +1097,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn same_as_kernel_overlayfs() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: kernel overlay mounts need root");
+    if !common::require_root("kernel overlay mounts") {
         return;
     }
     if let Err(e) = probe_kernel_overlay() {
-        eprintln!("skipped: no kernel overlayfs to compare with: {e}");
+        common::require(false, &format!("kernel overlayfs to compare with: {e}"));
         return;
     }
     rustix::process::umask(Mode::from_raw_mode(0o022));

@@ -58,7 +58,8 @@ fn assert_upper_not_partial(l: &Layers, rel: &str, lower: &[u8]) {
 
 /// SIGKILL while a 256 MiB lower file is being copied up by an open for append. After remount
 /// the file is the full lower version, or the complete copy plus a prefix of what was appended
-/// (all of it when the fsync had returned).
+/// (all of it when the fsync had returned). At least one kill must land inside the copy-up
+/// (the copy being built is left in the workdir's scratch directory), or nothing was tested.
 #[test]
 fn crash_during_big_copy_up_leaves_lower_or_complete_copy() {
     let l = Layers::new(1);
@@ -67,6 +68,7 @@ fn crash_during_big_copy_up_leaves_lower_or_complete_copy() {
     let before = l.snapshot_lowers();
     let tail = b"APPENDED-RECORD-0123456789";
     let mut copied_seen = 0;
+    let mut killed_in_copy_up = 0;
     for delay_ms in [0u64, 30, 150, 400, 900] {
         let m = l.mount(&[]);
         // 0 = not opened yet, 1 = open returned, 2 = write returned, 3 = fsync returned.
@@ -91,6 +93,11 @@ fn crash_during_big_copy_up_leaves_lower_or_complete_copy() {
         h.join().unwrap();
         let stage = stage.load(Ordering::SeqCst);
         assert_upper_not_partial(&l, "big", &content);
+        // The daemon is dead and nothing has emptied the scratch directory yet (the next mount
+        // does): whatever is there is the copy the kill interrupted.
+        if !workdir_leftovers(&l.work).is_empty() {
+            killed_in_copy_up += 1;
+        }
 
         let m = l.mount(&[]);
         assert!(
@@ -121,12 +128,35 @@ fn crash_during_big_copy_up_leaves_lower_or_complete_copy() {
         let _ = std::fs::remove_file(l.up("big"));
         assert_eq!(l.snapshot_lowers(), before, "delay {delay_ms} ms: lower changed");
     }
-    eprintln!("complete copies published before the kill: {copied_seen} of 5");
+    eprintln!(
+        "complete copies published before the kill: {copied_seen} of 5; kills inside the copy-up: {killed_in_copy_up}"
+    );
+    assert!(
+        killed_in_copy_up >= 1,
+        "no kill landed inside the copy-up (nothing left in the workdir's scratch directory)"
+    );
     assert_eq!(l.snapshot_lowers(), before);
 }
 
+/// Entries at and below `p` (0 when it does not exist).
+fn count_entries(p: &Path) -> usize {
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !md.is_dir() {
+        return 1;
+    }
+    let children = std::fs::read_dir(p).expect("read_dir");
+    1 + children
+        .map(|e| count_entries(&e.expect("entry").path()))
+        .sum::<usize>()
+}
+
 /// SIGKILL while a big lower directory tree is being renamed (materialised into the upper).
-/// After remount exactly one of the two names is visible, holding the complete tree.
+/// After remount exactly one of the two names is visible, holding the complete tree. At least
+/// one kill must land inside the rename: it had not returned, and the daemon had been
+/// materialising (more of the tree in the upper than before the round, or a copy left in the
+/// workdir's scratch directory).
 #[test]
 fn crash_during_directory_rename_materialisation_is_all_or_nothing() {
     let l = Layers::new(2);
@@ -145,7 +175,9 @@ fn crash_during_directory_rename_materialisation_is_all_or_nothing() {
     let m = l.mount(&[]);
     let expected = Tree::read(&m.path("tree"));
     drop(m);
+    let mut killed_in_rename = 0;
     for (round, delay_ms) in [5u64, 60, 400, 1500, 8000].into_iter().enumerate() {
+        let in_upper_before = count_entries(&l.up("tree"));
         let m = l.mount(&[]);
         let from = m.path("tree");
         let to = m.path(&format!("moved{round}"));
@@ -161,6 +193,10 @@ fn crash_during_directory_rename_materialisation_is_all_or_nothing() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         crash(m);
         h.join().unwrap();
+        let materialising = count_entries(&l.up("tree")) > in_upper_before || !workdir_leftovers(&l.work).is_empty();
+        if result.load(Ordering::SeqCst) != 0 && materialising {
+            killed_in_rename += 1;
+        }
         // Materialisation copies object by object: any file already in the upper is complete.
         if l.up("tree").is_dir() {
             for (p, e) in Tree::read(&l.up("tree")).entries {
@@ -217,6 +253,11 @@ fn crash_during_directory_rename_materialisation_is_all_or_nothing() {
         assert_eq!(m.unmount(), Some(0));
         assert_eq!(l.snapshot_lowers(), before, "round {round}: lower changed");
     }
+    eprintln!("kills inside the rename's materialisation: {killed_in_rename} of 5");
+    assert!(
+        killed_in_rename >= 1,
+        "no kill landed inside the rename (none while it was materialising the tree)"
+    );
 }
 
 /// Record `i` of writer `w`: 4 KiB, self-describing.
@@ -255,6 +296,8 @@ fn check_stream(what: &str, data: &[u8], prefix: &[u8], w: usize, synced: i64) {
 
 /// SIGKILL during streams of writes with fsync: to a new file, to a copied-up lower file
 /// (append) and to a lower file rewritten in place. Every record whose fsync returned is there.
+/// At least one kill must land while all three streams were under way (each with a record
+/// fsynced), or the check of fsynced records checked nothing.
 #[test]
 fn crash_during_fsync_write_streams_keeps_every_synced_byte() {
     let l = Layers::new(1);
@@ -265,6 +308,7 @@ fn crash_during_fsync_write_streams_keeps_every_synced_byte() {
         l.put(0, &format!("r{round}/c"), &lower_c);
     }
     let before = l.snapshot_lowers();
+    let mut killed_mid_stream = 0;
     for (round, delay_ms) in [50u64, 200, 450, 800].into_iter().enumerate() {
         let m = l.mount(&[]);
         // Per writer: index of the last record whose fsync returned (-1 = none).
@@ -303,6 +347,9 @@ fn crash_during_fsync_write_streams_keeps_every_synced_byte() {
             h.join().unwrap();
         }
         let s: Vec<i64> = synced.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        if s.iter().all(|&n| n >= 0) {
+            killed_mid_stream += 1;
+        }
         let m = l.mount(&[]);
         assert!(
             workdir_leftovers(&l.work).is_empty(),
@@ -342,5 +389,9 @@ fn crash_during_fsync_write_streams_keeps_every_synced_byte() {
         assert_eq!(m.unmount(), Some(0));
         assert_eq!(l.snapshot_lowers(), before, "round {round}: lower changed");
     }
+    assert!(
+        killed_mid_stream >= 1,
+        "no kill landed while all three streams had fsynced records"
+    );
     assert!(Path::new(&l.upper).exists());
 }

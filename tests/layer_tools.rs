@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::podman::{Podman, podman_unavailable};
+use common::podman::{Podman, require_podman};
 use common::{KernelOverlay, Layers, Mount, bin, is_mounted, lower_arg, mknod_whiteout, set_times, xset};
 
 // ---- running the tools ------------------------------------------------------------------------
@@ -1028,7 +1028,7 @@ fn import_refuses_hostile_tars() {
         assert_eq!(std::fs::read(outside.join("secret")).expect("read"), b"secret");
     }
     // Device nodes need CAP_MKNOD: refused for a plain user, naming the entry.
-    let (uid, gid) = common::test_user();
+    let (uid, gid) = common::user(common::USER_A);
     let tarp = t.path().join("dev.tar");
     write_tar(&tarp, |b| raw_entry(b, b"dev/null", T::Char, b"", b"", &[]));
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -2002,8 +2002,7 @@ fn progress_on_a_terminal_only() {
 /// by umoci on the image, gives what `podman mount` shows.
 #[test]
 fn podman_diff_matches() {
-    if let Some(why) = podman_unavailable() {
-        eprintln!("SKIPPED podman_diff_matches: {why}");
+    if !require_podman() {
         return;
     }
     let p = Podman::new(Some(bin()));

@@ -11,9 +11,6 @@ use std::process::Command;
 
 use common::*;
 
-const USER_A: &str = "unionfs-acl-a";
-const USER_B: &str = "unionfs-acl-b";
-
 /// A check: who runs what, and what it must give (`None`: only compared with the kernel).
 struct Check {
     who: Who,
@@ -198,11 +195,9 @@ fn run_checks(users: &Users, mnt: &Path, outcome: &mut Vec<String>, errors: &mut
     }
 }
 
-fn has_setfacl() -> bool {
-    Command::new("setfacl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Root (kernel overlayfs, acting as other users) and setfacl, through [`require`].
+fn prerequisites() -> bool {
+    require_root("kernel overlayfs and other users") && require_program("setfacl", "acl")
 }
 
 #[test]
@@ -220,13 +215,12 @@ fn acls_are_enforced_and_inherited_as_on_kernel_overlayfs_without_passthrough() 
 /// Runs [`CASES`] on a unionfs mount with `extra` arguments and on kernel overlayfs over
 /// identical layers, compares every outcome, then does it again after a remount (with `extra`).
 fn acl_table_against_kernel_overlayfs(extra: &[&str]) {
-    if !rustix::process::geteuid().is_root() || !has_setfacl() {
-        eprintln!("skipped: needs root and setfacl (Debian package acl)");
+    if !prerequisites() {
         return;
     }
     let users = Users {
-        a: ensure_user(USER_A),
-        b: ensure_user(USER_B),
+        a: user(USER_A),
+        b: user(USER_B),
     };
     let l = Layers::new(1);
     l.open_to_all();
@@ -284,13 +278,12 @@ fn acl_table_against_kernel_overlayfs(extra: &[&str]) {
 
 #[test]
 fn noacl_turns_enforcement_off() {
-    if !rustix::process::geteuid().is_root() || !has_setfacl() {
-        eprintln!("skipped: needs root and setfacl (Debian package acl)");
+    if !prerequisites() {
         return;
     }
     let users = Users {
-        a: ensure_user(USER_A),
-        b: ensure_user(USER_B),
+        a: user(USER_A),
+        b: user(USER_B),
     };
     let l = Layers::new(1);
     l.open_to_all();

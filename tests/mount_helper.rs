@@ -58,13 +58,14 @@ fn findmnt(mnt: &Path) -> (String, String, String) {
     (f[0].to_string(), f[1].to_string(), f[2].to_string())
 }
 
+/// Whether a prerequisite is missing (said through [`require`]).
 fn skip() -> bool {
-    let missing = !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists();
-    if !rustix::process::geteuid().is_root() || missing {
-        eprintln!("skipped: needs root and mount.fuse3 (Debian package fuse3)");
-        return true;
-    }
-    false
+    let helper = Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists();
+    !(require_root("mount(8)")
+        && require(
+            helper,
+            "mount.fuse3 (Debian package fuse3; scripts/setup.sh installs it)",
+        ))
 }
 
 #[test]

@@ -42,8 +42,10 @@ struct FuseOverlayfs {
 }
 
 impl FuseOverlayfs {
+    /// None, through [`require`] (the test then checks the expected owners only), where
+    /// fuse-overlayfs is not installed.
     fn start(lower: &Path, base: &Path, opts: &str) -> Option<FuseOverlayfs> {
-        if Command::new("fuse-overlayfs").arg("--version").output().is_err() {
+        if !require_program("fuse-overlayfs", "fuse-overlayfs") {
             return None;
         }
         let (upper, work, mnt) = (base.join("fo-upper"), base.join("fo-work"), base.join("fo-mnt"));
@@ -112,8 +114,7 @@ fn layer_with_owners() -> Layers {
 
 #[test]
 fn uid_and_gid_mappings_show_and_store_owners_as_fuse_overlayfs_does() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("owners other than our own") {
         return;
     }
     let opts = "uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1:1:110000:65536";
@@ -147,8 +148,7 @@ fn uid_and_gid_mappings_show_and_store_owners_as_fuse_overlayfs_does() {
 
 #[test]
 fn squash_options_show_every_owner_as_the_given_id() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("owners other than our own") {
         return;
     }
     let l = layer_with_owners();
@@ -174,8 +174,7 @@ fn squash_options_show_every_owner_as_the_given_id() {
 
 #[test]
 fn layers_shifted_already_are_shown_as_the_kernel_driver_shows_them() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("owners other than our own") {
         return;
     }
     // As Podman prepares a container with --uidmap 0:100000:65536: the layer's owners shifted
@@ -278,8 +277,7 @@ fn apply_mapped_changes(mnt: &Path, what: &str) {
 /// fuse-overlayfs stores the overflow id 65534 for it, unionfs the caller's id as it is.)
 #[test]
 fn objects_made_and_chowned_through_mappings_are_shown_mapped_and_stored_unshifted() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    if !require_root("owners other than our own") {
         return;
     }
     let l = Layers::new(1);
@@ -308,8 +306,6 @@ fn objects_made_and_chowned_through_mappings_are_shown_mapped_and_stored_unshift
             owners(&fo.upper, &names),
             "owners stored in the upper: unionfs vs fuse-overlayfs"
         );
-    } else {
-        eprintln!("fuse-overlayfs not installed: checked against the expected owners only");
     }
     assert_eq!(ours, want_view, "owners shown through the mapped view");
     assert_eq!(ours_stored, want_stored, "owners stored in the upper (unshifted)");

@@ -23,7 +23,7 @@ fn sh_as(uid: u32, gid: u32, script: &str, args: &[&Path]) -> std::process::Outp
 
 #[test]
 fn objects_created_by_a_caller_belong_to_the_caller() {
-    let (uid, gid) = test_user();
+    let (uid, gid) = user(USER_A);
     let l = Layers::new(1);
     l.open_to_all();
     l.mkdir(0, "pub");
@@ -59,7 +59,7 @@ fn objects_created_by_a_caller_belong_to_the_caller() {
 
 #[test]
 fn a_plain_user_cannot_write_a_root_file() {
-    let (uid, gid) = test_user();
+    let (uid, gid) = user(USER_A);
     let l = Layers::new(1);
     l.open_to_all();
     l.put(0, "rootfile", b"root data");
@@ -102,7 +102,7 @@ fn a_plain_user_cannot_write_a_root_file() {
 
 #[test]
 fn a_plain_user_writes_what_it_owns_and_mode_bits_are_enforced() {
-    let (uid, gid) = test_user();
+    let (uid, gid) = user(USER_A);
     let l = Layers::new(1);
     l.open_to_all();
     l.put(0, "mine", b"old");
@@ -146,7 +146,7 @@ fn a_plain_user_writes_what_it_owns_and_mode_bits_are_enforced() {
 
 #[test]
 fn setgid_directories_pass_their_group_on() {
-    let (uid, gid) = test_user();
+    let (uid, gid) = user(USER_A);
     let l = Layers::new(1);
     l.open_to_all();
     l.mkdir(0, "shared");

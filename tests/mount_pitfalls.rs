@@ -212,7 +212,8 @@ fn same_content(a: &Path, b: &Path) -> bool {
 }
 
 /// Pitfall: copy-up done in place, so a crash leaves a truncated file at the final name.
-/// The daemon is killed (SIGKILL) while the copy sits in the workdir.
+/// The daemon is killed (SIGKILL) while the copy sits in the workdir; tried again (at most five
+/// times) until a kill lands inside the copy-up, which must happen at least once.
 #[test]
 fn pitfall_a_crash_during_copy_up_never_leaves_a_partial_file() {
     let l = Layers::new(1);
@@ -230,6 +231,26 @@ fn pitfall_a_crash_during_copy_up_never_leaves_a_partial_file() {
     }
     l.put(0, "d/small", b"small");
     let before = l.snapshot_lowers();
+    let mut attempts = 0;
+    while !kill_during_copy_up(&l) {
+        attempts += 1;
+        assert!(
+            attempts < 5,
+            "in {attempts} attempts no kill landed inside the copy-up (nothing left in the workdir's scratch directory)"
+        );
+        // The copy was published before the kill (if it started): start again from the lower.
+        if exists_raw(&l.up("d/big")) {
+            std::fs::remove_file(l.up("d/big")).unwrap();
+        }
+    }
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+/// One attempt of [`pitfall_a_crash_during_copy_up_never_leaves_a_partial_file`]: an append
+/// copies `d/big` up, the daemon is killed as soon as the copy shows in the workdir, and the
+/// view after a remount is checked. Whether the kill landed inside the copy-up (the daemon died
+/// with the copy still in the scratch directory).
+fn kill_during_copy_up(l: &Layers) -> bool {
     let m = l.mount(&[]);
     let pid = m.pid().unwrap();
     let work = l.work.join("unionfs");
@@ -240,23 +261,26 @@ fn pitfall_a_crash_during_copy_up_never_leaves_a_partial_file() {
             .open(p)
             .and_then(|mut f| f.write_all(b"appended"))
     });
-    // Kill as soon as the copy shows in the workdir.
+    // Kill as soon as the file's copy shows in the workdir (a directory there is the copy-up of
+    // the parent `d`, which comes first and is over at once).
+    let copy_in_scratch = || {
+        std::fs::read_dir(&work).is_ok_and(|r| {
+            r.filter_map(Result::ok)
+                .any(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut caught = false;
-    while Instant::now() < deadline && !writer.is_finished() {
-        if std::fs::read_dir(&work).map(|r| r.count() > 0).unwrap_or(false) {
-            caught = true;
-            break;
-        }
-    }
+    while Instant::now() < deadline && !writer.is_finished() && !copy_in_scratch() {}
     // Only the daemon this test started.
     let _ = rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
         rustix::process::Signal::KILL,
     );
     let _ = writer.join().unwrap();
-    eprintln!("killed with the copy in the workdir: {caught}");
     drop(m);
+    // The daemon is dead; the next mount empties the scratch directory.
+    let landed = !names(&work).is_empty();
+    eprintln!("killed with the copy in the workdir: {landed}");
     // At the final name in the upper: nothing, or a complete copy (with or without the append).
     if let Ok(md) = std::fs::symlink_metadata(l.up("d/big")) {
         assert!(
@@ -281,10 +305,10 @@ fn pitfall_a_crash_during_copy_up_never_leaves_a_partial_file() {
         assert_eq!(len, 128 * MIB + 8, "the view shows a partial file");
     }
     assert_eq!(std::fs::read(m.path("d/small")).unwrap(), b"small");
-    let m = remount(&l, m, &[]);
+    let m = remount(l, m, &[]);
     assert!(lstat(&m.path("d/big")).len() >= 128 * MIB);
     drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    landed
 }
 
 /// Pitfall: files named `.wh.X` created through the view, then vanishing after remount (and

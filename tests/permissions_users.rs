@@ -1,7 +1,7 @@
-//! Two plain users (`unionfs-perm-a`, `unionfs-perm-b`) act through a root mount (allow_other +
-//! default_permissions): they can do exactly what the modes allow and nothing more, on upper and
-//! lower-resident files alike; a refused operation copies nothing up; a write by a non-owner
-//! clears the setuid bit. Lowers unchanged, mounts torn down.
+//! Two plain users (`unionfs-user-a`, `unionfs-user-b`: scripts/setup.sh makes them) act
+//! through a root mount (allow_other + default_permissions): they can do exactly what the modes
+//! allow and nothing more, on upper and lower-resident files alike; a refused operation copies
+//! nothing up; a write by a non-owner clears the setuid bit. Lowers unchanged, mounts torn down.
 
 mod common;
 
@@ -11,13 +11,10 @@ use std::process::Command;
 
 use common::*;
 
-const USER_A: &str = "unionfs-perm-a";
-const USER_B: &str = "unionfs-perm-b";
-
 type User = (u32, u32);
 
 fn users() -> (User, User) {
-    (ensure_user(USER_A), ensure_user(USER_B))
+    (user(USER_A), user(USER_B))
 }
 
 fn chmod(p: &Path, mode: u32) {

@@ -4,8 +4,8 @@
 //! mount_program the reference, the kernel driver's own diff checked too), and `podman commit`
 //! gives an image whose tree, read back through a container of it, is the same. As root, and as
 //! a plain user (rootless Podman against the rootless kernel driver, containers mounted and read
-//! inside `podman unshare`). Trees are read with `tar` where the mount is visible. Skipped with
-//! a message only where Podman cannot run.
+//! inside `podman unshare`). Trees are read with `tar` where the mount is visible. Skipped (a
+//! failure in strict mode) only where Podman cannot run.
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::podman::{Podman, podman_unavailable};
+use common::podman::{Podman, require_podman};
 use common::*;
 
 /// A busybox image's tree: a shell, files owned by a plain user, a hard link, things to change.
@@ -293,20 +293,20 @@ fn compare(kernel: &Outcome, ours: &Outcome, fuse_overlayfs: Option<&Outcome>, n
     }
 }
 
-/// fuse-overlayfs as mount_program, where installed.
+/// fuse-overlayfs as mount_program (the reference for `podman diff`), where installed: else,
+/// through [`require`], the comparison with it is left out.
 fn fuse_overlayfs() -> Option<PathBuf> {
     let p = PathBuf::from("/usr/bin/fuse-overlayfs");
-    p.exists().then_some(p)
+    require(
+        p.exists(),
+        "/usr/bin/fuse-overlayfs (Debian package fuse-overlayfs; scripts/setup.sh installs it)",
+    )
+    .then_some(p)
 }
 
 #[test]
 fn podman_with_unionfs_matches_the_kernel_driver_as_root() {
-    if let Some(why) = podman_unavailable() {
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root");
+    if !require_podman() || !require_root("Podman's rootful store") {
         return;
     }
     let dir = tempfile::Builder::new()
@@ -322,25 +322,24 @@ fn podman_with_unionfs_matches_the_kernel_driver_as_root() {
     compare(&kernel, &ours, fo.as_ref(), "101000:101000", "as root");
 }
 
-/// A plain user with a subordinate id range, for rootless Podman.
-fn rootless_user() -> Option<(u32, u32, PathBuf)> {
-    const NAME: &str = "unionfs-podman";
-    let (uid, gid) = ensure_user(NAME);
+/// Rootless Podman's plain user (uid, gid, home), with the subordinate id ranges the
+/// container's map needs; scripts/setup.sh makes all of it.
+fn rootless_user() -> (u32, u32, PathBuf) {
+    let a = account(PODMAN_USER);
     for f in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(f).unwrap_or_default();
-        if !text.lines().any(|l| l.starts_with(&format!("{NAME}:"))) {
-            std::fs::write(f, format!("{text}{NAME}:300000:65536\n")).ok()?;
-        }
+        let ids: u64 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{}:", a.name)))
+            .filter_map(|range| range.split(':').nth(1)?.parse::<u64>().ok())
+            .sum();
+        assert!(
+            ids >= 65536,
+            "{} has {ids} subordinate ids in {f}, the test needs 65536: run scripts/setup.sh (as root) first",
+            a.name
+        );
     }
-    let home = PathBuf::from(format!("/tmp/{NAME}-home"));
-    std::fs::create_dir_all(&home).ok()?;
-    rustix::fs::chown(
-        &home,
-        Some(rustix::fs::Uid::from_raw(uid)),
-        Some(rustix::fs::Gid::from_raw(gid)),
-    )
-    .ok()?;
-    Some((uid, gid, home))
+    (a.uid, a.gid, a.home)
 }
 
 /// Rootless: the same with stores of a plain user, containers mounted inside `podman unshare`
@@ -352,19 +351,11 @@ fn rootless_user() -> Option<(u32, u32, PathBuf)> {
 /// owners the kernel driver shows (uid 1000 as 1001).
 #[test]
 fn podman_with_unionfs_matches_the_kernel_driver_rootless() {
-    if let Some(why) = podman_unavailable() {
-        eprintln!("SKIPPED: {why}");
+    if !require_podman() || !require_root("switching to the plain user") {
         return;
     }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: setting up a plain user needs root");
-        return;
-    }
-    let Some(user) = rootless_user() else {
-        eprintln!("SKIPPED: cannot set up a user with subordinate ids");
-        return;
-    };
-    std::fs::set_permissions("/dev/fuse", std::os::unix::fs::PermissionsExt::from_mode(0o666)).ok();
+    let user = rootless_user();
+    assert_dev_fuse_for_everyone();
     let dir = tempfile::Builder::new()
         .prefix("unionfs-podman-image")
         .tempdir()
@@ -381,7 +372,7 @@ fn podman_with_unionfs_matches_the_kernel_driver_rootless() {
     let kernel = match exercise(&store(None), &tar, MAP) {
         Ok(o) => o,
         Err(why) => {
-            eprintln!("SKIPPED: rootless Podman cannot run here: {why}");
+            require(false, &format!("rootless Podman, which cannot run here: {why}"));
             return;
         }
     };

@@ -4,8 +4,9 @@
 //! and write served by the daemon) runs the scenarios of `mount_direct_io` as the plain user:
 //! this test binary starts itself again as that user to run them.
 //!
-//! Setup needs root (it is skipped otherwise) and is idempotent: the account `unionfs-rootless`
-//! is created if missing and `/dev/fuse` is made 0666, as desktop distributions ship it.
+//! Needs root (it is skipped otherwise, a failure in strict mode) to act as the account
+//! `unionfs-rootless-user`, which scripts/setup.sh creates; it also makes `/dev/fuse` 0666, as
+//! desktop distributions ship it.
 
 mod common;
 #[path = "common/direct_io.rs"]
@@ -19,26 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{Tree, is_mounted};
 
-const USER: &str = "unionfs-rootless";
-
-/// uid and gid of [`USER`], creating the account if it is missing.
-fn rootless_user() -> (u32, u32) {
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").arg(flag).arg(USER).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    if id("-u").is_none() {
-        // Another run may create it at the same moment: ignore the status, then re-check.
-        let _ = Command::new("useradd").args(["-m", "-s", "/bin/sh", USER]).output();
-    }
-    (
-        id("-u").expect("uid of the rootless test user"),
-        id("-g").expect("gid of the rootless test user"),
-    )
-}
+const USER: &str = common::ROOTLESS_USER;
 
 /// `setpriv` switching to the test user, ready for the program and its arguments.
 fn as_user(uid: u32, gid: u32) -> Command {
@@ -47,7 +29,7 @@ fn as_user(uid: u32, gid: u32) -> Command {
         .arg(format!("--regid={gid}"))
         .arg("--init-groups")
         .arg("--");
-    c.env("HOME", format!("/home/{USER}"))
+    c.env("HOME", common::account(USER).home)
         .env("USER", USER)
         .env("LOGNAME", USER);
     c
@@ -143,13 +125,9 @@ fn reachable_program(uid: u32, gid: u32, dir: &Path, path: &Path) -> PathBuf {
     copy
 }
 
-/// Whether the test runs as root; if not, it says the test is skipped.
+/// Whether the test runs as root, through `common::require`.
 fn root_or_skip() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: setting up a plain user needs root");
-    }
-    root
+    common::require_root("acting as the plain user")
 }
 
 /// The layers of a rootless test in a fresh directory below /tmp that the test user can reach:
@@ -165,16 +143,16 @@ struct RootlessDirs {
     mnt: PathBuf,
 }
 
-/// Root's set-up of a rootless test: the test user, a world-usable /dev/fuse, and the
-/// directories (the lowers named `lowers`, top first) in a temporary directory `prefix…` in
-/// /tmp. None, after saying the test is skipped, when not run as root.
+/// Root's set-up of a rootless test: the test user and a world-usable /dev/fuse (both made by
+/// scripts/setup.sh, checked here), and the directories (the lowers named `lowers`, top first)
+/// in a temporary directory `prefix…` in /tmp. None, after saying the test is skipped, when not
+/// run as root.
 fn rootless_dirs(prefix: &str, lowers: &[&str]) -> Option<RootlessDirs> {
     if !root_or_skip() {
         return None;
     }
-    let (uid, gid) = rootless_user();
-    // Desktop distributions ship /dev/fuse world-usable; fusermount3 is setuid root.
-    set_mode(Path::new("/dev/fuse"), 0o666);
+    let (uid, gid) = common::user(USER);
+    common::assert_dev_fuse_for_everyone();
     let dir = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in("/tmp")
@@ -452,15 +430,7 @@ fn plain_user_direct_io_reads_and_writes_every_byte() {
 /// inherit land in the upper and hold after a remount.
 #[test]
 fn plain_user_mount_enforces_and_inherits_acls() {
-    if !root_or_skip() {
-        return;
-    }
-    if !Command::new("setfacl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        eprintln!("skipped: setfacl (Debian package acl) is missing");
+    if !root_or_skip() || !common::require_program("setfacl", "acl") {
         return;
     }
     let Some(d) = rootless_dirs("unionfs-rootless-acl", &["lower"]) else {

@@ -432,25 +432,121 @@ pub fn lstat(p: &Path) -> std::fs::Metadata {
     std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
 }
 
-/// The name of the unprivileged account the permission tests use.
-pub const TEST_USER: &str = "unionfs-test-user";
+// ---- Prerequisites ---------------------------------------------------------------------------
 
-/// uid and gid of [`TEST_USER`], creating the account (no home) if it is missing.
-pub fn test_user() -> (u32, u32) {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").arg(flag).arg(TEST_USER).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    if id("-u").is_none() {
-        // Another test binary may create it at the same moment: ignore the status, re-check.
-        let _ = Command::new("useradd").arg("-M").arg(TEST_USER).output();
+/// Whether a missing prerequisite fails the test (`UNIONFS_STRICT=1`, as `scripts/test.sh` and
+/// CI run the suite) instead of skipping it: with output capture a skip is invisible and counts
+/// as a pass, so only a strict run proves that every test ran.
+pub fn strict() -> bool {
+    std::env::var("UNIONFS_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// The one gate every skip goes through: `ok` is whether the prerequisite is there, `missing`
+/// says what is missing and how to get it. Returns `ok`; when it is false, strict mode panics
+/// naming `missing`, otherwise the test says "SKIPPED" and the caller returns (or leaves out
+/// the part that needs it).
+#[track_caller]
+pub fn require(ok: bool, missing: &str) -> bool {
+    if ok {
+        return true;
     }
-    (id("-u").expect("test user uid"), id("-g").expect("test user gid"))
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    if strict() {
+        panic!("UNIONFS_STRICT=1: {test}: missing prerequisite: {missing}");
+    }
+    eprintln!("SKIPPED {test}: {missing} (UNIONFS_STRICT=1 makes this a failure)");
+    false
+}
+
+/// Whether we run as root, through [`require`]; `why` says what needs it.
+#[track_caller]
+pub fn require_root(why: &str) -> bool {
+    require(
+        rustix::process::geteuid().is_root(),
+        &format!("root ({why}); run the suite as root, as scripts/test.sh and CI do"),
+    )
+}
+
+/// Whether `prog` is on `PATH`, through [`require`]; `package` is the Debian package that has it.
+#[track_caller]
+pub fn require_program(prog: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    require(
+        found,
+        &format!("{prog} (Debian package {package}; scripts/setup.sh installs it)"),
+    )
+}
+
+/// The test accounts, one per role. `scripts/setup.sh` creates exactly these (as root, once,
+/// before any test runs; its list must match, which `tests/prerequisites.rs` checks); tests
+/// only look them up, so that no two tests ever race to create one.
+pub const ACCOUNTS: [&str; 4] = [USER_A, USER_B, ROOTLESS_USER, PODMAN_USER];
+/// A plain user acting on root's mounts (permissions, ACLs, set-id bits, layer tools).
+pub const USER_A: &str = "unionfs-user-a";
+/// A second plain user, where a test needs two.
+pub const USER_B: &str = "unionfs-user-b";
+/// A plain user that mounts itself through fusermount3 (rootless mounts).
+pub const ROOTLESS_USER: &str = "unionfs-rootless-user";
+/// Rootless Podman's user: a home directory and one subordinate uid and gid range of 65536.
+pub const PODMAN_USER: &str = "unionfs-podman-user";
+
+/// A test account as `getent passwd` shows it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+/// Looks up the test account `name` (one of [`ACCOUNTS`]); panics, naming it and the fix, when
+/// it is missing: accounts are created by `scripts/setup.sh`, never by a test.
+#[track_caller]
+pub fn account(name: &'static str) -> Account {
+    assert!(
+        ACCOUNTS.contains(&name),
+        "{name} is not one of the test accounts {ACCOUNTS:?}"
+    );
+    let out = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .expect("run getent");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let f: Vec<&str> = line.split(':').collect();
+    assert!(
+        out.status.success() && f.len() == 7,
+        "the test account {name} is missing: run scripts/setup.sh (as root) first"
+    );
+    Account {
+        name,
+        uid: f[2].parse().expect("uid"),
+        gid: f[3].parse().expect("gid"),
+        home: PathBuf::from(f[5]),
+    }
+}
+
+/// uid and gid of the test account `name` (see [`account`]).
+#[track_caller]
+pub fn user(name: &'static str) -> (u32, u32) {
+    let a = account(name);
+    (a.uid, a.gid)
+}
+
+/// Panics, naming the fix, unless `/dev/fuse` is usable by every user (as desktop
+/// distributions ship it; `scripts/setup.sh` makes it so): plain users mount through it.
+#[track_caller]
+pub fn assert_dev_fuse_for_everyone() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/dev/fuse").map(|m| m.permissions().mode());
+    assert!(
+        mode.as_ref().is_ok_and(|m| m & 0o666 == 0o666),
+        "/dev/fuse is not readable and writable by every user ({mode:?}): run scripts/setup.sh (as root) first"
+    );
 }
 
 /// Runs `prog args` as `uid:gid` with no supplementary groups.
@@ -559,29 +655,6 @@ pub fn workdir_leftovers(work: &Path) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     }
-}
-
-/// uid and gid of `name`, creating the account (`useradd -M`) if it is missing.
-pub fn ensure_user(name: &str) -> (u32, u32) {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").arg(flag).arg(name).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    // Another test binary may create it at the same moment (useradd then fails on the lock of
-    // /etc/passwd): ignore the status, re-check, retry for a while.
-    for _ in 0..100 {
-        if let (Some(u), Some(g)) = (id("-u"), id("-g")) {
-            return (u, g);
-        }
-        let _ = Command::new("useradd").arg("-M").arg(name).output();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("could not create user {name}");
 }
 
 /// A size-limited tmpfs mounted at a directory; dropping it unmounts (lazily).

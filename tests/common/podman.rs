@@ -163,8 +163,17 @@ impl Drop for Podman {
     }
 }
 
-/// Where Podman cannot run here, why (a test then says so and checks nothing).
-pub fn podman_unavailable() -> Option<String> {
+/// Whether Podman runs here, through [`super::require`] (a test without it checks nothing, so
+/// strict mode fails it).
+pub fn require_podman() -> bool {
+    match podman_unavailable() {
+        None => true,
+        Some(why) => super::require(false, &why),
+    }
+}
+
+/// Where Podman cannot run here, why.
+fn podman_unavailable() -> Option<String> {
     match Command::new("podman").arg("--version").output() {
         Ok(o) if o.status.success() => None,
         Ok(o) => Some(format!(
