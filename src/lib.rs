@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod fuse;
 pub mod idmap;
+pub mod image;
 pub mod inuse;
 pub mod layers;
 pub mod mountinfo;

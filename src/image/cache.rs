@@ -1,0 +1,250 @@
+//! The content cache: pieces of file data decompressed from layer blobs, named by their sha256
+//! (so a piece shared by two layers, or two images, is kept once), with a size limit.
+//!
+//! Every piece read back is hashed and compared with its name before a byte of it is used: a
+//! piece changed, cut short or half written behind the daemon's back is a miss (and is removed),
+//! never different data. Pieces are written under a temporary name and renamed into place.
+//!
+//! The size limit holds across every daemon sharing the directory: admissions take a lock
+//! (`flock` on `content.lock`) and keep the total in `content.size`; over the limit, the pieces
+//! least recently used (their mtime, moved at most once a minute on a hit) go first, until the
+//! total is at nine tenths of the limit, so evictions come in batches.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use rustix::fs::FlockOperation;
+use sha2::{Digest as _, Sha256};
+
+/// A content cache directory.
+pub struct ContentCache {
+    dir: PathBuf,
+    limit: u64,
+    /// When each piece's mtime was last moved by this process (at most once a minute).
+    touched: Mutex<HashMap<[u8; 32], SystemTime>>,
+    tmp_seq: AtomicU64,
+    pub stats: CacheStats,
+}
+
+/// What the cache did (for the daemon's statistics and tests).
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Pieces found damaged (and removed).
+    pub damaged: AtomicU64,
+    pub stored: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+fn hex(d: &[u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ContentCache {
+    /// The cache in `dir` (created when first written) holding at most `limit` bytes of pieces.
+    pub fn new(dir: &Path, limit: u64) -> ContentCache {
+        ContentCache {
+            dir: dir.to_path_buf(),
+            limit,
+            touched: Mutex::new(HashMap::new()),
+            tmp_seq: AtomicU64::new(0),
+            stats: CacheStats::default(),
+        }
+    }
+
+    fn content_dir(&self) -> PathBuf {
+        self.dir.join("content")
+    }
+
+    fn piece_path(&self, d: &[u8; 32]) -> PathBuf {
+        let h = hex(d);
+        self.content_dir().join(&h[..2]).join(&h)
+    }
+
+    /// The piece named `d`, if the cache has it intact.
+    pub fn get(&self, d: &[u8; 32]) -> Option<Vec<u8>> {
+        let p = self.piece_path(d);
+        let Ok(bytes) = std::fs::read(&p) else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if Sha256::digest(&bytes)[..] != d[..] {
+            tracing::warn!("content cache: {} is damaged; removed", p.display());
+            self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+            let _ = std::fs::remove_file(&p);
+            return None;
+        }
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.touch(d, &p);
+        Some(bytes)
+    }
+
+    /// Marks a piece used now (its mtime), at most once a minute per piece.
+    fn touch(&self, d: &[u8; 32], p: &Path) {
+        let now = SystemTime::now();
+        let mut t = self.touched.lock();
+        if t.get(d)
+            .is_some_and(|&last| now.duration_since(last).unwrap_or_default() < Duration::from_secs(60))
+        {
+            return;
+        }
+        t.insert(*d, now);
+        drop(t);
+        if let Ok(f) = std::fs::File::options().write(true).open(p) {
+            let _ = f.set_modified(now);
+        }
+    }
+
+    /// Keeps `bytes` (whose sha256 is `d`) if it fits under the limit. Failures only mean the
+    /// piece is not kept.
+    pub fn put(&self, d: &[u8; 32], bytes: &[u8]) {
+        if bytes.len() as u64 > self.limit / 4 {
+            return;
+        }
+        if let Err(e) = self.admit(d, bytes) {
+            tracing::debug!("content cache {}: not kept: {e}", self.dir.display());
+        }
+    }
+
+    fn admit(&self, d: &[u8; 32], bytes: &[u8]) -> std::io::Result<()> {
+        let p = self.piece_path(d);
+        if p.exists() {
+            return Ok(());
+        }
+        let cdir = self.content_dir();
+        std::fs::create_dir_all(p.parent().unwrap_or(&cdir))?;
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(cdir.join("lock"))?;
+        rustix::fs::flock(&lock, FlockOperation::LockExclusive)?;
+        let size_file = cdir.join("size");
+        let mut total = match std::fs::read_to_string(&size_file) {
+            Ok(s) => s.trim().parse().unwrap_or_else(|_| self.scan_total()),
+            Err(_) => self.scan_total(),
+        };
+        let len = bytes.len() as u64;
+        if total + len > self.limit {
+            total = self.evict(self.limit / 10 * 9 - len.min(self.limit / 10 * 9))?;
+        }
+        let tmp = cdir.join(format!(
+            ".tmp.{}.{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let r = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|()| std::fs::rename(&tmp, &p));
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
+        total += len;
+        std::fs::write(&size_file, total.to_string())?;
+        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every piece with its size and last use.
+    fn pieces(&self) -> Vec<(PathBuf, u64, (i64, i64))> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.content_dir()) else {
+            return out;
+        };
+        for sub in rd.flatten() {
+            if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                if let Ok(md) = f.metadata() {
+                    out.push((f.path(), md.len(), (md.mtime(), md.mtime_nsec())));
+                }
+            }
+        }
+        out
+    }
+
+    fn scan_total(&self) -> u64 {
+        self.pieces().iter().map(|p| p.1).sum()
+    }
+
+    /// Removes the least recently used pieces until the total is at most `target`; returns the
+    /// total left.
+    fn evict(&self, target: u64) -> std::io::Result<u64> {
+        let mut pieces = self.pieces();
+        let mut total: u64 = pieces.iter().map(|p| p.1).sum();
+        pieces.sort_by_key(|p| p.2);
+        for (path, len, _) in pieces {
+            if total <= target {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Bytes of pieces in the cache (a scan: for reports and tests).
+    pub fn bytes(&self) -> u64 {
+        self.scan_total()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(n: u8, len: usize) -> ([u8; 32], Vec<u8>) {
+        let b = vec![n; len];
+        (Sha256::digest(&b).into(), b)
+    }
+
+    #[test]
+    fn pieces_come_back_intact_or_not_at_all() {
+        let t = tempfile::tempdir().expect("tmp");
+        let c = ContentCache::new(t.path(), 1 << 20);
+        let (d, b) = piece(1, 1000);
+        assert!(c.get(&d).is_none());
+        c.put(&d, &b);
+        assert_eq!(c.get(&d), Some(b.clone()));
+        std::fs::write(c.piece_path(&d), b"changed behind our back").expect("damage");
+        assert!(c.get(&d).is_none());
+        assert!(!c.piece_path(&d).exists(), "a damaged piece is removed");
+        std::fs::remove_dir_all(t.path()).expect("the whole cache removed");
+        assert!(c.get(&d).is_none());
+        c.put(&d, &b);
+        assert_eq!(c.get(&d), Some(b));
+    }
+
+    #[test]
+    fn the_limit_holds_and_the_least_recently_used_go_first() {
+        let t = tempfile::tempdir().expect("tmp");
+        let c = ContentCache::new(t.path(), 100_000);
+        let pieces: Vec<_> = (0..14u8).map(|i| piece(i, 10_000)).collect();
+        for (d, b) in &pieces[..9] {
+            c.put(d, b);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            c.get(&pieces[0].0).is_some(),
+            "a hit makes piece 0 the most recently used"
+        );
+        for (i, (d, b)) in pieces.iter().enumerate().skip(9) {
+            c.put(d, b);
+            assert!(c.bytes() <= 100_000, "after {i}: {}", c.bytes());
+        }
+        assert!(c.stats.evicted.load(Ordering::Relaxed) > 0);
+        assert!(c.get(&pieces[0].0).is_some(), "recently used piece kept");
+        assert!(c.get(&pieces[1].0).is_none(), "the oldest piece went first");
+        assert!(c.get(&pieces[13].0).is_some());
+    }
+}

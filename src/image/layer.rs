@@ -1,0 +1,550 @@
+//! One image layer, read in place: its catalog answers every question about names and
+//! attributes; file data comes from the blob (straight from an uncompressed tar, or
+//! decompressed from the nearest restart point) or from the content cache, and every piece is
+//! checked against the sha256 the catalog recorded before a byte of it is returned.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+
+use super::ImageError;
+use super::cache::ContentCache;
+use super::catalog::{CHUNK, Data, Entry, Part};
+use super::gzip;
+use super::layout::{Compression, LayerDesc};
+use super::scan::{self, Progress};
+use super::store::{self, StoreError, Stored};
+use super::zstd::{self as zst, Frame};
+
+/// Directories kept decoded in memory per layer (the rest are read again from the catalog).
+const DIR_CACHE: usize = 256;
+/// Live decompressors kept per layer, positioned where the last read stopped.
+const CURSORS: usize = 4;
+
+/// Reads a blob from an offset on, through `pread`.
+pub struct BlobReader {
+    file: Arc<std::fs::File>,
+    pos: u64,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A decompressor positioned somewhere in the layer's stream.
+enum Cursor {
+    Gzip(Box<gzip::Resumed<BlobReader>>),
+    Zstd(zst::Scanner<BlobReader>),
+}
+
+impl Cursor {
+    fn position(&self) -> u64 {
+        match self {
+            Cursor::Gzip(g) => g.position(),
+            Cursor::Zstd(z) => z.position(),
+        }
+    }
+}
+
+impl Read for Cursor {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Cursor::Gzip(g) => g.read(buf),
+            Cursor::Zstd(z) => z.read(buf),
+        }
+    }
+}
+
+/// An open image layer.
+pub struct ImageLayer {
+    pub digest: String,
+    blob_path: PathBuf,
+    blob: Arc<std::fs::File>,
+    store: Stored,
+    dirs: Mutex<VecDeque<(u32, Arc<Vec<Entry>>)>>,
+    cursors: Mutex<Vec<Cursor>>,
+    cache: Arc<ContentCache>,
+}
+
+/// A failure to read a layer, with what to log: the layer and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("layer {digest}: {what}")]
+pub struct LayerReadError {
+    pub digest: String,
+    pub what: String,
+}
+
+impl ImageLayer {
+    /// Opens the layer `desc` of the layout `layout`, with its catalog from `cache_dir` (made by
+    /// scanning the blob when there is none, or it is damaged). Two mounts making the same
+    /// catalog at once: one scans, the other waits and uses its result.
+    pub fn open(
+        layout: &Path,
+        desc: &LayerDesc,
+        cache_dir: &Path,
+        cache: Arc<ContentCache>,
+        progress: &dyn Progress,
+    ) -> Result<ImageLayer, ImageError> {
+        let blob_path = super::layout::blob_path(layout, &desc.digest)?;
+        let blob = std::fs::File::open(&blob_path).map_err(|e| ImageError::io(&blob_path, e))?;
+        let blob_len = blob.metadata().map_err(|e| ImageError::io(&blob_path, e))?.len();
+        if blob_len != desc.size {
+            return Err(ImageError::corrupt(
+                &blob_path,
+                format!("{blob_len} bytes, the manifest says {}", desc.size),
+            ));
+        }
+        let cat = store::path_of(cache_dir, &desc.digest);
+        let store = open_or_build(&cat, &blob_path, desc, progress)?;
+        Ok(ImageLayer {
+            digest: desc.digest.clone(),
+            blob_path,
+            blob: Arc::new(blob),
+            store,
+            dirs: Mutex::new(VecDeque::new()),
+            cursors: Mutex::new(Vec::new()),
+            cache,
+        })
+    }
+
+    /// The layer's root directory entry.
+    pub fn root(&self) -> &Entry {
+        &self.store.meta.root
+    }
+
+    fn err(&self, what: impl Into<String>) -> LayerReadError {
+        LayerReadError {
+            digest: self.digest.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// Directory `id`, sorted by name.
+    pub fn dir(&self, id: u32) -> Result<Arc<Vec<Entry>>, LayerReadError> {
+        if let Some(d) = self
+            .dirs
+            .lock()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, d)| Arc::clone(d))
+        {
+            return Ok(d);
+        }
+        let d = Arc::new(
+            self.store
+                .dir(id)
+                .map_err(|e| self.err(format!("catalog {}: {e}", self.store.path.display())))?,
+        );
+        let mut c = self.dirs.lock();
+        if c.len() >= DIR_CACHE {
+            c.pop_front();
+        }
+        c.push_back((id, Arc::clone(&d)));
+        Ok(d)
+    }
+
+    /// The entry `name` of directory `id`.
+    pub fn lookup(&self, id: u32, name: &[u8]) -> Result<Option<Entry>, LayerReadError> {
+        let d = self.dir(id)?;
+        Ok(d.binary_search_by(|e| (*e.name).cmp(name)).ok().map(|i| d[i].clone()))
+    }
+
+    /// Reads up to `buf.len()` bytes of the file `e` at `offset`.
+    pub fn read(&self, e: &Entry, offset: u64, buf: &mut [u8]) -> Result<usize, LayerReadError> {
+        let end = e.size.min(offset.saturating_add(buf.len() as u64));
+        let mut pos = offset;
+        while pos < end {
+            let n = match &e.data {
+                Data::None => break,
+                Data::Stream { offset: at, chunks } => {
+                    self.copy_from_chunk(e, chunks, pos, end, buf, offset, |k, len| {
+                        self.stream_piece(at + k * CHUNK, len)
+                    })?
+                }
+                Data::Extract { header, chunks } => {
+                    self.copy_from_chunk(e, chunks, pos, end, buf, offset, |k, len| {
+                        self.extract_piece(*header, k * CHUNK, len)
+                    })?
+                }
+                Data::Parts(parts) => self.copy_from_part(parts, pos, end, buf, offset)?,
+            };
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+        }
+        Ok((pos - offset) as usize)
+    }
+
+    /// Copies from the [`CHUNK`] piece holding `pos` into `buf` (which starts at `base`), getting
+    /// the piece from the content cache or `fetch(k, len)` and checking it against `chunks`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_from_chunk(
+        &self,
+        e: &Entry,
+        chunks: &[[u8; 32]],
+        pos: u64,
+        end: u64,
+        buf: &mut [u8],
+        base: u64,
+        fetch: impl Fn(u64, usize) -> Result<Vec<u8>, LayerReadError>,
+    ) -> Result<usize, LayerReadError> {
+        let k = pos / CHUNK;
+        let want = chunks
+            .get(k as usize)
+            .ok_or_else(|| self.err("a file's data is past its last piece"))?;
+        let len = (e.size - k * CHUNK).min(CHUNK) as usize;
+        let piece = self.piece(want, || fetch(k, len))?;
+        let from = (pos - k * CHUNK) as usize;
+        let n = ((end - pos) as usize).min(piece.len() - from);
+        let at = (pos - base) as usize;
+        buf[at..at + n].copy_from_slice(&piece[from..from + n]);
+        Ok(n)
+    }
+
+    fn copy_from_part(
+        &self,
+        parts: &[Part],
+        pos: u64,
+        end: u64,
+        buf: &mut [u8],
+        base: u64,
+    ) -> Result<usize, LayerReadError> {
+        let i = parts.partition_point(|p| p.file_offset + p.len <= pos);
+        let Some(p) = parts.get(i).filter(|p| p.file_offset <= pos) else {
+            return Err(self.err("a file's data is past its last piece"));
+        };
+        let piece = match &p.digest {
+            Some(d) => self.piece(d, || self.part_piece(p))?,
+            None => Arc::new(vec![0u8; p.len as usize]),
+        };
+        let from = (pos - p.file_offset) as usize;
+        let n = ((end - pos) as usize).min(piece.len() - from);
+        let at = (pos - base) as usize;
+        buf[at..at + n].copy_from_slice(&piece[from..from + n]);
+        Ok(n)
+    }
+
+    /// The piece whose sha256 is `want`: from the cache, or made by `make` and checked.
+    fn piece(
+        &self,
+        want: &[u8; 32],
+        make: impl FnOnce() -> Result<Vec<u8>, LayerReadError>,
+    ) -> Result<Arc<Vec<u8>>, LayerReadError> {
+        if let Some(b) = self.cache.get(want) {
+            return Ok(Arc::new(b));
+        }
+        let b = make()?;
+        if Sha256::digest(&b)[..] != want[..] {
+            return Err(self.err(format!(
+                "{}: data does not match the catalog's checksum (the blob changed since it was indexed?)",
+                self.blob_path.display()
+            )));
+        }
+        self.cache.put(want, &b);
+        Ok(Arc::new(b))
+    }
+
+    /// `len` bytes at `at` in the decompressed stream.
+    fn stream_piece(&self, at: u64, len: usize) -> Result<Vec<u8>, LayerReadError> {
+        let mut out = vec![0u8; len];
+        if self.store.meta.compression == Compression::None {
+            self.blob
+                .read_exact_at(&mut out, at)
+                .map_err(|e| self.err(format!("{}: {e}", self.blob_path.display())))?;
+            return Ok(out);
+        }
+        let mut cur = self.cursor_at(at)?;
+        let r = skip_to(&mut cur, at).and_then(|()| cur.read_exact(&mut out));
+        r.map_err(|e| self.err(format!("{}: {e}", self.blob_path.display())))?;
+        let mut c = self.cursors.lock();
+        if c.len() >= CURSORS {
+            c.remove(0);
+        }
+        c.push(cur);
+        Ok(out)
+    }
+
+    /// A decompressor at or before `at` (a live one if one is close, else from the nearest
+    /// restart point).
+    fn cursor_at(&self, at: u64) -> Result<Cursor, LayerReadError> {
+        let meta = &self.store.meta;
+        let restart = match meta.compression {
+            Compression::Gzip => {
+                let i = meta.gzip_points.partition_point(|p| p.out <= at).saturating_sub(1);
+                meta.gzip_points.get(i).map(|p| p.out)
+            }
+            _ => {
+                let i = meta.zstd_frames.partition_point(|f| f.out <= at).saturating_sub(1);
+                meta.zstd_frames.get(i).map(|f| f.out)
+            }
+        }
+        .ok_or_else(|| self.err("no restart point in the catalog"))?;
+        {
+            let mut c = self.cursors.lock();
+            if let Some(i) = c.iter().position(|cur| (restart..=at).contains(&cur.position())) {
+                return Ok(c.swap_remove(i));
+            }
+        }
+        let reader = |input: u64| BlobReader {
+            file: Arc::clone(&self.blob),
+            pos: input,
+        };
+        let blob_err = |e: &dyn std::fmt::Display| self.err(format!("{}: {e}", self.blob_path.display()));
+        match meta.compression {
+            Compression::Gzip => {
+                let i = meta.gzip_points.partition_point(|p| p.out <= at).saturating_sub(1);
+                let p = &meta.gzip_points[i];
+                let window = match p.window {
+                    Some(w) => {
+                        let span = meta.windows.get(w as usize).ok_or_else(|| self.err("window missing"))?;
+                        self.store.record(span).map_err(|e| self.err(format!("catalog: {e}")))?
+                    }
+                    None => Vec::new(),
+                };
+                let g = gzip::Resumed::new(reader(p.input), p, &window).map_err(|e| blob_err(&e))?;
+                Ok(Cursor::Gzip(Box::new(g)))
+            }
+            _ => {
+                let i = meta.zstd_frames.partition_point(|f| f.out <= at).saturating_sub(1);
+                let f: Frame = meta.zstd_frames[i];
+                let z = zst::Scanner::new(reader(f.input), f).map_err(|e| blob_err(&e))?;
+                Ok(Cursor::Zstd(z))
+            }
+        }
+    }
+
+    /// `len` bytes at `file_offset` of the tar entry whose first header is at `header`.
+    fn extract_piece(&self, header: u64, file_offset: u64, len: usize) -> Result<Vec<u8>, LayerReadError> {
+        let blob_err = |e: std::io::Error| self.err(format!("{}: {e}", self.blob_path.display()));
+        let mut out = vec![0u8; len];
+        let stream: Box<dyn Read> = if self.store.meta.compression == Compression::None {
+            Box::new(BlobReader {
+                file: Arc::clone(&self.blob),
+                pos: header,
+            })
+        } else {
+            let mut cur = self.cursor_at(header)?;
+            skip_to(&mut cur, header).map_err(blob_err)?;
+            Box::new(cur)
+        };
+        let mut ar = tar::Archive::new(stream);
+        let mut entries = ar.entries().map_err(blob_err)?;
+        let mut entry = entries
+            .next()
+            .ok_or_else(|| self.err("no tar entry where the catalog says"))?
+            .map_err(blob_err)?;
+        std::io::copy(&mut (&mut entry).take(file_offset), &mut std::io::sink()).map_err(blob_err)?;
+        entry.read_exact(&mut out).map_err(blob_err)?;
+        Ok(out)
+    }
+
+    /// A table-of-contents piece: its own compressed frame (zstd) or member (gzip).
+    fn part_piece(&self, p: &Part) -> Result<Vec<u8>, LayerReadError> {
+        let blob_err = |e: &dyn std::fmt::Display| self.err(format!("{}: {e}", self.blob_path.display()));
+        let mut raw = vec![0u8; p.blob_len as usize];
+        self.blob
+            .read_exact_at(&mut raw, p.blob_offset)
+            .map_err(|e| blob_err(&e))?;
+        let mut dec: Box<dyn Read> = match self.store.meta.compression {
+            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(&raw[..])),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::with_buffer(&raw[..]).map_err(|e| blob_err(&e))?)
+            }
+            Compression::None => Box::new(&raw[..]),
+        };
+        std::io::copy(&mut (&mut dec).take(p.skip), &mut std::io::sink()).map_err(|e| blob_err(&e))?;
+        let mut out = vec![0u8; p.len as usize];
+        dec.read_exact(&mut out).map_err(|e| blob_err(&e))?;
+        Ok(out)
+    }
+}
+
+/// Reads and drops bytes until `r` is at `at`.
+fn skip_to(cur: &mut Cursor, at: u64) -> std::io::Result<()> {
+    let n = at - cur.position();
+    std::io::copy(&mut cur.take(n), &mut std::io::sink())?;
+    Ok(())
+}
+
+/// The catalog at `cat`, checked; made by scanning the blob when missing or damaged. A lock per
+/// layer makes concurrent mounts scan once.
+fn open_or_build(cat: &Path, blob: &Path, desc: &LayerDesc, progress: &dyn Progress) -> Result<Stored, ImageError> {
+    let usable = |r: Result<Option<Stored>, StoreError>| -> Option<Stored> {
+        match r {
+            Ok(Some(s)) if s.meta.digest == desc.digest && s.meta.diff_id == desc.diff_id => Some(s),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("catalog {}: {e}; made again", cat.display());
+                None
+            }
+        }
+    };
+    if let Some(s) = usable(Stored::open(cat)) {
+        return Ok(s);
+    }
+    let dir = cat.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
+    let lock_path = cat.with_extension("lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ImageError::io(&lock_path, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| ImageError::io(&lock_path, e.into()))?;
+    if let Some(s) = usable(Stored::open(cat)) {
+        return Ok(s);
+    }
+    let scanned = scan::scan(blob, desc, progress)?;
+    store::write(cat, &desc.digest, &desc.diff_id, desc.compression, &scanned).map_err(|e| ImageError::io(cat, e))?;
+    match Stored::open(cat) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(ImageError::invalid(cat, "the catalog just written is gone")),
+        Err(e) => Err(ImageError::invalid(cat, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::fixture::{self, Item};
+    use crate::image::layout;
+
+    struct Quiet;
+    impl Progress for Quiet {}
+
+    fn items(big: &[u8]) -> Vec<Vec<u8>> {
+        vec![fixture::tar(&[
+            Item::Dir("etc/", 0o755),
+            Item::File("etc/hello", 0o644, b"hello\n".to_vec()),
+            Item::Link("etc/hello2", "etc/hello"),
+            Item::Symlink("etc/link", "hello"),
+            Item::XattrFile("etc/x", b"xattrs".to_vec(), &[("user.color", b"blue")]),
+            Item::File("data/big", 0o600, big.to_vec()),
+            Item::File("usr/.wh.gone", 0o644, Vec::new()),
+        ])]
+    }
+
+    fn open(dir: &Path, cache: &Path) -> Result<ImageLayer, ImageError> {
+        let img = layout::open(dir, Some("t"))?;
+        let cc = Arc::new(ContentCache::new(cache, 64 << 20));
+        ImageLayer::open(dir, &img.layers[0], cache, cc, &Quiet)
+    }
+
+    fn find(l: &ImageLayer, path: &str) -> Entry {
+        let mut dir = 0;
+        let mut e = l.root().clone();
+        for c in path.split('/') {
+            e = l
+                .lookup(dir, c.as_bytes())
+                .expect("lookup")
+                .unwrap_or_else(|| panic!("{path}: no {c}"));
+            dir = e.dir.unwrap_or(u32::MAX);
+        }
+        e
+    }
+
+    fn read_all(l: &ImageLayer, e: &Entry, step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; step];
+        loop {
+            let n = l.read(e, out.len() as u64, &mut buf).expect("read");
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn every_format_reads_back_what_the_tar_holds() {
+        let big = fixture::data(5 << 20, 7);
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let t = tempfile::tempdir().expect("tmp");
+            let (dir, cache) = (t.path().join("layout"), t.path().join("cache"));
+            fixture::layout(&dir, "t", &items(&big), c);
+            let l = open(&dir, &cache).expect("open");
+            let hello = find(&l, "etc/hello");
+            let hello2 = find(&l, "etc/hello2");
+            assert_eq!((hello.ino, hello.nlink), (hello2.ino, 2), "{c:?}");
+            assert_eq!(read_all(&l, &hello2, 4096), b"hello\n");
+            assert_eq!(find(&l, "etc/link").target.as_deref(), Some(&b"hello"[..]));
+            let x = find(&l, "etc/x");
+            assert_eq!(x.xattrs, vec![(b"user.color".to_vec().into(), b"blue".to_vec().into())]);
+            let b = find(&l, "data/big");
+            assert_eq!(b.mode & 0o7777, 0o600);
+            assert_eq!(read_all(&l, &b, 131_072), big, "{c:?}");
+            // A read in the middle, not on a piece boundary, from a fresh layer handle.
+            let l2 = open(&dir, &cache).expect("open again (catalog cached)");
+            let mut buf = vec![0u8; 3000];
+            let n = l2.read(&b, 3_500_123, &mut buf).expect("read");
+            assert_eq!(&buf[..n], &big[3_500_123..3_503_123]);
+            assert!(find(&l, "usr/.wh.gone").size == 0);
+        }
+    }
+
+    #[test]
+    fn a_damaged_blob_is_refused_and_a_damaged_cache_never_serves_wrong_bytes() {
+        let big = fixture::data(3 << 20, 9);
+        let t = tempfile::tempdir().expect("tmp");
+        let (dir, cache) = (t.path().join("layout"), t.path().join("cache"));
+        fixture::layout(&dir, "t", &items(&big), Compression::Gzip);
+        let img = layout::open(&dir, Some("t")).expect("image");
+        let blob = layout::blob_path(&dir, &img.layers[0].digest).expect("blob");
+        let good = std::fs::read(&blob).expect("read blob");
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        std::fs::write(&blob, &bad).expect("corrupt");
+        let msg = open(&dir, &cache).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(&blob.display().to_string()), "{msg}");
+        std::fs::write(&blob, &good[..good.len() - 1]).expect("truncate");
+        assert!(open(&dir, &cache).is_err());
+        std::fs::write(&blob, &good).expect("restore");
+        let l = open(&dir, &cache).expect("open");
+        let b = find(&l, "data/big");
+        assert_eq!(read_all(&l, &b, 1 << 20), big);
+        // Every cached piece changed behind the daemon's back: still the right bytes.
+        for f in walk(&cache.join("content")) {
+            std::fs::write(&f, b"garbage").expect("damage");
+        }
+        let l = open(&dir, &cache).expect("open");
+        assert_eq!(read_all(&l, &b, 1 << 20), big);
+        // The cache removed while open: still the right bytes.
+        std::fs::remove_dir_all(&cache).expect("rm cache");
+        assert_eq!(read_all(&l, &b, 65536), big);
+        // The blob changed after the catalog was made: an error, never other bytes.
+        std::fs::remove_dir_all(&cache).ok();
+        let l = open(&dir, &cache).expect("open");
+        let mut swapped = good.clone();
+        let at = swapped.len() - 1000;
+        swapped[at] ^= 1;
+        std::fs::write(&blob, &swapped).expect("change blob");
+        let mut buf = vec![0u8; 1 << 20];
+        let r = (0..3).map(|k| l.read(&b, k << 20, &mut buf)).find(|r| r.is_err());
+        assert!(r.is_some(), "a read of the changed blob must fail");
+    }
+
+    fn walk(d: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,241 @@
+//! Writing into an OCI image layout: blobs, and an image that is another one plus a layer,
+//! recorded under a tag (`unionfs commit --image`).
+//!
+//! Blobs are written under a temporary name and renamed to their digest, so a reader never sees
+//! a partial blob under a valid name; `index.json` is replaced the same way, under a lock on the
+//! layout directory, so two writers tagging at once both land.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{
+    Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::ImageError;
+use super::layout::{REF_NAME, blob_path};
+
+/// Makes `dir` an empty image layout if it is not one yet.
+pub fn init(dir: &Path) -> Result<(), ImageError> {
+    let io = |p: &Path, e| ImageError::io(p, e);
+    std::fs::create_dir_all(dir.join("blobs").join("sha256")).map_err(|e| io(dir, e))?;
+    let marker = dir.join("oci-layout");
+    if !marker.exists() {
+        std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| io(&marker, e))?;
+    }
+    let index = dir.join("index.json");
+    if !index.exists() {
+        replace(&index, br#"{"schemaVersion":2,"manifests":[]}"#)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn replace(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = tmp_beside(path);
+    let r = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ImageError::io(path, e));
+    }
+    Ok(())
+}
+
+fn tmp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".tmp.{}.{name}", std::process::id()))
+}
+
+/// Stores `bytes` as a blob; its digest and size.
+pub fn put_bytes(dir: &Path, bytes: &[u8]) -> Result<(String, u64), ImageError> {
+    let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+    let p = blob_path(dir, &digest)?;
+    if !p.exists() {
+        replace(&p, bytes)?;
+    }
+    Ok((digest, bytes.len() as u64))
+}
+
+/// Moves the file `src` (on the layout's filesystem, or copied when it is not) in as a blob;
+/// its digest and size.
+pub fn put_file(dir: &Path, src: &Path) -> Result<(String, u64), ImageError> {
+    let mut f = std::fs::File::open(src).map_err(|e| ImageError::io(src, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ImageError::io(src, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    let digest = format!("sha256:{:x}", h.finalize());
+    let p = blob_path(dir, &digest)?;
+    if p.exists() {
+        return Ok((digest, size));
+    }
+    if std::fs::rename(src, &p).is_err() {
+        let tmp = tmp_beside(&p);
+        let r = std::fs::copy(src, &tmp).and_then(|_| std::fs::rename(&tmp, &p));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ImageError::io(&p, e));
+        }
+    }
+    Ok((digest, size))
+}
+
+fn json<T: serde::Serialize>(v: &T, what: &Path) -> Result<Vec<u8>, ImageError> {
+    serde_json::to_vec(v).map_err(|e| ImageError::invalid(what, e.to_string()))
+}
+
+/// Points `tag` at the manifest `desc` in `index.json` (replacing what the tag named).
+pub fn tag(dir: &Path, desc: Descriptor, tag: &str) -> Result<(), ImageError> {
+    let lock = std::fs::File::open(dir).map_err(|e| ImageError::io(dir, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| ImageError::io(dir, e.into()))?;
+    let path = dir.join("index.json");
+    let bytes = std::fs::read(&path).map_err(|e| ImageError::io(&path, e))?;
+    let mut index = ImageIndex::from_reader(&bytes[..]).map_err(|e| ImageError::invalid(&path, e.to_string()))?;
+    let mut manifests: Vec<Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|d| {
+            d.annotations()
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .map(String::as_str)
+                != Some(tag)
+        })
+        .cloned()
+        .collect();
+    let mut desc = desc;
+    let mut ann = desc.annotations().clone().unwrap_or_default();
+    ann.insert(REF_NAME.to_string(), tag.to_string());
+    desc.set_annotations(Some(ann));
+    manifests.push(desc);
+    index.set_manifests(manifests);
+    replace(&path, &json(&index, &path)?)
+}
+
+/// A layer to add to an image.
+pub struct NewLayer {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    pub diff_id: String,
+    pub created_by: Option<String>,
+    pub comment: Option<String>,
+}
+
+/// Writes the image `manifest`/`config` plus `layer` (config and manifest blobs) and tags it
+/// `new_tag`; returns the new manifest's digest.
+pub fn append_layer(
+    dir: &Path,
+    manifest: &ImageManifest,
+    config: &ImageConfiguration,
+    layer: &NewLayer,
+    new_tag: &str,
+) -> Result<String, ImageError> {
+    let mut cfg = config.clone();
+    let mut rootfs = cfg.rootfs().clone();
+    rootfs.diff_ids_mut().push(layer.diff_id.clone());
+    cfg.set_rootfs(rootfs);
+    let now = rfc3339_now();
+    let mut h = HistoryBuilder::default().created(now.clone());
+    if let Some(c) = &layer.created_by {
+        h = h.created_by(c.clone());
+    }
+    if let Some(c) = &layer.comment {
+        h = h.comment(c.clone());
+    }
+    let h = h.build().map_err(|e| ImageError::invalid(dir, e.to_string()))?;
+    let mut history = cfg.history().clone().unwrap_or_default();
+    history.push(h);
+    cfg.set_history(Some(history));
+    cfg.set_created(Some(now));
+    let (cdigest, csize) = put_bytes(dir, &json(&cfg, dir)?)?;
+    let mut m = manifest.clone();
+    m.set_config(
+        DescriptorBuilder::default()
+            .media_type(MediaType::ImageConfig)
+            .digest(parse_digest(dir, &cdigest)?)
+            .size(csize)
+            .build()
+            .map_err(|e| ImageError::invalid(dir, e.to_string()))?,
+    );
+    let mut layers = m.layers().clone();
+    layers.push(
+        DescriptorBuilder::default()
+            .media_type(MediaType::from(layer.media_type.as_str()))
+            .digest(parse_digest(dir, &layer.digest)?)
+            .size(layer.size)
+            .build()
+            .map_err(|e| ImageError::invalid(dir, e.to_string()))?,
+    );
+    m.set_layers(layers);
+    m.set_media_type(Some(MediaType::ImageManifest));
+    let (mdigest, msize) = put_bytes(dir, &json(&m, dir)?)?;
+    let desc = DescriptorBuilder::default()
+        .media_type(MediaType::ImageManifest)
+        .digest(parse_digest(dir, &mdigest)?)
+        .size(msize)
+        .build()
+        .map_err(|e| ImageError::invalid(dir, e.to_string()))?;
+    tag(dir, desc, new_tag)?;
+    Ok(mdigest)
+}
+
+fn parse_digest(dir: &Path, d: &str) -> Result<oci_spec::image::Digest, ImageError> {
+    d.parse()
+        .map_err(|e: oci_spec::OciSpecError| ImageError::invalid(dir, e.to_string()))
+}
+
+/// Now as RFC 3339 in UTC (`2026-12-07T05:44:39Z`).
+pub fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_794), (2026, 12, 7));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}
