@@ -11,7 +11,7 @@ use fuser::MountOption;
 use unionfs::MountConfig;
 use unionfs::fuse::session::SessionOptions;
 
-use super::options::{self, TABLE};
+use super::options::{self, table};
 
 /// Everything a mount request says. Rows of the option table write here; nothing else does.
 #[derive(Debug, Clone)]
@@ -122,7 +122,7 @@ fn flag_id(long: &'static str) -> &'static str {
 impl clap::Args for MountArgs {
     /// The flags are the table's; `-o` and the mountpoint are the only others.
     fn augment_args(cmd: Command) -> Command {
-        let flags = TABLE.iter().filter_map(|r| r.flag.as_ref()).map(|f| {
+        let flags = table().filter_map(|r| r.flag.as_ref()).map(|f| {
             let mut a = Arg::new(flag_id(f.long)).long(flag_id(f.long)).help(f.help);
             if let Some(c) = f.short {
                 a = a.short(c);
@@ -172,7 +172,7 @@ impl MountArgs {
         for o in m.get_many::<OsString>("options").into_iter().flatten() {
             options::apply_options(&mut spec, o)?;
         }
-        for row in TABLE {
+        for row in table() {
             let Some(f) = &row.flag else { continue };
             let id = flag_id(f.long);
             if f.value_name.is_some() {
