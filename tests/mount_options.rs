@@ -22,8 +22,7 @@ fn mount_options(mnt: &Path) -> (Vec<String>, Vec<String>) {
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let line = info
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(&*want.to_string_lossy()))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(&*want.to_string_lossy()))
         .unwrap_or_else(|| panic!("{} is not mounted", want.display()));
     let per_mount = line.split(' ').nth(5).unwrap_or_default();
     let fs = line
