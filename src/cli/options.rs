@@ -137,7 +137,7 @@ pub(super) fn in_range(i: &Item<'_>, lo: u64, hi: u64) -> Result<u64, String> {
     }
 }
 
-/// Every option, in the order the README lists them: the union's and the daemon's own (and
+/// Every option: the union's and the daemon's own (and
 /// fuse-overlayfs's), then those of the mount as the kernel sees it.
 pub(crate) fn table() -> impl Iterator<Item = &'static Row> {
     union::ROWS.iter().chain(mount::ROWS)
