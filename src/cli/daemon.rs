@@ -15,11 +15,12 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use unionfs::fuse::session::{self, SessionOptions};
+use unionfs::fuse::session;
 use unionfs::{SetupError, Union};
 
 use super::pidfile::PidFile;
-use super::{MountSpec, setup_message};
+use super::setup_message;
+use super::spec::MountSpec;
 
 /// Names the file descriptor of the ready pipe in a daemon child.
 pub const READY_ENV: &str = "UNIONFS_READY_FD";
@@ -200,12 +201,9 @@ fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
     // arrives meanwhile is not lost; acted on once the mount exists.
     let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1])
         .map_err(|e| Failure(1, format!("cannot set up signal handling: {e}")))?;
-    let mountpoint = spec
-        .mountpoint
-        .clone()
-        .ok_or_else(|| Failure(2, "no mountpoint given".into()))?;
     let setup = |e: SetupError| Failure(2, setup_message(&e));
-    let cfg = spec.config().validate(Some(&mountpoint)).map_err(setup)?;
+    let prepared = spec.prepare().map_err(|e| Failure(2, e))?;
+    let (cfg, mountpoint) = (prepared.config, prepared.mountpoint);
     let mountpoint = std::fs::canonicalize(&mountpoint).map_err(|e| {
         setup(SetupError::Io {
             role: "mountpoint",
@@ -228,7 +226,7 @@ fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
     if union.writable() && !union.atime_by_mount() {
         tracing::debug!("access times follow the upper's own mount options (but noatime): no private mount");
     }
-    let mounted = session::mount(Arc::clone(&union), &mountpoint, &spec.session_options()).map_err(|e| {
+    let mounted = session::mount(Arc::clone(&union), &mountpoint, &prepared.session).map_err(|e| {
         remove_workdir(created_workdir.as_deref());
         Failure(2, mount_error_message(&e, &mountpoint))
     })?;
@@ -373,46 +371,4 @@ fn mount_error_message(e: &io::Error, mountpoint: &Path) -> String {
         None => text.trim().to_string(),
     };
     format!("mount {}: {}", mountpoint.display(), text)
-}
-
-/// Options for the FUSE session from the spec.
-impl MountSpec {
-    pub fn session_options(&self) -> SessionOptions {
-        let mut o = SessionOptions::for_current_user();
-        if let Some(t) = self.threads {
-            o.threads = t;
-        }
-        if self.revalidate {
-            o.adapter.ttl = std::time::Duration::from_secs(1);
-            o.adapter.lower_may_change = true;
-        }
-        if let Some(ttl) = self.ttl {
-            o.adapter.ttl = ttl;
-        }
-        o.adapter.passthrough = !self.no_passthrough;
-        o.adapter.readdirplus_always = !self.readdirplus_auto;
-        o.adapter.writeback_cache = !self.no_writeback_cache;
-        let m = &self.mount;
-        if let Some(v) = m.allow_other {
-            o.allow_other = v;
-        }
-        o.allow_root = m.allow_root;
-        if let Some(v) = m.suid {
-            o.suid = v;
-        }
-        if let Some(v) = m.dev {
-            o.dev = v;
-        }
-        if let Some(v) = m.exec {
-            o.exec = v;
-        }
-        if let Some(v) = &m.fsname {
-            o.fsname = v.clone();
-        }
-        if let Some(v) = &m.subtype {
-            o.subtype = v.clone();
-        }
-        o.extra = m.extra.clone();
-        o
-    }
 }

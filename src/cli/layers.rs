@@ -220,7 +220,7 @@ fn claim(upper: Option<&Path>, workdir: Option<&Path>, how: Use) -> Result<Claim
 }
 
 fn open_stack(lower: Option<&OsString>, upper: Option<&Path>) -> Result<Stack, LayerError> {
-    let lowers = lower.map(|l| super::compat::split_lowers(l)).unwrap_or_default();
+    let lowers = lower.map(|l| super::options::split_lowers(l)).unwrap_or_default();
     Stack::open(&lowers, upper)
 }
 

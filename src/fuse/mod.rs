@@ -31,8 +31,6 @@ pub struct AdapterOptions {
     pub ttl: Duration,
     /// Use FUSE passthrough for upper files when the kernel and our privileges allow it.
     pub passthrough: bool,
-    /// Lower files may change while mounted: the kernel must not keep their pages across opens.
-    pub lower_may_change: bool,
     /// Every listing chunk carries attributes (see `init::negotiate`).
     pub readdirplus_always: bool,
     /// Use the kernel's writeback cache where passthrough is not used (see
@@ -45,7 +43,6 @@ impl Default for AdapterOptions {
         AdapterOptions {
             ttl: Duration::from_secs(86400),
             passthrough: true,
-            lower_may_change: false,
             readdirplus_always: true,
             writeback_cache: true,
         }
@@ -144,12 +141,12 @@ impl FuseAdapter {
         open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> passthrough::Mode {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let lower_may_change = self.opts.lower_may_change;
+        let revalidate = self.union.config().revalidate;
         let r = self.union.with_file(o.fh, |fd| {
             let shareable = (o.shared_rw && !o.daemon_writes).then(|| fd.as_fd());
             Ok(self
                 .passthrough
-                .open(ino, &o, writable, lower_may_change, shareable, open_backing))
+                .open(ino, &o, writable, revalidate, shareable, open_backing))
         });
         let mode = r.unwrap_or(passthrough::Mode::Served(FopenFlags::empty()));
         if writable && matches!(mode, passthrough::Mode::Passthrough(_)) {
@@ -529,7 +526,7 @@ impl Filesystem for FuseAdapter {
             // mount (which invalidates its cache), and our offsets keep concurrent listings from
             // mixing into the cache (see `Union::readdir_chunk`).
             // Changes to a lower (`--revalidate`) do not pass through the mount: no cache then.
-            Ok(fh) if self.opts.lower_may_change => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) if self.union.config().revalidate => reply.opened(FileHandle(fh), FopenFlags::empty()),
             // A listing that updates the access time must reach us (see `Union::readdir_into`).
             Ok(fh) if self.union.listing_updates_atime(ino.0) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR)

@@ -85,19 +85,19 @@ impl<B> Passthrough<B> {
     }
 
     /// Decides how to answer the open `o` of inode `ino` (`writable`: for writing;
-    /// `lower_may_change` with `--revalidate`). `shareable` is the handle's fd if it may back
+    /// `revalidate`: lower files may change while mounted, so the kernel keeps none of their pages). `shareable` is the handle's fd if it may back
     /// every open of the inode; `open_backing` registers it with the kernel.
     pub(crate) fn open<F: AsFd>(
         &self,
         ino: u64,
         o: &Opened,
         writable: bool,
-        lower_may_change: bool,
+        revalidate: bool,
         shareable: Option<F>,
         open_backing: impl FnOnce(F) -> std::io::Result<B>,
     ) -> Mode<B> {
         let fh = o.fh;
-        let served = || Mode::Served(self.served_flags(o, lower_may_change));
+        let served = || Mode::Served(self.served_flags(o, revalidate));
         let mut inodes = self.inodes.lock();
         let st = inodes.entry(ino).or_default();
         let mode = match (&st.backing, shareable) {
@@ -150,11 +150,11 @@ impl<B> Passthrough<B> {
     /// the caller's, not from the page cache. A read that must update the access time must
     /// reach the file: the next one (the cache is dropped at open), or every one
     /// (`strictatime`).
-    fn served_flags(&self, o: &Opened, lower_may_change: bool) -> FopenFlags {
+    fn served_flags(&self, o: &Opened, revalidate: bool) -> FopenFlags {
         if o.in_upper && (self.enabled() || o.beside_older || o.daemon_writes) {
             return FopenFlags::FOPEN_DIRECT_IO;
         }
-        if !o.in_upper && lower_may_change {
+        if !o.in_upper && revalidate {
             return FopenFlags::empty();
         }
         match o.atime {

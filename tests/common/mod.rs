@@ -572,6 +572,16 @@ impl KernelOverlay {
     /// `mount -t overlay` with `lowers` (top first); with `upper_work` = `(upper, workdir)` it is
     /// writable, without it a read-only union. Returns mount(8)'s complaint on failure.
     pub fn mount(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>, mnt: &Path) -> Result<KernelOverlay, String> {
+        KernelOverlay::mount_with(lowers, upper_work, mnt, "")
+    }
+
+    /// [`KernelOverlay::mount`] with more mount options (`nodev,noexec,...`; empty for none).
+    pub fn mount_with(
+        lowers: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+        mnt: &Path,
+        extra: &str,
+    ) -> Result<KernelOverlay, String> {
         let lower = lowers
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
@@ -580,6 +590,10 @@ impl KernelOverlay {
         let mut opts = format!("lowerdir={lower}");
         if let Some((upper, work)) = upper_work {
             opts.push_str(&format!(",upperdir={},workdir={}", upper.display(), work.display()));
+        }
+        if !extra.is_empty() {
+            opts.push(',');
+            opts.push_str(extra);
         }
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])
