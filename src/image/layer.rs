@@ -406,7 +406,10 @@ fn open_or_build(cat: &Path, blob: &Path, desc: &LayerDesc, progress: &dyn Progr
     if let Some(s) = usable(Stored::open(cat)) {
         return Ok(s);
     }
-    let scanned = scan::scan(blob, desc, progress)?;
+    let scanned = match super::toc::kind_of(desc) {
+        Some(_) => scan::from_toc(blob, desc)?,
+        None => scan::scan(blob, desc, progress)?,
+    };
     store::write(cat, &desc.digest, &desc.diff_id, desc.compression, &scanned).map_err(|e| ImageError::io(cat, e))?;
     match Stored::open(cat) {
         Ok(Some(s)) => Ok(s),

@@ -9,6 +9,7 @@ pub mod layer;
 pub mod layout;
 pub mod scan;
 pub mod store;
+pub mod toc;
 pub mod write;
 pub mod zstd;
 
