@@ -7,9 +7,14 @@
 //! entries below a symlink or a non-directory, hard links to names outside the archive (or
 //! not yet extracted, or to directories), duplicate entries, device nodes without CAP_MKNOD,
 //! char devices 0/0 (they would read as whiteouts), private union xattrs. Every directory is
-//! also opened with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS` and every object created with
-//! `O_EXCL`/`*at` calls that do not follow symlinks, so the kernel enforces the same. On any
-//! refusal or error (or Ctrl-C) what was written is removed again.
+//! also reached one name at a time from the layer's root with `O_NOFOLLOW` (never `..`; a hard
+//! link's target directory with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`) and every object
+//! created with `O_EXCL`/`*at` calls that do not follow symlinks, so the kernel enforces the
+//! same. On any refusal or error (or Ctrl-C) what was written is removed again.
+//!
+//! An archive may be of any depth, and its paths add up to its depth squared: what was made is
+//! kept as a tree of names and the importer works from the directory of the last entry
+//! (`import/tree.rs`), so an entry costs what its path differs from the last one.
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -151,6 +151,8 @@ impl Union {
             }
         }
         if indexed.is_some() {
+            // This copies up the directories of the other names (a loop back into copy-up), but
+            // only directories, which link nothing: two calls deep at most.
             self.link_known_names(node, &pdir, &name);
         }
         Ok(true)
