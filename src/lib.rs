@@ -15,6 +15,7 @@
 
 pub mod attr;
 pub mod config;
+pub(crate) mod descent;
 pub mod error;
 pub mod fuse;
 pub mod idmap;

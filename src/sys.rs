@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno as RErrno;
 
+use crate::descent::{Descent, Frame, PathDir};
+
 /// `/proc/self/fd/N`: reaches the object behind `fd` (including an `O_PATH` fd).
 pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
     // An integer formatted as decimal never contains NUL.
@@ -270,32 +272,105 @@ pub fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> rustix::
 }
 
 /// Removes everything below the directory `dir` (not `dir` itself), never following symlinks.
+/// Depth first without recursion, with a bounded number of fds open (see `descent.rs`): a tree
+/// left in the workdir, or an import being undone, may be of any depth.
 pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
-    for e in read_dir(dir)? {
+    let first = Emptying {
+        dir: PathDir::dup(dir)?,
+        entries: read_dir(dir)?.into_iter(),
+        name: OsString::new(),
+    };
+    let mut path = Descent::new(first);
+    loop {
+        let Some(top) = path.last_mut() else {
+            return Ok(());
+        };
+        let Some(e) = top.entries.next() else {
+            // Emptied: remove it from its parent, which `pop` reopened.
+            if let (Some(done), Some(parent)) = (path.pop()?, path.last()) {
+                rustix::fs::unlinkat(parent.dir.fd()?, &done.name, AtFlags::REMOVEDIR)?;
+            }
+            continue;
+        };
+        let fd = top.dir.fd()?;
         let is_dir = if e.dtype == rustix::fs::FileType::Unknown {
-            stat_at(dir, &e.name)
+            stat_at(fd, &e.name)
                 .map(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir())
                 .unwrap_or(false)
         } else {
             e.dtype.is_dir()
         };
-        if is_dir {
-            let sub = open_path_dir(dir, &e.name)?;
-            // A directory left read-only (mkdir -m 0555 mid copy-up) must become writable to empty it.
-            let _ = rustix::fs::chmod(fd_path(sub.as_fd()).as_c_str(), Mode::from_raw_mode(0o700));
-            remove_tree_contents(sub.as_fd())?;
-            rustix::fs::unlinkat(dir, &e.name, AtFlags::REMOVEDIR)?;
-        } else {
-            rustix::fs::unlinkat(dir, &e.name, AtFlags::empty())?;
+        if !is_dir {
+            rustix::fs::unlinkat(fd, &e.name, AtFlags::empty())?;
+            continue;
         }
+        let sub = open_path_dir(fd, &e.name)?;
+        // A directory left read-only (mkdir -m 0555 mid copy-up) must become writable to empty it.
+        let _ = rustix::fs::chmod(fd_path(sub.as_fd()).as_c_str(), Mode::from_raw_mode(0o700));
+        let entries = read_dir(sub.as_fd())?.into_iter();
+        path.push(Emptying {
+            dir: PathDir::new(sub),
+            entries,
+            name: e.name,
+        })?;
     }
-    Ok(())
+}
+
+/// A directory [`remove_tree_contents`] is emptying: the entries still to remove, and its name
+/// in its parent.
+struct Emptying {
+    dir: PathDir,
+    entries: std::vec::IntoIter<RawEntry>,
+    name: OsString,
+}
+
+impl Frame for Emptying {
+    fn park(&mut self, _child: &Self) -> rustix::io::Result<()> {
+        self.dir.park()
+    }
+    fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.dir.unpark(child.dir.fd()?)
+    }
 }
 
 /// An `O_PATH` fd on the directory `rel` below `root` (empty: `root` itself), without following
-/// any symlink and without leaving `root`.
+/// any symlink and without leaving `root`. A path longer than one system call takes (PATH_MAX)
+/// is resolved a piece at a time, each piece beneath the directory the last one reached: without
+/// `..` in it, that is the same walk (with `..`, the kernel's ENAMETOOLONG stands).
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
-    let rel: &OsStr = if rel.is_empty() { OsStr::new(".") } else { rel };
+    const PIECE: usize = 2048;
+    let b = rel.as_bytes();
+    if b.len() <= PIECE || b.split(|&c| c == b'/').any(|c| c == b"..") {
+        return openat2_beneath(root, if rel.is_empty() { OsStr::new(".") } else { rel });
+    }
+    let mut at: Option<OwnedFd> = None;
+    let mut rest = b;
+    loop {
+        while let Some(r) = rest.strip_prefix(b"/") {
+            rest = r;
+        }
+        if rest.is_empty() {
+            break;
+        }
+        // Cut at a '/' (a name longer than a piece goes whole: the kernel refuses it).
+        let cut = match rest.len() <= PIECE {
+            true => rest.len(),
+            false => match rest[..PIECE].iter().rposition(|&c| c == b'/') {
+                Some(i) => i,
+                None => rest.iter().position(|&c| c == b'/').unwrap_or(rest.len()),
+            },
+        };
+        let base = at.as_ref().map_or(root, |f| f.as_fd());
+        at = Some(openat2_beneath(base, OsStr::from_bytes(&rest[..cut]))?);
+        rest = &rest[cut..];
+    }
+    match at {
+        Some(fd) => Ok(fd),
+        None => openat2_beneath(root, OsStr::new(".")),
+    }
+}
+
+fn openat2_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat2(
         root,
         rel,

@@ -90,6 +90,10 @@ impl SessionOptions {
         } else {
             SessionACL::Owner
         };
+        // Each worker gets std's default stack (2 MiB, or RUST_MIN_STACK): fuser spawns them and
+        // has no stack setting. Chosen on purpose: no handler recurses with the input, and the
+        // most a worker was measured to touch is 16 KiB (docs/architecture.md, "Thread stacks";
+        // tests/mount_deep.rs runs the daemon at 256 KiB).
         cfg.n_threads = Some(self.threads.max(2));
         cfg.clone_fd = true;
         cfg

@@ -23,9 +23,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, is_kernel_indirect, walk_all};
+use super::walk::{EntryKind, ImageDir, Listing, PathImage, Stack, is_dir, is_kernel_indirect, walk_all};
 use super::{LayerError, Observer, Result, join};
 use crate::attr::Kind;
+use crate::descent::{Descent, Frame, PathDir};
 use crate::sys;
 use crate::union::hardlinks::{HardlinkIndex, IndexState};
 use crate::union::whiteout::{self, WhiteoutForm};
@@ -105,8 +106,7 @@ pub fn check(stack: &Stack, opts: &CheckOptions, obs: &dyn Observer) -> Result<C
     }
     let root = Listing::read(upper.fd(), &upper.path)?;
     let img = stack.image_root()?;
-    let merge = if root.marks.opaque { None } else { Some(&img) };
-    c.dir(b"", upper.fd(), root, merge, Some(&img))?;
+    c.walk(upper.fd(), root, img)?;
     c.origins_pointing_nowhere()?;
     Ok(CheckReport {
         format,
@@ -151,6 +151,31 @@ fn detect_format(stack: &Stack) -> Result<UpperFormat> {
         OVERLAY_OPAQUE_XATTRS[1]
     };
     Ok(UpperFormat::Overlay { opaque_xattr })
+}
+
+/// An upper directory on the check's path: its subdirectories still to check.
+struct Checked {
+    dir: PathDir,
+    listing: Listing,
+    /// Names a whiteout of this directory hides (which cuts the merge below them).
+    hidden: HashSet<OsString>,
+    /// Whether the view merges it with `old`.
+    merge: bool,
+    /// The image's directory at this path.
+    old: PathImage,
+    next: std::ops::Range<usize>,
+    rel_len: usize,
+}
+
+impl Frame for Checked {
+    fn park(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.dir.park()?;
+        self.old.park(&child.old)
+    }
+    fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.dir.unpark(child.dir.fd()?)?;
+        self.old.unpark(&child.old)
+    }
 }
 
 struct Checker<'a> {
@@ -304,31 +329,99 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// The upper directory `rel`; `merge` is the image directory the view merges it with
-    /// (None: nothing, it is opaque or new), `old` the image's directory at this path.
+    /// The upper's tree from its root (`fd`, listed as `listing`), whose image directory is
+    /// `img`: depth first, the path kept on the heap (`descent.rs`): a tree may be of any depth.
+    fn walk(&mut self, fd: BorrowedFd<'_>, listing: Listing, img: ImageDir) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let io = |rel: &[u8], e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
+        let mut rel: Vec<u8> = Vec::new();
+        let merge = !listing.marks.opaque;
+        let start = PathDir::dup(fd).map_err(|e| io(&rel, e))?;
+        let first = self.dir(&rel, start, listing, merge, Some(img))?;
+        let mut path = Descent::new(first);
+        loop {
+            let Some(top) = path.last_mut() else {
+                return Ok(());
+            };
+            let Some(i) = top.next.next() else {
+                path.pop().map_err(|e| io(&rel, e))?;
+                if let Some(up) = path.last() {
+                    rel.truncate(up.rel_len);
+                }
+                continue;
+            };
+            if let Some((sub, below)) = self.subdir(&rel, top, i)? {
+                rel = sub;
+                path.push(below).map_err(|e| io(&rel, e))?;
+            }
+        }
+    }
+
+    /// Checks the upper directory `rel` (open as `dir`, listed as `listing`) and returns it as a
+    /// frame of the walk, to go into its subdirectories; `old` is the image's directory at this
+    /// path, which the view merges with it when `merge`.
     fn dir(
         &mut self,
         rel: &[u8],
-        fd: BorrowedFd<'_>,
+        dir: PathDir,
         listing: Listing,
-        merge: Option<&ImageDir>,
-        old: Option<&ImageDir>,
-    ) -> Result<()> {
+        merge: bool,
+        old: Option<ImageDir>,
+    ) -> Result<Checked> {
         let upper = self.stack.upper()?;
         if self.obs.cancelled() {
             return Err(LayerError::Interrupted);
         }
         let here = upper.at(rel);
+        let fd = dir.fd().map_err(|e| LayerError::io(&here, e))?;
+        let merge_img = if merge { old.as_ref() } else { None };
         self.opaque_forms(&here, fd, &listing)?;
-        self.whiteouts(rel, fd, &listing, merge)?;
-        self.objects(rel, fd, &listing, old)?;
+        self.whiteouts(rel, fd, &listing, merge_img)?;
+        self.objects(rel, fd, &listing, old.as_ref())?;
         // Re-read after repairs: they may have changed markers.
         let listing = if self.repair {
             Listing::read(fd, &here)?
         } else {
             listing
         };
-        self.subdirs(rel, fd, &listing, merge, old)
+        let hidden = listing
+            .whiteout_targets()
+            .into_iter()
+            .map(|n| n.to_os_string())
+            .collect();
+        Ok(Checked {
+            next: 0..listing.entries.len(),
+            dir,
+            listing,
+            hidden,
+            merge,
+            old: PathImage::new(old),
+            rel_len: rel.len(),
+        })
+    }
+
+    /// Entry `i` of the directory `here` (at `rel`): if it is a subdirectory, checks it and
+    /// returns it with its path, to go into next.
+    fn subdir(&mut self, rel: &[u8], here: &Checked, i: usize) -> Result<Option<(Vec<u8>, Checked)>> {
+        let upper = self.stack.upper()?;
+        let Some(e) = here.listing.entries.get(i).filter(|e| e.is_dir()) else {
+            return Ok(None);
+        };
+        let fd = here.dir.fd().map_err(|err| LayerError::io(upper.at(rel), err))?;
+        let path = join(rel, &e.name);
+        let at = upper.at(&path);
+        let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
+        let sl = Listing::read(sfd.as_fd(), &at)?;
+        let old = here.old.get().map_err(|err| LayerError::io(upper.at(rel), err))?;
+        let found_old = match old {
+            Some(o) => o.lookup(self.stack, rel, &e.name, true)?,
+            None => None,
+        };
+        let old_dir = found_old.and_then(|f| f.dir);
+        let cut = sl.marks.opaque || here.hidden.contains(&e.name);
+        let child_merge = here.merge && !cut && old_dir.is_some();
+        let below = self.dir(&path, PathDir::new(sfd), sl, child_merge, old_dir)?;
+        Ok(Some((path, below)))
     }
 
     /// The whiteouts of the upper directory `rel`, grouped by the name they hide.
@@ -499,45 +592,6 @@ impl Checker<'_> {
             if xs.iter().any(|x| x.as_bytes() == ox.as_bytes()) {
                 self.origin(rel, fd, &e.name, ox, old)?;
             }
-        }
-        Ok(())
-    }
-
-    /// Into the subdirectories of the upper directory `rel`.
-    fn subdirs(
-        &mut self,
-        rel: &[u8],
-        fd: BorrowedFd<'_>,
-        listing: &Listing,
-        merge: Option<&ImageDir>,
-        old: Option<&ImageDir>,
-    ) -> Result<()> {
-        let upper = self.stack.upper()?;
-        let hidden: HashSet<OsString> = listing
-            .whiteout_targets()
-            .into_iter()
-            .map(|n| n.to_os_string())
-            .collect();
-        for e in &listing.entries {
-            if !e.is_dir() {
-                continue;
-            }
-            let path = join(rel, &e.name);
-            let at = upper.at(&path);
-            let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
-            let sl = Listing::read(sfd.as_fd(), &at)?;
-            let found_old = match old {
-                Some(o) => o.lookup(self.stack, rel, &e.name, true)?,
-                None => None,
-            };
-            let old_dir = found_old.and_then(|f| f.dir);
-            let cut = sl.marks.opaque || hidden.contains(&e.name);
-            let child_merge = if merge.is_some() && !cut {
-                old_dir.as_ref()
-            } else {
-                None
-            };
-            self.dir(&path, sfd.as_fd(), sl, child_merge, old_dir.as_ref())?;
         }
         Ok(())
     }

@@ -20,8 +20,11 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use super::linked::{IndexCopy, Linked};
-use super::walk::{Entry, EntryKind, ImageDir, Listing, Stack, indirect_refusal, is_dir, is_kernel_indirect};
+use super::walk::{
+    Entry, EntryKind, ImageDir, Listing, PathImage, Stack, indirect_refusal, is_dir, is_kernel_indirect,
+};
 use super::{LayerError, Observer, Result, join};
+use crate::descent::{Descent, Frame, PathDir};
 use crate::sys;
 use crate::union::whiteout;
 
@@ -181,9 +184,11 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
         let st = rustix::fs::fstat(upper.fd()).map_err(|e| LayerError::io(&upper.path, e))?;
         c.marker(&mut tar, whiteout::OPAQUE_MARKER.as_bytes(), &st)?;
     }
-    let img = if root.marks.opaque { None } else { Some(&img) };
+    let img = if root.marks.opaque { None } else { Some(img) };
     let linked = Linked::find(stack, stack.workdir.as_deref(), obs)?;
-    c.dir(&mut tar, b"", Some((upper.fd(), &root)), img, &linked)?;
+    let start = PathDir::dup(upper.fd()).map_err(|e| LayerError::io(&upper.path, e))?;
+    let first = c.frame(b"", Some((start, root)), img, &linked)?;
+    c.walk(&mut tar, first, &linked)?;
     let out_err = |e: io::Error| LayerError::io("output", e);
     let uncompressed = tar.into_inner().map_err(out_err)?;
     let diff_id = uncompressed.digest();
@@ -285,13 +290,42 @@ struct Committer<'a> {
     sockets: Vec<Vec<u8>>,
 }
 
-enum Item<'e> {
-    Object(&'e Entry),
+enum Item<'l> {
+    /// Entry `index` of the upper directory's listing; `whited_out`: a whiteout of that
+    /// directory names it too (which cuts what the view merges below it).
+    Object {
+        index: usize,
+        whited_out: bool,
+    },
     Whiteout,
     /// A name showing a copy from the hard-link index.
-    Linked(&'e IndexCopy),
+    Linked(&'l IndexCopy),
     /// A directory only the image has, leading to such names.
     LowerDir(OsString),
+}
+
+/// A directory on the commit's path: the upper's (with its listing; None where the upper has
+/// no such directory), the image's the view merges it with, and its tar entries still to write.
+struct Committing<'l> {
+    up: Option<(PathDir, Listing)>,
+    img: PathImage,
+    items: std::vec::IntoIter<(Vec<u8>, Item<'l>)>,
+    rel_len: usize,
+}
+
+impl Frame for Committing<'_> {
+    fn park(&mut self, child: &Self) -> rustix::io::Result<()> {
+        if let (Some((fd, _)), Some(_)) = (self.up.as_mut(), child.up.as_ref()) {
+            fd.park()?;
+        }
+        self.img.park(&child.img)
+    }
+    fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
+        if let (Some((fd, _)), Some((below, _))) = (self.up.as_mut(), child.up.as_ref()) {
+            fd.unpark(below.fd()?)?;
+        }
+        self.img.unpark(&child.img)
+    }
 }
 
 type Tar<W> = tar::Builder<W>;
@@ -339,20 +373,22 @@ impl Committer<'_> {
 
     /// What goes into the tar for the directory `rel`, by name: the upper's objects, the
     /// whiteouts that hide something in `img`, and the names below that show an index copy.
-    fn items<'a>(
+    fn items<'l>(
         &self,
         rel: &[u8],
-        listing: &'a Listing,
+        listing: &Listing,
         img: Option<&ImageDir>,
-        linked: &'a Linked,
-    ) -> Result<BTreeMap<Vec<u8>, Item<'a>>> {
+        linked: &'l Linked,
+    ) -> Result<BTreeMap<Vec<u8>, Item<'l>>> {
         let objects = listing.object_names();
+        let hidden = listing.whiteout_targets();
         let mut items: BTreeMap<Vec<u8>, Item<'_>> = BTreeMap::new();
-        for e in &listing.entries {
+        for (index, e) in listing.entries.iter().enumerate() {
             match &e.kind {
                 EntryKind::OpaqueFile => {}
                 EntryKind::Object => {
-                    items.insert(e.name.as_bytes().to_vec(), Item::Object(e));
+                    let whited_out = hidden.contains(e.name.as_os_str());
+                    items.insert(e.name.as_bytes().to_vec(), Item::Object { index, whited_out });
                 }
                 EntryKind::Whiteout { target, .. } => {
                     let Some(img) = img else { continue };
@@ -381,94 +417,139 @@ impl Committer<'_> {
         Ok(items)
     }
 
-    /// The children of the directory `rel`: the upper's (`up`: its fd and listing; None where
-    /// the upper has no such directory) and the names below it that show a copy from the
-    /// hard-link index (`linked`). `img` is the image directory the view merges it with (None:
-    /// nothing merges, so no marker is needed and no lower name shows).
-    fn dir<W: Write>(
-        &mut self,
-        tar: &mut Tar<W>,
+    /// The directory `rel` on the commit's path: the upper's (`up`: its fd and listing; None
+    /// where the upper has no such directory), the image directory the view merges it with
+    /// (None: nothing merges, so no marker is needed and no lower name shows), and the names
+    /// below it that show a copy from the hard-link index (`linked`).
+    fn frame<'l>(
+        &self,
         rel: &[u8],
-        up: Option<(BorrowedFd<'_>, &Listing)>,
-        img: Option<&ImageDir>,
-        linked: &Linked,
-    ) -> Result<()> {
-        let upper = self.stack.upper()?;
+        up: Option<(PathDir, Listing)>,
+        img: Option<ImageDir>,
+        linked: &'l Linked,
+    ) -> Result<Committing<'l>> {
         let empty = Listing {
             marks: Default::default(),
             entries: Vec::new(),
         };
-        let (fd, listing) = match up {
-            Some((fd, l)) => (Some(fd), l),
-            None => (None, &empty),
-        };
-        let hidden = listing.whiteout_targets();
-        let items = self.items(rel, listing, img, linked)?;
-        for (tar_name, item) in items {
+        let listing = up.as_ref().map_or(&empty, |(_, l)| l);
+        let items: Vec<_> = self.items(rel, listing, img.as_ref(), linked)?.into_iter().collect();
+        Ok(Committing {
+            up,
+            img: PathImage::new(img),
+            items: items.into_iter(),
+            rel_len: rel.len(),
+        })
+    }
+
+    /// Writes the tree from `first` (the root): each directory's entries in name order, a
+    /// directory's children right after it, the path kept on the heap (`descent.rs`): a tree
+    /// may be of any depth.
+    fn walk<'l, W: Write>(&mut self, tar: &mut Tar<W>, first: Committing<'l>, linked: &'l Linked) -> Result<()> {
+        let upper = self.stack.upper()?;
+        let io = |rel: &[u8], e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
+        let mut rel: Vec<u8> = Vec::new();
+        let mut path = Descent::new(first);
+        loop {
+            let Some(top) = path.last_mut() else {
+                return Ok(());
+            };
+            let Some((tar_name, item)) = top.items.next() else {
+                path.pop().map_err(|e| io(&rel, e))?;
+                if let Some(up) = path.last() {
+                    rel.truncate(up.rel_len);
+                }
+                continue;
+            };
             if self.obs.cancelled() {
                 return Err(LayerError::Interrupted);
             }
             self.obs.entry();
-            let path = join(rel, OsStr::from_bytes(&tar_name));
-            match item {
-                Item::Whiteout => {
-                    let Some(fd) = fd else { continue };
-                    let dir_st = rustix::fs::fstat(fd).map_err(|e| LayerError::io(upper.at(rel), e))?;
-                    self.marker(tar, &path, &dir_st)?;
-                }
-                Item::Linked(copy) => {
-                    let e = Entry {
-                        name: copy.name.clone(),
-                        st: copy.st,
-                        kind: EntryKind::Object,
-                    };
-                    self.object(tar, &path, copy.dir.as_fd(), &e)?;
-                }
-                Item::LowerDir(name) => {
-                    // A directory the upper does not have, on the way to such names: as the
-                    // image shows it.
-                    let Some(img) = img else { continue };
-                    let Some(found) = img.lookup(self.stack, rel, &name, true)? else {
-                        continue;
-                    };
-                    let (Some(sub), Some(d)) = (found.dir.as_ref(), img.dirs.get(found.pos)) else {
-                        continue;
-                    };
-                    let e = Entry {
-                        name: name.clone(),
-                        st: found.st,
-                        kind: EntryKind::Object,
-                    };
-                    self.object(tar, &path, d.fd.as_fd(), &e)?;
-                    self.dir(tar, &path, None, Some(sub), linked)?;
-                }
-                Item::Object(e) => {
-                    let Some(fd) = fd else { continue };
-                    self.object(tar, &path, fd, e)?;
-                    if is_dir(&e.st) {
-                        let cut_by_whiteout = hidden.contains(e.name.as_os_str());
-                        self.upper_subdir(tar, rel, &path, fd, e, img, cut_by_whiteout, linked)?;
-                    }
+            let p = join(&rel, OsStr::from_bytes(&tar_name));
+            if let Some(below) = self.item(tar, (&rel, &p), top, item, linked)? {
+                rel = p;
+                path.push(below).map_err(|e| io(&rel, e))?;
+            }
+        }
+    }
+
+    /// Writes `item` of the directory `here` (at `rel`) at tar path `path`; a directory to go
+    /// into next is returned.
+    fn item<'l, W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        (rel, path): (&[u8], &[u8]),
+        here: &Committing<'l>,
+        item: Item<'l>,
+        linked: &'l Linked,
+    ) -> Result<Option<Committing<'l>>> {
+        let upper = self.stack.upper()?;
+        let io = |e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
+        let fd = match &here.up {
+            Some((fd, listing)) => Some((fd.fd().map_err(io)?, listing)),
+            None => None,
+        };
+        let img = here.img.get().map_err(io)?;
+        match item {
+            Item::Whiteout => {
+                let Some((fd, _)) = fd else { return Ok(None) };
+                let dir_st = rustix::fs::fstat(fd).map_err(io)?;
+                self.marker(tar, path, &dir_st)?;
+            }
+            Item::Linked(copy) => {
+                let e = Entry {
+                    name: copy.name.clone(),
+                    st: copy.st,
+                    kind: EntryKind::Object,
+                };
+                self.object(tar, path, copy.dir.as_fd(), &e)?;
+            }
+            Item::LowerDir(name) => {
+                // A directory the upper does not have, on the way to such names: as the image
+                // shows it.
+                let Some(img) = img else { return Ok(None) };
+                let Some(found) = img.lookup(self.stack, rel, &name, true)? else {
+                    return Ok(None);
+                };
+                let (Some(sub), Some(d)) = (found.dir, img.dirs.get(found.pos)) else {
+                    return Ok(None);
+                };
+                let e = Entry {
+                    name,
+                    st: found.st,
+                    kind: EntryKind::Object,
+                };
+                self.object(tar, path, d.fd.as_fd(), &e)?;
+                return Ok(Some(self.frame(path, None, Some(sub), linked)?));
+            }
+            Item::Object { index, whited_out } => {
+                let Some((fd, listing)) = fd else { return Ok(None) };
+                let Some(e) = listing.entries.get(index) else {
+                    return Ok(None);
+                };
+                self.object(tar, path, fd, e)?;
+                if is_dir(&e.st) {
+                    let below = self.upper_subdir(tar, (rel, path), fd, e, img, whited_out, linked)?;
+                    return Ok(Some(below));
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Below the upper directory `e` (at `path`, an entry of `fd`, the directory `rel`): its
-    /// opaque marker if it hides an image directory, then its children.
+    /// opaque marker if it hides an image directory, then the frame of its children.
     #[allow(clippy::too_many_arguments)]
-    fn upper_subdir<W: Write>(
+    fn upper_subdir<'l, W: Write>(
         &mut self,
         tar: &mut Tar<W>,
-        rel: &[u8],
-        path: &[u8],
+        (rel, path): (&[u8], &[u8]),
         fd: BorrowedFd<'_>,
         e: &Entry,
         img: Option<&ImageDir>,
         cut_by_whiteout: bool,
-        linked: &Linked,
-    ) -> Result<()> {
+        linked: &'l Linked,
+    ) -> Result<Committing<'l>> {
         let at = self.stack.upper()?.at(path);
         let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
         let sl = Listing::read(sfd.as_fd(), &at)?;
@@ -484,8 +565,8 @@ impl Committer<'_> {
             m.extend_from_slice(whiteout::OPAQUE_MARKER.as_bytes());
             self.marker(tar, &m, &e.st)?;
         }
-        let child_img = if cut { None } else { old_dir.as_ref() };
-        self.dir(tar, path, Some((sfd.as_fd(), &sl)), child_img, linked)
+        let child_img = if cut { None } else { old_dir };
+        self.frame(path, Some((PathDir::new(sfd), sl)), child_img, linked)
     }
 
     /// One real object at tar path `path` (entry `e` of the upper directory `dir`).

@@ -12,15 +12,16 @@
 //! looked at where the upper has something, plus the listings of directories the upper made
 //! opaque (their old children are the `D` lines).
 
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::Stat;
 
 use super::linked::{Linked, image_at};
-use super::walk::{EntryKind, ImageDir, Listing, Stack, is_dir, refuse_kernel_indirect};
+use super::walk::{EntryKind, ImageDir, Listing, PathImage, Stack, is_dir, refuse_kernel_indirect};
 use super::{LayerError, Observer, Result, join};
+use crate::descent::{Descent, Frame, PathDir};
 use crate::sys;
 
 /// One kind of change.
@@ -60,7 +61,7 @@ pub fn diff(stack: &Stack, obs: &dyn Observer) -> Result<Changes> {
         obs,
         out: BTreeMap::new(),
     };
-    d.dir(b"", upper.fd(), &root, Some(&img), merge)?;
+    d.walk(upper.fd(), root, img, merge)?;
     // Names of lower files that show a copy made through another of their names.
     for (rel, copy) in &Linked::find(stack, stack.workdir.as_deref(), obs)?.names {
         if let Some((st, cap)) = image_at(stack, rel, CAPABILITY)? {
@@ -71,15 +72,17 @@ pub fn diff(stack: &Stack, obs: &dyn Observer) -> Result<Changes> {
             }
         }
     }
-    // Every parent of a listed entry is changed.
+    // Every parent of a listed entry is changed. A parent listed already has its own parents
+    // listed (or will have, being a listed entry itself): the climb stops there, so a deep
+    // tree costs its length, not its length squared.
     let paths: Vec<Vec<u8>> = d.out.keys().cloned().collect();
     for p in paths {
         let mut cut = p.len();
         while let Some(i) = p[..cut].iter().rposition(|&b| b == b'/') {
-            if i == 0 {
+            if i == 0 || d.out.contains_key(&p[..i]) {
                 break;
             }
-            d.out.entry(p[..i].to_vec()).or_insert(Change::Changed);
+            d.out.insert(p[..i].to_vec(), Change::Changed);
             cut = i;
         }
     }
@@ -111,82 +114,152 @@ fn stat_different(old: &Stat, new: &Stat) -> bool {
         || (!is_dir(old) && (!same_time || old.st_size != new.st_size))
 }
 
+/// An upper directory on the diff's path, with the image directory it is compared with.
+struct Compared {
+    fd: PathDir,
+    listing: Listing,
+    /// The image's directory here (Absent: the image has none).
+    old: PathImage,
+    /// Whether the view merges the two.
+    merge: bool,
+    objects: BTreeSet<OsString>,
+    hidden: BTreeSet<OsString>,
+    next: std::ops::Range<usize>,
+    rel_len: usize,
+}
+
+impl Compared {
+    fn new(fd: PathDir, listing: Listing, old: Option<ImageDir>, merge: bool, rel_len: usize) -> Compared {
+        let own = |s: BTreeSet<&OsStr>| s.into_iter().map(OsStr::to_os_string).collect();
+        Compared {
+            fd,
+            objects: own(listing.object_names()),
+            hidden: own(listing.whiteout_targets()),
+            next: 0..listing.entries.len(),
+            listing,
+            old: PathImage::new(old),
+            merge,
+            rel_len,
+        }
+    }
+}
+
+impl Frame for Compared {
+    fn park(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.fd.park()?;
+        self.old.park(&child.old)
+    }
+    fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.fd.unpark(child.fd.fd()?)?;
+        self.old.unpark(&child.old)
+    }
+}
+
 impl Differ<'_> {
-    /// The upper directory `rel` (open as `fd`, listed as `listing`), whose image directory is
-    /// `old` (None: the image has no directory here) and which merges with it in the view when
-    /// `merge`.
-    fn dir(
-        &mut self,
-        rel: &[u8],
-        fd: BorrowedFd<'_>,
-        listing: &Listing,
-        old: Option<&ImageDir>,
-        merge: bool,
-    ) -> Result<()> {
+    /// The upper's tree from its root (`fd`, listed as `listing`) against the image's root
+    /// `img`, which the view merges with it when `merge`: depth first, each directory's entries
+    /// in name order, the path kept on the heap (`descent.rs`): a tree may be of any depth.
+    fn walk(&mut self, fd: BorrowedFd<'_>, listing: Listing, img: ImageDir, merge: bool) -> Result<()> {
         let upper = self.stack.upper()?;
+        let mut rel: Vec<u8> = Vec::new();
+        let io = |rel: &[u8], e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
         if self.obs.cancelled() {
             return Err(LayerError::Interrupted);
         }
-        let objects = listing.object_names();
-        let hidden = listing.whiteout_targets();
-        for e in &listing.entries {
-            self.obs.entry();
-            match &e.kind {
-                EntryKind::OpaqueFile => {}
-                EntryKind::Whiteout { target, .. } => {
-                    if !merge || objects.contains(target.as_os_str()) {
-                        continue;
-                    }
-                    if let Some(old) = old {
-                        if old.lookup(self.stack, rel, target, false)?.is_some() {
-                            self.out.insert(abs(&join(rel, target)), Change::Deleted);
-                        }
-                    }
+        let start = PathDir::dup(fd).map_err(|e| io(&rel, e))?;
+        let mut path = Descent::new(Compared::new(start, listing, Some(img), merge, 0));
+        loop {
+            let Some(top) = path.last_mut() else {
+                return Ok(());
+            };
+            let Some(i) = top.next.next() else {
+                self.gone_children(&rel, top)?;
+                path.pop().map_err(|e| io(&rel, e))?;
+                if let Some(up) = path.last() {
+                    rel.truncate(up.rel_len);
                 }
-                EntryKind::Object => {
-                    let path = join(rel, &e.name);
-                    refuse_kernel_indirect(&upper.at(&path), fd, &e.name)?;
-                    let dir = is_dir(&e.st);
-                    let found = match old {
-                        Some(o) => o.lookup(self.stack, rel, &e.name, dir)?,
-                        None => None,
-                    };
-                    let sub = if dir {
-                        let sfd =
-                            sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(upper.at(&path), err))?;
-                        let sl = Listing::read(sfd.as_fd(), &upper.at(&path))?;
-                        Some((sfd, sl))
-                    } else {
-                        None
-                    };
-                    match found {
-                        None => {
-                            self.out.insert(abs(&path), Change::Added);
-                            if let Some((sfd, sl)) = &sub {
-                                self.dir(&path, sfd.as_fd(), sl, None, false)?;
-                            }
-                        }
-                        Some(f) => {
-                            if stat_different(&f.st, &e.st) || self.cap_differs(old, &f, rel, fd, &e.name)? {
-                                self.out.insert(abs(&path), Change::Changed);
-                            }
-                            if let Some((sfd, sl)) = &sub {
-                                let cut = sl.marks.opaque || hidden.contains(e.name.as_os_str());
-                                let child_merge = merge && !cut && f.dir.is_some();
-                                self.dir(&path, sfd.as_fd(), sl, f.dir.as_ref(), child_merge)?;
-                            }
-                        }
+                continue;
+            };
+            if let Some((sub, below)) = self.entry(&rel, top, i)? {
+                if self.obs.cancelled() {
+                    return Err(LayerError::Interrupted);
+                }
+                rel = sub;
+                path.push(below).map_err(|e| io(&rel, e))?;
+            }
+        }
+    }
+
+    /// Entry `i` of the directory `here` (at `rel`); a subdirectory to go into next is returned
+    /// with its path.
+    fn entry(&mut self, rel: &[u8], here: &Compared, i: usize) -> Result<Option<(Vec<u8>, Compared)>> {
+        let upper = self.stack.upper()?;
+        let io = |e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
+        let e = &here.listing.entries[i];
+        self.obs.entry();
+        let old = here.old.get().map_err(io)?;
+        match &e.kind {
+            EntryKind::OpaqueFile => {}
+            EntryKind::Whiteout { target, .. } => {
+                if !here.merge || here.objects.contains(target) {
+                    return Ok(None);
+                }
+                if let Some(old) = old {
+                    if old.lookup(self.stack, rel, target, false)?.is_some() {
+                        self.out.insert(abs(&join(rel, target)), Change::Deleted);
                     }
                 }
             }
-        }
-        // Not merged: every old child that the upper does not have is gone.
-        if !merge {
-            if let Some(old) = old {
-                for name in old.list(self.stack, rel)?.keys() {
-                    if !objects.contains(name.as_os_str()) {
-                        self.out.insert(abs(&join(rel, name)), Change::Deleted);
+            EntryKind::Object => {
+                let fd = here.fd.fd().map_err(io)?;
+                let path = join(rel, &e.name);
+                refuse_kernel_indirect(&upper.at(&path), fd, &e.name)?;
+                let dir = is_dir(&e.st);
+                let found = match old {
+                    Some(o) => o.lookup(self.stack, rel, &e.name, dir)?,
+                    None => None,
+                };
+                let sub = if dir {
+                    let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(upper.at(&path), err))?;
+                    let sl = Listing::read(sfd.as_fd(), &upper.at(&path))?;
+                    Some((PathDir::new(sfd), sl))
+                } else {
+                    None
+                };
+                let below = match found {
+                    None => {
+                        self.out.insert(abs(&path), Change::Added);
+                        sub.map(|(sfd, sl)| Compared::new(sfd, sl, None, false, path.len()))
                     }
+                    Some(f) => {
+                        if stat_different(&f.st, &e.st) || self.cap_differs(old, &f, rel, fd, &e.name)? {
+                            self.out.insert(abs(&path), Change::Changed);
+                        }
+                        sub.map(|(sfd, sl)| {
+                            let cut = sl.marks.opaque || here.hidden.contains(e.name.as_os_str());
+                            let child_merge = here.merge && !cut && f.dir.is_some();
+                            Compared::new(sfd, sl, f.dir, child_merge, path.len())
+                        })
+                    }
+                };
+                return Ok(below.map(|b| (path, b)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Once the directory `here` (at `rel`) is done: if not merged, every old child that the
+    /// upper does not have is gone.
+    fn gone_children(&mut self, rel: &[u8], here: &Compared) -> Result<()> {
+        if here.merge {
+            return Ok(());
+        }
+        let upper = self.stack.upper()?;
+        let old = here.old.get().map_err(|e| LayerError::io(upper.at(rel), e))?;
+        if let Some(old) = old {
+            for name in old.list(self.stack, rel)?.keys() {
+                if !here.objects.contains(name) {
+                    self.out.insert(abs(&join(rel, name)), Change::Deleted);
                 }
             }
         }

@@ -7,24 +7,31 @@
 //! entries below a symlink or a non-directory, hard links to names outside the archive (or
 //! not yet extracted, or to directories), duplicate entries, device nodes without CAP_MKNOD,
 //! char devices 0/0 (they would read as whiteouts), private union xattrs. Every directory is
-//! also opened with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS` and every object created with
-//! `O_EXCL`/`*at` calls that do not follow symlinks, so the kernel enforces the same. On any
-//! refusal or error (or Ctrl-C) what was written is removed again.
+//! also reached one name at a time from the layer's root with `O_NOFOLLOW` (never `..`; a hard
+//! link's target directory with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`) and every object
+//! created with `O_EXCL`/`*at` calls that do not follow symlinks, so the kernel enforces the
+//! same. On any refusal or error (or Ctrl-C) what was written is removed again.
+//!
+//! An archive may be of any depth, and its paths add up to its depth squared: what was made is
+//! kept as a tree of names and the importer works from the directory of the last entry
+//! (`import/tree.rs`), so an entry costs what its path differs from the last one.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use tar::EntryType;
 
+use self::tree::{Cursor, ROOT, Tree};
 use super::{LayerError, Observer, Result};
 use crate::sys;
 use crate::union::whiteout;
+
+mod tree;
 
 /// What an import wrote.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -36,7 +43,7 @@ pub struct ImportSummary {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Made {
+pub(crate) enum Made {
     Dir,
     /// A directory created only because an entry below it came first.
     ImplicitDir,
@@ -56,8 +63,7 @@ struct Meta {
 }
 
 /// A directory's metadata, applied once everything below it exists.
-struct DirMeta {
-    path: Vec<u8>,
+pub(crate) struct DirMeta {
     meta: Meta,
     xattrs: Vec<(String, Vec<u8>)>,
 }
@@ -125,13 +131,13 @@ pub fn import(archive: &Path, dir: &Path, obs: &dyn Observer) -> Result<ImportSu
     let root = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| LayerError::io(dir, e))?;
     let reader = open_archive(archive, obs);
+    let cursor = Cursor::new(root.as_fd()).map_err(|e| LayerError::io(dir, e));
     let result = reader.and_then(|r| {
         let mut imp = Importer {
             archive,
             root: root.as_fd(),
-            made: HashMap::new(),
-            explicit: HashSet::new(),
-            dirs: Vec::new(),
+            tree: Tree::new(),
+            at: cursor?,
             whiteouts: Vec::new(),
             opaques: Vec::new(),
             root_meta: None,
@@ -162,12 +168,14 @@ pub fn import(archive: &Path, dir: &Path, obs: &dyn Observer) -> Result<ImportSu
 struct Importer<'a> {
     archive: &'a Path,
     root: BorrowedFd<'a>,
-    made: HashMap<Vec<u8>, Made>,
-    explicit: HashSet<Vec<u8>>,
-    dirs: Vec<DirMeta>,
-    /// (parent, hidden name)
-    whiteouts: Vec<(Vec<u8>, Vec<u8>)>,
-    opaques: Vec<Vec<u8>>,
+    /// What the archive made, by name.
+    tree: Tree,
+    /// The directory the last entry went into.
+    at: Cursor,
+    /// (parent directory, hidden name)
+    whiteouts: Vec<(usize, Vec<u8>)>,
+    /// Directories to mark opaque: (path, node).
+    opaques: Vec<(Vec<u8>, usize)>,
     root_meta: Option<DirMeta>,
     mknod_ok: bool,
     privileged: bool,
@@ -190,6 +198,43 @@ fn components(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
         }
     }
     Ok(out)
+}
+
+/// The normal names of the archive path `raw` joined by '/' (what [`components`] gives,
+/// joined). `known` is a path of normal names (the directory the importer is in): where `raw`
+/// starts with it, only the rest is looked at, as paths of deep archives are long.
+fn normalize(raw: &[u8], known: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+    if raw.starts_with(b"/") {
+        return Err("absolute path");
+    }
+    let body = raw.strip_prefix(b"./").unwrap_or(raw);
+    let k = match body.strip_prefix(known) {
+        Some([b'/', ..]) if !known.is_empty() => known.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(&body[..k]);
+    for c in body[k..].split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("path contains '..'"),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `rel` split at its last '/': (parent, name).
+fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&rel[..0], rel),
+    }
 }
 
 fn ts(sec: i64) -> Timespec {
@@ -232,52 +277,55 @@ impl Importer<'_> {
         self.finish()
     }
 
-    /// Opens the directory `parent` (components), creating missing ones; refuses to go below
-    /// anything that is not a directory made by this archive.
-    fn parent_dir(&mut self, entry: &[u8], parent: &[&[u8]]) -> Result<OwnedFd> {
-        let mut p: Vec<u8> = Vec::new();
-        for c in parent {
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(c);
-            match self.made.get(&p) {
-                Some(Made::Dir | Made::ImplicitDir) => {}
-                Some(Made::Symlink) => {
-                    return Err(self.refuse(entry, format!("is below the symlink '{}'", String::from_utf8_lossy(&p))));
+    /// Goes to the directory `parent` (a path of names), creating missing ones; refuses to go
+    /// below anything that is not a directory made by this archive. The directory is reached
+    /// from the last one, one name at a time and never through a symlink (`O_NOFOLLOW`), so
+    /// the walk costs what the two paths differ by, however deep they are.
+    fn parent_dir(&mut self, entry: &[u8], parent: &[u8]) -> Result<()> {
+        let mut end = self.at.up_to_common(parent).map_err(|e| self.fail(entry, e))?;
+        while end < parent.len() {
+            let start = if parent[end] == b'/' { end + 1 } else { end };
+            end = parent[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(parent.len(), |i| start + i);
+            let (p, name) = (&parent[..end], &parent[start..end]);
+            let here = self.at.id();
+            let known = self.tree.child(here, name).map(|c| (c, self.tree.node(c).made));
+            let id = match known {
+                Some((c, Some(Made::Dir | Made::ImplicitDir))) => c,
+                Some((_, Some(Made::Symlink))) => {
+                    return Err(self.refuse(entry, format!("is below the symlink '{}'", String::from_utf8_lossy(p))));
                 }
-                Some(Made::Marker) => {
+                Some((_, Some(Made::Marker))) => {
                     return Err(self.refuse(
                         entry,
-                        format!("is below the whiteout marker '{}'", String::from_utf8_lossy(&p)),
+                        format!("is below the whiteout marker '{}'", String::from_utf8_lossy(p)),
                     ));
                 }
-                Some(_) => {
+                Some((_, Some(_))) => {
                     return Err(self.refuse(
                         entry,
-                        format!("is below the non-directory '{}'", String::from_utf8_lossy(&p)),
+                        format!("is below the non-directory '{}'", String::from_utf8_lossy(p)),
                     ));
                 }
-                None => {
-                    let (pp, name) = match p.iter().rposition(|&b| b == b'/') {
-                        Some(i) => (&p[..i], &p[i + 1..]),
-                        None => (&b""[..], &p[..]),
-                    };
-                    let pfd =
-                        sys::open_dir_beneath(self.root, OsStr::from_bytes(pp)).map_err(|e| self.fail(entry, e))?;
-                    rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), Mode::from_raw_mode(0o755))
+                Some((_, None)) | None => {
+                    let fd = self.at.fd().map_err(|e| self.fail(entry, e))?;
+                    rustix::fs::mkdirat(fd, OsStr::from_bytes(name), Mode::from_raw_mode(0o755))
                         .map_err(|e| self.fail(entry, e))?;
-                    self.made.insert(p.clone(), Made::ImplicitDir);
+                    let id = self.tree.add(here, name);
+                    self.tree.node_mut(id).made = Some(Made::ImplicitDir);
+                    id
                 }
-            }
+            };
+            self.at.enter(name, id).map_err(|e| self.fail(entry, e))?;
         }
-        sys::open_dir_beneath(self.root, OsStr::from_bytes(&p)).map_err(|e| self.fail(entry, e))
+        Ok(())
     }
 
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw = e.path_bytes().into_owned();
-        let comps = components(&raw).map_err(|why| self.refuse(&raw, why))?;
-        let rel: Vec<u8> = comps.join(&b'/');
+        let rel = normalize(&raw, self.at.rel()).map_err(|why| self.refuse(&raw, why))?;
         let h = e.header().clone();
         let ty = h.entry_type();
         if matches!(
@@ -292,35 +340,40 @@ impl Importer<'_> {
             gid: h.gid().map_err(|err| self.fail(&raw, err))?,
             mtime: h.mtime().map_err(|err| self.fail(&raw, err))? as i64,
         };
-        let Some((&name, parent)) = comps.split_last() else {
+        if rel.is_empty() {
             return self.root_entry(&raw, ty, meta);
-        };
-        if !self.explicit.insert(rel.clone()) {
+        }
+        let (parent, name) = split_last(&rel);
+        // What the archive made at this path so far (found by name, going nowhere).
+        let known = self
+            .at
+            .resolve(&self.tree, parent)
+            .and_then(|p| self.tree.child(p, name));
+        if known.is_some_and(|n| self.tree.node(n).explicit) {
             return Err(self.refuse(&raw, "duplicate entry"));
         }
         if name.starts_with(whiteout::WH_PREFIX) {
-            return self.marker_entry(&raw, ty, &rel, name, parent);
+            return self.marker_entry(&raw, ty, parent, name);
         }
         // Xattrs first: a refusal must come before anything is created.
         let mut xattrs = self.pax_xattrs(&raw, e)?;
-        match self.made.get(&rel) {
+        let before = known.and_then(|n| self.tree.node(n).made);
+        match before {
             Some(Made::ImplicitDir) if ty == EntryType::Directory => {}
             Some(_) => return Err(self.refuse(&raw, "duplicate entry")),
             None => {}
         }
-        let pfd = self.parent_dir(&raw, parent)?;
-        let (dir, n) = (pfd.as_fd(), OsStr::from_bytes(name));
+        self.parent_dir(&raw, parent)?;
+        let dir = self.at.fd().map_err(|err| self.fail(&raw, err))?;
+        let n = OsStr::from_bytes(name);
+        let mut dir_meta = None;
         let made = match ty {
             EntryType::Directory => {
-                if self.made.get(&rel) != Some(&Made::ImplicitDir) {
+                if before != Some(Made::ImplicitDir) {
                     rustix::fs::mkdirat(dir, n, Mode::from_raw_mode(0o700)).map_err(|err| self.fail(&raw, err))?;
                 }
                 let xattrs = std::mem::take(&mut xattrs);
-                self.dirs.push(DirMeta {
-                    path: rel.clone(),
-                    meta,
-                    xattrs,
-                });
+                dir_meta = Some(Box::new(DirMeta { meta, xattrs }));
                 Made::Dir
             }
             EntryType::Regular | EntryType::Continuous => self.make_file(dir, n, &raw, e)?,
@@ -331,15 +384,21 @@ impl Importer<'_> {
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, n).map_err(|err| self.fail(&raw, err))?;
                 Made::Symlink
             }
-            EntryType::Link => return self.hard_link(dir, n, &raw, rel, e),
+            EntryType::Link => self.hard_link(dir, n, &raw, e)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => self.make_special(dir, n, &raw, &h)?,
             other => return Err(self.refuse(&raw, format!("unsupported entry type {other:?}"))),
         };
-        self.made.insert(rel, made);
-        self.summary.entries += 1;
-        if made != Made::Dir {
+        if made != Made::Dir && ty != EntryType::Link {
             self.owner_mode_times(dir, n, &raw, made, meta, &xattrs)?;
         }
+        let id = self.tree.add(self.at.id(), name);
+        let node = self.tree.node_mut(id);
+        node.made = Some(made);
+        node.explicit = true;
+        if dir_meta.is_some() {
+            node.meta = dir_meta;
+        }
+        self.summary.entries += 1;
         Ok(())
     }
 
@@ -352,7 +411,6 @@ impl Importer<'_> {
             return Err(self.refuse(raw, "duplicate entry"));
         }
         self.root_meta = Some(DirMeta {
-            path: Vec::new(),
             meta,
             xattrs: Vec::new(),
         });
@@ -360,22 +418,25 @@ impl Importer<'_> {
     }
 
     /// A whiteout or opaque marker: noted, made at the end (see [`Importer::finish`]).
-    fn marker_entry(&mut self, raw: &[u8], ty: EntryType, rel: &[u8], name: &[u8], parent: &[&[u8]]) -> Result<()> {
+    fn marker_entry(&mut self, raw: &[u8], ty: EntryType, parent: &[u8], name: &[u8]) -> Result<()> {
         if ty == EntryType::Directory {
             return Err(self.refuse(raw, "a whiteout marker that is a directory"));
         }
-        drop(self.parent_dir(raw, parent)?);
-        let prel: Vec<u8> = parent.join(&b'/');
+        self.parent_dir(raw, parent)?;
+        let dir = self.at.id();
         if name == whiteout::OPAQUE_MARKER.as_bytes() {
-            self.opaques.push(prel);
+            self.opaques.push((parent.to_vec(), dir));
         } else {
             let target = &name[whiteout::WH_PREFIX.len()..];
             if target.is_empty() {
                 return Err(self.refuse(raw, "a whiteout for an empty name"));
             }
-            self.whiteouts.push((prel, target.to_vec()));
+            self.whiteouts.push((dir, target.to_vec()));
         }
-        self.made.insert(rel.to_vec(), Made::Marker);
+        let id = self.tree.add(dir, name);
+        let node = self.tree.node_mut(id);
+        node.made = Some(Made::Marker);
+        node.explicit = true;
         Ok(())
     }
 
@@ -418,20 +479,22 @@ impl Importer<'_> {
 
     /// A hard link: only to a non-directory this archive made before, by a path inside it.
     fn hard_link<R: Read>(
-        &mut self,
+        &self,
         dir: BorrowedFd<'_>,
         n: &OsStr,
         raw: &[u8],
-        rel: Vec<u8>,
         e: &mut tar::Entry<'_, R>,
-    ) -> Result<()> {
+    ) -> Result<Made> {
         let target = e
             .link_name_bytes()
             .ok_or_else(|| self.refuse(raw, "a hard link without a target"))?
             .into_owned();
         let tc = components(&target)
             .map_err(|why| self.refuse(raw, format!("hard link pointing out of the layer ({why})")))?;
-        let kind = self.made.get(&tc.join(&b'/')).copied();
+        let kind = self
+            .tree
+            .find(tc.iter().copied())
+            .and_then(|id| self.tree.node(id).made);
         match kind {
             Some(Made::File | Made::Symlink | Made::Other) => {}
             Some(Made::Dir | Made::ImplicitDir) => return Err(self.refuse(raw, "hard link to a directory")),
@@ -450,10 +513,8 @@ impl Importer<'_> {
             .map_err(|err| self.fail(raw, err))?;
         rustix::fs::linkat(&tfd, OsStr::from_bytes(tname), dir, n, AtFlags::empty())
             .map_err(|err| self.fail(raw, err))?;
-        self.made.insert(rel, kind.unwrap_or(Made::Other));
-        self.summary.entries += 1;
         // A hard link shares the inode: no metadata of its own.
-        Ok(())
+        Ok(kind.unwrap_or(Made::Other))
     }
 
     /// A FIFO, or a device node (refused without CAP_MKNOD, and 0/0, which reads as a whiteout).
@@ -490,8 +551,30 @@ impl Importer<'_> {
         meta: Meta,
         xattrs: &[(String, Vec<u8>)],
     ) -> Result<()> {
+        self.set_meta(dir, n, made, meta, xattrs)
+            .map_err(|f| self.meta_failure(raw, f))
+    }
+
+    /// Why [`Importer::set_meta`] failed, as the refusal or failure of the entry `raw`.
+    fn meta_failure(&self, raw: &[u8], f: MetaFailure) -> LayerError {
+        match f {
+            MetaFailure::OwnerRange => self.refuse(raw, "owner out of range"),
+            MetaFailure::Io(e) => self.fail(raw, e),
+        }
+    }
+
+    /// Owner, mode, xattrs and times of `dir/n` (the entry's path is named by the caller, only
+    /// when this fails: it costs a deep directory its depth).
+    fn set_meta(
+        &self,
+        dir: BorrowedFd<'_>,
+        n: &OsStr,
+        made: Made,
+        meta: Meta,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> std::result::Result<(), MetaFailure> {
         let (Ok(uid), Ok(gid)) = (u32::try_from(meta.uid), u32::try_from(meta.gid)) else {
-            return Err(self.refuse(raw, "owner out of range"));
+            return Err(MetaFailure::OwnerRange);
         };
         let r = rustix::fs::chownat(
             dir,
@@ -504,11 +587,11 @@ impl Importer<'_> {
             Ok(()) => {}
             // Unprivileged: the files stay ours.
             Err(rustix::io::Errno::PERM) if !self.root_user => {}
-            Err(err) => return Err(self.fail(raw, err)),
+            Err(err) => return Err(MetaFailure::Io(err)),
         }
         if made != Made::Symlink {
             rustix::fs::chmodat(dir, n, Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty())
-                .map_err(|err| self.fail(raw, err))?;
+                .map_err(MetaFailure::Io)?;
         }
         // After the owner change (which drops file capabilities) and the mode (which would
         // rewrite an ACL's mask).
@@ -517,83 +600,119 @@ impl Importer<'_> {
             match target.set_xattr(OsStr::new(k), v, rustix::fs::XattrFlags::empty()) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::PERM) if !self.root_user => {}
-                Err(err) => return Err(self.fail(raw, err)),
+                Err(err) => return Err(MetaFailure::Io(err)),
             }
         }
         let t = Timestamps {
             last_access: ts(meta.mtime),
             last_modification: ts(meta.mtime),
         };
-        rustix::fs::utimensat(dir, n, &t, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| self.fail(raw, err))?;
-        Ok(())
+        rustix::fs::utimensat(dir, n, &t, AtFlags::SYMLINK_NOFOLLOW).map_err(MetaFailure::Io)
     }
 
-    /// Markers, then directory metadata (deepest first, so children do not touch it again).
+    /// Markers, then directory metadata (each directory after everything below it, so that
+    /// a directory made unsearchable cannot stop what is below it from getting its own).
     fn finish(&mut self) -> Result<()> {
-        let whiteouts = std::mem::take(&mut self.whiteouts);
-        for (parent, target) in whiteouts {
-            let mut p = parent.clone();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(&target);
-            let pfd = sys::open_dir_beneath(self.root, OsStr::from_bytes(&parent)).map_err(|e| self.fail(&p, e))?;
-            let n = OsStr::from_bytes(&target);
-            match self.made.get(&p) {
-                // The same layer has the name: a whiteout only hides the layers below, which for a
-                // directory is opacity and for anything else is what replacing it does anyway.
-                Some(Made::Dir | Made::ImplicitDir) => {
-                    self.opaques.push(p.clone());
-                    continue;
-                }
-                Some(_) => continue,
-                None => {}
-            }
-            match whiteout::make_device(pfd.as_fd(), n) {
-                Ok(()) => {}
-                Err(rustix::io::Errno::PERM | rustix::io::Errno::OPNOTSUPP) => {
-                    whiteout::make_oci_whiteout(pfd.as_fd(), n).map_err(|e| self.fail(&p, e))?
-                }
-                Err(e) => return Err(self.fail(&p, e)),
-            }
-            self.summary.whiteouts += 1;
-        }
+        self.make_whiteouts()?;
         let mut opaques = std::mem::take(&mut self.opaques);
         opaques.sort();
         opaques.dedup();
-        for d in opaques {
-            let fd = sys::open_dir_beneath(self.root, OsStr::from_bytes(&d)).map_err(|e| self.fail(&d, e))?;
-            whiteout::mark_opaque(fd.as_fd(), false, self.privileged).map_err(|e| self.fail(&d, e))?;
+        for (d, id) in opaques {
+            self.at.go_to(&self.tree, id).map_err(|e| self.fail(&d, e))?;
+            let fd = self.at.fd().map_err(|e| self.fail(&d, e))?;
+            whiteout::mark_opaque(fd, false, self.privileged).map_err(|e| self.fail(&d, e))?;
             self.summary.opaque_dirs += 1;
         }
-        let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
-        dirs.extend(self.root_meta.take());
-        for d in dirs {
-            let (parent, name) = match d.path.iter().rposition(|&b| b == b'/') {
-                Some(i) => (&d.path[..i], &d.path[i + 1..]),
-                None => (&b""[..], &d.path[..]),
+        self.dir_metadata()
+    }
+
+    /// The whiteouts noted, in archive order.
+    fn make_whiteouts(&mut self) -> Result<()> {
+        for (parent, target) in std::mem::take(&mut self.whiteouts) {
+            // The path, for messages only (it costs a deep directory its depth).
+            let path = |tree: &Tree| {
+                let mut p = tree.path(parent);
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(&target);
+                p
             };
-            let (pfd, n) = if d.path.is_empty() {
-                (
-                    sys::open_dir_beneath(self.root, OsStr::new("")).map_err(|e| self.fail(&d.path, e))?,
-                    OsStr::new("."),
-                )
-            } else {
-                (
-                    sys::open_dir_beneath(self.root, OsStr::from_bytes(parent)).map_err(|e| self.fail(&d.path, e))?,
-                    OsStr::from_bytes(name),
-                )
-            };
-            self.owner_mode_times(pfd.as_fd(), n, &d.path, Made::Dir, d.meta, &d.xattrs)?;
+            self.at
+                .go_to(&self.tree, parent)
+                .map_err(|e| self.fail(&path(&self.tree), e))?;
+            let n = OsStr::from_bytes(&target);
+            let hidden = self.tree.child(parent, &target);
+            match hidden.map(|c| (c, self.tree.node(c).made)) {
+                // The same layer has the name: a whiteout only hides the layers below, which for a
+                // directory is opacity and for anything else is what replacing it does anyway.
+                Some((c, Some(Made::Dir | Made::ImplicitDir))) => {
+                    self.opaques.push((path(&self.tree), c));
+                    continue;
+                }
+                Some((_, Some(_))) => continue,
+                Some((_, None)) | None => {}
+            }
+            let pfd = self.at.fd().map_err(|e| self.fail(&path(&self.tree), e))?;
+            match whiteout::make_device(pfd, n) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::PERM | rustix::io::Errno::OPNOTSUPP) => {
+                    whiteout::make_oci_whiteout(pfd, n).map_err(|e| self.fail(&path(&self.tree), e))?
+                }
+                Err(e) => return Err(self.fail(&path(&self.tree), e)),
+            }
+            self.summary.whiteouts += 1;
+        }
+        Ok(())
+    }
+
+    /// Every directory's metadata, the root's last: the tree is walked depth first and each
+    /// directory done on the way back up, from its parent.
+    fn dir_metadata(&mut self) -> Result<()> {
+        self.at.go_to(&self.tree, ROOT).map_err(|e| self.fail(b"", e))?;
+        let mut stack: Vec<(usize, usize)> = vec![(ROOT, 0)];
+        while let Some((id, next)) = stack.last_mut() {
+            let node = self.tree.node(*id);
+            if let Some(&c) = node.children.get(*next) {
+                *next += 1;
+                let child = self.tree.node(c);
+                if matches!(child.made, Some(Made::Dir | Made::ImplicitDir)) || !child.children.is_empty() {
+                    let name = child.name.clone();
+                    self.at.enter(&name, c).map_err(|e| self.fail(&self.tree.path(c), e))?;
+                    stack.push((c, 0));
+                }
+                continue;
+            }
+            let done = *id;
+            stack.pop();
+            if done == ROOT {
+                if let Some(d) = self.root_meta.take() {
+                    let fd = self.at.fd().map_err(|e| self.fail(b"", e))?;
+                    self.owner_mode_times(fd, OsStr::new("."), b"", Made::Dir, d.meta, &d.xattrs)?;
+                }
+                continue;
+            }
+            self.at.leave().map_err(|e| self.fail(&self.tree.path(done), e))?;
+            if let Some(d) = self.tree.node_mut(done).meta.take() {
+                let fd = self.at.fd().map_err(|e| self.fail(&self.tree.path(done), e))?;
+                let n = OsStr::from_bytes(&self.tree.node(done).name);
+                self.set_meta(fd, n, Made::Dir, d.meta, &d.xattrs)
+                    .map_err(|f| self.meta_failure(&self.tree.path(done), f))?;
+            }
         }
         Ok(())
     }
 }
 
+/// Why [`Importer::set_meta`] failed.
+enum MetaFailure {
+    OwnerRange,
+    Io(rustix::io::Errno),
+}
+
 #[cfg(test)]
 mod tests {
-    use super::components;
+    use super::{components, normalize};
 
     #[test]
     fn paths_are_checked() {
@@ -602,5 +721,31 @@ mod tests {
         assert!(components(b"a/../../x").is_err());
         assert!(components(b"..").is_err());
         assert!(components(b"./").unwrap().is_empty());
+    }
+
+    #[test]
+    fn normalize_joins_what_components_gives_with_or_without_a_known_start() {
+        for raw in [
+            &b"./a//b/"[..],
+            b"a/b/c",
+            b"a/./b/",
+            b"./",
+            b".",
+            b"a/b/./c//d/",
+            b"a/bc/d",
+            b"a/b",
+            b"./a/b/c",
+        ] {
+            let want = components(raw).unwrap().join(&b'/');
+            for known in [&b""[..], b"a", b"a/b", b"a/bc", b"x"] {
+                assert_eq!(normalize(raw, known).unwrap(), want, "{raw:?} from {known:?}");
+            }
+        }
+        for raw in [&b"/etc/passwd"[..], b"a/../../x", b"..", b"a/b/.."] {
+            assert!(components(raw).is_err());
+            for known in [&b""[..], b"a", b"a/b"] {
+                assert!(normalize(raw, known).is_err(), "{raw:?} from {known:?}");
+            }
+        }
     }
 }

@@ -11,13 +11,14 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{FileType, Stat};
 
-use super::walk::{Found, ImageDir, Stack, is_dir};
+use super::walk::{Found, ImageDir, PathImage, Stack, is_dir};
 use super::{LayerError, Observer, Result, join};
+use crate::descent::{Descent, Frame};
 use crate::sys;
 use crate::union::hardlinks::{HardlinkIndex, IndexState, Key};
 use crate::union::whiteout;
@@ -114,7 +115,7 @@ impl Linked {
             obs,
             found: &mut found,
         };
-        f.walk(b"", &root)?;
+        f.walk(root)?;
         let mut names = BTreeMap::new();
         for (rel, key) in found {
             if !shown_from_lowers(stack, &rel)? {
@@ -139,13 +140,47 @@ struct Finder<'a> {
     found: &'a mut Vec<(Vec<u8>, Key)>,
 }
 
+/// An image directory on the finder's path: the names it shows still to look at.
+struct Searched {
+    dir: PathImage,
+    names: std::collections::btree_map::IntoIter<OsString, (usize, Stat)>,
+    rel_len: usize,
+}
+
+impl Frame for Searched {
+    fn park(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.dir.park(&child.dir)
+    }
+    fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.dir.unpark(&child.dir)
+    }
+}
+
 impl Finder<'_> {
-    fn walk(&mut self, rel: &[u8], dir: &ImageDir) -> Result<()> {
-        if self.obs.cancelled() {
-            return Err(LayerError::Interrupted);
-        }
-        for (name, (pos, st)) in dir.list(self.stack, rel)? {
+    /// The image from its root `root`: depth first, the path kept on the heap (`descent.rs`):
+    /// an image may be of any depth.
+    fn walk(&mut self, root: ImageDir) -> Result<()> {
+        let mut rel: Vec<u8> = Vec::new();
+        let at = |rel: &[u8]| match self.stack.lowers.first() {
+            Some(l) => l.at(rel),
+            None => PathBuf::from(OsStr::from_bytes(rel)),
+        };
+        let first = self.enter(&rel, root)?;
+        let mut path = Descent::new(first);
+        loop {
+            let Some(top) = path.last_mut() else {
+                return Ok(());
+            };
+            let Some((name, (pos, st))) = top.names.next() else {
+                path.pop().map_err(|e| LayerError::io(at(&rel), e))?;
+                if let Some(up) = path.last() {
+                    rel.truncate(up.rel_len);
+                }
+                continue;
+            };
             self.obs.entry();
+            let dir = top.dir.get().map_err(|e| LayerError::io(at(&rel), e))?;
+            let Some(dir) = dir else { continue };
             let ft = FileType::from_raw_mode(st.st_mode);
             if ft == FileType::RegularFile && st.st_nlink > 1 {
                 let Some(layer) = dir.dirs.get(pos).map(|d| d.layer) else {
@@ -156,15 +191,30 @@ impl Finder<'_> {
                     ino: st.st_ino,
                 };
                 if self.incomplete.contains(&key) && self.index.holds(key, &st) {
-                    self.found.push((join(rel, &name), key));
+                    self.found.push((join(&rel, &name), key));
                 }
             } else if ft == FileType::Directory {
-                if let Some(Found { dir: Some(sub), .. }) = dir.lookup(self.stack, rel, &name, true)? {
-                    self.walk(&join(rel, &name), &sub)?;
+                if let Some(Found { dir: Some(sub), .. }) = dir.lookup(self.stack, &rel, &name, true)? {
+                    let sub_rel = join(&rel, &name);
+                    let below = self.enter(&sub_rel, sub)?;
+                    rel = sub_rel;
+                    path.push(below).map_err(|e| LayerError::io(at(&rel), e))?;
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Lists the image directory `dir` (at `rel`) for the walk.
+    fn enter(&mut self, rel: &[u8], dir: ImageDir) -> Result<Searched> {
+        if self.obs.cancelled() {
+            return Err(LayerError::Interrupted);
+        }
+        let names = dir.list(self.stack, rel)?;
+        Ok(Searched {
+            dir: PathImage::new(Some(dir)),
+            names: names.into_iter(),
+            rel_len: rel.len(),
+        })
     }
 }
 
@@ -204,11 +254,14 @@ fn shown_from_lowers(stack: &Stack, rel: &[u8]) -> Result<bool> {
 pub(crate) fn image_at(stack: &Stack, rel: &[u8], cap: &str) -> Result<Option<(Stat, Option<Vec<u8>>)>> {
     let mut dir = stack.image_root()?;
     let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
-    let mut parent: Vec<u8> = Vec::new();
+    // Where the current name starts in `rel`: the path so far is what is before it.
+    let mut start = 0usize;
     for (i, c) in comps.iter().enumerate() {
         let name = OsStr::from_bytes(c);
         let last = i + 1 == comps.len();
-        let Some(f) = dir.lookup(stack, &parent, name, !last)? else {
+        let parent = &rel[..start.saturating_sub(1)];
+        start += c.len() + 1;
+        let Some(f) = dir.lookup(stack, parent, name, !last)? else {
             return Ok(None);
         };
         if last {
@@ -219,7 +272,6 @@ pub(crate) fn image_at(stack: &Stack, rel: &[u8], cap: &str) -> Result<Option<(S
         }
         let Some(sub) = f.dir else { return Ok(None) };
         dir = sub;
-        parent = join(&parent, name);
     }
     Ok(None)
 }

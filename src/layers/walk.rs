@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, Mode, OFlags, Stat};
 
 use super::{LayerError, Result, full_path};
+use crate::descent::{Descent, Frame, PathDir};
 use crate::sys;
 use crate::union::whiteout::{self, DirMarks, KERNEL_INDIRECT_XATTRS, WhiteoutForm};
 
@@ -311,19 +312,144 @@ pub(crate) type WalkFn<'f> = dyn FnMut(&[u8], BorrowedFd<'_>, &Listing, Option<&
 /// Every entry below the directory `dir` of a layer, depth first in name order: `f(rel,
 /// dir_fd, listing, None)` once for each directory (the root included) when it has been
 /// listed, then `f(rel, dir_fd, listing, Some(entry))` for each of its entries; stops at the
-/// first error.
+/// first error. The path is kept on the heap with few directories open (`descent.rs`): a layer
+/// may be of any depth.
 pub(crate) fn walk_all(dir: BorrowedFd<'_>, root: &Path, rel: &[u8], f: &mut WalkFn<'_>) -> Result<()> {
-    let listing = Listing::read(dir, &full_path(root, rel))?;
-    f(rel, dir, &listing, None)?;
-    for e in &listing.entries {
-        f(rel, dir, &listing, Some(e))?;
-        if e.is_dir() {
-            let p = super::join(rel, &e.name);
-            let sub = sys::open_path_dir(dir, &e.name).map_err(|err| LayerError::io(full_path(root, &p), err))?;
-            walk_all(sub.as_fd(), root, &p, f)?;
+    let mut rel = rel.to_vec();
+    let io = |rel: &[u8], e: rustix::io::Errno| LayerError::io(full_path(root, rel), e);
+    let start = PathDir::dup(dir).map_err(|e| io(&rel, e))?;
+    let mut path = Descent::new(Walked::enter(start, &rel, root, f)?);
+    loop {
+        let Some(top) = path.last_mut() else {
+            return Ok(());
+        };
+        let Some(i) = top.next.next() else {
+            path.pop().map_err(|e| io(&rel, e))?;
+            if let Some(up) = path.last() {
+                rel.truncate(up.rel_len);
+            }
+            continue;
+        };
+        let fd = top.dir.fd().map_err(|e| io(&rel, e))?;
+        let e = &top.listing.entries[i];
+        f(&rel, fd, &top.listing, Some(e))?;
+        if !e.is_dir() {
+            continue;
+        }
+        let p = super::join(&rel, &e.name);
+        let sub = sys::open_path_dir(fd, &e.name).map_err(|err| io(&p, err))?;
+        rel = p;
+        let below = Walked::enter(PathDir::new(sub), &rel, root, f)?;
+        path.push(below).map_err(|e| io(&rel, e))?;
+    }
+}
+
+/// A directory on [`walk_all`]'s path: its listing and the entries still to visit.
+struct Walked {
+    dir: PathDir,
+    listing: Listing,
+    next: std::ops::Range<usize>,
+    rel_len: usize,
+}
+
+impl Walked {
+    /// Lists the directory `dir` (at `rel`) and reports it to `f`.
+    fn enter(dir: PathDir, rel: &[u8], root: &Path, f: &mut WalkFn<'_>) -> Result<Walked> {
+        let at = || full_path(root, rel);
+        let fd = dir.fd().map_err(|e| LayerError::io(at(), e))?;
+        let listing = Listing::read(fd, &at())?;
+        f(rel, fd, &listing, None)?;
+        Ok(Walked {
+            next: 0..listing.entries.len(),
+            dir,
+            listing,
+            rel_len: rel.len(),
+        })
+    }
+}
+
+impl Frame for Walked {
+    fn park(&mut self, _child: &Self) -> rustix::io::Result<()> {
+        self.dir.park()
+    }
+    fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
+        self.dir.unpark(child.dir.fd()?)
+    }
+}
+
+/// An image directory on the path of a deep walk (see `descent.rs`): open, or parked with the
+/// fds of its lower directories closed where the directory below it on the path has the same
+/// layer (and can reopen them as its `..`).
+pub(crate) enum PathImage {
+    /// The image has no directory here.
+    Absent,
+    Open(ImageDir),
+    Parked(Vec<(usize, DirMarks, PathDir)>),
+}
+
+impl PathImage {
+    pub fn new(img: Option<ImageDir>) -> PathImage {
+        img.map_or(PathImage::Absent, PathImage::Open)
+    }
+
+    /// The image directory, if the image has one here; EBADF while parked (a walk works at the
+    /// open end of its path only).
+    pub fn get(&self) -> rustix::io::Result<Option<&ImageDir>> {
+        match self {
+            PathImage::Absent => Ok(None),
+            PathImage::Open(img) => Ok(Some(img)),
+            PathImage::Parked(_) => Err(rustix::io::Errno::BADF),
         }
     }
-    Ok(())
+
+    fn has_layer(&self, layer: usize) -> bool {
+        match self {
+            PathImage::Absent => false,
+            PathImage::Open(img) => img.dirs.iter().any(|d| d.layer == layer),
+            PathImage::Parked(v) => v.iter().any(|(l, ..)| *l == layer),
+        }
+    }
+
+    /// Parks what `child` (the image directory one level down the path) can reopen.
+    pub fn park(&mut self, child: &PathImage) -> rustix::io::Result<()> {
+        let PathImage::Open(img) = self else {
+            return Ok(());
+        };
+        let mut parked = Vec::with_capacity(img.dirs.len());
+        for d in std::mem::take(&mut img.dirs) {
+            let mut dir = PathDir::new(d.fd);
+            if child.has_layer(d.layer) {
+                dir.park()?;
+            }
+            parked.push((d.layer, d.marks, dir));
+        }
+        *self = PathImage::Parked(parked);
+        Ok(())
+    }
+
+    /// Reopens what [`PathImage::park`] closed, through `child`, which is open.
+    pub fn unpark(&mut self, child: &PathImage) -> rustix::io::Result<()> {
+        let PathImage::Parked(parked) = self else {
+            return Ok(());
+        };
+        let below = child.get()?;
+        let mut dirs = Vec::with_capacity(parked.len());
+        for (layer, marks, mut dir) in std::mem::take(parked) {
+            if !dir.is_open() {
+                let c = below
+                    .and_then(|b| b.dirs.iter().find(|d| d.layer == layer))
+                    .ok_or(rustix::io::Errno::BADF)?;
+                dir.unpark(c.fd.as_fd())?;
+            }
+            dirs.push(LowerDir {
+                layer,
+                fd: dir.into_fd()?,
+                marks,
+            });
+        }
+        *self = PathImage::Open(ImageDir { dirs });
+        Ok(())
+    }
 }
 
 /// Whether the xattr `name` is one of kernel overlayfs's metacopy/redirect markers.

@@ -38,25 +38,66 @@ impl Union {
         self.copy_up_with(node, Data::All)
     }
 
+    /// Parents go first, top down, in a loop: the chain is as long as the tree is deep, which
+    /// is input, so it is never a recursion.
     pub(crate) fn copy_up_with(&self, node: &Arc<Node>, data: Data) -> FsResult<()> {
         let upper = self.upper_index()?;
+        loop {
+            let chain = self.chain_to_upper(node, upper)?;
+            let mut all = true;
+            for (i, n) in chain.iter().enumerate().rev() {
+                let data = if i == 0 { data } else { Data::All };
+                if !self.copy_up_one(n, data, upper)? {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+        }
+    }
+
+    /// `node` and those of its ancestors that are not in the upper yet, `node` first.
+    fn chain_to_upper(&self, node: &Arc<Node>, upper: usize) -> FsResult<Vec<Arc<Node>>> {
+        let mut chain = Vec::new();
+        let mut cur = Arc::clone(node);
+        // Parents that loop (which nothing should make) end in an error, not in a hang.
+        let most = self.nodes.len();
+        while cur.ino != ROOT && cur.state.read().layer() != upper {
+            let (parent, _) = self.live_name(&cur).ok_or(Errno::ENOENT)?;
+            let next = self.node(parent)?;
+            chain.push(cur);
+            if chain.len() > most {
+                return Err(Errno::EIO);
+            }
+            cur = next;
+        }
+        Ok(chain)
+    }
+
+    /// Copies up `node`, whose parent is in the upper. Returns false, having done nothing, if
+    /// its parent is not in the upper (it was moved meanwhile): the caller starts again.
+    fn copy_up_one(&self, node: &Arc<Node>, data: Data, upper: usize) -> FsResult<bool> {
         if node.state.read().layer() == upper {
-            return Ok(());
+            return Ok(true);
         }
         let _g = node.copy_lock.lock();
         let (kind, layer) = {
             let s = node.state.read();
             if s.layer() == upper {
-                return Ok(());
+                return Ok(true);
             }
             (s.kind, s.layer())
         };
         if node.ino == ROOT {
-            return Ok(());
+            return Ok(true);
         }
         let (parent_ino, name) = self.live_name(node).ok_or(Errno::ENOENT)?;
         let parent = self.node(parent_ino)?;
-        self.copy_up(&parent)?;
+        if parent.state.read().layer() != upper {
+            return Ok(false);
+        }
         let pdir = self.upper_dir_fd(&parent).ok_or(Errno::EIO)?;
         let src = self.locate(node, None)?;
         let st = src.stat()?;
@@ -110,9 +151,11 @@ impl Union {
             }
         }
         if indexed.is_some() {
+            // This copies up the directories of the other names (a loop back into copy-up), but
+            // only directories, which link nothing: two calls deep at most.
             self.link_known_names(node, &pdir, &name);
         }
-        Ok(())
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -305,28 +305,54 @@ impl Union {
     }
 
     /// Copies up everything `dir` shows, then marks it opaque: afterwards it no longer depends on
-    /// any lower layer.
+    /// any lower layer. Depth first with the path on the heap (the tree may be of any depth);
+    /// each directory is marked once everything below it is copied.
     pub(crate) fn copy_up_tree(&self, dir: &Arc<Node>) -> FsResult<()> {
-        self.copy_up(dir)?;
-        let has_lower = dir.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
-        let names: Vec<(OsString, Kind)> = self.with_index(dir, |idx| idx.visible_names())?;
-        for (name, kind) in names {
-            let child = self.pin_child(dir.ino, &name)?;
-            let r = if kind == Kind::Dir {
-                self.copy_up_tree(&child)
-            } else {
-                self.copy_up(&child)
-            };
-            drop(child);
-            r?;
+        let mut path = vec![self.tree_level(Arc::clone(dir), None)?];
+        while let Some(level) = path.last_mut() {
+            match level.names.next() {
+                Some((name, Kind::Dir)) => {
+                    let child = self.pin_child(level.node.ino, &name)?;
+                    let node = Arc::clone(&child.node);
+                    path.push(self.tree_level(node, Some(child))?);
+                }
+                Some((name, _)) => {
+                    let child = self.pin_child(level.node.ino, &name)?;
+                    self.copy_up(&child)?;
+                }
+                None => {
+                    if let Some(done) = path.pop() {
+                        self.seal_tree_dir(&done)?;
+                    }
+                }
+            }
         }
-        if !has_lower {
+        Ok(())
+    }
+
+    /// Copies up the directory `node` (pinned by `pin` while the walk is below it) and lists
+    /// what it shows.
+    fn tree_level<'a>(&'a self, node: Arc<Node>, pin: Option<Pin<'a>>) -> FsResult<TreeLevel<'a>> {
+        self.copy_up(&node)?;
+        let has_lower = node.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
+        let names: Vec<(OsString, Kind)> = self.with_index(&node, |idx| idx.visible_names())?;
+        Ok(TreeLevel {
+            node,
+            _pin: pin,
+            has_lower,
+            names: names.into_iter(),
+        })
+    }
+
+    /// A directory whose tree is copied: opaque now, if it merged lower directories.
+    fn seal_tree_dir(&self, level: &TreeLevel<'_>) -> FsResult<()> {
+        if !level.has_lower {
             return Ok(());
         }
-        let fd = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
+        let fd = self.upper_dir_fd(&level.node).ok_or(Errno::EIO)?;
         // Materialising is a copy-up: the directory keeps its times.
         Ok(keep_dir_times(fd.as_fd(), || {
-            self.make_opaque(dir)
+            self.make_opaque(&level.node)
                 .map_err(|e| rustix::io::Errno::from_raw_os_error(e.code()))
         })?)
     }
@@ -362,9 +388,10 @@ impl Union {
         }
     }
 
-    /// Whether `ancestor` is `ino` or one of its parents.
+    /// Whether `ancestor` is `ino` or one of its parents. A path of parents is at most as long
+    /// as the table (a tree may be of any depth; parents that loop end the search).
     fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
-        for _ in 0..100_000 {
+        for _ in 0..=self.nodes.len() {
             if ino == ancestor {
                 return true;
             }
@@ -378,6 +405,14 @@ impl Union {
         }
         false
     }
+}
+
+/// A directory on the path of [`Union::copy_up_tree`]'s walk, and the names left to copy in it.
+struct TreeLevel<'a> {
+    node: Arc<Node>,
+    _pin: Option<Pin<'a>>,
+    has_lower: bool,
+    names: std::vec::IntoIter<(OsString, Kind)>,
 }
 
 fn lock_pair<'a>(

@@ -113,8 +113,14 @@ impl Mount {
 
     /// Starts `unionfs ARGS` (a foreground mount) and waits until `mnt` is mounted.
     pub fn start(args: &[OsString], mnt: &Path) -> Mount {
+        Mount::start_with_env(args, mnt, &[])
+    }
+
+    /// [`Mount::start`] with `env` added to the daemon's environment.
+    pub fn start_with_env(args: &[OsString], mnt: &Path, env: &[(&str, &str)]) -> Mount {
         let child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -869,4 +875,5 @@ impl AsMut<[u8]> for AlignedBuf {
         &mut self.raw[self.start..self.start + self.len]
     }
 }
+pub mod deep;
 pub mod podman;
