@@ -316,8 +316,58 @@ pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
     }
 }
 
-/// A directory [`remove_tree_contents`] is emptying: the entries still to remove, and its name
-/// in its parent.
+/// Calls `f` with every entry below the directory `dir` that is not a directory (with the fd and
+/// the path below `dir` of the directory holding it), never following symlinks; depth first
+/// without recursion, with a bounded number of fds open (see `descent.rs`).
+pub fn for_each_file(
+    dir: BorrowedFd<'_>,
+    f: &mut dyn FnMut(BorrowedFd<'_>, &[u8], &RawEntry) -> rustix::io::Result<()>,
+) -> rustix::io::Result<()> {
+    let mut rel: Vec<u8> = Vec::new();
+    let first = Emptying {
+        dir: PathDir::dup(dir)?,
+        entries: read_dir(dir)?.into_iter(),
+        name: OsString::new(),
+    };
+    let mut path = Descent::new(first);
+    loop {
+        let Some(top) = path.last_mut() else {
+            return Ok(());
+        };
+        let Some(e) = top.entries.next() else {
+            if let Some(done) = path.pop()? {
+                let keep = rel.len().saturating_sub(done.name.len() + 1);
+                rel.truncate(if path.len() > 1 { keep } else { 0 });
+            }
+            continue;
+        };
+        let fd = top.dir.fd()?;
+        let is_dir = match e.dtype {
+            rustix::fs::FileType::Unknown => stat_at(fd, &e.name)
+                .map(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir())
+                .unwrap_or(false),
+            t => t.is_dir(),
+        };
+        if !is_dir {
+            f(fd, &rel, &e)?;
+            continue;
+        }
+        let sub = open_path_dir(fd, &e.name)?;
+        let entries = read_dir(sub.as_fd())?.into_iter();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(e.name.as_bytes());
+        path.push(Emptying {
+            dir: PathDir::new(sub),
+            entries,
+            name: e.name,
+        })?;
+    }
+}
+
+/// A directory [`remove_tree_contents`] is emptying (or [`for_each_file`] is walking): the
+/// entries still to visit, and its name in its parent.
 struct Emptying {
     dir: PathDir,
     entries: std::vec::IntoIter<RawEntry>,

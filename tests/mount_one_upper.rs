@@ -156,7 +156,7 @@ fn a_workdir_reused_for_another_upper_never_shows_the_first_uppers_data() {
 }
 
 #[test]
-fn an_upper_moved_keeps_its_index_and_a_copy_of_it_does_not_take_it() {
+fn an_upper_moved_keeps_its_index_and_a_copy_of_it_gets_its_own() {
     let l = farm();
     let m = l.mount(&[]);
     job1(&m);
@@ -178,17 +178,20 @@ fn an_upper_moved_keeps_its_index_and_a_copy_of_it_does_not_take_it() {
         .expect("cp");
     assert!(st.success());
     let m = mount_at(&l, &copy, &l.work, &l.mnt);
-    assert_eq!(
-        read(&m, "g"),
-        ORIGINAL,
-        "g must not be linked to the original upper's inode"
-    );
-    assert_eq!(read(&m, "f"), CHANGED, "the copy has its own copy of f");
+    // The copy's index is made again from the copy's own files: g, never looked up, shows
+    // the copy's copy of f, and writing through it changes the copy only.
+    assert_eq!(read(&m, "g"), CHANGED);
     std::fs::write(m.path("g"), b"written through the copy\n").expect("write g");
+    assert_eq!(read(&m, "f"), b"written through the copy\n");
     assert_eq!(m.unmount(), Some(0));
     assert_eq!(std::fs::read(moved.join("f")).expect("original's f"), CHANGED);
-    // The original, with a fresh workdir: its copy shows at the name it has.
+    assert_eq!(
+        std::fs::read(copy.join("f")).expect("copy's f"),
+        b"written through the copy\n"
+    );
+    // The original with a fresh workdir: the same, from its own files.
     let m = mount_at(&l, &moved, &l.dir.path().join("fresh-work"), &l.mnt);
+    assert_eq!(read(&m, "g"), CHANGED);
     assert_eq!(read(&m, "f"), CHANGED);
     assert_eq!(m.unmount(), Some(0));
 }
@@ -411,4 +414,45 @@ fn check_reports_a_foreign_index_and_orphans_and_repair_removes_them() {
     let out = check(&l.upper, true);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(check(&l.upper, false).status.success());
+}
+
+#[test]
+fn the_layer_tools_see_what_a_mount_of_a_copied_upper_shows() {
+    let l = farm();
+    let m = l.mount(&[]);
+    job1(&m);
+    assert_eq!(m.unmount(), Some(0));
+    let copy = l.dir.path().join("copy");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&l.upper)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let lowers = lower_arg(&l.lowers);
+    // No workdir of its own yet: the tools read the index a mount would make from the copy.
+    let out = unionfs(&[
+        "diff".as_ref(),
+        "--lower".as_ref(),
+        &lowers,
+        "--upper".as_ref(),
+        copy.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "C /f\nC /g\n");
+    let mnt = l.dir.path().join("mnt-copy");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let args: Vec<std::ffi::OsString> = vec![
+        "mount".into(),
+        "--foreground".into(),
+        "--lower".into(),
+        lowers.clone(),
+        "--upper".into(),
+        copy.clone().into(),
+        mnt.clone().into(),
+    ];
+    let m = Mount::start(&args, &mnt);
+    assert_eq!(read(&m, "g"), CHANGED);
+    assert_eq!(m.unmount(), Some(0));
 }

@@ -20,7 +20,7 @@ use super::walk::{Found, ImageDir, PathImage, Stack, is_dir};
 use super::{LayerError, Observer, Result, join};
 use crate::descent::{Descent, Frame};
 use crate::sys;
-use crate::union::hardlinks::{HardlinkIndex, IndexState, Key};
+use crate::union::hardlinks::{HardlinkIndex, Key};
 use crate::union::whiteout;
 
 /// The index's copy a name shows.
@@ -63,24 +63,27 @@ impl Linked {
         (dirs, files)
     }
 
-    /// Finds the names of the view that show a copy in the index of the workdir `work`.
+    /// Finds the names of the view that show a copy in the hard-link index a mount of the
+    /// stack with the workdir `work` would use (see `HardlinkIndex::as_mounted`).
     pub fn find(stack: &Stack, work: Option<&Path>, obs: &dyn Observer) -> Result<Linked> {
-        let Some(work) = work else {
-            return Ok(Linked::default());
-        };
-        let wfd = rustix::fs::open(
-            work,
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| LayerError::io(work, e))?;
-        let at = work.join(HardlinkIndex::DIR_NAME);
         let upper = stack.upper()?;
-        let found = HardlinkIndex::inspect(wfd.as_fd(), upper.fd()).map_err(|e| LayerError::io(&at, e))?;
-        // A foreign index is not the view's: a mount of this upper removes it before use.
-        let IndexState::Owned(index, _) = found else {
-            return Ok(Linked::default());
+        let wfd = match work {
+            Some(w) => Some(
+                rustix::fs::open(
+                    w,
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| LayerError::io(w, e))?,
+            ),
+            None => None,
         };
+        let at = work.map_or_else(|| upper.path.clone(), |w| w.join(HardlinkIndex::DIR_NAME));
+        let index = HardlinkIndex::as_mounted(wfd.as_ref().map(|f| f.as_fd()), upper.fd())
+            .map_err(|e| LayerError::io(&at, e))?;
+        if index.keys().is_empty() {
+            return Ok(Linked::default());
+        }
         // Keys whose copy the upper does not carry under every name the view gives it.
         let mut incomplete: HashSet<Key> = HashSet::new();
         for key in index.keys() {
@@ -88,7 +91,7 @@ impl Linked {
             let Some(st) = sys::stat_at_opt(dir.as_fd(), &name).map_err(|e| LayerError::io(at.join(&name), e))? else {
                 continue;
             };
-            let in_upper = st.st_nlink.saturating_sub(1);
+            let in_upper = st.st_nlink.saturating_sub(index.own_links());
             let view = index.view_count(&sys::Target::Entry(dir.as_fd(), &name));
             if view.is_none_or(|n| u64::from(n) != in_upper) {
                 incomplete.insert(key);

@@ -16,6 +16,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use parking_lot::RwLock;
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, XattrFlags};
@@ -107,6 +108,16 @@ pub(crate) struct HardlinkIndex {
     /// Every key with an entry: lookups of multiply-linked lower files check here first, so
     /// an empty index costs nothing.
     keys: RwLock<HashSet<Key>>,
+    /// For the layer tools, the index a mount would make from the upper's copies (see
+    /// [`HardlinkIndex::as_mounted`]): where each copy is in the upper, instead of `dir`.
+    found: Option<Found>,
+}
+
+/// Copies found in an upper, by the lower object they were copied from.
+struct Found {
+    upper: Arc<OwnedFd>,
+    /// Key → the copy's path in the upper (parent directory, name).
+    at: std::collections::HashMap<Key, (Vec<u8>, OsString)>,
 }
 
 /// What opening an index removed (for the daemon's log and `unionfs check`).
@@ -116,6 +127,8 @@ pub(crate) struct Cleanup {
     pub foreign: usize,
     /// Entries whose copy has no name left in the upper.
     pub orphans: usize,
+    /// Entries made again from the upper's own copies (an index new to this upper).
+    pub rebuilt: usize,
 }
 
 impl HardlinkIndex {
@@ -141,6 +154,7 @@ impl HardlinkIndex {
             cleanup.foreign = keys.len();
             sys::remove_tree_contents(dir.as_fd())?;
             keys.clear();
+            cleanup.rebuilt = rebuild(upper_root, dir.as_fd(), &mut keys)?;
         }
         for key in orphans(dir.as_fd(), &keys)? {
             rustix::fs::unlinkat(&dir, key.name(), AtFlags::empty())?;
@@ -153,6 +167,7 @@ impl HardlinkIndex {
         let index = HardlinkIndex {
             dir: Some(Arc::new(dir)),
             keys: RwLock::new(keys),
+            found: None,
         };
         Ok((index, cleanup))
     }
@@ -164,11 +179,13 @@ impl HardlinkIndex {
 
     /// Whether the index holds a copy of the lower file `key`, whose stat is `st`.
     pub fn holds(&self, key: Key, st: &Stat) -> bool {
-        let Some(dir) = &self.dir else { return false };
         if !self.keys.read().contains(&key) {
             return false;
         }
-        match sys::get_xattr(dir.as_fd(), &key.name(), ORIGIN_XATTR) {
+        let Some((dir, name)) = self.entry(key) else {
+            return false;
+        };
+        match sys::get_xattr(dir.as_fd(), &name, ORIGIN_XATTR) {
             Ok(Some(v)) => Origin::decode(&v) == Some(Origin::of(key, st)),
             // Written where xattrs are not supported: trust the identity alone.
             Ok(None) => true,
@@ -216,9 +233,19 @@ impl HardlinkIndex {
         }
     }
 
-    /// The index's copy of `key`, for xattr calls.
+    /// Where the index's copy of `key` is: a directory and a name in it.
     pub fn entry(&self, key: Key) -> Option<(Arc<OwnedFd>, OsString)> {
+        if let Some(f) = &self.found {
+            let (parent, name) = f.at.get(&key)?;
+            let dir = sys::open_dir_beneath(f.upper.as_fd(), OsStr::from_bytes(parent)).ok()?;
+            return Some((Arc::new(dir), name.clone()));
+        }
         self.dir.as_ref().map(|d| (Arc::clone(d), key.name()))
+    }
+
+    /// Links the index itself holds to each copy (1; none where it is only read off the upper).
+    pub fn own_links(&self) -> u64 {
+        u64::from(self.found.is_none())
     }
 
     /// Takes back an entry whose copy was not published after all.
@@ -327,7 +354,7 @@ pub(crate) enum IndexState {
 
 impl HardlinkIndex {
     /// The index in the workdir `work_root` as a mount of the upper whose root is
-    /// `upper_root` would use it.
+    /// `upper_root` would find it.
     pub(crate) fn inspect(work_root: BorrowedFd<'_>, upper_root: BorrowedFd<'_>) -> rustix::io::Result<IndexState> {
         let dir = match sys::open_path_dir(work_root, OsStr::new(DIR)) {
             Ok(d) => d,
@@ -349,8 +376,37 @@ impl HardlinkIndex {
         let index = HardlinkIndex {
             dir: Some(Arc::new(dir)),
             keys: RwLock::new(keys),
+            found: None,
         };
         Ok(IndexState::Owned(index, orphans))
+    }
+
+    /// The index a mount of the upper `upper_root` with the workdir `work_root` (none: a new
+    /// one) would use: the workdir's own, or, where it has none for this upper, the one the
+    /// mount would make again from the upper's copies (read off the upper, nothing written).
+    pub(crate) fn as_mounted(
+        work_root: Option<BorrowedFd<'_>>,
+        upper_root: BorrowedFd<'_>,
+    ) -> rustix::io::Result<HardlinkIndex> {
+        if let Some(w) = work_root {
+            if let IndexState::Owned(index, _) = HardlinkIndex::inspect(w, upper_root)? {
+                return Ok(index);
+            }
+        }
+        let mut at = std::collections::HashMap::new();
+        copies_in(upper_root, &mut |key, parent, name| {
+            at.entry(key).or_insert_with(|| (parent.to_vec(), name.to_os_string()));
+        })?;
+        let keys = at.keys().copied().collect();
+        let upper = rustix::io::fcntl_dupfd_cloexec(upper_root, 0)?;
+        Ok(HardlinkIndex {
+            dir: None,
+            keys: RwLock::new(keys),
+            found: Some(Found {
+                upper: Arc::new(upper),
+                at,
+            }),
+        })
     }
 
     /// Every key with an entry.
@@ -377,6 +433,55 @@ impl HardlinkIndex {
     pub(crate) fn entry_name(key: Key) -> OsString {
         key.name()
     }
+}
+
+/// Enters in the index `dir` every copy the upper holds (each carries the origin record of the
+/// lower file it was copied from): an upper met with a new or foreign workdir (a copy of the
+/// upper, a reset workdir) gets back the index that lets its other lower names show the copy.
+/// A walk of the upper, once per upper and workdir; a lookup still checks each entry against
+/// the lower file it names before using it.
+fn rebuild(upper_root: BorrowedFd<'_>, dir: BorrowedFd<'_>, keys: &mut HashSet<Key>) -> rustix::io::Result<usize> {
+    let mut n = 0;
+    let mut err = None;
+    copies_in(upper_root, &mut |key, parent, name| {
+        if err.is_some() || keys.contains(&key) {
+            return;
+        }
+        let r = sys::open_dir_beneath(upper_root, OsStr::from_bytes(parent))
+            .and_then(|d| rustix::fs::linkat(&d, name, dir, key.name(), AtFlags::empty()));
+        match r {
+            Ok(()) => {
+                keys.insert(key);
+                n += 1;
+            }
+            Err(RErrno::EXIST) => {}
+            Err(e) => err = Some(e),
+        }
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
+}
+
+/// Calls `f(key, parent, name)` for every copy of a lower file the upper `upper_root` holds
+/// (regular files carrying an origin record), with its parent directory's path in the upper.
+fn copies_in(upper_root: BorrowedFd<'_>, f: &mut dyn FnMut(Key, &[u8], &OsStr)) -> rustix::io::Result<()> {
+    sys::for_each_file(upper_root, &mut |d, parent, e| {
+        if e.dtype != rustix::fs::FileType::RegularFile {
+            return Ok(());
+        }
+        if let Ok(Some(v)) = sys::get_xattr(d, &e.name, ORIGIN_XATTR) {
+            if let Some(o) = Origin::decode(&v) {
+                let key = Key {
+                    fsid: o.fsid,
+                    ino: o.ino,
+                };
+                f(key, parent, &e.name);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The keys of the index directory `dir`'s entries.

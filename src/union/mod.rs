@@ -800,6 +800,13 @@ fn open_hardlink_index(config: &MountConfig, work: &Workdir, upper: &Layer) -> R
             cleanup.foreign
         );
     }
+    if cleanup.rebuilt > 0 {
+        tracing::info!(
+            "the hard-link index in {} was made again from the {} copies the upper holds",
+            workdir.display(),
+            cleanup.rebuilt
+        );
+    }
     if cleanup.orphans > 0 {
         tracing::info!(
             "removed {} entries of the hard-link index in {} whose copies had no name left in the upper",
