@@ -316,13 +316,13 @@ pub fn remove_tree_contents(dir: BorrowedFd<'_>) -> rustix::io::Result<()> {
     }
 }
 
+/// What [`for_each_file`] calls: the directory holding the entry, its path, the entry.
+pub type FileVisitor<'a> = dyn FnMut(BorrowedFd<'_>, &[u8], &RawEntry) -> rustix::io::Result<()> + 'a;
+
 /// Calls `f` with every entry below the directory `dir` that is not a directory (with the fd and
 /// the path below `dir` of the directory holding it), never following symlinks; depth first
 /// without recursion, with a bounded number of fds open (see `descent.rs`).
-pub fn for_each_file(
-    dir: BorrowedFd<'_>,
-    f: &mut dyn FnMut(BorrowedFd<'_>, &[u8], &RawEntry) -> rustix::io::Result<()>,
-) -> rustix::io::Result<()> {
+pub fn for_each_file(dir: BorrowedFd<'_>, f: &mut FileVisitor<'_>) -> rustix::io::Result<()> {
     let mut rel: Vec<u8> = Vec::new();
     let first = Emptying {
         dir: PathDir::dup(dir)?,
