@@ -119,17 +119,7 @@ impl MountConfig {
         if let Some(w) = &self.workdir {
             return Some(w.clone());
         }
-        let upper = self.upper.as_ref()?;
-        let name = upper
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "upper".into());
-        Some(
-            upper
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join(format!(".unionfs-work.{name}")),
-        )
+        Some(crate::format::workdir::default_for(self.upper.as_ref()?))
     }
 
     /// Checks the layers exist, are directories and do not contain each other, that the workdir

@@ -17,6 +17,7 @@ pub mod attr;
 pub mod config;
 pub(crate) mod descent;
 pub mod error;
+pub mod format;
 pub mod fuse;
 pub mod idmap;
 pub mod image;

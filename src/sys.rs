@@ -430,6 +430,12 @@ fn openat2_beneath(root: BorrowedFd<'_>, rel: &OsStr) -> rustix::io::Result<Owne
     )
 }
 
+/// An `O_PATH` fd on the directory at `path` (a path given by the user: symlinks in it are
+/// followed, as the shell would).
+pub fn open_dir_path(path: &std::path::Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+}
+
 /// An `O_PATH` fd on the subdirectory `name` of `dir`, refusing symlinks.
 pub fn open_path_dir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(

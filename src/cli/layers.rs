@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
+use unionfs::format::workdir;
 use unionfs::layers::{self, Claim, LayerError, Observer, Stack, Use, human_size};
 
 /// The layers every tool reads.
@@ -191,18 +192,8 @@ fn workdir_of(given: Option<PathBuf>, upper: &Path) -> Result<Option<PathBuf>, L
         }
         return Ok(Some(w));
     }
-    let (Some(parent), Some(name)) = (upper.parent(), upper.file_name()) else {
-        return Ok(None);
-    };
-    let mut ours = OsString::from(".unionfs-work.");
-    ours.push(name);
-    let candidates = [parent.join(ours), parent.join("work")];
-    let podman = name == "diff";
-    Ok(candidates
-        .into_iter()
-        .enumerate()
-        .find(|(i, c)| (*i == 0 || podman) && c.is_dir())
-        .map(|(_, c)| c))
+    let candidates = [Some(workdir::default_for(upper)), workdir::podman_for(upper)];
+    Ok(candidates.into_iter().flatten().find(|c| c.is_dir()))
 }
 
 /// Takes the locks a tool needs on an upper and its workdir (see `layers::claim`) and prints

@@ -23,13 +23,16 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::walk::{EntryKind, ImageDir, Listing, PathImage, Stack, is_dir, is_kernel_indirect, walk_all};
+use super::walk::{ImageDir, Listing, PathImage, Stack, is_dir, is_kernel_indirect, walk_all};
 use super::{LayerError, Observer, Result, join};
 use crate::attr::Kind;
 use crate::descent::{Descent, Frame, PathDir};
+use crate::format::ino::Numbering;
+use crate::format::markers::Marker;
+use crate::format::markers::{self, WhiteoutForm};
+use crate::format::workdir::{self, WorkdirEntry};
 use crate::sys;
 use crate::union::hardlinks::{HardlinkIndex, IndexState};
-use crate::union::whiteout::{self, WhiteoutForm};
 
 /// Options of a check.
 #[derive(Debug, Clone, Default)]
@@ -51,7 +54,12 @@ impl std::fmt::Display for UpperFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpperFormat::Overlay { opaque_xattr } => write!(f, "overlay (char-device whiteouts, {opaque_xattr}=y)"),
-            UpperFormat::Oci => write!(f, "OCI (.wh. whiteouts, .wh..wh..opq)"),
+            UpperFormat::Oci => write!(
+                f,
+                "OCI ({}NAME whiteouts, {})",
+                String::from_utf8_lossy(markers::WH_PREFIX),
+                markers::OPAQUE_MARKER
+            ),
         }
     }
 }
@@ -84,8 +92,6 @@ impl CheckReport {
     }
 }
 
-const OVERLAY_OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-
 /// Checks (and with `repair`, repairs) the upper of `stack` and the workdir.
 pub fn check(stack: &Stack, opts: &CheckOptions, obs: &dyn Observer) -> Result<CheckReport> {
     let upper = stack.upper()?;
@@ -97,9 +103,11 @@ pub fn check(stack: &Stack, opts: &CheckOptions, obs: &dyn Observer) -> Result<C
         obs,
         problems: Vec::new(),
         unresolved_origins: Vec::new(),
-        single_dev: std::iter::once(upper.dev)
-            .chain(stack.lowers.iter().map(|l| l.dev))
-            .all(|d| d == upper.dev),
+        numbering: Numbering::new(
+            std::iter::once(upper.dev)
+                .chain(stack.lowers.iter().map(|l| l.dev))
+                .collect(),
+        ),
     };
     if let Some(w) = &opts.workdir {
         c.workdir(w)?;
@@ -123,21 +131,21 @@ fn detect_format(stack: &Stack) -> Result<UpperFormat> {
     walk_all(upper.fd(), &upper.path, b"", &mut |rel, dir, _, e| {
         match e {
             None => {
-                let xs = whiteout::opaque_xattrs_set(dir).map_err(|err| LayerError::io(upper.at(rel), err))?;
+                let xs = markers::opaque_xattrs_set(dir).map_err(|err| LayerError::io(upper.at(rel), err))?;
                 for x in xs {
                     overlay += 1;
-                    trusted |= x == OVERLAY_OPAQUE_XATTRS[0];
-                    user |= x == OVERLAY_OPAQUE_XATTRS[1];
+                    trusted |= x == markers::OVERLAY_OPAQUE_XATTRS[0];
+                    user |= x == markers::OVERLAY_OPAQUE_XATTRS[1];
                 }
             }
             Some(e) => match &e.kind {
-                EntryKind::Whiteout {
+                Marker::Whiteout {
                     form: WhiteoutForm::Oci,
                     ..
                 }
-                | EntryKind::OpaqueFile => oci += 1,
-                EntryKind::Whiteout { .. } => overlay += 1,
-                EntryKind::Object => {}
+                | Marker::OpaqueFile => oci += 1,
+                Marker::Whiteout { .. } => overlay += 1,
+                Marker::Object => {}
             },
         }
         Ok(())
@@ -146,9 +154,9 @@ fn detect_format(stack: &Stack) -> Result<UpperFormat> {
         return Ok(UpperFormat::Oci);
     }
     let opaque_xattr = if trusted || (!user && sys::has_cap_sys_admin()) {
-        OVERLAY_OPAQUE_XATTRS[0]
+        markers::OVERLAY_OPAQUE_XATTRS[0]
     } else {
-        OVERLAY_OPAQUE_XATTRS[1]
+        markers::OVERLAY_OPAQUE_XATTRS[1]
     };
     Ok(UpperFormat::Overlay { opaque_xattr })
 }
@@ -186,14 +194,15 @@ struct Checker<'a> {
     problems: Vec<Problem>,
     /// Origins that name no object at their own path: (where, entry dir path, name, xattr, value).
     unresolved_origins: Vec<(PathBuf, Vec<u8>, OsString, &'static str, u64)>,
-    single_dev: bool,
+    /// The mount's inode numbering (`format::ino`), upper first.
+    numbering: Numbering,
 }
 
 fn form_name(f: WhiteoutForm) -> &'static str {
     match f {
         WhiteoutForm::CharDevice => "a char-device 0/0 whiteout",
         WhiteoutForm::Oci => "an OCI .wh. whiteout",
-        WhiteoutForm::Xattr => "an overlay.whiteout xattr file",
+        WhiteoutForm::Xattr => "a zero-size file with an overlay whiteout xattr",
     }
 }
 
@@ -230,36 +239,26 @@ impl Checker<'_> {
     }
 
     fn workdir(&mut self, w: &Path) -> Result<()> {
-        let fd = rustix::fs::open(
-            w,
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| LayerError::io(w, e))?;
+        let fd = sys::open_dir_path(w).map_err(|e| LayerError::io(w, e))?;
         let mut entries = sys::read_dir(fd.as_fd()).map_err(|e| LayerError::io(w, e))?;
         entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         for e in entries {
             let p = w.join(&e.name);
             let st = sys::stat_at(fd.as_fd(), &e.name).map_err(|err| LayerError::io(&p, err))?;
             let dir = is_dir(&st);
-            match (e.name.as_bytes(), dir) {
-                // Scratch space (ours; kernel overlayfs's), emptied at mount.
+            match workdir::classify(e.name.as_bytes(), dir) {
                 // Our shared whiteout (every whiteout of the upper is a hard link to it).
-                (n, false)
-                    if n == crate::union::workdir::SHARED_WHITEOUT.as_bytes() && whiteout::is_chr_whiteout(&st) => {}
-                (n, true) if n == crate::union::workdir::SCRATCH.as_bytes() || n == b"work" => {
-                    let keep: &[u8] = b"";
+                WorkdirEntry::SharedWhiteout if markers::is_chr_whiteout(&st) => {}
+                // Scratch space (ours; kernel overlayfs's), emptied at mount.
+                WorkdirEntry::Scratch { kernel } => {
                     let sub = sys::open_path_dir(fd.as_fd(), &e.name).map_err(|err| LayerError::io(&p, err))?;
                     let mut inner = sys::read_dir(sub.as_fd()).map_err(|err| LayerError::io(&p, err))?;
                     inner.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
                     for i in inner {
-                        if i.name.as_bytes() == keep {
-                            continue;
-                        }
                         // Kernel overlayfs keeps one whiteout there to link new whiteouts to.
                         let ist =
                             sys::stat_at(sub.as_fd(), &i.name).map_err(|err| LayerError::io(p.join(&i.name), err))?;
-                        if e.name.as_bytes() == b"work" && whiteout::is_chr_whiteout(&ist) {
+                        if kernel && markers::is_chr_whiteout(&ist) {
                             continue;
                         }
                         let ip = p.join(&i.name);
@@ -271,13 +270,13 @@ impl Checker<'_> {
                 }
                 // Kernel overlayfs's inode index (index=on) and our hard-link index: state that
                 // the view depends on, not leftovers.
-                (b"index", true) => {}
-                (n, true) if n == HardlinkIndex::DIR_NAME.as_bytes() => self.hardlink_index(fd.as_fd(), &p)?,
-                (b"incompat", true) => {
+                WorkdirEntry::KernelIndex => {}
+                WorkdirEntry::Index => self.hardlink_index(fd.as_fd(), &p)?,
+                WorkdirEntry::KernelIncompat => {
                     let sub = sys::open_path_dir(fd.as_fd(), &e.name).map_err(|err| LayerError::io(&p, err))?;
                     let inner = sys::read_dir(sub.as_fd()).map_err(|err| LayerError::io(&p, err))?;
                     for i in inner {
-                        let msg = if i.name.as_bytes() == b"volatile" {
+                        let msg = if workdir::is_volatile_marker(i.name.as_bytes()) {
                             concat!(
                                 "a volatile kernel overlayfs mount was not unmounted cleanly ",
                                 "(the kernel refuses to mount this upper until it is removed)"
@@ -428,7 +427,7 @@ impl Checker<'_> {
     fn whiteouts(&mut self, rel: &[u8], fd: BorrowedFd<'_>, listing: &Listing, merge: Option<&ImageDir>) -> Result<()> {
         let mut groups: BTreeMap<OsString, Vec<(OsString, WhiteoutForm)>> = BTreeMap::new();
         for e in &listing.entries {
-            if let EntryKind::Whiteout { target, form } = &e.kind {
+            if let Marker::Whiteout { target, form } = &e.kind {
                 groups.entry(target.clone()).or_default().push((e.name.clone(), *form));
             }
         }
@@ -548,8 +547,8 @@ impl Checker<'_> {
             }
             if !has_canonical {
                 match canonical {
-                    WhiteoutForm::CharDevice => whiteout::make_device(fd, target)?,
-                    _ => whiteout::make_oci_whiteout(fd, target)?,
+                    WhiteoutForm::CharDevice => markers::make_device(fd, target)?,
+                    _ => markers::make_oci_whiteout(fd, target)?,
                 }
             }
             for (n, f) in forms {
@@ -566,7 +565,7 @@ impl Checker<'_> {
     fn objects(&mut self, rel: &[u8], fd: BorrowedFd<'_>, listing: &Listing, old: Option<&ImageDir>) -> Result<()> {
         let upper = self.stack.upper()?;
         for e in &listing.entries {
-            if e.kind != EntryKind::Object {
+            if e.kind != Marker::Object {
                 continue;
             }
             self.obs.entry();
@@ -588,7 +587,7 @@ impl Checker<'_> {
                 }
             }
             let kind = Kind::from_mode(e.st.st_mode);
-            let ox = whiteout::origin_xattr(kind);
+            let ox = crate::format::xattrs::origin(kind);
             if xs.iter().any(|x| x.as_bytes() == ox.as_bytes()) {
                 self.origin(rel, fd, &e.name, ox, old)?;
             }
@@ -598,18 +597,18 @@ impl Checker<'_> {
 
     /// Opaque markers of the directory `fd`: one, in the upper's form.
     fn opaque_forms(&mut self, here: &Path, fd: BorrowedFd<'_>, listing: &Listing) -> Result<()> {
-        let xs = whiteout::opaque_xattrs_set(fd).map_err(|e| LayerError::io(here, e))?;
-        let file = listing.entries.iter().any(|e| e.kind == EntryKind::OpaqueFile);
+        let xs = markers::opaque_xattrs_set(fd).map_err(|e| LayerError::io(here, e))?;
+        let file = listing.entries.iter().any(|e| e.kind == Marker::OpaqueFile);
         let mut forms: Vec<String> = xs.iter().map(|x| format!("{x}=y")).collect();
         if file {
-            forms.push(whiteout::OPAQUE_MARKER.to_string());
+            forms.push(markers::OPAQUE_MARKER.to_string());
         }
         if forms.is_empty() {
             return Ok(());
         }
         let canonical = match self.format {
             UpperFormat::Overlay { opaque_xattr } => format!("{opaque_xattr}=y"),
-            UpperFormat::Oci => whiteout::OPAQUE_MARKER.to_string(),
+            UpperFormat::Oci => markers::OPAQUE_MARKER.to_string(),
         };
         if forms.len() == 1 && forms[0] == canonical {
             return Ok(());
@@ -619,7 +618,7 @@ impl Checker<'_> {
         } else if file {
             format!(
                 "opaque marker {} in an overlay-format upper (kernel overlayfs shows it as a file)",
-                whiteout::OPAQUE_MARKER
+                markers::OPAQUE_MARKER
             )
         } else {
             format!("opaque marker {} in an {} upper", forms[0], self.format)
@@ -665,25 +664,9 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// The inode number the mount shows for raw number `raw` of lower `layer` (as the core's
-    /// `tag_ino`).
+    /// The inode number the mount shows for raw number `raw` of lower `layer`.
     fn view_ino(&self, layer: usize, raw: u64) -> u64 {
-        let ino = if self.single_dev {
-            raw
-        } else {
-            let devs: Vec<u64> = self
-                .stack
-                .upper
-                .iter()
-                .chain(self.stack.lowers.iter())
-                .map(|l| l.dev)
-                .collect();
-            let pos = usize::from(self.stack.upper.is_some()) + layer;
-            let dev = devs.get(pos).copied().unwrap_or(0);
-            let tag = devs.iter().position(|d| *d == dev).unwrap_or(pos) as u64 + 1;
-            (tag << 48) | (raw & ((1 << 48) - 1))
-        };
-        if ino == crate::union::ROOT { 1 << 62 } else { ino }
+        self.numbering.view(layer + 1, raw)
     }
 
     /// Origins not matching their own path (a renamed copy): one walk of the lowers tells
@@ -731,7 +714,7 @@ impl Checker<'_> {
 }
 
 fn has_opaque_file(fd: BorrowedFd<'_>) -> rustix::io::Result<bool> {
-    Ok(sys::stat_at_opt(fd, OsStr::new(whiteout::OPAQUE_MARKER))?.is_some())
+    Ok(sys::stat_at_opt(fd, OsStr::new(markers::OPAQUE_MARKER))?.is_some())
 }
 
 /// Marks the directory `fd` opaque in the canonical form of `format` only.
@@ -739,16 +722,16 @@ fn set_opaque(fd: BorrowedFd<'_>, format: UpperFormat, file: bool) -> rustix::io
     match format {
         UpperFormat::Overlay { opaque_xattr } => {
             sys::Target::Fd(fd).set_xattr(OsStr::new(opaque_xattr), b"y", rustix::fs::XattrFlags::empty())?;
-            whiteout::remove_opaque_xattrs_except(fd, Some(opaque_xattr))?;
+            markers::remove_opaque_xattrs_except(fd, Some(opaque_xattr))?;
             if file {
-                rustix::fs::unlinkat(fd, whiteout::OPAQUE_MARKER, rustix::fs::AtFlags::empty())?;
+                rustix::fs::unlinkat(fd, markers::OPAQUE_MARKER, rustix::fs::AtFlags::empty())?;
             }
         }
         UpperFormat::Oci => {
             if !file {
-                whiteout::mark_opaque(fd, true, false)?;
+                markers::mark_opaque(fd, true, false)?;
             }
-            whiteout::remove_opaque_xattrs_except(fd, None)?;
+            markers::remove_opaque_xattrs_except(fd, None)?;
         }
     }
     Ok(())

@@ -20,13 +20,12 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use super::linked::{IndexCopy, Linked};
-use super::walk::{
-    Entry, EntryKind, ImageDir, Listing, PathImage, Stack, indirect_refusal, is_dir, is_kernel_indirect,
-};
+use super::walk::{Entry, ImageDir, Listing, PathImage, Stack, indirect_refusal, is_dir, is_kernel_indirect};
 use super::{LayerError, Observer, Result, join};
 use crate::descent::{Descent, Frame, PathDir};
+use crate::format::markers;
+use crate::format::markers::Marker;
 use crate::sys;
-use crate::union::whiteout;
 
 /// How the layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -182,7 +181,7 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
     // An opaque upper root hides the whole image.
     if root.marks.opaque && !img.dirs.is_empty() {
         let st = rustix::fs::fstat(upper.fd()).map_err(|e| LayerError::io(&upper.path, e))?;
-        c.marker(&mut tar, whiteout::OPAQUE_MARKER.as_bytes(), &st)?;
+        c.marker(&mut tar, markers::OPAQUE_MARKER.as_bytes(), &st)?;
     }
     let img = if root.marks.opaque { None } else { Some(img) };
     let linked = Linked::find(stack, stack.workdir.as_deref(), obs)?;
@@ -385,18 +384,18 @@ impl Committer<'_> {
         let mut items: BTreeMap<Vec<u8>, Item<'_>> = BTreeMap::new();
         for (index, e) in listing.entries.iter().enumerate() {
             match &e.kind {
-                EntryKind::OpaqueFile => {}
-                EntryKind::Object => {
+                Marker::OpaqueFile => {}
+                Marker::Object => {
                     let whited_out = hidden.contains(e.name.as_os_str());
                     items.insert(e.name.as_bytes().to_vec(), Item::Object { index, whited_out });
                 }
-                EntryKind::Whiteout { target, .. } => {
+                Marker::Whiteout { target, .. } => {
                     let Some(img) = img else { continue };
                     if objects.contains(target.as_os_str()) {
                         continue;
                     }
                     if img.lookup(self.stack, rel, target, false)?.is_some() {
-                        items.insert(whiteout::oci_name(target).as_bytes().to_vec(), Item::Whiteout);
+                        items.insert(markers::oci_name(target).as_bytes().to_vec(), Item::Whiteout);
                     }
                 }
             }
@@ -500,7 +499,7 @@ impl Committer<'_> {
                 let e = Entry {
                     name: copy.name.clone(),
                     st: copy.st,
-                    kind: EntryKind::Object,
+                    kind: Marker::Object,
                 };
                 self.object(tar, path, copy.dir.as_fd(), &e)?;
             }
@@ -517,7 +516,7 @@ impl Committer<'_> {
                 let e = Entry {
                     name,
                     st: found.st,
-                    kind: EntryKind::Object,
+                    kind: Marker::Object,
                 };
                 self.object(tar, path, d.fd.as_fd(), &e)?;
                 return Ok(Some(self.frame(path, None, Some(sub), linked)?));
@@ -562,7 +561,7 @@ impl Committer<'_> {
         if cut && old_dir.is_some() {
             let mut m = path.to_vec();
             m.push(b'/');
-            m.extend_from_slice(whiteout::OPAQUE_MARKER.as_bytes());
+            m.extend_from_slice(markers::OPAQUE_MARKER.as_bytes());
             self.marker(tar, &m, &e.st)?;
         }
         let child_img = if cut { None } else { old_dir };
@@ -668,7 +667,7 @@ fn pax_xattrs(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<BTreeMap<S
         if is_kernel_indirect(&n) {
             return Err(indirect_refusal(at, &n));
         }
-        if whiteout::is_private_xattr(&n) {
+        if crate::format::xattrs::is_private(&n) {
             continue;
         }
         let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(at, err))? else {

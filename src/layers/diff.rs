@@ -19,9 +19,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use rustix::fs::Stat;
 
 use super::linked::{Linked, image_at};
-use super::walk::{EntryKind, ImageDir, Listing, PathImage, Stack, is_dir, refuse_kernel_indirect};
+use super::walk::{ImageDir, Listing, PathImage, Stack, is_dir, refuse_kernel_indirect};
 use super::{LayerError, Observer, Result, join};
 use crate::descent::{Descent, Frame, PathDir};
+use crate::format::markers::Marker;
 use crate::sys;
 
 /// One kind of change.
@@ -199,8 +200,8 @@ impl Differ<'_> {
         self.obs.entry();
         let old = here.old.get().map_err(io)?;
         match &e.kind {
-            EntryKind::OpaqueFile => {}
-            EntryKind::Whiteout { target, .. } => {
+            Marker::OpaqueFile => {}
+            Marker::Whiteout { target, .. } => {
                 if !here.merge || here.objects.contains(target) {
                     return Ok(None);
                 }
@@ -210,7 +211,7 @@ impl Differ<'_> {
                     }
                 }
             }
-            EntryKind::Object => {
+            Marker::Object => {
                 let fd = here.fd.fd().map_err(io)?;
                 let path = join(rel, &e.name);
                 refuse_kernel_indirect(&upper.at(&path), fd, &e.name)?;

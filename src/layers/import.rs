@@ -28,8 +28,8 @@ use tar::EntryType;
 
 use self::tree::{Cursor, ROOT, Tree};
 use super::{LayerError, Observer, Result};
+use crate::format::markers;
 use crate::sys;
-use crate::union::whiteout;
 
 mod tree;
 
@@ -128,8 +128,7 @@ pub fn import(archive: &Path, dir: &Path, obs: &dyn Observer) -> Result<ImportSu
         }
         Err(e) => return Err(LayerError::io(dir, e)),
     };
-    let root = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| LayerError::io(dir, e))?;
+    let root = sys::open_dir_path(dir).map_err(|e| LayerError::io(dir, e))?;
     let reader = open_archive(archive, obs);
     let cursor = Cursor::new(root.as_fd()).map_err(|e| LayerError::io(dir, e));
     let result = reader.and_then(|r| {
@@ -352,7 +351,7 @@ impl Importer<'_> {
         if known.is_some_and(|n| self.tree.node(n).explicit) {
             return Err(self.refuse(&raw, "duplicate entry"));
         }
-        if name.starts_with(whiteout::WH_PREFIX) {
+        if name.starts_with(markers::WH_PREFIX) {
             return self.marker_entry(&raw, ty, parent, name);
         }
         // Xattrs first: a refusal must come before anything is created.
@@ -424,10 +423,10 @@ impl Importer<'_> {
         }
         self.parent_dir(raw, parent)?;
         let dir = self.at.id();
-        if name == whiteout::OPAQUE_MARKER.as_bytes() {
+        if name == markers::OPAQUE_MARKER.as_bytes() {
             self.opaques.push((parent.to_vec(), dir));
         } else {
-            let target = &name[whiteout::WH_PREFIX.len()..];
+            let target = &name[markers::WH_PREFIX.len()..];
             if target.is_empty() {
                 return Err(self.refuse(raw, "a whiteout for an empty name"));
             }
@@ -448,7 +447,7 @@ impl Importer<'_> {
                 let ext = ext.map_err(|err| self.fail(raw, err))?;
                 let Ok(key) = ext.key() else { continue };
                 if let Some(x) = key.strip_prefix("SCHILY.xattr.") {
-                    if whiteout::is_private_xattr(OsStr::new(x)) {
+                    if crate::format::xattrs::is_private(OsStr::new(x)) {
                         return Err(self.refuse(raw, format!("carries the private union xattr {x}")));
                     }
                     xattrs.push((x.to_string(), ext.value_bytes().to_vec()));
@@ -620,7 +619,7 @@ impl Importer<'_> {
         for (d, id) in opaques {
             self.at.go_to(&self.tree, id).map_err(|e| self.fail(&d, e))?;
             let fd = self.at.fd().map_err(|e| self.fail(&d, e))?;
-            whiteout::mark_opaque(fd, false, self.privileged).map_err(|e| self.fail(&d, e))?;
+            markers::mark_opaque(fd, false, self.privileged).map_err(|e| self.fail(&d, e))?;
             self.summary.opaque_dirs += 1;
         }
         self.dir_metadata()
@@ -654,10 +653,10 @@ impl Importer<'_> {
                 Some((_, None)) | None => {}
             }
             let pfd = self.at.fd().map_err(|e| self.fail(&path(&self.tree), e))?;
-            match whiteout::make_device(pfd, n) {
+            match markers::make_device(pfd, n) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::PERM | rustix::io::Errno::OPNOTSUPP) => {
-                    whiteout::make_oci_whiteout(pfd, n).map_err(|e| self.fail(&path(&self.tree), e))?
+                    markers::make_oci_whiteout(pfd, n).map_err(|e| self.fail(&path(&self.tree), e))?
                 }
                 Err(e) => return Err(self.fail(&path(&self.tree), e)),
             }

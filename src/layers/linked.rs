@@ -19,9 +19,10 @@ use rustix::fs::{FileType, Stat};
 use super::walk::{Found, ImageDir, PathImage, Stack, is_dir};
 use super::{LayerError, Observer, Result, join};
 use crate::descent::{Descent, Frame};
+use crate::format::hardlink::Key;
+use crate::format::markers;
 use crate::sys;
-use crate::union::hardlinks::{HardlinkIndex, Key};
-use crate::union::whiteout;
+use crate::union::hardlinks::HardlinkIndex;
 
 /// The index's copy a name shows.
 pub(crate) struct IndexCopy {
@@ -68,17 +69,10 @@ impl Linked {
     pub fn find(stack: &Stack, work: Option<&Path>, obs: &dyn Observer) -> Result<Linked> {
         let upper = stack.upper()?;
         let wfd = match work {
-            Some(w) => Some(
-                rustix::fs::open(
-                    w,
-                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .map_err(|e| LayerError::io(w, e))?,
-            ),
+            Some(w) => Some(sys::open_dir_path(w).map_err(|e| LayerError::io(w, e))?),
             None => None,
         };
-        let at = work.map_or_else(|| upper.path.clone(), |w| w.join(HardlinkIndex::DIR_NAME));
+        let at = work.map_or_else(|| upper.path.clone(), |w| w.join(crate::format::workdir::INDEX_DIR));
         let index = HardlinkIndex::as_mounted(wfd.as_ref().map(|f| f.as_fd()), upper.fd())
             .map_err(|e| LayerError::io(&at, e))?;
         if index.keys().is_empty() {
@@ -227,14 +221,14 @@ fn shown_from_lowers(stack: &Stack, rel: &[u8]) -> Result<bool> {
     let upper = stack.upper()?;
     let io = |e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
     let mut cur: OwnedFd = sys::open_path_dir(upper.fd(), OsStr::new(".")).map_err(io)?;
-    if whiteout::dir_marks(cur.as_fd()).map_err(io)?.opaque {
+    if markers::dir_marks(cur.as_fd()).map_err(io)?.opaque {
         return Ok(false);
     }
     let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
     for (i, c) in comps.iter().enumerate() {
         let name = OsStr::from_bytes(c);
         let d: BorrowedFd<'_> = cur.as_fd();
-        if sys::stat_at_opt(d, &whiteout::oci_name(name)).map_err(io)?.is_some() {
+        if sys::stat_at_opt(d, &markers::oci_name(name)).map_err(io)?.is_some() {
             return Ok(false);
         }
         let Some(st) = sys::stat_at_opt(d, name).map_err(io)? else {
@@ -245,7 +239,7 @@ fn shown_from_lowers(stack: &Stack, rel: &[u8]) -> Result<bool> {
             return Ok(false);
         }
         let next = sys::open_path_dir(d, name).map_err(io)?;
-        if whiteout::dir_marks(next.as_fd()).map_err(io)?.opaque {
+        if markers::dir_marks(next.as_fd()).map_err(io)?.opaque {
             return Ok(false);
         }
         cur = next;

@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
-use super::walk::{EntryKind, Layer, Stack, walk_all};
+use super::walk::{Layer, Stack, walk_all};
 use super::{LayerError, Observer, Result};
-use crate::union::whiteout;
+use crate::format::markers;
+use crate::format::markers::Marker;
 
 /// What one layer holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -44,11 +45,11 @@ pub fn layer_figures(layer: &Layer, seen: &mut HashSet<(u64, u64)>, obs: &dyn Ob
             f.bytes += e.st.st_blocks as u64 * 512;
         }
         match &e.kind {
-            EntryKind::Object => f.entries += 1,
-            EntryKind::Whiteout { .. }
-                if listing.marks.opaque && e.name.as_bytes() == whiteout::FUSE_OVERLAYFS_OPAQUE.as_bytes() => {}
-            EntryKind::Whiteout { .. } => f.whiteouts += 1,
-            EntryKind::OpaqueFile => {}
+            Marker::Object => f.entries += 1,
+            Marker::Whiteout { .. }
+                if listing.marks.opaque && e.name.as_bytes() == markers::FUSE_OVERLAYFS_OPAQUE.as_bytes() => {}
+            Marker::Whiteout { .. } => f.whiteouts += 1,
+            Marker::OpaqueFile => {}
         }
         Ok(())
     })?;

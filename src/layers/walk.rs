@@ -7,12 +7,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, Stat};
+use rustix::fs::{FileType, Stat};
 
 use super::{LayerError, Result, full_path};
 use crate::descent::{Descent, Frame, PathDir};
+use crate::format::markers::{self, DirMarks, Marker, Stacking};
+use crate::format::xattrs::KERNEL_INDIRECT as KERNEL_INDIRECT_XATTRS;
 use crate::sys;
-use crate::union::whiteout::{self, DirMarks, KERNEL_INDIRECT_XATTRS, WhiteoutForm};
 
 /// One layer directory, opened.
 pub struct Layer {
@@ -25,13 +26,10 @@ pub struct Layer {
 impl Layer {
     /// Opens the layer directory at `path` (`role` names it in errors).
     pub fn open(role: &str, path: &Path) -> Result<Layer> {
-        let fd =
-            rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
-                match e {
-                    rustix::io::Errno::NOTDIR => LayerError::invalid(path, format!("{role} is not a directory")),
-                    e => LayerError::invalid(path, format!("{role}: {}", std::io::Error::from(e))),
-                }
-            })?;
+        let fd = sys::open_dir_path(path).map_err(|e| match e {
+            rustix::io::Errno::NOTDIR => LayerError::invalid(path, format!("{role} is not a directory")),
+            e => LayerError::invalid(path, format!("{role}: {}", std::io::Error::from(e))),
+        })?;
         let st = rustix::fs::fstat(&fd).map_err(|e| LayerError::io(path, e))?;
         Ok(Layer {
             path: path.to_path_buf(),
@@ -101,7 +99,7 @@ impl Stack {
         let mut dirs = Vec::new();
         for (i, l) in self.lowers.iter().enumerate() {
             let fd = sys::open_path_dir(l.fd(), OsStr::new(".")).map_err(|e| LayerError::io(&l.path, e))?;
-            let marks = whiteout::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(&l.path, e))?;
+            let marks = markers::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(&l.path, e))?;
             dirs.push(LowerDir { layer: i, fd, marks });
             if marks.opaque {
                 break;
@@ -111,27 +109,16 @@ impl Stack {
     }
 }
 
-/// What an entry of a layer directory is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EntryKind {
-    /// A real object (file, directory, symlink, device, FIFO, socket).
-    Object,
-    /// A whiteout hiding `target` (the entry's own name, or `X` for `.wh.X`).
-    Whiteout { target: OsString, form: WhiteoutForm },
-    /// The OCI opaque marker `.wh..wh..opq`.
-    OpaqueFile,
-}
-
 /// One entry of a layer directory, with its `lstat`.
 pub(crate) struct Entry {
     pub name: OsString,
     pub st: Stat,
-    pub kind: EntryKind,
+    pub kind: Marker,
 }
 
 impl Entry {
     pub fn is_dir(&self) -> bool {
-        self.kind == EntryKind::Object && is_dir(&self.st)
+        self.kind == Marker::Object && is_dir(&self.st)
     }
 }
 
@@ -145,7 +132,7 @@ impl Listing {
     /// Reads the directory behind `dir`; `at` names it in errors.
     pub fn read(dir: BorrowedFd<'_>, at: &Path) -> Result<Listing> {
         let io = |e: rustix::io::Errno| LayerError::io(at, e);
-        let marks = whiteout::dir_marks(dir).map_err(io)?;
+        let marks = markers::dir_marks(dir).map_err(io)?;
         let mut raw = sys::read_dir(dir).map_err(io)?;
         raw.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         let mut entries = Vec::with_capacity(raw.len());
@@ -155,13 +142,7 @@ impl Listing {
                 Ok(None) => continue,
                 Err(err) => return Err(LayerError::io(at.join(&e.name), err)),
             };
-            let kind = if e.name.as_bytes() == whiteout::OPAQUE_MARKER.as_bytes() {
-                EntryKind::OpaqueFile
-            } else if let Some((target, form)) = whiteout::classify_whiteout(dir, marks, &e.name, &st) {
-                EntryKind::Whiteout { target, form }
-            } else {
-                EntryKind::Object
-            };
+            let kind = markers::classify(dir, marks, &e.name, &st);
             entries.push(Entry { name: e.name, st, kind });
         }
         Ok(Listing { marks, entries })
@@ -171,7 +152,7 @@ impl Listing {
     pub fn object_names(&self) -> std::collections::BTreeSet<&OsStr> {
         self.entries
             .iter()
-            .filter(|e| e.kind == EntryKind::Object)
+            .filter(|e| e.kind == Marker::Object)
             .map(|e| e.name.as_os_str())
             .collect()
     }
@@ -181,7 +162,7 @@ impl Listing {
         self.entries
             .iter()
             .filter_map(|e| match &e.kind {
-                EntryKind::Whiteout { target, .. } => Some(target.as_os_str()),
+                Marker::Whiteout { target, .. } => Some(target.as_os_str()),
                 _ => None,
             })
             .collect()
@@ -222,59 +203,55 @@ impl ImageDir {
     /// opaque one or the first non-directory. With `open_dir`, a directory comes with its
     /// image directory. `stack` names layers in errors; `rel` is this directory's path.
     pub fn lookup(&self, stack: &Stack, rel: &[u8], name: &OsStr, open_dir: bool) -> Result<Option<Found>> {
-        if whiteout::is_reserved_name(name) || name.is_empty() {
+        if markers::is_reserved_name(name) || name.is_empty() {
             return Ok(None);
         }
         let mut found: Option<Found> = None;
-        let mut merging = false;
+        let mut stacking = Stacking::default();
         for (pos, d) in self.dirs.iter().enumerate() {
             let at = || stack.lowers[d.layer].at(&super::join(rel, name));
             let st = sys::stat_at_opt(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
-            let mut stop = false;
+            let mut whiteout = sys::stat_at_opt(d.fd.as_fd(), &markers::oci_name(name))
+                .map_err(|e| LayerError::io(at(), e))?
+                .is_some();
+            let mut object = None;
+            let mut opened = None;
             if let Some(st) = st {
-                let wh = whiteout::classify_whiteout(d.fd.as_fd(), d.marks, name, &st).is_some();
-                if wh {
-                    stop = true;
-                } else if found.is_none() {
+                if markers::classify(d.fd.as_fd(), d.marks, name, &st) == Marker::Object {
                     let dir = is_dir(&st);
-                    merging = dir;
-                    let mut f = Found { pos, st, dir: None };
-                    if dir && open_dir {
+                    let mut opaque = false;
+                    // Only a directory the view shows (or merges) is opened, and only if asked.
+                    if dir && open_dir && (found.is_none() || stacking.merging()) {
                         let fd = sys::open_path_dir(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
-                        let marks = whiteout::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(at(), e))?;
-                        merging = !marks.opaque;
-                        f.dir = Some(ImageDir {
-                            dirs: vec![LowerDir {
-                                layer: d.layer,
-                                fd,
-                                marks,
-                            }],
-                        });
-                    }
-                    found = Some(f);
-                } else if merging && is_dir(&st) {
-                    if let Some(img) = found.as_mut().and_then(|f| f.dir.as_mut()) {
-                        let fd = sys::open_path_dir(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
-                        let marks = whiteout::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(at(), e))?;
-                        merging = !marks.opaque;
-                        img.dirs.push(LowerDir {
+                        let marks = markers::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(at(), e))?;
+                        opaque = marks.opaque;
+                        opened = Some(LowerDir {
                             layer: d.layer,
                             fd,
                             marks,
                         });
                     }
+                    object = Some((st, dir, opaque));
                 } else {
-                    stop = true;
+                    whiteout = true;
                 }
             }
-            let oci = whiteout::oci_name(name);
-            if sys::stat_at_opt(d.fd.as_fd(), &oci)
-                .map_err(|e| LayerError::io(at(), e))?
-                .is_some()
-            {
-                stop = true;
+            let before = (stacking.shown, stacking.merged.len());
+            let more = stacking.layer(pos, object.as_ref().map(|&(_, dir, opaque)| (dir, opaque)), whiteout);
+            if stacking.shown == Some(pos) && before.0.is_none() {
+                let st = object.map(|o| o.0).ok_or(LayerError::invalid(at(), "lookup"))?;
+                found = Some(Found {
+                    pos,
+                    st,
+                    dir: opened.map(|d| ImageDir { dirs: vec![d] }),
+                });
+            } else if stacking.merged.len() > before.1 {
+                if let (Some(img), Some(d)) = (found.as_mut().and_then(|f| f.dir.as_mut()), opened) {
+                    img.dirs.push(d);
+                }
             }
-            if stop || (found.is_some() && (!merging || !open_dir)) {
+            // Without its image directory wanted, what shows is known at the first object.
+            if !more || (found.is_some() && !open_dir) {
                 break;
             }
         }
@@ -290,9 +267,9 @@ impl ImageDir {
             let mut hidden = Vec::new();
             for e in listing.entries {
                 match e.kind {
-                    EntryKind::OpaqueFile => {}
-                    EntryKind::Whiteout { target, .. } => hidden.push(target),
-                    EntryKind::Object => {
+                    Marker::OpaqueFile => {}
+                    Marker::Whiteout { target, .. } => hidden.push(target),
+                    Marker::Object => {
                         seen.entry(e.name).or_insert(Some((pos, e.st)));
                     }
                 }

@@ -17,7 +17,6 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat, Timespec, Time
 use rustix::io::Errno as RErrno;
 
 use super::node::{Node, ROOT};
-use super::whiteout;
 use super::{Loc, Union};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
@@ -213,7 +212,7 @@ impl Union {
         copy_xattrs(&src.target(), &to)?;
         // Best effort: without it the copy gets its own number after a remount.
         let _ = to.set_xattr(
-            OsStr::new(whiteout::origin_xattr(kind)),
+            OsStr::new(crate::format::xattrs::origin(kind)),
             &ino.to_le_bytes(),
             rustix::fs::XattrFlags::empty(),
         );
@@ -355,7 +354,7 @@ fn rw_copy(input: &OwnedFd, out: &OwnedFd, mut off: u64, end: u64) -> FsResult<(
 pub(crate) fn copy_xattrs(from: &Target<'_>, to: &Target<'_>) -> FsResult<()> {
     use std::os::unix::ffi::OsStrExt;
     for name in from.list_xattrs()? {
-        if whiteout::is_private_xattr(&name) {
+        if crate::format::xattrs::is_private(&name) {
             continue;
         }
         let Some(v) = from.get_xattr(&name)? else { continue };

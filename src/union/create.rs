@@ -15,9 +15,10 @@ use super::copy_up::remove_any;
 use super::index::{UpperWhiteout, Visible};
 use super::io::Opened;
 use super::node::{DirState, Node, NodeState};
-use super::{Ctx, Loc, Union, acl, check_name, whiteout};
+use super::{Ctx, Loc, Union, acl, check_name};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
+use crate::format::markers;
 use crate::sys::{self, Target};
 
 /// What to make at a new name.
@@ -137,7 +138,7 @@ impl Union {
         let node = self.node(ino)?;
         // An existing target is EEXIST even when the source is a directory (as Linux checks).
         let target = self.dir_node(newparent)?;
-        if !whiteout::is_reserved_name(newname) && self.slot(&target, newname)?.vis.is_some() {
+        if !markers::is_reserved_name(newname) && self.slot(&target, newname)?.vis.is_some() {
             return Err(Errno::EEXIST);
         }
         if node.state.read().kind == Kind::Dir {
@@ -176,7 +177,7 @@ impl Union {
     ) -> FsResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
         let upper = self.upper_index()?;
         check_name(name)?;
-        if whiteout::is_reserved_name(name) {
+        if markers::is_reserved_name(name) {
             return Err(Errno::EINVAL);
         }
         let dir = self.dir_node(parent)?;
@@ -190,7 +191,7 @@ impl Union {
         }
         let fd = self.build_at(ctx, &pdir, name, &obj, &slot)?;
         if slot.upper_wh == Some(UpperWhiteout::Oci) {
-            let _ = rustix::fs::unlinkat(&*pdir, whiteout::oci_name(name), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&*pdir, markers::oci_name(name), AtFlags::empty());
         }
         let st = sys::stat_at(pdir.as_fd(), name)?;
         let ino = match &obj {
@@ -328,7 +329,7 @@ impl Union {
                 final_mode = Some(if parent.sgid { m | libc::S_ISGID } else { m });
                 if parent.opaque {
                     let d = sys::open_path_dir(dir, name)?;
-                    whiteout::mark_opaque(d.as_fd(), self.oci(), self.process.privileged)?;
+                    markers::mark_opaque(d.as_fd(), self.oci(), self.process.privileged)?;
                 }
             }
             NewObject::Node { mode, rdev } => {

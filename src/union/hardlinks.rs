@@ -25,81 +25,16 @@ use rustix::io::Errno as RErrno;
 use std::sync::Arc;
 
 use super::index::Visible;
-use super::index_owner::UpperIdentity;
 use super::node::Node;
 use super::workdir::Workdir;
 use super::{Union, copy_up::keep_dir_times};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
+use crate::format::hardlink::{Key, Origin, decode_count, encode_count};
+use crate::format::upper_id::UpperIdentity;
+use crate::format::workdir::{INDEX_DIR, INDEX_OWNER};
+use crate::format::xattrs::{INDEX_COUNT, INDEX_ORIGIN};
 use crate::sys::{self, Target};
-
-/// The index directory, beside our scratch directory in the workdir.
-const DIR: &str = "unionfs-index";
-/// The file in it that says which upper the index belongs to (see `index_owner.rs`).
-const OWNER: &str = "owner";
-/// What an entry was copied from (see [`Origin`]).
-const ORIGIN_XATTR: &str = "user.unionfs.index";
-/// How many names the object has in the view: the lower file's link count at copy-up, plus
-/// the names made and minus the names removed through the view since (as kernel overlayfs
-/// keeps it). Names of the lower object that nobody looked up yet are not in the upper, so the
-/// upper's own link count cannot say.
-const COUNT_XATTR: &str = "user.unionfs.nlink";
-
-/// A lower object's identity: its filesystem and inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Key {
-    pub fsid: u64,
-    pub ino: u64,
-}
-
-impl Key {
-    fn name(&self) -> OsString {
-        OsString::from(format!("{:016x}-{:x}", self.fsid, self.ino))
-    }
-
-    fn parse(name: &OsStr) -> Option<Key> {
-        let (fsid, ino) = name.to_str()?.split_once('-')?;
-        Some(Key {
-            fsid: u64::from_str_radix(fsid, 16).ok()?,
-            ino: u64::from_str_radix(ino, 16).ok()?,
-        })
-    }
-}
-
-/// The lower file an index entry was copied from: its identity, and what tells a file that
-/// later got the same inode number (a layer rebuilt, a new image version unpacked in its
-/// place) from it. The ctime is the strong part: unpacking or copying a file gives it a new
-/// one, and nobody can set it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Origin {
-    fsid: u64,
-    ino: u64,
-    size: i64,
-    mtime: (i64, u64),
-    ctime: (i64, u64),
-}
-
-impl Origin {
-    fn of(key: Key, st: &Stat) -> Origin {
-        Origin {
-            fsid: key.fsid,
-            ino: key.ino,
-            size: st.st_size,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
-    }
-
-    fn decode(b: &[u8]) -> Option<Origin> {
-        bincode::serde::decode_from_slice(b, bincode::config::standard())
-            .ok()
-            .map(|(o, _)| o)
-    }
-}
 
 /// The index of copied-up multiply-linked lower files.
 #[derive(Default)]
@@ -141,11 +76,11 @@ impl HardlinkIndex {
         upper_root: BorrowedFd<'_>,
         privileged: bool,
     ) -> rustix::io::Result<(HardlinkIndex, Cleanup)> {
-        match rustix::fs::mkdirat(work.root(), DIR, Mode::from_raw_mode(0o700)) {
+        match rustix::fs::mkdirat(work.root(), INDEX_DIR, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(RErrno::EXIST) => {}
             Err(e) => return Err(e),
         }
-        let dir = sys::open_path_dir(work.root(), OsStr::new(DIR))?;
+        let dir = sys::open_path_dir(work.root(), OsStr::new(INDEX_DIR))?;
         let upper = UpperIdentity::establish(upper_root, privileged)?;
         let recorded = read_owner(dir.as_fd())?;
         let mut cleanup = Cleanup::default();
@@ -185,7 +120,7 @@ impl HardlinkIndex {
         let Some((dir, name)) = self.entry(key) else {
             return false;
         };
-        match sys::get_xattr(dir.as_fd(), &name, ORIGIN_XATTR) {
+        match sys::get_xattr(dir.as_fd(), &name, INDEX_ORIGIN) {
             Ok(Some(v)) => Origin::decode(&v) == Some(Origin::of(key, st)),
             // Written where xattrs are not supported: trust the identity alone.
             Ok(None) => true,
@@ -201,7 +136,7 @@ impl HardlinkIndex {
         // the names in the upper.
         let t = Target::Entry(work, tmp);
         let _ = t.set_xattr(
-            OsStr::new(ORIGIN_XATTR),
+            OsStr::new(INDEX_ORIGIN),
             &Origin::of(key, st).encode(),
             XattrFlags::empty(),
         );
@@ -220,10 +155,9 @@ impl HardlinkIndex {
     }
 
     /// The number of names in the view of the upper file `t`, if it is a copy entered in the
-    /// index (see [`COUNT_XATTR`]).
+    /// index (see [`INDEX_COUNT`]).
     pub fn view_count(&self, t: &Target<'_>) -> Option<u32> {
-        let v = t.get_xattr(OsStr::new(COUNT_XATTR)).ok()??;
-        Some(u32::from_le_bytes(v.as_slice().try_into().ok()?))
+        decode_count(&t.get_xattr(OsStr::new(INDEX_COUNT)).ok()??)
     }
 
     /// The upper file `t` (if it is a copy entered in the index) got `delta` more names.
@@ -356,7 +290,7 @@ impl HardlinkIndex {
     /// The index in the workdir `work_root` as a mount of the upper whose root is
     /// `upper_root` would find it.
     pub(crate) fn inspect(work_root: BorrowedFd<'_>, upper_root: BorrowedFd<'_>) -> rustix::io::Result<IndexState> {
-        let dir = match sys::open_path_dir(work_root, OsStr::new(DIR)) {
+        let dir = match sys::open_path_dir(work_root, OsStr::new(INDEX_DIR)) {
             Ok(d) => d,
             Err(RErrno::NOENT) => return Ok(IndexState::None),
             Err(e) => return Err(e),
@@ -416,18 +350,15 @@ impl HardlinkIndex {
 
     /// Removes the entry of `key` (for `check --repair`).
     pub(crate) fn remove_entry(work_root: BorrowedFd<'_>, key: Key) -> rustix::io::Result<()> {
-        let dir = sys::open_path_dir(work_root, OsStr::new(DIR))?;
+        let dir = sys::open_path_dir(work_root, OsStr::new(INDEX_DIR))?;
         rustix::fs::unlinkat(&dir, key.name(), AtFlags::empty())
     }
 
     /// Empties the index (for `check --repair` of a foreign index).
     pub(crate) fn remove_all(work_root: BorrowedFd<'_>) -> rustix::io::Result<()> {
-        let dir = sys::open_path_dir(work_root, OsStr::new(DIR))?;
+        let dir = sys::open_path_dir(work_root, OsStr::new(INDEX_DIR))?;
         sys::remove_tree_contents(dir.as_fd())
     }
-
-    /// The name of the index directory in the workdir.
-    pub(crate) const DIR_NAME: &'static str = DIR;
 
     /// The name of the key's entry, for messages.
     pub(crate) fn entry_name(key: Key) -> OsString {
@@ -471,7 +402,7 @@ fn copies_in(upper_root: BorrowedFd<'_>, f: &mut dyn FnMut(Key, &[u8], &OsStr)) 
         if e.dtype != rustix::fs::FileType::RegularFile {
             return Ok(());
         }
-        if let Ok(Some(v)) = sys::get_xattr(d, &e.name, ORIGIN_XATTR) {
+        if let Ok(Some(v)) = sys::get_xattr(d, &e.name, INDEX_ORIGIN) {
             if let Some(o) = Origin::decode(&v) {
                 let key = Key {
                     fsid: o.fsid,
@@ -505,7 +436,7 @@ fn orphans(dir: BorrowedFd<'_>, keys: &HashSet<Key>) -> rustix::io::Result<Vec<K
 
 /// The upper the index in `dir` was made for, if it says.
 fn read_owner(dir: BorrowedFd<'_>) -> rustix::io::Result<Option<UpperIdentity>> {
-    let fd = match sys::open_at(dir, OsStr::new(OWNER), OFlags::RDONLY) {
+    let fd = match sys::open_at(dir, OsStr::new(INDEX_OWNER), OFlags::RDONLY) {
         Ok(fd) => fd,
         Err(RErrno::NOENT) => return Ok(None),
         Err(e) => return Err(e),
@@ -532,43 +463,9 @@ fn write_owner(work: &Workdir, dir: BorrowedFd<'_>, upper: &UpperIdentity) -> ru
         done += rustix::io::write(&fd, &bytes[done..])?;
     }
     rustix::fs::fsync(&fd)?;
-    rustix::fs::renameat(work.scratch(), &tmp, dir, OWNER)
+    rustix::fs::renameat(work.scratch(), &tmp, dir, INDEX_OWNER)
 }
 
 fn set_count(t: &Target<'_>, n: u32) -> rustix::io::Result<()> {
-    t.set_xattr(OsStr::new(COUNT_XATTR), &n.to_le_bytes(), XattrFlags::empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_round_trip_through_their_names() {
-        let k = Key {
-            fsid: 0xdead_beef_0123_4567,
-            ino: 42,
-        };
-        assert_eq!(Key::parse(&k.name()), Some(k));
-        assert_eq!(Key::parse(OsStr::new("not-a-key")), None);
-        assert_eq!(Key::parse(OsStr::new("#1")), None);
-    }
-
-    #[test]
-    fn origins_round_trip_and_differ_by_history() {
-        let o = Origin {
-            fsid: 7,
-            ino: 42,
-            size: 10,
-            mtime: (1_700_000_000, 5),
-            ctime: (1_700_000_001, 6),
-        };
-        assert_eq!(Origin::decode(&o.encode()), Some(o));
-        // The same inode number, size and mtime, but made again: another file.
-        let remade = Origin {
-            ctime: (1_800_000_000, 0),
-            ..o
-        };
-        assert_ne!(Origin::decode(&remade.encode()), Some(o));
-    }
+    t.set_xattr(OsStr::new(INDEX_COUNT), &encode_count(n), XattrFlags::empty())
 }

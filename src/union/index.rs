@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::FileType;
 
-use super::whiteout;
 use crate::attr::Kind;
+use crate::format::markers::{self, Marker, Stacking, WhiteoutForm};
 use crate::sys;
 
 /// The visible object of a name, as callers see it.
@@ -305,11 +305,9 @@ impl DirIndex {
 /// A name while the index is being built.
 #[derive(Default)]
 struct Building {
-    vis: Option<(usize, Kind, u64, Vec<u16>)>,
-    /// Lower entries of this name can still join a directory's merge.
-    merging: bool,
-    /// A whiteout above hides lower entries of this name.
-    hidden: bool,
+    stack: Stacking,
+    /// The shown object's kind and view number.
+    shown: Option<(Kind, u64)>,
     upper_wh: Option<UpperWhiteout>,
     in_lower: bool,
 }
@@ -340,8 +338,10 @@ pub(crate) fn build(
             Some(UpperWhiteout::Oci) => flags |= WH_OCI,
             None => {}
         }
-        let visible = b.vis.is_some();
-        let (layer, kind, ino, below) = b.vis.unwrap_or((0, Kind::File, 0, Vec::new()));
+        let visible = b.stack.shown.is_some();
+        let layer = b.stack.shown.unwrap_or(0);
+        let (kind, ino) = b.shown.unwrap_or((Kind::File, 0));
+        let below: Vec<u16> = b.stack.merged.iter().map(|&l| l as u16).collect();
         if visible {
             flags |= VISIBLE;
             idx.visible += 1;
@@ -359,8 +359,10 @@ pub(crate) fn build(
     Ok(idx)
 }
 
-/// Merges one layer's directory `fd` into `map` (the layers above it are in already); returns
-/// whether the directory is opaque there (the layers below do not count).
+/// Merges one layer's directory `fd` into `map` (the layers above it are in already) by the
+/// stacking rules of `format::markers`; returns whether the directory is opaque there (the
+/// layers below do not count). Lower directories that may merge are all recorded: whether one
+/// is opaque is looked at when it is looked up (`merged_layers`), not for every name here.
 fn merge_layer(
     map: &mut HashMap<OsString, Building>,
     layer: usize,
@@ -369,71 +371,66 @@ fn merge_layer(
     ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
 ) -> rustix::io::Result<bool> {
     let dir = fd.as_fd();
-    let marks = whiteout::dir_marks(dir)?;
-    let mut whs: Vec<(OsString, UpperWhiteout)> = Vec::new();
+    let marks = markers::dir_marks(dir)?;
+    let mut objects: Vec<(OsString, Kind, u64)> = Vec::new();
+    let mut whs: HashMap<OsString, UpperWhiteout> = HashMap::new();
     for e in sys::read_dir(dir)? {
-        if e.name.as_encoded_bytes() == whiteout::OPAQUE_MARKER.as_bytes() {
-            continue;
-        }
-        if let Some(t) = whiteout::oci_target(&e.name) {
-            whs.push((t.to_os_string(), UpperWhiteout::Oci));
-            continue;
-        }
-        let mut ft = e.dtype;
-        if ft == FileType::Unknown
-            || ft == FileType::CharacterDevice
-            || (marks.xattr_whiteouts && ft == FileType::RegularFile)
-        {
-            let Some(st) = sys::stat_at_opt(dir, &e.name)? else {
-                continue;
-            };
-            ft = FileType::from_raw_mode(st.st_mode);
-            if whiteout::is_chr_whiteout(&st)
-                || (marks.xattr_whiteouts && whiteout::is_xattr_whiteout(dir, &e.name, &st))
-            {
-                whs.push((e.name, UpperWhiteout::AtName));
-                continue;
+        let (marker, ft) = match markers::classify_name(&e.name) {
+            Some(m) => (m, e.dtype),
+            None if markers::needs_stat(e.dtype, marks) => {
+                let Some(st) = sys::stat_at_opt(dir, &e.name)? else {
+                    continue;
+                };
+                (
+                    markers::classify(dir, marks, &e.name, &st),
+                    FileType::from_raw_mode(st.st_mode),
+                )
             }
-        }
-        let kind = Kind::from_file_type(ft);
-        let needs_ino = map.get(&e.name).is_none_or(|s| s.vis.is_none() && !s.hidden);
-        let ino = if needs_ino {
-            ino_of(layer, fd, &e.name, kind, e.ino)
-        } else {
-            0
+            None => (Marker::Object, e.dtype),
         };
-        let slot = map.entry(e.name).or_default();
-        if !is_upper {
-            slot.in_lower = true;
-        }
-        if slot.hidden {
-            continue;
-        }
-        match &mut slot.vis {
-            None => {
-                slot.vis = Some((layer, kind, ino, Vec::new()));
-                slot.merging = kind == Kind::Dir;
+        match marker {
+            Marker::OpaqueFile => {}
+            Marker::Whiteout { target, form } => {
+                let how = if form == WhiteoutForm::Oci {
+                    UpperWhiteout::Oci
+                } else {
+                    UpperWhiteout::AtName
+                };
+                whs.insert(target, how);
             }
-            Some(v) if slot.merging && kind == Kind::Dir => v.3.push(layer as u16),
-            // A lower non-directory below a directory ends the merge.
-            Some(_) => slot.merging = false,
+            Marker::Object => objects.push((e.name, Kind::from_file_type(ft), e.ino)),
         }
     }
-    // Whiteouts after real entries: a `.wh.X` hides `X` only in layers below its own.
+    for (name, kind, raw) in objects {
+        let wh = whs.remove(&name);
+        // Only the object the view will show needs its view number (an xattr read for the
+        // upper's copies).
+        let shows = map
+            .get(&name)
+            .is_none_or(|b| b.stack.shown.is_none() && !b.stack.finished());
+        let ino = if shows { ino_of(layer, fd, &name, kind, raw) } else { 0 };
+        let slot = map.entry(name).or_default();
+        stack_layer(slot, layer, is_upper, Some(kind), wh);
+        if shows {
+            slot.shown = Some((kind, ino));
+        }
+    }
     for (name, how) in whs {
         let slot = map.entry(name).or_default();
-        if is_upper {
-            slot.upper_wh = Some(how);
-        } else {
-            slot.in_lower = true;
-        }
-        if slot.vis.is_some() {
-            slot.merging = false;
-        } else {
-            slot.hidden = true;
-        }
+        stack_layer(slot, layer, is_upper, None, Some(how));
     }
     Ok(marks.opaque)
+}
+
+/// Layer `layer` has an object of `kind` and/or a whiteout (`wh`) at the name of `slot`.
+fn stack_layer(slot: &mut Building, layer: usize, is_upper: bool, kind: Option<Kind>, wh: Option<UpperWhiteout>) {
+    if is_upper {
+        slot.upper_wh = slot.upper_wh.or(wh);
+    } else {
+        slot.in_lower = true;
+    }
+    slot.stack
+        .layer(layer, kind.map(|k| (k == Kind::Dir, false)), wh.is_some());
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, SeekFrom, Timespec, Time
 use super::copy_up::Data;
 use super::handles::OpenFile;
 use super::node::Node;
-use super::{Ctx, Union, whiteout};
+use super::{Ctx, Union};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
 use crate::sys::Target;
@@ -385,7 +385,7 @@ impl Union {
     /// The value comes from one read of the layer, so a size query answered from it can never
     /// disagree with the value of the same call, whatever a concurrent writer does.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
-        if whiteout::is_private_xattr(name) {
+        if crate::format::xattrs::is_private(name) {
             return Err(Errno::ENODATA);
         }
         let node = self.node(ino)?;
@@ -396,12 +396,15 @@ impl Union {
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<OsString>> {
         let node = self.node(ino)?;
         let names = self.xattr_target(&node, |t| Ok(t.list_xattrs()?))?;
-        Ok(names.into_iter().filter(|n| !whiteout::is_private_xattr(n)).collect())
+        Ok(names
+            .into_iter()
+            .filter(|n| !crate::format::xattrs::is_private(n))
+            .collect())
     }
 
     /// Sets an xattr (copying up first). Private names are refused with EPERM.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
-        if whiteout::is_private_xattr(name) {
+        if crate::format::xattrs::is_private(name) {
             return Err(Errno::EPERM);
         }
         self.upper_index()?;
@@ -414,7 +417,7 @@ impl Union {
 
     /// Removes an xattr (copying up first).
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
-        if whiteout::is_private_xattr(name) {
+        if crate::format::xattrs::is_private(name) {
             return Err(Errno::EPERM);
         }
         self.upper_index()?;

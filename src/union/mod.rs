@@ -24,14 +24,14 @@ mod handles;
 pub(crate) mod hardlinks;
 pub(crate) mod index;
 mod index_cache;
-mod index_owner;
+
 mod io;
 pub(crate) mod node;
 mod privs;
 mod readdir;
 mod remove;
 mod rename;
-pub(crate) mod whiteout;
+
 pub(crate) mod workdir;
 
 use std::ffi::{OsStr, OsString};
@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::OFlags;
 
 pub use self::atime::ReadAtime;
 use self::handles::{HandleTable, OpenFile};
@@ -55,6 +55,8 @@ use self::workdir::Workdir;
 use crate::attr::{Attr, Kind};
 use crate::config::{MountConfig, WhiteoutStyle};
 use crate::error::{Errno, FsResult, SetupError};
+use crate::format::ino::Numbering;
+use crate::format::markers;
 use crate::idmap::IdMap;
 use crate::sys;
 
@@ -225,8 +227,8 @@ pub struct Union {
     agreed: KernelAgreed,
     /// Owner mappings in force (see `idmap.rs` and `effective_idmap`).
     idmap: IdMap,
-    /// Layer devices, for tagging inode numbers when layers span filesystems.
-    single_dev: bool,
+    /// How inode numbers of the layers' objects become the view's (`format::ino`).
+    numbering: Numbering,
     /// The upper is reached through a private mount with the atime options (`atime.rs`).
     atime_by_mount: bool,
     config: MountConfig,
@@ -250,7 +252,7 @@ impl Union {
             None => HardlinkIndex::default(),
         };
         let idmap = effective_idmap(&config.idmap, &layers);
-        let single_dev = layers.iter().all(|l| l.dev == layers[0].dev);
+        let numbering = Numbering::new(layers.iter().map(|l| l.dev).collect());
         let u = Union {
             layers,
             upper,
@@ -264,7 +266,7 @@ impl Union {
             process: Process::current(),
             agreed: KernelAgreed::default(),
             idmap,
-            single_dev,
+            numbering,
             atime_by_mount: private.is_some(),
             config,
         };
@@ -335,7 +337,7 @@ impl Union {
     fn insert_root(&self) -> FsResult<()> {
         let mut dir_layers = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let marks = whiteout::dir_marks(l.root.as_fd())?;
+            let marks = markers::dir_marks(l.root.as_fd())?;
             dir_layers.push((i, Arc::clone(&l.root)));
             if marks.opaque {
                 break;
@@ -352,26 +354,16 @@ impl Union {
 
     // ---- identity -------------------------------------------------------------------------
 
-    /// The view inode number of an object with raw number `raw` in `layer`. On one filesystem the
-    /// raw number is unique already (as overlayfs does); across filesystems the high bits carry
-    /// the layer's device position.
+    /// The view inode number of an object with raw number `raw` in `layer`.
     fn tag_ino(&self, layer: usize, raw: u64) -> u64 {
-        let ino = if self.single_dev {
-            raw
-        } else {
-            let dev = self.layers[layer].dev;
-            let tag = self.layers.iter().position(|l| l.dev == dev).unwrap_or(layer) as u64 + 1;
-            (tag << 48) | (raw & ((1 << 48) - 1))
-        };
-        // Number 1 is the root's.
-        if ino == ROOT { 1 << 62 } else { ino }
+        self.numbering.view(layer, raw)
     }
 
     /// The view inode number of the entry `name` of `dir` in `layer`, whose raw number is `raw`.
     /// Upper objects made by copy-up carry their origin's number in an xattr.
     fn ino_of(&self, layer: usize, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, raw: u64) -> u64 {
         if Some(layer) == self.upper {
-            if let Ok(Some(v)) = sys::get_xattr(dir, name, whiteout::origin_xattr(kind)) {
+            if let Ok(Some(v)) = sys::get_xattr(dir, name, crate::format::xattrs::origin(kind)) {
                 if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
                     return u64::from_le_bytes(b);
                 }
@@ -500,7 +492,7 @@ impl Union {
     /// Finds `name` in directory `parent` and returns its node, adding `lookups` kernel references.
     fn resolve_child(&self, parent: u64, name: &OsStr, lookups: u64) -> FsResult<(Arc<Node>, Attr)> {
         check_name(name)?;
-        if whiteout::is_reserved_name(name) {
+        if markers::is_reserved_name(name) {
             return Err(Errno::ENOENT);
         }
         let dir = self.dir_node(parent)?;
@@ -563,7 +555,7 @@ impl Union {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let opaque = whiteout::dir_marks(fd.as_fd())?.opaque;
+            let opaque = markers::dir_marks(fd.as_fd())?.opaque;
             out.push((l, Arc::new(fd)));
             if opaque {
                 break;
@@ -833,11 +825,7 @@ fn open_layers(
         let fd = match (private, mine) {
             (Some(pu), _) if role == "upper" => pu.open(p),
             (_, Some(fd)) => Ok(fd),
-            _ => rustix::fs::open(
-                p.as_path(),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ),
+            _ => sys::open_dir_path(p),
         }
         .map_err(io)?;
         let st = rustix::fs::fstat(&fd).map_err(io)?;

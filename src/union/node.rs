@@ -23,7 +23,7 @@ use super::index::DirIndex;
 use crate::attr::Kind;
 
 /// The root node's id (fixed by FUSE).
-pub const ROOT: u64 = 1;
+pub use crate::format::ino::ROOT;
 
 pub(crate) struct Node {
     pub ino: u64,

@@ -8,9 +8,10 @@ use rustix::io::Errno as RErrno;
 
 use super::copy_up::remove_any;
 use super::index::UpperWhiteout;
-use super::{Union, check_name, whiteout};
+use super::{Union, check_name};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
+use crate::format::markers;
 use crate::sys;
 
 impl Union {
@@ -27,7 +28,7 @@ impl Union {
     fn remove(&self, parent: u64, name: &OsStr, rmdir: bool) -> FsResult<()> {
         let upper = self.upper_index()?;
         check_name(name)?;
-        if whiteout::is_reserved_name(name) {
+        if markers::is_reserved_name(name) {
             return Err(Errno::ENOENT);
         }
         let dir = self.dir_node(parent)?;
@@ -112,7 +113,7 @@ impl Union {
             let tmp = self.tmp_name();
             let made = match self.link_shared_whiteout(work, &tmp) {
                 Ok(()) => Ok(()),
-                Err(_) => whiteout::make_device(work, &tmp),
+                Err(_) => markers::make_device(work, &tmp),
             };
             match made {
                 Ok(()) => {
@@ -138,7 +139,7 @@ impl Union {
         }
         let f = rustix::fs::openat(
             dir,
-            whiteout::oci_name(name),
+            markers::oci_name(name),
             OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;

@@ -15,9 +15,10 @@ use rustix::fs::{AtFlags, RenameFlags};
 use super::copy_up::keep_dir_times;
 use super::index::{Slot, UpperWhiteout, Visible};
 use super::node::{Node, ROOT};
-use super::{Pin, Union, check_name, whiteout};
+use super::{Pin, Union, check_name};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
+use crate::format::markers;
 use crate::sys;
 
 /// Fail if the target exists.
@@ -113,7 +114,7 @@ impl Union {
         {
             return Err(Errno::EINVAL);
         }
-        if whiteout::is_reserved_name(name) {
+        if markers::is_reserved_name(name) {
             return Err(Errno::ENOENT);
         }
         let exchange = flags & RENAME_EXCHANGE != 0;
@@ -121,7 +122,7 @@ impl Union {
         let d1 = self.dir_node(parent)?;
         let d2 = self.dir_node(newparent)?;
         let src = self.slot(&d1, name)?.vis.ok_or(Errno::ENOENT)?;
-        if whiteout::is_reserved_name(newname) {
+        if markers::is_reserved_name(newname) {
             // A reserved name is never visible: nothing to exchange with.
             return Err(if exchange { Errno::ENOENT } else { Errno::EINVAL });
         }
@@ -227,7 +228,7 @@ impl Union {
             src_wh = Some(self.write_whiteout(l.upper_from.as_fd(), from.name, None)?);
         }
         if l.to.upper_wh == Some(UpperWhiteout::Oci) {
-            let _ = rustix::fs::unlinkat(&*l.upper_to, whiteout::oci_name(to.name), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&*l.upper_to, markers::oci_name(to.name), AtFlags::empty());
         }
         self.with_index(&to.dir, |idx| {
             idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
@@ -360,10 +361,10 @@ impl Union {
     /// Marks an upper directory opaque and drops the lower layers (and now useless whiteouts).
     fn make_opaque(&self, dir: &Node) -> FsResult<()> {
         let fd = self.upper_dir_fd(dir).ok_or(Errno::EIO)?;
-        whiteout::mark_opaque(fd.as_fd(), self.oci(), self.process.privileged)?;
+        markers::mark_opaque(fd.as_fd(), self.oci(), self.process.privileged)?;
         for e in sys::read_dir(fd.as_fd())? {
-            let is_wh = whiteout::oci_target(&e.name).is_some()
-                || sys::stat_at(fd.as_fd(), &e.name).is_ok_and(|st| whiteout::is_chr_whiteout(&st));
+            let is_wh = markers::oci_target(&e.name).is_some()
+                || sys::stat_at(fd.as_fd(), &e.name).is_ok_and(|st| markers::is_chr_whiteout(&st));
             if is_wh {
                 rustix::fs::unlinkat(&*fd, &e.name, AtFlags::empty())?;
             }

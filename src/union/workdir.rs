@@ -11,17 +11,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, Mode};
 use rustix::io::Errno as RErrno;
 
-use super::whiteout;
 use crate::error::SetupError;
+use crate::format::markers;
+use crate::format::workdir::{SCRATCH, SHARED_WHITEOUT};
 use crate::sys;
-
-/// Our scratch directory in the workdir.
-pub(crate) const SCRATCH: &str = "unionfs";
-/// The shared whiteout device.
-pub(crate) const SHARED_WHITEOUT: &str = "unionfs-whiteout";
 
 pub(crate) struct Workdir {
     root: OwnedFd,
@@ -41,7 +37,7 @@ impl Workdir {
         std::fs::create_dir_all(w).map_err(io)?;
         let root = match private {
             Some(pu) => pu.open(w),
-            None => rustix::fs::open(w, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+            None => sys::open_dir_path(w),
         }
         .map_err(|e| io(e.into()))?;
         match rustix::fs::mkdirat(&root, SCRATCH, Mode::from_raw_mode(0o700)) {
@@ -85,7 +81,7 @@ impl Workdir {
             r => return r,
         }
         let tmp = self.tmp_name();
-        whiteout::make_device(self.scratch(), &tmp)?;
+        markers::make_device(self.scratch(), &tmp)?;
         // Replacing a concurrent thread's fresh one is harmless: both are whiteouts.
         if let Err(e) = rustix::fs::renameat(&self.scratch, &tmp, &self.root, SHARED_WHITEOUT) {
             let _ = rustix::fs::unlinkat(&self.scratch, &tmp, AtFlags::empty());

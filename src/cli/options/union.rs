@@ -45,7 +45,8 @@ pub(super) static ROWS: &[Row] = &[
         flag: flag(
             "--workdir",
             Some("DIR"),
-            "Scratch directory on the upper's filesystem [default: .unionfs-work.NAME beside the upper].",
+            "Scratch directory on the upper's filesystem [default: a directory beside the upper, \
+             named after it].",
         ),
         class: Class::FuseOverlayfs,
         example: "workdir=/w",
@@ -61,8 +62,8 @@ pub(super) static ROWS: &[Row] = &[
             "--whiteouts",
             Some("overlay|oci"),
             "How whiteouts and opaque directories are written in the upper: `overlay` (character \
-             device 0/0 and `trusted.overlay.opaque`, as kernel overlayfs) or `oci` (`.wh.NAME` \
-             and `.wh..wh..opq` files, the OCI layer format) [default: overlay].",
+             device 0/0 and the overlay opaque xattr, as kernel overlayfs) or `oci` (the marker \
+             files of the OCI layer format) [default: overlay].",
         ),
         class: Class::Ours,
         example: "whiteouts=oci",

@@ -1,0 +1,52 @@
+//! The extended attributes that belong to union filesystems: ours, kernel overlayfs's and
+//! fuse-overlayfs's. None of them shows in the view, and none can be set through it.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::attr::Kind;
+
+/// Namespaces of xattrs that belong to union implementations.
+const PRIVATE_PREFIXES: [&[u8]; 5] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+    b"user.unionfs.",
+    b"trusted.unionfs.",
+];
+
+/// Whether an xattr name is private to union filesystems (hidden, not settable).
+pub fn is_private(name: &OsStr) -> bool {
+    PRIVATE_PREFIXES.iter().any(|p| name.as_bytes().starts_with(p))
+}
+
+/// Where we record the inode number an object had before copy-up, so it keeps it. Linux allows
+/// `user.*` xattrs only on files and directories; symlinks and special files need `trusted.*`
+/// (so they keep their number only when the daemon is privileged).
+pub fn origin(kind: Kind) -> &'static str {
+    match kind {
+        Kind::File | Kind::Dir => "user.unionfs.origin",
+        _ => "trusted.unionfs.origin",
+    }
+}
+
+/// Both origin xattrs, for tools that read whichever an object has.
+pub const ORIGINS: [&str; 2] = ["user.unionfs.origin", "trusted.unionfs.origin"];
+
+/// On a copy in the hard-link index: the lower file it was copied from (see `hardlink.rs`).
+pub const INDEX_ORIGIN: &str = "user.unionfs.index";
+/// On a copy in the hard-link index: how many names the object has in the view.
+pub const INDEX_COUNT: &str = "user.unionfs.nlink";
+/// On an upper's root: its random id, by the daemon's privilege (see `upper_id.rs`).
+pub const UPPER_ID: [&str; 2] = ["user.unionfs.upper", "trusted.unionfs.upper"];
+
+/// Kernel overlayfs features that keep part of an object's meaning outside the upper (data in
+/// a lower: metacopy; the source directory in a lower: redirect), and the origin it records.
+pub const KERNEL_INDIRECT: [&str; 4] = [
+    "trusted.overlay.metacopy",
+    "trusted.overlay.redirect",
+    "user.overlay.metacopy",
+    "user.overlay.redirect",
+];
+/// Kernel overlayfs's record of where a copied-up object came from (a file handle).
+pub const KERNEL_ORIGIN: [&str; 2] = ["trusted.overlay.origin", "user.overlay.origin"];
