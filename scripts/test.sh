@@ -13,7 +13,7 @@ started=$SECONDS
 # Packages, /dev/fuse and the test accounts, before any test runs (tests never create them).
 bash scripts/setup.sh
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --release --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -120,18 +120,23 @@ fn the_test_accounts_are_set_up() {
     assert_dev_fuse_for_everyone();
 }
 
-/// Every test source file (this one left out: it names what it looks for).
+/// Every test source file below `tests/` (test binaries, their modules and the test crates;
+/// this one left out: it names what it looks for).
 fn test_sources() -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
-    for dir in ["tests", "tests/common", "tests/model"] {
-        for e in std::fs::read_dir(repo().join(dir)).expect("read_dir tests") {
+    let mut dirs = vec![repo().join("tests")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir below tests") {
             let p = e.expect("entry").path();
-            if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests/prerequisites.rs") {
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests/prerequisites.rs") {
                 let text = std::fs::read_to_string(&p).expect("read a test source");
                 out.push((p, text));
             }
         }
     }
+    assert!(out.len() > 40, "found only {} test sources below tests/", out.len());
     out
 }
 

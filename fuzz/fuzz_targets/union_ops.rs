@@ -1,8 +1,9 @@
 //! Fuzz target `union_ops`: decodes the input into up to three lower layers (up to twelve
 //! entries each) and up to forty operations, runs them on `unionfs::Union` and on the reference
-//! model of `tests/model/mod.rs`, and panics (a crash for libFuzzer) at the first divergence:
-//! an errno, the view (names, types, data, modes, xattrs, inode numbers, owners, mtimes), the
-//! view after a remount, the upper's on-disk format, the lowers, the workdir or the node table.
+//! model (the `unionfs-model` crate, `tests/model/`), and panics (a crash for libFuzzer) at the
+//! first divergence: an errno, the view (names, types, data, modes, xattrs, inode numbers,
+//! owners, mtimes), the view after a remount, the upper's on-disk format, the lowers, the workdir
+//! or the node table.
 //!
 //! `UNIONFS_FUZZ_SKIP=substr1|substr2` ignores divergences whose message contains one of the
 //! substrings (to look past a known finding); it is off by default.
@@ -16,13 +17,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use unionfs::WhiteoutStyle;
 
-#[path = "../../tests/model/mod.rs"]
-mod model;
-#[path = "../harness.rs"]
-mod harness;
-
-use harness::{Checks, EXACT, Op, Opens, is_marker, run_case};
-use model::*;
+use unionfs_model::harness::{Checks, EXACT, Op, Opens, is_marker, run_case};
+use unionfs_model::*;
 
 const MAX_LOWERS: usize = 3;
 const MAX_ENTRIES: usize = 12;

@@ -1,7 +1,5 @@
 //! The on-disk side: writing layers, reading an upper back, snapshots of the lowers.
 
-#![allow(dead_code)]
-
 use super::*;
 
 pub(super) fn set_xattr_path(path: &Path, name: &str, value: &[u8]) {

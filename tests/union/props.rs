@@ -1,22 +1,18 @@
 //! Property tests: random lower layers and random operation sequences run on `unionfs::Union`
-//! and on the reference model of `model/mod.rs`. After every step the errno must be the model's
-//! and the whole view (names, types, data, link targets, modes, `user.x`, inode numbers) must be
-//! the model's, both through the running union and through a fresh one over the same
+//! and on the reference model (`tests/model/`, the `unionfs-model` crate). After every step the
+//! errno must be the model's and the whole view (names, types, data, link targets, modes,
+//! `user.x`, inode numbers) must be the model's, both through the running union and through a fresh one over the same
 //! directories (what a remount would show). The upper must be a valid layer that, folded over
 //! the lowers by the model's own rules, shows the same view; the lowers must not change at all.
 
-#[path = "../fuzz/harness.rs"]
-mod harness;
-mod model;
-
 use std::path::PathBuf;
 
-use harness::{Checks, Op, Opens, from_env, is_marker, p, run_case};
-use model::*;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
 use unionfs::WhiteoutStyle;
+use unionfs_model::harness::{self, Checks, Op, Opens, from_env, is_marker, p, run_case};
+use unionfs_model::*;
 
 /// A path as generated: most pick from what the view shows at the time the step runs.
 #[derive(Clone, Debug)]
@@ -212,8 +208,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         // PROPTEST_CASES=5000 for a longer hunt; 128 keeps the suite well under a minute.
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128),
-        // Integration tests have no lib.rs beside them, so the default (SourceParallel) finds no
-        // place to keep failing cases: keep them in tests/union_props.proptest-regressions.
+        // Keep failing cases beside this file, in tests/union/props.proptest-regressions.
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         ..ProptestConfig::default()
     })]

@@ -1,8 +1,6 @@
 //! The model of the view: a map from path to object, changed with plain POSIX semantics,
 //! and comparisons of what the library shows with it.
 
-#![allow(dead_code)]
-
 use super::*;
 
 /// Identity of an object in the model (what the view's inode number must follow).

@@ -1,16 +1,14 @@
 //! Deterministic tests of `unionfs::Union` as a library (no FUSE, no mount), driven the way the
-//! kernel would drive it (see `model::Driver`). Each checks one rule of docs/semantics.md through the view, on
-//! disk in the upper, and again after a remount.
-
-mod model;
+//! kernel would drive it (see `unionfs_model::Driver`). Each checks one rule of
+//! docs/semantics.md through the view, on disk in the upper, and again after a remount.
 
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use model::*;
 use unionfs::{Errno, Kind};
+use unionfs_model::*;
 
 fn p(s: &str) -> &Path {
     Path::new(s)

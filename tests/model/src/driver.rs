@@ -1,8 +1,6 @@
 //! The fixture (layers on disk) and the driver that runs operations on `unionfs::Union` the
 //! way the kernel would through a mount.
 
-#![allow(dead_code)]
-
 use super::*;
 
 /// Layer directories in a fresh temporary directory.

@@ -1,8 +1,6 @@
 //! Layers as the tests describe them and the view they fold into (the rules of
 //! docs/semantics.md, written independently of `src/union/index.rs`).
 
-#![allow(dead_code)]
-
 use super::*;
 
 /// One entry of a layer, or of the view.

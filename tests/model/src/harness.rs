@@ -1,18 +1,13 @@
-//! The comparison harness of the property test (`tests/union_props.rs`), the `union_ops` fuzz
-//! target and `tests/fuzz_regressions.rs`: one operation sequence run on `unionfs::Union`
-//! (through `model::Driver`) and on the reference model (`model::View`), with the errno of every
-//! step and the whole state compared after the steps that ask for it.
-//!
-//! It lives here, included by the tests with `#[path]`, because the fuzz crate cannot reach a test
-//! binary's items. The including crate must declare the model at its root as `mod model;`.
-
-#![allow(dead_code)]
+//! The comparison harness of the property test (`tests/union/props.rs`), the `union_ops` fuzz
+//! target and `tests/union/fuzz_regressions.rs`: one operation sequence run on `unionfs::Union`
+//! (through [`Driver`]) and on the reference model ([`View`]), with the errno of every step and
+//! the whole state compared after the steps that ask for it.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::model::*;
+use crate::*;
 use unionfs::WhiteoutStyle;
 
 /// One step. The property test generates steps with its own path type and resolves them against

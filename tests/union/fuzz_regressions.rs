@@ -1,14 +1,10 @@
 //! Findings of the `union_ops` fuzz target (`fuzz/`), each shrunk to a minimal case and kept as a
-//! test. They run through the fuzz target's own comparison (`fuzz/harness.rs`: the same checks as
-//! `run_case` of `union_props.rs`, with exact errnos) against the reference model of `model/`.
+//! test. They run through the fuzz target's own comparison (`unionfs_model::harness`: the same
+//! checks as `run_case` of `props.rs`, with exact errnos) against the reference model.
 
-#[path = "../fuzz/harness.rs"]
-mod harness;
-mod model;
-
-use harness::{Checks, Op, p, replay};
-use model::*;
 use unionfs::WhiteoutStyle;
+use unionfs_model::harness::{Checks, Op, p, replay};
+use unionfs_model::*;
 
 /// `renameat2(a, ".wh.a", RENAME_EXCHANGE)` with no `.wh.a` (a reserved name is never visible)
 /// is ENOENT on Linux (the exchange target must exist, checked before any name rule);

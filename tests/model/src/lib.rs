@@ -1,14 +1,13 @@
-//! Shared by the union test crates: a reference model of the merged view, the on-disk side of
-//! the tests (writing layers, reading the upper back, snapshots of the lowers) and a driver that
-//! runs operations on `unionfs::Union` the way the kernel would through a mount.
+//! `unionfs-model`: a reference model of the merged view, the on-disk side of the tests (writing
+//! layers, reading the upper back, snapshots of the lowers), a driver that runs operations on
+//! `unionfs::Union` the way the kernel would through a mount, and the [`harness`] that runs one
+//! operation sequence on both and compares them. The library tests (`tests/union/`) and the
+//! fuzzer (`fuzz/`) depend on it; it is not published.
 //!
 //! The model is deliberately naive: the view is a map from path to object, computed once from
 //! the layers by [`fold`] (the rules of docs/semantics.md, written independently of `src/union/index.rs`) and then
 //! changed with plain POSIX semantics. Nothing in it knows about copy-up, whiteouts or opaque
 //! markers beyond the initial fold; that is exactly what the library must make invisible.
-
-// Each test crate includes this module and uses a different part of it.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -38,6 +37,7 @@ pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 
 mod disk;
 mod driver;
+pub mod harness;
 mod layers;
 mod view;
 
