@@ -5,11 +5,9 @@
 //! `common/direct_io.rs`, which `rootless` runs as a plain user too.
 
 mod common;
-#[path = "common/direct_io.rs"]
-mod direct_io;
 
+use common::direct_io::*;
 use common::*;
-use direct_io::*;
 
 /// The two data paths: passthrough of upper files (root default) and the daemon for everything.
 const MODES: [&[&str]; 2] = [&[], &["--no-passthrough"]];

@@ -159,7 +159,7 @@ fn no_test_sets_up_the_machine_or_skips_on_its_own() {
     let mut found = Vec::new();
     for (p, text) in test_sources() {
         for (i, line) in text.lines().enumerate() {
-            let own_skip = line.to_lowercase().contains("eprintln!(\"skip") && !p.ends_with("common/mod.rs");
+            let own_skip = line.to_lowercase().contains("eprintln!(\"skip") && !p.ends_with("common/src/prereq.rs");
             if own_skip || sets_up(line) {
                 found.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
             }

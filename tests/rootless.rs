@@ -9,8 +9,6 @@
 //! desktop distributions ship it.
 
 mod common;
-#[path = "common/direct_io.rs"]
-mod direct_io;
 
 use std::ffi::OsString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -18,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Tree, is_mounted};
+use common::{Tree, direct_io, is_mounted};
 
 const USER: &str = common::ROOTLESS_USER;
 

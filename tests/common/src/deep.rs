@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use super::TmpfsGuard;
+use crate::TmpfsGuard;
 
 /// How deep the deep tests go.
 pub const DEPTH: usize = 100_000;
@@ -178,7 +178,7 @@ pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &str, secs: i64) {
 pub fn tool(args: &[&std::ffi::OsStr]) -> Output {
     Command::new("prlimit")
         .args(["--nofile=64", "--stack=262144", "--"])
-        .arg(super::bin())
+        .arg(crate::bin())
         .args(args)
         .output()
         .expect("run prlimit unionfs")

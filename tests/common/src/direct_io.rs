@@ -3,16 +3,13 @@
 //! fusermount3. Every scenario compares every byte it reads with what it expects; the layer
 //! contents it starts from and ends with are pure functions of fixed seeds, so the caller (which
 //! may be another process) can prepare the lower layer and check the upper afterwards.
-//!
-//! Include with `#[path = "common/direct_io.rs"] mod direct_io;` next to `mod common;`.
-#![allow(dead_code)]
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::common::{AlignedBuf, Rng};
+use crate::{AlignedBuf, Rng};
 
 /// Sizes and offsets from one sector to several FUSE requests (the kernel splits at 1 MiB).
 pub const SIZES: [usize; 6] = [512, 4096, 65536, 1 << 20, (3 << 20) + 512, 4 << 20];

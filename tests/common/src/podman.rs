@@ -163,12 +163,12 @@ impl Drop for Podman {
     }
 }
 
-/// Whether Podman runs here, through [`super::require`] (a test without it checks nothing, so
+/// Whether Podman runs here, through [`crate::require`] (a test without it checks nothing, so
 /// strict mode fails it).
 pub fn require_podman() -> bool {
     match podman_unavailable() {
         None => true,
-        Some(why) => super::require(false, &why),
+        Some(why) => crate::require(false, &why),
     }
 }
 
