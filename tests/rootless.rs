@@ -1,8 +1,8 @@
 //! A plain user mounts through fusermount3: reads, copies up, creates, deletes (whiteouts),
 //! makes and removes directories, unmounts with `fusermount3 -u`, mounts again and finds
 //! everything as it left it; the lowers are untouched. Direct I/O on such a mount (every read
-//! and write served by the daemon) runs the scenarios of `mount_direct_io` as the plain user:
-//! this test binary starts itself again as that user to run them.
+//! and write served by the daemon) runs the scenarios of the mount tests' `data::direct_io` as
+//! the plain user: this test binary starts itself again as that user to run them.
 //!
 //! Needs root (it is skipped otherwise, a failure in strict mode) to act as the account
 //! `unionfs-rootless-user`, which scripts/setup.sh creates; it also makes `/dev/fuse` 0666, as
@@ -495,10 +495,10 @@ fn plain_user_mount_enforces_and_inherits_acls() {
 const DIO_MNT_ENV: &str = "UNIONFS_ROOTLESS_DIO_MNT";
 const DIO_CHILD: &str = "direct_io_matrix_as_the_plain_user";
 
-/// The `O_DIRECT` matrix of `mount_direct_io` on a mount a plain user made through fusermount3
-/// (no passthrough: the daemon serves every read and write), run by that user: direct reads of
-/// a lower file opened read-only (aligned sizes from 512 bytes to 4 MiB at offsets the kernel
-/// splits; nothing copied up), direct writes and reads of a new file, direct writes into a lower
+/// The `O_DIRECT` matrix of the mount tests' `data::direct_io` on a mount a plain user made
+/// through fusermount3 (no passthrough: the daemon serves every read and write), run by that
+/// user: direct reads of a lower file opened read-only (aligned sizes from 512 bytes to 4 MiB at
+/// offsets the kernel splits; nothing copied up), direct writes and reads of a new file, direct writes into a lower
 /// file copied up by the open, a direct reader opened before another descriptor copies the file
 /// up, and direct and buffered opens of one file. Every byte is compared, through the mount and
 /// afterwards in the upper; the lower is untouched.

@@ -1,6 +1,6 @@
-//! `O_DIRECT` scenarios run through a mounted union, whoever made the mount: `mount_direct_io`
-//! runs them on mounts made by root, `rootless` as a plain user on a mount made through
-//! fusermount3. Every scenario compares every byte it reads with what it expects; the layer
+//! `O_DIRECT` scenarios run through a mounted union, whoever made the mount: the mount tests'
+//! `data::direct_io` runs them on mounts made by root, `rootless` as a plain user on a mount made
+//! through fusermount3. Every scenario compares every byte it reads with what it expects; the layer
 //! contents it starts from and ends with are pure functions of fixed seeds, so the caller (which
 //! may be another process) can prepare the lower layer and check the upper afterwards.
 

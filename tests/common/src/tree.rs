@@ -122,6 +122,17 @@ pub fn is_chr_whiteout(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
 }
 
+/// Whether nothing is at `p` (lstat fails with ENOENT).
+pub fn gone(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// The content of the file `p` as UTF-8 text.
+pub fn text(p: &Path) -> String {
+    let data = std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    String::from_utf8(data).unwrap_or_else(|e| panic!("{} is not UTF-8: {e}", p.display()))
+}
+
 /// Whether anything (even a dangling symlink or a whiteout) exists at `p`.
 pub fn exists_raw(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()

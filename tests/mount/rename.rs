@@ -1,26 +1,16 @@
-//! Rename through a real mount (docs/semantics.md, "Rename"): files with whiteouts at the old name,
-//! RENAME_NOREPLACE and RENAME_EXCHANGE, and directories of any origin (no EXDEV). Every test
-//! remounts and re-reads, and proves the lower layers unchanged.
-
-mod common;
+//! docs/semantics.md, "Rename", through real mounts: files with whiteouts at the old name,
+//! `RENAME_NOREPLACE` and `RENAME_EXCHANGE`, directories of any origin (no EXDEV), and failed
+//! renames that change nothing.
 
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use rustix::fs::RenameFlags;
 
 const ENOENT: i32 = libc::ENOENT;
 
-fn gone(p: &Path) -> bool {
-    err_code(std::fs::symlink_metadata(p)) == Some(ENOENT)
-}
-
 fn rename2(a: &Path, b: &Path, flags: RenameFlags) -> Option<i32> {
     rerr(rustix::fs::renameat_with(rustix::fs::CWD, a, rustix::fs::CWD, b, flags))
-}
-
-fn read(p: &Path) -> String {
-    String::from_utf8(std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))).unwrap()
 }
 
 #[test]
@@ -38,9 +28,9 @@ fn rename_of_lower_files_leaves_whiteouts_at_the_old_names() {
     std::fs::rename(m.path("over"), m.path("target")).unwrap();
     let check = |m: &Mount| {
         assert!(gone(&m.path("a")) && gone(&m.path("d/x")) && gone(&m.path("over")));
-        assert_eq!(read(&m.path("b")), "A");
-        assert_eq!(read(&m.path("e/y")), "X");
-        assert_eq!(read(&m.path("target")), "lower over");
+        assert_eq!(text(&m.path("b")), "A");
+        assert_eq!(text(&m.path("e/y")), "X");
+        assert_eq!(text(&m.path("target")), "lower over");
         assert_eq!(names(&m.mnt), ["b", "d", "e", "target"]);
         assert_eq!(names(&m.path("d")), Vec::<String>::new());
     };
@@ -66,7 +56,7 @@ fn rename_noreplace() {
     let nr = RenameFlags::NOREPLACE;
     assert_eq!(rename2(&m.path("a"), &m.path("b"), nr), Some(libc::EEXIST));
     assert_eq!(rename2(&m.path("a"), &m.path("dir"), nr), Some(libc::EEXIST));
-    assert_eq!(read(&m.path("b")), "B");
+    assert_eq!(text(&m.path("b")), "B");
     // A whiteout at the target counts as absent.
     std::fs::remove_file(m.path("deleted")).unwrap();
     assert_eq!(rename2(&m.path("a"), &m.path("deleted"), nr), None);
@@ -74,8 +64,8 @@ fn rename_noreplace() {
     assert_eq!(rename2(&m.path("dir"), &m.path("newdir"), nr), None);
     let check = |m: &Mount| {
         assert_eq!(names(&m.mnt), ["deleted", "fresh", "newdir"]);
-        assert_eq!(read(&m.path("deleted")), "A");
-        assert_eq!(read(&m.path("fresh")), "B");
+        assert_eq!(text(&m.path("deleted")), "A");
+        assert_eq!(text(&m.path("fresh")), "B");
     };
     check(&m);
     let m = remount(&l, m, &[]);
@@ -102,9 +92,9 @@ fn rename_exchange() {
     assert_eq!(rename2(&m.path("x"), &m.path("y"), ex), None);
     assert_eq!(rename2(&m.path("a"), &m.path("missing"), ex), Some(ENOENT));
     let check = |m: &Mount| {
-        assert_eq!(read(&m.path("a")), "B upper");
-        assert_eq!(read(&m.path("b")), "A lower");
-        assert_eq!(read(&m.path("d")), "C lower");
+        assert_eq!(text(&m.path("a")), "B upper");
+        assert_eq!(text(&m.path("b")), "A lower");
+        assert_eq!(text(&m.path("d")), "C lower");
         assert_eq!(names(&m.path("c")), ["in_d", "in_d_below"]);
         assert_eq!(names(&m.path("x")), ["in_y"]);
         assert_eq!(names(&m.path("y")), ["in_x"]);
@@ -176,7 +166,7 @@ fn rename_of_a_merged_directory_is_allowed_and_survives_remount() {
         assert!(gone(&m.path("d")));
         assert_eq!(Tree::read(&m.path("e")), tree_before);
         assert_eq!(names(&m.path("e")), ["a", "b", "new", "sub"]);
-        assert_eq!(read(&m.path("e/a")), "a0");
+        assert_eq!(text(&m.path("e/a")), "a0");
         assert_eq!(names(&m.path("e/sub")), ["c", "e"]);
     };
     check(&m);

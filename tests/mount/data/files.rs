@@ -1,25 +1,18 @@
-//! "Other behaviour users rely on" through a real mount (docs/semantics.md), plus the read-only union, the
-//! workdir and lower layers left untouched (docs/semantics.md, "Terms"): statfs, fsync, mmap, O_TMPFILE,
-//! fallocate, SEEK_DATA/SEEK_HOLE, copy_file_range, symlinks, FIFOs and devices, xattrs (private
-//! ones hidden and refused), open handles to deleted files, unmounting. Every test remounts and
-//! re-reads, and proves the lower layers unchanged.
+//! docs/semantics.md, "Data", through real mounts: `statfs` (the upper's, else the top lower's),
+//! `fsync` and `fsyncdir`, shared `mmap` writes, `O_TMPFILE` refused cleanly, `fallocate` and
+//! `SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, symlink targets kept verbatim, FIFOs and device
+//! nodes, xattrs, unmounting in every way (the daemon flushes and exits 0), and a running
+//! program that cannot be truncated.
 
-mod common;
-
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::terms::mount_ro;
 
 const MIB: u64 = 1 << 20;
-
-/// Mounts the given lowers (top first) without an upper: a read-only union.
-fn mount_ro(lowers: &[&Path], mnt: &Path) -> Mount {
-    let lowers: Vec<PathBuf> = lowers.iter().map(|p| p.to_path_buf()).collect();
-    Mount::unionfs(&lowers, None, &[], mnt)
-}
 
 fn shm_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -71,32 +64,6 @@ fn statfs_reports_the_upper_or_else_the_top_lower() {
     check(&m, &fs_shm);
     drop(m);
     assert_eq!(Tree::read_raw(shm.path()), before);
-}
-
-#[test]
-fn a_union_without_upper_is_read_only() {
-    let l = Layers::new(2);
-    l.put(0, "a", b"A");
-    l.put(1, "d/b", b"B");
-    let before = l.snapshot_lowers();
-    let m = mount_ro(&[&l.lowers[0], &l.lowers[1]], &l.mnt);
-    assert_eq!(std::fs::read(m.path("a")).unwrap(), b"A");
-    assert_eq!(names(&m.path("d")), ["b"]);
-    let erofs = Some(libc::EROFS);
-    assert_eq!(
-        err_code(std::fs::OpenOptions::new().append(true).open(m.path("a"))),
-        erofs
-    );
-    assert_eq!(err_code(std::fs::write(m.path("new"), b"n")), erofs);
-    assert_eq!(err_code(std::fs::create_dir(m.path("nd"))), erofs);
-    assert_eq!(err_code(std::fs::remove_file(m.path("a"))), erofs);
-    assert_eq!(err_code(std::fs::rename(m.path("a"), m.path("z"))), erofs);
-    assert_eq!(rerr(xset(&m.path("a"), "user.x", b"1")), erofs);
-    assert_eq!(m.unmount(), Some(0));
-    let m = mount_ro(&[&l.lowers[0], &l.lowers[1]], &l.mnt);
-    assert_eq!(names(&m.mnt), ["a", "d"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
 }
 
 #[test]
@@ -468,101 +435,6 @@ fn xattrs_set_get_list_remove() {
     assert_eq!(l.snapshot_lowers(), before);
 }
 
-#[test]
-fn private_xattrs_are_hidden_and_cannot_be_set() {
-    let l = Layers::new(2);
-    l.put(0, "d/top", b"t");
-    l.put(1, "d/below", b"b");
-    l.put(0, "f", b"f");
-    let before = l.snapshot_lowers();
-    let m = l.mount(&[]);
-    let private = [
-        "trusted.overlay.opaque",
-        "trusted.overlay.whiteout",
-        "user.overlay.opaque",
-        "user.fuseoverlayfs.opaque",
-        "user.unionfs.origin",
-    ];
-    for x in private {
-        for p in ["d", "f"] {
-            assert_eq!(rerr(xset(&m.path(p), x, b"y")), Some(libc::EPERM), "setting {x} on {p}");
-        }
-    }
-    // Copy-ups happened meanwhile or now; our own metadata stays invisible.
-    xset(&m.path("f"), "user.ok", b"1").unwrap();
-    std::fs::write(m.path("d/new"), b"n").unwrap();
-    let check = |m: &Mount| {
-        assert_eq!(
-            names(&m.path("d")),
-            ["below", "new", "top"],
-            "d must not have become opaque"
-        );
-        assert_eq!(xlist(&m.path("f")), ["user.ok"]);
-        assert_eq!(xlist(&m.path("d")), Vec::<String>::new());
-        for x in private {
-            assert_eq!(xget_err(&m.path("f"), x), Err(libc::ENODATA), "{x}");
-        }
-    };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
-}
-
-#[test]
-fn open_handles_to_deleted_files_keep_working() {
-    let l = Layers::new(1);
-    l.put(0, "rw", b"lower rw");
-    l.put(0, "ro", b"lower ro");
-    l.put(0, "replaced", b"old content");
-    l.put(0, "other", b"new content");
-    let before = l.snapshot_lowers();
-    let m = l.mount(&[]);
-    let mut rw = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(m.path("rw"))
-        .unwrap();
-    let mut ro = std::fs::File::open(m.path("ro")).unwrap();
-    let mut rep = std::fs::File::open(m.path("replaced")).unwrap();
-    std::fs::write(m.path("up"), b"upper file").unwrap();
-    let mut up = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(m.path("up"))
-        .unwrap();
-    std::fs::remove_file(m.path("rw")).unwrap();
-    std::fs::remove_file(m.path("ro")).unwrap();
-    std::fs::remove_file(m.path("up")).unwrap();
-    std::fs::rename(m.path("other"), m.path("replaced")).unwrap();
-    assert_eq!(names(&m.mnt), ["replaced"]);
-    let read_all = |f: &mut std::fs::File| {
-        let mut s = String::new();
-        f.seek(SeekFrom::Start(0)).unwrap();
-        f.read_to_string(&mut s).unwrap();
-        s
-    };
-    assert_eq!(read_all(&mut ro), "lower ro");
-    assert_eq!(read_all(&mut rep), "old content");
-    rw.seek(SeekFrom::End(0)).unwrap();
-    rw.write_all(b" + more").unwrap();
-    assert_eq!(read_all(&mut rw), "lower rw + more");
-    up.write_all_at(b"UPPER", 0).unwrap();
-    assert_eq!(read_all(&mut up), "UPPER file");
-    assert_eq!(rw.metadata().unwrap().len(), 15);
-    assert_eq!(up.metadata().unwrap().nlink(), 0);
-    rw.set_len(5).unwrap();
-    assert_eq!(read_all(&mut rw), "lower");
-    drop((rw, ro, rep, up));
-    assert_eq!(std::fs::read(m.path("replaced")).unwrap(), b"new content");
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["replaced"]);
-    assert_eq!(std::fs::read(m.path("replaced")).unwrap(), b"new content");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
-}
-
 fn wait_exit(m: Mount) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while is_mounted(&m.mnt) && Instant::now() < deadline {
@@ -629,127 +501,6 @@ fn unmount_by_umount_fusermount_or_sigterm_flushes_and_exits_zero() {
     assert_eq!(l.snapshot_lowers(), before);
 }
 
-#[test]
-fn lowers_are_not_touched_not_even_their_atime() {
-    let l = Layers::new(2);
-    l.put(0, "d/f", &[b'x'; 10000]);
-    l.put(1, "d/g", b"g");
-    l.put(1, "e/h", b"h");
-    symlink("d/f", l.lower(0, "link")).unwrap();
-    xset(&l.lower(0, "d/f"), "user.x", b"1").unwrap();
-    // Symlinks are left out: readlink(2) always updates the link's atime, the daemon cannot avoid
-    // that one.
-    let paths = [
-        (0, "d/f"),
-        (0, "d"),
-        (1, "d"),
-        (1, "d/g"),
-        (1, "e"),
-        (1, "e/h"),
-        (0, ""),
-        (1, ""),
-    ];
-    // atime older than mtime: relatime would update it on any access.
-    let age = || {
-        for (i, p) in paths {
-            set_times(&l.lower(i, p), 1_000_000_000, 1_100_000_000);
-        }
-    };
-    age();
-    // The snapshot reads the layers (and so moves their atimes): take it first.
-    let before = l.snapshot_lowers();
-    age();
-    let atimes = || -> Vec<(i64, i64)> {
-        paths
-            .iter()
-            .map(|(i, p)| {
-                let md = lstat(&l.lower(*i, p));
-                (md.atime(), md.atime_nsec())
-            })
-            .collect()
-    };
-    let a0 = atimes();
-    let m = l.mount(&[]);
-    // Reads of every kind, then writes that copy up.
-    let _ = Tree::read(&m.mnt);
-    std::fs::read(m.path("d/f")).unwrap();
-    std::fs::read(m.path("link")).unwrap();
-    xlist(&m.path("d/f"));
-    xget(&m.path("d/f"), "user.x");
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(m.path("d/f"))
-        .unwrap()
-        .write_all(b"!")
-        .unwrap();
-    std::fs::write(m.path("e/new"), b"n").unwrap();
-    std::fs::remove_file(m.path("d/g")).unwrap();
-    assert_eq!(atimes(), a0, "lower atimes changed while mounted");
-    let m = remount(&l, m, &[]);
-    let _ = Tree::read(&m.mnt);
-    assert_eq!(names(&m.path("d")), ["f"]);
-    drop(m);
-    assert_eq!(atimes(), a0, "lower atimes changed");
-    assert_eq!(l.snapshot_lowers(), before);
-}
-
-/// Visits everything below `dir`, ignoring every error (for views in an undefined state).
-fn walk_ignoring_errors(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    let mut n = 0;
-    for e in rd.flatten() {
-        n += 1;
-        let p = e.path();
-        if let Ok(md) = std::fs::symlink_metadata(&p) {
-            if md.is_dir() {
-                n += walk_ignoring_errors(&p);
-            } else if md.is_file() {
-                let _ = std::fs::read(&p);
-            }
-        }
-    }
-    n
-}
-
-#[test]
-fn changing_a_lower_while_mounted_does_not_crash_the_daemon() {
-    let l = Layers::new(2);
-    for i in 0..20 {
-        l.put(0, &format!("d/f{i}"), b"x");
-        l.put(1, &format!("d/g{i}"), b"y");
-    }
-    l.put(1, "sub/x", b"x");
-    let m = l.mount(&[]);
-    assert!(walk_ignoring_errors(&m.mnt) > 40);
-    let held = std::fs::File::open(m.path("d/f0")).unwrap();
-    // Undefined behaviour for the view, but the daemon must survive it.
-    std::fs::remove_dir_all(l.lower(0, "d")).unwrap();
-    std::fs::remove_dir_all(l.lower(1, "sub")).unwrap();
-    l.put(1, "sub", b"now a file");
-    l.put(0, "d2/new", b"n");
-    for _ in 0..2 {
-        let _ = std::fs::read_dir(m.path("d")).map(|r| r.count());
-        let _ = std::fs::read(m.path("d/f1"));
-        let _ = std::fs::write(m.path("d/f2"), b"w");
-        let _ = std::fs::remove_file(m.path("d/g3"));
-        let _ = std::fs::read_dir(m.path("sub")).map(|r| r.count());
-        let _ = std::fs::write(m.path("sub/y"), b"w");
-        let _ = std::fs::rename(m.path("d"), m.path("moved"));
-        walk_ignoring_errors(&m.mnt);
-    }
-    let mut s = Vec::new();
-    let _ = (&held).read_to_end(&mut s);
-    drop(held);
-    // Still serving.
-    assert!(lstat(&m.mnt).is_dir());
-    std::fs::write(m.path("alive"), b"yes").unwrap();
-    assert_eq!(std::fs::read(m.path("alive")).unwrap(), b"yes");
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path("alive")).unwrap(), b"yes");
-    assert!(names(&m.mnt).contains(&"d2".to_string()));
-    drop(m);
-}
-
 /// Opening a running program with O_TRUNC fails with ETXTBSY and leaves it intact (the kernel
 /// checks before truncating; truncating inside FUSE_OPEN would kill the program).
 #[test]
@@ -776,30 +527,4 @@ fn truncating_open_of_a_running_program_is_etxtbsy() {
     child.wait().unwrap();
     drop(m);
     assert_eq!(l.snapshot_lowers(), before);
-}
-
-#[test]
-fn revalidate_notices_changes_made_to_a_lower_while_mounted() {
-    let l = Layers::new(2);
-    l.put(1, "d/old", b"old");
-    l.put(0, "d/top", b"top");
-    let m = l.mount(&["--revalidate"]);
-    assert_eq!(names(&m.path("d")), ["old", "top"]);
-    assert_eq!(std::fs::read(m.path("d/top")).unwrap(), b"top");
-    std::fs::write(l.lower(1, "d/new"), b"new").unwrap();
-    std::fs::remove_file(l.lower(1, "d/old")).unwrap();
-    std::fs::write(l.lower(0, "d/top"), b"top, changed").unwrap();
-    // The kernel's entries and attributes live 1 s with --revalidate.
-    std::thread::sleep(Duration::from_millis(1300));
-    assert_eq!(names(&m.path("d")), ["new", "top"]);
-    assert_eq!(std::fs::read(m.path("d/new")).unwrap(), b"new");
-    assert!(!m.path("d/old").exists());
-    assert_eq!(std::fs::read(m.path("d/top")).unwrap(), b"top, changed");
-    // The union still works as usual on top of the changed layers.
-    std::fs::write(m.path("d/mine"), b"mine").unwrap();
-    std::fs::remove_file(m.path("d/new")).unwrap();
-    assert_eq!(names(&m.path("d")), ["mine", "top"]);
-    let m = remount(&l, m, &["--revalidate"]);
-    assert_eq!(names(&m.path("d")), ["mine", "top"]);
-    assert_eq!(std::fs::read(l.lower(1, "d/new")).unwrap(), b"new");
 }

@@ -1,8 +1,6 @@
-//! Copy-up through a real mount (docs/semantics.md, "Copy-up"): what triggers it, what it keeps (data, holes,
-//! mode, owner, times, xattrs), read-only sources, special files, and that it is built in the
-//! workdir. Every test remounts and re-reads, and proves the lower layers unchanged.
-
-mod common;
+//! docs/semantics.md, "Copy-up", through real mounts: what triggers it, what it keeps (data,
+//! holes, mode, owner, times, xattrs), the parent chain (also for a deletion in a lower-only
+//! directory), read-only sources, special files, and that it is built in the workdir.
 
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,9 +8,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const T_ATIME: i64 = 1_000_000_000;
+
 const T_MTIME: i64 = 1_100_000_000;
 
 fn chown(p: &Path, uid: u32, gid: u32) {
@@ -619,6 +618,25 @@ fn written_lower_file_opened_o_append_keeps_data() {
     assert_eq!(std::fs::read(m.path("log")).unwrap(), b"line1\nline2\nline3\n");
     let m = remount(&l, m, &[]);
     assert_eq!(std::fs::read(m.path("log")).unwrap(), b"line1\nline2\nline3\n");
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn deleting_inside_a_lower_only_directory_copies_up_the_chain() {
+    let l = Layers::new(1);
+    l.put(0, "a/b/c/f", b"f");
+    l.put(0, "a/b/c/g", b"g");
+    l.put(0, "a/b/c/sub/x", b"x");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    std::fs::remove_file(m.path("a/b/c/f")).unwrap();
+    std::fs::remove_dir_all(m.path("a/b/c/sub")).unwrap();
+    assert!(lstat(&l.up("a/b/c")).is_dir());
+    assert!(is_chr_whiteout(&l.up("a/b/c/f")));
+    assert!(is_chr_whiteout(&l.up("a/b/c/sub")));
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.path("a/b/c")), ["g"]);
     drop(m);
     assert_eq!(l.snapshot_lowers(), before);
 }

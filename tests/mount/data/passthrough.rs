@@ -1,10 +1,9 @@
-//! FUSE passthrough (the kernel reads and writes upper files itself) through a real mount: it is
-//! really in use when we run as root, `--no-passthrough` turns it off, and the kernel's
-//! one-mode-per-inode rule never turns a legitimate open into an error (a lower file open for
-//! reading, then opened for writing; mixed readers and writers of an upper file; running a
-//! program written through the mount).
-
-mod common;
+//! docs/semantics.md, "Data": FUSE passthrough (the kernel reads and writes upper files itself)
+//! through a real mount: it is really in use when we run as root, `--no-passthrough` turns it
+//! off, and the kernel's one-mode-per-inode rule never turns a legitimate open into an error (a
+//! lower file open for reading, then opened for writing; mixed readers and writers of an upper
+//! file; running a program written through the mount); a descriptor from before a copy-up keeps
+//! reading the lower content and never writes it.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -12,7 +11,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Stops the daemon (SIGSTOP) until dropped, so that only the kernel can answer.
 struct Stopped(i32);

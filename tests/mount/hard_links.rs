@@ -1,20 +1,63 @@
-//! docs/semantics.md, "Hard links" (the index belongs to one upper) and "One mount per upper":
-//! every life-cycle of an upper and its workdir a user has, through real mounts, and the
-//! exclusive use of an upper and a workdir by one mount (and by the layer tools).
+//! docs/semantics.md, "Hard links", through real mounts: every name of a lower file is one
+//! object (one inode number, one content) before and after copy-up and a remount; the hard-link
+//! index belongs to one upper, in every life-cycle of an upper and its workdir a user has (a
+//! fresh or emptied upper, a reused workdir, a moved or copied upper, a new lower object with
+//! the old one's identity); `unionfs check` reports a foreign index and orphans, and the layer
+//! tools see what a mount of a copied upper shows.
 
-mod common;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use crate::common::*;
+use crate::common::{Layers, Mount, Tree, lower_arg};
+use crate::identity::ino;
+use crate::one_upper::unionfs;
 
-use common::{KernelOverlay, Layers, Mount, Tree, bin, kill9, lower_arg, unmount_dir};
+#[test]
+fn all_hard_links_share_one_inode_number() {
+    let l = Layers::new(1);
+    l.put(0, "a", b"A");
+    l.mkdir(0, "d");
+    std::fs::hard_link(l.lower(0, "a"), l.lower(0, "d/b")).unwrap();
+    std::fs::hard_link(l.lower(0, "a"), l.lower(0, "c")).unwrap();
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let i = ino(&m.path("a"));
+    let check = |m: &Mount, content: &[u8], names: &[&str]| {
+        for n in names {
+            assert_eq!(ino(&m.path(n)), i, "{n} has its own inode number");
+            assert_eq!(lstat(&m.path(n)).nlink(), names.len() as u64, "nlink of {n}");
+            assert_eq!(std::fs::read(m.path(n)).unwrap(), content, "{n}");
+        }
+    };
+    check(&m, b"A", &["a", "d/b", "c"]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("d/b"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    check(&m, b"A+", &["a", "d/b", "c"]);
+    std::fs::hard_link(m.path("c"), m.path("z")).unwrap();
+    check(&m, b"A+", &["a", "d/b", "c", "z"]);
+    let up: BTreeSet<u64> = ["a", "d/b", "c", "z"].iter().map(|n| ino(&l.up(n))).collect();
+    assert_eq!(up.len(), 1, "the upper names must be links of one inode");
+    let m = remount(&l, m, &[]);
+    check(&m, b"A+", &["a", "d/b", "c", "z"]);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
 
-const ORIGINAL: &[u8] = b"original\n";
-const CHANGED: &[u8] = b"original\njob1 change\n";
+pub(crate) const ORIGINAL: &[u8] = b"original\n";
+
+pub(crate) const CHANGED: &[u8] = b"original\njob1 change\n";
 
 /// A lower with `f` and `g` (two names of one file, as in a hard-link farm) and a third name
 /// outside the layer, as image stores and CI caches make them.
-fn farm() -> Layers {
+pub(crate) fn farm() -> Layers {
     let l = Layers::new(1);
     l.put(0, "f", ORIGINAL);
     std::fs::hard_link(l.lower(0, "f"), l.lower(0, "g")).expect("ln f g");
@@ -23,13 +66,13 @@ fn farm() -> Layers {
 }
 
 /// Mounts `lowers` under `upper` with the workdir `work` at `mnt`.
-fn mount_at(l: &Layers, upper: &Path, work: &Path, mnt: &Path) -> Mount {
+pub(crate) fn mount_at(l: &Layers, upper: &Path, work: &Path, mnt: &Path) -> Mount {
     std::fs::create_dir_all(mnt).expect("mkdir mnt");
     Mount::unionfs(&l.lowers, Some((upper, work)), &[], mnt)
 }
 
 /// Appends "job1 change" through `f` (copy-up of a file with three names).
-fn job1(m: &Mount) {
+pub(crate) fn job1(m: &Mount) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -38,11 +81,11 @@ fn job1(m: &Mount) {
     f.write_all(b"job1 change\n").expect("append");
 }
 
-fn read(m: &Mount, rel: &str) -> Vec<u8> {
+pub(crate) fn read(m: &Mount, rel: &str) -> Vec<u8> {
     std::fs::read(m.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
 }
 
-fn fresh_dir(p: &Path) {
+pub(crate) fn fresh_dir(p: &Path) {
     if p.exists() {
         std::fs::remove_dir_all(p).expect("rm -rf");
     }
@@ -224,154 +267,6 @@ fn a_lower_object_with_the_copied_ones_inode_number_size_and_mtime_shows_its_own
     assert_eq!(read(&m, "g"), b"newfile!\n", "g must not show the copy of another file");
     assert_eq!(read(&m, "f"), CHANGED, "f's own copy is in the upper");
     assert_eq!(m.unmount(), Some(0));
-}
-
-/// `unionfs ARGS`, run to completion.
-fn unionfs(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(bin()).args(args).output().expect("run unionfs")
-}
-
-fn mount_args<'a>(
-    lowers: &'a std::ffi::OsStr,
-    upper: &'a Path,
-    work: &'a Path,
-    mnt: &'a Path,
-) -> Vec<&'a std::ffi::OsStr> {
-    vec![
-        "mount".as_ref(),
-        "--foreground".as_ref(),
-        "--lower".as_ref(),
-        lowers,
-        "--upper".as_ref(),
-        upper.as_os_str(),
-        "--workdir".as_ref(),
-        work.as_os_str(),
-        mnt.as_os_str(),
-    ]
-}
-
-/// Asserts `out` is a refusal (exit 2, one line) naming `path` and `pid`.
-fn assert_refused(out: &Output, path: &Path, pid: Option<u32>) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(
-        err.contains(&path.display().to_string()),
-        "names {}: {err}",
-        path.display()
-    );
-    if let Some(pid) = pid {
-        assert!(err.contains(&pid.to_string()), "names pid {pid}: {err}");
-    }
-}
-
-#[test]
-fn a_second_mount_of_an_upper_or_workdir_is_refused_and_changes_nothing() {
-    let l = farm();
-    let m = l.mount(&[]);
-    job1(&m);
-    let pid = m.pid();
-    let lowers = lower_arg(&l.lowers);
-    let (u2, w2, mnt2) = (
-        l.dir.path().join("u2"),
-        l.dir.path().join("w2"),
-        l.dir.path().join("mnt2"),
-    );
-    for d in [&u2, &mnt2] {
-        std::fs::create_dir(d).expect("mkdir");
-    }
-    let before = (Tree::read_raw(&l.upper), Tree::read_raw(&l.work));
-    // The same upper and workdir; the same upper with another workdir; another upper with the
-    // same workdir.
-    let cases: [(&PathBuf, &PathBuf, &PathBuf); 3] = [
-        (&l.upper, &l.work, &l.upper),
-        (&l.upper, &w2, &l.upper),
-        (&u2, &l.work, &l.work),
-    ];
-    for (upper, work, named) in cases {
-        let out = unionfs(&mount_args(&lowers, upper, work, &mnt2));
-        assert_refused(&out, named, pid);
-        assert!(!common::is_mounted(&mnt2));
-    }
-    assert_eq!((Tree::read_raw(&l.upper), Tree::read_raw(&l.work)), before);
-    assert!(!w2.exists() || Tree::read_raw(&w2).entries.is_empty());
-    assert_eq!(read(&m, "g"), CHANGED, "the first mount still serves");
-    // After the first daemon dies by SIGKILL, the kernel has dropped its locks.
-    kill9(&m);
-    let start = std::time::Instant::now();
-    while common::daemon_alive(&m) && start.elapsed() < std::time::Duration::from_secs(10) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    unmount_dir(&l.mnt);
-    let m2 = mount_at(&l, &l.upper, &l.work, &mnt2);
-    assert_eq!(read(&m2, "f"), CHANGED);
-    assert_eq!(read(&m2, "g"), CHANGED);
-    assert_eq!(m2.unmount(), Some(0));
-    drop(m);
-}
-
-#[test]
-fn layer_tools_refuse_to_write_into_a_held_upper_and_readers_say_it_moves() {
-    let l = farm();
-    let m = l.mount(&[]);
-    job1(&m);
-    let pid = m.pid();
-    let lowers = lower_arg(&l.lowers);
-    let stack: [&std::ffi::OsStr; 6] = [
-        "--lower".as_ref(),
-        &lowers,
-        "--upper".as_ref(),
-        l.upper.as_os_str(),
-        "--workdir".as_ref(),
-        l.work.as_os_str(),
-    ];
-    let blob = l.dir.path().join("layer.tar");
-    let mut commit: Vec<&std::ffi::OsStr> = vec!["commit".as_ref()];
-    commit.extend(stack);
-    commit.extend(["--output".as_ref(), blob.as_os_str()]);
-    assert_refused(&unionfs(&commit), &l.upper, pid);
-    assert!(!blob.exists());
-    let mut repair: Vec<&std::ffi::OsStr> = vec!["check".as_ref()];
-    repair.extend(stack);
-    repair.push("--repair".as_ref());
-    assert_refused(&unionfs(&repair), &l.upper, pid);
-    let tar = l.dir.path().join("empty.tar");
-    std::fs::write(&tar, [0u8; 1024]).expect("an empty tar");
-    let import = unionfs(&["import".as_ref(), tar.as_os_str(), l.upper.as_os_str()]);
-    assert_refused(&import, &l.upper, pid);
-    let mut diff: Vec<&std::ffi::OsStr> = vec!["diff".as_ref()];
-    diff.extend(stack);
-    let out = unionfs(&diff);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("moving target") && err.contains(&format!("{}", pid.unwrap_or(0))),
-        "{err}"
-    );
-    // `g` shows the copy through the index, though it is not in the upper yet.
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "C /f\nC /g\n");
-    assert_eq!(m.unmount(), Some(0));
-    // Unmounted, the same commit works.
-    let out = unionfs(&commit);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-#[test]
-fn a_kernel_overlay_on_the_upper_is_named_in_the_refusal() {
-    if !common::require_root("a kernel overlay mount") {
-        return;
-    }
-    let l = farm();
-    let kmnt = l.dir.path().join("kmnt");
-    std::fs::create_dir(&kmnt).expect("mkdir");
-    let kwork = l.dir.path().join("kwork");
-    std::fs::create_dir(&kwork).expect("mkdir");
-    let k = KernelOverlay::mount(&l.lowers, Some((&l.upper, &kwork)), &kmnt).expect("kernel overlay mount (root)");
-    let lowers = lower_arg(&l.lowers);
-    let out = unionfs(&mount_args(&lowers, &l.upper, &l.work, &l.mnt));
-    assert_refused(&out, &l.upper, None);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("kernel overlay"));
-    drop(k);
 }
 
 #[test]

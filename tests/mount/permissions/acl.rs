@@ -1,15 +1,15 @@
-//! POSIX ACLs through real mounts, checked with two plain users against kernel overlayfs over
-//! identical layers in the same test: ACLs a layer ships, ACLs set through the view (copy-up),
-//! allow and deny entries, group entries, the mask and `chmod`, default ACLs on create and mkdir
-//! (which replace the umask), removal, and all of it again after a remount. Each case also
-//! states what it must give, so matching a broken kernel would not pass either.
-
-mod common;
+//! docs/semantics.md, "Permissions and ACLs": POSIX ACLs through real mounts, checked with two
+//! plain users against kernel overlayfs over identical layers in the same test: ACLs a layer
+//! ships, ACLs set through the view (copy-up), allow and deny entries, group entries, the mask
+//! and `chmod`, default ACLs on create and mkdir (which replace the umask), removal, and all of it
+//! again after a remount. Each case also states what it must give, so matching a broken kernel
+//! would not pass either.
 
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
+use Who::*;
 
 /// A check: who runs what, and what it must give (`None`: only compared with the kernel).
 struct Check {
@@ -37,8 +37,6 @@ struct Case {
 const fn c(who: Who, script: &'static str, expect: Option<bool>) -> Check {
     Check { who, script, expect }
 }
-
-use Who::*;
 
 const CASES: &[Case] = &[
     Case {

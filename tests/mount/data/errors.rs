@@ -1,13 +1,12 @@
-//! A failing layer: when a system call on a layer fails, the application gets that errno (or
-//! EIO), never a short or empty success. The top lower layer here is a tiny FUSE filesystem
-//! served by this test process, whose file reads past 64 KiB, one directory's listing, one
-//! file's xattrs, one entry's lookup and two directories' opaque markers fail with EIO, as a disk
-//! with bad sectors would; a real directory below it holds what those markers may hide. Failing
-//! writes and xattr writes come from an upper on a tiny tmpfs (ENOSPC). Every case runs with FUSE
-//! passthrough (the root default) and with `--no-passthrough` (the data path of rootless mounts,
-//! where the daemon does every read and write, under the kernel's writeback cache).
-
-mod common;
+//! docs/semantics.md, "Data": a failing layer. When a system call on a layer fails, the
+//! application gets that errno (or EIO), never a short or empty success. The top lower layer here
+//! is a tiny FUSE filesystem served by this test process, whose file reads past 64 KiB, one
+//! directory's listing, one file's xattrs, one entry's lookup and two directories' opaque markers
+//! fail with EIO, as a disk with bad sectors would; a real directory below it holds what those
+//! markers may hide. Failing writes and xattr writes come from an upper on a tiny tmpfs (ENOSPC).
+//! Every case runs with FUSE passthrough (the root default) and with `--no-passthrough` (the
+//! data path of rootless mounts, where the daemon does every read and write, under the kernel's
+//! writeback cache).
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -16,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEntry, ReplyXattr, Request,
@@ -24,6 +23,7 @@ use fuser::{
 
 /// Bytes of `bad` that read fine; the rest fails.
 const GOOD_PART: u64 = 64 * 1024;
+
 const BAD_SIZE: u64 = 1 << 20;
 
 /// The content of `bad` (and `good`) at `off`.
@@ -34,19 +34,29 @@ fn byte_at(off: u64) -> u8 {
 struct FailFs;
 
 const BAD: u64 = 2;
+
 const GOOD: u64 = 3;
+
 const BAD_DIR: u64 = 4;
+
 const BAD_XATTR: u64 = 5;
+
 /// A directory listing `ok` and `badstat`, whose lookup fails.
 const STAT_DIR: u64 = 6;
+
 const OK_IN_STAT_DIR: u64 = 7;
+
 const BAD_STAT: u64 = 8;
+
 /// `marks`: directories whose opaque markers fail to read (`xdir`: every xattr read fails;
 /// `sdir`: looking up `.wh..wh..opq` in it fails) and one whose markers read fine (`plain`). The
 /// lower below has directories of the same names, each with a file `hidden` (`below` in `plain`).
 const MARKS: u64 = 9;
+
 const XDIR: u64 = 10;
+
 const SDIR: u64 = 11;
+
 const PLAIN: u64 = 12;
 
 fn attr(ino: u64) -> Option<FileAttr> {
@@ -459,8 +469,6 @@ fn an_opaque_marker_that_cannot_be_read_is_an_error_not_a_merge() {
         assert!(!exists_raw(&s.l.up("marks/sdir")), "{mode:?}: something was copied up");
     }
 }
-
-// ---- A failing upper: a tiny tmpfs -------------------------------------------------------------
 
 /// Bytes the tiny upper holds.
 const SMALL: usize = 4 << 20;

@@ -1,16 +1,14 @@
-//! Owner mappings (fuse-overlayfs's uidmapping=, gidmapping=, squash_to_*) through real mounts,
-//! with fuse-overlayfs 1.10 over identical layers as the oracle for direct use, and Podman's
-//! case (layers whose owners it has shifted already, mapping passed along) shown as the kernel
-//! driver shows them.
-
-mod common;
+//! docs/semantics.md, "Mount options": owner mappings (fuse-overlayfs's uidmapping=,
+//! gidmapping=, squash_to_*; the README's table) through real mounts, with fuse-overlayfs 1.10
+//! over identical layers as the oracle for direct use, and Podman's case (layers whose owners it
+//! has shifted already, mapping passed along) shown as the kernel driver shows them.
 
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn owners(root: &Path, names: &[&str]) -> Vec<(String, u32, u32)> {
     names

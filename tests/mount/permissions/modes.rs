@@ -1,15 +1,12 @@
-//! Permissions through a real mount (docs/semantics.md, "Permissions"): default_permissions with the real
-//! owner and mode; as root, what a caller creates belongs to the caller, and the daemon's
-//! privilege never leaks. Other users act through `setpriv`. Every test remounts and re-reads,
-//! and proves the lower layers unchanged.
-
-mod common;
+//! docs/semantics.md, "Permissions and ACLs", through real mounts: default_permissions with the
+//! real owner and mode; as root, what a caller creates belongs to the caller, and the daemon's
+//! privilege never leaks. Other users act through `setpriv`.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();

@@ -1,7 +1,5 @@
-//! One test per "Known pitfall in peers" at the end of docs/semantics.md, through a real mount. Every test
-//! remounts and re-reads, and proves the lower layers unchanged.
-
-mod common;
+//! docs/semantics.md, "Bugs of other union filesystems that we must not have": one test per
+//! bug, through a real mount.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -10,13 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1 << 20;
-
-fn gone(p: &Path) -> bool {
-    err_code(std::fs::symlink_metadata(p)) == Some(libc::ENOENT)
-}
 
 /// Pitfall: deleted lower files reappear after remount when a directory is removed and recreated
 /// at the mount root, or when an upper-only dir is renamed onto a deleted lower dir name.

@@ -1,23 +1,14 @@
-//! Removal and re-creation through a real mount (docs/semantics.md, "Unlink, rmdir, create over a deleted
-//! name", the whiteout/opaque formats we write, and `.wh.` names refused). Every test remounts
-//! and re-reads, checks the upper's on-disk format, and proves the lower layers unchanged.
+//! docs/semantics.md, "Unlink, rmdir, and creating over a deleted name", through real mounts:
+//! whiteouts only where a lower has the name, `rmdir` refused while any layer shows a child,
+//! directories made over a deleted name opaque (with no whiteouts inside where nothing lies
+//! below), and open files whose names are all gone working until closed.
 
-mod common;
-
-use std::os::unix::fs::{FileTypeExt, symlink};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, symlink};
 use std::path::Path;
 
-use common::*;
-
-const ENOENT: i32 = libc::ENOENT;
-
-fn gone(p: &Path) -> bool {
-    err_code(std::fs::symlink_metadata(p)) == Some(ENOENT)
-}
-
-fn opaque_xattr(p: &Path) -> Option<Vec<u8>> {
-    xget(p, "trusted.overlay.opaque")
-}
+use crate::common::*;
+use crate::formats::opaque_xattr;
 
 #[test]
 fn unlink_of_a_lower_file_leaves_a_whiteout_device() {
@@ -230,102 +221,54 @@ fn no_whiteouts_inside_an_opaque_directory_with_nothing_below() {
 }
 
 #[test]
-fn names_starting_with_dot_wh_are_refused_with_einval() {
+fn open_handles_to_deleted_files_keep_working() {
     let l = Layers::new(1);
-    l.put(0, "f", b"f");
-    l.put(0, "d/g", b"g");
+    l.put(0, "rw", b"lower rw");
+    l.put(0, "ro", b"lower ro");
+    l.put(0, "replaced", b"old content");
+    l.put(0, "other", b"new content");
     let before = l.snapshot_lowers();
     let m = l.mount(&[]);
-    let einval = Some(libc::EINVAL);
-    for dir in ["", "d/"] {
-        let p = |n: &str| m.path(&format!("{dir}{n}"));
-        assert_eq!(err_code(std::fs::write(p(".wh.f"), b"x")), einval, "create {dir}.wh.f");
-        assert_eq!(err_code(std::fs::write(p(".wh..wh..opq"), b"")), einval);
-        assert_eq!(err_code(std::fs::create_dir(p(".wh.dir"))), einval);
-        assert_eq!(err_code(symlink("f", p(".wh.link"))), einval);
-        assert_eq!(
-            rerr(rustix::fs::mknodat(
-                rustix::fs::CWD,
-                p(".wh.fifo"),
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o644),
-                0
-            )),
-            einval
-        );
-        assert_eq!(err_code(std::fs::hard_link(m.path("f"), p(".wh.hard"))), einval);
-        assert_eq!(err_code(std::fs::rename(m.path("f"), p(".wh.moved"))), einval);
-        assert_eq!(err_code(std::fs::metadata(p(".wh.f"))), Some(ENOENT));
-    }
-    assert_eq!(names(&m.mnt), ["d", "f"]);
-    let raw: Vec<String> = names(&l.upper).into_iter().filter(|n| n.starts_with(".wh.")).collect();
-    assert!(raw.is_empty(), "created in the upper: {raw:?}");
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["d", "f"]);
-    assert_eq!(names(&m.path("d")), ["g"]);
-    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"f");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
-}
-
-#[test]
-fn oci_style_writes_dot_wh_files_and_opaque_markers() {
-    let l = Layers::new(1);
-    l.put(0, "f", b"f");
-    l.put(0, "d/a", b"a");
-    l.put(0, "e/b", b"b");
-    l.put(0, "keep", b"k");
-    let before = l.snapshot_lowers();
-    let m = l.mount(&["--whiteouts=oci"]);
-    std::fs::remove_file(m.path("f")).unwrap();
-    std::fs::remove_dir_all(m.path("d")).unwrap();
-    std::fs::create_dir(m.path("d")).unwrap();
-    std::fs::remove_file(m.path("e/b")).unwrap();
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.mnt), ["d", "e", "keep"]);
-        assert_eq!(names(&m.path("d")), Vec::<String>::new());
-        assert_eq!(names(&m.path("e")), Vec::<String>::new());
+    let mut rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("rw"))
+        .unwrap();
+    let mut ro = std::fs::File::open(m.path("ro")).unwrap();
+    let mut rep = std::fs::File::open(m.path("replaced")).unwrap();
+    std::fs::write(m.path("up"), b"upper file").unwrap();
+    let mut up = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("up"))
+        .unwrap();
+    std::fs::remove_file(m.path("rw")).unwrap();
+    std::fs::remove_file(m.path("ro")).unwrap();
+    std::fs::remove_file(m.path("up")).unwrap();
+    std::fs::rename(m.path("other"), m.path("replaced")).unwrap();
+    assert_eq!(names(&m.mnt), ["replaced"]);
+    let read_all = |f: &mut std::fs::File| {
+        let mut s = String::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut s).unwrap();
+        s
     };
-    check(&m);
-    let f = lstat(&l.up(".wh.f"));
-    assert!(f.is_file() && f.len() == 0, "f must be hidden by an empty .wh.f");
-    assert!(!exists_raw(&l.up("f")), "no device whiteout in OCI mode");
-    assert!(lstat(&l.up("e/.wh.b")).is_file());
-    assert!(!exists_raw(&l.up("e/b")));
-    assert!(lstat(&l.up("d/.wh..wh..opq")).is_file(), "d must carry .wh..wh..opq");
-    assert_eq!(opaque_xattr(&l.up("d")), None, "no opaque xattr in OCI mode");
-    assert!(lstat(&l.up("d")).is_dir());
-    let raw: Vec<_> = std::fs::read_dir(&l.upper)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_char_device())
-        .map(|e| e.file_name())
-        .collect();
-    assert!(raw.is_empty(), "char devices in an OCI upper: {raw:?}");
-    let m = remount(&l, m, &["--whiteouts=oci"]);
-    check(&m);
-    // The markers are read whatever style the next mount writes.
+    assert_eq!(read_all(&mut ro), "lower ro");
+    assert_eq!(read_all(&mut rep), "old content");
+    rw.seek(SeekFrom::End(0)).unwrap();
+    rw.write_all(b" + more").unwrap();
+    assert_eq!(read_all(&mut rw), "lower rw + more");
+    up.write_all_at(b"UPPER", 0).unwrap();
+    assert_eq!(read_all(&mut up), "UPPER file");
+    assert_eq!(rw.metadata().unwrap().len(), 15);
+    assert_eq!(up.metadata().unwrap().nlink(), 0);
+    rw.set_len(5).unwrap();
+    assert_eq!(read_all(&mut rw), "lower");
+    drop((rw, ro, rep, up));
+    assert_eq!(std::fs::read(m.path("replaced")).unwrap(), b"new content");
     let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
-}
-
-#[test]
-fn deleting_inside_a_lower_only_directory_copies_up_the_chain() {
-    let l = Layers::new(1);
-    l.put(0, "a/b/c/f", b"f");
-    l.put(0, "a/b/c/g", b"g");
-    l.put(0, "a/b/c/sub/x", b"x");
-    let before = l.snapshot_lowers();
-    let m = l.mount(&[]);
-    std::fs::remove_file(m.path("a/b/c/f")).unwrap();
-    std::fs::remove_dir_all(m.path("a/b/c/sub")).unwrap();
-    assert!(lstat(&l.up("a/b/c")).is_dir());
-    assert!(is_chr_whiteout(&l.up("a/b/c/f")));
-    assert!(is_chr_whiteout(&l.up("a/b/c/sub")));
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("a/b/c")), ["g"]);
+    assert_eq!(names(&m.mnt), ["replaced"]);
+    assert_eq!(std::fs::read(m.path("replaced")).unwrap(), b"new content");
     drop(m);
     assert_eq!(l.snapshot_lowers(), before);
 }

@@ -1,15 +1,14 @@
-//! Two plain users (`unionfs-user-a`, `unionfs-user-b`: scripts/setup.sh makes them) act
-//! through a root mount (allow_other + default_permissions): they can do exactly what the modes
-//! allow and nothing more, on upper and lower-resident files alike; a refused operation copies
-//! nothing up; a write by a non-owner clears the setuid bit. Lowers unchanged, mounts torn down.
-
-mod common;
+//! docs/semantics.md, "Permissions and ACLs": two plain users (`unionfs-user-a`,
+//! `unionfs-user-b`: scripts/setup.sh makes them) act through a root mount (allow_other +
+//! default_permissions): they can do exactly what the modes allow and nothing more, on upper and
+//! lower-resident files alike; a refused operation copies nothing up; a write by a non-owner
+//! clears the setuid bit. Lowers unchanged, mounts torn down.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 type User = (u32, u32);
 
@@ -69,6 +68,7 @@ fn refused(u: User, script: &str, args: &[&Path], why: &str) {
 }
 
 const EACCES: &str = "Permission denied";
+
 const EPERM: &str = "Operation not permitted";
 
 /// Reading: allowed files read, 0600 root files refused with EACCES, directories without x

@@ -1,24 +1,14 @@
-//! mount(8), fstab and mount.fuse3: `mount -t fuse.unionfs SOURCE MNT -o lowerdir=..` runs
+//! docs/semantics.md, "Mount options", through mount(8), fstab and mount.fuse3 (the README's
+//! "With mount(8), fstab and systemd"): `mount -t fuse.unionfs SOURCE MNT -o lowerdir=..` runs
 //! `unionfs SOURCE MNT -o OPTIONS`; the source names the mount (unless `fsname=` does), `ro`
 //! gives a read-only view of the whole union (upper included), and mount(8)'s own options in
 //! fstab lines (noauto, x-systemd.*, ...) are accepted silently.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::*;
-
-/// Our binary at a path without a dot (mount(8) hands `fuse.PATH` to mount.fuse3 only then).
-fn helper_binary(l: &Layers) -> PathBuf {
-    let dir = l.dir.path().join("bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("unionfs");
-    std::fs::copy(bin(), &p).expect("copy the binary");
-    assert!(!p.to_string_lossy().contains('.'), "{} has a dot", p.display());
-    p
-}
+use super::{helper_binary, require_mount8};
+use crate::common::*;
 
 /// Unmounts with `unionfs umount` (which waits for the daemon mount.fuse3 started) on drop.
 struct HelperMount<'a> {
@@ -58,19 +48,9 @@ fn findmnt(mnt: &Path) -> (String, String, String) {
     (f[0].to_string(), f[1].to_string(), f[2].to_string())
 }
 
-/// Whether a prerequisite is missing (said through [`require`]).
-fn skip() -> bool {
-    let helper = Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists();
-    !(require_root("mount(8)")
-        && require(
-            helper,
-            "mount.fuse3 (Debian package fuse3; scripts/setup.sh installs it)",
-        ))
-}
-
 #[test]
 fn mount_t_fuse_unionfs_mounts_names_and_serves_the_union() {
-    if skip() {
+    if !require_mount8() {
         return;
     }
     let l = Layers::new(2);
@@ -123,7 +103,7 @@ fn mount_t_fuse_unionfs_mounts_names_and_serves_the_union() {
 
 #[test]
 fn an_fstab_line_mounts_the_union() {
-    if skip() {
+    if !require_mount8() {
         return;
     }
     let l = Layers::new(1);

@@ -1,16 +1,15 @@
-//! Mount options (docs/semantics.md, "Mount options"; the README's "Mount options"): the generic
+//! docs/semantics.md, "Mount options" (the README's "Mount options" is the table): the generic
 //! VFS options the kernel's FUSE mount honours (nodev, nosuid, noexec, sync, dirsync, lazytime)
 //! take effect on a unionfs mount as on a kernel overlay mount given the same options, in the
 //! mount's flags and in behaviour, through `unionfs mount -o` and through mount(8); options
 //! that cannot apply to a FUSE union mount with one warning line each; a made-up option is
 //! refused with one line and exit status 2, and nothing is created.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use super::{helper_binary, require_mount8};
+use crate::common::*;
 
 /// The generic VFS options every mount here gets.
 const VFS: &str = "nodev,nosuid,noexec,sync,dirsync,lazytime";
@@ -139,16 +138,6 @@ fn vfs_options_take_effect_as_on_kernel_overlayfs() {
     assert_eq!(std::fs::read(l.up("new")).expect("upper file"), b"synced");
 }
 
-/// Our binary at a path without a dot (mount(8) hands `fuse.PATH` to mount.fuse3 only then).
-fn helper_binary(l: &Layers) -> PathBuf {
-    let dir = l.dir.path().join("bin");
-    std::fs::create_dir_all(&dir).expect("mkdir bin");
-    let p = dir.join("unionfs");
-    std::fs::copy(bin(), &p).expect("copy the binary");
-    assert!(!p.to_string_lossy().contains('.'), "{} has a dot", p.display());
-    p
-}
-
 fn mount8(bin: &Path, l: &Layers, workdir: &Path, extra: &str) -> Output {
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},{extra}",
@@ -164,15 +153,6 @@ fn mount8(bin: &Path, l: &Layers, workdir: &Path, extra: &str) -> Output {
         .args(["-o", &opts])
         .output()
         .expect("run mount")
-}
-
-fn require_mount8() -> bool {
-    let helper = Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists();
-    require_root("mount(8)")
-        && require(
-            helper,
-            "mount.fuse3 (Debian package fuse3; scripts/setup.sh installs it)",
-        )
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! Trees of any depth through the mount (issue 18, item 3): a lower tree deeper than any path
-//! can name, then through the view `mv` of it (every directory copied up and made opaque), a
-//! write at its bottom (copy-up of the whole parent chain), `find` and `rm -rf`. Each completes,
+//! docs/semantics.md, "Deep trees", through real mounts: a lower tree deeper than any path can
+//! name, then through the view `mv` of it (every directory copied up and made opaque), a write
+//! at its bottom (copy-up of the whole parent chain), `find` and `rm -rf`. Each completes,
 //! survives a remount, and the daemon serves on afterwards.
 //!
 //! The daemon runs with a 256 KiB thread stack (fuser's workers get std's 2 MiB): a request
@@ -13,16 +13,14 @@
 //! allows it), and the last goes 100,000 deep regardless: where the limit is lower, what needs
 //! more fds must fail with EMFILE, and the daemon live on.
 
-mod common;
-
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use common::deep::*;
-use common::*;
+use crate::common::deep::*;
+use crate::common::*;
 
 /// The daemon's thread stack in these tests (bytes).
 const STACK: &str = "262144";

@@ -1,13 +1,11 @@
-//! `O_DIRECT` through a real mount: reads of lower files (read-only opens, so nothing is copied
-//! up), reads and writes of upper files, writes that copy a lower file up, and a copy-up while a
-//! direct descriptor is open; with FUSE passthrough (as root) and without it (the data path of
-//! every rootless mount). Every byte is compared with what was written. The scenarios live in
-//! `common/direct_io.rs`, which `rootless` runs as a plain user too.
+//! docs/semantics.md, "Data": `O_DIRECT` through a real mount: reads of lower files (read-only
+//! opens, so nothing is copied up), reads and writes of upper files, writes that copy a lower
+//! file up, and a copy-up while a direct descriptor is open; with FUSE passthrough (as root) and
+//! without it (the data path of every rootless mount). Every byte is compared with what was
+//! written. The scenarios live in `crate::common::direct_io`, which `rootless` runs as a plain user too.
 
-mod common;
-
-use common::direct_io::*;
-use common::*;
+use crate::common::direct_io::*;
+use crate::common::*;
 
 /// The two data paths: passthrough of upper files (root default) and the daemon for everything.
 const MODES: [&[&str]; 2] = [&[], &["--no-passthrough"]];

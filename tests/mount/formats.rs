@@ -1,0 +1,365 @@
+//! docs/semantics.md, "On-disk formats", through real mounts: the markers we read in every layer
+//! (opaque directories and whiteouts of every format, `.wh.` names hiding only the layers below
+//! their own), the ones we write in the upper (overlay style and `--whiteouts=oci`), private
+//! markers and xattrs never visible and never settable, and `.wh.` names refused.
+
+use std::os::unix::fs::{FileTypeExt, symlink};
+use std::path::Path;
+
+use crate::common::*;
+
+const ENOENT: i32 = libc::ENOENT;
+
+#[test]
+fn opaque_markers_of_every_format_in_a_lower() {
+    #[derive(Debug, Clone, Copy)]
+    enum Marker {
+        Xattr(&'static str),
+        OciFile,
+    }
+    for marker in [
+        Marker::Xattr("trusted.overlay.opaque"),
+        Marker::Xattr("user.overlay.opaque"),
+        Marker::Xattr("user.fuseoverlayfs.opaque"),
+        Marker::OciFile,
+    ] {
+        let l = Layers::new(3);
+        l.put(0, "d/top", b"L0");
+        for i in 0..20 {
+            // Several entries, so the marker file is not necessarily listed first.
+            l.put(0, &format!("d/t{i}"), b"t");
+        }
+        l.put(1, "d/top", b"L1");
+        l.put(1, "d/hidden", b"L1");
+        l.put(2, "d/deeper", b"L2");
+        // A control directory without a marker merges as usual.
+        l.put(0, "m/a", b"a");
+        l.put(1, "m/b", b"b");
+        match marker {
+            Marker::Xattr(name) => xset(&l.lower(0, "d"), name, b"y").unwrap(),
+            Marker::OciFile => l.put(0, "d/.wh..wh..opq", b""),
+        }
+        let before = l.snapshot_lowers();
+        let mut expect: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        expect.push("top".into());
+        expect.sort();
+        let check = |m: &Mount, expect: &[String]| {
+            assert_eq!(names(&m.path("d")), expect, "{marker:?}");
+            assert_eq!(text(&m.path("d/top")), "L0", "{marker:?}");
+            for hidden in ["hidden", "deeper", ".wh..wh..opq"] {
+                assert_eq!(
+                    err_code(std::fs::symlink_metadata(m.path("d").join(hidden))),
+                    Some(ENOENT),
+                    "{marker:?}: {hidden} must not be visible"
+                );
+            }
+            let xs = xlist(&m.path("d"));
+            assert!(
+                xs.iter()
+                    .all(|x| !x.contains("overlay") && !x.contains("fuseoverlayfs")),
+                "{marker:?}: private xattrs listed: {xs:?}"
+            );
+            assert_eq!(names(&m.path("m")), ["a", "b"]);
+        };
+        let m = l.mount(&[]);
+        check(&m, &expect);
+        std::fs::write(m.path("d/new"), b"n").unwrap();
+        expect.push("new".into());
+        expect.sort();
+        check(&m, &expect);
+        let m = remount(&l, m, &[]);
+        check(&m, &expect);
+        drop(m);
+        assert_eq!(l.snapshot_lowers(), before, "{marker:?}");
+    }
+}
+
+#[test]
+fn whiteouts_of_every_format_in_a_lower() {
+    let l = Layers::new(2);
+    for n in [
+        "chr",
+        "oci",
+        "dir_chr/x",
+        "dir_oci/x",
+        "kept",
+        "xd/f_x",
+        "xd/other",
+        "ud/f_u",
+        "ud/other",
+    ] {
+        l.put(1, n, b"L1");
+    }
+    // char device 0/0
+    mknod_whiteout(&l.lower(0, "chr"));
+    mknod_whiteout(&l.lower(0, "dir_chr"));
+    // OCI
+    l.put(0, ".wh.oci", b"");
+    l.put(0, ".wh.dir_oci", b"");
+    // Kernel xattr whiteouts: zero-size files carrying overlay.whiteout, in a dir marked opaque=x.
+    l.put(0, "xd/f_x", b"");
+    xset(&l.lower(0, "xd/f_x"), "trusted.overlay.whiteout", b"").unwrap();
+    xset(&l.lower(0, "xd"), "trusted.overlay.opaque", b"x").unwrap();
+    l.put(0, "ud/f_u", b"");
+    xset(&l.lower(0, "ud/f_u"), "user.overlay.whiteout", b"").unwrap();
+    xset(&l.lower(0, "ud"), "user.overlay.opaque", b"x").unwrap();
+    let before = l.snapshot_lowers();
+    let check = |m: &Mount, root: &[&str]| {
+        assert_eq!(names(&m.mnt), root);
+        for gone in [
+            "chr",
+            "oci",
+            "dir_chr",
+            "dir_oci",
+            ".wh.oci",
+            ".wh.dir_oci",
+            "xd/f_x",
+            "ud/f_u",
+        ] {
+            assert_eq!(
+                err_code(std::fs::symlink_metadata(m.path(gone))),
+                Some(ENOENT),
+                "{gone} must be hidden"
+            );
+        }
+        // opaque=x is not opaque: the rest of the lower directory still shows.
+        assert_eq!(names(&m.path("xd")), ["other"]);
+        assert_eq!(names(&m.path("ud")), ["other"]);
+    };
+    let m = l.mount(&[]);
+    check(&m, &["kept", "ud", "xd"]);
+    // Re-creating hidden names through the view.
+    std::fs::write(m.path("chr"), b"new").unwrap();
+    std::fs::create_dir(m.path("dir_oci")).unwrap();
+    let after = ["chr", "dir_oci", "kept", "ud", "xd"];
+    assert_eq!(names(&m.mnt), after);
+    assert_eq!(
+        names(&m.path("dir_oci")),
+        Vec::<String>::new(),
+        "recreated dir must not show x"
+    );
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), after);
+    assert_eq!(text(&m.path("chr")), "new");
+    assert_eq!(names(&m.path("dir_oci")), Vec::<String>::new());
+    assert_eq!(names(&m.path("xd")), ["other"]);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn oci_whiteout_hides_only_layers_below_its_own() {
+    let l = Layers::new(2);
+    // Same layer: the entry stays visible next to its whiteout.
+    l.put(0, "same", b"L0");
+    l.put(0, ".wh.same", b"");
+    l.put(1, "same", b"L1");
+    // Below: hidden.
+    l.put(0, ".wh.below", b"");
+    l.put(1, "below", b"L1");
+    l.put(0, "sub/.wh.below", b"");
+    l.put(1, "sub/below", b"L1");
+    l.put(1, "sub/kept", b"L1");
+    // A directory entry next to its own whiteout is still visible and still merges with nothing
+    // below it (the whiteout ends the merge).
+    l.put(0, "dd/a", b"a");
+    l.put(0, ".wh.dd", b"");
+    l.put(1, "dd/b", b"b");
+    let before = l.snapshot_lowers();
+    let check = |m: &Mount| {
+        assert_eq!(names(&m.mnt), ["dd", "same", "sub"]);
+        assert_eq!(text(&m.path("same")), "L0");
+        assert_eq!(err_code(std::fs::symlink_metadata(m.path("below"))), Some(ENOENT));
+        assert_eq!(names(&m.path("sub")), ["kept"]);
+        assert_eq!(names(&m.path("dd")), ["a"]);
+    };
+    let m = l.mount(&[]);
+    check(&m);
+    let m = remount(&l, m, &[]);
+    check(&m);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn private_markers_never_appear_in_readdir_lookup_or_listxattr() {
+    let l = Layers::new(2);
+    l.put(0, "f", b"f");
+    for x in [
+        "trusted.overlay.origin",
+        "user.overlay.redirect",
+        "user.fuseoverlayfs.origin",
+        "user.unionfs.origin",
+    ] {
+        xset(&l.lower(0, "f"), x, b"private").unwrap();
+    }
+    xset(&l.lower(0, "f"), "user.visible", b"v").unwrap();
+    xset(&l.lower(0, "f"), "trusted.visible", b"t").unwrap();
+    l.put(0, "d/.wh.gone", b"");
+    l.put(0, "d/.wh..wh..opq", b"");
+    mknod_whiteout(&l.lower(0, "d/chr"));
+    l.put(0, "d/kept", b"k");
+    l.put(1, "d/gone", b"g");
+    let before = l.snapshot_lowers();
+    let check = |m: &Mount| {
+        assert_eq!(names(&m.path("d")), ["kept"]);
+        assert_eq!(names(&m.mnt), ["d", "f"]);
+        for hidden in ["d/.wh.gone", "d/.wh..wh..opq", "d/chr", "d/gone"] {
+            assert_eq!(
+                err_code(std::fs::symlink_metadata(m.path(hidden))),
+                Some(ENOENT),
+                "{hidden}"
+            );
+        }
+        assert_eq!(xlist(&m.path("f")), ["trusted.visible", "user.visible"]);
+        for x in [
+            "trusted.overlay.origin",
+            "user.overlay.redirect",
+            "user.fuseoverlayfs.origin",
+            "user.unionfs.origin",
+        ] {
+            assert_eq!(xget_err(&m.path("f"), x), Err(libc::ENODATA), "{x} must read as absent");
+        }
+        assert!(xlist(&m.path("d")).is_empty());
+    };
+    let m = l.mount(&[]);
+    check(&m);
+    // After a copy-up, our own metadata (if any) is not listed either.
+    std::fs::OpenOptions::new().append(true).open(m.path("f")).unwrap();
+    std::fs::write(m.path("d/new"), b"n").unwrap();
+    std::fs::remove_file(m.path("d/new")).unwrap();
+    assert!(exists_raw(&l.up("f")), "open for write must copy up");
+    check(&m);
+    let m = remount(&l, m, &[]);
+    check(&m);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+pub(crate) fn opaque_xattr(p: &Path) -> Option<Vec<u8>> {
+    xget(p, "trusted.overlay.opaque")
+}
+
+#[test]
+fn names_starting_with_dot_wh_are_refused_with_einval() {
+    let l = Layers::new(1);
+    l.put(0, "f", b"f");
+    l.put(0, "d/g", b"g");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let einval = Some(libc::EINVAL);
+    for dir in ["", "d/"] {
+        let p = |n: &str| m.path(&format!("{dir}{n}"));
+        assert_eq!(err_code(std::fs::write(p(".wh.f"), b"x")), einval, "create {dir}.wh.f");
+        assert_eq!(err_code(std::fs::write(p(".wh..wh..opq"), b"")), einval);
+        assert_eq!(err_code(std::fs::create_dir(p(".wh.dir"))), einval);
+        assert_eq!(err_code(symlink("f", p(".wh.link"))), einval);
+        assert_eq!(
+            rerr(rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p(".wh.fifo"),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0
+            )),
+            einval
+        );
+        assert_eq!(err_code(std::fs::hard_link(m.path("f"), p(".wh.hard"))), einval);
+        assert_eq!(err_code(std::fs::rename(m.path("f"), p(".wh.moved"))), einval);
+        assert_eq!(err_code(std::fs::metadata(p(".wh.f"))), Some(ENOENT));
+    }
+    assert_eq!(names(&m.mnt), ["d", "f"]);
+    let raw: Vec<String> = names(&l.upper).into_iter().filter(|n| n.starts_with(".wh.")).collect();
+    assert!(raw.is_empty(), "created in the upper: {raw:?}");
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), ["d", "f"]);
+    assert_eq!(names(&m.path("d")), ["g"]);
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"f");
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn oci_style_writes_dot_wh_files_and_opaque_markers() {
+    let l = Layers::new(1);
+    l.put(0, "f", b"f");
+    l.put(0, "d/a", b"a");
+    l.put(0, "e/b", b"b");
+    l.put(0, "keep", b"k");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&["--whiteouts=oci"]);
+    std::fs::remove_file(m.path("f")).unwrap();
+    std::fs::remove_dir_all(m.path("d")).unwrap();
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::fs::remove_file(m.path("e/b")).unwrap();
+    let check = |m: &Mount| {
+        assert_eq!(names(&m.mnt), ["d", "e", "keep"]);
+        assert_eq!(names(&m.path("d")), Vec::<String>::new());
+        assert_eq!(names(&m.path("e")), Vec::<String>::new());
+    };
+    check(&m);
+    let f = lstat(&l.up(".wh.f"));
+    assert!(f.is_file() && f.len() == 0, "f must be hidden by an empty .wh.f");
+    assert!(!exists_raw(&l.up("f")), "no device whiteout in OCI mode");
+    assert!(lstat(&l.up("e/.wh.b")).is_file());
+    assert!(!exists_raw(&l.up("e/b")));
+    assert!(lstat(&l.up("d/.wh..wh..opq")).is_file(), "d must carry .wh..wh..opq");
+    assert_eq!(opaque_xattr(&l.up("d")), None, "no opaque xattr in OCI mode");
+    assert!(lstat(&l.up("d")).is_dir());
+    let raw: Vec<_> = std::fs::read_dir(&l.upper)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_char_device())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(raw.is_empty(), "char devices in an OCI upper: {raw:?}");
+    let m = remount(&l, m, &["--whiteouts=oci"]);
+    check(&m);
+    // The markers are read whatever style the next mount writes.
+    let m = remount(&l, m, &[]);
+    check(&m);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+#[test]
+fn private_xattrs_are_hidden_and_cannot_be_set() {
+    let l = Layers::new(2);
+    l.put(0, "d/top", b"t");
+    l.put(1, "d/below", b"b");
+    l.put(0, "f", b"f");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let private = [
+        "trusted.overlay.opaque",
+        "trusted.overlay.whiteout",
+        "user.overlay.opaque",
+        "user.fuseoverlayfs.opaque",
+        "user.unionfs.origin",
+    ];
+    for x in private {
+        for p in ["d", "f"] {
+            assert_eq!(rerr(xset(&m.path(p), x, b"y")), Some(libc::EPERM), "setting {x} on {p}");
+        }
+    }
+    // Copy-ups happened meanwhile or now; our own metadata stays invisible.
+    xset(&m.path("f"), "user.ok", b"1").unwrap();
+    std::fs::write(m.path("d/new"), b"n").unwrap();
+    let check = |m: &Mount| {
+        assert_eq!(
+            names(&m.path("d")),
+            ["below", "new", "top"],
+            "d must not have become opaque"
+        );
+        assert_eq!(xlist(&m.path("f")), ["user.ok"]);
+        assert_eq!(xlist(&m.path("d")), Vec::<String>::new());
+        for x in private {
+            assert_eq!(xget_err(&m.path("f"), x), Err(libc::ENODATA), "{x}");
+        }
+    };
+    check(&m);
+    let m = remount(&l, m, &[]);
+    check(&m);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
