@@ -4,8 +4,6 @@
 //! at a final name, every byte written before a completed fsync is there, the workdir's scratch
 //! directory is empty and the lower layers are byte-for-byte unchanged.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -13,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MIB: usize = 1 << 20;
 

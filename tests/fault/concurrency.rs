@@ -4,15 +4,13 @@
 //! in the shared copied-up files with the lower prefix intact, the lowers are unchanged, the upper
 //! is in valid overlay format, and a remount shows the same view.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const THREADS: usize = 4;
 const FILES: usize = 8;

@@ -3,12 +3,10 @@
 //! half-written behind (no partial file at the final name in the upper, workdir scratch empty);
 //! the daemon keeps serving, and small operations succeed again once space is freed.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::*;
+use crate::common::*;
 
 const MIB: usize = 1 << 20;
 
