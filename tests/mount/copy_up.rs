@@ -1,11 +1,12 @@
 //! docs/semantics.md, "Copy-up", through real mounts: what triggers it, what it keeps (data,
 //! holes, mode, owner, times, xattrs), the parent chain (also for a deletion in a lower-only
-//! directory), read-only sources, special files, and that it is built in the workdir.
+//! directory), read-only sources, special files (also device nodes a hostile lower ships), and
+//! that it is built in the workdir.
 
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::Path;
 
 use crate::common::*;
@@ -637,6 +638,59 @@ fn deleting_inside_a_lower_only_directory_copies_up_the_chain() {
     assert!(is_chr_whiteout(&l.up("a/b/c/sub")));
     let m = remount(&l, m, &[]);
     assert_eq!(names(&m.path("a/b/c")), ["g"]);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+/// Character and block device nodes in a lower: visible with their numbers, usable (a null-like
+/// char device), copied up as themselves by chmod.
+#[test]
+fn hostile_device_nodes_in_a_lower() {
+    let l = Layers::new(1);
+    let null_dev = rustix::fs::makedev(1, 3);
+    let loop_dev = rustix::fs::makedev(7, 200);
+    mknod(
+        &l.lower(0, "null"),
+        rustix::fs::FileType::CharacterDevice,
+        0o666,
+        null_dev,
+    );
+    mknod(&l.lower(0, "blk"), rustix::fs::FileType::BlockDevice, 0o600, loop_dev);
+    l.mkdir(0, "sub");
+    mknod(
+        &l.lower(0, "sub/chr"),
+        rustix::fs::FileType::CharacterDevice,
+        0o640,
+        rustix::fs::makedev(4, 64),
+    );
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let md = lstat(&m.path("null"));
+    assert!(md.file_type().is_char_device());
+    assert_eq!(md.rdev(), null_dev);
+    let md = lstat(&m.path("blk"));
+    assert!(md.file_type().is_block_device());
+    assert_eq!(md.rdev(), loop_dev);
+    // Usable as the device (the mount has `dev` as root).
+    assert_eq!(std::fs::read(m.path("null")).unwrap(), b"");
+    std::fs::write(m.path("null"), b"discarded").unwrap();
+    // Copy-up by chmod.
+    for (n, dev) in [("null", null_dev), ("blk", loop_dev)] {
+        std::fs::set_permissions(m.path(n), std::fs::Permissions::from_mode(0o604)).unwrap();
+        let up = lstat(&l.up(n));
+        assert_eq!(up.rdev(), dev, "{n}: copied up with another device number");
+        assert_eq!(up.mode() & 0o7777, 0o604);
+    }
+    assert!(lstat(&l.up("blk")).file_type().is_block_device());
+    assert!(lstat(&l.up("null")).file_type().is_char_device());
+    std::fs::rename(m.path("sub/chr"), m.path("chr2")).unwrap();
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    let md = lstat(&m.path("chr2"));
+    assert!(md.file_type().is_char_device());
+    assert_eq!(md.rdev(), rustix::fs::makedev(4, 64));
+    assert_eq!(lstat(&m.path("blk")).mode() & 0o7777, 0o604);
+    assert!(names(&m.path("sub")).is_empty());
     drop(m);
     assert_eq!(l.snapshot_lowers(), before);
 }

@@ -1,7 +1,9 @@
 //! docs/semantics.md, "Deep trees", through real mounts: a lower tree deeper than any path can
 //! name, then through the view `mv` of it (every directory copied up and made opaque), a write
 //! at its bottom (copy-up of the whole parent chain), `find` and `rm -rf`. Each completes,
-//! survives a remount, and the daemon serves on afterwards.
+//! survives a remount, and the daemon serves on afterwards. A hostile layer
+//! (`hostile_very_deep_tree`): a lower tree 250 levels deep read, copied up, renamed and deleted
+//! at its bottom, and another made through the view.
 //!
 //! The daemon runs with a 256 KiB thread stack (fuser's workers get std's 2 MiB): a request
 //! handler whose stack grows with the tree fails here long before it could in production.
@@ -285,4 +287,48 @@ fn a_tree_100000_deep_never_takes_the_daemon_down() {
         );
     }
     check_alive(&m);
+}
+
+/// A lower tree 250 directories deep: read, copy up the deepest file (and the whole chain),
+/// rename and delete at the bottom, build another deep chain through the view, remount.
+#[test]
+fn hostile_very_deep_tree() {
+    const DEPTH: usize = 250;
+    let l = Layers::new(1);
+    let chain = vec!["d"; DEPTH].join("/");
+    l.put(0, &format!("{chain}/leaf"), b"deep leaf");
+    l.put(0, &format!("{chain}/other"), b"other");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    assert_eq!(std::fs::read(m.path(&format!("{chain}/leaf"))).unwrap(), b"deep leaf");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path(&format!("{chain}/leaf")))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"!"))
+        .unwrap();
+    std::fs::rename(m.path(&format!("{chain}/other")), m.path(&format!("{chain}/renamed"))).unwrap();
+    let new_chain = vec!["n"; DEPTH].join("/");
+    std::fs::create_dir_all(m.path(&format!("{chain}/{new_chain}"))).unwrap();
+    std::fs::write(m.path(&format!("{chain}/{new_chain}/f")), b"new deep").unwrap();
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    assert_eq!(std::fs::read(m.path(&format!("{chain}/leaf"))).unwrap(), b"deep leaf!");
+    assert_eq!(names(&m.path(&chain)), ["leaf", "n", "renamed"]);
+    assert_eq!(
+        std::fs::read(m.path(&format!("{chain}/{new_chain}/f"))).unwrap(),
+        b"new deep"
+    );
+    // Rename the top of the deep lower tree (materialises all 250 levels), then remove it.
+    std::fs::rename(m.path("d"), m.path("moved")).unwrap();
+    assert_eq!(
+        std::fs::read(m.path(&format!("moved/{}/leaf", vec!["d"; DEPTH - 1].join("/")))).unwrap(),
+        b"deep leaf!"
+    );
+    std::fs::remove_dir_all(m.path("moved")).unwrap();
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    assert!(names(&m.mnt).is_empty());
+    drop(m);
+    assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
+    assert_eq!(l.snapshot_lowers(), before);
 }

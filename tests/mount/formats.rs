@@ -1,7 +1,8 @@
 //! docs/semantics.md, "On-disk formats", through real mounts: the markers we read in every layer
 //! (opaque directories and whiteouts of every format, `.wh.` names hiding only the layers below
 //! their own), the ones we write in the upper (overlay style and `--whiteouts=oci`), private
-//! markers and xattrs never visible and never settable, and `.wh.` names refused.
+//! markers and xattrs never visible and never settable, and `.wh.` names refused; markers in odd
+//! places in a hostile lower (`hostile_markers_in_odd_places`) change nothing else.
 
 use std::os::unix::fs::{FileTypeExt, symlink};
 use std::path::Path;
@@ -361,5 +362,75 @@ fn private_xattrs_are_hidden_and_cannot_be_set() {
     let m = remount(&l, m, &[]);
     check(&m);
     drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+/// Whiteout and opaque markers in odd places: `.wh..wh..opq` at a layer root, a `.wh.` file whose
+/// target exists nowhere, a char 0/0 whiteout hiding nothing in the top lower, an opaque xattr on
+/// a regular file, a nested `.wh..wh..opq` inside an opaque directory.
+#[test]
+fn hostile_markers_in_odd_places() {
+    let l = Layers::new(3);
+    // Root of lower1 is opaque (OCI marker): lower2's root entries are hidden.
+    std::fs::write(l.lower(1, ".wh..wh..opq"), b"").unwrap();
+    l.put(1, "from1", b"1");
+    l.put(2, "from2", b"2");
+    l.put(2, "o/x", b"hidden by opaque o");
+    l.put(2, "o/sub/y", b"hidden by opaque o");
+    // .wh. file whose target exists nowhere; char 0/0 whiteout hiding nothing in the top lower.
+    std::fs::write(l.lower(0, ".wh.ghost"), b"").unwrap();
+    mknod_whiteout(&l.lower(0, "nothing"));
+    // Opaque xattr on a regular file.
+    l.put(0, "plainfile", b"plain");
+    xset(&l.lower(0, "plainfile"), "trusted.overlay.opaque", b"y").unwrap();
+    // Opaque dir with a nested opaque marker; lower1 has entries under both.
+    l.put(0, "o/mine", b"mine");
+    l.put(0, "o/sub/mine2", b"mine2");
+    xset(&l.lower(0, "o"), "trusted.overlay.opaque", b"y").unwrap();
+    std::fs::write(l.lower(0, "o/sub/.wh..wh..opq"), b"").unwrap();
+    l.put(1, "o/hidden1", b"hidden");
+    l.put(1, "o/sub/hidden2", b"hidden");
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let check = |m: &Mount| {
+        assert_eq!(names(&m.mnt), ["from1", "o", "plainfile"], "root view");
+        assert!(gone(&m.path("from2")), "lower2 visible through an opaque lower1 root");
+        assert!(gone(&m.path("ghost")) && gone(&m.path("nothing")) && gone(&m.path(".wh.ghost")));
+        assert!(gone(&m.path(".wh..wh..opq")));
+        assert_eq!(std::fs::read(m.path("plainfile")).unwrap(), b"plain");
+        assert!(
+            !xlist(&m.path("plainfile")).iter().any(|x| x.contains("overlay")),
+            "private xattr visible"
+        );
+        assert_eq!(names(&m.path("o")), ["mine", "sub"]);
+        assert_eq!(names(&m.path("o/sub")), ["mine2"]);
+    };
+    check(&m);
+    // Create over the ghost names, use the odd file, copy up in the opaque dirs.
+    std::fs::write(m.path("ghost"), b"g").unwrap();
+    std::fs::write(m.path("nothing"), b"n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("plainfile"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
+        .unwrap();
+    std::fs::write(m.path("o/sub/new"), b"new").unwrap();
+    std::fs::remove_file(m.path("o/sub/mine2")).unwrap();
+    assert_eq!(names(&m.path("o/sub")), ["new"]);
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), ["from1", "ghost", "nothing", "o", "plainfile"]);
+    assert_eq!(std::fs::read(m.path("ghost")).unwrap(), b"g");
+    assert_eq!(std::fs::read(m.path("nothing")).unwrap(), b"n");
+    assert_eq!(std::fs::read(m.path("plainfile")).unwrap(), b"plain+");
+    assert_eq!(names(&m.path("o/sub")), ["new"]);
+    assert_eq!(names(&m.path("o")), ["mine", "sub"]);
+    std::fs::remove_file(m.path("ghost")).unwrap();
+    std::fs::remove_dir_all(m.path("o")).unwrap();
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.mnt), ["from1", "nothing", "plainfile"]);
+    drop(m);
+    assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
     assert_eq!(l.snapshot_lowers(), before);
 }

@@ -1,8 +1,11 @@
 //! docs/semantics.md, "Lookup", through real mounts: top down, the first hit wins, a
 //! non-directory ends the merge (a symlink to a directory is not followed), and results follow
-//! every change made through the view at once.
+//! every change made through the view at once. Hostile layers (`hostile_*`): a lower symlink to
+//! a directory outside the layers is never followed by the daemon, and symlinks pointing outside
+//! resolve through the view like any symlink; the daemon serves on, the lowers are unchanged.
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
@@ -108,5 +111,147 @@ fn lookup_results_follow_changes_made_through_the_view() {
     assert_eq!(text(&m.path("d/moved")), "o");
     assert_eq!(err_code(std::fs::metadata(m.path("d/old"))), Some(ENOENT));
     drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+/// A sentinel directory outside the layers that symlinks in the layers point to.
+fn sentinel(l: &Layers) -> PathBuf {
+    let s = l.dir.path().join("sentinel");
+    std::fs::create_dir_all(s.join("sub")).unwrap();
+    std::fs::write(s.join("passwd"), b"root:x:0:0").unwrap();
+    std::fs::write(s.join("secret"), b"secret").unwrap();
+    std::fs::write(s.join("sub/inner"), b"inner").unwrap();
+    s
+}
+
+/// A lower symlink to a directory outside the layers, shadowed by a directory of the same name in
+/// a higher layer: the daemon must not follow the lower symlink when it resolves layer paths, so
+/// nothing from the outside directory shows up and operations under that name never touch it.
+#[test]
+fn hostile_symlinks_below_directories_are_never_followed_by_the_daemon() {
+    let l = Layers::new(2);
+    let s = sentinel(&l);
+    // lower0 (top): real directories; lower1: symlinks with the same names pointing outside.
+    l.put(0, "d/mine", b"mine");
+    l.put(0, "r/mine", b"mine");
+    std::os::unix::fs::symlink(&s, l.lower(1, "d")).unwrap();
+    std::os::unix::fs::symlink("../sentinel", l.lower(1, "r")).unwrap();
+    // Deeper: an intermediate component in the lower layer is a symlink.
+    l.put(0, "deep/x/file", b"x");
+    l.mkdir(1, "deep");
+    std::os::unix::fs::symlink("../../sentinel", l.lower(1, "deep/x")).unwrap();
+    // An upper symlink over a lower directory.
+    l.put(1, "u/lowerfile", b"lower");
+    std::os::unix::fs::symlink(&s, l.up("u")).unwrap();
+    let before = l.snapshot_lowers();
+    let sentinel_before = Tree::read_raw(&s);
+    let m = l.mount(&[]);
+
+    for d in ["d", "r", "deep/x"] {
+        assert!(lstat(&m.path(d)).is_dir(), "{d} is a directory in the view");
+        for n in ["passwd", "secret", "sub", "sub/inner"] {
+            assert!(
+                gone(&m.path(&format!("{d}/{n}"))),
+                "{d}/{n}: the daemon followed a lower symlink"
+            );
+        }
+        assert_eq!(
+            err_code(std::fs::remove_file(m.path(&format!("{d}/passwd")))),
+            Some(libc::ENOENT)
+        );
+        assert_eq!(
+            err_code(std::fs::remove_dir_all(m.path(&format!("{d}/sub")))),
+            Some(libc::ENOENT)
+        );
+        // Creating and writing under it lands in the upper.
+        std::fs::write(m.path(&format!("{d}/passwd")), b"view").unwrap();
+        std::fs::write(m.path(&format!("{d}/secret")), b"view").unwrap();
+        std::fs::create_dir(m.path(&format!("{d}/sub"))).unwrap();
+        std::fs::write(m.path(&format!("{d}/sub/inner")), b"view").unwrap();
+        assert_eq!(std::fs::read(l.up(&format!("{d}/passwd"))).unwrap(), b"view");
+        std::fs::remove_file(m.path(&format!("{d}/secret"))).unwrap();
+    }
+    assert_eq!(names(&m.path("d")), ["mine", "passwd", "sub"]);
+    assert_eq!(names(&m.path("deep/x")), ["file", "passwd", "sub"]);
+    // Copy-up (chmod), rename, whiteouts, rmdir of the whole thing.
+    std::fs::set_permissions(m.path("d/mine"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(m.path("r"), m.path("r2")).unwrap();
+    assert_eq!(names(&m.path("r2")), ["mine", "passwd", "sub"]);
+    std::fs::remove_dir_all(m.path("deep")).unwrap();
+    // The upper symlink over a lower dir is a symlink in the view; removing it removes the link.
+    assert!(lstat(&m.path("u")).file_type().is_symlink());
+    assert_eq!(std::fs::read_link(m.path("u")).unwrap(), s);
+    std::fs::remove_file(m.path("u")).unwrap();
+    assert!(gone(&m.path("u")));
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    assert_eq!(names(&m.path("d")), ["mine", "passwd", "sub"]);
+    assert_eq!(names(&m.path("r2")), ["mine", "passwd", "sub"]);
+    assert!(gone(&m.path("r")) && gone(&m.path("deep")) && gone(&m.path("u")));
+    assert_healthy(&m);
+    drop(m);
+    assert_eq!(
+        Tree::read_raw(&s),
+        sentinel_before,
+        "something outside the layers changed"
+    );
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+/// Symlinks pointing outside, used through the view, resolve like ordinary symlinks in the view
+/// (the kernel follows them from the mount), and readlink returns the stored target unchanged.
+#[test]
+fn hostile_outside_symlinks_resolve_like_normal_symlinks_in_the_view() {
+    let l = Layers::new(1);
+    let s = sentinel(&l);
+    std::os::unix::fs::symlink(&s, l.lower(0, "abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../..", l.lower(0, "up")).unwrap();
+    std::os::unix::fs::symlink("../sentinel/passwd", l.lower(0, "rel")).unwrap();
+    l.mkdir(0, "a/b");
+    std::os::unix::fs::symlink("../../abs/sub", l.lower(0, "a/b/chain")).unwrap();
+    let before = l.snapshot_lowers();
+    let sentinel_before = Tree::read_raw(&s);
+    let m = l.mount(&[]);
+    assert_eq!(std::fs::read_link(m.path("abs")).unwrap(), s);
+    assert_eq!(
+        std::fs::read_link(m.path("up")).unwrap(),
+        Path::new("../../../../../../../../..")
+    );
+    // Resolved by the kernel in the view: mnt/../sentinel is the sentinel (mnt and the sentinel are
+    // siblings), mnt/up is "/".
+    assert_eq!(std::fs::read(m.path("rel")).unwrap(), b"root:x:0:0");
+    assert_eq!(std::fs::read(m.path("abs/passwd")).unwrap(), b"root:x:0:0");
+    assert_eq!(std::fs::read(m.path("a/b/chain/inner")).unwrap(), b"inner");
+    assert_eq!(
+        std::fs::metadata(m.path("up")).unwrap().ino(),
+        std::fs::metadata("/").unwrap().ino()
+    );
+    // Copy-up of the links themselves (lchown) keeps them links with the same target.
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        m.path("abs"),
+        Some(rustix::process::Uid::from_raw(1)),
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_link(l.up("abs")).unwrap(), s);
+    std::fs::rename(m.path("up"), m.path("up2")).unwrap();
+    std::fs::remove_file(m.path("rel")).unwrap();
+    assert_eq!(std::fs::read(s.join("passwd")).unwrap(), b"root:x:0:0");
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    assert_eq!(
+        std::fs::read_link(m.path("up2")).unwrap(),
+        Path::new("../../../../../../../../..")
+    );
+    assert!(gone(&m.path("rel")) && gone(&m.path("up")));
+    assert_eq!(lstat(&m.path("abs")).uid(), 1);
+    drop(m);
+    assert_eq!(
+        Tree::read_raw(&s),
+        sentinel_before,
+        "something outside the layers changed"
+    );
     assert_eq!(l.snapshot_lowers(), before);
 }

@@ -1,10 +1,15 @@
 //! docs/semantics.md, "Readdir", through real mounts: each name once across layers, `d_ino` the
 //! inode number lookup gives and `d_type` the winner's, and listings that stay right while
-//! entries are deleted (`rm -rf` of a big or merged directory removes each entry once).
+//! entries are deleted (`rm -rf` of a big or merged directory removes each entry once). Hostile
+//! layers (`hostile_*`): names with newlines and invalid UTF-8, and a 100,000-entry lower
+//! directory, listed, looked up, changed and remounted; the daemon serves on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
+use std::time::Instant;
 
 use crate::common::*;
 
@@ -225,4 +230,126 @@ fn rm_rf_of_a_merged_tree_removes_everything() {
     assert_eq!(names(&m.mnt), ["other"]);
     drop(m);
     assert_eq!(l.snapshot_lowers(), before);
+}
+
+fn os(b: &[u8]) -> OsString {
+    OsString::from_vec(b.to_vec())
+}
+
+/// Names with newlines, tabs and invalid UTF-8 (0xff), from the lowers and through the view:
+/// list, stat, read, rename, delete (whiteout), remount.
+#[test]
+fn hostile_names_with_newlines_and_invalid_utf8() {
+    let l = Layers::new(2);
+    let weird: Vec<OsString> = vec![
+        os(b"new\nline"),
+        os(b"bad\xff\xfe"),
+        os(b"\xff"),
+        os(b"tab\tand space "),
+        os(b"\n"),
+    ];
+    for (i, n) in weird.iter().enumerate() {
+        let dir = l.lower(i % 2, "w");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(n), n.as_bytes()).unwrap();
+    }
+    std::fs::create_dir_all(l.lower(1, "w").join(os(b"dir\n\xff"))).unwrap();
+    std::fs::write(l.lower(1, "w").join(os(b"dir\n\xff")).join(os(b"in\xff")), b"in").unwrap();
+    let before = l.snapshot_lowers();
+    let m = l.mount(&[]);
+    let w = m.path("w");
+    let list = |w: &Path| -> Vec<OsString> {
+        let mut v: Vec<OsString> = std::fs::read_dir(w).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let mut want: Vec<OsString> = weird.clone();
+    want.push(os(b"dir\n\xff"));
+    want.sort();
+    assert_eq!(list(&w), want);
+    for n in &weird {
+        assert_eq!(std::fs::read(w.join(n)).unwrap(), n.as_bytes(), "{n:?}");
+    }
+    // Through the view: create, rename, delete (whiteouts for lower names).
+    std::fs::write(w.join(os(b"made\nhere\xff")), b"made").unwrap();
+    std::fs::rename(w.join(os(b"new\nline")), w.join(os(b"renamed\n\xff"))).unwrap();
+    std::fs::remove_file(w.join(os(b"\xff"))).unwrap();
+    std::fs::rename(w.join(os(b"dir\n\xff")), w.join(os(b"dir2\xff"))).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(w.join(os(b"bad\xff\xfe")))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
+        .unwrap();
+    let check = |m: &Mount| {
+        let w = m.path("w");
+        let mut want = vec![
+            os(b"bad\xff\xfe"),
+            os(b"tab\tand space "),
+            os(b"\n"),
+            os(b"made\nhere\xff"),
+            os(b"renamed\n\xff"),
+            os(b"dir2\xff"),
+        ];
+        want.sort();
+        assert_eq!(list(&w), want);
+        for n in &want {
+            lstat(&w.join(n));
+        }
+        assert_eq!(std::fs::read(w.join(os(b"renamed\n\xff"))).unwrap(), b"new\nline");
+        assert_eq!(std::fs::read(w.join(os(b"bad\xff\xfe"))).unwrap(), b"bad\xff\xfe+");
+        assert_eq!(
+            std::fs::read(w.join(os(b"dir2\xff")).join(os(b"in\xff"))).unwrap(),
+            b"in"
+        );
+        assert!(gone(&w.join(os(b"\xff"))) && gone(&w.join(os(b"new\nline"))));
+    };
+    check(&m);
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    check(&m);
+    let m = remount(&l, m, &["--whiteouts=oci"]);
+    check(&m);
+    drop(m);
+    assert_eq!(l.snapshot_lowers(), before);
+}
+
+/// A 100,000-entry lower directory: the listing has every name exactly once, lookups work, and a
+/// change in it survives a remount.
+#[test]
+fn hostile_hundred_thousand_entry_lower_directory() {
+    const N: usize = 100_000;
+    let l = Layers::new(1);
+    let dir = l.lower(0, "big");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..N {
+        std::fs::File::create(dir.join(format!("entry-{i:06}"))).unwrap();
+    }
+    std::fs::write(dir.join("entry-000007"), b"seven").unwrap();
+    let t0 = Instant::now();
+    let m = l.mount(&[]);
+    let count = |m: &Mount| {
+        let mut seen = std::collections::HashSet::with_capacity(N);
+        for e in std::fs::read_dir(m.path("big")).unwrap() {
+            let n = e.unwrap().file_name();
+            assert!(seen.insert(n.clone()), "{n:?} listed twice");
+        }
+        seen
+    };
+    let seen = count(&m);
+    assert_eq!(seen.len(), N);
+    for i in (0..N).step_by(997) {
+        assert!(lstat(&m.path(&format!("big/entry-{i:06}"))).is_file());
+    }
+    assert_eq!(std::fs::read(m.path("big/entry-000007")).unwrap(), b"seven");
+    assert!(gone(&m.path("big/entry-100000")));
+    std::fs::remove_file(m.path("big/entry-000001")).unwrap();
+    std::fs::write(m.path("big/extra"), b"x").unwrap();
+    assert_healthy(&m);
+    let m = remount(&l, m, &[]);
+    let seen = count(&m);
+    assert_eq!(seen.len(), N);
+    assert!(seen.contains(OsStr::new("extra")) && !seen.contains(OsStr::new("entry-000001")));
+    assert_healthy(&m);
+    drop(m);
+    eprintln!("100k directory: {:?} through the mount", t0.elapsed());
 }

@@ -139,6 +139,18 @@ impl Drop for Mount {
     }
 }
 
+/// The daemon of `m` is alive and the mount answers a lookup, a readdir and a small write.
+pub fn assert_healthy(m: &Mount) {
+    assert!(daemon_alive(m), "daemon died");
+    std::fs::read_dir(&m.mnt)
+        .expect("readdir root")
+        .for_each(|e| drop(e.expect("entry")));
+    let probe = m.path("health-probe");
+    std::fs::write(&probe, b"ok").expect("write probe");
+    assert_eq!(std::fs::read(&probe).expect("read the probe back"), b"ok");
+    std::fs::remove_file(&probe).expect("remove the probe");
+}
+
 /// Unmounts `m`, asserting the daemon exits 0, and mounts the same layers again with `extra`.
 pub fn remount(l: &Layers, m: Mount, extra: &[&str]) -> Mount {
     assert_eq!(m.unmount(), Some(0), "unionfs must exit 0 on unmount");

@@ -105,6 +105,12 @@ fn list_xattrs(p: &Path, all: bool) -> BTreeMap<OsString, Vec<u8>> {
         .collect()
 }
 
+/// `mknod(p)` of type `ft` with `mode` and device number `dev`.
+pub fn mknod(p: &Path, ft: rustix::fs::FileType, mode: u32, dev: u64) {
+    rustix::fs::mknodat(rustix::fs::CWD, p, ft, rustix::fs::Mode::from_raw_mode(mode), dev)
+        .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
+}
+
 /// Creates an overlay whiteout (char device 0/0) at `p`.
 pub fn mknod_whiteout(p: &Path) {
     rustix::fs::mknodat(
