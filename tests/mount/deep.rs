@@ -298,7 +298,7 @@ fn hostile_very_deep_tree() {
     let chain = vec!["d"; DEPTH].join("/");
     l.put(0, &format!("{chain}/leaf"), b"deep leaf");
     l.put(0, &format!("{chain}/other"), b"other");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     assert_eq!(std::fs::read(m.path(&format!("{chain}/leaf"))).unwrap(), b"deep leaf");
     std::fs::OpenOptions::new()
@@ -311,13 +311,20 @@ fn hostile_very_deep_tree() {
     std::fs::create_dir_all(m.path(&format!("{chain}/{new_chain}"))).unwrap();
     std::fs::write(m.path(&format!("{chain}/{new_chain}/f")), b"new deep").unwrap();
     assert_healthy(&m);
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path(&format!("{chain}/leaf"))).unwrap(), b"deep leaf!");
-    assert_eq!(names(&m.path(&chain)), ["leaf", "n", "renamed"]);
-    assert_eq!(
-        std::fs::read(m.path(&format!("{chain}/{new_chain}/f"))).unwrap(),
-        b"new deep"
-    );
+    let m = sc
+        .ending(m)
+        .view(|root| {
+            assert_eq!(
+                std::fs::read(root.join(format!("{chain}/leaf"))).unwrap(),
+                b"deep leaf!"
+            );
+            assert_eq!(names(&root.join(&chain)), ["leaf", "n", "renamed"]);
+            assert_eq!(
+                std::fs::read(root.join(format!("{chain}/{new_chain}/f"))).unwrap(),
+                b"new deep"
+            );
+        })
+        .remount();
     // Rename the top of the deep lower tree (materialises all 250 levels), then remove it.
     std::fs::rename(m.path("d"), m.path("moved")).unwrap();
     assert_eq!(
@@ -326,9 +333,8 @@ fn hostile_very_deep_tree() {
     );
     std::fs::remove_dir_all(m.path("moved")).unwrap();
     assert_healthy(&m);
-    let m = remount(&l, m, &[]);
-    assert!(names(&m.mnt).is_empty());
-    drop(m);
-    assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| assert!(names(root).is_empty()))
+        .after(|| assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new()))
+        .end();
 }

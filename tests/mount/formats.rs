@@ -40,38 +40,37 @@ fn opaque_markers_of_every_format_in_a_lower() {
             Marker::Xattr(name) => xset(&l.lower(0, "d"), name, b"y").unwrap(),
             Marker::OciFile => l.put(0, "d/.wh..wh..opq", b""),
         }
-        let before = l.snapshot_lowers();
+        let sc = Scenario::new(&l);
         let mut expect: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
         expect.push("top".into());
         expect.sort();
-        let check = |m: &Mount, expect: &[String]| {
-            assert_eq!(names(&m.path("d")), expect, "{marker:?}");
-            assert_eq!(text(&m.path("d/top")), "L0", "{marker:?}");
+        let check = |root: &Path, expect: &[String]| {
+            assert_eq!(names(&root.join("d")), expect, "{marker:?}");
+            assert_eq!(text(&root.join("d/top")), "L0", "{marker:?}");
             for hidden in ["hidden", "deeper", ".wh..wh..opq"] {
                 assert_eq!(
-                    err_code(std::fs::symlink_metadata(m.path("d").join(hidden))),
+                    err_code(std::fs::symlink_metadata(root.join("d").join(hidden))),
                     Some(ENOENT),
                     "{marker:?}: {hidden} must not be visible"
                 );
             }
-            let xs = xlist(&m.path("d"));
+            let xs = xlist(&root.join("d"));
             assert!(
                 xs.iter()
                     .all(|x| !x.contains("overlay") && !x.contains("fuseoverlayfs")),
                 "{marker:?}: private xattrs listed: {xs:?}"
             );
-            assert_eq!(names(&m.path("m")), ["a", "b"]);
+            assert_eq!(names(&root.join("m")), ["a", "b"]);
         };
         let m = l.mount(&[]);
-        check(&m, &expect);
+        check(&m.mnt, &expect);
         std::fs::write(m.path("d/new"), b"n").unwrap();
         expect.push("new".into());
         expect.sort();
-        check(&m, &expect);
-        let m = remount(&l, m, &[]);
-        check(&m, &expect);
-        drop(m);
-        assert_eq!(l.snapshot_lowers(), before, "{marker:?}");
+        sc.ending(m)
+            .view(|root| check(root, &expect))
+            .named(format!("{marker:?}"))
+            .end();
     }
 }
 
@@ -104,9 +103,9 @@ fn whiteouts_of_every_format_in_a_lower() {
     l.put(0, "ud/f_u", b"");
     xset(&l.lower(0, "ud/f_u"), "user.overlay.whiteout", b"").unwrap();
     xset(&l.lower(0, "ud"), "user.overlay.opaque", b"x").unwrap();
-    let before = l.snapshot_lowers();
-    let check = |m: &Mount, root: &[&str]| {
-        assert_eq!(names(&m.mnt), root);
+    let sc = Scenario::new(&l);
+    let check = |root: &Path, top: &[&str]| {
+        assert_eq!(names(root), top);
         for gone in [
             "chr",
             "oci",
@@ -118,34 +117,32 @@ fn whiteouts_of_every_format_in_a_lower() {
             "ud/f_u",
         ] {
             assert_eq!(
-                err_code(std::fs::symlink_metadata(m.path(gone))),
+                err_code(std::fs::symlink_metadata(root.join(gone))),
                 Some(ENOENT),
                 "{gone} must be hidden"
             );
         }
         // opaque=x is not opaque: the rest of the lower directory still shows.
-        assert_eq!(names(&m.path("xd")), ["other"]);
-        assert_eq!(names(&m.path("ud")), ["other"]);
+        assert_eq!(names(&root.join("xd")), ["other"]);
+        assert_eq!(names(&root.join("ud")), ["other"]);
     };
     let m = l.mount(&[]);
-    check(&m, &["kept", "ud", "xd"]);
+    check(&m.mnt, &["kept", "ud", "xd"]);
     // Re-creating hidden names through the view.
     std::fs::write(m.path("chr"), b"new").unwrap();
     std::fs::create_dir(m.path("dir_oci")).unwrap();
-    let after = ["chr", "dir_oci", "kept", "ud", "xd"];
-    assert_eq!(names(&m.mnt), after);
-    assert_eq!(
-        names(&m.path("dir_oci")),
-        Vec::<String>::new(),
-        "recreated dir must not show x"
-    );
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), after);
-    assert_eq!(text(&m.path("chr")), "new");
-    assert_eq!(names(&m.path("dir_oci")), Vec::<String>::new());
-    assert_eq!(names(&m.path("xd")), ["other"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["chr", "dir_oci", "kept", "ud", "xd"]);
+            assert_eq!(
+                names(&root.join("dir_oci")),
+                Vec::<String>::new(),
+                "recreated dir must not show x"
+            );
+            assert_eq!(text(&root.join("chr")), "new");
+            assert_eq!(names(&root.join("xd")), ["other"]);
+        })
+        .end();
 }
 
 #[test]
@@ -166,20 +163,16 @@ fn oci_whiteout_hides_only_layers_below_its_own() {
     l.put(0, "dd/a", b"a");
     l.put(0, ".wh.dd", b"");
     l.put(1, "dd/b", b"b");
-    let before = l.snapshot_lowers();
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.mnt), ["dd", "same", "sub"]);
-        assert_eq!(text(&m.path("same")), "L0");
-        assert_eq!(err_code(std::fs::symlink_metadata(m.path("below"))), Some(ENOENT));
-        assert_eq!(names(&m.path("sub")), ["kept"]);
-        assert_eq!(names(&m.path("dd")), ["a"]);
+    let sc = Scenario::new(&l);
+    let check = |root: &Path| {
+        assert_eq!(names(root), ["dd", "same", "sub"]);
+        assert_eq!(text(&root.join("same")), "L0");
+        assert_eq!(err_code(std::fs::symlink_metadata(root.join("below"))), Some(ENOENT));
+        assert_eq!(names(&root.join("sub")), ["kept"]);
+        assert_eq!(names(&root.join("dd")), ["a"]);
     };
     let m = l.mount(&[]);
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -201,40 +194,40 @@ fn private_markers_never_appear_in_readdir_lookup_or_listxattr() {
     mknod_whiteout(&l.lower(0, "d/chr"));
     l.put(0, "d/kept", b"k");
     l.put(1, "d/gone", b"g");
-    let before = l.snapshot_lowers();
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.path("d")), ["kept"]);
-        assert_eq!(names(&m.mnt), ["d", "f"]);
+    let sc = Scenario::new(&l);
+    let check = |root: &Path| {
+        assert_eq!(names(&root.join("d")), ["kept"]);
+        assert_eq!(names(root), ["d", "f"]);
         for hidden in ["d/.wh.gone", "d/.wh..wh..opq", "d/chr", "d/gone"] {
             assert_eq!(
-                err_code(std::fs::symlink_metadata(m.path(hidden))),
+                err_code(std::fs::symlink_metadata(root.join(hidden))),
                 Some(ENOENT),
                 "{hidden}"
             );
         }
-        assert_eq!(xlist(&m.path("f")), ["trusted.visible", "user.visible"]);
+        assert_eq!(xlist(&root.join("f")), ["trusted.visible", "user.visible"]);
         for x in [
             "trusted.overlay.origin",
             "user.overlay.redirect",
             "user.fuseoverlayfs.origin",
             "user.unionfs.origin",
         ] {
-            assert_eq!(xget_err(&m.path("f"), x), Err(libc::ENODATA), "{x} must read as absent");
+            assert_eq!(
+                xget_err(&root.join("f"), x),
+                Err(libc::ENODATA),
+                "{x} must read as absent"
+            );
         }
-        assert!(xlist(&m.path("d")).is_empty());
+        assert!(xlist(&root.join("d")).is_empty());
     };
     let m = l.mount(&[]);
-    check(&m);
+    check(&m.mnt);
     // After a copy-up, our own metadata (if any) is not listed either.
     std::fs::OpenOptions::new().append(true).open(m.path("f")).unwrap();
     std::fs::write(m.path("d/new"), b"n").unwrap();
     std::fs::remove_file(m.path("d/new")).unwrap();
     assert!(exists_raw(&l.up("f")), "open for write must copy up");
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 pub(crate) fn opaque_xattr(p: &Path) -> Option<Vec<u8>> {
@@ -246,7 +239,7 @@ fn names_starting_with_dot_wh_are_refused_with_einval() {
     let l = Layers::new(1);
     l.put(0, "f", b"f");
     l.put(0, "d/g", b"g");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let einval = Some(libc::EINVAL);
     for dir in ["", "d/"] {
@@ -269,15 +262,17 @@ fn names_starting_with_dot_wh_are_refused_with_einval() {
         assert_eq!(err_code(std::fs::rename(m.path("f"), p(".wh.moved"))), einval);
         assert_eq!(err_code(std::fs::metadata(p(".wh.f"))), Some(ENOENT));
     }
-    assert_eq!(names(&m.mnt), ["d", "f"]);
-    let raw: Vec<String> = names(&l.upper).into_iter().filter(|n| n.starts_with(".wh.")).collect();
-    assert!(raw.is_empty(), "created in the upper: {raw:?}");
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["d", "f"]);
-    assert_eq!(names(&m.path("d")), ["g"]);
-    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"f");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["d", "f"]);
+            assert_eq!(names(&root.join("d")), ["g"]);
+            assert_eq!(std::fs::read(root.join("f")).unwrap(), b"f");
+        })
+        .upper(|up| {
+            let raw: Vec<String> = names(up).into_iter().filter(|n| n.starts_with(".wh.")).collect();
+            assert!(raw.is_empty(), "created in the upper: {raw:?}");
+        })
+        .end();
 }
 
 #[test]
@@ -287,40 +282,41 @@ fn oci_style_writes_dot_wh_files_and_opaque_markers() {
     l.put(0, "d/a", b"a");
     l.put(0, "e/b", b"b");
     l.put(0, "keep", b"k");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&["--whiteouts=oci"]);
     std::fs::remove_file(m.path("f")).unwrap();
     std::fs::remove_dir_all(m.path("d")).unwrap();
     std::fs::create_dir(m.path("d")).unwrap();
     std::fs::remove_file(m.path("e/b")).unwrap();
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.mnt), ["d", "e", "keep"]);
-        assert_eq!(names(&m.path("d")), Vec::<String>::new());
-        assert_eq!(names(&m.path("e")), Vec::<String>::new());
+    let check = |root: &Path| {
+        assert_eq!(names(root), ["d", "e", "keep"]);
+        assert_eq!(names(&root.join("d")), Vec::<String>::new());
+        assert_eq!(names(&root.join("e")), Vec::<String>::new());
     };
-    check(&m);
-    let f = lstat(&l.up(".wh.f"));
-    assert!(f.is_file() && f.len() == 0, "f must be hidden by an empty .wh.f");
-    assert!(!exists_raw(&l.up("f")), "no device whiteout in OCI mode");
-    assert!(lstat(&l.up("e/.wh.b")).is_file());
-    assert!(!exists_raw(&l.up("e/b")));
-    assert!(lstat(&l.up("d/.wh..wh..opq")).is_file(), "d must carry .wh..wh..opq");
-    assert_eq!(opaque_xattr(&l.up("d")), None, "no opaque xattr in OCI mode");
-    assert!(lstat(&l.up("d")).is_dir());
-    let raw: Vec<_> = std::fs::read_dir(&l.upper)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_char_device())
-        .map(|e| e.file_name())
-        .collect();
-    assert!(raw.is_empty(), "char devices in an OCI upper: {raw:?}");
-    let m = remount(&l, m, &["--whiteouts=oci"]);
-    check(&m);
+    let m = sc
+        .ending(m)
+        .view(check)
+        .upper(|up| {
+            let f = lstat(&up.join(".wh.f"));
+            assert!(f.is_file() && f.len() == 0, "f must be hidden by an empty .wh.f");
+            assert!(!exists_raw(&up.join("f")), "no device whiteout in OCI mode");
+            assert!(lstat(&up.join("e/.wh.b")).is_file());
+            assert!(!exists_raw(&up.join("e/b")));
+            assert!(lstat(&up.join("d/.wh..wh..opq")).is_file(), "d must carry .wh..wh..opq");
+            assert_eq!(opaque_xattr(&up.join("d")), None, "no opaque xattr in OCI mode");
+            assert!(lstat(&up.join("d")).is_dir());
+            let raw: Vec<_> = std::fs::read_dir(up)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_type().unwrap().is_char_device())
+                .map(|e| e.file_name())
+                .collect();
+            assert!(raw.is_empty(), "char devices in an OCI upper: {raw:?}");
+        })
+        .remount_with(&["--whiteouts=oci"])
+        .remount();
     // The markers are read whatever style the next mount writes.
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -329,7 +325,7 @@ fn private_xattrs_are_hidden_and_cannot_be_set() {
     l.put(0, "d/top", b"t");
     l.put(1, "d/below", b"b");
     l.put(0, "f", b"f");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let private = [
         "trusted.overlay.opaque",
@@ -346,23 +342,19 @@ fn private_xattrs_are_hidden_and_cannot_be_set() {
     // Copy-ups happened meanwhile or now; our own metadata stays invisible.
     xset(&m.path("f"), "user.ok", b"1").unwrap();
     std::fs::write(m.path("d/new"), b"n").unwrap();
-    let check = |m: &Mount| {
+    let check = |root: &Path| {
         assert_eq!(
-            names(&m.path("d")),
+            names(&root.join("d")),
             ["below", "new", "top"],
             "d must not have become opaque"
         );
-        assert_eq!(xlist(&m.path("f")), ["user.ok"]);
-        assert_eq!(xlist(&m.path("d")), Vec::<String>::new());
+        assert_eq!(xlist(&root.join("f")), ["user.ok"]);
+        assert_eq!(xlist(&root.join("d")), Vec::<String>::new());
         for x in private {
-            assert_eq!(xget_err(&m.path("f"), x), Err(libc::ENODATA), "{x}");
+            assert_eq!(xget_err(&root.join("f"), x), Err(libc::ENODATA), "{x}");
         }
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 /// Whiteout and opaque markers in odd places: `.wh..wh..opq` at a layer root, a `.wh.` file whose
@@ -390,22 +382,25 @@ fn hostile_markers_in_odd_places() {
     std::fs::write(l.lower(0, "o/sub/.wh..wh..opq"), b"").unwrap();
     l.put(1, "o/hidden1", b"hidden");
     l.put(1, "o/sub/hidden2", b"hidden");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.mnt), ["from1", "o", "plainfile"], "root view");
-        assert!(gone(&m.path("from2")), "lower2 visible through an opaque lower1 root");
-        assert!(gone(&m.path("ghost")) && gone(&m.path("nothing")) && gone(&m.path(".wh.ghost")));
-        assert!(gone(&m.path(".wh..wh..opq")));
-        assert_eq!(std::fs::read(m.path("plainfile")).unwrap(), b"plain");
+    let check = |root: &Path| {
+        assert_eq!(names(root), ["from1", "o", "plainfile"], "root view");
         assert!(
-            !xlist(&m.path("plainfile")).iter().any(|x| x.contains("overlay")),
+            gone(&root.join("from2")),
+            "lower2 visible through an opaque lower1 root"
+        );
+        assert!(gone(&root.join("ghost")) && gone(&root.join("nothing")) && gone(&root.join(".wh.ghost")));
+        assert!(gone(&root.join(".wh..wh..opq")));
+        assert_eq!(std::fs::read(root.join("plainfile")).unwrap(), b"plain");
+        assert!(
+            !xlist(&root.join("plainfile")).iter().any(|x| x.contains("overlay")),
             "private xattr visible"
         );
-        assert_eq!(names(&m.path("o")), ["mine", "sub"]);
-        assert_eq!(names(&m.path("o/sub")), ["mine2"]);
+        assert_eq!(names(&root.join("o")), ["mine", "sub"]);
+        assert_eq!(names(&root.join("o/sub")), ["mine2"]);
     };
-    check(&m);
+    check(&m.mnt);
     // Create over the ghost names, use the odd file, copy up in the opaque dirs.
     std::fs::write(m.path("ghost"), b"g").unwrap();
     std::fs::write(m.path("nothing"), b"n").unwrap();
@@ -418,19 +413,22 @@ fn hostile_markers_in_odd_places() {
     std::fs::remove_file(m.path("o/sub/mine2")).unwrap();
     assert_eq!(names(&m.path("o/sub")), ["new"]);
     assert_healthy(&m);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["from1", "ghost", "nothing", "o", "plainfile"]);
-    assert_eq!(std::fs::read(m.path("ghost")).unwrap(), b"g");
-    assert_eq!(std::fs::read(m.path("nothing")).unwrap(), b"n");
-    assert_eq!(std::fs::read(m.path("plainfile")).unwrap(), b"plain+");
-    assert_eq!(names(&m.path("o/sub")), ["new"]);
-    assert_eq!(names(&m.path("o")), ["mine", "sub"]);
+    let m = sc
+        .ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["from1", "ghost", "nothing", "o", "plainfile"]);
+            assert_eq!(std::fs::read(root.join("ghost")).unwrap(), b"g");
+            assert_eq!(std::fs::read(root.join("nothing")).unwrap(), b"n");
+            assert_eq!(std::fs::read(root.join("plainfile")).unwrap(), b"plain+");
+            assert_eq!(names(&root.join("o/sub")), ["new"]);
+            assert_eq!(names(&root.join("o")), ["mine", "sub"]);
+        })
+        .remount();
     std::fs::remove_file(m.path("ghost")).unwrap();
     std::fs::remove_dir_all(m.path("o")).unwrap();
     assert_healthy(&m);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["from1", "nothing", "plainfile"]);
-    drop(m);
-    assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| assert_eq!(names(root), ["from1", "nothing", "plainfile"]))
+        .after(|| assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new()))
+        .end();
 }

@@ -23,32 +23,32 @@ fn all_hard_links_share_one_inode_number() {
     l.mkdir(0, "d");
     std::fs::hard_link(l.lower(0, "a"), l.lower(0, "d/b")).unwrap();
     std::fs::hard_link(l.lower(0, "a"), l.lower(0, "c")).unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let i = ino(&m.path("a"));
-    let check = |m: &Mount, content: &[u8], names: &[&str]| {
+    let check = |root: &Path, content: &[u8], names: &[&str]| {
         for n in names {
-            assert_eq!(ino(&m.path(n)), i, "{n} has its own inode number");
-            assert_eq!(lstat(&m.path(n)).nlink(), names.len() as u64, "nlink of {n}");
-            assert_eq!(std::fs::read(m.path(n)).unwrap(), content, "{n}");
+            assert_eq!(ino(&root.join(n)), i, "{n} has its own inode number");
+            assert_eq!(lstat(&root.join(n)).nlink(), names.len() as u64, "nlink of {n}");
+            assert_eq!(std::fs::read(root.join(n)).unwrap(), content, "{n}");
         }
     };
-    check(&m, b"A", &["a", "d/b", "c"]);
+    check(&m.mnt, b"A", &["a", "d/b", "c"]);
     std::fs::OpenOptions::new()
         .append(true)
         .open(m.path("d/b"))
         .unwrap()
         .write_all(b"+")
         .unwrap();
-    check(&m, b"A+", &["a", "d/b", "c"]);
+    check(&m.mnt, b"A+", &["a", "d/b", "c"]);
     std::fs::hard_link(m.path("c"), m.path("z")).unwrap();
-    check(&m, b"A+", &["a", "d/b", "c", "z"]);
-    let up: BTreeSet<u64> = ["a", "d/b", "c", "z"].iter().map(|n| ino(&l.up(n))).collect();
-    assert_eq!(up.len(), 1, "the upper names must be links of one inode");
-    let m = remount(&l, m, &[]);
-    check(&m, b"A+", &["a", "d/b", "c", "z"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| check(root, b"A+", &["a", "d/b", "c", "z"]))
+        .upper(|up| {
+            let inos: BTreeSet<u64> = ["a", "d/b", "c", "z"].iter().map(|n| ino(&up.join(n))).collect();
+            assert_eq!(inos.len(), 1, "the upper names must be links of one inode");
+        })
+        .end();
 }
 
 pub(crate) const ORIGINAL: &[u8] = b"original\n";

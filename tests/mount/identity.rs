@@ -56,7 +56,7 @@ fn st_ino_is_kept_by_copy_up_and_across_remounts() {
     l.put(0, "d/h", b"h");
     symlink("f", l.lower(0, "s")).unwrap();
     mkfifo(&l.lower(1, "p"));
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("n"), b"new").unwrap();
     std::fs::create_dir(m.path("nd")).unwrap();
@@ -76,12 +76,9 @@ fn st_ino_is_kept_by_copy_up_and_across_remounts() {
         assert!(exists_raw(&l.up(p)), "{p} must be copied up");
     }
     assert_eq!(walk_ids(&m.mnt), ids, "copy-up changed inode numbers");
-    let m = remount(&l, m, &[]);
-    assert_eq!(walk_ids(&m.mnt), ids, "inode numbers changed across remount");
-    let m = remount(&l, m, &[]);
-    assert_eq!(walk_ids(&m.mnt), ids, "inode numbers changed across a second remount");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    let same_ids = |root: &Path| assert_eq!(walk_ids(root), ids, "inode numbers changed across a remount");
+    let m = sc.ending(m).view(same_ids).remount();
+    sc.ending(m).view(same_ids).end();
 }
 
 #[test]
@@ -96,22 +93,19 @@ fn st_ino_is_unique_and_st_dev_is_shared() {
     }
     symlink("shadowed", l.lower(2, "link")).unwrap();
     mkfifo(&l.lower(1, "fifo"));
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     for j in 0..30 {
         std::fs::write(m.path(&format!("merged/up{j}")), b"u").unwrap();
     }
-    let check = |m: &Mount| {
-        let ids = walk_ids(&m.mnt);
+    let check = |root: &Path| {
+        let ids = walk_ids(root);
         let inos: BTreeSet<u64> = ids.values().copied().collect();
         assert_eq!(inos.len(), ids.len(), "inode numbers are not unique");
         ids
     };
-    let ids = check(&m);
-    let m = remount(&l, m, &[]);
-    assert_eq!(check(&m), ids);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    let ids = check(&m.mnt);
+    sc.ending(m).view(|root| assert_eq!(check(root), ids)).end();
 }
 
 #[test]
@@ -175,7 +169,7 @@ fn inode_numbers_survive_a_directory_rename() {
     l.put(0, "d/x", b"x");
     l.put(1, "d/sub/y", b"y");
     l.put(0, "d/sub/z", b"z");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let ids: Vec<u64> = ["d", "d/x", "d/sub", "d/sub/y", "d/sub/z"]
         .iter()
@@ -185,18 +179,19 @@ fn inode_numbers_survive_a_directory_rename() {
     let paths = ["e", "e/x", "e/sub", "e/sub/y", "e/sub/z"];
     let now: Vec<u64> = paths.iter().map(|p| ino(&m.path(p))).collect();
     assert_eq!(now, ids, "rename changed inode numbers");
-    let m = remount(&l, m, &[]);
-    let now: Vec<u64> = paths.iter().map(|p| ino(&m.path(p))).collect();
-    assert_eq!(now, ids, "inode numbers changed across remount after rename");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            let now: Vec<u64> = paths.iter().map(|p| ino(&root.join(p))).collect();
+            assert_eq!(now, ids, "inode numbers changed across remount after rename");
+        })
+        .end();
 }
 
 #[test]
 fn an_open_deleted_file_keeps_its_identity_while_new_files_appear() {
     let l = Layers::new(1);
     l.put(0, "lowerfile", b"lower!");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("victim"), b"12345").unwrap();
     let held = std::fs::File::open(m.path("victim")).unwrap();
@@ -220,8 +215,5 @@ fn an_open_deleted_file_keeps_its_identity_while_new_files_appear() {
     assert_eq!(held_lower.metadata().unwrap().len(), 6);
     drop(held);
     drop(held_lower);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt).len(), 100);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(|root| assert_eq!(names(root).len(), 100)).end();
 }

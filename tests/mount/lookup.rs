@@ -24,31 +24,33 @@ fn lookup_is_top_down_and_first_hit_wins() {
     l.put(1, "d/y", b"L1");
     l.put(2, "d/y", b"L2");
     l.put(2, "d/z", b"L2");
-    let before = l.snapshot_lowers();
-    let check = |m: &Mount, b: &str| {
-        assert_eq!(text(&m.path("a")), "L0");
-        assert_eq!(text(&m.path("b")), b);
-        assert_eq!(text(&m.path("c")), "L2");
-        assert_eq!(text(&m.path("d/x")), "L0");
-        assert_eq!(text(&m.path("d/y")), "L1");
-        assert_eq!(text(&m.path("d/z")), "L2");
-        assert_eq!(names(&m.path("d")), ["x", "y", "z"]);
-        assert_eq!(err_code(std::fs::symlink_metadata(m.path("nope"))), Some(ENOENT));
-        assert_eq!(err_code(std::fs::symlink_metadata(m.path("d/nope"))), Some(ENOENT));
+    let sc = Scenario::new(&l);
+    let check = |root: &Path, b: &str| {
+        assert_eq!(text(&root.join("a")), "L0");
+        assert_eq!(text(&root.join("b")), b);
+        assert_eq!(text(&root.join("c")), "L2");
+        assert_eq!(text(&root.join("d/x")), "L0");
+        assert_eq!(text(&root.join("d/y")), "L1");
+        assert_eq!(text(&root.join("d/z")), "L2");
+        assert_eq!(names(&root.join("d")), ["x", "y", "z"]);
+        assert_eq!(err_code(std::fs::symlink_metadata(root.join("nope"))), Some(ENOENT));
+        assert_eq!(err_code(std::fs::symlink_metadata(root.join("d/nope"))), Some(ENOENT));
     };
     let m = l.mount(&[]);
-    check(&m, "L1");
+    check(&m.mnt, "L1");
     assert_eq!(names(&m.mnt), ["a", "b", "c", "d"]);
     // The upper becomes the top layer for what is written.
     std::fs::write(m.path("b"), b"UP").unwrap();
-    check(&m, "UP");
-    let m = remount(&l, m, &[]);
-    check(&m, "UP");
-    assert_eq!(names(&m.mnt), ["a", "b", "c", "d"]);
-    drop(m);
-    assert_eq!(text(&l.up("b")), "UP");
-    assert!(!exists_raw(&l.up("a")), "reads must not copy up");
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            check(root, "UP");
+            assert_eq!(names(root), ["a", "b", "c", "d"]);
+        })
+        .after(|| {
+            assert_eq!(text(&l.up("b")), "UP");
+            assert!(!exists_raw(&l.up("a")), "reads must not copy up");
+        })
+        .end();
 }
 
 #[test]
@@ -67,33 +69,29 @@ fn lower_non_directory_below_a_directory_ends_the_merge() {
     l.put(0, "s/x", b"x");
     symlink(&outside, l.lower(1, "s")).unwrap();
     l.put(2, "s/w", b"w");
-    let before = l.snapshot_lowers();
-    let check = |m: &Mount, d: &[&str]| {
-        assert_eq!(names(&m.path("d")), d);
-        assert_eq!(err_code(std::fs::symlink_metadata(m.path("d/y"))), Some(ENOENT));
-        assert!(lstat(&m.path("f")).is_file());
-        assert_eq!(text(&m.path("f")), "file on top");
-        assert_eq!(names(&m.path("s")), d);
-        assert_eq!(err_code(std::fs::symlink_metadata(m.path("s/secret"))), Some(ENOENT));
-        assert_eq!(err_code(std::fs::symlink_metadata(m.path("s/w"))), Some(ENOENT));
+    let sc = Scenario::new(&l);
+    let check = |root: &Path, d: &[&str]| {
+        assert_eq!(names(&root.join("d")), d);
+        assert_eq!(err_code(std::fs::symlink_metadata(root.join("d/y"))), Some(ENOENT));
+        assert!(lstat(&root.join("f")).is_file());
+        assert_eq!(text(&root.join("f")), "file on top");
+        assert_eq!(names(&root.join("s")), d);
+        assert_eq!(err_code(std::fs::symlink_metadata(root.join("s/secret"))), Some(ENOENT));
+        assert_eq!(err_code(std::fs::symlink_metadata(root.join("s/w"))), Some(ENOENT));
     };
     let m = l.mount(&[]);
-    check(&m, &["x"]);
+    check(&m.mnt, &["x"]);
     // Copy-up of the merged directory must not widen the merge.
     std::fs::write(m.path("d/new"), b"n").unwrap();
     std::fs::write(m.path("s/new"), b"n").unwrap();
-    check(&m, &["new", "x"]);
-    let m = remount(&l, m, &[]);
-    check(&m, &["new", "x"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(|root| check(root, &["new", "x"])).end();
 }
 
 #[test]
 fn lookup_results_follow_changes_made_through_the_view() {
     let l = Layers::new(1);
     l.put(0, "d/old", b"o");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     // Negative results first, then changes: each must be seen at once.
     assert_eq!(err_code(std::fs::metadata(m.path("d/new"))), Some(ENOENT));
@@ -105,13 +103,13 @@ fn lookup_results_follow_changes_made_through_the_view() {
     assert_eq!(text(&m.path("d/moved")), "o");
     std::fs::remove_file(m.path("d/new")).unwrap();
     assert_eq!(err_code(std::fs::metadata(m.path("d/new"))), Some(ENOENT));
-    assert_eq!(names(&m.path("d")), ["moved"]);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("d")), ["moved"]);
-    assert_eq!(text(&m.path("d/moved")), "o");
-    assert_eq!(err_code(std::fs::metadata(m.path("d/old"))), Some(ENOENT));
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(&root.join("d")), ["moved"]);
+            assert_eq!(text(&root.join("d/moved")), "o");
+            assert_eq!(err_code(std::fs::metadata(root.join("d/old"))), Some(ENOENT));
+        })
+        .end();
 }
 
 /// A sentinel directory outside the layers that symlinks in the layers point to.
@@ -143,7 +141,7 @@ fn hostile_symlinks_below_directories_are_never_followed_by_the_daemon() {
     // An upper symlink over a lower directory.
     l.put(1, "u/lowerfile", b"lower");
     std::os::unix::fs::symlink(&s, l.up("u")).unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let sentinel_before = Tree::read_raw(&s);
     let m = l.mount(&[]);
 
@@ -184,18 +182,21 @@ fn hostile_symlinks_below_directories_are_never_followed_by_the_daemon() {
     std::fs::remove_file(m.path("u")).unwrap();
     assert!(gone(&m.path("u")));
     assert_healthy(&m);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("d")), ["mine", "passwd", "sub"]);
-    assert_eq!(names(&m.path("r2")), ["mine", "passwd", "sub"]);
-    assert!(gone(&m.path("r")) && gone(&m.path("deep")) && gone(&m.path("u")));
+    let m = sc
+        .ending(m)
+        .view(|root| {
+            assert_eq!(names(&root.join("d")), ["mine", "passwd", "sub"]);
+            assert_eq!(names(&root.join("r2")), ["mine", "passwd", "sub"]);
+            assert!(gone(&root.join("r")) && gone(&root.join("deep")) && gone(&root.join("u")));
+        })
+        .remount();
     assert_healthy(&m);
-    drop(m);
+    sc.finish(m);
     assert_eq!(
         Tree::read_raw(&s),
         sentinel_before,
         "something outside the layers changed"
     );
-    assert_eq!(l.snapshot_lowers(), before);
 }
 
 /// Symlinks pointing outside, used through the view, resolve like ordinary symlinks in the view
@@ -209,7 +210,7 @@ fn hostile_outside_symlinks_resolve_like_normal_symlinks_in_the_view() {
     std::os::unix::fs::symlink("../sentinel/passwd", l.lower(0, "rel")).unwrap();
     l.mkdir(0, "a/b");
     std::os::unix::fs::symlink("../../abs/sub", l.lower(0, "a/b/chain")).unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let sentinel_before = Tree::read_raw(&s);
     let m = l.mount(&[]);
     assert_eq!(std::fs::read_link(m.path("abs")).unwrap(), s);
@@ -240,18 +241,21 @@ fn hostile_outside_symlinks_resolve_like_normal_symlinks_in_the_view() {
     std::fs::remove_file(m.path("rel")).unwrap();
     assert_eq!(std::fs::read(s.join("passwd")).unwrap(), b"root:x:0:0");
     assert_healthy(&m);
-    let m = remount(&l, m, &[]);
-    assert_eq!(
-        std::fs::read_link(m.path("up2")).unwrap(),
-        Path::new("../../../../../../../../..")
-    );
-    assert!(gone(&m.path("rel")) && gone(&m.path("up")));
-    assert_eq!(lstat(&m.path("abs")).uid(), 1);
-    drop(m);
-    assert_eq!(
-        Tree::read_raw(&s),
-        sentinel_before,
-        "something outside the layers changed"
-    );
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(
+                std::fs::read_link(root.join("up2")).unwrap(),
+                Path::new("../../../../../../../../..")
+            );
+            assert!(gone(&root.join("rel")) && gone(&root.join("up")));
+            assert_eq!(lstat(&root.join("abs")).uid(), 1);
+        })
+        .after(|| {
+            assert_eq!(
+                Tree::read_raw(&s),
+                sentinel_before,
+                "something outside the layers changed"
+            );
+        })
+        .end();
 }

@@ -22,7 +22,7 @@ fn pitfall_deleted_lower_files_stay_deleted_after_recreate_or_rename_at_the_root
     l.put(1, "etc/sub/c", b"c");
     l.put(0, "var/old", b"o");
     l.put(1, "var/cache/x", b"x");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::remove_dir_all(m.path("etc")).unwrap();
     std::fs::create_dir(m.path("etc")).unwrap();
@@ -31,29 +31,33 @@ fn pitfall_deleted_lower_files_stay_deleted_after_recreate_or_rename_at_the_root
     std::fs::create_dir(m.path("staging")).unwrap();
     std::fs::write(m.path("staging/fresh"), b"f").unwrap();
     std::fs::rename(m.path("staging"), m.path("var")).unwrap();
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.mnt), ["etc", "var"]);
-        assert_eq!(names(&m.path("etc")), ["new"], "deleted lower files reappeared in etc");
+    let check = |root: &Path| {
+        assert_eq!(names(root), ["etc", "var"]);
         assert_eq!(
-            names(&m.path("var")),
+            names(&root.join("etc")),
+            ["new"],
+            "deleted lower files reappeared in etc"
+        );
+        assert_eq!(
+            names(&root.join("var")),
             ["fresh"],
             "deleted lower files reappeared in var"
         );
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    let m = remount(&l, m, &["--whiteouts=oci"]);
-    check(&m);
-    drop(m);
-    for d in ["etc", "var"] {
-        assert_eq!(
-            xget(&l.up(d), "trusted.overlay.opaque").as_deref(),
-            Some(&b"y"[..]),
-            "{d} not opaque"
-        );
-    }
-    assert_eq!(l.snapshot_lowers(), before);
+    let m = sc.ending(m).view(check).remount();
+    sc.ending(m)
+        .view(check)
+        .remount_with(&["--whiteouts=oci"])
+        .after(|| {
+            for d in ["etc", "var"] {
+                assert_eq!(
+                    xget(&l.up(d), "trusted.overlay.opaque").as_deref(),
+                    Some(&b"y"[..]),
+                    "{d} not opaque"
+                );
+            }
+        })
+        .end();
 }
 
 /// Pitfall: a write through one hard-link name copies up a different name; the names then
@@ -67,14 +71,14 @@ fn pitfall_write_through_one_hard_link_name_reaches_every_name() {
     std::fs::hard_link(l.lower(0, "x/a"), l.lower(0, "c")).unwrap();
     l.put(0, "t1", b"to be truncated");
     std::fs::hard_link(l.lower(0, "t1"), l.lower(0, "y/t2")).unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
-    let check = |m: &Mount, names: &[&str], content: &[u8]| {
-        let ino = lstat(&m.path(names[0])).ino();
+    let check = |root: &Path, names: &[&str], content: &[u8]| {
+        let ino = lstat(&root.join(names[0])).ino();
         for n in names {
-            assert_eq!(std::fs::read(m.path(n)).unwrap(), content, "{n}");
-            assert_eq!(lstat(&m.path(n)).ino(), ino, "{n}");
-            assert_eq!(lstat(&m.path(n)).nlink(), names.len() as u64, "{n}");
+            assert_eq!(std::fs::read(root.join(n)).unwrap(), content, "{n}");
+            assert_eq!(lstat(&root.join(n)).ino(), ino, "{n}");
+            assert_eq!(lstat(&root.join(n)).nlink(), names.len() as u64, "{n}");
         }
     };
     // Through the second name, in place (no truncation).
@@ -84,13 +88,17 @@ fn pitfall_write_through_one_hard_link_name_reaches_every_name() {
         .unwrap()
         .write_all_at(b"ORIG", 0)
         .unwrap();
-    check(&m, &["x/a", "y/b", "c"], b"ORIGinal");
+    check(&m.mnt, &["x/a", "y/b", "c"], b"ORIGinal");
     // Through a name in another directory, truncating.
     std::fs::write(m.path("y/t2"), b"short").unwrap();
-    check(&m, &["t1", "y/t2"], b"short");
-    let m = remount(&l, m, &[]);
-    check(&m, &["x/a", "y/b", "c"], b"ORIGinal");
-    check(&m, &["t1", "y/t2"], b"short");
+    check(&m.mnt, &["t1", "y/t2"], b"short");
+    let m = sc
+        .ending(m)
+        .view(|root| {
+            check(root, &["x/a", "y/b", "c"], b"ORIGinal");
+            check(root, &["t1", "y/t2"], b"short");
+        })
+        .remount();
     // And again through the first name, now that everything is in the upper.
     std::fs::OpenOptions::new()
         .append(true)
@@ -98,20 +106,21 @@ fn pitfall_write_through_one_hard_link_name_reaches_every_name() {
         .unwrap()
         .write_all(b"!")
         .unwrap();
-    let m = remount(&l, m, &[]);
-    check(&m, &["x/a", "y/b", "c"], b"ORIGinal!");
-    drop(m);
-    assert_eq!(
-        lstat(&l.up("x/a")).ino(),
-        lstat(&l.up("y/b")).ino(),
-        "upper names diverged"
-    );
-    assert_eq!(
-        lstat(&l.up("x/a")).ino(),
-        lstat(&l.up("c")).ino(),
-        "upper names diverged"
-    );
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| check(root, &["x/a", "y/b", "c"], b"ORIGinal!"))
+        .after(|| {
+            assert_eq!(
+                lstat(&l.up("x/a")).ino(),
+                lstat(&l.up("y/b")).ino(),
+                "upper names diverged"
+            );
+            assert_eq!(
+                lstat(&l.up("x/a")).ino(),
+                lstat(&l.up("c")).ino(),
+                "upper names diverged"
+            );
+        })
+        .end();
 }
 
 /// Pitfall: sparse files filled out to their full size on copy-up; xattrs lost on copy-up.
@@ -130,7 +139,7 @@ fn pitfall_copy_up_keeps_holes_and_xattrs() {
     xset(&l.lower(0, "disk.img"), "user.a", b"A").unwrap();
     xset(&l.lower(0, "disk.img"), "user.long", &long).unwrap();
     xset(&l.lower(0, "disk.img"), "trusted.t", b"T").unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::OpenOptions::new()
         .write(true)
@@ -154,8 +163,8 @@ fn pitfall_copy_up_keeps_holes_and_xattrs() {
             "{x} lost in the upper copy"
         );
     }
-    let check = |m: &Mount| {
-        let f = std::fs::File::open(m.path("disk.img")).unwrap();
+    let check = |root: &Path| {
+        let f = std::fs::File::open(root.join("disk.img")).unwrap();
         let mut b = vec![0u8; chunk.len()];
         for off in [0, 20 * MIB, 64 * MIB - chunk.len() as u64] {
             f.read_exact_at(&mut b, off).unwrap();
@@ -164,23 +173,19 @@ fn pitfall_copy_up_keeps_holes_and_xattrs() {
         let mut one = [0u8; 1];
         f.read_exact_at(&mut one, 30 * MIB).unwrap();
         assert_eq!(&one, b"W");
-        assert_eq!(xlist(&m.path("disk.img")), ["trusted.t", "user.a", "user.long"]);
+        assert_eq!(xlist(&root.join("disk.img")), ["trusted.t", "user.a", "user.long"]);
         for (x, v) in [
             ("user.a", &b"A"[..]),
             ("user.long", &long[..]),
             ("trusted.t", &b"T"[..]),
         ] {
             assert!(
-                xget(&m.path("disk.img"), x).as_deref() == Some(v),
+                xget(&root.join("disk.img"), x).as_deref() == Some(v),
                 "{x} reads wrong through the view"
             );
         }
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 fn same_content(a: &Path, b: &Path) -> bool {
@@ -313,7 +318,7 @@ fn pitfall_dot_wh_names_cannot_be_created_so_nothing_vanishes() {
         let l = Layers::new(1);
         l.put(0, "X", b"x");
         l.put(0, "d/Y", b"y");
-        let before = l.snapshot_lowers();
+        let sc = Scenario::new(&l);
         let m = l.mount(style);
         assert_eq!(err_code(std::fs::write(m.path(".wh.X"), b"")), Some(libc::EINVAL));
         assert_eq!(err_code(std::fs::write(m.path("d/.wh.Y"), b"")), Some(libc::EINVAL));
@@ -327,16 +332,16 @@ fn pitfall_dot_wh_names_cannot_be_created_so_nothing_vanishes() {
             err_code(std::fs::rename(m.path("tmp"), m.path(".wh.X"))),
             Some(libc::EINVAL)
         );
-        let check = |m: &Mount| {
-            assert_eq!(names(&m.mnt), ["X", "d", "tmp"], "{style:?}");
-            assert_eq!(names(&m.path("d")), ["Y"]);
-            assert_eq!(std::fs::read(m.path("X")).unwrap(), b"x");
+        let check = |root: &Path| {
+            assert_eq!(names(root), ["X", "d", "tmp"], "{style:?}");
+            assert_eq!(names(&root.join("d")), ["Y"]);
+            assert_eq!(std::fs::read(root.join("X")).unwrap(), b"x");
         };
-        check(&m);
-        let m = remount(&l, m, style);
-        check(&m);
-        drop(m);
-        assert_eq!(l.snapshot_lowers(), before);
+        sc.ending(m)
+            .view(check)
+            .remount_with(style)
+            .named(format!("{style:?}"))
+            .end();
     }
 }
 
@@ -348,7 +353,7 @@ fn pitfall_renaming_a_recreated_directory_does_not_uncover_the_lower_one() {
     l.put(0, "d/x", b"x");
     l.put(1, "d/y", b"y");
     l.put(0, "p/q/z", b"z");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     for (dir, to) in [("d", "e"), ("p/q", "p/r")] {
         std::fs::remove_dir_all(m.path(dir)).unwrap();
@@ -356,19 +361,17 @@ fn pitfall_renaming_a_recreated_directory_does_not_uncover_the_lower_one() {
         std::fs::write(m.path(&format!("{dir}/new")), b"n").unwrap();
         std::fs::rename(m.path(dir), m.path(to)).unwrap();
     }
-    let check = |m: &Mount| {
-        assert!(gone(&m.path("d")), "the lower d is visible again");
-        assert!(gone(&m.path("p/q")), "the lower p/q is visible again");
-        assert_eq!(names(&m.path("e")), ["new"]);
-        assert_eq!(names(&m.path("p/r")), ["new"]);
-        assert_eq!(names(&m.mnt), ["e", "p"]);
+    let check = |root: &Path| {
+        assert!(gone(&root.join("d")), "the lower d is visible again");
+        assert!(gone(&root.join("p/q")), "the lower p/q is visible again");
+        assert_eq!(names(&root.join("e")), ["new"]);
+        assert_eq!(names(&root.join("p/r")), ["new"]);
+        assert_eq!(names(root), ["e", "p"]);
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert!(is_chr_whiteout(&l.up("d")) && is_chr_whiteout(&l.up("p/q")));
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(check)
+        .after(|| assert!(is_chr_whiteout(&l.up("d")) && is_chr_whiteout(&l.up("p/q"))))
+        .end();
 }
 
 /// Pitfall: whole-tree write locks held during opendir/readdir, so one big `ls` stalls every
@@ -383,7 +386,7 @@ fn pitfall_a_big_listing_does_not_stall_other_operations() {
         std::fs::write(l.lower(i % 2, &format!("big/entry{i:05}")), b"").unwrap();
     }
     l.put(0, "work/seed", b"s");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let done = Arc::new(AtomicBool::new(false));
     let big = m.path("big");
@@ -426,9 +429,10 @@ fn pitfall_a_big_listing_does_not_stall_other_operations() {
         worst < listing / 2 && worst < Duration::from_secs(2),
         "a small operation waited {worst:?} while listing took {listing:?}"
     );
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("work")), ["seed"]);
-    assert_eq!(names(&m.path("big")).len(), 15_000);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(&root.join("work")), ["seed"]);
+            assert_eq!(names(&root.join("big")).len(), 15_000);
+        })
+        .end();
 }

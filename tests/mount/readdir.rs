@@ -87,12 +87,12 @@ fn d_ino_equals_st_ino_and_d_type_comes_from_the_winner() {
         0,
     )
     .unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("created"), b"n").unwrap();
     std::fs::write(m.path("merged/created"), b"n").unwrap();
     std::fs::OpenOptions::new().append(true).open(m.path("copied")).unwrap();
-    let root = check_dents(&m.mnt, true);
+    let at_root = check_dents(&m.mnt, true);
     let merged = check_dents(&m.path("merged"), false);
     let sub = check_dents(&m.path("merged/sub"), false);
     assert_eq!(dents(&m.path("merged/sub"))[".."].0, lstat(&m.path("merged")).ino());
@@ -100,12 +100,13 @@ fn d_ino_equals_st_ino_and_d_type_comes_from_the_winner() {
     assert_eq!(dents(&m.mnt)["t_link_over_dir"].1, rustix::fs::FileType::Symlink);
     assert_eq!(dents(&m.mnt)["t_file_over_link"].1, rustix::fs::FileType::RegularFile);
     assert_eq!(dents(&m.mnt)["fifo"].1, rustix::fs::FileType::Fifo);
-    let m = remount(&l, m, &[]);
-    assert_eq!(check_dents(&m.mnt, true), root, "inode numbers must survive a remount");
-    assert_eq!(check_dents(&m.path("merged"), false), merged);
-    assert_eq!(check_dents(&m.path("merged/sub"), false), sub);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(check_dents(root, true), at_root, "inode numbers must survive a remount");
+            assert_eq!(check_dents(&root.join("merged"), false), merged);
+            assert_eq!(check_dents(&root.join("merged/sub"), false), sub);
+        })
+        .end();
 }
 
 #[test]
@@ -117,7 +118,7 @@ fn readdir_lists_each_name_once_across_layers() {
         }
         l.put(i, &format!("d/only{i}"), b"x");
     }
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     for j in 0..50 {
         std::fs::write(m.path(&format!("d/common{j}")), b"U").unwrap();
@@ -126,19 +127,15 @@ fn readdir_lists_each_name_once_across_layers() {
     let mut expect: Vec<String> = (0..50).map(|j| format!("common{j}")).collect();
     expect.extend(["only0", "only1", "only2", "only_up"].map(String::from));
     expect.sort();
-    let check = |m: &Mount| {
-        let d = dents(&m.path("d"));
+    let check = |root: &Path| {
+        let d = dents(&root.join("d"));
         let listed: Vec<String> = d.keys().filter(|n| *n != "." && *n != "..").cloned().collect();
         assert_eq!(listed, expect);
         for j in 0..50 {
-            assert_eq!(text(&m.path(&format!("d/common{j}"))), "U");
+            assert_eq!(text(&root.join(format!("d/common{j}"))), "U");
         }
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 /// Number of entries of the big-directory test. docs/semantics.md promises 100k; in a debug build that takes
@@ -170,7 +167,7 @@ fn deleting_while_listing_a_big_directory_removes_every_entry_once() {
         std::fs::write(l.lower(0, &format!("big/.wh.hidden{i}")), b"").unwrap();
     }
     l.put(0, "keep", b"k");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     for i in 0..100 {
         std::fs::write(m.path(&format!("big/up{i}")), b"").unwrap();
@@ -193,16 +190,18 @@ fn deleting_while_listing_a_big_directory_removes_every_entry_once() {
     );
     assert_eq!(names(&m.path("big")), Vec::<String>::new());
     std::fs::remove_dir(m.path("big")).unwrap();
-    assert_eq!(names(&m.mnt), ["keep"]);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["keep"]);
-    assert_eq!(err_code(std::fs::symlink_metadata(m.path("big"))), Some(ENOENT));
-    drop(m);
-    assert!(
-        is_chr_whiteout(&l.up("big")),
-        "a whiteout must hide the lower directories"
-    );
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["keep"]);
+            assert_eq!(err_code(std::fs::symlink_metadata(root.join("big"))), Some(ENOENT));
+        })
+        .after(|| {
+            assert!(
+                is_chr_whiteout(&l.up("big")),
+                "a whiteout must hide the lower directories"
+            )
+        })
+        .end();
 }
 
 #[test]
@@ -216,7 +215,7 @@ fn rm_rf_of_a_merged_tree_removes_everything() {
         l.put(0, &format!("tree/d{i}/sub/deep"), b"x");
     }
     l.put(1, "other", b"o");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("tree/d0/new"), b"n").unwrap();
     let out = std::process::Command::new("rm")
@@ -225,11 +224,7 @@ fn rm_rf_of_a_merged_tree_removes_everything() {
         .output()
         .unwrap();
     assert!(out.status.success(), "rm -rf: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(names(&m.mnt), ["other"]);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["other"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(|root| assert_eq!(names(root), ["other"])).end();
 }
 
 fn os(b: &[u8]) -> OsString {
@@ -255,7 +250,7 @@ fn hostile_names_with_newlines_and_invalid_utf8() {
     }
     std::fs::create_dir_all(l.lower(1, "w").join(os(b"dir\n\xff"))).unwrap();
     std::fs::write(l.lower(1, "w").join(os(b"dir\n\xff")).join(os(b"in\xff")), b"in").unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let w = m.path("w");
     let list = |w: &Path| -> Vec<OsString> {
@@ -280,8 +275,8 @@ fn hostile_names_with_newlines_and_invalid_utf8() {
         .open(w.join(os(b"bad\xff\xfe")))
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
         .unwrap();
-    let check = |m: &Mount| {
-        let w = m.path("w");
+    let check = |root: &Path| {
+        let w = root.join("w");
         let mut want = vec![
             os(b"bad\xff\xfe"),
             os(b"tab\tand space "),
@@ -303,14 +298,10 @@ fn hostile_names_with_newlines_and_invalid_utf8() {
         );
         assert!(gone(&w.join(os(b"\xff"))) && gone(&w.join(os(b"new\nline"))));
     };
-    check(&m);
+    check(&m.mnt);
     assert_healthy(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    let m = remount(&l, m, &["--whiteouts=oci"]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    let m = sc.ending(m).view(check).remount();
+    sc.ending(m).view(check).remount_with(&["--whiteouts=oci"]).end();
 }
 
 /// A 100,000-entry lower directory: the listing has every name exactly once, lookups work, and a

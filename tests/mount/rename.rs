@@ -21,27 +21,27 @@ fn rename_of_lower_files_leaves_whiteouts_at_the_old_names() {
     l.mkdir(1, "e");
     l.put(0, "over", b"lower over");
     l.put(1, "target", b"old target");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::rename(m.path("a"), m.path("b")).unwrap();
     std::fs::rename(m.path("d/x"), m.path("e/y")).unwrap();
     std::fs::rename(m.path("over"), m.path("target")).unwrap();
-    let check = |m: &Mount| {
-        assert!(gone(&m.path("a")) && gone(&m.path("d/x")) && gone(&m.path("over")));
-        assert_eq!(text(&m.path("b")), "A");
-        assert_eq!(text(&m.path("e/y")), "X");
-        assert_eq!(text(&m.path("target")), "lower over");
-        assert_eq!(names(&m.mnt), ["b", "d", "e", "target"]);
-        assert_eq!(names(&m.path("d")), Vec::<String>::new());
+    let check = |root: &Path| {
+        assert!(gone(&root.join("a")) && gone(&root.join("d/x")) && gone(&root.join("over")));
+        assert_eq!(text(&root.join("b")), "A");
+        assert_eq!(text(&root.join("e/y")), "X");
+        assert_eq!(text(&root.join("target")), "lower over");
+        assert_eq!(names(root), ["b", "d", "e", "target"]);
+        assert_eq!(names(&root.join("d")), Vec::<String>::new());
     };
-    check(&m);
-    for p in ["a", "d/x", "over"] {
-        assert!(is_chr_whiteout(&l.up(p)), "{p} needs a whiteout");
-    }
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(check)
+        .upper(|up| {
+            for p in ["a", "d/x", "over"] {
+                assert!(is_chr_whiteout(&up.join(p)), "{p} needs a whiteout");
+            }
+        })
+        .end();
 }
 
 #[test]
@@ -51,7 +51,7 @@ fn rename_noreplace() {
     l.put(0, "b", b"B");
     l.put(0, "deleted", b"D");
     l.mkdir(0, "dir");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let nr = RenameFlags::NOREPLACE;
     assert_eq!(rename2(&m.path("a"), &m.path("b"), nr), Some(libc::EEXIST));
@@ -62,16 +62,12 @@ fn rename_noreplace() {
     assert_eq!(rename2(&m.path("a"), &m.path("deleted"), nr), None);
     assert_eq!(rename2(&m.path("b"), &m.path("fresh"), nr), None);
     assert_eq!(rename2(&m.path("dir"), &m.path("newdir"), nr), None);
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.mnt), ["deleted", "fresh", "newdir"]);
-        assert_eq!(text(&m.path("deleted")), "A");
-        assert_eq!(text(&m.path("fresh")), "B");
+    let check = |root: &Path| {
+        assert_eq!(names(root), ["deleted", "fresh", "newdir"]);
+        assert_eq!(text(&root.join("deleted")), "A");
+        assert_eq!(text(&root.join("fresh")), "B");
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -83,7 +79,7 @@ fn rename_exchange() {
     l.put(1, "c", b"C lower");
     l.put(0, "x/in_x", b"x");
     l.put(1, "y/in_y", b"y");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("b"), b"B upper").unwrap();
     let ex = RenameFlags::EXCHANGE;
@@ -91,20 +87,16 @@ fn rename_exchange() {
     assert_eq!(rename2(&m.path("d"), &m.path("c"), ex), None);
     assert_eq!(rename2(&m.path("x"), &m.path("y"), ex), None);
     assert_eq!(rename2(&m.path("a"), &m.path("missing"), ex), Some(ENOENT));
-    let check = |m: &Mount| {
-        assert_eq!(text(&m.path("a")), "B upper");
-        assert_eq!(text(&m.path("b")), "A lower");
-        assert_eq!(text(&m.path("d")), "C lower");
-        assert_eq!(names(&m.path("c")), ["in_d", "in_d_below"]);
-        assert_eq!(names(&m.path("x")), ["in_y"]);
-        assert_eq!(names(&m.path("y")), ["in_x"]);
-        assert_eq!(names(&m.mnt), ["a", "b", "c", "d", "x", "y"]);
+    let check = |root: &Path| {
+        assert_eq!(text(&root.join("a")), "B upper");
+        assert_eq!(text(&root.join("b")), "A lower");
+        assert_eq!(text(&root.join("d")), "C lower");
+        assert_eq!(names(&root.join("c")), ["in_d", "in_d_below"]);
+        assert_eq!(names(&root.join("x")), ["in_y"]);
+        assert_eq!(names(&root.join("y")), ["in_x"]);
+        assert_eq!(names(root), ["a", "b", "c", "d", "x", "y"]);
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -115,33 +107,37 @@ fn rename_of_a_lower_directory_is_allowed_and_survives_remount() {
     l.put(0, "d/sub/deeper/z", b"z");
     std::os::unix::fs::symlink("x", l.lower(0, "d/link")).unwrap();
     xset(&l.lower(0, "d/sub"), "user.tag", b"t").unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let tree_before = Tree::read(&m.path("d"));
     std::fs::rename(m.path("d"), m.path("e")).unwrap();
-    let check = |m: &Mount| {
-        assert!(gone(&m.path("d")));
-        assert_eq!(Tree::read(&m.path("e")), tree_before);
-        assert_eq!(names(&m.mnt), ["e"]);
+    let check = |root: &Path| {
+        assert!(gone(&root.join("d")));
+        assert_eq!(Tree::read(&root.join("e")), tree_before);
+        assert_eq!(names(root), ["e"]);
     };
-    check(&m);
-    assert!(is_chr_whiteout(&l.up("d")), "the old name needs a whiteout");
-    assert_eq!(
-        xget(&l.up("e/sub"), "user.tag").as_deref(),
-        Some(&b"t"[..]),
-        "xattrs move with the tree"
-    );
-    let m = remount(&l, m, &[]);
-    check(&m);
+    let m = sc
+        .ending(m)
+        .view(check)
+        .upper(|up| {
+            assert!(is_chr_whiteout(&up.join("d")), "the old name needs a whiteout");
+            assert_eq!(
+                xget(&up.join("e/sub"), "user.tag").as_deref(),
+                Some(&b"t"[..]),
+                "xattrs move with the tree"
+            );
+        })
+        .remount();
     // Changes inside the moved tree stick.
     std::fs::write(m.path("e/sub/new"), b"n").unwrap();
     std::fs::remove_file(m.path("e/x")).unwrap();
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("e")), ["link", "sub"]);
-    assert_eq!(names(&m.path("e/sub")), ["deeper", "new", "y"]);
-    assert!(gone(&m.path("d")));
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(&root.join("e")), ["link", "sub"]);
+            assert_eq!(names(&root.join("e/sub")), ["deeper", "new", "y"]);
+            assert!(gone(&root.join("d")));
+        })
+        .end();
 }
 
 #[test]
@@ -154,7 +150,7 @@ fn rename_of_a_merged_directory_is_allowed_and_survives_remount() {
     l.put(0, "d/sub/c", b"c0");
     l.put(1, "d/sub/e", b"e1");
     l.put(1, "e/stale", b"lower e");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("d/new"), b"n").unwrap();
     std::fs::remove_file(m.path("d/gone")).unwrap();
@@ -162,24 +158,24 @@ fn rename_of_a_merged_directory_is_allowed_and_survives_remount() {
     std::fs::remove_dir_all(m.path("e")).unwrap();
     let tree_before = Tree::read(&m.path("d"));
     std::fs::rename(m.path("d"), m.path("e")).unwrap();
-    let check = |m: &Mount| {
-        assert!(gone(&m.path("d")));
-        assert_eq!(Tree::read(&m.path("e")), tree_before);
-        assert_eq!(names(&m.path("e")), ["a", "b", "new", "sub"]);
-        assert_eq!(text(&m.path("e/a")), "a0");
-        assert_eq!(names(&m.path("e/sub")), ["c", "e"]);
+    let check = |root: &Path| {
+        assert!(gone(&root.join("d")));
+        assert_eq!(Tree::read(&root.join("e")), tree_before);
+        assert_eq!(names(&root.join("e")), ["a", "b", "new", "sub"]);
+        assert_eq!(text(&root.join("e/a")), "a0");
+        assert_eq!(names(&root.join("e/sub")), ["c", "e"]);
     };
-    check(&m);
-    assert_eq!(
-        xget(&l.up("e"), "trusted.overlay.opaque").as_deref(),
-        Some(&b"y"[..]),
-        "target opaque"
-    );
-    assert!(is_chr_whiteout(&l.up("d")), "the old name needs a whiteout");
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(check)
+        .upper(|up| {
+            assert_eq!(
+                xget(&up.join("e"), "trusted.overlay.opaque").as_deref(),
+                Some(&b"y"[..]),
+                "target opaque"
+            );
+            assert!(is_chr_whiteout(&up.join("d")), "the old name needs a whiteout");
+        })
+        .end();
 }
 
 #[test]
@@ -189,24 +185,20 @@ fn rename_of_a_directory_onto_an_empty_lower_directory() {
     l.mkdir(1, "dst");
     l.put(1, "full/x", b"x");
     l.put(0, "src2/g", b"g");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::rename(m.path("src"), m.path("dst")).unwrap();
     assert_eq!(
         err_code(std::fs::rename(m.path("src2"), m.path("full"))),
         Some(libc::ENOTEMPTY)
     );
-    let check = |m: &Mount| {
-        assert_eq!(names(&m.mnt), ["dst", "full", "src2"]);
-        assert_eq!(names(&m.path("dst")), ["f"]);
-        assert_eq!(names(&m.path("full")), ["x"]);
-        assert_eq!(names(&m.path("src2")), ["g"]);
+    let check = |root: &Path| {
+        assert_eq!(names(root), ["dst", "full", "src2"]);
+        assert_eq!(names(&root.join("dst")), ["f"]);
+        assert_eq!(names(&root.join("full")), ["x"]);
+        assert_eq!(names(&root.join("src2")), ["g"]);
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -214,19 +206,24 @@ fn upper_directory_renamed_onto_a_deleted_lower_directory_name() {
     let l = Layers::new(1);
     l.put(0, "old/stale1", b"s");
     l.put(0, "old/sub/stale2", b"s");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::remove_dir_all(m.path("old")).unwrap();
     std::fs::create_dir(m.path("new")).unwrap();
     std::fs::write(m.path("new/x"), b"x").unwrap();
     std::fs::rename(m.path("new"), m.path("old")).unwrap();
-    assert_eq!(names(&m.path("old")), ["x"]);
-    assert_eq!(xget(&l.up("old"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["old"]);
-    assert_eq!(names(&m.path("old")), ["x"], "deleted lower entries came back");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["old"]);
+            assert_eq!(names(&root.join("old")), ["x"], "deleted lower entries came back");
+        })
+        .upper(|up| {
+            assert_eq!(
+                xget(&up.join("old"), "trusted.overlay.opaque").as_deref(),
+                Some(&b"y"[..])
+            )
+        })
+        .end();
 }
 
 #[test]
@@ -236,7 +233,7 @@ fn rename_errors_change_nothing() {
     l.put(1, "file", b"f");
     l.put(1, "nonempty/child", b"c");
     l.mkdir(0, "dir2");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let tree = Tree::read(&m.mnt);
     let e = |a: &str, b: &str| err_code(std::fs::rename(m.path(a), m.path(b)));
@@ -245,9 +242,5 @@ fn rename_errors_change_nothing() {
     assert_eq!(e("dir", "dir/sub/inside"), Some(libc::EINVAL));
     assert_eq!(e("dir2", "nonempty"), Some(libc::ENOTEMPTY));
     assert_eq!(e("missing", "x"), Some(ENOENT));
-    assert_eq!(Tree::read(&m.mnt), tree);
-    let m = remount(&l, m, &[]);
-    assert_eq!(Tree::read(&m.mnt), tree);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(|root| assert_eq!(Tree::read(root), tree)).end();
 }

@@ -18,28 +18,29 @@ fn unlink_of_a_lower_file_leaves_a_whiteout_device() {
     l.put(1, "d/h", b"h");
     l.put(0, "both", b"0");
     l.put(1, "both", b"1");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     for p in ["f", "d/g", "both"] {
         std::fs::remove_file(m.path(p)).unwrap();
         assert!(gone(&m.path(p)), "{p}");
     }
-    assert_eq!(names(&m.mnt), ["d"]);
-    assert_eq!(names(&m.path("d")), ["h"]);
-    for p in ["f", "d/g", "both"] {
-        assert!(
-            is_chr_whiteout(&l.up(p)),
-            "{p}: the upper must hold a char 0/0 whiteout"
-        );
-    }
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["d"]);
-    assert_eq!(names(&m.path("d")), ["h"]);
-    for p in ["f", "d/g", "both"] {
-        assert!(gone(&m.path(p)), "{p} came back after remount");
-    }
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["d"]);
+            assert_eq!(names(&root.join("d")), ["h"]);
+            for p in ["f", "d/g", "both"] {
+                assert!(gone(&root.join(p)), "{p} came back after remount");
+            }
+        })
+        .upper(|up| {
+            for p in ["f", "d/g", "both"] {
+                assert!(
+                    is_chr_whiteout(&up.join(p)),
+                    "{p}: the upper must hold a char 0/0 whiteout"
+                );
+            }
+        })
+        .end();
 }
 
 #[test]
@@ -47,7 +48,7 @@ fn unlink_of_an_upper_only_file_leaves_nothing() {
     let l = Layers::new(1);
     l.put(0, "d/keep", b"k");
     l.put(0, "again", b"lower");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("n"), b"n").unwrap();
     std::fs::write(m.path("d/n"), b"n").unwrap();
@@ -62,11 +63,12 @@ fn unlink_of_an_upper_only_file_leaves_nothing() {
     assert_eq!(std::fs::read(m.path("again")).unwrap(), b"upper");
     std::fs::remove_file(m.path("again")).unwrap();
     assert!(is_chr_whiteout(&l.up("again")));
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["d"]);
-    assert_eq!(names(&m.path("d")), ["keep"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["d"]);
+            assert_eq!(names(&root.join("d")), ["keep"]);
+        })
+        .end();
 }
 
 #[test]
@@ -76,25 +78,25 @@ fn a_file_created_over_a_deleted_name_replaces_the_whiteout() {
     l.put(1, "g", b"lower");
     mknod_whiteout(&l.lower(0, "hidden"));
     l.put(1, "hidden", b"lower");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::remove_file(m.path("f")).unwrap();
     std::fs::write(m.path("f"), b"new f").unwrap();
     std::fs::remove_file(m.path("g")).unwrap();
     symlink("target", m.path("g")).unwrap();
     std::fs::write(m.path("hidden"), b"new hidden").unwrap();
-    let check = |m: &Mount| {
-        assert_eq!(std::fs::read(m.path("f")).unwrap(), b"new f");
-        assert_eq!(std::fs::read_link(m.path("g")).unwrap(), Path::new("target"));
-        assert_eq!(std::fs::read(m.path("hidden")).unwrap(), b"new hidden");
+    let check = |root: &Path| {
+        assert_eq!(std::fs::read(root.join("f")).unwrap(), b"new f");
+        assert_eq!(std::fs::read_link(root.join("g")).unwrap(), Path::new("target"));
+        assert_eq!(std::fs::read(root.join("hidden")).unwrap(), b"new hidden");
     };
-    check(&m);
-    assert!(lstat(&l.up("f")).is_file());
-    assert!(lstat(&l.up("g")).file_type().is_symlink());
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(check)
+        .upper(|up| {
+            assert!(lstat(&up.join("f")).is_file());
+            assert!(lstat(&up.join("g")).file_type().is_symlink());
+        })
+        .end();
 }
 
 #[test]
@@ -105,7 +107,7 @@ fn rmdir_is_refused_while_any_layer_shows_a_child() {
     l.put(0, "merged/a", b"a");
     l.put(1, "merged/b", b"b");
     l.put(1, "merged/sub/c", b"c");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::remove_dir(m.path("empty_lower")).unwrap();
     assert!(gone(&m.path("empty_lower")));
@@ -132,13 +134,13 @@ fn rmdir_is_refused_while_any_layer_shows_a_child() {
     assert_eq!(err_code(std::fs::remove_dir(m.path("fresh"))), Some(libc::ENOTEMPTY));
     std::fs::remove_file(m.path("fresh/x")).unwrap();
     std::fs::remove_dir(m.path("fresh")).unwrap();
-    assert!(!exists_raw(&l.up("fresh")));
-    assert_eq!(names(&m.mnt), ["full"]);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["full"]);
-    assert_eq!(names(&m.path("full")), ["x"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["full"]);
+            assert_eq!(names(&root.join("full")), ["x"]);
+        })
+        .upper(|up| assert!(!exists_raw(&up.join("fresh"))))
+        .end();
 }
 
 #[test]
@@ -152,7 +154,7 @@ fn directory_recreated_over_a_deleted_name_is_opaque() {
     l.put(1, "p/wh/hidden", b"h");
     l.put(0, "p/.wh.oci", b"");
     l.put(1, "p/oci/hidden", b"h");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::remove_dir_all(m.path("p/d")).unwrap();
     std::fs::create_dir(m.path("p/d")).unwrap();
@@ -161,32 +163,34 @@ fn directory_recreated_over_a_deleted_name_is_opaque() {
     // Names hidden by a whiteout in a lower layer.
     std::fs::create_dir(m.path("p/wh")).unwrap();
     std::fs::create_dir(m.path("p/oci")).unwrap();
-    let check = |m: &Mount| {
+    let check = |root: &Path| {
         for d in ["p/d", "p/file", "p/wh", "p/oci"] {
-            assert_eq!(names(&m.path(d)), Vec::<String>::new(), "{d} must be empty");
+            assert_eq!(names(&root.join(d)), Vec::<String>::new(), "{d} must be empty");
         }
     };
-    check(&m);
-    for d in ["p/d", "p/file", "p/wh", "p/oci"] {
-        assert_eq!(
-            opaque_xattr(&l.up(d)).as_deref(),
-            Some(&b"y"[..]),
-            "{d} must be marked opaque"
-        );
-        assert_eq!(
-            names(&l.up(d)),
-            Vec::<String>::new(),
-            "{d}: no whiteouts in an opaque dir"
-        );
-    }
-    let m = remount(&l, m, &[]);
-    check(&m);
+    let m = sc
+        .ending(m)
+        .view(check)
+        .upper(|up| {
+            for d in ["p/d", "p/file", "p/wh", "p/oci"] {
+                assert_eq!(
+                    opaque_xattr(&up.join(d)).as_deref(),
+                    Some(&b"y"[..]),
+                    "{d} must be marked opaque"
+                );
+                assert_eq!(
+                    names(&up.join(d)),
+                    Vec::<String>::new(),
+                    "{d}: no whiteouts in an opaque dir"
+                );
+            }
+        })
+        .remount();
     // Files added after the remount still only show what was added.
     std::fs::write(m.path("p/d/new"), b"n").unwrap();
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("p/d")), ["new"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| assert_eq!(names(&root.join("p/d")), ["new"]))
+        .end();
 }
 
 #[test]
@@ -194,7 +198,7 @@ fn no_whiteouts_inside_an_opaque_directory_with_nothing_below() {
     let l = Layers::new(1);
     l.put(0, "d/x", b"x");
     l.put(0, "d/y", b"y");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::remove_dir_all(m.path("d")).unwrap();
     std::fs::create_dir(m.path("d")).unwrap();
@@ -212,12 +216,13 @@ fn no_whiteouts_inside_an_opaque_directory_with_nothing_below() {
     std::fs::create_dir(m.path("n")).unwrap();
     std::fs::write(m.path("n/z"), b"z").unwrap();
     std::fs::remove_file(m.path("n/z")).unwrap();
-    assert_eq!(names(&l.up("n")), Vec::<String>::new());
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("d")), Vec::<String>::new());
-    assert_eq!(names(&m.path("n")), Vec::<String>::new());
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(&root.join("d")), Vec::<String>::new());
+            assert_eq!(names(&root.join("n")), Vec::<String>::new());
+        })
+        .upper(|up| assert_eq!(names(&up.join("n")), Vec::<String>::new()))
+        .end();
 }
 
 #[test]
@@ -227,7 +232,7 @@ fn open_handles_to_deleted_files_keep_working() {
     l.put(0, "ro", b"lower ro");
     l.put(0, "replaced", b"old content");
     l.put(0, "other", b"new content");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let mut rw = std::fs::OpenOptions::new()
         .read(true)
@@ -265,10 +270,10 @@ fn open_handles_to_deleted_files_keep_working() {
     rw.set_len(5).unwrap();
     assert_eq!(read_all(&mut rw), "lower");
     drop((rw, ro, rep, up));
-    assert_eq!(std::fs::read(m.path("replaced")).unwrap(), b"new content");
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["replaced"]);
-    assert_eq!(std::fs::read(m.path("replaced")).unwrap(), b"new content");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["replaced"]);
+            assert_eq!(std::fs::read(root.join("replaced")).unwrap(), b"new content");
+        })
+        .end();
 }

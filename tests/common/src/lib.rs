@@ -4,6 +4,7 @@
 //!
 //! - [`layers`]: layer fixtures (lowers, upper, workdir, mountpoint in a temporary directory);
 //! - [`mount`]: the mount guard (a daemon this process started, always torn down) and remounts;
+//! - [`scenario`]: the ending most mount tests share (check, remount, check, lowers unchanged);
 //! - [`tree`] and [`xattr`]: snapshots of views and layers, names, markers, extended attributes;
 //! - [`io`]: errnos, shared mappings, running a program just written, aligned buffers;
 //! - [`prereq`] and [`users`]: the one gate every skip goes through, the test accounts;
@@ -22,6 +23,7 @@ pub mod mount;
 pub mod podman;
 pub mod prereq;
 pub mod rng;
+pub mod scenario;
 pub mod tree;
 pub mod users;
 pub mod xattr;
@@ -32,6 +34,7 @@ pub use layers::*;
 pub use mount::*;
 pub use prereq::*;
 pub use rng::*;
+pub use scenario::*;
 pub use tree::*;
 pub use users::*;
 pub use xattr::*;

@@ -31,15 +31,20 @@ fn direct_reads_of_a_lower_file_return_its_bytes() {
 fn direct_writes_and_reads_of_a_new_file_keep_every_byte() {
     for mode in MODES {
         let l = Layers::new(1);
-        let m = l.mount(mode);
+        let (sc, m) = Scenario::mount(&l, mode);
         new_file_direct_writes(&m.path("new.img"), &format!("{mode:?}"));
         let model = new_file_expected();
-        let m = remount(&l, m, mode);
-        assert!(
-            std::fs::read(m.path("new.img")).unwrap() == model,
-            "{mode:?}: after remount"
-        );
-        assert!(std::fs::read(l.up("new.img")).unwrap() == model, "{mode:?}: upper file");
+        sc.ending(m)
+            .view(|root| {
+                assert!(
+                    std::fs::read(root.join("new.img")).unwrap() == model,
+                    "{mode:?}: the view"
+                )
+            })
+            .remount_with(mode)
+            .after(|| assert!(std::fs::read(l.up("new.img")).unwrap() == model, "{mode:?}: upper file"))
+            .named(format!("{mode:?}"))
+            .end();
     }
 }
 

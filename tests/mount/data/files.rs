@@ -70,7 +70,7 @@ fn statfs_reports_the_upper_or_else_the_top_lower() {
 fn fsync_and_fsyncdir_succeed_and_data_lands_in_the_upper() {
     let l = Layers::new(1);
     l.put(0, "d/lower", b"old");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let mut f = std::fs::OpenOptions::new().write(true).open(m.path("d/lower")).unwrap();
     f.write_all(b"NEW").unwrap();
@@ -85,18 +85,19 @@ fn fsync_and_fsyncdir_succeed_and_data_lands_in_the_upper() {
     assert_eq!(std::fs::read(l.up("d/lower")).unwrap(), b"NEW");
     assert_eq!(std::fs::read(l.up("d/created")).unwrap(), b"created");
     drop((f, g));
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path("d/lower")).unwrap(), b"NEW");
-    assert_eq!(std::fs::read(m.path("d/created")).unwrap(), b"created");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(std::fs::read(root.join("d/lower")).unwrap(), b"NEW");
+            assert_eq!(std::fs::read(root.join("d/created")).unwrap(), b"created");
+        })
+        .end();
 }
 
 #[test]
 fn mmap_shared_writes_reach_the_upper() {
     let l = Layers::new(1);
     l.put(0, "lower", &[b'a'; 8192]);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     {
         let f = std::fs::OpenOptions::new()
@@ -125,12 +126,7 @@ fn mmap_shared_writes_reach_the_upper() {
         let got = std::fs::read(root.join("created")).unwrap();
         assert_eq!(&got[4000..4003], b"END");
     };
-    check(&m.mnt);
-    check(&l.upper);
-    let m = remount(&l, m, &[]);
-    check(&m.mnt);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).both(check).end();
 }
 
 /// fuser 0.18 has no FUSE_TMPFILE handler, so O_TMPFILE cannot work through the view (a known
@@ -141,7 +137,7 @@ fn mmap_shared_writes_reach_the_upper() {
 fn o_tmpfile_is_refused_cleanly() {
     let l = Layers::new(1);
     l.mkdir(0, "d");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let err = std::fs::OpenOptions::new()
         .read(true)
@@ -151,12 +147,12 @@ fn o_tmpfile_is_refused_cleanly() {
         .open(m.path("d"))
         .expect_err("O_TMPFILE is not supported through FUSE by fuser 0.18");
     assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
-    assert_eq!(names(&m.path("d")), Vec::<String>::new());
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("d")), Vec::<String>::new());
+    let m = sc
+        .ending(m)
+        .view(|root| assert_eq!(names(&root.join("d")), Vec::<String>::new()))
+        .remount();
     assert_eq!(names(&l.work.join("unionfs")), Vec::<String>::new());
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.finish(m);
 }
 
 #[test]
@@ -167,7 +163,7 @@ fn fallocate_and_seek_data_hole_behave_as_on_a_plain_filesystem() {
         f.set_len(16 * MIB).unwrap();
         f.write_all_at(&[1u8; 4096], 4 * MIB).unwrap();
     }
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let seek = |f: &std::fs::File, pos| rustix::fs::seek(f, pos).map_err(|e| e.raw_os_error());
     use rustix::fs::SeekFrom as S;
@@ -203,8 +199,8 @@ fn fallocate_and_seek_data_hole_behave_as_on_a_plain_filesystem() {
     assert_eq!(f.metadata().unwrap().len(), 17 * MIB);
     drop(f);
     assert_eq!(lstat(&l.up("f")).len(), 17 * MIB);
-    let check = |m: &Mount| {
-        let f = std::fs::File::open(m.path("f")).unwrap();
+    let check = |root: &Path| {
+        let f = std::fs::File::open(root.join("f")).unwrap();
         let mut b = vec![0u8; 4096];
         f.read_exact_at(&mut b, 0).unwrap();
         assert!(b.iter().all(|x| *x == 0), "punched range must read as zeros");
@@ -213,11 +209,7 @@ fn fallocate_and_seek_data_hole_behave_as_on_a_plain_filesystem() {
         assert_eq!(f.metadata().unwrap().len(), 17 * MIB);
         assert_eq!(seek(&f, S::Data(0)), Ok(8 * MIB));
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -225,7 +217,7 @@ fn copy_file_range_between_files_of_the_view() {
     let l = Layers::new(1);
     let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
     l.put(0, "src", &data);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let src = std::fs::File::open(m.path("src")).unwrap();
     let dst = std::fs::File::create(m.path("dst")).unwrap();
@@ -238,17 +230,13 @@ fn copy_file_range_between_files_of_the_view() {
     }
     drop((src, dst));
     assert!(!exists_raw(&l.up("src")), "reading the source must not copy it up");
-    let check = |m: &Mount| {
-        let got = std::fs::read(m.path("dst")).unwrap();
+    let check = |root: &Path| {
+        let got = std::fs::read(root.join("dst")).unwrap();
         assert_eq!(got.len(), 20010);
         assert!(got[..10].iter().all(|b| *b == 0));
         assert!(got[10..] == data[1000..21000], "copied bytes differ");
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -266,7 +254,7 @@ fn symlink_targets_are_kept_verbatim() {
     for (n, t) in &targets {
         symlink(t, l.lower(0, &format!("lower_{n}"))).unwrap();
     }
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     for (n, t) in &targets {
         symlink(t, m.path(&format!("view_{n}"))).unwrap();
@@ -283,16 +271,15 @@ fn symlink_targets_are_kept_verbatim() {
             }
         }
     };
-    check(&m.mnt);
-    check(&l.upper);
-    // Relative links resolve inside the view.
-    assert_eq!(std::fs::read(m.path("lower_rel")).unwrap(), b"through the link");
-    assert_eq!(lstat(&m.path("lower_long")).len(), long.len() as u64);
-    let m = remount(&l, m, &[]);
-    check(&m.mnt);
-    assert_eq!(std::fs::read(m.path("view_rel")).unwrap(), b"through the link");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .both(check)
+        .view(|root| {
+            // Relative links resolve inside the view.
+            assert_eq!(std::fs::read(root.join("lower_rel")).unwrap(), b"through the link");
+            assert_eq!(lstat(&root.join("lower_long")).len(), long.len() as u64);
+            assert_eq!(std::fs::read(root.join("view_rel")).unwrap(), b"through the link");
+        })
+        .end();
 }
 
 #[test]
@@ -314,7 +301,7 @@ fn fifos_and_device_nodes() {
         rustix::fs::makedev(1, 5),
     )
     .unwrap();
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let mk = |n: &str, ft, dev| {
         rerr(rustix::fs::mknodat(
@@ -333,43 +320,43 @@ fn fifos_and_device_nodes() {
     // A char device 0/0 would read back as a whiteout after a remount: it must not be created.
     assert!(mk("fake_whiteout", rustix::fs::FileType::CharacterDevice, 0).is_some());
     assert!(!exists_raw(&m.path("fake_whiteout")));
-    let check = |m: &Mount| {
-        assert!(lstat(&m.path("fifo")).file_type().is_fifo());
-        assert!(lstat(&m.path("lower_fifo")).file_type().is_fifo());
-        assert_eq!(lstat(&m.path("null")).rdev(), rustix::fs::makedev(1, 3));
-        assert_eq!(lstat(&m.path("lower_zero")).rdev(), rustix::fs::makedev(1, 5));
+    let check = |root: &Path| {
+        assert!(lstat(&root.join("fifo")).file_type().is_fifo());
+        assert!(lstat(&root.join("lower_fifo")).file_type().is_fifo());
+        assert_eq!(lstat(&root.join("null")).rdev(), rustix::fs::makedev(1, 3));
+        assert_eq!(lstat(&root.join("lower_zero")).rdev(), rustix::fs::makedev(1, 5));
         // The nodes work (the mount allows devices when run as root).
         std::fs::OpenOptions::new()
             .write(true)
-            .open(m.path("null"))
+            .open(root.join("null"))
             .unwrap()
             .write_all(b"discarded")
             .unwrap();
         let mut z = [1u8; 16];
-        std::fs::File::open(m.path("lower_zero"))
+        std::fs::File::open(root.join("lower_zero"))
             .unwrap()
             .read_exact(&mut z)
             .unwrap();
         assert_eq!(z, [0u8; 16]);
         // A FIFO through the view carries data.
-        let p = m.path("fifo");
+        let p = root.join("fifo");
         let w = std::thread::spawn(move || std::fs::write(p, b"through the pipe").unwrap());
         let mut s = String::new();
-        std::fs::File::open(m.path("fifo"))
+        std::fs::File::open(root.join("fifo"))
             .unwrap()
             .read_to_string(&mut s)
             .unwrap();
         w.join().unwrap();
         assert_eq!(s, "through the pipe");
-        assert_eq!(names(&m.mnt), ["fifo", "lower_fifo", "lower_zero", "null"]);
+        assert_eq!(names(root), ["fifo", "lower_fifo", "lower_zero", "null"]);
     };
-    check(&m);
-    assert!(lstat(&l.up("fifo")).file_type().is_fifo());
-    assert_eq!(lstat(&l.up("null")).rdev(), rustix::fs::makedev(1, 3));
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(check)
+        .upper(|up| {
+            assert!(lstat(&up.join("fifo")).file_type().is_fifo());
+            assert_eq!(lstat(&up.join("null")).rdev(), rustix::fs::makedev(1, 3));
+        })
+        .end();
 }
 
 #[test]
@@ -378,7 +365,7 @@ fn xattrs_set_get_list_remove() {
     l.put(0, "lower", b"l");
     xset(&l.lower(0, "lower"), "user.old", b"old value").unwrap();
     l.mkdir(0, "dir");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("new"), b"n").unwrap();
     let big = vec![b'b'; 3000];
@@ -416,23 +403,22 @@ fn xattrs_set_get_list_remove() {
         );
         assert_eq!(rustix::fs::lgetxattr_query(&p, "user.big").unwrap(), 3000);
     }
-    let check = |m: &Mount| {
-        assert_eq!(xlist(&m.path("lower")), ["user.a", "user.big", "user.old"]);
-        assert_eq!(xget(&m.path("lower"), "user.old").as_deref(), Some(&b"old value"[..]));
+    let check = |root: &Path| {
+        assert_eq!(xlist(&root.join("lower")), ["user.a", "user.big", "user.old"]);
+        assert_eq!(
+            xget(&root.join("lower"), "user.old").as_deref(),
+            Some(&b"old value"[..])
+        );
         for p in ["lower", "new", "dir"] {
-            assert_eq!(xget(&m.path(p), "user.a").as_deref(), Some(&b"1"[..]), "{p}");
+            assert_eq!(xget(&root.join(p), "user.a").as_deref(), Some(&b"1"[..]), "{p}");
             assert!(
-                xget(&m.path(p), "user.big").as_deref() == Some(&big[..]),
+                xget(&root.join(p), "user.big").as_deref() == Some(&big[..]),
                 "{p}: big value"
             );
-            assert_eq!(xget(&m.path(p), "user.gone"), None);
+            assert_eq!(xget(&root.join(p), "user.gone"), None);
         }
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 fn wait_exit(m: Mount) -> Option<i32> {
@@ -448,7 +434,7 @@ fn wait_exit(m: Mount) -> Option<i32> {
 fn unmount_by_umount_fusermount_or_sigterm_flushes_and_exits_zero() {
     let l = Layers::new(1);
     l.put(0, "f", b"");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     for (i, how) in ["umount", "fusermount3", "sigterm"].iter().enumerate() {
         let m = l.mount(&[]);
         if i > 0 {
@@ -497,8 +483,7 @@ fn unmount_by_umount_fusermount_or_sigterm_flushes_and_exits_zero() {
     }
     let m = l.mount(&[]);
     assert_eq!(std::fs::read(m.path("f")).unwrap(), b"xxx");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.finish(m);
 }
 
 /// Opening a running program with O_TRUNC fails with ETXTBSY and leaves it intact (the kernel
@@ -506,7 +491,7 @@ fn unmount_by_umount_fusermount_or_sigterm_flushes_and_exits_zero() {
 #[test]
 fn truncating_open_of_a_running_program_is_etxtbsy() {
     let l = Layers::new(1);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let prog = m.path("sleep");
     std::fs::copy("/bin/sleep", &prog).unwrap();
@@ -525,6 +510,5 @@ fn truncating_open_of_a_running_program_is_etxtbsy() {
     assert!(child.try_wait().unwrap().is_none(), "the running program died");
     child.kill().unwrap();
     child.wait().unwrap();
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.finish(m);
 }

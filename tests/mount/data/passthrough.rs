@@ -67,7 +67,7 @@ fn open_rw(p: &std::path::Path) -> std::fs::File {
 fn upper_file_io_is_served_by_the_kernel_while_the_daemon_is_stopped() {
     let l = Layers::new(1);
     l.put(0, "lower.txt", b"from the lower");
-    let m = l.mount(&[]);
+    let (sc, m) = Scenario::mount(&l, &[]);
     std::fs::write(m.path("new.bin"), b"x").unwrap();
     sevens(&m.path("new.bin"));
     // A copied-up file goes passthrough too.
@@ -88,8 +88,9 @@ fn upper_file_io_is_served_by_the_kernel_while_the_daemon_is_stopped() {
     assert_eq!(back.len(), 4096 + (1 << 20));
     assert!(back[4096..].iter().all(|&b| b == 7));
     assert_eq!(back[0], b'x');
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path("new.bin")).unwrap(), back);
+    sc.ending(m)
+        .view(|root| assert_eq!(std::fs::read(root.join("new.bin")).unwrap(), back))
+        .end();
     assert_eq!(std::fs::read(l.lower(0, "lower.txt")).unwrap(), b"from the lower");
 }
 
@@ -114,7 +115,7 @@ fn no_passthrough_serves_io_in_the_daemon() {
 fn a_lower_file_open_for_reading_can_be_opened_for_writing() {
     let l = Layers::new(1);
     l.put(0, "f.txt", b"lower content\n");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     // Served by the daemon (lower content); the writer below must not be refused because of it.
     let mut reader = std::fs::File::open(m.path("f.txt")).unwrap();
@@ -139,12 +140,14 @@ fn a_lower_file_open_for_reading_can_be_opened_for_writing() {
     let n = r2.read_at(&mut buf, 0).unwrap();
     assert_eq!(&buf[..n], b"lower content\nappended\nmore\nlast\n");
     drop((w2, r2));
-    let m = remount(&l, m, &[]);
-    assert_eq!(
-        std::fs::read(m.path("f.txt")).unwrap(),
-        b"lower content\nappended\nmore\nlast\n"
-    );
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(
+                std::fs::read(root.join("f.txt")).unwrap(),
+                b"lower content\nappended\nmore\nlast\n"
+            )
+        })
+        .end();
 }
 
 /// While a reader from before the copy-up holds the file, new opens are served by the daemon
@@ -153,7 +156,7 @@ fn a_lower_file_open_for_reading_can_be_opened_for_writing() {
 fn a_file_open_from_before_its_copy_up_can_be_mapped_shared() {
     let l = Layers::new(1);
     l.put(0, "m.bin", &[b'.'; 8192]);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let reader = std::fs::File::open(m.path("m.bin")).unwrap();
     let rw = open_rw(&m.path("m.bin"));
@@ -161,15 +164,15 @@ fn a_file_open_from_before_its_copy_up_can_be_mapped_shared() {
     drop((reader, rw));
     let back = std::fs::read(m.path("m.bin")).unwrap();
     assert_eq!(&back[100..106], b"MAPPED");
-    let m = remount(&l, m, &[]);
-    assert_eq!(&std::fs::read(m.path("m.bin")).unwrap()[100..106], b"MAPPED");
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| assert_eq!(&std::fs::read(root.join("m.bin")).unwrap()[100..106], b"MAPPED"))
+        .end();
 }
 
 #[test]
 fn readers_and_writers_of_an_upper_file_see_one_content() {
     let l = Layers::new(1);
-    let m = l.mount(&[]);
+    let (sc, m) = Scenario::mount(&l, &[]);
     let p = m.path("shared.bin");
     std::fs::write(&p, vec![1u8; 8192]).unwrap();
     let readers: Vec<_> = (0..4).map(|_| std::fs::File::open(&p).unwrap()).collect();
@@ -187,8 +190,9 @@ fn readers_and_writers_of_an_upper_file_see_one_content() {
     r0.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, [13u8; 10]);
     drop((readers, writer));
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path("shared.bin")).unwrap(), [13u8; 10]);
+    sc.ending(m)
+        .view(|root| assert_eq!(std::fs::read(root.join("shared.bin")).unwrap(), [13u8; 10]))
+        .end();
 }
 
 #[test]

@@ -117,6 +117,7 @@ fn uid_and_gid_mappings_show_and_store_owners_as_fuse_overlayfs_does() {
     }
     let opts = "uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1:1:110000:65536";
     let l = layer_with_owners();
+    let sc = Scenario::new(&l);
     let m = compat_mount(&l, opts);
     let ours = owners(&m.mnt, &["a", "b"]);
     assert_eq!(
@@ -140,8 +141,10 @@ fn uid_and_gid_mappings_show_and_store_owners_as_fuse_overlayfs_does() {
         (6, 0),
         "stored as the layers carry owners"
     );
-    let m = remount(&l, m, &["-o", opts]);
-    assert_eq!(lstat(&m.path("a")).uid(), 110005, "after remount");
+    sc.ending(m)
+        .view(|root| assert_eq!(lstat(&root.join("a")).uid(), 110005, "after remount"))
+        .remount_with(&["-o", opts])
+        .end();
 }
 
 #[test]
@@ -287,7 +290,7 @@ fn objects_made_and_chowned_through_mappings_are_shown_mapped_and_stored_unshift
     chown(&l.lower(0, "pub/old"), 1, 1);
     chown(&l.lower(0, "pub/theirs"), 2, 2);
     std::fs::set_permissions(l.lower(0, "pub/theirs"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let lowers_before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let names: Vec<&str> = MAPPED_WANT.iter().map(|w| w.0).collect();
     let want_view: Vec<(String, u32, u32)> = MAPPED_WANT.iter().map(|(n, v, _)| (n.to_string(), v.0, v.1)).collect();
     let want_stored: Vec<(String, u32, u32)> = MAPPED_WANT.iter().map(|(n, _, s)| (n.to_string(), s.0, s.1)).collect();
@@ -308,8 +311,8 @@ fn objects_made_and_chowned_through_mappings_are_shown_mapped_and_stored_unshift
     assert_eq!(ours, want_view, "owners shown through the mapped view");
     assert_eq!(ours_stored, want_stored, "owners stored in the upper (unshifted)");
     // What is stored is read back through the mappings the same way.
-    let m = remount(&l, m, &["-o", MAN_PAGE_MAPPINGS]);
-    assert_eq!(owners(&m.mnt, &names), want_view, "after remount");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), lowers_before, "the lower layer changed");
+    sc.ending(m)
+        .view(|root| assert_eq!(owners(root, &names), want_view, "after remount"))
+        .remount_with(&["-o", MAN_PAGE_MAPPINGS])
+        .end();
 }

@@ -236,7 +236,7 @@ fn acl_table_against_kernel_overlayfs(extra: &[&str]) {
         .status()
         .expect("cp -a");
     assert!(cp.success());
-    let lowers_before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
 
     let m = l.mount(extra);
     let ko = KernelOverlay::mount(&k.lowers, Some((&k.upper, &k.work)), &k.mnt).expect("kernel overlayfs");
@@ -265,13 +265,12 @@ fn acl_table_against_kernel_overlayfs(extra: &[&str]) {
         );
     };
     compare("mounted", &m.mnt, &ko.mnt);
-    // The ACLs live in the upper: a remount enforces the same.
-    let m = remount(&l, m, extra);
+    // The ACLs live in the upper: a remount (of both) enforces the same.
+    let m = sc.ending(m).remount_with(extra).remount();
     drop(ko);
     let ko = KernelOverlay::mount(&k.lowers, Some((&k.upper, &k.work)), &k.mnt).expect("kernel overlayfs again");
     compare("after remount", &m.mnt, &ko.mnt);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), lowers_before, "the lower layer changed");
+    sc.finish(m);
 }
 
 #[test]

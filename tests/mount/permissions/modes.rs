@@ -25,7 +25,7 @@ fn objects_created_by_a_caller_belong_to_the_caller() {
     l.open_to_all();
     l.mkdir(0, "pub");
     chmod(&l.lower(0, "pub"), 0o777);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let out = sh_as(
         uid,
@@ -46,12 +46,7 @@ fn objects_created_by_a_caller_belong_to_the_caller() {
         // The copied-up parent keeps its own owner.
         assert_eq!(lstat(&root.join("pub")).uid(), 0);
     };
-    check(&m.mnt);
-    check(&l.upper);
-    let m = remount(&l, m, &[]);
-    check(&m.mnt);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).both(check).end();
 }
 
 #[test]
@@ -63,7 +58,7 @@ fn a_plain_user_cannot_write_a_root_file() {
     chmod(&l.lower(0, "rootfile"), 0o644);
     l.put(0, "dir/inner", b"i");
     chmod(&l.lower(0, "dir"), 0o755);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     // Reading is allowed by the mode.
     let out = sh_as(uid, gid, r#"cat "$1""#, &[&m.path("rootfile")]);
@@ -90,11 +85,12 @@ fn a_plain_user_cannot_write_a_root_file() {
     assert!(!exists_raw(&l.up("rootfile")), "a refused write must not copy up");
     assert_eq!(std::fs::read(m.path("rootfile")).unwrap(), b"root data");
     assert_eq!(lstat(&m.path("rootfile")).mode() & 0o7777, 0o644);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.mnt), ["dir", "rootfile"]);
-    assert_eq!(std::fs::read(m.path("rootfile")).unwrap(), b"root data");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(root), ["dir", "rootfile"]);
+            assert_eq!(std::fs::read(root.join("rootfile")).unwrap(), b"root data");
+        })
+        .end();
 }
 
 #[test]
@@ -110,7 +106,7 @@ fn a_plain_user_writes_what_it_owns_and_mode_bits_are_enforced() {
     l.put(0, "grp", b"g");
     std::os::unix::fs::chown(l.lower(0, "grp"), Some(0), Some(gid)).unwrap();
     chmod(&l.lower(0, "grp"), 0o660);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     // The view reports the real owner and mode.
     let md = lstat(&m.path("mine"));
@@ -128,17 +124,13 @@ fn a_plain_user_writes_what_it_owns_and_mode_bits_are_enforced() {
     );
     let out = sh_as(uid, gid + 1, r#"printf X >> "$1""#, &[&m.path("grp")]);
     assert!(!out.status.success(), "other group must not write");
-    let check = |m: &Mount| {
-        assert_eq!(std::fs::read(m.path("mine")).unwrap(), b"new");
-        assert_eq!(std::fs::read(m.path("grp")).unwrap(), b"gG");
-        let md = lstat(&m.path("mine"));
+    let check = |root: &Path| {
+        assert_eq!(std::fs::read(root.join("mine")).unwrap(), b"new");
+        assert_eq!(std::fs::read(root.join("grp")).unwrap(), b"gG");
+        let md = lstat(&root.join("mine"));
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (uid, gid, 0o600));
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(check).end();
 }
 
 #[test]
@@ -149,7 +141,7 @@ fn setgid_directories_pass_their_group_on() {
     l.mkdir(0, "shared");
     std::os::unix::fs::chown(l.lower(0, "shared"), Some(0), Some(4242)).unwrap();
     chmod(&l.lower(0, "shared"), 0o2777);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let out = sh_as(uid, gid, r#"touch "$1/f" && mkdir "$1/d""#, &[&m.path("shared")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -160,10 +152,5 @@ fn setgid_directories_pass_their_group_on() {
         assert_eq!((d.uid(), d.gid()), (uid, 4242));
         assert!(d.mode() & 0o2000 != 0, "subdirectories inherit setgid");
     };
-    check(&m.mnt);
-    check(&l.upper);
-    let m = remount(&l, m, &[]);
-    check(&m.mnt);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).both(check).end();
 }

@@ -83,7 +83,7 @@ fn users_read_what_modes_allow_and_nothing_else() {
     chmod(&l.lower(0, "pub/secret"), 0o600);
     l.put(0, "closed/inside", b"inside");
     chmod(&l.lower(0, "closed"), 0o700);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     std::fs::write(m.path("upper_secret"), b"upper secret").unwrap();
     chmod(&m.path("upper_secret"), 0o600);
@@ -105,13 +105,16 @@ fn users_read_what_modes_allow_and_nothing_else() {
     refused(a, r#"chmod 666 "$1""#, &[&m.path("pub/readable")], EPERM);
     refused(a, r#"chown "$(id -u)" "$1""#, &[&m.path("pub/readable")], EPERM);
     refused(a, r#"touch -c -d 2001-01-01 "$1""#, &[&m.path("pub/readable")], EPERM);
-    assert!(!exists_raw(&l.up("pub")), "a refused operation copied something up");
-    assert!(!exists_raw(&l.up("closed")));
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path("pub/readable")).unwrap(), b"readable");
-    assert_eq!(names(&m.path("pub")), ["readable", "secret"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(std::fs::read(root.join("pub/readable")).unwrap(), b"readable");
+            assert_eq!(names(&root.join("pub")), ["readable", "secret"]);
+        })
+        .upper(|up| {
+            assert!(!exists_raw(&up.join("pub")), "a refused operation copied something up");
+            assert!(!exists_raw(&up.join("closed")));
+        })
+        .end();
 }
 
 /// Owners write and delete their own (lower-resident) files; another user cannot write, delete,
@@ -126,7 +129,7 @@ fn users_write_own_files_but_not_others() {
     chown(&l.lower(0, "home_a"), a);
     chown(&l.lower(0, "home_a/own"), a);
     chown(&l.lower(0, "home_a/untouched"), a);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let own = m.path("home_a/own");
     let untouched = m.path("home_a/untouched");
@@ -156,25 +159,22 @@ fn users_write_own_files_but_not_others() {
         !exists_raw(&l.up("home_a/untouched")),
         "a refused operation copied untouched up"
     );
-    let check = |m: &Mount| {
-        assert_eq!(std::fs::read(m.path("home_a/own")).unwrap(), b"own\nmore\n");
-        let md = lstat(&m.path("home_a/own"));
+    let check = |root: &Path| {
+        assert_eq!(std::fs::read(root.join("home_a/own")).unwrap(), b"own\nmore\n");
+        let md = lstat(&root.join("home_a/own"));
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (a.0, a.1, 0o640));
-        let md = lstat(&m.path("home_a/new"));
+        let md = lstat(&root.join("home_a/new"));
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (a.0, a.1, 0o600));
-        assert_eq!(std::fs::read(m.path("home_a/untouched")).unwrap(), b"untouched\n");
-        assert_eq!(names(&m.path("home_a")), ["new", "own", "untouched"]);
+        assert_eq!(std::fs::read(root.join("home_a/untouched")).unwrap(), b"untouched\n");
+        assert_eq!(names(&root.join("home_a")), ["new", "own", "untouched"]);
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
+    let m = sc.ending(m).view(check).remount();
     // A deletes its own lower-resident file: a whiteout, and B still cannot recreate it.
     ok(a, r#"rm "$1""#, &[&untouched]);
     refused(b, r#": > "$1""#, &[&untouched], EACCES);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("home_a")), ["new", "own"]);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| assert_eq!(names(&root.join("home_a")), ["new", "own"]))
+        .end();
 }
 
 /// In a sticky 1777 directory: others may write a world-writable file but not delete or rename
@@ -191,7 +191,7 @@ fn users_cannot_delete_others_files_in_a_sticky_directory() {
     chmod(&l.lower(0, "tmp/a_lower"), 0o666);
     l.put(0, "tmp/a_lower2", b"a lower 2\n");
     chown(&l.lower(0, "tmp/a_lower2"), a);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let tmp = m.path("tmp");
     assert_eq!(lstat(&tmp).mode() & 0o7777, 0o1777);
@@ -212,12 +212,13 @@ fn users_cannot_delete_others_files_in_a_sticky_directory() {
     // B deletes its own file; A deletes its own files.
     ok(b, r#"rm "$1/b_file""#, &[&tmp]);
     ok(a, r#"rm "$1/a_lower2" "$1/a_upper""#, &[&tmp]);
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("tmp")), ["a_lower"]);
-    assert_eq!(std::fs::read(m.path("tmp/a_lower")).unwrap(), b"a lower\nb\n");
-    assert_eq!(lstat(&m.path("tmp")).mode() & 0o7777, 0o1777);
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(&root.join("tmp")), ["a_lower"]);
+            assert_eq!(std::fs::read(root.join("tmp/a_lower")).unwrap(), b"a lower\nb\n");
+            assert_eq!(lstat(&root.join("tmp")).mode() & 0o7777, 0o1777);
+        })
+        .end();
 }
 
 /// A write by a non-owner to a setuid (and setgid, group-executable) file clears those bits,
@@ -235,7 +236,7 @@ fn write_by_non_owner_clears_setuid() {
     l.put(0, "bin/sgid_lower", b"#!/bin/sh\n");
     chown(&l.lower(0, "bin/sgid_lower"), a);
     chmod(&l.lower(0, "bin/sgid_lower"), 0o6777);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     ok(
         a,
@@ -247,9 +248,9 @@ fn write_by_non_owner_clears_setuid() {
     for n in ["suid_lower", "sgid_lower", "suid_upper"] {
         ok(b, r#"echo 'echo pwned' >> "$1""#, &[&m.path(&format!("bin/{n}"))]);
     }
-    let check = |m: &Mount| {
+    let check = |root: &Path| {
         for n in ["suid_lower", "sgid_lower", "suid_upper"] {
-            let md = lstat(&m.path(&format!("bin/{n}")));
+            let md = lstat(&root.join(format!("bin/{n}")));
             assert_eq!(
                 md.mode() & 0o6000,
                 0,
@@ -259,17 +260,17 @@ fn write_by_non_owner_clears_setuid() {
             assert_eq!(md.mode() & 0o777, 0o777, "{n}");
             assert_eq!(md.uid(), a.0, "{n}: owner changed");
             assert_eq!(
-                std::fs::read(m.path(&format!("bin/{n}"))).unwrap(),
+                std::fs::read(root.join(format!("bin/{n}"))).unwrap(),
                 b"#!/bin/sh\necho pwned\n"
             );
         }
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    for n in ["suid_lower", "sgid_lower", "suid_upper"] {
-        assert_eq!(lstat(&l.up(&format!("bin/{n}"))).mode() & 0o6000, 0, "{n} in the upper");
-    }
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(check)
+        .after(|| {
+            for n in ["suid_lower", "sgid_lower", "suid_upper"] {
+                assert_eq!(lstat(&l.up(&format!("bin/{n}"))).mode() & 0o6000, 0, "{n} in the upper");
+            }
+        })
+        .end();
 }
