@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -214,7 +215,7 @@ fn concurrent_mixed_operations_on_overlapping_paths_stay_consistent() {
         l.put(1, &format!("sh{i}/lower-log"), b"0\n");
         l.put(0, &format!("sh{i}/keep"), b"keep");
     }
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
 
     let start = Arc::new(Barrier::new(THREADS + 2 * SHARED));
@@ -252,17 +253,17 @@ fn concurrent_mixed_operations_on_overlapping_paths_stay_consistent() {
     }
     assert!(daemon_alive(&m));
 
-    let check = |m: &Mount, when: &str| {
+    let check = |root: &Path, when: &str| {
         // readdir: unique names, every name stat()s.
         for dir in ["", "work", "shared", "sh0", "sh1"] {
-            let listed: Vec<String> = std::fs::read_dir(m.path(dir))
+            let listed: Vec<String> = std::fs::read_dir(root.join(dir))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
             let set: BTreeSet<_> = listed.iter().collect();
             assert_eq!(set.len(), listed.len(), "{when}: duplicate names in /{dir}: {listed:?}");
             for n in &listed {
-                lstat(&m.path(dir).join(n));
+                lstat(&root.join(dir).join(n));
             }
         }
         let want: BTreeSet<String> = expected
@@ -270,21 +271,21 @@ fn concurrent_mixed_operations_on_overlapping_paths_stay_consistent() {
             .filter(|(_, v)| v.is_some())
             .map(|(k, _)| k.trim_start_matches("work/").to_string())
             .collect();
-        let got: BTreeSet<String> = names(&m.path("work")).into_iter().collect();
+        let got: BTreeSet<String> = names(&root.join("work")).into_iter().collect();
         assert_eq!(got, want, "{when}: names in work/ lost or resurrected");
         for (name, v) in &expected {
-            let r = std::fs::read(m.path(name));
+            let r = std::fs::read(root.join(name));
             match v {
                 Some(d) => assert_eq!(&r.unwrap(), d, "{when}: {name} does not hold its last write"),
                 None => assert_eq!(err_code(r), Some(libc::ENOENT), "{when}: {name} should be gone"),
             }
         }
         for (s, c) in counts.iter().enumerate() {
-            check_shared(s, &std::fs::read(m.path(&format!("shared/s{s}"))).unwrap(), c);
+            check_shared(s, &std::fs::read(root.join(format!("shared/s{s}"))).unwrap(), c);
         }
         for (i, n) in sh_final.iter().enumerate() {
             assert_eq!(
-                names(&m.path(&format!("sh{i}"))),
+                names(&root.join(format!("sh{i}"))),
                 ["final", "keep", "lower-log"],
                 "{when}: sh{i}"
             );
@@ -292,20 +293,19 @@ fn concurrent_mixed_operations_on_overlapping_paths_stay_consistent() {
                 .chain((1..=*n).map(|k| format!("{k}\n")))
                 .collect();
             assert_eq!(
-                std::fs::read_to_string(m.path(&format!("sh{i}/lower-log"))).unwrap(),
+                std::fs::read_to_string(root.join(format!("sh{i}/lower-log"))).unwrap(),
                 log
             );
         }
     };
-    check(&m, "before remount");
-    let view = Tree::read(&m.mnt);
-    let m = remount(&l, m, &[]);
-    check(&m, "after remount");
-    assert_eq!(Tree::read(&m.mnt), view, "view changed across remount");
-    drop(m);
-    assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
-    assert!(workdir_leftovers(&l.work).is_empty());
-    assert_eq!(l.snapshot_lowers(), before);
+    // The ending also compares the whole view after the remount with the one before it.
+    sc.ending(m)
+        .view(|root| check(root, "before and after the remount"))
+        .after(|| {
+            assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
+            assert!(workdir_leftovers(&l.work).is_empty());
+        })
+        .end();
 }
 
 /// Many threads race to copy up the same set of lower files (open for write, chmod, truncate,
@@ -318,7 +318,7 @@ fn concurrent_copy_up_of_the_same_lower_files_from_many_threads() {
     for i in 0..20 {
         l.put(0, &format!("d{}/f{i}", i % 4), &prefix[..]);
     }
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let start = Arc::new(Barrier::new(6));
     let hs: Vec<_> = (0..6)
@@ -351,9 +351,9 @@ fn concurrent_copy_up_of_the_same_lower_files_from_many_threads() {
     for h in hs {
         h.join().expect("thread panicked");
     }
-    let check = |m: &Mount| {
+    let check = |root: &Path| {
         for i in 0..20 {
-            let p = m.path(&format!("d{}/f{i}", i % 4));
+            let p = root.join(format!("d{}/f{i}", i % 4));
             let d = std::fs::read(&p).unwrap();
             assert!(d.starts_with(&prefix[..]), "f{i}: lower prefix damaged");
             let tail = String::from_utf8(d[prefix.len()..].to_vec()).unwrap();
@@ -374,13 +374,13 @@ fn concurrent_copy_up_of_the_same_lower_files_from_many_threads() {
             );
         }
     };
-    check(&m);
-    let m = remount(&l, m, &[]);
-    check(&m);
-    drop(m);
-    assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
-    assert!(workdir_leftovers(&l.work).is_empty());
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(check)
+        .after(|| {
+            assert_eq!(upper_format_problems(&l.upper), Vec::<String>::new());
+            assert!(workdir_leftovers(&l.work).is_empty());
+        })
+        .end();
 }
 
 /// Focused reproducer: listings of a directory taken while other threads create and unlink
@@ -392,7 +392,7 @@ fn readdir_during_concurrent_changes_returns_stable_names_exactly_once() {
     for i in 0..150 {
         l.put(0, &format!("dir/lower-{i:03}"), b"l");
     }
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     for i in 0..150 {
         std::fs::write(m.path(&format!("dir/upper-{i:03}")), b"u").unwrap();
@@ -459,6 +459,5 @@ fn readdir_during_concurrent_changes_returns_stable_names_exactly_once() {
         bad[0]
     );
     assert!(daemon_alive(&m));
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.finish(m);
 }

@@ -53,7 +53,7 @@ fn enospc_copy_up_of_too_big_file_leaves_lower_visible_and_nothing_behind() {
     let big = pattern(12 * MIB, 1);
     l.put(0, "dir/big", &big);
     l.put(0, "dir/small", b"small lower file");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let r = std::fs::OpenOptions::new().append(true).open(m.path("dir/big"));
     assert_eq!(err_code(r), Some(libc::ENOSPC), "copy-up of 12 MiB into an 8 MiB upper");
@@ -89,12 +89,13 @@ fn enospc_copy_up_of_too_big_file_leaves_lower_visible_and_nothing_behind() {
         .write_all(b"+")
         .unwrap();
     assert_eq!(std::fs::read(m.path("dir/small")).unwrap(), b"small lower file+");
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path("dir/big")).unwrap(), big);
-    assert_eq!(std::fs::read(m.path("dir/small")).unwrap(), b"small lower file+");
-    assert!(workdir_leftovers(&l.work).is_empty());
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(std::fs::read(root.join("dir/big")).unwrap(), big);
+            assert_eq!(std::fs::read(root.join("dir/small")).unwrap(), b"small lower file+");
+            assert!(workdir_leftovers(&l.work).is_empty());
+        })
+        .end();
 }
 
 /// Writes to a new file fail with ENOSPC once the upper is full; after deleting the filler the
@@ -104,7 +105,7 @@ fn enospc_writes_fail_then_space_freed_and_copy_up_succeeds() {
     let (l, _t) = small_upper(1);
     let mid = pattern(2 * MIB, 9);
     l.put(0, "mid", &mid);
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     assert_eq!(fill(&m, "filler"), libc::ENOSPC, "write to a full upper");
     assert!(daemon_alive(&m));
@@ -133,12 +134,13 @@ fn enospc_writes_fail_then_space_freed_and_copy_up_succeeds() {
         .unwrap();
     let mut want = mid.clone();
     want.extend_from_slice(b"tail");
-    let m = remount(&l, m, &[]);
-    assert_eq!(std::fs::read(m.path("mid")).unwrap(), want);
-    assert_eq!(lstat(&m.path("mid")).mode() & 0o7777, 0o640);
-    assert!(!exists_raw(&m.path("filler")));
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(std::fs::read(root.join("mid")).unwrap(), want);
+            assert_eq!(lstat(&root.join("mid")).mode() & 0o7777, 0o640);
+            assert!(!exists_raw(&root.join("filler")));
+        })
+        .end();
 }
 
 /// Renaming a lower directory tree bigger than the upper fails; the source stays complete, the
@@ -149,7 +151,7 @@ fn enospc_directory_rename_materialisation_fails_cleanly() {
     for i in 0..12 {
         l.put(0, &format!("tree/sub{}/f{i}", i % 3), &pattern(MIB, i as u8));
     }
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let want = Tree::read(&m.path("tree"));
     let r = std::fs::rename(m.path("tree"), m.path("moved"));
@@ -179,16 +181,17 @@ fn enospc_directory_rename_materialisation_fails_cleanly() {
         workdir_leftovers(&l.work)
     );
     assert!(daemon_alive(&m));
-    let m = remount(&l, m, &[]);
-    assert_eq!(Tree::read(&m.path("tree")), want);
-    assert!(!exists_raw(&m.path("moved")));
+    let m = sc
+        .ending(m)
+        .view(|root| {
+            assert_eq!(Tree::read(&root.join("tree")), want);
+            assert!(!exists_raw(&root.join("moved")));
+        })
+        .remount();
     // The complete copies left behind may fill the upper; removing the tree frees them.
     std::fs::remove_dir_all(m.path("tree")).unwrap();
     assert_serving(&m, "after failed rename and rm -rf");
-    let m = remount(&l, m, &[]);
-    assert!(!exists_raw(&m.path("tree")));
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m).view(|root| assert!(!exists_raw(&root.join("tree")))).end();
 }
 
 /// Creating files and directories in a full upper fails cleanly (ENOSPC or a short write), never
@@ -197,7 +200,7 @@ fn enospc_directory_rename_materialisation_fails_cleanly() {
 fn enospc_many_small_creates_and_mkdirs_then_recover() {
     let (l, _t) = small_upper(1);
     l.put(0, "lowerdir/keep", b"keep");
-    let before = l.snapshot_lowers();
+    let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     assert_eq!(fill(&m, "filler"), libc::ENOSPC);
     let mut errors = 0;
@@ -220,9 +223,10 @@ fn enospc_many_small_creates_and_mkdirs_then_recover() {
     std::fs::create_dir(m.path("lowerdir/newdir")).unwrap();
     std::fs::write(m.path("lowerdir/newdir/f"), b"f").unwrap();
     assert!(workdir_leftovers(&l.work).is_empty());
-    let m = remount(&l, m, &[]);
-    assert_eq!(names(&m.path("lowerdir")), ["keep", "newdir"]);
-    assert_eq!(std::fs::read(m.path("lowerdir/newdir/f")).unwrap(), b"f");
-    drop(m);
-    assert_eq!(l.snapshot_lowers(), before);
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(names(&root.join("lowerdir")), ["keep", "newdir"]);
+            assert_eq!(std::fs::read(root.join("lowerdir/newdir/f")).unwrap(), b"f");
+        })
+        .end();
 }
