@@ -12,7 +12,7 @@
 #                                            from a fresh machine's state this way)
 set -euo pipefail
 
-# The test accounts, one per role; tests/common/mod.rs (ACCOUNTS) names the same ones, and
+# The test accounts, one per role; tests/common/src/users.rs (ACCOUNTS) names the same ones, and
 # tests/prerequisites.rs checks that the two lists agree.
 #   unionfs-user-a, unionfs-user-b  plain users acting on root's mounts (permissions, ACLs)
 #   unionfs-rootless-user           a plain user that mounts through fusermount3

@@ -1,5 +1,6 @@
-//! Acting as another user: data changes run by this test binary re-executed as a plain user
-//! (the ignored `helper` test), and mounts a plain user makes through fusermount3.
+//! Acting as another user, for the tests of docs/semantics.md, "Permissions and ACLs" and
+//! "Data": data changes run by this test binary re-executed as a plain user (the ignored
+//! `helper` test, not a test of its own), and mounts a plain user makes through fusermount3.
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
@@ -182,7 +183,8 @@ impl UserMount {
         if user_sh(user, "test -x \"$1\"", &[bin.as_os_str()]).0 != 0 {
             let copy = l.dir.path().join("unionfs-bin");
             std::fs::copy(&bin, &copy).expect("copy the binary");
-            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod 0755 the copy of the binary");
             bin = copy;
         }
         let child = as_user(user, bin)

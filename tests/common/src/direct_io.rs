@@ -137,7 +137,10 @@ pub fn lower_direct_reads(file: &Path, data: &[u8], label: &str) {
     assert_eq!(tail, &data[last as usize..], "{label}: tail read");
     drop(fd);
     // Buffered and direct readers agree.
-    assert!(std::fs::read(file).unwrap() == data, "{label}: buffered read");
+    assert!(
+        std::fs::read(file).expect("buffered read") == data,
+        "{label}: buffered read"
+    );
 }
 
 /// Creates `file` with `O_DIRECT` and writes [`new_file_writes`] into it, reading each write
@@ -153,7 +156,10 @@ pub fn new_file_direct_writes(file: &Path, label: &str) {
     let all = pread_direct(&fd, 0, model.len());
     assert!(all == model, "{label}: O_DIRECT read of the whole file differs");
     drop(fd);
-    assert!(std::fs::read(file).unwrap() == model, "{label}: buffered read differs");
+    assert!(
+        std::fs::read(file).expect("buffered read") == model,
+        "{label}: buffered read differs"
+    );
 }
 
 /// Opens `file` (a lower file holding [`vm_data`]) for direct writing, which copies it up,
@@ -188,17 +194,20 @@ pub fn direct_reader_across_copy_up(file: &Path, label: &str) {
         "{label}: new direct descriptor"
     );
     drop(fresh);
-    assert!(std::fs::read(file).unwrap() == new, "{label}: new buffered reader");
+    assert!(
+        std::fs::read(file).expect("read by a new buffered reader") == new,
+        "{label}: new buffered reader"
+    );
 }
 
 /// Buffered content in the page cache must not hide a later direct write of `file` (created).
 pub fn direct_and_buffered_coherent(file: &Path, label: &str) {
-    std::fs::write(file, vec![1u8; 1 << 20]).unwrap();
-    assert_eq!(std::fs::read(file).unwrap()[4096], 1);
+    std::fs::write(file, vec![1u8; 1 << 20]).expect("buffered write");
+    assert_eq!(std::fs::read(file).expect("buffered read")[4096], 1);
     let fd = open_direct(file, OFlags::WRONLY);
     pwrite_direct(&fd, 4096, &[2u8; 4096]);
     drop(fd);
-    let back = std::fs::read(file).unwrap();
+    let back = std::fs::read(file).expect("buffered read");
     assert_eq!(
         &back[4096..8192],
         &[2u8; 4096][..],
