@@ -1,6 +1,6 @@
-//! The tests that mount unionfs for real, one module a section of docs/semantics.md (its title in
-//! each module's first line), in one binary: one link instead of one a file, and one process
-//! whose tests run side by side.
+//! The tests that mount unionfs for real, one module a section of docs/semantics.md (each
+//! module's header names its section), in one binary: one link instead of one a file, and one
+//! process whose tests run side by side.
 //!
 //! Sharing a process is safe for these tests because none of them changes what the process
 //! shares: no test sets an environment variable, the umask, a resource limit or the working
@@ -12,9 +12,11 @@
 //! mount(8) runs our binary through a symlink, never a fresh copy; an unmount retries while the
 //! mount is busy), and `deep` drops the kernel's dentry and inode caches where the open-file
 //! limit makes it fail (`echo 2 > drop_caches`, system-wide: other tests then look names up
-//! again, which no test here depends on not happening). `mount_errors`' failing filesystem is
-//! served by threads of this process, as before. Tests that re-execute this binary as another
-//! user (`as_user::helper`) name the helper by its full path, so only it runs.
+//! again, which no test here depends on not happening). `data::errors`' failing filesystem is
+//! served by threads of this process (fuser changes nothing else the process shares, and its
+//! /dev/fuse descriptor is close-on-exec, so no sibling's child keeps it). Tests that
+//! re-execute this binary as another user (`as_user::helper`) name the helper by its full
+//! path, so only it runs.
 
 use unionfs_testkit as common;
 
