@@ -314,7 +314,7 @@ impl Union {
         let m = perms.map_or(0, |p| p.mode);
         match obj {
             NewObject::File { flags, .. } => {
-                let acc = *flags & (OFlags::RWMODE | super::BACKING_FLAGS);
+                let acc = *flags & (OFlags::RWMODE | super::SERVED_FD_FLAGS);
                 let acc = acc | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
                 // Never a set-id bit before the owner is final; those come with the chmod below.
                 let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(m & 0o1777))?;

@@ -165,8 +165,8 @@ impl Union {
         }
         let in_upper = Some(node.state.read().layer()) == self.upper;
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
-        // O_DIRECT stays off our fd (see `BACKING_FLAGS`).
-        let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::BACKING_FLAGS);
+        // O_DIRECT stays off our fd (see `SERVED_FD_FLAGS`).
+        let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::SERVED_FD_FLAGS);
         // The caller's O_NOATIME too: our reads of the file are its reads (a passthrough backing
         // file is reopened by the kernel with each caller's own flags, so sharing ours is safe).
         if !in_upper || self.upper_fds_noatime() || flags.contains(OFlags::NOATIME) {
@@ -451,4 +451,21 @@ fn node_layer(node: &Node) -> usize {
 
 fn is_writable(fd: &OwnedFd) -> bool {
     rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.intersects(OFlags::WRONLY | OFlags::RDWR))
+}
+
+/// What an xattr read (a value, or the list of names) answers for a caller's buffer of `size`
+/// bytes: the size needed when `size` is 0, else the bytes, or ERANGE when they do not fit.
+pub enum XattrAnswer {
+    Size(u32),
+    Bytes(Vec<u8>),
+}
+
+impl XattrAnswer {
+    pub fn for_buffer(bytes: Vec<u8>, size: u32) -> FsResult<XattrAnswer> {
+        match size {
+            0 => Ok(XattrAnswer::Size(u32::try_from(bytes.len()).map_err(|_| Errno::E2BIG)?)),
+            s if bytes.len() > s as usize => Err(Errno::ERANGE),
+            _ => Ok(XattrAnswer::Bytes(bytes)),
+        }
+    }
 }
