@@ -17,6 +17,7 @@ pub mod import;
 mod linked;
 pub mod stack;
 pub mod usage;
+pub mod view;
 mod walk;
 
 use std::ffi::OsStr;
