@@ -16,6 +16,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat, Timespec, Timestamps};
 use rustix::io::Errno as RErrno;
 
+use super::layerdir::LayerDir;
 use super::node::{Node, ROOT};
 use super::{Loc, Union};
 use crate::attr::Kind;
@@ -146,7 +147,7 @@ impl Union {
             let mut s = node.state.write();
             s.set_layer(upper);
             if let (Some(d), Some(fd)) = (s.dir.as_mut(), new_fd) {
-                d.layers.insert(0, (upper, fd));
+                d.layers.insert(0, (upper, Arc::new(LayerDir::Fs(fd))));
             }
         }
         if indexed.is_some() {
@@ -190,11 +191,8 @@ impl Union {
                 file = Some(out);
             }
             Kind::Symlink => {
-                let Loc::Entry(dir, name) = src else {
-                    return Err(Errno::EIO);
-                };
-                let target = rustix::fs::readlinkat(&**dir, name, Vec::new())?;
-                rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
+                let target = src.readlink()?;
+                rustix::fs::symlinkat(target.as_slice(), work, tmp)?;
             }
             _ => rustix::fs::mknodat(
                 work,
@@ -209,7 +207,7 @@ impl Union {
             Some(f) => Target::Open(f.as_fd()),
             None => Target::Entry(work, tmp),
         };
-        copy_xattrs(&src.target(), &to)?;
+        copy_xattrs(&src.target()?, &to)?;
         // Best effort: without it the copy gets its own number after a remount.
         let _ = to.set_xattr(
             OsStr::new(crate::format::xattrs::origin(kind)),

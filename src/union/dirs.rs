@@ -3,12 +3,13 @@
 //! `--revalidate`, built again when a lower directory changed.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::Union;
 use super::index::{self, DirIndex, Slot};
 use super::index_cache::Verdict;
+use super::layerdir::LayerDir;
 use super::node::Node;
 use crate::error::{Errno, FsResult};
 
@@ -30,8 +31,8 @@ impl Union {
             }
         }
         let layers = self.dir_layers(dir)?;
-        let mut built = index::build(&layers, self.upper, &|l, fd, name, kind, raw| {
-            self.ino_of(l, fd.as_fd(), name, kind, raw)
+        let mut built = index::build(&layers, self.upper, &|l, d, name, kind, raw| {
+            self.ino_of(l, d, name, kind, raw)
         })?;
         built.touch();
         let node = self.nodes.get(dir.ino);
@@ -82,14 +83,14 @@ impl Union {
         });
     }
     /// Change stamps (ctime) of a directory's lower layer directories.
-    pub(super) fn lower_stamps(&self, layers: &[(usize, Arc<OwnedFd>)]) -> Vec<(i64, u64)> {
+    pub(super) fn lower_stamps(&self, layers: &[(usize, Arc<LayerDir>)]) -> Vec<(i64, u64)> {
         layers
             .iter()
             .filter(|(l, _)| Some(*l) != self.upper)
-            .map(|(_, fd)| rustix::fs::fstat(&**fd).map_or((0, 0), |s| (s.st_ctime, s.st_ctime_nsec)))
+            .map(|(_, d)| d.stat().map_or((0, 0), |s| (s.st_ctime, s.st_ctime_nsec)))
             .collect()
     }
-    pub(super) fn dir_layers(&self, dir: &Node) -> FsResult<Vec<(usize, Arc<OwnedFd>)>> {
+    pub(super) fn dir_layers(&self, dir: &Node) -> FsResult<Vec<(usize, Arc<LayerDir>)>> {
         let st = dir.state.read();
         st.dir.as_ref().map(|d| d.layers.clone()).ok_or(Errno::ENOTDIR)
     }
@@ -100,7 +101,7 @@ impl Union {
         d.layers
             .first()
             .filter(|(l, _)| Some(*l) == self.upper)
-            .map(|(_, fd)| Arc::clone(fd))
+            .and_then(|(_, d)| d.fs_fd())
     }
     pub(super) fn slot(&self, dir: &Node, name: &OsStr) -> FsResult<Slot> {
         // Lookups only read the index: take the shared lock when it is already built.

@@ -105,7 +105,7 @@ impl Union {
         let kind = node.state.read().kind;
         let loc = self.locate(&node, fh)?;
         // Acts on the object itself, never on a symlink's target.
-        let (dir, entry, at) = loc.at();
+        let (dir, entry, at) = loc.at()?;
         if set.uid.is_some() || set.gid.is_some() {
             // Owners given through the view are stored as the layers carry them.
             rustix::fs::chownat(
@@ -349,7 +349,10 @@ impl Union {
 
     /// statfs of the upper, or of the top lower without one.
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let s = rustix::fs::fstatvfs(&*self.layers[0].root)?;
+        let s = match self.layers[0].root.fs_fd() {
+            Some(fd) => rustix::fs::fstatvfs(&*fd)?,
+            None => return Err(Errno::ENOSYS),
+        };
         Ok(StatFs {
             blocks: s.f_blocks,
             bfree: s.f_bfree,
@@ -367,7 +370,8 @@ impl Union {
     pub fn upper_is_stacked(&self) -> bool {
         const STACKING: [i64; 3] = [0x794c_7630, 0x6573_5546, 0xf15f];
         self.upper
-            .is_some_and(|u| rustix::fs::fstatfs(&*self.layers[u].root).is_ok_and(|s| STACKING.contains(&s.f_type)))
+            .and_then(|u| self.layers[u].root.fs_fd())
+            .is_some_and(|fd| rustix::fs::fstatfs(&*fd).is_ok_and(|s| STACKING.contains(&s.f_type)))
     }
 
     // ---- xattrs -----------------------------------------------------------------------------
@@ -378,7 +382,7 @@ impl Union {
         if let Some(open) = self.handles.files_of(node.ino).into_iter().find(|o| o.layer == layer) {
             return f(&Target::Open(open.fd.as_fd()));
         }
-        f(&self.locate(node, None)?.target())
+        f(&self.locate(node, None)?.target()?)
     }
 
     /// Reads an xattr's value. Private ones (overlay markers, our origin) read as absent.

@@ -9,16 +9,17 @@ use rustix::fs::OFlags;
 
 use super::Union;
 use super::handles::OpenFile;
+use super::layerdir::LayerDir;
 use super::node::Node;
 use crate::error::{Errno, FsResult};
 use crate::sys;
 
 /// Where an object is, for system calls.
 pub(crate) enum Loc {
-    /// A directory, by its own `O_PATH` fd.
-    Dir(Arc<OwnedFd>),
+    /// A directory, by its own layer directory.
+    Dir(Arc<LayerDir>),
     /// Any other object, as the entry `name` of a directory (in the object's layer).
-    Entry(Arc<OwnedFd>, OsString),
+    Entry(Arc<LayerDir>, OsString),
     /// An unlinked file, through an open handle.
     Open(Arc<OpenFile>),
 }
@@ -30,48 +31,58 @@ enum Way<'a> {
 }
 
 impl Loc {
-    fn way(&self) -> Way<'_> {
-        match self {
-            Loc::Entry(dir, name) => Way::Entry(dir.as_fd(), name),
-            Loc::Dir(fd) => Way::Fd(fd.as_fd()),
+    /// How system calls reach it; EROFS for an object of an image layer, which has no fd.
+    fn way(&self) -> rustix::io::Result<Way<'_>> {
+        Ok(match self {
+            Loc::Entry(dir, name) => Way::Entry(dir.borrow_fd().ok_or(rustix::io::Errno::ROFS)?, name),
+            Loc::Dir(dir) => Way::Fd(dir.borrow_fd().ok_or(rustix::io::Errno::ROFS)?),
             Loc::Open(f) => Way::Fd(f.fd.as_fd()),
-        }
+        })
     }
 
     pub fn stat(&self) -> rustix::io::Result<rustix::fs::Stat> {
-        match self.way() {
-            Way::Entry(dir, name) => sys::stat_at(dir, name),
-            Way::Fd(fd) => rustix::fs::fstat(fd),
+        match self {
+            Loc::Entry(dir, name) => dir.stat_at(name),
+            Loc::Dir(dir) => dir.stat(),
+            Loc::Open(f) => rustix::fs::fstat(&f.fd),
         }
     }
 
-    /// How xattr calls reach it.
-    pub fn target(&self) -> sys::Target<'_> {
-        match self.way() {
+    /// How xattr calls reach it on a filesystem.
+    pub fn target(&self) -> rustix::io::Result<sys::Target<'_>> {
+        Ok(match self.way()? {
             Way::Entry(dir, name) => sys::Target::Entry(dir, name),
             Way::Fd(fd) => sys::Target::Fd(fd),
-        }
+        })
     }
 
     /// `(dirfd, path, flags)` for `*at` calls that must act on the object itself, never on a
     /// symlink's target.
-    pub fn at(&self) -> (BorrowedFd<'_>, OsString, rustix::fs::AtFlags) {
+    pub fn at(&self) -> rustix::io::Result<(BorrowedFd<'_>, OsString, rustix::fs::AtFlags)> {
         use std::os::unix::ffi::OsStringExt;
-        match self.way() {
+        Ok(match self.way()? {
             Way::Entry(dir, name) => (dir, name.to_os_string(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
             Way::Fd(fd) => (
                 rustix::fs::CWD,
                 OsString::from_vec(sys::fd_path(fd).into_bytes()),
                 rustix::fs::AtFlags::empty(),
             ),
-        }
+        })
     }
 
     /// Opens it for I/O.
     pub fn open(&self, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-        match self.way() {
+        match self.way()? {
             Way::Entry(dir, name) => sys::open_at(dir, name, flags),
             Way::Fd(fd) => sys::reopen(fd, flags),
+        }
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self) -> rustix::io::Result<Vec<u8>> {
+        match self {
+            Loc::Entry(dir, name) => dir.readlink(name),
+            _ => Err(rustix::io::Errno::INVAL),
         }
     }
 }
@@ -119,6 +130,6 @@ impl Union {
     }
 }
 
-pub(crate) fn layer_fd(layers: &[(usize, Arc<OwnedFd>)], layer: usize) -> Option<Arc<OwnedFd>> {
+pub(crate) fn layer_fd(layers: &[(usize, Arc<LayerDir>)], layer: usize) -> Option<Arc<LayerDir>> {
     layers.iter().find(|(l, _)| *l == layer).map(|(_, fd)| Arc::clone(fd))
 }

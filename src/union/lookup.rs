@@ -3,10 +3,11 @@
 //! references (lookup counts) on nodes, including internal ones (`Held`).
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use super::locate::{Loc, layer_fd};
+use super::layerdir::LayerDir;
+use super::locate::layer_fd;
 use super::node::{DirState, Node, NodeState};
 use super::{Union, check_name, index};
 use crate::attr::{Attr, Kind};
@@ -25,7 +26,7 @@ impl Union {
         let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
         let dir_layers = self.dir_layers(&dir)?;
         let top = layer_fd(&dir_layers, vis.layer).ok_or(Errno::ESTALE)?;
-        let st = sys::stat_at(top.as_fd(), name)?;
+        let st = top.stat_at(name)?;
         let kind = Kind::from_mode(st.st_mode);
         if kind == Kind::File && st.st_nlink > 1 && Some(vis.layer) != self.upper && !self.hardlinks.is_empty() {
             let key = self.hardlink_key(vis.layer, &st);
@@ -54,8 +55,8 @@ impl Union {
         if merged {
             attr.nlink = 1;
         }
-        if Some(vis.layer) == self.upper {
-            self.uncount_index_link(&mut attr, &sys::Target::Entry(top.as_fd(), name));
+        if let (true, Some(fd)) = (Some(vis.layer) == self.upper, top.fs_fd()) {
+            self.uncount_index_link(&mut attr, &sys::Target::Entry(fd.as_fd(), name));
         }
         Ok((node, attr))
     }
@@ -63,15 +64,15 @@ impl Union {
     /// from `dir_layers`) merges, top first, ending at the first opaque one.
     pub(super) fn merged_layers(
         &self,
-        dir_layers: &[(usize, Arc<OwnedFd>)],
+        dir_layers: &[(usize, Arc<LayerDir>)],
         vis: &index::Visible,
         name: &OsStr,
-    ) -> FsResult<Vec<(usize, Arc<OwnedFd>)>> {
+    ) -> FsResult<Vec<(usize, Arc<LayerDir>)>> {
         let mut out = Vec::new();
         for &l in &vis.merge {
             let Some(dfd) = layer_fd(dir_layers, l) else { break };
-            let fd = match sys::open_path_dir(dfd.as_fd(), name) {
-                Ok(fd) => fd,
+            let sub = match dfd.open_dir(name) {
+                Ok(d) => d,
                 // What the index saw there is no directory now (a changed lower).
                 Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
                     if !out.is_empty() =>
@@ -80,8 +81,8 @@ impl Union {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let opaque = markers::dir_marks(fd.as_fd())?.opaque;
-            out.push((l, Arc::new(fd)));
+            let opaque = sub.marks()?.opaque;
+            out.push((l, sub));
             if opaque {
                 break;
             }
@@ -96,10 +97,10 @@ impl Union {
         name: &OsStr,
         vis: &index::Visible,
         kind: Kind,
-        layers: Vec<(usize, Arc<OwnedFd>)>,
+        layers: Vec<(usize, Arc<LayerDir>)>,
         lookups: u64,
     ) -> Arc<Node> {
-        let make_state = |layers: Vec<(usize, Arc<OwnedFd>)>| {
+        let make_state = |layers: Vec<(usize, Arc<LayerDir>)>| {
             NodeState::new(
                 parent,
                 name,
@@ -160,7 +161,7 @@ impl Union {
             a.nlink = 1;
         }
         if Some(layer) == self.upper {
-            self.uncount_index_link(&mut a, &loc.target());
+            self.uncount_index_link(&mut a, &loc.target()?);
         }
         Ok(a)
     }
@@ -187,10 +188,7 @@ impl Union {
     /// The target of the symlink `ino`.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
-        match self.locate(&node, None)? {
-            Loc::Entry(dir, name) => Ok(rustix::fs::readlinkat(&*dir, &name, Vec::new())?.into_bytes()),
-            _ => Err(Errno::EINVAL),
-        }
+        Ok(self.locate(&node, None)?.readlink()?)
     }
 }
 

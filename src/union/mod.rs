@@ -32,6 +32,7 @@ pub(crate) mod index;
 mod index_cache;
 
 mod io;
+pub(crate) mod layerdir;
 mod locate;
 mod lookup;
 pub(crate) mod node;
@@ -154,10 +155,12 @@ impl Union {
     /// on (the upper, else the top lower) stores them.
     pub fn acl_supported(&self) -> bool {
         self.config.acl
-            && !matches!(
-                sys::Target::Fd(self.layers[0].root.as_fd()).read_xattr(OsStr::new(acl::ACCESS)),
-                Err(rustix::io::Errno::NOTSUP)
-            )
+            && self.layers[0].root.fs_fd().is_none_or(|fd| {
+                !matches!(
+                    sys::Target::Fd(fd.as_fd()).read_xattr(OsStr::new(acl::ACCESS)),
+                    Err(rustix::io::Errno::NOTSUP)
+                )
+            })
     }
 
     /// The kernel enforces POSIX ACLs (they are read through us) and leaves the creation mask to

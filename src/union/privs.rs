@@ -39,7 +39,7 @@ impl Union {
         let Some(mode) = mode_after_write(ctx, &loc.stat()?) else {
             return Ok(false);
         };
-        let (dir, entry, _) = loc.at();
+        let (dir, entry, _) = loc.at()?;
         rustix::fs::chmodat(dir.as_fd(), &entry, Mode::from_raw_mode(mode), AtFlags::empty())?;
         Ok(true)
     }

@@ -283,9 +283,11 @@ impl Union {
         if self.slot(dir, name)?.vis.is_none_or(|v| Some(v.layer) == self.upper) {
             return Ok(());
         }
-        let super::Loc::Entry(src_dir, src_name) = self.locate(node, None)? else {
+        let super::Loc::Entry(src_layer_dir, src_name) = self.locate(node, None)? else {
             return Err(Errno::EIO);
         };
+        // An upper object (checked above): its directory is on a filesystem.
+        let src_dir = src_layer_dir.fs_fd().ok_or(Errno::EIO)?;
         self.link_up(dir, name, node.ino, |pdir| {
             rustix::fs::linkat(&*src_dir, &src_name, pdir, name, AtFlags::empty())
         })

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use super::handles::HandleTable;
 use super::hardlinks::HardlinkIndex;
 use super::index_cache::IndexCache;
+use super::layerdir::LayerDir;
 use super::node::{DirState, Node, NodeState, NodeTable, ROOT};
 use super::workdir::Workdir;
 use super::{Union, atime};
@@ -18,14 +19,13 @@ use crate::attr::Kind;
 use crate::config::{MountConfig, WhiteoutStyle};
 use crate::error::{FsResult, SetupError};
 use crate::format::ino::Numbering;
-use crate::format::markers;
 use crate::idmap::IdMap;
 use crate::sys;
 
 /// One layer directory.
 pub(crate) struct Layer {
     pub path: PathBuf,
-    pub root: Arc<OwnedFd>,
+    pub root: Arc<LayerDir>,
     pub dev: u64,
     /// The filesystem's id (stable across reboots where the filesystem has a UUID): with an
     /// inode number, the identity of a lower object in the hard-link index.
@@ -110,7 +110,7 @@ impl Union {
     pub(super) fn insert_root(&self) -> FsResult<()> {
         let mut dir_layers = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let marks = markers::dir_marks(l.root.as_fd())?;
+            let marks = l.root.marks()?;
             dir_layers.push((i, Arc::clone(&l.root)));
             if marks.opaque {
                 break;
@@ -130,7 +130,11 @@ impl Union {
 fn open_hardlink_index(config: &MountConfig, work: &Workdir, upper: &Layer) -> Result<HardlinkIndex, SetupError> {
     let workdir = config.workdir.clone().unwrap_or_default();
     let privileged = sys::privileged();
-    let (index, cleanup) = HardlinkIndex::open(work, upper.root.as_fd(), privileged).map_err(|e| SetupError::Io {
+    let upper_fd = upper
+        .root
+        .fs_fd()
+        .ok_or_else(|| SetupError::Invalid("the upper is not a directory".into()))?;
+    let (index, cleanup) = HardlinkIndex::open(work, upper_fd.as_fd(), privileged).map_err(|e| SetupError::Io {
         role: "workdir",
         path: workdir.clone(),
         source: e.into(),
@@ -183,7 +187,7 @@ fn open_layers(
         let fsid = rustix::fs::fstatvfs(&fd).map(|v| v.f_fsid).unwrap_or(0);
         Ok(Layer {
             path: p.clone(),
-            root: Arc::new(fd),
+            root: LayerDir::fs(fd),
             dev: st.st_dev,
             fsid: if fsid == 0 { st.st_dev } else { fsid },
         })
@@ -207,7 +211,7 @@ fn effective_idmap(asked: &IdMap, layers: &[Layer], has_upper: bool) -> IdMap {
     if asked.uids.is_empty() && asked.gids.is_empty() {
         return asked.clone();
     }
-    match top_lower(layers, has_upper).and_then(|l| rustix::fs::fstat(&*l.root).ok()) {
+    match top_lower(layers, has_upper).and_then(|l| l.root.stat().ok()) {
         Some(st) => idmap_for_top_owner(asked, st.st_uid),
         None => asked.clone(),
     }
@@ -245,7 +249,7 @@ mod tests {
         std::fs::create_dir_all(dir).expect("mkdir");
         Layer {
             path: dir.to_path_buf(),
-            root: Arc::new(sys::open_dir_path(dir).expect("open")),
+            root: LayerDir::fs(sys::open_dir_path(dir).expect("open")),
             dev: 0,
             fsid: 0,
         }
