@@ -3,12 +3,14 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use rustix::fs::OFlags;
 
 use super::Union;
 use super::handles::OpenFile;
+use super::handles::{FileSource, ImageFile};
 use super::layerdir::LayerDir;
 use super::node::Node;
 use crate::error::{Errno, FsResult};
@@ -36,7 +38,7 @@ impl Loc {
         Ok(match self {
             Loc::Entry(dir, name) => Way::Entry(dir.borrow_fd().ok_or(rustix::io::Errno::ROFS)?, name),
             Loc::Dir(dir) => Way::Fd(dir.borrow_fd().ok_or(rustix::io::Errno::ROFS)?),
-            Loc::Open(f) => Way::Fd(f.fd.as_fd()),
+            Loc::Open(f) => Way::Fd(f.fd().map_err(|_| rustix::io::Errno::ROFS)?.as_fd()),
         })
     }
 
@@ -44,7 +46,7 @@ impl Loc {
         match self {
             Loc::Entry(dir, name) => dir.stat_at(name),
             Loc::Dir(dir) => dir.stat(),
-            Loc::Open(f) => rustix::fs::fstat(&f.fd),
+            Loc::Open(f) => f.stat(),
         }
     }
 
@@ -75,6 +77,61 @@ impl Loc {
         match self.way()? {
             Way::Entry(dir, name) => sys::open_at(dir, name, flags),
             Way::Fd(fd) => sys::reopen(fd, flags),
+        }
+    }
+
+    /// The object of an image layer this is, if it is one (an entry of a directory of an image
+    /// layer, or a file of one open through a handle).
+    pub fn image_file(&self) -> rustix::io::Result<Option<ImageFile>> {
+        match self {
+            Loc::Entry(dir, name) => match &**dir {
+                LayerDir::Image(d) => Ok(Some(ImageFile {
+                    lower: Arc::clone(&d.lower),
+                    entry: d.lookup(name)?.ok_or(rustix::io::Errno::NOENT)?,
+                })),
+                LayerDir::Fs(_) => Ok(None),
+            },
+            Loc::Dir(dir) => match &**dir {
+                LayerDir::Image(d) => Ok(Some(ImageFile {
+                    lower: Arc::clone(&d.lower),
+                    entry: d.entry.clone(),
+                })),
+                LayerDir::Fs(_) => Ok(None),
+            },
+            Loc::Open(f) => match &f.source {
+                FileSource::Image(i) => Ok(Some(ImageFile {
+                    lower: Arc::clone(&i.lower),
+                    entry: i.entry.clone(),
+                })),
+                FileSource::Fd(_) => Ok(None),
+            },
+        }
+    }
+
+    /// The value of the xattr `name`; ENODATA if it has none.
+    pub fn read_xattr(&self, name: &OsStr) -> rustix::io::Result<Vec<u8>> {
+        match self.image_file()? {
+            Some(f) => f
+                .entry
+                .xattrs
+                .iter()
+                .find(|(n, _)| **n == *name.as_bytes())
+                .map(|(_, v)| v.to_vec())
+                .ok_or(rustix::io::Errno::NODATA),
+            None => self.target()?.read_xattr(name),
+        }
+    }
+
+    /// The names of its xattrs.
+    pub fn list_xattrs(&self) -> rustix::io::Result<Vec<OsString>> {
+        match self.image_file()? {
+            Some(f) => Ok(f
+                .entry
+                .xattrs
+                .iter()
+                .map(|(n, _)| OsStr::from_bytes(n).to_os_string())
+                .collect()),
+            None => self.target()?.list_xattrs(),
         }
     }
 

@@ -11,15 +11,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use super::handles::HandleTable;
 use super::hardlinks::HardlinkIndex;
 use super::index_cache::IndexCache;
-use super::layerdir::LayerDir;
+use super::layerdir::{ImageLower, LayerDir};
 use super::node::{DirState, Node, NodeState, NodeTable, ROOT};
 use super::workdir::Workdir;
 use super::{Union, atime};
 use crate::attr::Kind;
-use crate::config::{MountConfig, WhiteoutStyle};
+use crate::config::{ImageSource, MountConfig, WhiteoutStyle};
 use crate::error::{FsResult, SetupError};
 use crate::format::ino::Numbering;
 use crate::idmap::IdMap;
+use crate::image::cache::ContentCache;
 use crate::sys;
 
 /// One layer directory.
@@ -70,7 +71,10 @@ impl Union {
         let mut private = atime::PrivateMounts::make(&config);
         let lowers = std::mem::take(&mut private.lowers);
         let private = private.upper;
-        let layers = open_layers(&config, private.as_ref(), lowers)?;
+        let mut layers = open_layers(&config, private.as_ref(), lowers)?;
+        if let Some(img) = &config.image {
+            layers.extend(open_image_layers(img)?);
+        }
         let upper = config.upper.as_ref().map(|_| 0);
         let work = match (&config.upper, &config.workdir) {
             (Some(_), Some(w)) => Some(Workdir::prepare(w, private.as_ref())?),
@@ -201,6 +205,33 @@ fn open_layers(
         layers.push(open("lower layer", l, mine.next().flatten())?);
     }
     Ok(layers)
+}
+
+/// The layers of the image `img`, top first (their catalogs are made on the first mount).
+fn open_image_layers(img: &ImageSource) -> Result<Vec<Layer>, SetupError> {
+    struct Quiet;
+    impl crate::image::scan::Progress for Quiet {}
+    let cache = Arc::new(ContentCache::new(&img.cache_dir, img.cache_size));
+    let (image, layers) = crate::image::open_layers(&img.reference, &img.cache_dir, cache, &Quiet)
+        .map_err(|e| SetupError::Invalid(e.to_string()))?;
+    let mut out = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let dev = crate::image::layer_dev(&layer.digest);
+        let path = crate::image::layout::blob_path(&image.layout, &layer.digest)
+            .map_err(|e| SetupError::Invalid(e.to_string()))?;
+        let lower = ImageLower::new(layer, dev).map_err(|source| SetupError::Io {
+            role: "image layer",
+            path: path.clone(),
+            source,
+        })?;
+        out.push(Layer {
+            path,
+            root: lower.root(),
+            dev,
+            fsid: dev,
+        });
+    }
+    Ok(out)
 }
 
 /// The owner mappings a mount uses: none when the top layer already carries owners of the view
