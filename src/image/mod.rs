@@ -84,7 +84,8 @@ pub fn open_layers(
     let (dir, tag) = layout::parse_reference(reference)?;
     let image = layout::open(&dir, tag.as_deref())?;
     let mut layers = Vec::with_capacity(image.layers.len());
-    for desc in image.layers.iter().rev() {
+    for (n, desc) in image.layers.iter().rev().enumerate() {
+        progress.layer(n + 1, image.layers.len(), &desc.digest);
         layers.push(ImageLayer::open(&dir, desc, cache_dir, Arc::clone(&cache), progress)?);
     }
     Ok((image, layers))
