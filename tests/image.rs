@@ -312,7 +312,8 @@ fn a_corrupt_or_truncated_blob_is_refused_with_one_line_and_nothing_mounted() {
         return;
     }
     let t = tempfile::tempdir().expect("tmp");
-    let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 2] = [
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: [(&str, Damage); 2] = [
         (
             "corrupt",
             Box::new(|b: &mut Vec<u8>| {
