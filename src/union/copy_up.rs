@@ -16,7 +16,6 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat, Timespec, Timestamps};
 use rustix::io::Errno as RErrno;
 
-use super::layerdir::LayerDir;
 use super::node::{Node, ROOT};
 use super::{Loc, Union};
 use crate::attr::Kind;
@@ -43,7 +42,19 @@ impl Union {
     pub(crate) fn copy_up_with(&self, node: &Arc<Node>, data: Data) -> FsResult<()> {
         let upper = self.upper_index()?;
         loop {
-            let chain = self.chain_to_upper(node, upper)?;
+            let mut chain = self.chain_to_upper(node, upper)?;
+            // Two directories or more (the ancestors, and `node` if it is one) go up as one.
+            let dirs = chain
+                .iter()
+                .rev()
+                .take_while(|n| n.state.read().kind == Kind::Dir)
+                .count();
+            if dirs > 1 {
+                let top: Vec<Arc<Node>> = chain.drain(chain.len() - dirs..).rev().collect();
+                if !self.copy_up_dirs(&top, upper)? {
+                    continue;
+                }
+            }
             let mut all = true;
             for (i, n) in chain.iter().enumerate().rev() {
                 let data = if i == 0 { data } else { Data::All };
@@ -98,7 +109,8 @@ impl Union {
         if parent.state.read().layer() != upper {
             return Ok(false);
         }
-        let pdir = self.upper_dir_fd(&parent).ok_or(Errno::EIO)?;
+        let pdir_layer = self.upper_layer_dir(&parent).ok_or(Errno::EIO)?;
+        let pdir = pdir_layer.fs_fd().ok_or(Errno::EIO)?;
         let src = self.locate(node, None)?;
         let st = src.stat()?;
         let work = self.work_fd()?;
@@ -136,7 +148,8 @@ impl Union {
                 node.name_unsynced.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             let new_fd = if kind == Kind::Dir {
-                Some(Arc::new(sys::open_path_dir(pdir.as_fd(), &name)?))
+                let fd = sys::open_path_dir(pdir.as_fd(), &name)?;
+                Some(pdir_layer.fs_child(&name, fd)?)
             } else {
                 None
             };
@@ -147,7 +160,7 @@ impl Union {
             let mut s = node.state.write();
             s.set_layer(upper);
             if let (Some(d), Some(fd)) = (s.dir.as_mut(), new_fd) {
-                d.layers.insert(0, (upper, Arc::new(LayerDir::Fs(fd))));
+                d.layers.insert(0, (upper, fd));
             }
         }
         if indexed.is_some() {
@@ -180,8 +193,8 @@ impl Union {
                     Mode::from_raw_mode(0o600),
                 )?;
                 if data == Data::All {
-                    match src.image_file()? {
-                        Some(img) => copy_image_data(&img, &out)?,
+                    match src.image_file() {
+                        Some(img) => copy_image_data(img, &out)?,
                         None => {
                             let input = src.open(OFlags::RDONLY | OFlags::NOATIME)?;
                             // Fewer allocated blocks than the size means holes worth skipping.
@@ -224,7 +237,7 @@ impl Union {
     }
 
     /// Owner, then mode (a chown clears setuid), then times, on the entry `name` of `dir`.
-    fn finish_meta(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, st: &Stat) -> FsResult<()> {
+    pub(super) fn finish_meta(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, st: &Stat) -> FsResult<()> {
         if self.process.privileged {
             rustix::fs::chownat(
                 dir,
@@ -376,7 +389,7 @@ fn copy_image_data(img: &super::handles::ImageFile, out: &OwnedFd) -> FsResult<(
 }
 
 /// Copies the xattrs of the located object `from` (any layer) to `to`.
-fn copy_xattrs_of(from: &Loc, to: &Target<'_>) -> FsResult<()> {
+pub(super) fn copy_xattrs_of(from: &Loc, to: &Target<'_>) -> FsResult<()> {
     let get = |n: &OsStr| match from.read_xattr(n) {
         Ok(v) => Ok(Some(v)),
         Err(RErrno::NODATA) => Ok(None),

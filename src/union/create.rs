@@ -147,11 +147,10 @@ impl Union {
         }
         self.copy_up(&node)?;
         let kind = node.state.read().kind;
-        let Loc::Entry(src_layer_dir, src_name) = self.locate(&node, None)? else {
+        // Copied up above: the object is in the upper, a filesystem directory.
+        let Loc::Entry(src_dir, src_name) = self.locate(&node, None)? else {
             return Err(Errno::ENOENT);
         };
-        // Copied up above: the object is in the upper, a filesystem directory.
-        let src_dir = src_layer_dir.fs_fd().ok_or(Errno::EIO)?;
         let ctx = Ctx::default();
         let obj = NewObject::Link {
             dir: &src_dir,
@@ -162,10 +161,8 @@ impl Union {
         let (n, _, _) = self.make(&ctx, newparent, newname, obj)?;
         // A copy of a multiply-linked lower file counts its names itself (see `hardlinks.rs`).
         if !self.hardlinks.is_empty() {
-            if let Ok(Loc::Entry(d, name)) = self.locate(&n, None) {
-                if let Some(fd) = d.fs_fd() {
-                    self.count_names(Some((fd, name)), 1);
-                }
+            if let Ok(Loc::Entry(fd, name)) = self.locate(&n, None) {
+                self.count_names(Some((fd, name)), 1);
             }
         }
         self.attr_of(&n)
@@ -187,7 +184,8 @@ impl Union {
         }
         let dir = self.dir_node(parent)?;
         self.copy_up(&dir)?;
-        let pdir = self.upper_dir_fd(&dir).ok_or(Errno::EIO)?;
+        let pdir_layer = self.upper_layer_dir(&dir).ok_or(Errno::EIO)?;
+        let pdir = pdir_layer.fs_fd().ok_or(Errno::EIO)?;
         let kind = obj.kind();
         let _ns = dir.ns.lock();
         let slot = self.slot(&dir, name)?;
@@ -205,7 +203,7 @@ impl Union {
             _ => self.tag_ino(upper, st.st_ino),
         };
         self.with_index(&dir, |idx| idx.show(name, Visible::new(upper, kind, ino)))?;
-        let node = self.remember_new(parent, name, &pdir, &obj, ino)?;
+        let node = self.remember_new(parent, name, (&pdir_layer, &pdir), &obj, ino)?;
         Ok((node, self.view_attr(ino, &st), fd))
     }
 
@@ -253,20 +251,20 @@ impl Union {
         built
     }
 
-    /// The node of a new name `parent/name` (in the upper directory `pdir`), with one kernel
-    /// reference.
+    /// The node of a new name `parent/name` (in the upper directory `pdir`, open as its fd),
+    /// with one kernel reference.
     fn remember_new(
         &self,
         parent: u64,
         name: &OsStr,
-        pdir: &Arc<OwnedFd>,
+        (pdir, pfd): (&Arc<LayerDir>, &Arc<OwnedFd>),
         obj: &NewObject<'_>,
         ino: u64,
     ) -> FsResult<Arc<Node>> {
         let upper = self.upper_index()?;
         let kind = obj.kind();
         let dir_state = if kind == Kind::Dir {
-            let fd = LayerDir::fs(sys::open_path_dir(pdir.as_fd(), name)?);
+            let fd = pdir.fs_child(name, sys::open_path_dir(pfd.as_fd(), name)?)?;
             Some(DirState::new(vec![(upper, fd)]))
         } else {
             None

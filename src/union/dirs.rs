@@ -96,12 +96,17 @@ impl Union {
     }
     /// The upper directory fd of a directory node, if it has one.
     pub(super) fn upper_dir_fd(&self, dir: &Node) -> Option<Arc<OwnedFd>> {
+        self.upper_layer_dir(dir)?.fs_fd()
+    }
+
+    /// The upper's directory of the directory node `dir`, if it has one.
+    pub(super) fn upper_layer_dir(&self, dir: &Node) -> Option<Arc<LayerDir>> {
         let st = dir.state.read();
         let d = st.dir.as_ref()?;
         d.layers
             .first()
             .filter(|(l, _)| Some(*l) == self.upper)
-            .and_then(|(_, d)| d.fs_fd())
+            .map(|(_, d)| Arc::clone(d))
     }
     pub(super) fn slot(&self, dir: &Node, name: &OsStr) -> FsResult<Slot> {
         // Lookups only read the index: take the shared lock when it is already built.

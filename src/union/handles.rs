@@ -22,6 +22,7 @@ pub(crate) enum FileSource {
 }
 
 /// A regular file of an image layer, open for reading.
+#[derive(Clone)]
 pub(crate) struct ImageFile {
     pub lower: Arc<ImageLower>,
     pub entry: Entry,

@@ -173,7 +173,7 @@ impl Union {
             f |= OFlags::NOATIME;
         }
         let loc = self.locate(&node, None)?;
-        if let (false, Some(img)) = (in_upper, loc.image_file()?) {
+        if let (false, Some(img)) = (in_upper, loc.image_file().cloned()) {
             return Ok(Opened {
                 fh: self.new_handle(FileSource::Image(img), node),
                 shared_rw: false,

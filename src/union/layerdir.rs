@@ -6,13 +6,14 @@
 //! filesystem directory: code that changes it takes the fd ([`LayerDir::fs_fd`]).
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use rustix::fs::Stat;
 use rustix::io::Errno as RErrno;
 
+use super::fsdir::FsDir;
 use crate::format::markers::{self, DirMarks, Marker};
 use crate::image::catalog::Entry;
 use crate::image::layer::ImageLayer;
@@ -20,8 +21,8 @@ use crate::sys::{self, RawEntry};
 
 /// A directory of one layer.
 pub(crate) enum LayerDir {
-    /// On a filesystem, by its `O_PATH` fd.
-    Fs(Arc<OwnedFd>),
+    /// On a filesystem (its fd opened on demand, see `fsdir.rs`).
+    Fs(FsDir),
     /// In an image layer's catalog.
     Image(ImageDir),
 }
@@ -102,15 +103,34 @@ fn xattr_in(xattrs: &[crate::image::catalog::Xattr], attr: &[u8]) -> Option<Vec<
 }
 
 impl LayerDir {
+    /// A layer's root on a filesystem.
     pub fn fs(fd: OwnedFd) -> Arc<LayerDir> {
-        Arc::new(LayerDir::Fs(Arc::new(fd)))
+        Arc::new(LayerDir::Fs(FsDir::root(fd)))
+    }
+
+    /// The subdirectory `name` of `self` (on a filesystem), already open as `fd`.
+    pub fn fs_child(self: &Arc<Self>, name: &OsStr, fd: OwnedFd) -> rustix::io::Result<Arc<LayerDir>> {
+        FsDir::child(self, name, fd)
+    }
+
+    /// After a rename in the upper: the directory is now `name` in `parent`.
+    pub fn moved(&self, parent: Arc<LayerDir>, name: &OsStr) {
+        if let LayerDir::Fs(f) = self {
+            f.moved(parent, name);
+        }
     }
 
     /// The fd of a directory on a filesystem (every upper directory is one); none for an image
     /// layer's directory, which has nothing to change.
     pub fn fs_fd(&self) -> Option<Arc<OwnedFd>> {
         match self {
-            LayerDir::Fs(fd) => Some(Arc::clone(fd)),
+            LayerDir::Fs(f) => match f.fd() {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!("a layer directory could not be opened again: {e}");
+                    None
+                }
+            },
             LayerDir::Image(_) => None,
         }
     }
@@ -118,7 +138,7 @@ impl LayerDir {
     /// The directory's own attributes.
     pub fn stat(&self) -> rustix::io::Result<Stat> {
         match self {
-            LayerDir::Fs(fd) => rustix::fs::fstat(&**fd),
+            LayerDir::Fs(f) => rustix::fs::fstat(&*f.fd()?),
             LayerDir::Image(d) => Ok(d.lower.stat_of(&d.entry)),
         }
     }
@@ -126,7 +146,7 @@ impl LayerDir {
     /// How the directory is marked (opaque, holding xattr whiteouts).
     pub fn marks(&self) -> rustix::io::Result<DirMarks> {
         match self {
-            LayerDir::Fs(fd) => markers::dir_marks(fd.as_fd()),
+            LayerDir::Fs(f) => markers::dir_marks(f.fd()?.as_fd()),
             LayerDir::Image(d) => markers::marks_of(&|x| Ok(xattr_in(&d.entry.xattrs, x.as_bytes())), &|| {
                 Ok(d.lookup(OsStr::new(markers::OPAQUE_MARKER))?.is_some())
             }),
@@ -136,7 +156,7 @@ impl LayerDir {
     /// Every entry, minus `.` and `..`.
     pub fn read_dir(&self) -> rustix::io::Result<Vec<RawEntry>> {
         match self {
-            LayerDir::Fs(fd) => sys::read_dir(fd.as_fd()),
+            LayerDir::Fs(f) => sys::read_dir(f.fd()?.as_fd()),
             LayerDir::Image(d) => {
                 sys::DIR_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let entries = d.lower.layer.dir(d.id()).map_err(ImageDir::err)?;
@@ -155,7 +175,7 @@ impl LayerDir {
     /// The entry `name`, never following a symlink; ENOENT if there is none.
     pub fn stat_at(&self, name: &OsStr) -> rustix::io::Result<Stat> {
         match self {
-            LayerDir::Fs(fd) => sys::stat_at(fd.as_fd(), name),
+            LayerDir::Fs(f) => sys::stat_at(f.fd()?.as_fd(), name),
             LayerDir::Image(d) => Ok(d.lower.stat_of(&d.entry(name)?)),
         }
     }
@@ -172,7 +192,10 @@ impl LayerDir {
     /// What the entry `name` (with stat `st`) of this directory, marked `marks`, is.
     pub fn classify(&self, marks: DirMarks, name: &OsStr, st: &Stat) -> Marker {
         match self {
-            LayerDir::Fs(fd) => markers::classify(fd.as_fd(), marks, name, st),
+            LayerDir::Fs(f) => match f.fd() {
+                Ok(fd) => markers::classify(fd.as_fd(), marks, name, st),
+                Err(_) => markers::classify_with(marks, name, st, &|| false),
+            },
             LayerDir::Image(d) => markers::classify_with(marks, name, st, &|| {
                 d.lookup(name)
                     .ok()
@@ -183,9 +206,12 @@ impl LayerDir {
     }
 
     /// The subdirectory `name`, refusing symlinks.
-    pub fn open_dir(&self, name: &OsStr) -> rustix::io::Result<Arc<LayerDir>> {
-        match self {
-            LayerDir::Fs(fd) => Ok(LayerDir::fs(sys::open_path_dir(fd.as_fd(), name)?)),
+    pub fn open_dir(self: &Arc<Self>, name: &OsStr) -> rustix::io::Result<Arc<LayerDir>> {
+        match &**self {
+            LayerDir::Fs(f) => {
+                let fd = sys::open_path_dir(f.fd()?.as_fd(), name)?;
+                self.fs_child(name, fd)
+            }
             LayerDir::Image(d) => {
                 let e = d.entry(name)?;
                 if e.dir.is_none() {
@@ -199,27 +225,11 @@ impl LayerDir {
         }
     }
 
-    /// The target of the symlink `name`.
-    pub fn readlink(&self, name: &OsStr) -> rustix::io::Result<Vec<u8>> {
-        match self {
-            LayerDir::Fs(fd) => Ok(rustix::fs::readlinkat(&**fd, name, Vec::new())?.into_bytes()),
-            LayerDir::Image(d) => d.entry(name)?.target.map(|t| t.to_vec()).ok_or(RErrno::INVAL),
-        }
-    }
-
     /// An xattr of the entry `name`.
     pub fn get_xattr(&self, name: &OsStr, attr: &str) -> rustix::io::Result<Option<Vec<u8>>> {
         match self {
-            LayerDir::Fs(fd) => sys::get_xattr(fd.as_fd(), name, attr),
+            LayerDir::Fs(f) => sys::get_xattr(f.fd()?.as_fd(), name, attr),
             LayerDir::Image(d) => Ok(xattr_in(&d.entry(name)?.xattrs, attr.as_bytes())),
-        }
-    }
-
-    /// For system calls on a filesystem directory; EROFS for an image layer's.
-    pub fn borrow_fd(&self) -> Option<BorrowedFd<'_>> {
-        match self {
-            LayerDir::Fs(fd) => Some(fd.as_fd()),
-            LayerDir::Image(_) => None,
         }
     }
 }

@@ -18,10 +18,12 @@ use crate::sys;
 
 /// Where an object is, for system calls.
 pub(crate) enum Loc {
-    /// A directory, by its own layer directory.
-    Dir(Arc<LayerDir>),
-    /// Any other object, as the entry `name` of a directory (in the object's layer).
-    Entry(Arc<LayerDir>, OsString),
+    /// A directory on a filesystem, by its own fd.
+    Dir(Arc<OwnedFd>),
+    /// Any other object on a filesystem, as the entry `name` of its directory's fd.
+    Entry(Arc<OwnedFd>, OsString),
+    /// An object of an image layer (read from its catalog; nothing to change).
+    Image(ImageFile),
     /// An unlinked file, through an open handle.
     Open(Arc<OpenFile>),
 }
@@ -33,19 +35,43 @@ enum Way<'a> {
 }
 
 impl Loc {
+    /// The directory `dir` itself.
+    fn dir(dir: &LayerDir) -> rustix::io::Result<Loc> {
+        Ok(match dir {
+            LayerDir::Fs(f) => Loc::Dir(f.fd()?),
+            LayerDir::Image(d) => Loc::Image(ImageFile {
+                lower: Arc::clone(&d.lower),
+                entry: d.entry.clone(),
+            }),
+        })
+    }
+
+    /// The entry `name` of `dir`.
+    fn entry(dir: &LayerDir, name: OsString) -> rustix::io::Result<Loc> {
+        Ok(match dir {
+            LayerDir::Fs(f) => Loc::Entry(f.fd()?, name),
+            LayerDir::Image(d) => Loc::Image(ImageFile {
+                lower: Arc::clone(&d.lower),
+                entry: d.lookup(&name)?.ok_or(rustix::io::Errno::NOENT)?,
+            }),
+        })
+    }
+
     /// How system calls reach it; EROFS for an object of an image layer, which has no fd.
     fn way(&self) -> rustix::io::Result<Way<'_>> {
         Ok(match self {
-            Loc::Entry(dir, name) => Way::Entry(dir.borrow_fd().ok_or(rustix::io::Errno::ROFS)?, name),
-            Loc::Dir(dir) => Way::Fd(dir.borrow_fd().ok_or(rustix::io::Errno::ROFS)?),
+            Loc::Entry(dir, name) => Way::Entry(dir.as_fd(), name),
+            Loc::Dir(dir) => Way::Fd(dir.as_fd()),
+            Loc::Image(_) => return Err(rustix::io::Errno::ROFS),
             Loc::Open(f) => Way::Fd(f.fd().map_err(|_| rustix::io::Errno::ROFS)?.as_fd()),
         })
     }
 
     pub fn stat(&self) -> rustix::io::Result<rustix::fs::Stat> {
         match self {
-            Loc::Entry(dir, name) => dir.stat_at(name),
-            Loc::Dir(dir) => dir.stat(),
+            Loc::Entry(dir, name) => sys::stat_at(dir.as_fd(), name),
+            Loc::Dir(dir) => rustix::fs::fstat(&**dir),
+            Loc::Image(f) => Ok(f.lower.stat_of(&f.entry)),
             Loc::Open(f) => f.stat(),
         }
     }
@@ -80,37 +106,22 @@ impl Loc {
         }
     }
 
-    /// The object of an image layer this is, if it is one (an entry of a directory of an image
-    /// layer, or a file of one open through a handle).
-    pub fn image_file(&self) -> rustix::io::Result<Option<ImageFile>> {
+    /// The object of an image layer this is, if it is one (in a directory of an image layer,
+    /// or a file of one open through a handle).
+    pub fn image_file(&self) -> Option<&ImageFile> {
         match self {
-            Loc::Entry(dir, name) => match &**dir {
-                LayerDir::Image(d) => Ok(Some(ImageFile {
-                    lower: Arc::clone(&d.lower),
-                    entry: d.lookup(name)?.ok_or(rustix::io::Errno::NOENT)?,
-                })),
-                LayerDir::Fs(_) => Ok(None),
-            },
-            Loc::Dir(dir) => match &**dir {
-                LayerDir::Image(d) => Ok(Some(ImageFile {
-                    lower: Arc::clone(&d.lower),
-                    entry: d.entry.clone(),
-                })),
-                LayerDir::Fs(_) => Ok(None),
-            },
+            Loc::Image(f) => Some(f),
             Loc::Open(f) => match &f.source {
-                FileSource::Image(i) => Ok(Some(ImageFile {
-                    lower: Arc::clone(&i.lower),
-                    entry: i.entry.clone(),
-                })),
-                FileSource::Fd(_) => Ok(None),
+                FileSource::Image(i) => Some(i),
+                FileSource::Fd(_) => None,
             },
+            Loc::Dir(_) | Loc::Entry(..) => None,
         }
     }
 
     /// The value of the xattr `name`; ENODATA if it has none.
     pub fn read_xattr(&self, name: &OsStr) -> rustix::io::Result<Vec<u8>> {
-        match self.image_file()? {
+        match self.image_file() {
             Some(f) => f
                 .entry
                 .xattrs
@@ -124,7 +135,7 @@ impl Loc {
 
     /// The names of its xattrs.
     pub fn list_xattrs(&self) -> rustix::io::Result<Vec<OsString>> {
-        match self.image_file()? {
+        match self.image_file() {
             Some(f) => Ok(f
                 .entry
                 .xattrs
@@ -138,7 +149,13 @@ impl Loc {
     /// The target of a symlink.
     pub fn readlink(&self) -> rustix::io::Result<Vec<u8>> {
         match self {
-            Loc::Entry(dir, name) => dir.readlink(name),
+            Loc::Entry(dir, name) => Ok(rustix::fs::readlinkat(&**dir, name, Vec::new())?.into_bytes()),
+            Loc::Image(f) => f
+                .entry
+                .target
+                .as_ref()
+                .map(|t| t.to_vec())
+                .ok_or(rustix::io::Errno::INVAL),
             _ => Err(rustix::io::Errno::INVAL),
         }
     }
@@ -166,8 +183,8 @@ impl Union {
             let s = node.state.read();
             (s.layer(), s.dir_fd())
         };
-        if let Some(fd) = dir_fd {
-            return Ok(Loc::Dir(fd));
+        if let Some(dir) = dir_fd {
+            return Ok(Loc::dir(&dir)?);
         }
         if let Some((parent, name)) = self.live_name(node) {
             if let Some(dfd) = self
@@ -176,7 +193,7 @@ impl Union {
                 .and_then(|p| self.dir_layers(&p).ok())
                 .and_then(|l| layer_fd(&l, layer))
             {
-                return Ok(Loc::Entry(dfd, name));
+                return Ok(Loc::entry(&dfd, name)?);
             }
         }
         let open = match fh {

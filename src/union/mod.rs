@@ -22,9 +22,11 @@
 mod acl;
 mod atime;
 mod copy_up;
+mod copy_up_chain;
 mod create;
 mod dirs;
 mod fileattr;
+mod fsdir;
 mod handles;
 pub(crate) mod hardlinks;
 mod identity;
