@@ -16,36 +16,18 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, OFlags, Stat};
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use super::linked::{IndexCopy, Linked};
 use super::walk::{Entry, ImageDir, Listing, PathImage, Stack, indirect_refusal, is_dir, is_kernel_indirect};
 use super::{LayerError, Observer, Result, join};
+use crate::blob::{CreateError, LayerWriter, TempFile};
 use crate::descent::{Descent, Frame, PathDir};
 use crate::format::markers;
 use crate::format::markers::Marker;
 use crate::sys;
 
-/// How the layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    #[default]
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// The OCI media type of a layer blob compressed this way.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-        }
-    }
-}
+pub use crate::blob::Compression;
 
 /// Options of a commit.
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,90 +56,6 @@ pub struct CommitSummary {
     pub skipped_sockets: Vec<Vec<u8>>,
 }
 
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    sha: Sha256,
-    n: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W> Hashing<W> {
-    fn new(inner: W) -> Hashing<W> {
-        Hashing {
-            inner,
-            sha: Sha256::new(),
-            n: 0,
-        }
-    }
-    fn digest(&self) -> String {
-        let d = self.sha.clone().finalize();
-        let mut s = String::with_capacity(71);
-        s.push_str("sha256:");
-        for b in d {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
-    }
-}
-
-enum Encoder<W: Write> {
-    Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::Encoder<'static, W>),
-}
-
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Plain(w) => w.write(buf),
-            Encoder::Gzip(w) => w.write(buf),
-            Encoder::Zstd(w) => w.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encoder::Plain(w) => w.flush(),
-            Encoder::Gzip(w) => w.flush(),
-            Encoder::Zstd(w) => w.flush(),
-        }
-    }
-}
-
-impl<W: Write> Encoder<W> {
-    fn new(c: Compression, w: W) -> io::Result<Encoder<W>> {
-        Ok(match c {
-            Compression::None => Encoder::Plain(w),
-            // A fixed header (no name, mtime 0): the same tar gives the same blob.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(w, flate2::Compression::default()),
-            ),
-            Compression::Zstd => Encoder::Zstd(zstd::Encoder::new(w, 3)?),
-        })
-    }
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Plain(w) => Ok(w),
-            Encoder::Gzip(w) => w.finish(),
-            Encoder::Zstd(w) => w.finish(),
-        }
-    }
-}
-
 /// Writes the upper of `stack` as a layer to `out` (blob bytes, compressed as asked).
 pub fn commit<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
     commit_inner(stack, opts, out, obs).map_err(|e| if obs.cancelled() { LayerError::Interrupted } else { e })
@@ -165,9 +63,8 @@ pub fn commit<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn O
 
 fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
     let upper = stack.upper()?;
-    let blob = Hashing::new(out);
-    let enc = Encoder::new(opts.compression, blob).map_err(|e| LayerError::io("output", e))?;
-    let mut tar = tar::Builder::new(Hashing::new(enc));
+    let blob = LayerWriter::new(opts.compression, out).map_err(LayerError::Output)?;
+    let mut tar = tar::Builder::new(blob);
     let root = Listing::read(upper.fd(), &upper.path)?;
     let img = stack.image_root()?;
     let mut c = Committer {
@@ -188,17 +85,13 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
     let start = PathDir::dup(upper.fd()).map_err(|e| LayerError::io(&upper.path, e))?;
     let first = c.frame(b"", Some((start, root)), img, &linked)?;
     c.walk(&mut tar, first, &linked)?;
-    let out_err = |e: io::Error| LayerError::io("output", e);
-    let uncompressed = tar.into_inner().map_err(out_err)?;
-    let diff_id = uncompressed.digest();
-    let tar_size = uncompressed.n;
-    let mut blob = uncompressed.inner.finish().map_err(out_err)?;
-    blob.flush().map_err(out_err)?;
+    let blob = tar.into_inner().map_err(LayerError::Output)?;
+    let (d, _) = blob.finish().map_err(LayerError::Output)?;
     Ok(CommitSummary {
-        diff_id,
-        digest: blob.digest(),
-        size: blob.n,
-        tar_size,
+        diff_id: d.diff_id,
+        digest: d.digest,
+        size: d.size,
+        tar_size: d.tar_size,
         media_type: opts.compression.media_type(),
         entries: c.entries,
         skipped_sockets: c.sockets,
@@ -208,75 +101,17 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
 /// [`commit`] into the file `path`, written under a temporary name beside it and renamed into
 /// place at the end: an error or an interruption leaves no file behind.
 pub fn commit_to_file(stack: &Stack, opts: &CommitOptions, path: &Path, obs: &dyn Observer) -> Result<CommitSummary> {
-    let tmp = TempOutput::create(path)?;
+    let tmp = TempFile::create(path).map_err(|e| match e {
+        CreateError::Io(e) => LayerError::io(path, e),
+        e => LayerError::invalid(path, e.to_string()),
+    })?;
     let w = BufWriter::with_capacity(1 << 20, tmp.file().map_err(|e| LayerError::io(path, e))?);
     let summary = commit(stack, opts, w, obs).map_err(|e| match e {
-        LayerError::Io { path: p, source } if p == Path::new("output") => LayerError::io(path, source),
+        LayerError::Output(source) => LayerError::io(path, source),
         e => e,
     })?;
-    tmp.persist()?;
+    tmp.persist().map_err(|e| LayerError::io(path, e))?;
     Ok(summary)
-}
-
-/// An output file being written under a temporary name; removed unless persisted.
-pub(crate) struct TempOutput {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: Option<File>,
-}
-
-impl TempOutput {
-    pub fn create(dest: &Path) -> Result<TempOutput> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| LayerError::invalid(dest, "not a file name"))?;
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if dest.is_dir() {
-            return Err(LayerError::invalid(dest, "is a directory"));
-        }
-        let mut tn = OsString::from(".");
-        tn.push(name);
-        tn.push(format!(".unionfs-tmp.{}", std::process::id()));
-        let tmp = dir.join(tn);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| LayerError::io(dest, e))?;
-        Ok(TempOutput {
-            tmp,
-            dest: dest.to_path_buf(),
-            file: Some(file),
-        })
-    }
-
-    pub fn file(&self) -> io::Result<File> {
-        match &self.file {
-            Some(f) => f.try_clone(),
-            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
-        }
-    }
-
-    /// Syncs the data and renames the file into place.
-    pub fn persist(mut self) -> Result<()> {
-        if let Some(f) = self.file.take() {
-            f.sync_all().map_err(|e| LayerError::io(&self.dest, e))?;
-        }
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| LayerError::io(&self.dest, e))?;
-        self.tmp = PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
 }
 
 struct Committer<'a> {
@@ -708,5 +543,39 @@ impl Read for ExactReader<'_> {
         self.left -= n as u64;
         self.obs.bytes(n as u64);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Quiet;
+
+    /// Takes every byte, then fails to flush them. The failure is told apart from the upper's by
+    /// its type, which `commit_to_file` turns into the file's name: an upper that happens to be
+    /// called `output` keeps its own errors.
+    struct FailsToFlush;
+
+    impl Write for FailsToFlush {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::other("disk gone"))
+        }
+    }
+
+    #[test]
+    fn a_failing_output_is_an_output_error() {
+        let t = tempfile::tempdir().expect("tmp");
+        let upper = t.path().join("output");
+        std::fs::create_dir(&upper).expect("upper");
+        std::fs::write(upper.join("f"), b"x").expect("file");
+        let stack = Stack::open(&[], Some(&upper)).expect("stack");
+        let r = commit(&stack, &CommitOptions::default(), FailsToFlush, &Quiet);
+        match r {
+            Err(LayerError::Output(e)) => assert_eq!(e.to_string(), "disk gone"),
+            other => panic!("want an output error, got {other:?}"),
+        }
     }
 }

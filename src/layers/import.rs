@@ -28,6 +28,7 @@ use tar::EntryType;
 
 use self::tree::{Cursor, ROOT, Tree};
 use super::{LayerError, Observer, Result};
+use crate::blob::Compression;
 use crate::format::markers;
 use crate::sys;
 
@@ -87,11 +88,9 @@ fn open_archive<'a>(path: &Path, obs: &'a dyn Observer) -> Result<Box<dyn Read +
         obs,
     };
     let r = BufReader::with_capacity(1 << 20, counted);
-    Ok(match magic {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::with_buffer(r).map_err(|e| LayerError::io(path, e))?),
-        _ => Box::new(r),
-    })
+    Compression::sniff(&magic[..got])
+        .decoder(r)
+        .map_err(|e| LayerError::io(path, e))
 }
 
 struct Counting<'a, R> {

@@ -37,6 +37,10 @@ pub enum LayerError {
     },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    /// Writing the tool's output failed (`commit` into a writer it was given, which it has no
+    /// name for; `commit_to_file` names the file).
+    #[error("output: {0}")]
+    Output(#[source] std::io::Error),
     #[error("interrupted; no output was left behind")]
     Interrupted,
 }
