@@ -23,7 +23,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::walk::{ImageDir, Listing, PathImage, Stack, is_dir, is_kernel_indirect, walk_all};
+use super::listing::{Listing, is_dir, is_kernel_indirect, walk_all};
+use super::lowers::{ImageDir, PathImage};
+use super::stack::Stack;
 use super::{LayerError, Observer, Result, join};
 use crate::attr::Kind;
 use crate::descent::{Descent, Frame, PathDir};

@@ -19,7 +19,9 @@ use rustix::fs::{FileType, OFlags, Stat};
 use tar::{EntryType, Header};
 
 use super::linked::{IndexCopy, Linked};
-use super::walk::{Entry, ImageDir, Listing, PathImage, Stack, indirect_refusal, is_dir, is_kernel_indirect};
+use super::listing::{Entry, Listing, indirect_refusal, is_dir, is_kernel_indirect};
+use super::lowers::{ImageDir, PathImage};
+use super::stack::Stack;
 use super::{LayerError, Observer, Result, join};
 use crate::blob::{CreateError, LayerWriter, TempFile};
 use crate::descent::{Descent, Frame, PathDir};
@@ -404,13 +406,7 @@ impl Committer<'_> {
     }
 
     /// One real object at tar path `path` (entry `e` of the upper directory `dir`).
-    fn object<W: Write>(
-        &mut self,
-        tar: &mut Tar<W>,
-        path: &[u8],
-        dir: BorrowedFd<'_>,
-        e: &super::walk::Entry,
-    ) -> Result<()> {
+    fn object<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir: BorrowedFd<'_>, e: &Entry) -> Result<()> {
         let upper = self.stack.upper()?;
         let at = upper.at(path);
         let st = &e.st;
