@@ -101,26 +101,32 @@ impl ImageDir {
 
     /// Every name the image shows in this directory, with what shows it.
     pub fn list(&self, stack: &Stack, rel: &[u8]) -> Result<BTreeMap<OsString, (usize, Stat)>> {
-        let mut seen: BTreeMap<OsString, Option<(usize, Stat)>> = BTreeMap::new();
+        let mut names: BTreeMap<OsString, (Stacking, Option<Stat>)> = BTreeMap::new();
         for (pos, d) in self.dirs.iter().enumerate() {
             let at = stack.lowers[d.layer].at(rel);
             let listing = Listing::read(d.fd.as_fd(), &at)?;
-            let mut hidden = Vec::new();
+            let mut here: BTreeMap<OsString, (Option<Stat>, bool)> = BTreeMap::new();
             for e in listing.entries {
                 match e.kind {
                     Marker::OpaqueFile => {}
-                    Marker::Whiteout { target, .. } => hidden.push(target),
-                    Marker::Object => {
-                        seen.entry(e.name).or_insert(Some((pos, e.st)));
-                    }
+                    Marker::Whiteout { target, .. } => here.entry(target).or_default().1 = true,
+                    Marker::Object => here.entry(e.name).or_default().0 = Some(e.st),
                 }
             }
-            // After the layer's own entries: `.wh.X` hides `X` only below its layer.
-            for t in hidden {
-                seen.entry(t).or_insert(None);
+            for (name, (obj, whiteout)) in here {
+                let (stacking, shown) = names.entry(name).or_default();
+                // Listings do not merge: what shows in a directory is its first object.
+                let was = stacking.shown;
+                stacking.layer(pos, obj.map(|_| (false, false)), whiteout);
+                if was.is_none() && stacking.shown == Some(pos) {
+                    *shown = obj;
+                }
             }
         }
-        Ok(seen.into_iter().filter_map(|(n, v)| v.map(|v| (n, v))).collect())
+        Ok(names
+            .into_iter()
+            .filter_map(|(n, (s, st))| Some((n, (s.shown?, st?))))
+            .collect())
     }
 }
 

@@ -26,6 +26,7 @@ mod listing;
 mod lowers;
 pub mod size;
 pub mod stack;
+pub mod view;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

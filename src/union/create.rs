@@ -14,6 +14,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, XattrFlags};
 use super::copy_up::remove_any;
 use super::index::{UpperWhiteout, Visible};
 use super::io::Opened;
+use super::layerdir::LayerDir;
 use super::node::{DirState, Node, NodeState};
 use super::{Ctx, Loc, Union, acl, check_name};
 use crate::attr::{Attr, Kind};
@@ -146,9 +147,11 @@ impl Union {
         }
         self.copy_up(&node)?;
         let kind = node.state.read().kind;
-        let Loc::Entry(src_dir, src_name) = self.locate(&node, None)? else {
+        let Loc::Entry(src_layer_dir, src_name) = self.locate(&node, None)? else {
             return Err(Errno::ENOENT);
         };
+        // Copied up above: the object is in the upper, a filesystem directory.
+        let src_dir = src_layer_dir.fs_fd().ok_or(Errno::EIO)?;
         let ctx = Ctx::default();
         let obj = NewObject::Link {
             dir: &src_dir,
@@ -160,7 +163,9 @@ impl Union {
         // A copy of a multiply-linked lower file counts its names itself (see `hardlinks.rs`).
         if !self.hardlinks.is_empty() {
             if let Ok(Loc::Entry(d, name)) = self.locate(&n, None) {
-                self.count_names(Some((d, name)), 1);
+                if let Some(fd) = d.fs_fd() {
+                    self.count_names(Some((fd, name)), 1);
+                }
             }
         }
         self.attr_of(&n)
@@ -261,7 +266,7 @@ impl Union {
         let upper = self.upper_index()?;
         let kind = obj.kind();
         let dir_state = if kind == Kind::Dir {
-            let fd = Arc::new(sys::open_path_dir(pdir.as_fd(), name)?);
+            let fd = LayerDir::fs(sys::open_path_dir(pdir.as_fd(), name)?);
             Some(DirState::new(vec![(upper, fd)]))
         } else {
             None
@@ -314,7 +319,7 @@ impl Union {
         let m = perms.map_or(0, |p| p.mode);
         match obj {
             NewObject::File { flags, .. } => {
-                let acc = *flags & (OFlags::RWMODE | super::BACKING_FLAGS);
+                let acc = *flags & (OFlags::RWMODE | super::SERVED_FD_FLAGS);
                 let acc = acc | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
                 // Never a set-id bit before the owner is final; those come with the chmod below.
                 let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(m & 0o1777))?;

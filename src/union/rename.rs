@@ -15,7 +15,7 @@ use rustix::fs::{AtFlags, RenameFlags};
 use super::copy_up::keep_dir_times;
 use super::index::{Slot, UpperWhiteout, Visible};
 use super::node::{Node, ROOT};
-use super::{Pin, Union, check_name};
+use super::{Held, Union, check_name};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
 use crate::format::markers;
@@ -38,9 +38,9 @@ struct End<'a> {
 struct Plan<'a> {
     from: End<'a>,
     to: End<'a>,
-    src: Pin<'a>,
+    src: Held<'a>,
     /// What the target name shows now, if anything.
-    dst: Option<Pin<'a>>,
+    dst: Option<Held<'a>>,
     exchange: bool,
     noreplace: bool,
 }
@@ -283,9 +283,11 @@ impl Union {
         if self.slot(dir, name)?.vis.is_none_or(|v| Some(v.layer) == self.upper) {
             return Ok(());
         }
-        let super::Loc::Entry(src_dir, src_name) = self.locate(node, None)? else {
+        let super::Loc::Entry(src_layer_dir, src_name) = self.locate(node, None)? else {
             return Err(Errno::EIO);
         };
+        // An upper object (checked above): its directory is on a filesystem.
+        let src_dir = src_layer_dir.fs_fd().ok_or(Errno::EIO)?;
         self.link_up(dir, name, node.ino, |pdir| {
             rustix::fs::linkat(&*src_dir, &src_name, pdir, name, AtFlags::empty())
         })
@@ -333,7 +335,7 @@ impl Union {
 
     /// Copies up the directory `node` (pinned by `pin` while the walk is below it) and lists
     /// what it shows.
-    fn tree_level<'a>(&'a self, node: Arc<Node>, pin: Option<Pin<'a>>) -> FsResult<TreeLevel<'a>> {
+    fn tree_level<'a>(&'a self, node: Arc<Node>, pin: Option<Held<'a>>) -> FsResult<TreeLevel<'a>> {
         self.copy_up(&node)?;
         let has_lower = node.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
         let names: Vec<(OsString, Kind)> = self.with_index(&node, |idx| idx.visible_names())?;
@@ -411,7 +413,7 @@ impl Union {
 /// A directory on the path of [`Union::copy_up_tree`]'s walk, and the names left to copy in it.
 struct TreeLevel<'a> {
     node: Arc<Node>,
-    _pin: Option<Pin<'a>>,
+    _pin: Option<Held<'a>>,
     has_lower: bool,
     names: std::vec::IntoIter<(OsString, Kind)>,
 }

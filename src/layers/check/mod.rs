@@ -163,7 +163,7 @@ fn detect_format(stack: &Stack) -> Result<UpperFormat> {
     if overlay == 0 && oci > 0 {
         return Ok(UpperFormat::Oci);
     }
-    let opaque_xattr = if trusted || (!user && sys::has_cap_sys_admin()) {
+    let opaque_xattr = if trusted || (!user && sys::privileged()) {
         markers::OVERLAY_OPAQUE_XATTRS[0]
     } else {
         markers::OVERLAY_OPAQUE_XATTRS[1]

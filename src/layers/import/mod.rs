@@ -99,7 +99,7 @@ pub fn import(archive: &Path, dir: &Path, obs: &dyn Observer) -> Result<ImportSu
             mknod_ok: rustix::thread::capabilities(None)
                 .map(|c| c.effective.contains(rustix::thread::CapabilitySet::MKNOD))
                 .unwrap_or(false),
-            privileged: sys::has_cap_sys_admin(),
+            privileged: sys::privileged(),
             root_user: rustix::process::geteuid().is_root(),
             summary: ImportSummary::default(),
             obs,
