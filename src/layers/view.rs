@@ -6,7 +6,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
 use super::Result;
-use super::walk::{ImageDir, Stack};
+use super::lowers::ImageDir;
+use super::stack::Stack;
 use crate::attr::Kind;
 
 /// The image directory at `path` (components separated by `/`), if the image has a
