@@ -6,6 +6,7 @@
 
 mod compat;
 mod daemon;
+mod image;
 mod layers;
 mod options;
 mod pidfile;
@@ -131,7 +132,15 @@ fn mount(spec: MountSpec, child_args: Vec<OsString>) -> ExitCode {
         eprintln!("unionfs: warning: {w}");
     }
     // The daemon checks again; here, bad input is reported before anything starts.
-    if let Err(e) = spec.prepare() {
+    let prepared = match spec.prepare() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("unionfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // An image's layers are indexed here, where the terminal is, before the daemon starts.
+    if let Err(e) = image::index(&prepared.config) {
         eprintln!("unionfs: {e}");
         return ExitCode::from(2);
     }

@@ -84,6 +84,44 @@ pub struct MountConfig {
     /// When accesses update access times (`noatime`, `relatime`, `strictatime`, `nodiratime`).
     #[serde(default)]
     pub atime: AtimePolicy,
+    /// An OCI image whose layers lie below `lowers`, read in place from its blobs.
+    #[serde(default)]
+    pub image: Option<ImageSource>,
+}
+
+/// An image as lower layers (see `crate::image`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// `oci:DIR[:TAG]`, as given.
+    pub reference: String,
+    /// Where layer catalogs and the content cache live.
+    pub cache_dir: PathBuf,
+    /// How many bytes of file contents the content cache may hold.
+    pub cache_size: u64,
+}
+
+/// 4 GiB of file contents decompressed from layers.
+pub const DEFAULT_CACHE_SIZE: u64 = 4 << 30;
+
+impl ImageSource {
+    /// `reference` with the default cache: `$XDG_CACHE_HOME/unionfs`, else `~/.cache/unionfs`.
+    pub fn new(reference: &str) -> ImageSource {
+        ImageSource {
+            reference: reference.to_string(),
+            cache_dir: default_cache_dir(),
+            cache_size: DEFAULT_CACHE_SIZE,
+        }
+    }
+}
+
+/// The cache directory shared by every mount of the user: `$XDG_CACHE_HOME/unionfs`, else
+/// `$HOME/.cache/unionfs`, else `/var/cache/unionfs`.
+pub fn default_cache_dir() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("XDG_CACHE_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("unionfs")
 }
 
 /// About 25 MiB of directory indexes.
@@ -111,6 +149,7 @@ impl MountConfig {
             index_cache: DEFAULT_INDEX_CACHE,
             idmap: crate::idmap::IdMap::default(),
             atime: AtimePolicy::default(),
+            image: None,
         }
     }
 
@@ -126,8 +165,13 @@ impl MountConfig {
     /// shares the upper's filesystem and that `mountpoint` (if given) is not inside a layer and
     /// not already a mount. Changes nothing on disk. Returns the canonical paths.
     pub fn validate(&self, mountpoint: Option<&Path>) -> Result<MountConfig, SetupError> {
-        if self.lowers.is_empty() {
+        if self.lowers.is_empty() && self.image.is_none() {
             return Err(SetupError::NoLower);
+        }
+        if let Some(img) = &self.image {
+            let (dir, tag) = crate::image::layout::parse_reference(&img.reference)
+                .map_err(|e| SetupError::Invalid(e.to_string()))?;
+            crate::image::layout::open(&dir, tag.as_deref()).map_err(|e| SetupError::Invalid(e.to_string()))?;
         }
         if self.lowers.len() > MAX_LOWERS {
             return Err(SetupError::TooManyLayers {

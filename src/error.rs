@@ -33,6 +33,8 @@ impl Errno {
     pub const ENOTSUP: Errno = Errno::new(libc::ENOTSUP);
     pub const ENAMETOOLONG: Errno = Errno::new(libc::ENAMETOOLONG);
     pub const ERANGE: Errno = Errno::new(libc::ERANGE);
+    pub const E2BIG: Errno = Errno::new(libc::E2BIG);
+    pub const ENOSYS: Errno = Errno::new(libc::ENOSYS);
     pub const ENOTTY: Errno = Errno::new(libc::ENOTTY);
 
     /// An errno the union decided itself (no system call behind it).

@@ -14,6 +14,7 @@
 #![deny(clippy::too_many_lines)]
 
 pub mod attr;
+pub mod blob;
 pub mod config;
 pub(crate) mod descent;
 pub mod error;

@@ -446,11 +446,17 @@ pub fn open_path_dir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Ow
     )
 }
 
-/// Whether the calling process has CAP_SYS_ADMIN (decides trusted.* xattrs and passthrough).
-pub fn has_cap_sys_admin() -> bool {
-    rustix::thread::capabilities(None)
-        .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
-        .unwrap_or(false)
+/// Whether this process is privileged: it has CAP_SYS_ADMIN, which decides everything that
+/// differs between a root daemon and a plain user's (the `trusted.*` namespace our markers and
+/// ids are written in, passthrough, private mounts). Asked once: it does not change while the
+/// process runs, and every part of the program must agree on it.
+pub fn privileged() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        rustix::thread::capabilities(None)
+            .map(|c| c.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
+            .unwrap_or(false)
+    })
 }
 
 /// Per-mount flags (see [`private_binds`]).

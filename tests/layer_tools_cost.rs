@@ -63,7 +63,7 @@ fn counters() -> (u64, u64) {
         (d, u)
     });
     let s = u.stats();
-    (s.dir_reads, s.stats)
+    (s.dir_reads, s.lstats)
 }
 
 /// (directory listings, lstats) that `f` makes.

@@ -203,6 +203,9 @@ fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
         .map_err(|e| Failure(1, format!("cannot set up signal handling: {e}")))?;
     let setup = |e: SetupError| Failure(2, setup_message(&e));
     let prepared = spec.prepare().map_err(|e| Failure(2, e))?;
+    if !daemon_child {
+        super::image::index(&prepared.config).map_err(|e| Failure(2, e))?;
+    }
     let (cfg, mountpoint) = (prepared.config, prepared.mountpoint);
     let mountpoint = std::fs::canonicalize(&mountpoint).map_err(|e| {
         setup(SetupError::Io {

@@ -371,7 +371,7 @@ pub fn size(a: SizeArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let p = Progress::new("size", false);
-    let r = layers::usage::usage(&stack, &p);
+    let r = layers::size::usage(&stack, &p);
     p.done();
     let u = match r {
         Ok(u) => u,
@@ -403,7 +403,7 @@ pub fn layers(a: LayersArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let p = Progress::new("layers", false);
-    let r = layers::stack::layers(&stack, &p);
+    let r = layers::history::layers(&stack, &p);
     p.done();
     let rows = match r {
         Ok(r) => r,

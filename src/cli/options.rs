@@ -279,6 +279,23 @@ fn unquote(v: &[u8]) -> &[u8] {
 }
 
 /// Parses a cache timeout in seconds (fractions allowed; 0 disables caching).
+/// `512M`, `4G`, `1000` → bytes (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (like 512M or 4G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is too large"))
+}
+
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()

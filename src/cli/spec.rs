@@ -32,6 +32,11 @@ pub(crate) struct MountSpec {
     pub mountpoint: Option<PathBuf>,
     /// One line each, printed as `unionfs: warning: ...`.
     pub warnings: Vec<String>,
+    /// `--image`: an image whose layers lie below the lowers.
+    pub image: Option<String>,
+    /// `--cache`, `--cache-size`: where and how much of the image's data is kept.
+    pub cache_dir: Option<PathBuf>,
+    pub cache_size: Option<u64>,
 }
 
 /// What the library mounts with: the checked configuration (canonical paths), the session's
@@ -56,6 +61,9 @@ impl MountSpec {
             log: None,
             mountpoint: None,
             warnings: Vec::new(),
+            image: None,
+            cache_dir: None,
+            cache_size: None,
         }
     }
 
@@ -79,6 +87,7 @@ impl MountSpec {
             config.lowers.splice(0..0, config.upper.take());
             config.workdir = None;
         }
+        config.image = self.image_source()?;
         let mut session = self.session.clone();
         if let Some(ttl) = self.ttl {
             session.adapter.ttl = ttl;
@@ -96,6 +105,26 @@ impl MountSpec {
             session,
             mountpoint,
         })
+    }
+}
+
+impl MountSpec {
+    /// The image the options name, with its cache.
+    fn image_source(&self) -> Result<Option<unionfs::config::ImageSource>, String> {
+        let Some(reference) = &self.image else {
+            if self.cache_dir.is_some() || self.cache_size.is_some() {
+                return Err("--cache and --cache-size are for --image".into());
+            }
+            return Ok(None);
+        };
+        let mut src = unionfs::config::ImageSource::new(reference);
+        if let Some(d) = &self.cache_dir {
+            src.cache_dir = d.clone();
+        }
+        if let Some(n) = self.cache_size {
+            src.cache_size = n;
+        }
+        Ok(Some(src))
     }
 }
 

@@ -85,35 +85,37 @@ pub struct DirMarks {
 /// anything inside reads this same directory and fails there. A layer that fails to answer
 /// otherwise is an error, never a guess that could show what a marker hides.
 pub fn dir_marks(dir: BorrowedFd<'_>) -> rustix::io::Result<DirMarks> {
+    let xattr = |x: &str| match sys::get_xattr_fd(dir, OsStr::new(x)) {
+        Ok(v) => Ok(v),
+        Err(rustix::io::Errno::ACCESS) | Err(rustix::io::Errno::PERM) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let marker_file = || match sys::stat_at_opt(dir, OsStr::new(OPAQUE_MARKER)) {
+        Ok(found) => Ok(found.is_some()),
+        Err(rustix::io::Errno::ACCESS) => Ok(false),
+        Err(e) => Err(e),
+    };
+    marks_of(&xattr, &marker_file)
+}
+
+/// How a directory is marked, given how to read its xattrs and whether it holds the OCI
+/// opaque marker file (for layers that are not directories on a filesystem).
+pub fn marks_of(
+    xattr: &dyn Fn(&str) -> rustix::io::Result<Option<Vec<u8>>>,
+    marker_file: &dyn Fn() -> rustix::io::Result<bool>,
+) -> rustix::io::Result<DirMarks> {
     let mut m = DirMarks::default();
     for x in OPAQUE_XATTRS {
-        match sys::get_xattr_fd(dir, OsStr::new(x)) {
-            Ok(Some(v)) => match v.as_slice() {
-                b"y" => m.opaque = true,
-                b"x" => m.xattr_whiteouts = true,
-                _ => {}
-            },
-            Ok(None) | Err(rustix::io::Errno::ACCESS) | Err(rustix::io::Errno::PERM) => {}
-            Err(e) => return Err(e),
+        match xattr(x)?.as_deref() {
+            Some(b"y") => m.opaque = true,
+            Some(b"x") => m.xattr_whiteouts = true,
+            _ => {}
         }
     }
     if !m.opaque {
-        match sys::stat_at_opt(dir, OsStr::new(OPAQUE_MARKER)) {
-            Ok(found) => m.opaque = found.is_some(),
-            Err(rustix::io::Errno::ACCESS) => {}
-            Err(e) => return Err(e),
-        }
+        m.opaque = marker_file()?;
     }
     Ok(m)
-}
-
-/// Whether the zero-size regular file `name` in `dir` carries an overlay whiteout xattr.
-fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
-    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-        && st.st_size == 0
-        && WHITEOUT_XATTRS
-            .iter()
-            .any(|x| matches!(sys::get_xattr(dir, name, x), Ok(Some(_))))
 }
 
 /// Which whiteout encoding an entry of a layer directory uses.
@@ -160,6 +162,16 @@ pub fn needs_stat(dtype: FileType, marks: DirMarks) -> bool {
 
 /// What the entry `name` of the layer directory `dir` (marked `marks`, `lstat` result `st`) is.
 pub fn classify(dir: BorrowedFd<'_>, marks: DirMarks, name: &OsStr, st: &Stat) -> Marker {
+    classify_with(marks, name, st, &|| {
+        WHITEOUT_XATTRS
+            .iter()
+            .any(|x| matches!(sys::get_xattr(dir, name, x), Ok(Some(_))))
+    })
+}
+
+/// What an entry is, given how to tell whether it carries an overlay whiteout xattr (for
+/// layers that are not directories on a filesystem).
+pub fn classify_with(marks: DirMarks, name: &OsStr, st: &Stat, has_whiteout_xattr: &dyn Fn() -> bool) -> Marker {
     if let Some(m) = classify_name(name) {
         return m;
     }
@@ -169,13 +181,19 @@ pub fn classify(dir: BorrowedFd<'_>, marks: DirMarks, name: &OsStr, st: &Stat) -
             form: WhiteoutForm::CharDevice,
         };
     }
-    if marks.xattr_whiteouts && is_xattr_whiteout(dir, name, st) {
+    let zero_size_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0;
+    if marks.xattr_whiteouts && zero_size_file && has_whiteout_xattr() {
         return Marker::Whiteout {
             target: name.to_os_string(),
             form: WhiteoutForm::Xattr,
         };
     }
     Marker::Object
+}
+
+/// Whether `name` is one of the xattrs that make a zero-size file an overlay whiteout.
+pub fn is_whiteout_xattr(name: &[u8]) -> bool {
+    WHITEOUT_XATTRS.iter().any(|x| x.as_bytes() == name)
 }
 
 /// How a name's entries in a directory's layers, top down, make what the view shows: the first

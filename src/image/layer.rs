@@ -116,6 +116,11 @@ impl ImageLayer {
         })
     }
 
+    /// The blob's own attributes (what a stat of the layer's objects is modelled on).
+    pub fn blob_stat(&self) -> std::io::Result<rustix::fs::Stat> {
+        Ok(rustix::fs::fstat(&*self.blob)?)
+    }
+
     /// The layer's root directory entry.
     pub fn root(&self) -> &Entry {
         &self.store.meta.root

@@ -13,7 +13,12 @@ pub mod toc;
 pub mod write;
 pub mod zstd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use self::cache::ContentCache;
+use self::layer::ImageLayer;
+use self::scan::Progress;
 
 /// Why an image could not be used. Every message names the file and the cause.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,35 @@ impl ImageError {
             reason: reason.into(),
         }
     }
+}
+
+/// The layers of the image `reference` (`oci:DIR[:TAG]`), top first, open for reading with
+/// their catalogs in `cache_dir` (each made by one pass over its blob the first time, which
+/// `progress` follows), and the image itself.
+pub fn open_layers(
+    reference: &str,
+    cache_dir: &Path,
+    cache: Arc<ContentCache>,
+    progress: &dyn Progress,
+) -> Result<(layout::Image, Vec<ImageLayer>), ImageError> {
+    let (dir, tag) = layout::parse_reference(reference)?;
+    let image = layout::open(&dir, tag.as_deref())?;
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (n, desc) in image.layers.iter().rev().enumerate() {
+        progress.layer(n + 1, image.layers.len(), &desc.digest);
+        layers.push(ImageLayer::open(&dir, desc, cache_dir, Arc::clone(&cache), progress)?);
+    }
+    Ok((image, layers))
+}
+
+/// A device number for the objects of the layer `digest`: stable for the layer wherever it is
+/// mounted, and outside the numbers real devices get.
+pub fn layer_dev(digest: &str) -> u64 {
+    use sha2::{Digest as _, Sha256};
+    let h = Sha256::digest(digest.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    (u64::from_le_bytes(b) >> 8) | (0xfe << 56)
 }
 
 fn no_tag(tag: &str, tags: &[String]) -> String {

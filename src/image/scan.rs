@@ -29,6 +29,8 @@ pub struct Scanned {
 
 /// Progress of a scan.
 pub trait Progress: Sync {
+    /// Layer `n` of `count` (`digest`) is being opened (scanned if it has no catalog yet).
+    fn layer(&self, _n: usize, _count: usize, _digest: &str) {}
     /// `n` more bytes of the blob read.
     fn blob_bytes(&self, _n: u64) {}
     /// One more tar entry.

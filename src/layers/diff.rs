@@ -19,7 +19,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use rustix::fs::Stat;
 
 use super::linked::{Linked, image_at};
-use super::walk::{ImageDir, Listing, PathImage, Stack, is_dir, refuse_kernel_indirect};
+use super::listing::{Listing, is_dir, refuse_kernel_indirect};
+use super::lowers::{Found, ImageDir, PathImage};
+use super::stack::Stack;
 use super::{LayerError, Observer, Result, join};
 use crate::descent::{Descent, Frame, PathDir};
 use crate::format::markers::Marker;
@@ -271,7 +273,7 @@ impl Differ<'_> {
     fn cap_differs(
         &self,
         old: Option<&ImageDir>,
-        f: &super::walk::Found,
+        f: &Found,
         rel: &[u8],
         upper_dir: BorrowedFd<'_>,
         name: &OsStr,

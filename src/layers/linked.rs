@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use rustix::fs::{FileType, Stat};
 
-use super::walk::{Found, ImageDir, PathImage, Stack, is_dir};
+use super::listing::is_dir;
+use super::lowers::{Found, ImageDir, PathImage};
+use super::stack::Stack;
 use super::{LayerError, Observer, Result, join};
 use crate::descent::{Descent, Frame};
 use crate::format::hardlink::Key;

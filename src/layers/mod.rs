@@ -1,10 +1,16 @@
-//! Offline tools for layer directories: what an upper changes (`diff`), the upper as an OCI
-//! image layer (`commit`), an OCI layer tar as a new layer directory (`import`), sizes
-//! (`usage`), a per-layer summary (`stack`) and a consistency check with repair (`check`).
+//! Offline tools for layer directories, one module per command: `diff` (what an upper
+//! changes), `commit` (the upper as an OCI image layer), `import` (an OCI layer tar as a new
+//! layer directory), `size`, `history` (`unionfs layers`: a per-layer summary) and `check`
+//! (a consistency check with repair).
+//!
+//! What they share: `stack.rs` opens the layers, `listing.rs` reads one layer directory and
+//! walks a whole layer, `lowers.rs` looks the image (the lowers' union) up at the upper's paths,
+//! and `linked.rs` finds names that show a copy from the workdir's hard-link index. Output
+//! files, digests and compression are [`crate::blob`]'s.
 //!
 //! Nothing here needs FUSE or a mount. Every question about markers (whiteouts, opaque
-//! directories, private xattrs) is answered by [`crate::union::whiteout`], the module the
-//! union core uses, so the tools read every format the mount reads.
+//! directories, private xattrs) is answered by [`crate::format`], the module the union core
+//! uses, so the tools read every format the mount reads.
 //!
 //! Speed: the tools that compare an upper with its lowers (`diff`, `commit`, `check`) walk the
 //! upper only, and look at the lowers only at the paths the upper has (a few `lstat`s per upper
@@ -13,17 +19,20 @@
 pub mod check;
 pub mod commit;
 pub mod diff;
+pub mod history;
 pub mod import;
 mod linked;
+mod listing;
+mod lowers;
+pub mod size;
 pub mod stack;
-pub mod usage;
-mod walk;
+pub mod view;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub use walk::{Layer, Stack};
+pub use stack::{LayerDir, Stack};
 
 /// Why a layer tool failed. Every variant names the path it is about and the cause, so the
 /// command line prints it as one line.
@@ -37,6 +46,10 @@ pub enum LayerError {
     },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    /// Writing the tool's output failed (`commit` into a writer it was given, which it has no
+    /// name for; `commit_to_file` names the file).
+    #[error("output: {0}")]
+    Output(#[source] std::io::Error),
     #[error("interrupted; no output was left behind")]
     Interrupted,
 }

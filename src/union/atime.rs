@@ -50,7 +50,7 @@ pub(crate) struct PrivateMounts {
 impl PrivateMounts {
     /// Makes them for `config` when we may (CAP_SYS_ADMIN).
     pub(crate) fn make(config: &MountConfig) -> PrivateMounts {
-        if !sys::has_cap_sys_admin() {
+        if !sys::privileged() {
             return PrivateMounts::default();
         }
         let upper = config.upper.as_ref().map(|u| {

@@ -9,7 +9,7 @@
 //! index (`hardlinks.rs`), where every other name of it finds the copy when it is next looked
 //! up, so the names never diverge and no copy-up searches a layer for them.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -42,7 +42,19 @@ impl Union {
     pub(crate) fn copy_up_with(&self, node: &Arc<Node>, data: Data) -> FsResult<()> {
         let upper = self.upper_index()?;
         loop {
-            let chain = self.chain_to_upper(node, upper)?;
+            let mut chain = self.chain_to_upper(node, upper)?;
+            // Two directories or more (the ancestors, and `node` if it is one) go up as one.
+            let dirs = chain
+                .iter()
+                .rev()
+                .take_while(|n| n.state.read().kind == Kind::Dir)
+                .count();
+            if dirs > 1 {
+                let top: Vec<Arc<Node>> = chain.drain(chain.len() - dirs..).rev().collect();
+                if !self.copy_up_dirs(&top, upper)? {
+                    continue;
+                }
+            }
             let mut all = true;
             for (i, n) in chain.iter().enumerate().rev() {
                 let data = if i == 0 { data } else { Data::All };
@@ -97,7 +109,8 @@ impl Union {
         if parent.state.read().layer() != upper {
             return Ok(false);
         }
-        let pdir = self.upper_dir_fd(&parent).ok_or(Errno::EIO)?;
+        let pdir_layer = self.upper_layer_dir(&parent).ok_or(Errno::EIO)?;
+        let pdir = pdir_layer.fs_fd().ok_or(Errno::EIO)?;
         let src = self.locate(node, None)?;
         let st = src.stat()?;
         let work = self.work_fd()?;
@@ -135,7 +148,8 @@ impl Union {
                 node.name_unsynced.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             let new_fd = if kind == Kind::Dir {
-                Some(Arc::new(sys::open_path_dir(pdir.as_fd(), &name)?))
+                let fd = sys::open_path_dir(pdir.as_fd(), &name)?;
+                Some(pdir_layer.fs_child(&name, fd)?)
             } else {
                 None
             };
@@ -179,10 +193,15 @@ impl Union {
                     Mode::from_raw_mode(0o600),
                 )?;
                 if data == Data::All {
-                    let input = src.open(OFlags::RDONLY | OFlags::NOATIME)?;
-                    // Fewer allocated blocks than the size means holes worth skipping.
-                    let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
-                    copy_data(&input, &out, st.st_size as u64, sparse)?;
+                    match src.image_file() {
+                        Some(img) => copy_image_data(img, &out)?,
+                        None => {
+                            let input = src.open(OFlags::RDONLY | OFlags::NOATIME)?;
+                            // Fewer allocated blocks than the size means holes worth skipping.
+                            let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
+                            copy_data(&input, &out, st.st_size as u64, sparse)?;
+                        }
+                    }
                     if !self.config.volatile {
                         rustix::fs::fsync(&out)?;
                     }
@@ -190,11 +209,8 @@ impl Union {
                 file = Some(out);
             }
             Kind::Symlink => {
-                let Loc::Entry(dir, name) = src else {
-                    return Err(Errno::EIO);
-                };
-                let target = rustix::fs::readlinkat(&**dir, name, Vec::new())?;
-                rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
+                let target = src.readlink()?;
+                rustix::fs::symlinkat(target.as_slice(), work, tmp)?;
             }
             _ => rustix::fs::mknodat(
                 work,
@@ -209,7 +225,7 @@ impl Union {
             Some(f) => Target::Open(f.as_fd()),
             None => Target::Entry(work, tmp),
         };
-        copy_xattrs(&src.target(), &to)?;
+        copy_xattrs_of(src, &to)?;
         // Best effort: without it the copy gets its own number after a remount.
         let _ = to.set_xattr(
             OsStr::new(crate::format::xattrs::origin(kind)),
@@ -221,7 +237,7 @@ impl Union {
     }
 
     /// Owner, then mode (a chown clears setuid), then times, on the entry `name` of `dir`.
-    fn finish_meta(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, st: &Stat) -> FsResult<()> {
+    pub(super) fn finish_meta(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, st: &Stat) -> FsResult<()> {
         if self.process.privileged {
             rustix::fs::chownat(
                 dir,
@@ -351,13 +367,49 @@ fn rw_copy(input: &OwnedFd, out: &OwnedFd, mut off: u64, end: u64) -> FsResult<(
 
 /// Copies every non-private xattr. `security.*`/`trusted.*` ones the upper refuses are skipped
 /// (an unprivileged daemon cannot set them); any other failure fails the copy-up.
-pub(crate) fn copy_xattrs(from: &Target<'_>, to: &Target<'_>) -> FsResult<()> {
+/// Copies the data of a file of an image layer into `out`.
+fn copy_image_data(img: &super::handles::ImageFile, out: &OwnedFd) -> FsResult<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < img.entry.size {
+        let n = img.lower.layer.read(&img.entry, off, &mut buf).map_err(|e| {
+            tracing::warn!("copy-up: {e}");
+            Errno::EIO
+        })?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        let mut done = 0;
+        while done < n {
+            done += rustix::io::pwrite(out, &buf[done..n], off + done as u64)?;
+        }
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies the xattrs of the located object `from` (any layer) to `to`.
+pub(super) fn copy_xattrs_of(from: &Loc, to: &Target<'_>) -> FsResult<()> {
+    let get = |n: &OsStr| match from.read_xattr(n) {
+        Ok(v) => Ok(Some(v)),
+        Err(RErrno::NODATA) => Ok(None),
+        Err(e) => Err(e),
+    };
+    copy_xattrs_with(from.list_xattrs()?, &get, to)
+}
+
+/// Copies the xattrs `names` (values from `get`), minus private ones, to `to`.
+fn copy_xattrs_with(
+    names: Vec<OsString>,
+    get: &dyn Fn(&OsStr) -> rustix::io::Result<Option<Vec<u8>>>,
+    to: &Target<'_>,
+) -> FsResult<()> {
     use std::os::unix::ffi::OsStrExt;
-    for name in from.list_xattrs()? {
+    for name in names {
         if crate::format::xattrs::is_private(&name) {
             continue;
         }
-        let Some(v) = from.get_xattr(&name)? else { continue };
+        let Some(v) = get(&name)? else { continue };
         if let Err(e) = to.set_xattr(&name, &v, rustix::fs::XattrFlags::empty()) {
             let b = name.as_bytes();
             // An ACL that the upper could store but refused would vanish with the copy: a

@@ -14,6 +14,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, XattrFlags};
 use super::copy_up::remove_any;
 use super::index::{UpperWhiteout, Visible};
 use super::io::Opened;
+use super::layerdir::LayerDir;
 use super::node::{DirState, Node, NodeState};
 use super::{Ctx, Loc, Union, acl, check_name};
 use crate::attr::{Attr, Kind};
@@ -146,6 +147,7 @@ impl Union {
         }
         self.copy_up(&node)?;
         let kind = node.state.read().kind;
+        // Copied up above: the object is in the upper, a filesystem directory.
         let Loc::Entry(src_dir, src_name) = self.locate(&node, None)? else {
             return Err(Errno::ENOENT);
         };
@@ -159,8 +161,8 @@ impl Union {
         let (n, _, _) = self.make(&ctx, newparent, newname, obj)?;
         // A copy of a multiply-linked lower file counts its names itself (see `hardlinks.rs`).
         if !self.hardlinks.is_empty() {
-            if let Ok(Loc::Entry(d, name)) = self.locate(&n, None) {
-                self.count_names(Some((d, name)), 1);
+            if let Ok(Loc::Entry(fd, name)) = self.locate(&n, None) {
+                self.count_names(Some((fd, name)), 1);
             }
         }
         self.attr_of(&n)
@@ -182,7 +184,8 @@ impl Union {
         }
         let dir = self.dir_node(parent)?;
         self.copy_up(&dir)?;
-        let pdir = self.upper_dir_fd(&dir).ok_or(Errno::EIO)?;
+        let pdir_layer = self.upper_layer_dir(&dir).ok_or(Errno::EIO)?;
+        let pdir = pdir_layer.fs_fd().ok_or(Errno::EIO)?;
         let kind = obj.kind();
         let _ns = dir.ns.lock();
         let slot = self.slot(&dir, name)?;
@@ -200,7 +203,7 @@ impl Union {
             _ => self.tag_ino(upper, st.st_ino),
         };
         self.with_index(&dir, |idx| idx.show(name, Visible::new(upper, kind, ino)))?;
-        let node = self.remember_new(parent, name, &pdir, &obj, ino)?;
+        let node = self.remember_new(parent, name, (&pdir_layer, &pdir), &obj, ino)?;
         Ok((node, self.view_attr(ino, &st), fd))
     }
 
@@ -248,20 +251,20 @@ impl Union {
         built
     }
 
-    /// The node of a new name `parent/name` (in the upper directory `pdir`), with one kernel
-    /// reference.
+    /// The node of a new name `parent/name` (in the upper directory `pdir`, open as its fd),
+    /// with one kernel reference.
     fn remember_new(
         &self,
         parent: u64,
         name: &OsStr,
-        pdir: &Arc<OwnedFd>,
+        (pdir, pfd): (&Arc<LayerDir>, &Arc<OwnedFd>),
         obj: &NewObject<'_>,
         ino: u64,
     ) -> FsResult<Arc<Node>> {
         let upper = self.upper_index()?;
         let kind = obj.kind();
         let dir_state = if kind == Kind::Dir {
-            let fd = Arc::new(sys::open_path_dir(pdir.as_fd(), name)?);
+            let fd = pdir.fs_child(name, sys::open_path_dir(pfd.as_fd(), name)?)?;
             Some(DirState::new(vec![(upper, fd)]))
         } else {
             None
@@ -314,7 +317,7 @@ impl Union {
         let m = perms.map_or(0, |p| p.mode);
         match obj {
             NewObject::File { flags, .. } => {
-                let acc = *flags & (OFlags::RWMODE | super::BACKING_FLAGS);
+                let acc = *flags & (OFlags::RWMODE | super::SERVED_FD_FLAGS);
                 let acc = acc | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
                 // Never a set-id bit before the owner is final; those come with the chmod below.
                 let f = rustix::fs::openat(dir, name, acc, Mode::from_raw_mode(m & 0o1777))?;

@@ -18,6 +18,10 @@ impl Union {
     /// The inode flags (FS_IOC_GETFLAGS) of `ino`'s visible object.
     pub fn inode_flags(&self, ino: u64) -> FsResult<u32> {
         let node = self.node(ino)?;
+        if self.locate(&node, None)?.image_file().is_some() {
+            // A tar carries no inode flags.
+            return Ok(0);
+        }
         let fd = self.open_for_flags(&node)?;
         Ok(rustix::fs::ioctl_getflags(&fd)?.bits())
     }

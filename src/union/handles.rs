@@ -10,16 +10,84 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use super::layerdir::ImageLower;
 use super::node::Node;
 use crate::error::{Errno, FsResult};
+use crate::image::catalog::Entry;
+
+/// What an open file reads: an fd on a layer's filesystem, or a file of an image layer.
+pub(crate) enum FileSource {
+    Fd(OwnedFd),
+    Image(ImageFile),
+}
+
+/// A regular file of an image layer, open for reading.
+#[derive(Clone)]
+pub(crate) struct ImageFile {
+    pub lower: Arc<ImageLower>,
+    pub entry: Entry,
+}
 
 /// An open file.
 pub(crate) struct OpenFile {
-    pub fd: OwnedFd,
+    pub source: FileSource,
     /// The layer `fd` is in (a handle opened before a copy-up still reads the lower).
     pub layer: usize,
     /// Held so the node outlives a forget while the file is open.
     pub node: Arc<Node>,
+}
+
+impl OpenFile {
+    /// Its fd; EBADF for a file of an image layer, which is only ever read.
+    pub fn fd(&self) -> FsResult<&OwnedFd> {
+        match &self.source {
+            FileSource::Fd(fd) => Ok(fd),
+            FileSource::Image(_) => Err(Errno::EBADF),
+        }
+    }
+
+    /// Its attributes now.
+    pub fn stat(&self) -> rustix::io::Result<rustix::fs::Stat> {
+        match &self.source {
+            FileSource::Fd(fd) => rustix::fs::fstat(fd),
+            FileSource::Image(f) => Ok(f.lower.stat_of(&f.entry)),
+        }
+    }
+
+    /// Reads into `buf` at `off`, to a full buffer or the end of the file.
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> FsResult<usize> {
+        match &self.source {
+            FileSource::Fd(fd) => {
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = rustix::io::pread(fd, &mut buf[done..], off + done as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                Ok(done)
+            }
+            FileSource::Image(f) => {
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = f
+                        .lower
+                        .layer
+                        .read(&f.entry, off + done as u64, &mut buf[done..])
+                        .map_err(|e| {
+                            tracing::warn!("{e}");
+                            Errno::EIO
+                        })?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                Ok(done)
+            }
+        }
+    }
 }
 
 #[derive(Clone)]

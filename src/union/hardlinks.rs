@@ -25,6 +25,7 @@ use rustix::io::Errno as RErrno;
 use std::sync::Arc;
 
 use super::index::Visible;
+use super::layerdir::LayerDir;
 use super::node::Node;
 use super::workdir::Workdir;
 use super::{Union, copy_up::keep_dir_times};
@@ -250,7 +251,7 @@ impl Union {
     /// it is a copy in the index; `upper_dir` is the directory's upper fd.
     pub(crate) fn counted_at(
         &self,
-        dir_layers: &[(usize, Arc<OwnedFd>)],
+        dir_layers: &[(usize, Arc<LayerDir>)],
         upper_dir: &Arc<OwnedFd>,
         name: &OsStr,
         vis: &Visible,
@@ -262,7 +263,7 @@ impl Union {
             return Some((Arc::clone(upper_dir), name.to_os_string()));
         }
         let top = super::layer_fd(dir_layers, vis.layer)?;
-        let st = sys::stat_at(top.as_fd(), name).ok()?;
+        let st = top.stat_at(name).ok()?;
         let key = self.hardlink_key(vis.layer, &st);
         (st.st_nlink > 1 && self.hardlinks.holds(key, &st)).then(|| self.hardlinks.entry(key))?
     }

@@ -10,15 +10,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::FileType;
 
+use super::layerdir::LayerDir;
 use crate::attr::Kind;
 use crate::format::markers::{self, Marker, Stacking, WhiteoutForm};
-use crate::sys;
 
 /// The visible object of a name, as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,9 +315,9 @@ struct Building {
 /// layer index, if there is one. `ino_of(layer, dir, name, kind, raw_ino)` gives the view inode
 /// number.
 pub(crate) fn build(
-    layers: &[(usize, Arc<OwnedFd>)],
+    layers: &[(usize, Arc<LayerDir>)],
     upper: Option<usize>,
-    ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
+    ino_of: &dyn Fn(usize, &LayerDir, &OsString, Kind, u64) -> u64,
 ) -> rustix::io::Result<DirIndex> {
     let mut map: HashMap<OsString, Building> = HashMap::new();
     for (layer, fd) in layers {
@@ -366,25 +365,21 @@ pub(crate) fn build(
 fn merge_layer(
     map: &mut HashMap<OsString, Building>,
     layer: usize,
-    fd: &OwnedFd,
+    dir: &LayerDir,
     is_upper: bool,
-    ino_of: &dyn Fn(usize, &OwnedFd, &OsString, Kind, u64) -> u64,
+    ino_of: &dyn Fn(usize, &LayerDir, &OsString, Kind, u64) -> u64,
 ) -> rustix::io::Result<bool> {
-    let dir = fd.as_fd();
-    let marks = markers::dir_marks(dir)?;
+    let marks = dir.marks()?;
     let mut objects: Vec<(OsString, Kind, u64)> = Vec::new();
     let mut whs: HashMap<OsString, UpperWhiteout> = HashMap::new();
-    for e in sys::read_dir(dir)? {
+    for e in dir.read_dir()? {
         let (marker, ft) = match markers::classify_name(&e.name) {
             Some(m) => (m, e.dtype),
             None if markers::needs_stat(e.dtype, marks) => {
-                let Some(st) = sys::stat_at_opt(dir, &e.name)? else {
+                let Some(st) = dir.stat_at_opt(&e.name)? else {
                     continue;
                 };
-                (
-                    markers::classify(dir, marks, &e.name, &st),
-                    FileType::from_raw_mode(st.st_mode),
-                )
+                (dir.classify(marks, &e.name, &st), FileType::from_raw_mode(st.st_mode))
             }
             None => (Marker::Object, e.dtype),
         };
@@ -408,7 +403,7 @@ fn merge_layer(
         let shows = map
             .get(&name)
             .is_none_or(|b| b.stack.shown.is_none() && !b.stack.finished());
-        let ino = if shows { ino_of(layer, fd, &name, kind, raw) } else { 0 };
+        let ino = if shows { ino_of(layer, dir, &name, kind, raw) } else { 0 };
         let slot = map.entry(name).or_default();
         stack_layer(slot, layer, is_upper, Some(kind), wh);
         if shows {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, SeekFrom, Timespec, Timestamps};
 
 use super::copy_up::Data;
-use super::handles::OpenFile;
+use super::handles::{FileSource, OpenFile};
 use super::node::Node;
 use super::{Ctx, Union};
 use crate::attr::{Attr, Kind};
@@ -105,7 +105,7 @@ impl Union {
         let kind = node.state.read().kind;
         let loc = self.locate(&node, fh)?;
         // Acts on the object itself, never on a symlink's target.
-        let (dir, entry, at) = loc.at();
+        let (dir, entry, at) = loc.at()?;
         if set.uid.is_some() || set.gid.is_some() {
             // Owners given through the view are stored as the layers carry them.
             rustix::fs::chownat(
@@ -124,7 +124,7 @@ impl Union {
         }
         if let Some(size) = set.size {
             match fh.and_then(|fh| self.handles.file(fh).ok()) {
-                Some(f) if is_writable(&f.fd) => rustix::fs::ftruncate(&f.fd, size)?,
+                Some(f) if f.fd().is_ok_and(is_writable) => rustix::fs::ftruncate(f.fd()?, size)?,
                 _ => {
                     let w = loc.open(OFlags::WRONLY)?;
                     rustix::fs::ftruncate(&w, size)?;
@@ -165,14 +165,24 @@ impl Union {
         }
         let in_upper = Some(node.state.read().layer()) == self.upper;
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
-        // O_DIRECT stays off our fd (see `BACKING_FLAGS`).
-        let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::BACKING_FLAGS);
+        // O_DIRECT stays off our fd (see `SERVED_FD_FLAGS`).
+        let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::SERVED_FD_FLAGS);
         // The caller's O_NOATIME too: our reads of the file are its reads (a passthrough backing
         // file is reopened by the kernel with each caller's own flags, so sharing ours is safe).
         if !in_upper || self.upper_fds_noatime() || flags.contains(OFlags::NOATIME) {
             f |= OFlags::NOATIME;
         }
         let loc = self.locate(&node, None)?;
+        if let (false, Some(img)) = (in_upper, loc.image_file().cloned()) {
+            return Ok(Opened {
+                fh: self.new_handle(FileSource::Image(img), node),
+                shared_rw: false,
+                in_upper: false,
+                beside_older: false,
+                daemon_writes: false,
+                atime: super::ReadAtime::Untouched,
+            });
+        }
         let mut shared_rw = false;
         let rw = (f & !OFlags::RWMODE) | OFlags::RDWR;
         let (ofd, appending) = if in_upper && self.agreed.rw_upper_fds.load(Ordering::Relaxed) {
@@ -218,28 +228,22 @@ impl Union {
     }
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
+        self.new_handle(FileSource::Fd(fd), node)
+    }
+
+    fn new_handle(&self, source: FileSource, node: Arc<Node>) -> u64 {
         let layer = node.state.read().layer();
-        self.handles.open_file(OpenFile { fd, layer, node })
+        self.handles.open_file(OpenFile { source, layer, node })
     }
 
     /// Runs `f` on the fd of file handle `fh`.
     pub fn with_file<R>(&self, fh: u64, f: impl FnOnce(&OwnedFd) -> FsResult<R>) -> FsResult<R> {
-        f(&self.handles.file(fh)?.fd)
+        f(self.handles.file(fh)?.fd()?)
     }
 
     /// Reads into `buf` at `off`; returns the byte count.
     pub fn read(&self, fh: u64, off: u64, buf: &mut [u8]) -> FsResult<usize> {
-        self.with_file(fh, |fd| {
-            let mut done = 0;
-            while done < buf.len() {
-                let n = rustix::io::pread(fd, &mut buf[done..], off + done as u64)?;
-                if n == 0 {
-                    break;
-                }
-                done += n;
-            }
-            Ok(done)
-        })
+        self.handles.file(fh)?.read_at(buf, off)
     }
 
     /// Writes `data` at `off`; returns the byte count.
@@ -281,7 +285,9 @@ impl Union {
     /// copy-up gave it.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let f = self.handles.file(fh)?;
-        let (fd, node) = (&f.fd, &f.node);
+        let node = &f.node;
+        // A file of an image layer holds nothing to sync.
+        let Ok(fd) = f.fd() else { return Ok(()) };
         if datasync {
             rustix::fs::fdatasync(fd)?
         } else {
@@ -306,6 +312,19 @@ impl Union {
 
     /// lseek(2) for SEEK_DATA / SEEK_HOLE (other whences the kernel handles itself).
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> FsResult<i64> {
+        let f = self.handles.file(fh)?;
+        if let FileSource::Image(i) = &f.source {
+            // An image layer's files are data throughout (their zeros are data).
+            let (size, off) = (i.entry.size as i64, off.max(0));
+            return match whence {
+                libc::SEEK_DATA if off < size => Ok(off),
+                libc::SEEK_HOLE if off < size => Ok(size),
+                libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno::new(libc::ENXIO)),
+                libc::SEEK_SET => Ok(off),
+                libc::SEEK_END => Ok(size + off),
+                _ => Err(Errno::EINVAL),
+            };
+        }
         self.with_file(fh, |fd| {
             let pos = match whence {
                 libc::SEEK_DATA => SeekFrom::Data(off.max(0) as u64),
@@ -323,10 +342,16 @@ impl Union {
         let fin = self.handles.file(fh_in)?;
         let fout = self.handles.file(fh_out)?;
         let (mut a, mut b) = (off_in, off_out);
+        let Ok(input) = fin.fd() else {
+            // From a file of an image layer: read it and write what was read.
+            let mut buf = vec![0u8; (len as usize).min(1 << 20)];
+            let n = fin.read_at(&mut buf, off_in)?;
+            return Ok(rustix::io::pwrite(fout.fd()?, &buf[..n], off_out)?);
+        };
         Ok(rustix::fs::copy_file_range(
-            &fin.fd,
+            input,
             Some(&mut a),
-            &fout.fd,
+            fout.fd()?,
             Some(&mut b),
             len as usize,
         )?)
@@ -349,7 +374,10 @@ impl Union {
 
     /// statfs of the upper, or of the top lower without one.
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let s = rustix::fs::fstatvfs(&*self.layers[0].root)?;
+        let s = match self.layers[0].root.fs_fd() {
+            Some(fd) => rustix::fs::fstatvfs(&*fd)?,
+            None => return Err(Errno::ENOSYS),
+        };
         Ok(StatFs {
             blocks: s.f_blocks,
             bfree: s.f_bfree,
@@ -367,18 +395,24 @@ impl Union {
     pub fn upper_is_stacked(&self) -> bool {
         const STACKING: [i64; 3] = [0x794c_7630, 0x6573_5546, 0xf15f];
         self.upper
-            .is_some_and(|u| rustix::fs::fstatfs(&*self.layers[u].root).is_ok_and(|s| STACKING.contains(&s.f_type)))
+            .and_then(|u| self.layers[u].root.fs_fd())
+            .is_some_and(|fd| rustix::fs::fstatfs(&*fd).is_ok_and(|s| STACKING.contains(&s.f_type)))
     }
 
     // ---- xattrs -----------------------------------------------------------------------------
 
-    fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
-        // An open handle on the object as it is now is the cheapest way to it.
+    /// An open handle on the object as it is now: the cheapest way to it.
+    fn open_as_it_is(&self, node: &Node) -> Option<Arc<OpenFile>> {
         let layer = node.state.read().layer();
-        if let Some(open) = self.handles.files_of(node.ino).into_iter().find(|o| o.layer == layer) {
-            return f(&Target::Open(open.fd.as_fd()));
+        self.handles.files_of(node.ino).into_iter().find(|o| o.layer == layer)
+    }
+
+    /// Runs `f` on the way xattr calls reach `node` (an object on a filesystem: the upper's).
+    fn xattr_target<R>(&self, node: &Node, f: impl FnOnce(&Target<'_>) -> FsResult<R>) -> FsResult<R> {
+        if let Some(fd) = self.open_as_it_is(node).as_ref().and_then(|o| o.fd().ok()) {
+            return f(&Target::Open(fd.as_fd()));
         }
-        f(&self.locate(node, None)?.target())
+        f(&self.locate(node, None)?.target()?)
     }
 
     /// Reads an xattr's value. Private ones (overlay markers, our origin) read as absent.
@@ -389,13 +423,21 @@ impl Union {
             return Err(Errno::ENODATA);
         }
         let node = self.node(ino)?;
-        self.xattr_target(&node, |t| Ok(t.read_xattr(name)?))
+        if let Some(open) = self.open_as_it_is(&node) {
+            if let Ok(fd) = open.fd() {
+                return Ok(Target::Open(fd.as_fd()).read_xattr(name)?);
+            }
+        }
+        Ok(self.locate(&node, None)?.read_xattr(name)?)
     }
 
     /// Lists xattr names, private ones left out.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<OsString>> {
         let node = self.node(ino)?;
-        let names = self.xattr_target(&node, |t| Ok(t.list_xattrs()?))?;
+        let names = match self.open_as_it_is(&node).as_ref().and_then(|o| o.fd().ok()) {
+            Some(fd) => Target::Open(fd.as_fd()).list_xattrs()?,
+            None => self.locate(&node, None)?.list_xattrs()?,
+        };
         Ok(names
             .into_iter()
             .filter(|n| !crate::format::xattrs::is_private(n))
@@ -451,4 +493,21 @@ fn node_layer(node: &Node) -> usize {
 
 fn is_writable(fd: &OwnedFd) -> bool {
     rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.intersects(OFlags::WRONLY | OFlags::RDWR))
+}
+
+/// What an xattr read (a value, or the list of names) answers for a caller's buffer of `size`
+/// bytes: the size needed when `size` is 0, else the bytes, or ERANGE when they do not fit.
+pub enum XattrAnswer {
+    Size(u32),
+    Bytes(Vec<u8>),
+}
+
+impl XattrAnswer {
+    pub fn for_buffer(bytes: Vec<u8>, size: u32) -> FsResult<XattrAnswer> {
+        match size {
+            0 => Ok(XattrAnswer::Size(u32::try_from(bytes.len()).map_err(|_| Errno::E2BIG)?)),
+            s if bytes.len() > s as usize => Err(Errno::ERANGE),
+            _ => Ok(XattrAnswer::Bytes(bytes)),
+        }
+    }
 }

@@ -11,7 +11,6 @@
 //!   lock.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -20,6 +19,7 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::{Mutex, RwLock};
 
 use super::index::DirIndex;
+use super::layerdir::LayerDir;
 use crate::attr::Kind;
 
 /// The root node's id (fixed by FUSE).
@@ -181,7 +181,7 @@ impl NodeState {
     }
 
     /// The fd of a directory node's top layer.
-    pub fn dir_fd(&self) -> Option<Arc<OwnedFd>> {
+    pub fn dir_fd(&self) -> Option<Arc<LayerDir>> {
         self.dir
             .as_ref()
             .and_then(|d| d.layers.first())
@@ -191,8 +191,8 @@ impl NodeState {
 
 /// What a directory node knows about its layers.
 pub(crate) struct DirState {
-    /// The layer directories merged into this one, top first: (layer index, `O_PATH` fd).
-    pub layers: Vec<(usize, Arc<OwnedFd>)>,
+    /// The layer directories merged into this one, top first, with their layer indexes.
+    pub layers: Vec<(usize, Arc<LayerDir>)>,
     /// The merged listing, built on first use and kept in step with every change we make.
     pub index: Option<DirIndex>,
     /// With `revalidate`: the lower directories' change stamps when the index was built.
@@ -200,7 +200,7 @@ pub(crate) struct DirState {
 }
 
 impl DirState {
-    pub fn new(layers: Vec<(usize, Arc<OwnedFd>)>) -> DirState {
+    pub fn new(layers: Vec<(usize, Arc<LayerDir>)>) -> DirState {
         DirState {
             layers,
             index: None,

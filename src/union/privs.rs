@@ -27,10 +27,11 @@ impl Union {
     /// Returns whether the mode changed (the kernel's cached attributes are then stale).
     pub fn drop_privs(&self, ctx: &Ctx, fh: u64) -> FsResult<bool> {
         let f = self.handles.file(fh)?;
-        let Some(mode) = mode_after_write(ctx, &rustix::fs::fstat(&f.fd)?) else {
+        let fd = f.fd()?;
+        let Some(mode) = mode_after_write(ctx, &rustix::fs::fstat(fd)?) else {
             return Ok(false);
         };
-        rustix::fs::fchmod(&f.fd, Mode::from_raw_mode(mode))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
         Ok(true)
     }
 
@@ -39,7 +40,7 @@ impl Union {
         let Some(mode) = mode_after_write(ctx, &loc.stat()?) else {
             return Ok(false);
         };
-        let (dir, entry, _) = loc.at();
+        let (dir, entry, _) = loc.at()?;
         rustix::fs::chmodat(dir.as_fd(), &entry, Mode::from_raw_mode(mode), AtFlags::empty())?;
         Ok(true)
     }

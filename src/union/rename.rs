@@ -15,7 +15,7 @@ use rustix::fs::{AtFlags, RenameFlags};
 use super::copy_up::keep_dir_times;
 use super::index::{Slot, UpperWhiteout, Visible};
 use super::node::{Node, ROOT};
-use super::{Pin, Union, check_name};
+use super::{Held, Union, check_name};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
 use crate::format::markers;
@@ -38,9 +38,9 @@ struct End<'a> {
 struct Plan<'a> {
     from: End<'a>,
     to: End<'a>,
-    src: Pin<'a>,
+    src: Held<'a>,
     /// What the target name shows now, if anything.
-    dst: Option<Pin<'a>>,
+    dst: Option<Held<'a>>,
     exchange: bool,
     noreplace: bool,
 }
@@ -194,9 +194,9 @@ impl Union {
         self.with_index(&to.dir, |idx| {
             idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
         })?;
-        self.moved(&plan.src, (from.parent, from.name), (to.parent, to.name));
+        self.moved(&plan.src, (from.parent, from.name), (&to.dir, to.name));
         if let Some(dn) = &plan.dst {
-            self.moved(dn, (to.parent, to.name), (from.parent, from.name));
+            self.moved(dn, (to.parent, to.name), (&from.dir, from.name));
         }
         Ok(())
     }
@@ -234,7 +234,7 @@ impl Union {
             idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
         })?;
         self.with_index(&from.dir, |idx| idx.hide(from.name, src_wh))?;
-        self.moved(&plan.src, (from.parent, from.name), (to.parent, to.name));
+        self.moved(&plan.src, (from.parent, from.name), (&to.dir, to.name));
         if let Some(dn) = &plan.dst {
             dn.state.write().name_gone(to.parent, to.name);
         }
@@ -283,6 +283,7 @@ impl Union {
         if self.slot(dir, name)?.vis.is_none_or(|v| Some(v.layer) == self.upper) {
             return Ok(());
         }
+        // An upper object (checked above): its directory is on a filesystem.
         let super::Loc::Entry(src_dir, src_name) = self.locate(node, None)? else {
             return Err(Errno::EIO);
         };
@@ -306,8 +307,10 @@ impl Union {
     }
 
     /// Copies up everything `dir` shows, then marks it opaque: afterwards it no longer depends on
-    /// any lower layer. Depth first with the path on the heap (the tree may be of any depth);
-    /// each directory is marked once everything below it is copied.
+    /// any lower layer. Depth first with the path on the heap (the tree may be of any depth).
+    /// A directory goes up with the first thing below it that does, or when the walk leaves
+    /// it: a chain of directories then goes up as one (`copy_up_chain.rs`). Each directory is
+    /// marked once everything below it is copied.
     pub(crate) fn copy_up_tree(&self, dir: &Arc<Node>) -> FsResult<()> {
         let mut path = vec![self.tree_level(Arc::clone(dir), None)?];
         while let Some(level) = path.last_mut() {
@@ -331,23 +334,28 @@ impl Union {
         Ok(())
     }
 
-    /// Copies up the directory `node` (pinned by `pin` while the walk is below it) and lists
-    /// what it shows.
-    fn tree_level<'a>(&'a self, node: Arc<Node>, pin: Option<Pin<'a>>) -> FsResult<TreeLevel<'a>> {
-        self.copy_up(&node)?;
-        let has_lower = node.state.read().dir.as_ref().is_some_and(|d| d.layers.len() > 1);
+    /// Lists what the directory `node` (pinned by `pin` while the walk is below it) shows.
+    fn tree_level<'a>(&'a self, node: Arc<Node>, pin: Option<Held<'a>>) -> FsResult<TreeLevel<'a>> {
         let names: Vec<(OsString, Kind)> = self.with_index(&node, |idx| idx.visible_names())?;
         Ok(TreeLevel {
             node,
             _pin: pin,
-            has_lower,
             names: names.into_iter(),
         })
     }
 
-    /// A directory whose tree is copied: opaque now, if it merged lower directories.
+    /// A directory whose tree is copied: in the upper, and opaque if it merged lower
+    /// directories.
     fn seal_tree_dir(&self, level: &TreeLevel<'_>) -> FsResult<()> {
-        if !level.has_lower {
+        self.copy_up(&level.node)?;
+        let has_lower = level
+            .node
+            .state
+            .read()
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.layers.iter().any(|(l, _)| Some(*l) != self.upper));
+        if !has_lower {
             return Ok(());
         }
         let fd = self.upper_dir_fd(&level.node).ok_or(Errno::EIO)?;
@@ -377,10 +385,17 @@ impl Union {
         Ok(())
     }
 
-    fn moved(&self, node: &Node, from: (u64, &OsStr), to: (u64, &OsStr)) {
+    fn moved(&self, node: &Node, from: (u64, &OsStr), (to_dir, to_name): (&Node, &OsStr)) {
+        // The directory's upper fd, when closed, opens again from its new place.
+        let new_parent = self.upper_layer_dir(to_dir);
         let mut s = node.state.write();
-        s.renamed(from, to);
+        s.renamed(from, (to_dir.ino, to_name));
         if let Some(d) = s.dir.as_mut() {
+            if let (Some(p), Some((l, upper_dir))) = (new_parent, d.layers.first()) {
+                if Some(*l) == self.upper {
+                    upper_dir.moved(p, to_name);
+                }
+            }
             // At its new place the directory is opaque or has nothing below it.
             if d.layers.len() > 1 {
                 d.layers.truncate(1);
@@ -411,8 +426,7 @@ impl Union {
 /// A directory on the path of [`Union::copy_up_tree`]'s walk, and the names left to copy in it.
 struct TreeLevel<'a> {
     node: Arc<Node>,
-    _pin: Option<Pin<'a>>,
-    has_lower: bool,
+    _pin: Option<Held<'a>>,
     names: std::vec::IntoIter<(OsString, Kind)>,
 }
 

@@ -136,6 +136,54 @@ pub(super) static ROWS: &[Row] = &[
         },
     },
     Row {
+        names: &["image="],
+        flag: flag(
+            "--image",
+            Some("oci:DIR[:TAG]"),
+            "An OCI image whose layers lie below the lowers (if any), read in place from its \
+             blobs, without unpacking.",
+        ),
+        class: Class::Ours,
+        example: "image=oci:/srv/layout:v1",
+        why: "images as layers are ours",
+        apply: |s, i| {
+            s.image = Some(i.text());
+            Ok(())
+        },
+    },
+    Row {
+        names: &["cache="],
+        flag: flag(
+            "--cache",
+            Some("DIR"),
+            "Where the image's layer catalogs and decompressed file contents are kept, shared \
+             by every mount [default: $XDG_CACHE_HOME/unionfs, else ~/.cache/unionfs].",
+        ),
+        class: Class::Ours,
+        example: "cache=/var/cache/unionfs",
+        why: "images as layers are ours",
+        apply: |s, i| {
+            s.cache_dir = Some(i.path());
+            Ok(())
+        },
+    },
+    Row {
+        names: &["cache_size="],
+        flag: flag(
+            "--cache-size",
+            Some("BYTES"),
+            "How much decompressed file content the cache may hold (suffixes K, M, G, T) \
+             [default: 4G].",
+        ),
+        class: Class::Ours,
+        example: "cache_size=512M",
+        why: "a bound on the disk the cache uses",
+        apply: |s, i| {
+            s.cache_size = Some(super::parse_size(&i.text())?);
+            Ok(())
+        },
+    },
+    Row {
         names: &["index_cache="],
         flag: flag(
             "--index-cache",

@@ -183,10 +183,3 @@ pub fn tool(args: &[&std::ffi::OsStr]) -> Output {
         .output()
         .expect("run prlimit unionfs")
 }
-
-/// The open-file limit this process (and every daemon it starts) may raise itself to.
-pub fn nofile_hard_limit() -> u64 {
-    rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .maximum
-        .unwrap_or(u64::MAX)
-}

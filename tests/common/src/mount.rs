@@ -69,9 +69,15 @@ impl Mount {
 
     /// [`Mount::start`] with `env` added to the daemon's environment.
     pub fn start_with_env(args: &[OsString], mnt: &Path, env: &[(&str, &str)]) -> Mount {
-        let child = Command::new(bin())
-            .args(args)
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(bin());
+        cmd.args(args).envs(env.iter().copied());
+        Mount::start_command(cmd, mnt)
+    }
+
+    /// Starts `cmd` (the daemon in the foreground, set up as the caller likes) and waits for
+    /// its mount at `mnt`.
+    pub fn start_command(mut cmd: Command, mnt: &Path) -> Mount {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

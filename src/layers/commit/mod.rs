@@ -6,46 +6,32 @@
 //! this order carries the data), xattrs as PAX `SCHILY.xattr.*` records minus the private ones,
 //! numeric owners only, no sockets. Markers in every format the mount reads are understood.
 //! Reproducible: the same upper gives the same bytes; `clamp_mtime` caps every mtime.
+//!
+//! Here: which entries the tar has, in which order (a walk of the upper, with the image looked
+//! up beside it); `entries.rs` writes each one. The blob's compression and digests are
+//! `crate::blob`'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-
-use rustix::fs::{FileType, OFlags, Stat};
-use sha2::{Digest, Sha256};
-use tar::{EntryType, Header};
+use std::path::Path;
 
 use super::linked::{IndexCopy, Linked};
-use super::walk::{Entry, ImageDir, Listing, PathImage, Stack, indirect_refusal, is_dir, is_kernel_indirect};
+use super::listing::{Entry, Listing, is_dir};
+use super::lowers::{ImageDir, PathImage};
+use super::stack::Stack;
 use super::{LayerError, Observer, Result, join};
+use crate::blob::{CreateError, LayerWriter, TempFile};
 use crate::descent::{Descent, Frame, PathDir};
 use crate::format::markers;
 use crate::format::markers::Marker;
 use crate::sys;
 
-/// How the layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    #[default]
-    None,
-    Gzip,
-    Zstd,
-}
+mod entries;
 
-impl Compression {
-    /// The OCI media type of a layer blob compressed this way.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-        }
-    }
-}
+pub use crate::blob::Compression;
 
 /// Options of a commit.
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,90 +60,6 @@ pub struct CommitSummary {
     pub skipped_sockets: Vec<Vec<u8>>,
 }
 
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    sha: Sha256,
-    n: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W> Hashing<W> {
-    fn new(inner: W) -> Hashing<W> {
-        Hashing {
-            inner,
-            sha: Sha256::new(),
-            n: 0,
-        }
-    }
-    fn digest(&self) -> String {
-        let d = self.sha.clone().finalize();
-        let mut s = String::with_capacity(71);
-        s.push_str("sha256:");
-        for b in d {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
-    }
-}
-
-enum Encoder<W: Write> {
-    Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::Encoder<'static, W>),
-}
-
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Plain(w) => w.write(buf),
-            Encoder::Gzip(w) => w.write(buf),
-            Encoder::Zstd(w) => w.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encoder::Plain(w) => w.flush(),
-            Encoder::Gzip(w) => w.flush(),
-            Encoder::Zstd(w) => w.flush(),
-        }
-    }
-}
-
-impl<W: Write> Encoder<W> {
-    fn new(c: Compression, w: W) -> io::Result<Encoder<W>> {
-        Ok(match c {
-            Compression::None => Encoder::Plain(w),
-            // A fixed header (no name, mtime 0): the same tar gives the same blob.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(w, flate2::Compression::default()),
-            ),
-            Compression::Zstd => Encoder::Zstd(zstd::Encoder::new(w, 3)?),
-        })
-    }
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Plain(w) => Ok(w),
-            Encoder::Gzip(w) => w.finish(),
-            Encoder::Zstd(w) => w.finish(),
-        }
-    }
-}
-
 /// Writes the upper of `stack` as a layer to `out` (blob bytes, compressed as asked).
 pub fn commit<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
     commit_inner(stack, opts, out, obs).map_err(|e| if obs.cancelled() { LayerError::Interrupted } else { e })
@@ -165,9 +67,8 @@ pub fn commit<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn O
 
 fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
     let upper = stack.upper()?;
-    let blob = Hashing::new(out);
-    let enc = Encoder::new(opts.compression, blob).map_err(|e| LayerError::io("output", e))?;
-    let mut tar = tar::Builder::new(Hashing::new(enc));
+    let blob = LayerWriter::new(opts.compression, out).map_err(LayerError::Output)?;
+    let mut tar = tar::Builder::new(blob);
     let root = Listing::read(upper.fd(), &upper.path)?;
     let img = stack.image_root()?;
     let mut c = Committer {
@@ -188,17 +89,13 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
     let start = PathDir::dup(upper.fd()).map_err(|e| LayerError::io(&upper.path, e))?;
     let first = c.frame(b"", Some((start, root)), img, &linked)?;
     c.walk(&mut tar, first, &linked)?;
-    let out_err = |e: io::Error| LayerError::io("output", e);
-    let uncompressed = tar.into_inner().map_err(out_err)?;
-    let diff_id = uncompressed.digest();
-    let tar_size = uncompressed.n;
-    let mut blob = uncompressed.inner.finish().map_err(out_err)?;
-    blob.flush().map_err(out_err)?;
+    let blob = tar.into_inner().map_err(LayerError::Output)?;
+    let (d, _) = blob.finish().map_err(LayerError::Output)?;
     Ok(CommitSummary {
-        diff_id,
-        digest: blob.digest(),
-        size: blob.n,
-        tar_size,
+        diff_id: d.diff_id,
+        digest: d.digest,
+        size: d.size,
+        tar_size: d.tar_size,
         media_type: opts.compression.media_type(),
         entries: c.entries,
         skipped_sockets: c.sockets,
@@ -208,75 +105,17 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
 /// [`commit`] into the file `path`, written under a temporary name beside it and renamed into
 /// place at the end: an error or an interruption leaves no file behind.
 pub fn commit_to_file(stack: &Stack, opts: &CommitOptions, path: &Path, obs: &dyn Observer) -> Result<CommitSummary> {
-    let tmp = TempOutput::create(path)?;
+    let tmp = TempFile::create(path).map_err(|e| match e {
+        CreateError::Io(e) => LayerError::io(path, e),
+        e => LayerError::invalid(path, e.to_string()),
+    })?;
     let w = BufWriter::with_capacity(1 << 20, tmp.file().map_err(|e| LayerError::io(path, e))?);
     let summary = commit(stack, opts, w, obs).map_err(|e| match e {
-        LayerError::Io { path: p, source } if p == Path::new("output") => LayerError::io(path, source),
+        LayerError::Output(source) => LayerError::io(path, source),
         e => e,
     })?;
-    tmp.persist()?;
+    tmp.persist().map_err(|e| LayerError::io(path, e))?;
     Ok(summary)
-}
-
-/// An output file being written under a temporary name; removed unless persisted.
-pub(crate) struct TempOutput {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: Option<File>,
-}
-
-impl TempOutput {
-    pub fn create(dest: &Path) -> Result<TempOutput> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| LayerError::invalid(dest, "not a file name"))?;
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if dest.is_dir() {
-            return Err(LayerError::invalid(dest, "is a directory"));
-        }
-        let mut tn = OsString::from(".");
-        tn.push(name);
-        tn.push(format!(".unionfs-tmp.{}", std::process::id()));
-        let tmp = dir.join(tn);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| LayerError::io(dest, e))?;
-        Ok(TempOutput {
-            tmp,
-            dest: dest.to_path_buf(),
-            file: Some(file),
-        })
-    }
-
-    pub fn file(&self) -> io::Result<File> {
-        match &self.file {
-            Some(f) => f.try_clone(),
-            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
-        }
-    }
-
-    /// Syncs the data and renames the file into place.
-    pub fn persist(mut self) -> Result<()> {
-        if let Some(f) = self.file.take() {
-            f.sync_all().map_err(|e| LayerError::io(&self.dest, e))?;
-        }
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| LayerError::io(&self.dest, e))?;
-        self.tmp = PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
 }
 
 struct Committer<'a> {
@@ -329,47 +168,7 @@ impl Frame for Committing<'_> {
 
 type Tar<W> = tar::Builder<W>;
 
-fn tar_err(p: PathBuf) -> impl Fn(io::Error) -> LayerError {
-    move |e| LayerError::io(p.clone(), e)
-}
-
 impl Committer<'_> {
-    fn mtime(&self, st: &Stat) -> u64 {
-        let t = st.st_mtime;
-        let t = match self.opts.clamp_mtime {
-            Some(c) if t > c => c,
-            _ => t,
-        };
-        t.max(0) as u64
-    }
-
-    fn header(&self, st: &Stat, ty: EntryType) -> Header {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(ty);
-        h.set_mode(st.st_mode & 0o7777);
-        h.set_uid(st.st_uid as u64);
-        h.set_gid(st.st_gid as u64);
-        h.set_mtime(self.mtime(st));
-        h.set_size(0);
-        h
-    }
-
-    /// An empty marker file (`.wh.X` or `.wh..wh..opq`) at `path`, dated like its directory.
-    fn marker<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir_st: &Stat) -> Result<()> {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(self.mtime(dir_st));
-        h.set_size(0);
-        let upper = self.stack.upper()?;
-        tar.append_data(&mut h, OsStr::from_bytes(path), io::empty())
-            .map_err(tar_err(upper.at(path)))?;
-        self.entries += 1;
-        Ok(())
-    }
-
     /// What goes into the tar for the directory `rel`, by name: the upper's objects, the
     /// whiteouts that hide something in `img`, and the names below that show an index copy.
     fn items<'l>(
@@ -567,146 +366,40 @@ impl Committer<'_> {
         let child_img = if cut { None } else { old_dir };
         self.frame(path, Some((PathDir::new(sfd), sl)), child_img, linked)
     }
-
-    /// One real object at tar path `path` (entry `e` of the upper directory `dir`).
-    fn object<W: Write>(
-        &mut self,
-        tar: &mut Tar<W>,
-        path: &[u8],
-        dir: BorrowedFd<'_>,
-        e: &super::walk::Entry,
-    ) -> Result<()> {
-        let upper = self.stack.upper()?;
-        let at = upper.at(path);
-        let st = &e.st;
-        let ft = FileType::from_raw_mode(st.st_mode);
-        if ft == FileType::Socket {
-            self.sockets.push(path.to_vec());
-            return Ok(());
-        }
-        let xattrs = pax_xattrs(&at, dir, &e.name)?;
-        // Hard links: the first name carries the object, the others link to it.
-        if !is_dir(st) && st.st_nlink > 1 {
-            let key = (st.st_dev, st.st_ino);
-            if let Some(first) = self.links.get(&key) {
-                let mut h = self.header(st, EntryType::Link);
-                tar.append_link(&mut h, OsStr::from_bytes(path), OsStr::from_bytes(first))
-                    .map_err(tar_err(at))?;
-                self.entries += 1;
-                return Ok(());
-            }
-            self.links.insert(key, path.to_vec());
-        }
-        if !xattrs.is_empty() {
-            tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .map_err(tar_err(at.clone()))?;
-        }
-        self.body(tar, path, dir, e)?;
-        self.entries += 1;
-        Ok(())
-    }
-
-    /// The header (and data) of the object `e` of `dir` at tar path `path`.
-    fn body<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir: BorrowedFd<'_>, e: &Entry) -> Result<()> {
-        let at = self.stack.upper()?.at(path);
-        let st = &e.st;
-        let ft = FileType::from_raw_mode(st.st_mode);
-        let p = OsStr::from_bytes(path);
-        match ft {
-            FileType::Directory => {
-                let mut h = self.header(st, EntryType::Directory);
-                tar.append_data(&mut h, p, io::empty()).map_err(tar_err(at))?;
-            }
-            FileType::Symlink => {
-                let link = rustix::fs::readlinkat(dir, e.name.as_os_str(), Vec::new())
-                    .map_err(|err| LayerError::io(&at, err))?;
-                let mut h = self.header(st, EntryType::Symlink);
-                tar.append_link(&mut h, p, OsStr::from_bytes(link.as_bytes()))
-                    .map_err(tar_err(at))?;
-            }
-            FileType::RegularFile => {
-                let fd = sys::open_at(dir, &e.name, OFlags::RDONLY | OFlags::NOATIME)
-                    .map_err(|err| LayerError::io(&at, err))?;
-                let mut h = self.header(st, EntryType::Regular);
-                h.set_size(st.st_size as u64);
-                let r = ExactReader {
-                    inner: File::from(fd),
-                    left: st.st_size as u64,
-                    obs: self.obs,
-                };
-                tar.append_data(&mut h, p, r).map_err(tar_err(at))?;
-            }
-            FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {
-                let ty = match ft {
-                    FileType::CharacterDevice => EntryType::Char,
-                    FileType::BlockDevice => EntryType::Block,
-                    _ => EntryType::Fifo,
-                };
-                let mut h = self.header(st, ty);
-                if ty != EntryType::Fifo {
-                    h.set_device_major(rustix::fs::major(st.st_rdev))
-                        .map_err(tar_err(at.clone()))?;
-                    h.set_device_minor(rustix::fs::minor(st.st_rdev))
-                        .map_err(tar_err(at.clone()))?;
-                }
-                tar.append_data(&mut h, p, io::empty()).map_err(tar_err(at))?;
-            }
-            _ => return Err(LayerError::invalid(&at, "unknown file type")),
-        }
-        Ok(())
-    }
 }
 
-/// The PAX records for the xattrs of `dir/name` (private ones left out); an object using kernel
-/// metacopy or redirect is refused (part of it is in a lower).
-fn pax_xattrs(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<BTreeMap<String, Vec<u8>>> {
-    let target = sys::Target::Entry(dir, name);
-    let names = target.list_xattrs().map_err(|err| LayerError::io(at, err))?;
-    let mut xattrs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for n in names {
-        if is_kernel_indirect(&n) {
-            return Err(indirect_refusal(at, &n));
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+    use crate::layers::Quiet;
+
+    /// Takes every byte, then fails to flush them. The failure is told apart from the upper's by
+    /// its type, which `commit_to_file` turns into the file's name: an upper that happens to be
+    /// called `output` keeps its own errors.
+    struct FailsToFlush;
+
+    impl Write for FailsToFlush {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
         }
-        if crate::format::xattrs::is_private(&n) {
-            continue;
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::other("disk gone"))
         }
-        let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(at, err))? else {
-            continue;
-        };
-        let key = n
-            .to_str()
-            .ok_or_else(|| LayerError::invalid(at, format!("xattr name {n:?} is not UTF-8")))?;
-        xattrs.insert(format!("SCHILY.xattr.{key}"), v);
     }
-    Ok(xattrs)
-}
 
-/// Reads exactly `left` bytes: a file that shrank while being read is an error (the tar
-/// header already promised its size), one that grew is cut at that size.
-struct ExactReader<'a> {
-    inner: File,
-    left: u64,
-    obs: &'a dyn Observer,
-}
-
-impl Read for ExactReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
+    #[test]
+    fn a_failing_output_is_an_output_error() {
+        let t = tempfile::tempdir().expect("tmp");
+        let upper = t.path().join("output");
+        std::fs::create_dir(&upper).expect("upper");
+        std::fs::write(upper.join("f"), b"x").expect("file");
+        let stack = Stack::open(&[], Some(&upper)).expect("stack");
+        let r = commit(&stack, &CommitOptions::default(), FailsToFlush, &Quiet);
+        match r {
+            Err(LayerError::Output(e)) => assert_eq!(e.to_string(), "disk gone"),
+            other => panic!("want an output error, got {other:?}"),
         }
-        if self.obs.cancelled() {
-            return Err(io::Error::other("interrupted"));
-        }
-        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while it was being committed",
-            ));
-        }
-        self.left -= n as u64;
-        self.obs.bytes(n as u64);
-        Ok(n)
     }
 }

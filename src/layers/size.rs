@@ -1,11 +1,12 @@
-//! `unionfs size` and the per-layer figures of `unionfs layers`: disk usage as `du` counts it
+//! `unionfs size`, and the per-layer figures of `unionfs layers` (`history.rs`): disk usage as `du` counts it
 //! (allocated blocks, so holes cost nothing; each inode once, however many names it has).
 
 use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
-use super::walk::{Layer, Stack, walk_all};
+use super::listing::walk_all;
+use super::stack::{LayerDir, Stack};
 use super::{LayerError, Observer, Result};
 use crate::format::markers;
 use crate::format::markers::Marker;
@@ -24,7 +25,7 @@ pub struct LayerFigures {
 }
 
 /// Walks the whole layer; inodes already in `seen` add no bytes (and are added to it).
-pub fn layer_figures(layer: &Layer, seen: &mut HashSet<(u64, u64)>, obs: &dyn Observer) -> Result<LayerFigures> {
+pub fn layer_figures(layer: &LayerDir, seen: &mut HashSet<(u64, u64)>, obs: &dyn Observer) -> Result<LayerFigures> {
     let mut f = LayerFigures::default();
     let root_st = rustix::fs::fstat(layer.fd()).map_err(|e| LayerError::io(&layer.path, e))?;
     if seen.insert((root_st.st_dev, root_st.st_ino)) {

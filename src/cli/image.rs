@@ -1,0 +1,53 @@
+//! The image side of `unionfs mount --image`: the layers' catalogs are made (one pass over each
+//! blob the first time) before the daemon starts, with a progress line on a terminal, so a
+//! corrupt or truncated blob is refused with one line before anything is mounted.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use unionfs::config::MountConfig;
+use unionfs::image::cache::ContentCache;
+use unionfs::image::scan::Progress;
+use unionfs::layers::human_size;
+
+/// A progress line on stderr when it is a terminal.
+struct Line(Option<ProgressBar>);
+
+impl Progress for Line {
+    fn layer(&self, n: usize, count: usize, digest: &str) {
+        if let Some(b) = &self.0 {
+            let short = digest.get(..19).unwrap_or(digest);
+            b.set_prefix(format!("layer {n}/{count} {short}"));
+            b.set_position(0);
+        }
+    }
+    fn blob_bytes(&self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+            b.set_message(human_size(b.position()));
+        }
+    }
+}
+
+/// Makes the catalogs of the image `config` names (if any). The error is one line.
+pub fn index(config: &MountConfig) -> Result<(), String> {
+    let Some(img) = &config.image else { return Ok(()) };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} indexing {prefix}: {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let line = Line(bar);
+    let cache = Arc::new(ContentCache::new(&img.cache_dir, img.cache_size));
+    let r = unionfs::image::open_layers(&img.reference, &img.cache_dir, cache, &line);
+    if let Some(b) = &line.0 {
+        b.finish_and_clear();
+    }
+    r.map(|_| ()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,206 @@
+//! The image: the union of the lowers, without the upper, looked up only at the paths an upper
+//! walk reaches (a few `lstat`s per name and lower layer), so a tool's cost follows the upper.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::Stat;
+
+use super::listing::{Listing, is_dir};
+use super::stack::Stack;
+use super::{LayerError, Result};
+use crate::descent::PathDir;
+use crate::format::markers::{self, DirMarks, Marker, Stacking};
+use crate::sys;
+
+/// One lower layer's directory taking part in an image directory.
+pub(crate) struct LowerDir {
+    /// Index in `Stack::lowers`.
+    pub layer: usize,
+    pub fd: OwnedFd,
+    pub marks: DirMarks,
+}
+
+/// A directory of the image (the union of the lowers): the lower directories merged into it,
+/// top first, down to the first opaque one. No directories: the image has nothing here.
+pub(crate) struct ImageDir {
+    pub dirs: Vec<LowerDir>,
+}
+
+/// What the image shows at a name.
+pub(crate) struct Found {
+    /// Index in `ImageDir::dirs` of the directory holding it.
+    pub pos: usize,
+    pub st: Stat,
+    /// For a directory, when asked for: the image directory it is.
+    pub dir: Option<ImageDir>,
+}
+
+impl ImageDir {
+    /// What the image shows at `name`, following the lookup rules of the union core: the first
+    /// layer that has the name wins, a whiteout (at the name, or `.wh.NAME` beside it) hides
+    /// it in the layers below, a directory merges with directories below it down to the first
+    /// opaque one or the first non-directory. With `open_dir`, a directory comes with its
+    /// image directory. `stack` names layers in errors; `rel` is this directory's path.
+    pub fn lookup(&self, stack: &Stack, rel: &[u8], name: &OsStr, open_dir: bool) -> Result<Option<Found>> {
+        if markers::is_reserved_name(name) || name.is_empty() {
+            return Ok(None);
+        }
+        let mut found: Option<Found> = None;
+        let mut stacking = Stacking::default();
+        for (pos, d) in self.dirs.iter().enumerate() {
+            let at = || stack.lowers[d.layer].at(&super::join(rel, name));
+            let st = sys::stat_at_opt(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
+            let mut whiteout = sys::stat_at_opt(d.fd.as_fd(), &markers::oci_name(name))
+                .map_err(|e| LayerError::io(at(), e))?
+                .is_some();
+            let mut object = None;
+            let mut opened = None;
+            if let Some(st) = st {
+                if markers::classify(d.fd.as_fd(), d.marks, name, &st) == Marker::Object {
+                    let dir = is_dir(&st);
+                    let mut opaque = false;
+                    // Only a directory the view shows (or merges) is opened, and only if asked.
+                    if dir && open_dir && (found.is_none() || stacking.merging()) {
+                        let fd = sys::open_path_dir(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
+                        let marks = markers::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(at(), e))?;
+                        opaque = marks.opaque;
+                        opened = Some(LowerDir {
+                            layer: d.layer,
+                            fd,
+                            marks,
+                        });
+                    }
+                    object = Some((st, dir, opaque));
+                } else {
+                    whiteout = true;
+                }
+            }
+            let before = (stacking.shown, stacking.merged.len());
+            let more = stacking.layer(pos, object.as_ref().map(|&(_, dir, opaque)| (dir, opaque)), whiteout);
+            if stacking.shown == Some(pos) && before.0.is_none() {
+                let st = object.map(|o| o.0).ok_or(LayerError::invalid(at(), "lookup"))?;
+                found = Some(Found {
+                    pos,
+                    st,
+                    dir: opened.map(|d| ImageDir { dirs: vec![d] }),
+                });
+            } else if stacking.merged.len() > before.1 {
+                if let (Some(img), Some(d)) = (found.as_mut().and_then(|f| f.dir.as_mut()), opened) {
+                    img.dirs.push(d);
+                }
+            }
+            // Without its image directory wanted, what shows is known at the first object.
+            if !more || (found.is_some() && !open_dir) {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every name the image shows in this directory, with what shows it.
+    pub fn list(&self, stack: &Stack, rel: &[u8]) -> Result<BTreeMap<OsString, (usize, Stat)>> {
+        let mut names: BTreeMap<OsString, (Stacking, Option<Stat>)> = BTreeMap::new();
+        for (pos, d) in self.dirs.iter().enumerate() {
+            let at = stack.lowers[d.layer].at(rel);
+            let listing = Listing::read(d.fd.as_fd(), &at)?;
+            let mut here: BTreeMap<OsString, (Option<Stat>, bool)> = BTreeMap::new();
+            for e in listing.entries {
+                match e.kind {
+                    Marker::OpaqueFile => {}
+                    Marker::Whiteout { target, .. } => here.entry(target).or_default().1 = true,
+                    Marker::Object => here.entry(e.name).or_default().0 = Some(e.st),
+                }
+            }
+            for (name, (obj, whiteout)) in here {
+                let (stacking, shown) = names.entry(name).or_default();
+                // Listings do not merge: what shows in a directory is its first object.
+                let was = stacking.shown;
+                stacking.layer(pos, obj.map(|_| (false, false)), whiteout);
+                if was.is_none() && stacking.shown == Some(pos) {
+                    *shown = obj;
+                }
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter_map(|(n, (s, st))| Some((n, (s.shown?, st?))))
+            .collect())
+    }
+}
+
+/// An image directory on the path of a deep walk (see `descent.rs`): open, or parked with the
+/// fds of its lower directories closed where the directory below it on the path has the same
+/// layer (and can reopen them as its `..`).
+pub(crate) enum PathImage {
+    /// The image has no directory here.
+    Absent,
+    Open(ImageDir),
+    Parked(Vec<(usize, DirMarks, PathDir)>),
+}
+
+impl PathImage {
+    pub fn new(img: Option<ImageDir>) -> PathImage {
+        img.map_or(PathImage::Absent, PathImage::Open)
+    }
+
+    /// The image directory, if the image has one here; EBADF while parked (a walk works at the
+    /// open end of its path only).
+    pub fn get(&self) -> rustix::io::Result<Option<&ImageDir>> {
+        match self {
+            PathImage::Absent => Ok(None),
+            PathImage::Open(img) => Ok(Some(img)),
+            PathImage::Parked(_) => Err(rustix::io::Errno::BADF),
+        }
+    }
+
+    fn has_layer(&self, layer: usize) -> bool {
+        match self {
+            PathImage::Absent => false,
+            PathImage::Open(img) => img.dirs.iter().any(|d| d.layer == layer),
+            PathImage::Parked(v) => v.iter().any(|(l, ..)| *l == layer),
+        }
+    }
+
+    /// Parks what `child` (the image directory one level down the path) can reopen.
+    pub fn park(&mut self, child: &PathImage) -> rustix::io::Result<()> {
+        let PathImage::Open(img) = self else {
+            return Ok(());
+        };
+        let mut parked = Vec::with_capacity(img.dirs.len());
+        for d in std::mem::take(&mut img.dirs) {
+            let mut dir = PathDir::new(d.fd);
+            if child.has_layer(d.layer) {
+                dir.park()?;
+            }
+            parked.push((d.layer, d.marks, dir));
+        }
+        *self = PathImage::Parked(parked);
+        Ok(())
+    }
+
+    /// Reopens what [`PathImage::park`] closed, through `child`, which is open.
+    pub fn unpark(&mut self, child: &PathImage) -> rustix::io::Result<()> {
+        let PathImage::Parked(parked) = self else {
+            return Ok(());
+        };
+        let below = child.get()?;
+        let mut dirs = Vec::with_capacity(parked.len());
+        for (layer, marks, mut dir) in std::mem::take(parked) {
+            if !dir.is_open() {
+                let c = below
+                    .and_then(|b| b.dirs.iter().find(|d| d.layer == layer))
+                    .ok_or(rustix::io::Errno::BADF)?;
+                dir.unpark(c.fd.as_fd())?;
+            }
+            dirs.push(LowerDir {
+                layer,
+                fd: dir.into_fd()?,
+                marks,
+            });
+        }
+        *self = PathImage::Open(ImageDir { dirs });
+        Ok(())
+    }
+}
