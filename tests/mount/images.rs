@@ -413,3 +413,66 @@ fn a_missing_tag_is_one_line_listing_the_tags() {
         "{err}"
     );
 }
+
+/// What a plain user and root must both see of an image's tree: every entry's type, mode,
+/// owner and mtime, and for all but directories size, link count, device numbers, `user.`
+/// xattrs, a symlink's target and the contents of files everyone may read. Run as root on the unpacked image and as
+/// the user on the mount (root cannot look into a plain user's FUSE mount). The files the test
+/// makes (`new-*`) are left out.
+const LISTING: &str = r#"
+cd "$1" && find . -mindepth 1 ! -name 'new-*' | LC_ALL=C sort | while read -r p; do
+  if [ -d "$p" ] && [ ! -L "$p" ]; then stat -c '%n|%F|%a|%u|%g|%Y' "$p"; continue; fi
+  stat -c '%n|%F|%a|%u|%g|%Y|%s|%h|%t|%T' "$p"
+  getfattr -h -d -m '^user\.' "$p" 2>/dev/null | grep '=' || true
+  if [ -L "$p" ]; then echo "-> $(readlink "$p")"
+  elif [ -f "$p" ]; then case $(stat -c %A "$p") in ???????r*) sha256sum < "$p";; esac
+  fi
+done
+"#;
+
+#[test]
+fn a_plain_user_mounts_an_image_through_fusermount3() {
+    if !prerequisites() {
+        return;
+    }
+    let img = images();
+    let user = crate::as_user::rootless_user();
+    let want = sh(&format!("set -- {}\n{LISTING}", img.unpacked.display())).stdout;
+    let want = String::from_utf8_lossy(&want).into_owned();
+    assert!(
+        want.contains("./etc/hello2|")
+            && want.contains("./dev/null|character special file")
+            && want.contains("user.color=\"blue\""),
+        "{want}"
+    );
+    // The user's own copy of the layout (root's is private), and its own cache.
+    let l = crate::as_user::user_layers(user, |l| {
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(&img.layout)
+            .arg(l.dir.path().join("layout")));
+    });
+    let before = snapshot(&l.dir.path().join("layout"));
+    for tag in ["zst", "chunked"] {
+        let image = format!("oci:{}:{tag}", l.dir.path().join("layout").display());
+        let cache = l.dir.path().join(format!("cache-{tag}"));
+        let cache = cache.to_str().expect("utf-8");
+        let m = crate::as_user::UserMount::start(user, &l, &["--image", &image, "--cache", cache]);
+        let got = crate::as_user::user_sh_ok(user, LISTING, &[m.mnt.as_os_str()]);
+        assert_eq!(got, want, "{tag}: the view as the user differs from umoci unpack");
+        // The view's root is the user's upper: the user may add to it; the image's own files
+        // keep their owners and modes, so a root-owned file stays closed to the user.
+        let new = format!("new-{tag}");
+        crate::as_user::user_sh_ok(user, &format!("echo made > \"$1/{new}\""), &[m.mnt.as_os_str()]);
+        let (code, _) = crate::as_user::user_sh(user, "echo no >> \"$1/etc/hello\"", &[m.mnt.as_os_str()]);
+        assert_ne!(code, 0, "{tag}: a plain user appended to a root-owned 0644 image file");
+        m.finish();
+        assert_eq!(
+            std::fs::read(l.upper.join(&new)).expect("the new file in the upper"),
+            b"made\n"
+        );
+        assert!(!l.upper.join("etc").exists(), "{tag}: a refused write left a copy-up");
+    }
+    let d = diff(&before, &snapshot(&l.dir.path().join("layout")));
+    assert!(d.is_empty(), "the layout changed:\n{}", d.join("\n"));
+}
