@@ -50,3 +50,41 @@ pub const KERNEL_INDIRECT: [&str; 4] = [
 ];
 /// Kernel overlayfs's record of where a copied-up object came from (a file handle).
 pub const KERNEL_ORIGIN: [&str; 2] = ["trusted.overlay.origin", "user.overlay.origin"];
+
+/// Kernel overlayfs keeps the immutable and append-only flags set through the view in this
+/// xattr of the upper object (letters `a` and `i`), not on the object itself: an upper
+/// directory that really were immutable could take no copy-up, whiteout or marker, though
+/// its children's contents may still change. We do the same for directories (the daemon
+/// enforces them), so the kernel reads our uppers and we read its.
+pub const PROTATTR: [&str; 2] = ["trusted.overlay.protattr", "user.overlay.protattr"];
+
+/// The protattr xattr a daemon of this privilege writes.
+pub fn protattr_name(privileged: bool) -> &'static str {
+    if privileged { PROTATTR[0] } else { PROTATTR[1] }
+}
+
+/// Protection flags: immutable (`i`).
+pub const PROT_IMMUTABLE: u8 = 1;
+/// Protection flags: append-only (`a`).
+pub const PROT_APPEND: u8 = 2;
+
+/// The protection flags a protattr value names (letters the kernel does not write are ignored).
+pub fn parse_protattr(value: &[u8]) -> u8 {
+    value.iter().fold(0, |p, c| match c {
+        b'i' => p | PROT_IMMUTABLE,
+        b'a' => p | PROT_APPEND,
+        _ => p,
+    })
+}
+
+/// The protattr value for `prot`, in the kernel's order.
+pub fn protattr_value(prot: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    if prot & PROT_APPEND != 0 {
+        v.push(b'a');
+    }
+    if prot & PROT_IMMUTABLE != 0 {
+        v.push(b'i');
+    }
+    v
+}

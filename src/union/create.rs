@@ -192,6 +192,7 @@ impl Union {
         if slot.vis.is_some() {
             return Err(Errno::EEXIST);
         }
+        self.may_create(&dir)?;
         let fd = self.build_at(ctx, &pdir, name, &obj, &slot)?;
         if slot.upper_wh == Some(UpperWhiteout::Oci) {
             let _ = rustix::fs::unlinkat(&*pdir, markers::oci_name(name), AtFlags::empty());

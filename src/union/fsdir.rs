@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
@@ -33,7 +33,13 @@ pub(crate) struct FsDir {
     /// root, whose fd stays open.
     from: Mutex<Option<(Arc<LayerDir>, OsString)>>,
     id: (u64, u64),
+    /// Its protection flags (`format::xattrs::PROT_*`), read from its protattr xattr once:
+    /// only the daemon changes them, and it says so ([`FsDir::set_protection`]).
+    prot: AtomicU8,
 }
+
+/// [`FsDir::prot`] before the xattr was read.
+const PROT_UNREAD: u8 = u8::MAX;
 
 /// A directory's fd, open or closed: what [`FdCache`] keeps track of.
 struct Slot {
@@ -79,6 +85,7 @@ impl FsDir {
             slot: Slot::new(fd, false),
             from: Mutex::new(None),
             id,
+            prot: AtomicU8::new(PROT_UNREAD),
         }
     }
 
@@ -91,7 +98,30 @@ impl FsDir {
             slot,
             from: Mutex::new(Some((Arc::clone(parent), name.to_os_string()))),
             id: (st.st_dev, st.st_ino),
+            prot: AtomicU8::new(PROT_UNREAD),
         })))
+    }
+
+    /// The directory's protection flags (immutable, append-only: see `format::xattrs`).
+    pub fn protection(&self) -> rustix::io::Result<u8> {
+        let p = self.prot.load(Ordering::Relaxed);
+        if p != PROT_UNREAD {
+            return Ok(p);
+        }
+        let fd = self.fd()?;
+        let mut p = 0;
+        for name in crate::format::xattrs::PROTATTR {
+            if let Some(v) = sys::get_xattr_fd(fd.as_fd(), OsStr::new(name))? {
+                p |= crate::format::xattrs::parse_protattr(&v);
+            }
+        }
+        self.prot.store(p, Ordering::Relaxed);
+        Ok(p)
+    }
+
+    /// The daemon wrote the directory's protattr xattr: `prot` is what it now says.
+    pub fn set_protection(&self, prot: u8) {
+        self.prot.store(prot, Ordering::Relaxed);
     }
 
     /// The directory is now the entry `name` of `parent` (renamed in the upper).

@@ -100,6 +100,7 @@ impl Union {
     pub fn setattr(&self, ctx: &Ctx, ino: u64, set: &SetAttr, fh: Option<u64>) -> FsResult<Attr> {
         self.upper_index()?;
         let node = self.node(ino)?;
+        self.may_set_attr(&node, set)?;
         let truncating_to_zero = set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
         self.copy_up_with(&node, if truncating_to_zero { Data::Empty } else { Data::All })?;
         let kind = node.state.read().kind;
@@ -451,6 +452,7 @@ impl Union {
         }
         self.upper_index()?;
         let node = self.node(ino)?;
+        self.may_set_xattr(&node)?;
         self.copy_up(&node)?;
         self.xattr_target(&node, |t| {
             Ok(t.set_xattr(name, value, rustix::fs::XattrFlags::from_bits_retain(flags as u32))?)
@@ -466,6 +468,7 @@ impl Union {
         let node = self.node(ino)?;
         // Nothing to remove means nothing to copy up.
         self.xattr_target(&node, |t| t.get_xattr(name)?.map(|_| ()).ok_or(Errno::ENODATA))?;
+        self.may_set_xattr(&node)?;
         self.copy_up(&node)?;
         self.xattr_target(&node, |t| Ok(t.remove_xattr(name)?))
     }

@@ -33,16 +33,14 @@ impl Union {
         }
         let dir = self.dir_node(parent)?;
         let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
+        let child = self.pin_child(parent, name)?;
+        self.may_delete(&dir, &child)?;
         match (rmdir, vis.kind == Kind::Dir) {
             (true, false) => return Err(Errno::ENOTDIR),
             (false, true) => return Err(Errno::EISDIR),
             _ => {}
         }
-        let child = if rmdir {
-            Some(self.pin_child(parent, name)?)
-        } else {
-            None
-        };
+        let child = rmdir.then_some(child);
         if let Some(c) = &child {
             self.ensure_empty(c)?;
         }

@@ -145,17 +145,23 @@ impl Union {
             if dv.kind == Kind::Dir && self.is_ancestor(dn.ino, parent) {
                 return Err(if exchange { Errno::EINVAL } else { Errno::ENOTEMPTY });
             }
-            if !exchange {
-                match (src.kind == Kind::Dir, dv.kind == Kind::Dir) {
-                    (true, false) => return Err(Errno::ENOTDIR),
-                    (false, true) => return Err(Errno::EISDIR),
-                    (true, true) => self.ensure_empty(dn)?,
-                    _ => {}
-                }
-                // Two names of one object: rename(2) does nothing.
-                if dv.ino == src.ino {
-                    return Ok(None);
-                }
+            // Two names of one object: rename(2) does nothing.
+            if !exchange && dv.ino == src.ino {
+                return Ok(None);
+            }
+        }
+        // vfs_rename's may_delete of the source, then may_delete or may_create of the target.
+        self.may_delete(&d1, &src_node)?;
+        match &dst_node {
+            Some(dn) => self.may_delete(&d2, dn)?,
+            None => self.may_create(&d2)?,
+        }
+        if let (Some(dn), Some(dv), false) = (&dst_node, &dst, exchange) {
+            match (src.kind == Kind::Dir, dv.kind == Kind::Dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => self.ensure_empty(dn)?,
+                _ => {}
             }
         }
         Ok(Some(Plan {

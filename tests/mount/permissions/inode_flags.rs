@@ -185,3 +185,163 @@ fn rootless_chattr_immutable_is_refused_and_changes_nothing() {
     assert_eq!(std::fs::read(l.lower(0, "lower")).unwrap(), b"lower\n");
     m.finish();
 }
+
+/// Every change inside (and of) a directory `d` that is immutable, then append-only, run in
+/// `mnt` as `user` (or root): each line is the command, its exit status and the error text, so
+/// that the errno each operation meets first can be compared with kernel overlayfs. Root sets
+/// and clears the flags.
+fn dir_flags_transcript(mnt: &Path, user: Option<(u32, u32)>) -> Vec<String> {
+    const OPS: &str = r#"
+cd "$1" || exit 1
+t() { out=$("$@" 2>&1); rc=$?; out=$(printf %s "$out" | tr '\n' ' '); echo "$*: $rc ${out##*: }"; }
+t rmdir d/sub
+t rmdir d/empty
+t rmdir d/none
+t rmdir d/f
+t unlink d/f
+t unlink d/none
+t unlink d/sub
+t mv -T d/f d/g
+t mv -T d/f other/f
+t mv -T other/x d/x
+t mv -T other/y d/f
+t mv -T other/dir d/sub
+t mv -T d/sub other/sub
+t ln other/x d/l
+t ln other/x d/f
+t mkdir d/new
+t mkdir d/sub
+t touch d/newfile
+t ln -s x d/s
+t mkfifo d/fifo
+t mv -T d other/d
+t rmdir d/sub/inner
+t chmod 700 d
+t setfattr -n user.x -v 1 d
+t touch -d @1000000000 d
+t sh -c 'echo appended >> d/f'
+t chmod 606 d/f
+t cat d/f
+t ls d
+"#;
+    let run_ops = || match user {
+        Some(u) => user_sh(u, OPS, &[mnt.as_os_str()]).1,
+        None => {
+            let out = Command::new("sh")
+                .args(["-c", OPS, "sh"])
+                .arg(mnt)
+                .env("LC_ALL", "C")
+                .output()
+                .expect("sh");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let d = mnt.join("d");
+    let mut t = Vec::new();
+    for flag in ["+i", "+a"] {
+        t.push(format!(
+            "chattr {flag} d: {}",
+            run("chattr", &[flag.as_ref(), d.as_os_str()], mnt)
+        ));
+        t.extend(run_ops().lines().map(|l| format!("{flag} {l}")));
+        let off = flag.replace('+', "-");
+        t.push(format!(
+            "chattr {off} d: {}",
+            run("chattr", &[off.as_ref(), d.as_os_str()], mnt)
+        ));
+    }
+    t
+}
+
+/// `d` (files, an empty and a non-empty subdirectory) and `other` in the lower, open to a
+/// plain user's changes.
+fn fill_dir_flags(l: &Layers) {
+    l.put(0, "d/f", b"f\n");
+    l.put(0, "d/sub/inner/i", b"i\n");
+    l.put(0, "other/x", b"x\n");
+    l.put(0, "other/y", b"y\n");
+    l.put(0, "other/dir/z", b"z\n");
+    std::fs::create_dir(l.lower(0, "d/empty")).expect("mkdir");
+    let st = Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(&l.lowers[0])
+        .status()
+        .expect("chmod");
+    assert!(st.success());
+}
+
+#[test]
+fn changes_in_an_immutable_or_append_only_directory_meet_the_kernels_errno_first() {
+    let user = user(USER_A);
+    for who in [None, Some(user)] {
+        let k = layers(fill_dir_flags);
+        let kernel = {
+            let _ko = kernel_overlay(&k, "");
+            dir_flags_transcript(&k.mnt, who)
+        };
+        assert!(
+            kernel.iter().any(|l| l == "+i rmdir d/sub: 1 Operation not permitted"),
+            "{kernel:#?}"
+        );
+        // The kernel's FUSE compares a victim's type with the call before it asks us (it cannot
+        // know a FUSE inode's flags): there, and only there, the type's errno comes first
+        // (docs/semantics.md, "Permissions and ACLs").
+        let kernel: Vec<String> = kernel
+            .iter()
+            .map(|l| {
+                let fuse_first = |op: &str, errno: &str| {
+                    ["+i", "+a"]
+                        .iter()
+                        .find(|f| *l == format!("{f} {op}: 1 Operation not permitted"))
+                        .map(|f| format!("{f} {op}: 1 {errno}"))
+                };
+                fuse_first("rmdir d/f", "Not a directory")
+                    .or_else(|| fuse_first("unlink d/sub", "Is a directory"))
+                    .unwrap_or_else(|| l.clone())
+            })
+            .collect();
+        for (label, args) in MODES {
+            let l = layers(fill_dir_flags);
+            let m = l.mount(args);
+            let ours = dir_flags_transcript(&m.mnt, who);
+            let diff: Vec<String> = kernel
+                .iter()
+                .zip(&ours)
+                .filter(|(k, o)| k != o)
+                .map(|(k, o)| format!("kernel: {k}\nours:   {o}"))
+                .collect();
+            assert!(
+                diff.is_empty() && kernel.len() == ours.len(),
+                "{label}, as {}:\n{}",
+                who.map_or("root".to_string(), |u| format!("uid {}", u.0)),
+                diff.join("\n")
+            );
+            drop(m);
+            assert_eq!(std::fs::read(l.lower(0, "d/f")).expect("lower"), b"f\n", "the lower");
+        }
+    }
+}
+
+#[test]
+fn a_directorys_protection_is_kept_as_kernel_overlayfs_keeps_it() {
+    let l = layers(fill_dir_flags);
+    {
+        let m = l.mount(&[]);
+        run("chattr", &["+i".as_ref(), m.path("d").as_os_str()], &m.mnt);
+        // A file's content inside an immutable directory still changes (copied up into it).
+        append(&m.path("d/f"), b"more\n").expect("append to a file in an immutable directory");
+    }
+    // Not on the upper directory itself (it must take copy-ups), but in its protattr xattr.
+    let flags = run("lsattr", &["-d".as_ref(), l.up("d").as_os_str()], l.dir.path());
+    assert!(!flags.contains("i"), "the upper directory itself is immutable: {flags}");
+    assert_eq!(xget(&l.up("d"), "trusted.overlay.protattr").expect("protattr"), b"i");
+    let _ko = kernel_overlay(&l, "");
+    let flags = run("lsattr", &["-d".as_ref(), l.mnt.join("d").as_os_str()], &l.mnt);
+    assert!(flags.contains("----i"), "kernel overlayfs reads it: {flags}");
+    assert_eq!(
+        err_code(std::fs::write(l.mnt.join("d/new"), b"x")),
+        Some(libc::EPERM),
+        "kernel overlayfs enforces it"
+    );
+    assert_eq!(std::fs::read(l.mnt.join("d/f")).expect("read"), b"f\nmore\n");
+}
