@@ -301,7 +301,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -311,7 +311,7 @@ impl Filesystem for FuseAdapter {
     ) {
         empty(
             reply,
-            self.union.setxattr(ino.0, name, value, flags),
+            self.union.setxattr(&ctx(req), ino.0, name, value, flags),
             "setxattr",
             (ino.0, name),
         );

@@ -446,7 +446,7 @@ impl Union {
     }
 
     /// Sets an xattr (copying up first). Private names are refused with EPERM.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    pub fn setxattr(&self, ctx: &Ctx, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         if crate::format::xattrs::is_private(name) {
             return Err(Errno::EPERM);
         }
@@ -454,6 +454,16 @@ impl Union {
         let node = self.node(ino)?;
         self.may_set_xattr(&node)?;
         self.copy_up(&node)?;
+        if name == super::acl::ACCESS {
+            // Before the ACL, as kernel overlayfs does it: the ACL's mode update keeps the bit.
+            let loc = self.locate(&node, None)?;
+            let st = loc.stat()?;
+            if super::privs::acl_kills_sgid(ctx, &st) {
+                let (dir, entry, _) = loc.at()?;
+                let mode = Mode::from_raw_mode(st.st_mode & 0o7777 & !0o2000);
+                rustix::fs::chmodat(dir.as_fd(), &entry, mode, AtFlags::empty())?;
+            }
+        }
         self.xattr_target(&node, |t| {
             Ok(t.set_xattr(name, value, rustix::fs::XattrFlags::from_bits_retain(flags as u32))?)
         })

@@ -46,6 +46,21 @@ impl Union {
     }
 }
 
+/// Whether setting an access ACL on `st` by `ctx` clears its setgid bit: when the caller is
+/// neither in the file's group nor holds CAP_FSETID (kernel overlayfs's
+/// `ovl_set_or_remove_acl`, the VFS's `posix_acl_update_mode`). The daemon sets the ACL with
+/// its own credentials, which would keep the bit, and fuser 0.18 cannot negotiate the flag
+/// with which the kernel's FUSE would tell us (FUSE_SETXATTR_ACL_KILL_SGID).
+pub(crate) fn acl_kills_sgid(ctx: &Ctx, st: &Stat) -> bool {
+    if st.st_mode & S_ISGID == 0 {
+        return false;
+    }
+    let creds = sys::process_creds(ctx.pid);
+    let capable = creds.as_ref().map_or(ctx.uid == 0, |c| c.fsetid);
+    let in_group = ctx.gid == st.st_gid || creds.is_some_and(|c| c.groups.contains(&st.st_gid));
+    !capable && !in_group
+}
+
 /// The permission bits `st` must get when `ctx` changes its data, if they change.
 fn mode_after_write(ctx: &Ctx, st: &Stat) -> Option<u32> {
     let mode = st.st_mode & 0o7777;

@@ -297,7 +297,9 @@ impl Driver {
 
     pub fn set_xattr(&mut self, p: &Path, value: &[u8]) -> Result<(), i32> {
         let (ino, _) = self.walk(p)?;
-        self.u().setxattr(ino, OsStr::new(XATTR), value, 0).map_err(code)
+        self.u()
+            .setxattr(&Default::default(), ino, OsStr::new(XATTR), value, 0)
+            .map_err(code)
     }
 
     pub fn remove_xattr(&mut self, p: &Path) -> Result<(), i32> {

@@ -139,6 +139,22 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "an access ACL set by an owner outside the file's group clears setgid",
+        lower: "echo s > sgid; chown $A:root sgid; chmod 2775 sgid; \
+                echo t > sgid-in; chown $A:$A sgid-in; chmod 2775 sgid-in",
+        setup: "",
+        checks: &[
+            c(A, "setfacl -m u:$B:r sgid sgid-in", Some(true)),
+            c(Root, "test $(stat -c %a sgid) = 775", Some(true)),
+            c(Root, "test $(stat -c %a sgid-in) = 2775", Some(true)),
+            c(
+                Root,
+                "setfacl -m u:$B:rw sgid-in; test $(stat -c %a sgid-in) = 2775",
+                Some(true),
+            ),
+        ],
+    },
+    Case {
         name: "a lower directory's ACL guards what is in it",
         lower: "mkdir vault; echo gold > vault/gold; chmod 755 vault; setfacl -m u:$A:--- vault",
         setup: "",
