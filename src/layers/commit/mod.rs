@@ -8,8 +8,8 @@
 //! Reproducible: the same upper gives the same bytes; `clamp_mtime` caps every mtime.
 //!
 //! Here: which entries the tar has, in which order (a walk of the upper, with the image looked
-//! up beside it); `entries.rs` writes each one. The blob's compression and digests are
-//! `crate::blob`'s.
+//! up beside it); `entries.rs` writes each one; `into_image.rs` stores the layer in an OCI
+//! image layout as a new image. The blob's compression and digests are `crate::blob`'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -30,6 +30,10 @@ use crate::format::markers::Marker;
 use crate::sys;
 
 mod entries;
+mod into_image;
+
+use entries::Source;
+pub use into_image::{HistoryEntry, ImageCommit, commit_to_image, valid_tag};
 
 pub use crate::blob::Compression;
 
@@ -300,7 +304,7 @@ impl Committer<'_> {
                     st: copy.st,
                     kind: Marker::Object,
                 };
-                self.object(tar, path, copy.dir.as_fd(), &e)?;
+                self.object(tar, path, Source::Upper(copy.dir.as_fd()), &e)?;
             }
             Item::LowerDir(name) => {
                 // A directory the upper does not have, on the way to such names: as the image
@@ -317,7 +321,7 @@ impl Committer<'_> {
                     st: found.st,
                     kind: Marker::Object,
                 };
-                self.object(tar, path, d.fd.as_fd(), &e)?;
+                self.object(tar, path, Source::Lower(&d.place), &e)?;
                 return Ok(Some(self.frame(path, None, Some(sub), linked)?));
             }
             Item::Object { index, whited_out } => {
@@ -325,7 +329,7 @@ impl Committer<'_> {
                 let Some(e) = listing.entries.get(index) else {
                     return Ok(None);
                 };
-                self.object(tar, path, fd, e)?;
+                self.object(tar, path, Source::Upper(fd), e)?;
                 if is_dir(&e.st) {
                     let below = self.upper_subdir(tar, (rel, path), fd, e, img, whited_out, linked)?;
                     return Ok(Some(below));
