@@ -44,10 +44,43 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 
 /// Stores `bytes` as a blob; its digest and size.
 pub fn put_bytes(dir: &Path, bytes: &[u8]) -> Result<(String, u64), ImageError> {
+    put_new(dir, bytes, &mut NewBlobs::default())
+}
+
+/// Blobs one writer added to a layout, removed again if it fails before tagging: a failed
+/// commit leaves the layout as it found it (a blob that was there before is never listed).
+#[derive(Default)]
+pub struct NewBlobs {
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl NewBlobs {
+    /// Records the blob `path` this writer just made.
+    pub fn add(&mut self, path: std::path::PathBuf) {
+        self.paths.push(path);
+    }
+
+    /// The writer is done: the blobs stay.
+    pub fn keep(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for NewBlobs {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// [`put_bytes`], recording a blob it adds in `added`.
+fn put_new(dir: &Path, bytes: &[u8], added: &mut NewBlobs) -> Result<(String, u64), ImageError> {
     let digest = crate::blob::digest(bytes);
     let p = blob_path(dir, &digest)?;
     if !p.exists() {
         replace(&p, bytes)?;
+        added.add(p);
     }
     Ok((digest, bytes.len() as u64))
 }
@@ -122,13 +155,16 @@ pub struct NewLayer {
 }
 
 /// Writes the image `manifest`/`config` plus `layer` (config and manifest blobs) and tags it
-/// `new_tag`; returns the new manifest's digest.
+/// `new_tag`; returns the new manifest's digest. `added` holds the blobs the caller added (the
+/// layer's): on an error they are removed with the config and manifest blobs made here, so the
+/// layout is as it was; once tagged they stay.
 pub fn append_layer(
     dir: &Path,
     manifest: &ImageManifest,
     config: &ImageConfiguration,
     layer: &NewLayer,
     new_tag: &str,
+    mut added: NewBlobs,
 ) -> Result<String, ImageError> {
     let mut cfg = config.clone();
     let mut rootfs = cfg.rootfs().clone();
@@ -146,7 +182,7 @@ pub fn append_layer(
     history.push(h);
     cfg.set_history(Some(history));
     cfg.set_created(Some(layer.created.clone()));
-    let (cdigest, csize) = put_bytes(dir, &json(&cfg, dir)?)?;
+    let (cdigest, csize) = put_new(dir, &json(&cfg, dir)?, &mut added)?;
     let mut m = manifest.clone();
     m.set_config(
         DescriptorBuilder::default()
@@ -167,7 +203,7 @@ pub fn append_layer(
     );
     m.set_layers(layers);
     m.set_media_type(Some(MediaType::ImageManifest));
-    let (mdigest, msize) = put_bytes(dir, &json(&m, dir)?)?;
+    let (mdigest, msize) = put_new(dir, &json(&m, dir)?, &mut added)?;
     let desc = DescriptorBuilder::default()
         .media_type(MediaType::ImageManifest)
         .digest(parse_digest(dir, &mdigest)?)
@@ -175,6 +211,7 @@ pub fn append_layer(
         .build()
         .map_err(|e| ImageError::invalid(dir, e.to_string()))?;
     tag(dir, desc, new_tag)?;
+    added.keep();
     Ok(mdigest)
 }
 

@@ -28,6 +28,7 @@ mod deep;
 mod formats;
 mod hard_links;
 mod identity;
+mod image_tools;
 mod images;
 mod lookup;
 mod one_upper;

@@ -13,7 +13,7 @@ use std::path::Path;
 use super::{CommitOptions, CommitSummary, commit};
 use crate::blob::{CreateError, TempFile};
 use crate::image::layout::blob_path;
-use crate::image::write::{NewLayer, append_layer};
+use crate::image::write::{NewBlobs, NewLayer, append_layer};
 use crate::layers::stack::Stack;
 use crate::layers::{LayerError, Observer, Result};
 
@@ -79,7 +79,7 @@ pub fn commit_to_image(
         .ok_or_else(|| LayerError::invalid("--image", "an image is required to commit into"))?;
     let layout = &image.layout;
     valid_tag(new_tag).map_err(|why| LayerError::invalid(layout, format!("tag {new_tag:?}: {why}")))?;
-    let layer = write_blob(stack, opts, layout, obs)?;
+    let (layer, added) = write_blob(stack, opts, layout, obs)?;
     let created = history.created.clone().unwrap_or_else(crate::image::write::rfc3339_now);
     let new = NewLayer {
         digest: layer.digest.clone(),
@@ -90,7 +90,7 @@ pub fn commit_to_image(
         comment: history.comment.clone(),
         created,
     };
-    let manifest = append_layer(layout, &image.manifest, &image.config, &new, new_tag)?;
+    let manifest = append_layer(layout, &image.manifest, &image.config, &new, new_tag, added)?;
     Ok(ImageCommit {
         layer,
         manifest,
@@ -99,8 +99,14 @@ pub fn commit_to_image(
 }
 
 /// Writes the layer as a blob of the layout `layout` (under a temporary name, renamed to its
-/// digest once whole; a blob of that digest already there is kept).
-fn write_blob(stack: &Stack, opts: &CommitOptions, layout: &Path, obs: &dyn Observer) -> Result<CommitSummary> {
+/// digest once whole; a blob of that digest already there is kept, and not listed as added).
+fn write_blob(
+    stack: &Stack,
+    opts: &CommitOptions,
+    layout: &Path,
+    obs: &dyn Observer,
+) -> Result<(CommitSummary, NewBlobs)> {
+    let mut added = NewBlobs::default();
     let blobs = layout.join("blobs").join("sha256");
     let placeholder = blobs.join("layer");
     let tmp = TempFile::create(&placeholder).map_err(|e| match e {
@@ -115,10 +121,11 @@ fn write_blob(stack: &Stack, opts: &CommitOptions, layout: &Path, obs: &dyn Obse
     let dest = blob_path(layout, &summary.digest)?;
     if dest.exists() {
         // The same layer committed before: same bytes, same name.
-        return Ok(summary);
+        return Ok((summary, added));
     }
     tmp.persist_as(&dest).map_err(|e| LayerError::io(&dest, e))?;
-    Ok(summary)
+    added.add(dest);
+    Ok((summary, added))
 }
 
 #[cfg(test)]
