@@ -428,3 +428,82 @@ fn a_failed_commit_into_an_image_says_why_in_one_line_and_leaves_the_layout_as_i
         "No space left on device",
     );
 }
+
+/// Unmounts a background mount this test made, whatever happens to the test.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if crate::common::is_mounted(&self.0) {
+            let _ = Command::new(bin()).arg("umount").arg(&self.0).status();
+        }
+        if crate::common::is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn relative_image_paths_mean_the_same_to_a_background_mount_and_to_the_tools() {
+    need();
+    let t = tempfile::tempdir().expect("tmp");
+    layout_copy(t.path());
+    for d in ["upper", "mnt"] {
+        std::fs::create_dir(t.path().join(d)).expect("mkdir");
+    }
+    let in_t = |args: &[&str]| {
+        let o = Command::new(bin())
+            .args(args)
+            .current_dir(t.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run unionfs");
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // In the background the daemon serves from `/`: the paths must have been made absolute.
+    in_t(&[
+        "mount",
+        "--image",
+        "oci:layout:gz",
+        "--cache",
+        "cache",
+        "--upper",
+        "upper",
+        "mnt",
+    ]);
+    let guard = Unmount(t.path().join("mnt"));
+    std::fs::write(guard.0.join("etc/motd"), b"hi\n").expect("write through the mount");
+    in_t(&["umount", "mnt"]);
+    drop(guard);
+    let changes = in_t(&[
+        "diff",
+        "--image",
+        "oci:layout:gz",
+        "--cache",
+        "cache",
+        "--upper",
+        "upper",
+    ]);
+    assert!(changes.lines().any(|l| l == "A /etc/motd"), "{changes}");
+    in_t(&[
+        "commit",
+        "--image",
+        "oci:layout:gz",
+        "--cache",
+        "cache",
+        "--upper",
+        "upper",
+        "--tag",
+        "v2",
+    ]);
+    let m = mount_image(
+        &t.path().join("layout"),
+        "v2",
+        &t.path().join("cache"),
+        &[],
+        &t.path().join("mnt2"),
+    );
+    assert_eq!(std::fs::read(m.path("etc/motd")).expect("read"), b"hi\n");
+    assert_eq!(m.unmount(), Some(0));
+}
