@@ -44,7 +44,10 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 
 /// Stores `bytes` as a blob; its digest and size.
 pub fn put_bytes(dir: &Path, bytes: &[u8]) -> Result<(String, u64), ImageError> {
-    put_new(dir, bytes, &mut NewBlobs::default())
+    let mut added = NewBlobs::default();
+    let r = put_new(dir, bytes, &mut added);
+    added.keep();
+    r
 }
 
 /// Blobs one writer added to a layout, removed again if it fails before tagging: a failed
@@ -266,5 +269,55 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for sub in ["", "blobs/sha256"] {
+            for e in std::fs::read_dir(dir.join(sub)).expect("list").flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    out.push((e.path(), std::fs::read(e.path()).expect("read")));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_failed_append_removes_the_blobs_it_added_and_keeps_those_it_found() {
+        use super::super::fixture;
+        use super::super::layout::{Compression, open};
+        let t = tempfile::tempdir().expect("tmp");
+        let dir = t.path().join("layout");
+        let tar = fixture::tar(&[fixture::Item::File("f", 0o644, b"x".to_vec())]);
+        fixture::layout(&dir, "t", std::slice::from_ref(&tar), Compression::None);
+        let img = open(&dir, Some("t")).expect("image");
+        let before = files(&dir);
+        // A layer blob the caller added; the image's own blobs are found, never removed.
+        let (digest, size) = put_bytes(&dir, b"a new layer").expect("blob");
+        let mut added = NewBlobs::default();
+        added.add(blob_path(&dir, &digest).expect("path"));
+        let layer = NewLayer {
+            digest,
+            size,
+            media_type: Compression::None.media_type().to_string(),
+            diff_id: crate::blob::digest(b"a new layer"),
+            created_by: Some("test".into()),
+            comment: None,
+            created: rfc3339(0),
+        };
+        // index.json unreadable as an index: the tag, the last step, fails.
+        let index = dir.join("index.json");
+        let good_index = std::fs::read(&index).expect("index");
+        std::fs::write(&index, b"{").expect("break index");
+        let r = append_layer(&dir, &img.manifest, &img.config, &layer, "v2", added);
+        assert!(r.is_err());
+        std::fs::write(&index, &good_index).expect("mend index");
+        assert_eq!(
+            files(&dir),
+            before,
+            "the config, manifest and layer blobs are gone again"
+        );
     }
 }
