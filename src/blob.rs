@@ -2,7 +2,7 @@
 //! (a reader never sees half a file under the name it asked for), named by their sha256
 //! digest, and compressed as a layer's media type says. `unionfs commit` writes its layer
 //! through [`LayerWriter`] into a [`TempFile`]; `unionfs import` reads archives through
-//! [`Compression::decoder`]; image writing (`src/image/`) is meant to go through the same.
+//! [`Compression::decoder`]; image writing (`image::write`) stores blobs through the same.
 //!
 //! Everything here fails with plain `io::Error`s (or [`CreateError`]): the caller knows what the
 //! file is called for the user, and which side of a copy failed.
@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-/// How a blob (a layer's tar) is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a blob (a layer's tar) is compressed. (Also stored in image catalogs, `image::store`:
+/// the variants keep their order.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Compression {
     #[default]
     None,
@@ -271,11 +272,18 @@ impl TempFile {
     }
 
     /// Syncs the data and renames the file into place.
-    pub fn persist(mut self) -> io::Result<()> {
+    pub fn persist(self) -> io::Result<()> {
+        let dest = self.dest.clone();
+        self.persist_as(&dest)
+    }
+
+    /// Syncs the data and renames the file to `dest` (on the same filesystem: a blob's name is
+    /// its digest, known only once it is written).
+    pub fn persist_as(mut self, dest: &Path) -> io::Result<()> {
         if let Some(f) = self.file.take() {
             f.sync_all()?;
         }
-        std::fs::rename(&self.tmp, &self.dest)?;
+        std::fs::rename(&self.tmp, dest)?;
         self.tmp = PathBuf::new();
         Ok(())
     }

@@ -112,6 +112,28 @@ impl ImageSource {
             cache_size: DEFAULT_CACHE_SIZE,
         }
     }
+
+    /// The same image with absolute paths (the layout `dir` found at `tag`, and the cache): the
+    /// daemon serves from `/` once in the background, where relative paths mean other things.
+    fn absolute(&self, dir: &Path, tag: Option<&str>) -> Result<ImageSource, SetupError> {
+        let abs = |role: &'static str, p: &Path| {
+            std::path::absolute(p).map_err(|source| SetupError::Io {
+                role,
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let dir = abs("image layout", dir)?;
+        let reference = match tag {
+            Some(t) => format!("oci:{}:{t}", dir.display()),
+            None => format!("oci:{}", dir.display()),
+        };
+        Ok(ImageSource {
+            reference,
+            cache_dir: abs("image cache", &self.cache_dir)?,
+            cache_size: self.cache_size,
+        })
+    }
 }
 
 /// The cache directory shared by every mount of the user: `$XDG_CACHE_HOME/unionfs`, else
@@ -168,11 +190,15 @@ impl MountConfig {
         if self.lowers.is_empty() && self.image.is_none() {
             return Err(SetupError::NoLower);
         }
-        if let Some(img) = &self.image {
-            let (dir, tag) = crate::image::layout::parse_reference(&img.reference)
-                .map_err(|e| SetupError::Invalid(e.to_string()))?;
-            crate::image::layout::open(&dir, tag.as_deref()).map_err(|e| SetupError::Invalid(e.to_string()))?;
-        }
+        let image = match &self.image {
+            Some(img) => {
+                let (dir, tag) = crate::image::layout::parse_reference(&img.reference)
+                    .map_err(|e| SetupError::Invalid(e.to_string()))?;
+                crate::image::layout::open(&dir, tag.as_deref()).map_err(|e| SetupError::Invalid(e.to_string()))?;
+                Some(img.absolute(&dir, tag.as_deref())?)
+            }
+            None => None,
+        };
         if self.lowers.len() > MAX_LOWERS {
             return Err(SetupError::TooManyLayers {
                 given: self.lowers.len(),
@@ -205,6 +231,7 @@ impl MountConfig {
             lowers,
             upper,
             workdir,
+            image,
             ..self.clone()
         })
     }

@@ -1,14 +1,19 @@
-//! The image side of `unionfs mount --image`: the layers' catalogs are made (one pass over each
-//! blob the first time) before the daemon starts, with a progress line on a terminal, so a
-//! corrupt or truncated blob is refused with one line before anything is mounted.
+//! The image side of `unionfs mount --image` and of the layer tools' `--image`: the layers'
+//! catalogs are made (one pass over each blob the first time) before the daemon starts or the
+//! tool runs, with a progress line on a terminal, so a corrupt or truncated blob is refused
+//! with one line before anything is mounted or written.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use unionfs::config::MountConfig;
+use unionfs::image::ImageError;
 use unionfs::image::cache::ContentCache;
+use unionfs::image::layer::ImageLayer;
+use unionfs::image::layout::Image;
 use unionfs::image::scan::Progress;
 use unionfs::layers::human_size;
 
@@ -34,6 +39,14 @@ impl Progress for Line {
 /// Makes the catalogs of the image `config` names (if any). The error is one line.
 pub fn index(config: &MountConfig) -> Result<(), String> {
     let Some(img) = &config.image else { return Ok(()) };
+    open(&img.reference, &img.cache_dir, img.cache_size)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Opens the image `reference` (`oci:DIR[:TAG]`) with its catalogs in `cache_dir` (made with a
+/// progress line where missing): the image and its layers, top first.
+pub fn open(reference: &str, cache_dir: &Path, cache_size: u64) -> Result<(Image, Vec<ImageLayer>), ImageError> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new_spinner();
         b.set_style(
@@ -44,10 +57,10 @@ pub fn index(config: &MountConfig) -> Result<(), String> {
         b
     });
     let line = Line(bar);
-    let cache = Arc::new(ContentCache::new(&img.cache_dir, img.cache_size));
-    let r = unionfs::image::open_layers(&img.reference, &img.cache_dir, cache, &line);
+    let cache = Arc::new(ContentCache::new(cache_dir, cache_size));
+    let r = unionfs::image::open_layers(reference, cache_dir, cache, &line);
     if let Some(b) = &line.0 {
         b.finish_and_clear();
     }
-    r.map(|_| ()).map_err(|e| e.to_string())
+    r
 }

@@ -77,14 +77,6 @@ pub fn compress(tar: &[u8], c: Compression) -> Vec<u8> {
     }
 }
 
-pub fn media_type(c: Compression) -> &'static str {
-    match c {
-        Compression::None => "application/vnd.oci.image.layer.v1.tar",
-        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-    }
-}
-
 /// A layout at `dir` with one image `tag` of `layers` (tars, base first) compressed as `c`.
 pub fn layout(dir: &Path, tag: &str, layers: &[Vec<u8>], c: Compression) {
     write::init(dir).expect("init");
@@ -96,7 +88,7 @@ pub fn layout(dir: &Path, tag: &str, layers: &[Vec<u8>], c: Compression) {
         diff_ids.push(format!("\"sha256:{:x}\"", Sha256::digest(t)));
         descs.push(format!(
             r#"{{"mediaType":"{}","digest":"{digest}","size":{size}}}"#,
-            media_type(c)
+            c.media_type()
         ));
     }
     let arch = super::layout::host_arch();

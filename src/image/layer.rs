@@ -126,6 +126,12 @@ impl ImageLayer {
         &self.store.meta.root
     }
 
+    /// The length of the layer's tar, when the catalog was made by reading it (a layer indexed
+    /// from its table of contents never had its stream read).
+    pub fn tar_len(&self) -> Option<u64> {
+        Some(self.store.meta.stream_len).filter(|&n| n > 0)
+    }
+
     fn err(&self, what: impl Into<String>) -> LayerReadError {
         LayerReadError {
             digest: self.digest.clone(),

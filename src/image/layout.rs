@@ -8,20 +8,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
-use sha2::{Digest as _, Sha256};
 
 use super::ImageError;
 
 /// The annotation that names a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// How a layer's tar is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
+/// How a layer's tar is compressed (one type for reading and writing blobs).
+pub use crate::blob::Compression;
 
 /// One layer of an image, as its manifest and config describe it.
 #[derive(Debug, Clone)]
@@ -88,16 +82,11 @@ pub fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, ImageError> {
 pub fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, ImageError> {
     let p = blob_path(dir, digest)?;
     let data = std::fs::read(&p).map_err(|e| ImageError::io(p.clone(), e))?;
-    let got = sha256_digest(&data);
+    let got = crate::blob::digest(&data);
     if got != digest {
         return Err(ImageError::corrupt(p, format!("its digest is {got}, not {digest}")));
     }
     Ok(data)
-}
-
-/// `sha256:HEX` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(data))
 }
 
 /// The OCI name of this machine's architecture.

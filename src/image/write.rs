@@ -5,16 +5,15 @@
 //! a partial blob under a valid name; `index.json` is replaced the same way, under a lock on the
 //! layout directory, so two writers tagging at once both land.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-
-use oci_spec::image::{
-    Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
-};
-use sha2::{Digest as _, Sha256};
+use std::io::Write;
+use std::path::Path;
 
 use super::ImageError;
 use super::layout::{REF_NAME, blob_path};
+use crate::blob::{CreateError, Hashing, TempFile};
+use oci_spec::image::{
+    Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
+};
 
 /// Makes `dir` an empty image layout if it is not one yet.
 pub fn init(dir: &Path) -> Result<(), ImageError> {
@@ -33,31 +32,58 @@ pub fn init(dir: &Path) -> Result<(), ImageError> {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 fn replace(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let tmp = tmp_beside(path);
-    let r = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ImageError::io(path, e));
-    }
-    Ok(())
-}
-
-fn tmp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".tmp.{}.{name}", std::process::id()))
+    let tmp = TempFile::create(path).map_err(|e| match e {
+        CreateError::Io(e) => ImageError::io(path, e),
+        e => ImageError::invalid(path, e.to_string()),
+    })?;
+    tmp.file()
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| tmp.persist())
+        .map_err(|e| ImageError::io(path, e))
 }
 
 /// Stores `bytes` as a blob; its digest and size.
 pub fn put_bytes(dir: &Path, bytes: &[u8]) -> Result<(String, u64), ImageError> {
-    let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+    let mut added = NewBlobs::default();
+    let r = put_new(dir, bytes, &mut added);
+    added.keep();
+    r
+}
+
+/// Blobs one writer added to a layout, removed again if it fails before tagging: a failed
+/// commit leaves the layout as it found it (a blob that was there before is never listed).
+#[derive(Default)]
+pub struct NewBlobs {
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl NewBlobs {
+    /// Records the blob `path` this writer just made.
+    pub fn add(&mut self, path: std::path::PathBuf) {
+        self.paths.push(path);
+    }
+
+    /// The writer is done: the blobs stay.
+    pub fn keep(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for NewBlobs {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// [`put_bytes`], recording a blob it adds in `added`.
+fn put_new(dir: &Path, bytes: &[u8], added: &mut NewBlobs) -> Result<(String, u64), ImageError> {
+    let digest = crate::blob::digest(bytes);
     let p = blob_path(dir, &digest)?;
     if !p.exists() {
         replace(&p, bytes)?;
+        added.add(p);
     }
     Ok((digest, bytes.len() as u64))
 }
@@ -66,29 +92,23 @@ pub fn put_bytes(dir: &Path, bytes: &[u8]) -> Result<(String, u64), ImageError> 
 /// its digest and size.
 pub fn put_file(dir: &Path, src: &Path) -> Result<(String, u64), ImageError> {
     let mut f = std::fs::File::open(src).map_err(|e| ImageError::io(src, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| ImageError::io(src, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    let digest = format!("sha256:{:x}", h.finalize());
+    let mut h = Hashing::new(std::io::sink());
+    std::io::copy(&mut f, &mut h).map_err(|e| ImageError::io(src, e))?;
+    let (digest, size) = (h.digest(), h.len());
     let p = blob_path(dir, &digest)?;
     if p.exists() {
         return Ok((digest, size));
     }
     if std::fs::rename(src, &p).is_err() {
-        let tmp = tmp_beside(&p);
-        let r = std::fs::copy(src, &tmp).and_then(|_| std::fs::rename(&tmp, &p));
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ImageError::io(&p, e));
-        }
+        let copy = |tmp: &TempFile| -> std::io::Result<()> {
+            let mut from = std::fs::File::open(src)?;
+            std::io::copy(&mut from, &mut tmp.file()?)?;
+            Ok(())
+        };
+        let tmp = TempFile::create(&p).map_err(|e| ImageError::invalid(&p, e.to_string()))?;
+        copy(&tmp)
+            .and_then(|()| tmp.persist())
+            .map_err(|e| ImageError::io(&p, e))?;
     }
     Ok((digest, size))
 }
@@ -133,23 +153,27 @@ pub struct NewLayer {
     pub diff_id: String,
     pub created_by: Option<String>,
     pub comment: Option<String>,
+    /// RFC 3339: the history entry's and the new config's `created`.
+    pub created: String,
 }
 
 /// Writes the image `manifest`/`config` plus `layer` (config and manifest blobs) and tags it
-/// `new_tag`; returns the new manifest's digest.
+/// `new_tag`; returns the new manifest's digest. `added` holds the blobs the caller added (the
+/// layer's): on an error they are removed with the config and manifest blobs made here, so the
+/// layout is as it was; once tagged they stay.
 pub fn append_layer(
     dir: &Path,
     manifest: &ImageManifest,
     config: &ImageConfiguration,
     layer: &NewLayer,
     new_tag: &str,
+    mut added: NewBlobs,
 ) -> Result<String, ImageError> {
     let mut cfg = config.clone();
     let mut rootfs = cfg.rootfs().clone();
     rootfs.diff_ids_mut().push(layer.diff_id.clone());
     cfg.set_rootfs(rootfs);
-    let now = rfc3339_now();
-    let mut h = HistoryBuilder::default().created(now.clone());
+    let mut h = HistoryBuilder::default().created(layer.created.clone());
     if let Some(c) = &layer.created_by {
         h = h.created_by(c.clone());
     }
@@ -160,8 +184,8 @@ pub fn append_layer(
     let mut history = cfg.history().clone().unwrap_or_default();
     history.push(h);
     cfg.set_history(Some(history));
-    cfg.set_created(Some(now));
-    let (cdigest, csize) = put_bytes(dir, &json(&cfg, dir)?)?;
+    cfg.set_created(Some(layer.created.clone()));
+    let (cdigest, csize) = put_new(dir, &json(&cfg, dir)?, &mut added)?;
     let mut m = manifest.clone();
     m.set_config(
         DescriptorBuilder::default()
@@ -182,7 +206,7 @@ pub fn append_layer(
     );
     m.set_layers(layers);
     m.set_media_type(Some(MediaType::ImageManifest));
-    let (mdigest, msize) = put_bytes(dir, &json(&m, dir)?)?;
+    let (mdigest, msize) = put_new(dir, &json(&m, dir)?, &mut added)?;
     let desc = DescriptorBuilder::default()
         .media_type(MediaType::ImageManifest)
         .digest(parse_digest(dir, &mdigest)?)
@@ -190,6 +214,7 @@ pub fn append_layer(
         .build()
         .map_err(|e| ImageError::invalid(dir, e.to_string()))?;
     tag(dir, desc, new_tag)?;
+    added.keep();
     Ok(mdigest)
 }
 
@@ -203,6 +228,11 @@ pub fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    rfc3339(secs)
+}
+
+/// `secs` since the epoch as RFC 3339 in UTC.
+pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
@@ -237,5 +267,57 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_794), (2026, 12, 7));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for sub in ["", "blobs/sha256"] {
+            for e in std::fs::read_dir(dir.join(sub)).expect("list").flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    out.push((e.path(), std::fs::read(e.path()).expect("read")));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_failed_append_removes_the_blobs_it_added_and_keeps_those_it_found() {
+        use super::super::fixture;
+        use super::super::layout::{Compression, open};
+        let t = tempfile::tempdir().expect("tmp");
+        let dir = t.path().join("layout");
+        let tar = fixture::tar(&[fixture::Item::File("f", 0o644, b"x".to_vec())]);
+        fixture::layout(&dir, "t", std::slice::from_ref(&tar), Compression::None);
+        let img = open(&dir, Some("t")).expect("image");
+        let before = files(&dir);
+        // A layer blob the caller added; the image's own blobs are found, never removed.
+        let (digest, size) = put_bytes(&dir, b"a new layer").expect("blob");
+        let mut added = NewBlobs::default();
+        added.add(blob_path(&dir, &digest).expect("path"));
+        let layer = NewLayer {
+            digest,
+            size,
+            media_type: Compression::None.media_type().to_string(),
+            diff_id: crate::blob::digest(b"a new layer"),
+            created_by: Some("test".into()),
+            comment: None,
+            created: rfc3339(0),
+        };
+        // index.json unreadable as an index: the tag, the last step, fails.
+        let index = dir.join("index.json");
+        let good_index = std::fs::read(&index).expect("index");
+        std::fs::write(&index, b"{").expect("break index");
+        let r = append_layer(&dir, &img.manifest, &img.config, &layer, "v2", added);
+        assert!(r.is_err());
+        std::fs::write(&index, &good_index).expect("mend index");
+        assert_eq!(
+            files(&dir),
+            before,
+            "the config, manifest and layer blobs are gone again"
+        );
     }
 }

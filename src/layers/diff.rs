@@ -283,7 +283,9 @@ impl Differ<'_> {
             return Ok(false);
         };
         let path = join(rel, name);
-        let a = sys::get_xattr(d.fd.as_fd(), name, CAPABILITY)
+        let a = d
+            .place
+            .get_xattr(name, CAPABILITY)
             .map_err(|e| LayerError::io(self.stack.lowers[d.layer].at(&path), e))?;
         let b = sys::get_xattr(upper_dir, name, CAPABILITY).map_err(|e| {
             let at = self.stack.upper.as_ref().map(|u| u.at(&path)).unwrap_or_default();

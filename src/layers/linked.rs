@@ -96,14 +96,7 @@ impl Linked {
         if incomplete.is_empty() {
             return Ok(Linked::default());
         }
-        let fsids: Vec<u64> = stack
-            .lowers
-            .iter()
-            .map(|l| {
-                let fsid = rustix::fs::fstatvfs(l.fd()).map(|v| v.f_fsid).unwrap_or(0);
-                if fsid == 0 { l.dev } else { fsid }
-            })
-            .collect();
+        let fsids: Vec<u64> = stack.lowers.iter().map(|l| l.fsid()).collect();
         let mut found = Vec::new();
         let root = stack.image_root()?;
         let mut f = Finder {
@@ -265,7 +258,9 @@ pub(crate) fn image_at(stack: &Stack, rel: &[u8], cap: &str) -> Result<Option<(S
         };
         if last {
             let Some(d) = dir.dirs.get(f.pos) else { return Ok(None) };
-            let c = sys::get_xattr(d.fd.as_fd(), name, cap)
+            let c = d
+                .place
+                .get_xattr(name, cap)
                 .map_err(|e| LayerError::io(stack.lowers[d.layer].at(rel), e))?;
             return Ok(Some((f.st, c)));
         }

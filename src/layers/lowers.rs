@@ -1,24 +1,25 @@
 //! The image: the union of the lowers, without the upper, looked up only at the paths an upper
 //! walk reaches (a few `lstat`s per name and lower layer), so a tool's cost follows the upper.
+//! (Here "image" is the lowers' union, whichever kind each lower is: a directory or a layer of
+//! an OCI image, see `place.rs`.)
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::Stat;
 
-use super::listing::{Listing, is_dir};
+use super::listing::is_dir;
+use super::place::{CatalogDir, Place};
 use super::stack::Stack;
 use super::{LayerError, Result};
 use crate::descent::PathDir;
 use crate::format::markers::{self, DirMarks, Marker, Stacking};
-use crate::sys;
 
 /// One lower layer's directory taking part in an image directory.
 pub(crate) struct LowerDir {
     /// Index in `Stack::lowers`.
     pub layer: usize,
-    pub fd: OwnedFd,
+    pub place: Place,
     pub marks: DirMarks,
 }
 
@@ -51,24 +52,26 @@ impl ImageDir {
         let mut stacking = Stacking::default();
         for (pos, d) in self.dirs.iter().enumerate() {
             let at = || stack.lowers[d.layer].at(&super::join(rel, name));
-            let st = sys::stat_at_opt(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
-            let mut whiteout = sys::stat_at_opt(d.fd.as_fd(), &markers::oci_name(name))
+            let st = d.place.stat_at(name).map_err(|e| LayerError::io(at(), e))?;
+            let mut whiteout = d
+                .place
+                .stat_at(&markers::oci_name(name))
                 .map_err(|e| LayerError::io(at(), e))?
                 .is_some();
             let mut object = None;
             let mut opened = None;
             if let Some(st) = st {
-                if markers::classify(d.fd.as_fd(), d.marks, name, &st) == Marker::Object {
+                if d.place.classify(d.marks, name, &st) == Marker::Object {
                     let dir = is_dir(&st);
                     let mut opaque = false;
                     // Only a directory the view shows (or merges) is opened, and only if asked.
                     if dir && open_dir && (found.is_none() || stacking.merging()) {
-                        let fd = sys::open_path_dir(d.fd.as_fd(), name).map_err(|e| LayerError::io(at(), e))?;
-                        let marks = markers::dir_marks(fd.as_fd()).map_err(|e| LayerError::io(at(), e))?;
+                        let place = d.place.open_dir(name).map_err(|e| LayerError::io(at(), e))?;
+                        let marks = place.marks().map_err(|e| LayerError::io(at(), e))?;
                         opaque = marks.opaque;
                         opened = Some(LowerDir {
                             layer: d.layer,
-                            fd,
+                            place,
                             marks,
                         });
                     }
@@ -104,7 +107,7 @@ impl ImageDir {
         let mut names: BTreeMap<OsString, (Stacking, Option<Stat>)> = BTreeMap::new();
         for (pos, d) in self.dirs.iter().enumerate() {
             let at = stack.lowers[d.layer].at(rel);
-            let listing = Listing::read(d.fd.as_fd(), &at)?;
+            let listing = d.place.listing(&at)?;
             let mut here: BTreeMap<OsString, (Option<Stat>, bool)> = BTreeMap::new();
             for e in listing.entries {
                 match e.kind {
@@ -132,12 +135,18 @@ impl ImageDir {
 
 /// An image directory on the path of a deep walk (see `descent.rs`): open, or parked with the
 /// fds of its lower directories closed where the directory below it on the path has the same
-/// layer (and can reopen them as its `..`).
+/// layer (and can reopen them as its `..`). Directories of image layers hold no fd: they stay.
 pub(crate) enum PathImage {
     /// The image has no directory here.
     Absent,
     Open(ImageDir),
-    Parked(Vec<(usize, DirMarks, PathDir)>),
+    Parked(Vec<(usize, DirMarks, Parked)>),
+}
+
+/// A lower directory of a parked image directory.
+pub(crate) enum Parked {
+    Fs(PathDir),
+    Catalog(CatalogDir),
 }
 
 impl PathImage {
@@ -170,11 +179,17 @@ impl PathImage {
         };
         let mut parked = Vec::with_capacity(img.dirs.len());
         for d in std::mem::take(&mut img.dirs) {
-            let mut dir = PathDir::new(d.fd);
-            if child.has_layer(d.layer) {
-                dir.park()?;
-            }
-            parked.push((d.layer, d.marks, dir));
+            let slot = match d.place {
+                Place::Fs(fd) => {
+                    let mut dir = PathDir::new(fd);
+                    if child.has_layer(d.layer) {
+                        dir.park()?;
+                    }
+                    Parked::Fs(dir)
+                }
+                Place::Catalog(c) => Parked::Catalog(c),
+            };
+            parked.push((d.layer, d.marks, slot));
         }
         *self = PathImage::Parked(parked);
         Ok(())
@@ -187,18 +202,21 @@ impl PathImage {
         };
         let below = child.get()?;
         let mut dirs = Vec::with_capacity(parked.len());
-        for (layer, marks, mut dir) in std::mem::take(parked) {
-            if !dir.is_open() {
-                let c = below
-                    .and_then(|b| b.dirs.iter().find(|d| d.layer == layer))
-                    .ok_or(rustix::io::Errno::BADF)?;
-                dir.unpark(c.fd.as_fd())?;
-            }
-            dirs.push(LowerDir {
-                layer,
-                fd: dir.into_fd()?,
-                marks,
-            });
+        for (layer, marks, slot) in std::mem::take(parked) {
+            let place = match slot {
+                Parked::Fs(mut dir) => {
+                    if !dir.is_open() {
+                        let c = below
+                            .and_then(|b| b.dirs.iter().find(|d| d.layer == layer))
+                            .and_then(|d| d.place.fd())
+                            .ok_or(rustix::io::Errno::BADF)?;
+                        dir.unpark(c)?;
+                    }
+                    Place::Fs(dir.into_fd()?)
+                }
+                Parked::Catalog(c) => Place::Catalog(c),
+            };
+            dirs.push(LowerDir { layer, place, marks });
         }
         *self = PathImage::Open(ImageDir { dirs });
         Ok(())

@@ -4,9 +4,10 @@
 //! (a consistency check with repair).
 //!
 //! What they share: `stack.rs` opens the layers, `listing.rs` reads one layer directory and
-//! walks a whole layer, `lowers.rs` looks the image (the lowers' union) up at the upper's paths,
-//! and `linked.rs` finds names that show a copy from the workdir's hard-link index. Output
-//! files, digests and compression are [`crate::blob`]'s.
+//! walks a whole layer, `place.rs` reads a lower's directory wherever it is (a directory, or an
+//! OCI image layer's catalog), `lowers.rs` looks the image (the lowers' union) up at the
+//! upper's paths, and `linked.rs` finds names that show a copy from the workdir's hard-link
+//! index. Output files, digests and compression are [`crate::blob`]'s.
 //!
 //! Nothing here needs FUSE or a mount. Every question about markers (whiteouts, opaque
 //! directories, private xattrs) is answered by [`crate::format`], the module the union core
@@ -24,6 +25,7 @@ pub mod import;
 mod linked;
 mod listing;
 mod lowers;
+mod place;
 pub mod size;
 pub mod stack;
 pub mod view;
@@ -32,7 +34,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub use stack::{LayerDir, Stack};
+pub use stack::{ImageLayerDir, LayerDir, Lower, Stack};
 
 /// Why a layer tool failed. Every variant names the path it is about and the cause, so the
 /// command line prints it as one line.
@@ -52,6 +54,10 @@ pub enum LayerError {
     Output(#[source] std::io::Error),
     #[error("interrupted; no output was left behind")]
     Interrupted,
+    /// An image given with `--image` could not be opened or written (the message names the
+    /// layout or blob).
+    #[error("{0}")]
+    Image(#[from] crate::image::ImageError),
 }
 
 pub type Result<T> = std::result::Result<T, LayerError>;

@@ -1,13 +1,13 @@
-//! `unionfs size`, and the per-layer figures of `unionfs layers` (`history.rs`): disk usage as `du` counts it
-//! (allocated blocks, so holes cost nothing; each inode once, however many names it has).
+//! `unionfs size`, and the per-layer figures of `unionfs layers` (`history.rs`): disk usage as
+//! `du` counts it (allocated blocks, so holes cost nothing; each inode once, however many names
+//! it has). An image layer is counted as the mount's `stat` shows its objects: each file's size
+//! in 512-byte blocks (what it takes unpacked, before the filesystem's own rounding).
 
 use std::collections::HashSet;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
-use super::listing::walk_all;
-use super::stack::{LayerDir, Stack};
-use super::{LayerError, Observer, Result};
+use super::stack::{Stack, WholeLayer};
+use super::{Observer, Result};
 use crate::format::markers;
 use crate::format::markers::Marker;
 
@@ -25,15 +25,19 @@ pub struct LayerFigures {
 }
 
 /// Walks the whole layer; inodes already in `seen` add no bytes (and are added to it).
-pub fn layer_figures(layer: &LayerDir, seen: &mut HashSet<(u64, u64)>, obs: &dyn Observer) -> Result<LayerFigures> {
+pub(crate) fn layer_figures(
+    layer: &dyn WholeLayer,
+    seen: &mut HashSet<(u64, u64)>,
+    obs: &dyn Observer,
+) -> Result<LayerFigures> {
     let mut f = LayerFigures::default();
-    let root_st = rustix::fs::fstat(layer.fd()).map_err(|e| LayerError::io(&layer.path, e))?;
+    let root_st = layer.root_stat()?;
     if seen.insert((root_st.st_dev, root_st.st_ino)) {
         f.bytes += root_st.st_blocks as u64 * 512;
     }
-    walk_all(layer.root.as_fd(), &layer.path, b"", &mut |_, _, listing, e| {
+    layer.walk(&mut |listing, e| {
         if obs.cancelled() {
-            return Err(LayerError::Interrupted);
+            return Err(super::LayerError::Interrupted);
         }
         let Some(e) = e else {
             if listing.marks.opaque {

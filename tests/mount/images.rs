@@ -17,14 +17,14 @@ use std::sync::OnceLock;
 use crate::common::{Mount, bin, require_program, require_root};
 
 /// The layout every test reads, built once: tags `gz`, `zst`, `chunked` of one image.
-struct Images {
+pub(crate) struct Images {
     _dir: tempfile::TempDir,
-    layout: PathBuf,
+    pub(crate) layout: PathBuf,
     /// `umoci unpack` of the `gz` tag.
-    unpacked: PathBuf,
+    pub(crate) unpacked: PathBuf,
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -35,7 +35,7 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-fn sh(script: &str) -> Output {
+pub(crate) fn sh(script: &str) -> Output {
     run(Command::new("sh").arg("-ec").arg(script))
 }
 
@@ -61,7 +61,7 @@ rm $m/var/del; rm -rf $m/opt/gone; mkdir $m/opt/gone; echo new > $m/opt/gone/new
 echo changed > $m/etc/hello; echo added > $m/etc/added
 "#;
 
-fn images() -> &'static Images {
+pub(crate) fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(build_images)
 }
@@ -92,7 +92,7 @@ umoci unpack --image {d}/layout:gz {d}/bundle >/dev/null
     }
 }
 
-fn prerequisites() -> bool {
+pub(crate) fn prerequisites() -> bool {
     require_root("Buildah, umoci and device nodes")
         && require_program("buildah", "buildah")
         && require_program("skopeo", "skopeo")
@@ -101,7 +101,7 @@ fn prerequisites() -> bool {
 
 /// One object of a tree, with everything an unpacked image fixes.
 #[derive(Debug, PartialEq, Eq)]
-struct Obj {
+pub(crate) struct Obj {
     kind: char,
     mode: u32,
     uid: u32,
@@ -116,7 +116,7 @@ struct Obj {
 }
 
 /// Every object below `root` (not `root` itself), by path.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, Obj> {
+pub(crate) fn snapshot(root: &Path) -> BTreeMap<PathBuf, Obj> {
     let mut out = BTreeMap::new();
     let mut first_of: BTreeMap<u64, PathBuf> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -179,7 +179,7 @@ fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Differences between two snapshots, for a readable failure.
-fn diff(a: &BTreeMap<PathBuf, Obj>, b: &BTreeMap<PathBuf, Obj>) -> Vec<String> {
+pub(crate) fn diff(a: &BTreeMap<PathBuf, Obj>, b: &BTreeMap<PathBuf, Obj>) -> Vec<String> {
     let mut out = Vec::new();
     for (p, o) in a {
         match b.get(p) {
@@ -220,7 +220,7 @@ fn diff(a: &BTreeMap<PathBuf, Obj>, b: &BTreeMap<PathBuf, Obj>) -> Vec<String> {
 }
 
 /// `unionfs mount --foreground --image oci:LAYOUT:TAG --cache CACHE [extra] MNT`.
-fn mount_image(layout: &Path, tag: &str, cache: &Path, extra: &[&str], mnt: &Path) -> Mount {
+pub(crate) fn mount_image(layout: &Path, tag: &str, cache: &Path, extra: &[&str], mnt: &Path) -> Mount {
     std::fs::create_dir_all(mnt).expect("mkdir mnt");
     let mut args: Vec<OsString> = vec!["mount".into(), "--foreground".into(), "--image".into()];
     args.push(format!("oci:{}:{tag}", layout.display()).into());

@@ -1,6 +1,7 @@
 //! The tests that mount unionfs for real, one module a section of docs/semantics.md (each
-//! module's header names its section), in one binary: one link instead of one a file, and one
-//! process whose tests run side by side.
+//! module's header names its section; `image_tools` is README's layer tools over an image,
+//! here to share `images`' image, built once per run), in one binary: one link instead of one a
+//! file, and one process whose tests run side by side.
 //!
 //! Sharing a process is safe for these tests because none of them changes what the process
 //! shares: no test sets an environment variable, the umask, a resource limit or the working
@@ -29,6 +30,7 @@ mod formats;
 mod hard_links;
 mod identity;
 mod image_offsets;
+mod image_tools;
 mod images;
 mod lookup;
 mod one_upper;

@@ -115,7 +115,7 @@ pub fn check(stack: &Stack, opts: &CheckOptions, obs: &dyn Observer) -> Result<C
         unresolved_origins: Vec::new(),
         numbering: Numbering::new(
             std::iter::once(upper.dev)
-                .chain(stack.lowers.iter().map(|l| l.dev))
+                .chain(stack.lowers.iter().map(|l| l.dev()))
                 .collect(),
         ),
     };

@@ -12,8 +12,9 @@ use super::Checker;
 use super::repair::remove_xattr;
 use crate::attr::Kind;
 use crate::format::markers::Marker;
-use crate::layers::listing::{Listing, is_kernel_indirect, walk_all};
+use crate::layers::listing::{Listing, is_kernel_indirect};
 use crate::layers::lowers::ImageDir;
+use crate::layers::stack::WholeLayer;
 use crate::layers::{LayerError, Result, join};
 use crate::sys;
 
@@ -125,16 +126,9 @@ impl Checker<'_> {
         }
         let mut known: HashSet<u64> = HashSet::new();
         for (i, l) in self.stack.lowers.iter().enumerate() {
-            known.insert(
-                self.view_ino(
-                    i,
-                    rustix::fs::fstat(l.fd())
-                        .map_err(|e| LayerError::io(&l.path, e))?
-                        .st_ino,
-                ),
-            );
+            known.insert(self.view_ino(i, l.root_stat()?.st_ino));
             let mut raws = Vec::new();
-            walk_all(l.fd(), &l.path, b"", &mut |_, _, _, e| {
+            l.walk(&mut |_, e| {
                 if let Some(e) = e {
                     raws.push(e.st.st_ino);
                 }

@@ -3,7 +3,7 @@
 //! first name, and the empty files that are whiteouts and opaque markers in OCI layers.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
@@ -15,6 +15,7 @@ use tar::{EntryType, Header};
 
 use super::{Committer, Tar};
 use crate::layers::listing::{Entry, indirect_refusal, is_dir, is_kernel_indirect};
+use crate::layers::place::Place;
 use crate::layers::{LayerError, Observer, Result};
 use crate::sys;
 
@@ -59,14 +60,8 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// One real object at tar path `path` (entry `e` of the upper directory `dir`).
-    pub(super) fn object<W: Write>(
-        &mut self,
-        tar: &mut Tar<W>,
-        path: &[u8],
-        dir: BorrowedFd<'_>,
-        e: &Entry,
-    ) -> Result<()> {
+    /// One real object at tar path `path` (entry `e` of the directory `src`).
+    pub(super) fn object<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], src: Source<'_>, e: &Entry) -> Result<()> {
         let upper = self.stack.upper()?;
         let at = upper.at(path);
         let st = &e.st;
@@ -75,7 +70,13 @@ impl Committer<'_> {
             self.sockets.push(path.to_vec());
             return Ok(());
         }
-        let xattrs = pax_xattrs(&at, dir, &e.name)?;
+        let (xattrs, dir) = match src {
+            Source::Upper(dir) => (pax_xattrs(&at, dir, &e.name)?, Some(dir)),
+            Source::Lower(place) => {
+                let xs = place.xattrs(&e.name).map_err(|err| LayerError::io(&at, err))?;
+                (pax_records(&at, xs)?, place.fd())
+            }
+        };
         // Hard links: the first name carries the object, the others link to it.
         if !is_dir(st) && st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);
@@ -97,26 +98,28 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// The header (and data) of the object `e` of `dir` at tar path `path`.
-    fn body<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir: BorrowedFd<'_>, e: &Entry) -> Result<()> {
+    /// The header (and data) of the object `e` of `dir` at tar path `path`. Without `dir` (a
+    /// directory of an image layer) only what a header carries can be written.
+    fn body<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir: Option<BorrowedFd<'_>>, e: &Entry) -> Result<()> {
         let at = self.stack.upper()?.at(path);
         let st = &e.st;
         let ft = FileType::from_raw_mode(st.st_mode);
         let p = OsStr::from_bytes(path);
+        let dir = || dir.ok_or_else(|| LayerError::invalid(&at, "no data to read for it in an image layer"));
         match ft {
             FileType::Directory => {
                 let mut h = self.header(st, EntryType::Directory);
                 tar.append_data(&mut h, p, io::empty()).map_err(tar_err(at))?;
             }
             FileType::Symlink => {
-                let link = rustix::fs::readlinkat(dir, e.name.as_os_str(), Vec::new())
+                let link = rustix::fs::readlinkat(dir()?, e.name.as_os_str(), Vec::new())
                     .map_err(|err| LayerError::io(&at, err))?;
                 let mut h = self.header(st, EntryType::Symlink);
                 tar.append_link(&mut h, p, OsStr::from_bytes(link.as_bytes()))
                     .map_err(tar_err(at))?;
             }
             FileType::RegularFile => {
-                let fd = sys::open_at(dir, &e.name, OFlags::RDONLY | OFlags::NOATIME)
+                let fd = sys::open_at(dir()?, &e.name, OFlags::RDONLY | OFlags::NOATIME)
                     .map_err(|err| LayerError::io(&at, err))?;
                 let mut h = self.header(st, EntryType::Regular);
                 h.set_size(st.st_size as u64);
@@ -148,28 +151,45 @@ impl Committer<'_> {
     }
 }
 
+/// Where an object written into the layer is read from.
+pub(super) enum Source<'a> {
+    /// An entry of this upper directory (or of the hard-link index).
+    Upper(BorrowedFd<'a>),
+    /// An entry of this lower directory: a directory the upper does not have, on the way to
+    /// names that show a copy from the hard-link index.
+    Lower(&'a Place),
+}
+
 /// The PAX records for the xattrs of `dir/name` (private ones left out); an object using kernel
 /// metacopy or redirect is refused (part of it is in a lower).
 fn pax_xattrs(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<BTreeMap<String, Vec<u8>>> {
     let target = sys::Target::Entry(dir, name);
     let names = target.list_xattrs().map_err(|err| LayerError::io(at, err))?;
-    let mut xattrs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut xattrs = Vec::with_capacity(names.len());
     for n in names {
         if is_kernel_indirect(&n) {
             return Err(indirect_refusal(at, &n));
         }
+        if let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(at, err))? {
+            xattrs.push((n, v));
+        }
+    }
+    pax_records(at, xattrs)
+}
+
+/// The PAX records for `xattrs` (private ones left out).
+fn pax_records(at: &Path, xattrs: Vec<(OsString, Vec<u8>)>) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (n, v) in xattrs {
         if crate::format::xattrs::is_private(&n) {
             continue;
         }
-        let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(at, err))? else {
-            continue;
-        };
         let key = n
             .to_str()
             .ok_or_else(|| LayerError::invalid(at, format!("xattr name {n:?} is not UTF-8")))?;
-        xattrs.insert(format!("SCHILY.xattr.{key}"), v);
+        out.insert(format!("SCHILY.xattr.{key}"), v);
     }
-    Ok(xattrs)
+    Ok(out)
 }
 
 /// Reads exactly `left` bytes: a file that shrank while being read is an error (the tar

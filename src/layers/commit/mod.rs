@@ -8,15 +8,17 @@
 //! Reproducible: the same upper gives the same bytes; `clamp_mtime` caps every mtime.
 //!
 //! Here: which entries the tar has, in which order (a walk of the upper, with the image looked
-//! up beside it); `entries.rs` writes each one. The blob's compression and digests are
-//! `crate::blob`'s.
+//! up beside it); `entries.rs` writes each one; `into_image.rs` stores the layer in an OCI
+//! image layout as a new image. The blob's compression and digests are `crate::blob`'s.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use super::linked::{IndexCopy, Linked};
 use super::listing::{Entry, Listing, is_dir};
@@ -30,6 +32,10 @@ use crate::format::markers::Marker;
 use crate::sys;
 
 mod entries;
+mod into_image;
+
+use entries::Source;
+pub use into_image::{HistoryEntry, ImageCommit, commit_to_image, valid_tag};
 
 pub use crate::blob::Compression;
 
@@ -62,7 +68,51 @@ pub struct CommitSummary {
 
 /// Writes the upper of `stack` as a layer to `out` (blob bytes, compressed as asked).
 pub fn commit<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
-    commit_inner(stack, opts, out, obs).map_err(|e| if obs.cancelled() { LayerError::Interrupted } else { e })
+    let failed = Rc::new(RefCell::new(None));
+    let out = Watched {
+        inner: out,
+        failed: Rc::clone(&failed),
+    };
+    commit_inner(stack, opts, out, obs).map_err(|e| {
+        if obs.cancelled() {
+            return LayerError::Interrupted;
+        }
+        // The tar writer reports a full disk while it copies a file as an error of that copy:
+        // the output's own failure is the cause to name.
+        match failed.borrow_mut().take() {
+            Some(out_err) => LayerError::Output(out_err),
+            None => e,
+        }
+    })
+}
+
+/// The output, keeping its first write error.
+struct Watched<W> {
+    inner: W,
+    failed: Rc<RefCell<Option<io::Error>>>,
+}
+
+impl<W> Watched<W> {
+    fn note<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r {
+            let mut f = self.failed.borrow_mut();
+            if f.is_none() {
+                *f = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        r
+    }
+}
+
+impl<W: Write> Write for Watched<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
 }
 
 fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<CommitSummary> {
@@ -300,7 +350,7 @@ impl Committer<'_> {
                     st: copy.st,
                     kind: Marker::Object,
                 };
-                self.object(tar, path, copy.dir.as_fd(), &e)?;
+                self.object(tar, path, Source::Upper(copy.dir.as_fd()), &e)?;
             }
             Item::LowerDir(name) => {
                 // A directory the upper does not have, on the way to such names: as the image
@@ -317,7 +367,7 @@ impl Committer<'_> {
                     st: found.st,
                     kind: Marker::Object,
                 };
-                self.object(tar, path, d.fd.as_fd(), &e)?;
+                self.object(tar, path, Source::Lower(&d.place), &e)?;
                 return Ok(Some(self.frame(path, None, Some(sub), linked)?));
             }
             Item::Object { index, whited_out } => {
@@ -325,7 +375,7 @@ impl Committer<'_> {
                 let Some(e) = listing.entries.get(index) else {
                     return Ok(None);
                 };
-                self.object(tar, path, fd, e)?;
+                self.object(tar, path, Source::Upper(fd), e)?;
                 if is_dir(&e.st) {
                     let below = self.upper_subdir(tar, (rel, path), fd, e, img, whited_out, linked)?;
                     return Ok(Some(below));

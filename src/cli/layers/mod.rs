@@ -1,7 +1,14 @@
-//! The offline layer tools: `unionfs diff`, `commit`, `import`, `size`, `layers`, `check`
-//! (library: `unionfs::layers`). Exit status: 0 success (for `check`: clean, or everything
-//! repaired); 1 `check` found problems; 2 bad input, one line naming the path and the cause;
-//! 130 interrupted (nothing half-written is left).
+//! The offline layer tools: `unionfs diff`, `commit` (`commit.rs`), `import`, `size`, `layers`
+//! (`history.rs`), `check` (library: `unionfs::layers`). Every tool but `import` reads a stack:
+//! `--lower` directories and, with `--image`, an OCI image's layers below them. Exit status: 0
+//! success (for `check`: clean, or everything repaired); 1 `check` found problems; 2 bad input,
+//! one line naming the path and the cause; 130 interrupted (nothing half-written is left).
+
+mod commit;
+mod history;
+
+pub use commit::{CommitArgs, commit};
+pub use history::{LayersArgs, layers};
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -11,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use unionfs::format::workdir;
 use unionfs::layers::{self, Claim, LayerError, Observer, Stack, Use, human_size};
@@ -20,12 +26,27 @@ use unionfs::layers::{self, Claim, LayerError, Observer, Stack, Use, human_size}
 #[derive(clap::Args)]
 pub struct StackArgs {
     /// Lower layers, top first, separated by ':' (`\:` is a literal colon); '' for none (an
-    /// empty image: every path is new).
-    #[arg(long, value_name = "DIR:DIR:...")]
-    lower: OsString,
+    /// empty image: every path is new). Optional with --image.
+    #[arg(long, value_name = "DIR:DIR:...", required_unless_present = "image")]
+    lower: Option<OsString>,
     /// The upper (writable) layer.
     #[arg(long, value_name = "DIR")]
     upper: PathBuf,
+    #[command(flatten)]
+    image: ImageArgs,
+}
+
+/// An image as the bottom lowers.
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// An OCI image whose layers lie below the --lower layers (if any), as `unionfs mount
+    /// --image` stacks them.
+    #[arg(long, value_name = "oci:DIR[:TAG]")]
+    image: Option<String>,
+    /// Where the image's layer catalogs are kept, shared with mounts [default:
+    /// $XDG_CACHE_HOME/unionfs, else ~/.cache/unionfs].
+    #[arg(long, value_name = "DIR", requires = "image")]
+    cache: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -37,34 +58,6 @@ pub struct DiffArgs {
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
     /// Print a JSON array of {"kind": "A"|"C"|"D", "path": ...}.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Compress {
-    None,
-    Gzip,
-    Zstd,
-}
-
-#[derive(clap::Args)]
-pub struct CommitArgs {
-    #[command(flatten)]
-    stack: StackArgs,
-    /// The workdir the union is mounted with [default: as for `diff`].
-    #[arg(long, value_name = "DIR")]
-    workdir: Option<PathBuf>,
-    /// Where to write the layer blob (written under a temporary name, renamed at the end).
-    #[arg(long, value_name = "FILE")]
-    output: PathBuf,
-    /// Compression of the blob.
-    #[arg(long, value_enum, default_value_t = Compress::None)]
-    compress: Compress,
-    /// Clamp every mtime to SECONDS since the epoch [default: $SOURCE_DATE_EPOCH if set].
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-    timestamp: Option<i64>,
-    /// Print the result as JSON instead of digest lines.
     #[arg(long)]
     json: bool,
 }
@@ -85,19 +78,6 @@ pub struct SizeArgs {
     #[command(flatten)]
     stack: StackArgs,
     /// Print {"upper_bytes", "virtual_bytes", "size", "virtual"} as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(clap::Args)]
-pub struct LayersArgs {
-    /// Lower layers, top first, separated by ':'.
-    #[arg(long, value_name = "DIR:DIR:...")]
-    lower: Option<OsString>,
-    /// The upper layer, if any.
-    #[arg(long, value_name = "DIR")]
-    upper: Option<PathBuf>,
-    /// Print a JSON array, one object per layer.
     #[arg(long)]
     json: bool,
 }
@@ -210,9 +190,26 @@ fn claim(upper: Option<&Path>, workdir: Option<&Path>, how: Use) -> Result<Claim
     Ok(c)
 }
 
-fn open_stack(lower: Option<&OsString>, upper: Option<&Path>) -> Result<Stack, LayerError> {
+/// The stack of the `--lower` directories and `upper`, without the image yet (see
+/// [`with_image`]).
+fn open_dirs(lower: Option<&OsString>, upper: Option<&Path>) -> Result<Stack, LayerError> {
     let lowers = lower.map(|l| super::options::split_lowers(l)).unwrap_or_default();
     Stack::open(&lowers, upper)
+}
+
+/// `stack` over the image `--image` names, if any (its catalogs made first where missing).
+fn with_image(stack: Stack, a: &ImageArgs) -> Result<Stack, LayerError> {
+    let Some(reference) = &a.image else {
+        return Ok(stack);
+    };
+    let cache = a.cache.clone().unwrap_or_else(unionfs::config::default_cache_dir);
+    let (image, layers) = super::image::open(reference, &cache, unionfs::config::DEFAULT_CACHE_SIZE)?;
+    stack.with_image(image, layers)
+}
+
+/// The whole stack `a` names.
+fn open_stack(a: &StackArgs) -> Result<Stack, LayerError> {
+    with_image(open_dirs(a.lower.as_ref(), Some(&a.upper))?, &a.image)
 }
 
 /// Prints a tool's error and gives its exit status.
@@ -242,9 +239,7 @@ fn lossy(p: &[u8]) -> String {
 }
 
 pub fn diff(a: DiffArgs) -> ExitCode {
-    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper))
-        .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?)))
-    {
+    let stack = match open_stack(&a.stack).and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?))) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -281,61 +276,6 @@ pub fn diff(a: DiffArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn commit(a: CommitArgs) -> ExitCode {
-    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper))
-        .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir, &a.stack.upper)?)))
-    {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let clamp = match a.timestamp {
-        Some(t) => Some(t),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.trim().is_empty() => match v.trim().parse::<i64>() {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    eprintln!("unionfs: SOURCE_DATE_EPOCH: '{v}' is not a number of seconds");
-                    return ExitCode::from(2);
-                }
-            },
-            _ => None,
-        },
-    };
-    let opts = layers::commit::CommitOptions {
-        compression: match a.compress {
-            Compress::None => layers::commit::Compression::None,
-            Compress::Gzip => layers::commit::Compression::Gzip,
-            Compress::Zstd => layers::commit::Compression::Zstd,
-        },
-        clamp_mtime: clamp,
-    };
-    let _claim = match claim(Some(&a.stack.upper), stack.workdir.as_deref(), Use::ReadStill) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let p = Progress::new("commit", true);
-    let r = layers::commit::commit_to_file(&stack, &opts, &a.output, &p);
-    p.done();
-    let s = match r {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    for sock in &s.skipped_sockets {
-        eprintln!(
-            "unionfs: warning: {}: socket not committed (a tar cannot carry sockets)",
-            a.stack.upper.join(std::ffi::OsStr::new(&lossy(sock))).display()
-        );
-    }
-    if a.json {
-        return print_json(&s);
-    }
-    if s.digest != s.diff_id {
-        println!("blob {} {} {}", s.digest, s.size, s.media_type);
-    }
-    println!("{}", s.diff_id);
-    ExitCode::SUCCESS
-}
-
 pub fn import(a: ImportArgs) -> ExitCode {
     let _claim = match claim(Some(&a.dir), None, Use::Write) {
         Ok(c) => c,
@@ -362,7 +302,7 @@ pub fn import(a: ImportArgs) -> ExitCode {
 }
 
 pub fn size(a: SizeArgs) -> ExitCode {
-    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
+    let stack = match open_stack(&a.stack) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -393,47 +333,8 @@ pub fn size(a: SizeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn layers(a: LayersArgs) -> ExitCode {
-    let stack = match open_stack(a.lower.as_ref(), a.upper.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let _claim = match claim(a.upper.as_deref(), None, Use::Read) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let p = Progress::new("layers", false);
-    let r = layers::history::layers(&stack, &p);
-    p.done();
-    let rows = match r {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    if a.json {
-        return print_json(&rows);
-    }
-    println!(
-        "{:<9} {:>9} {:>8} {:>12} {:>9} {:>6}  PATH",
-        "LAYER", "ENTRIES", "SIZE", "BYTES", "WHITEOUTS", "OPAQUE"
-    );
-    for r in rows {
-        let f = r.figures;
-        println!(
-            "{:<9} {:>9} {:>8} {:>12} {:>9} {:>6}  {}",
-            r.role,
-            f.entries,
-            human_size(f.bytes),
-            f.bytes,
-            f.whiteouts,
-            f.opaque_dirs,
-            r.path.display()
-        );
-    }
-    ExitCode::SUCCESS
-}
-
 pub fn check(a: CheckArgs) -> ExitCode {
-    let stack = match open_stack(Some(&a.stack.lower), Some(&a.stack.upper)) {
+    let stack = match open_stack(&a.stack) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
