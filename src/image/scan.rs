@@ -227,7 +227,7 @@ fn hash_chunks(r: &mut impl Read) -> std::io::Result<Vec<[u8; 32]>> {
 
 /// The attributes an extractor gives the object of a tar entry; none for entry types that make
 /// nothing (global headers, ...).
-fn attributes<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Option<Entry>> {
+pub(crate) fn attributes<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Option<Entry>> {
     let h = entry.header();
     let fmt = match h.entry_type() {
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => S_IFREG,
