@@ -187,7 +187,10 @@ impl<W: Write> Blob<W> {
         self.diff.update(b);
         self.ulen += b.len() as u64;
         if self.gz.is_none() {
-            let raw = self.raw.take().ok_or_else(|| std::io::Error::other("estargz: no output"))?;
+            let raw = self
+                .raw
+                .take()
+                .ok_or_else(|| std::io::Error::other("estargz: no output"))?;
             self.gz = Some(GzEncoder::new(raw, self.level));
         }
         match self.gz.as_mut() {
@@ -206,14 +209,13 @@ impl<W: Write> Blob<W> {
     }
 }
 
-/// The input as the tar reader consumes it: counted, and kept while `recording`, so that the
+/// The input as the tar reader consumes it, kept while `recording`, so that the
 /// header bytes of each entry (with any PAX/GNU extension records before it) can be passed on
 /// unchanged.
 struct Tap<R> {
     r: R,
     kept: Rc<RefCell<Vec<u8>>>,
     recording: Rc<Cell<bool>>,
-    pos: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Tap<R> {
@@ -222,7 +224,6 @@ impl<R: Read> Read for Tap<R> {
         if self.recording.get() {
             self.kept.borrow_mut().extend_from_slice(&buf[..k]);
         }
-        self.pos.set(self.pos.get() + k as u64);
         Ok(k)
     }
 }
@@ -263,12 +264,10 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
 
     let kept = Rc::new(RefCell::new(Vec::new()));
     let recording = Rc::new(Cell::new(true));
-    let pos = Rc::new(Cell::new(0u64));
     let tap = Tap {
         r: tar,
         kept: Rc::clone(&kept),
         recording: Rc::clone(&recording),
-        pos: Rc::clone(&pos),
     };
     let mut ar = tar::Archive::new(tap);
     // Where the last entry (with its padding) ends in the input, and where what `kept` holds
@@ -276,7 +275,6 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
     let (mut entry_end, mut kept_from) = (0u64, 0u64);
     let mut names: HashMap<u64, String> = HashMap::new();
     let mut groups: HashMap<u64, String> = HashMap::new();
-    let mut buf = Vec::new();
     for entry in ar.entries()? {
         let mut entry = entry?;
         let header_bytes = std::mem::take(&mut *kept.borrow_mut());
@@ -288,7 +286,9 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
         let path = entry.path_bytes().into_owned();
         let name = utf8(&path, "name")?;
         if is_reserved(&path) {
-            return Err(invalid(format!("estargz: the layer has an entry {name}, a name eStargz reserves")));
+            return Err(invalid(format!(
+                "estargz: the layer has an entry {name}, a name eStargz reserves"
+            )));
         }
         let mut e = describe(&mut entry, name)?;
         let h = entry.header();
@@ -302,41 +302,10 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
             toc.push(e);
             continue;
         }
-        // A regular file: its data in members of its own, `chunk_size` bytes each.
-        let mut whole = Sha256::new();
-        let first = toc.len();
-        let mut done = 0u64;
         recording.set(false);
-        while done < size {
-            let n = (size - done).min(chunk_size);
-            buf.resize(n as usize, 0);
-            entry.read_exact(&mut buf)?;
-            whole.update(&buf);
-            let mut piece = if done == 0 {
-                std::mem::take(&mut e)
-            } else {
-                OutEntry {
-                    name: toc[first].name.clone(),
-                    kind: "chunk",
-                    chunk_offset: done,
-                    ..OutEntry::default()
-                }
-            };
-            piece.offset = blob.end_member()?;
-            if size > chunk_size && done + n < size {
-                piece.chunk_size = n;
-            }
-            piece.chunk_digest = format!("sha256:{:x}", Sha256::digest(&buf));
-            blob.put(&buf)?;
-            toc.push(piece);
-            done += n;
-        }
+        file_data(&mut entry, e, size, chunk_size, &mut blob, &mut toc)?;
         recording.set(true);
         kept_from += size;
-        if size == 0 {
-            toc.push(e);
-        }
-        toc[first].digest = sha256_str(whole);
     }
     drop(ar);
     // What was read after the last entry: its padding, then the input's end-of-archive block.
@@ -344,19 +313,19 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
     let keep = (entry_end.saturating_sub(kept_from) as usize).min(rest.len());
     blob.put(&rest[..keep])?;
 
-    // The table, in a member of its own, as the last entry; then the footer.
+    finish(blob, toc)
+}
+
+/// The table, in a member of its own, as the last entry; then the footer.
+fn finish<W: Write>(mut blob: Blob<W>, toc: Vec<OutEntry>) -> std::io::Result<Written> {
     let json = toc_json(toc)?;
     let toc_offset = blob.end_member()?;
-    let mut h = tar::Header::new_ustar();
-    h.set_path(ESTARGZ_TOC_NAME)?;
-    h.set_size(json.len() as u64);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    blob.put(h.as_bytes())?;
+    blob.put(header(ESTARGZ_TOC_NAME, json.len() as u64)?.as_bytes())?;
     blob.put(&json)?;
-    blob.put(&vec![0u8; (json.len() as u64).next_multiple_of(512) as usize - json.len()])?;
+    blob.put(&vec![
+        0u8;
+        (json.len() as u64).next_multiple_of(512) as usize - json.len()
+    ])?;
     blob.put(&[0u8; 1024])?;
     blob.put_raw(&footer(toc_offset))?;
     let Some(mut raw) = blob.raw.take() else {
@@ -373,17 +342,70 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
     })
 }
 
+/// A regular file's data (`size` bytes read from `entry`) in gzip members of its own,
+/// `chunk_size` bytes each; its table entry `e` and the `chunk` entries after it go to `toc`.
+fn file_data<W: Write>(
+    entry: &mut impl Read,
+    mut e: OutEntry,
+    size: u64,
+    chunk_size: u64,
+    blob: &mut Blob<W>,
+    toc: &mut Vec<OutEntry>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut whole = Sha256::new();
+    let first = toc.len();
+    let mut done = 0u64;
+    while done < size {
+        let n = (size - done).min(chunk_size);
+        buf.resize(n as usize, 0);
+        entry.read_exact(&mut buf)?;
+        whole.update(&buf);
+        let mut piece = if done == 0 {
+            std::mem::take(&mut e)
+        } else {
+            OutEntry {
+                name: toc[first].name.clone(),
+                kind: "chunk",
+                chunk_offset: done,
+                ..OutEntry::default()
+            }
+        };
+        piece.offset = blob.end_member()?;
+        if size > chunk_size && done + n < size {
+            piece.chunk_size = n;
+        }
+        piece.chunk_digest = format!("sha256:{:x}", Sha256::digest(&buf));
+        blob.put(&buf)?;
+        toc.push(piece);
+        done += n;
+    }
+    if size == 0 {
+        toc.push(e);
+    }
+    toc[first].digest = sha256_str(whole);
+    Ok(())
+}
+
+/// The header of an entry of our own (the table, the landmark): a regular file of `size` bytes,
+/// mode 0644, owned by root, time 0.
+fn header(name: &str, size: u64) -> std::io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name)?;
+    h.set_size(size);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    Ok(h)
+}
+
 /// The `.no.prefetch.landmark` entry, first in the stream: its header, then its byte in a
 /// member of its own.
 fn landmark<W: Write>(blob: &mut Blob<W>, toc: &mut Vec<OutEntry>) -> std::io::Result<()> {
-    let mut h = tar::Header::new_ustar();
-    h.set_path(NO_PREFETCH_LANDMARK)?;
-    h.set_size(1);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    blob.put(h.as_bytes())?;
+    blob.put(header(NO_PREFETCH_LANDMARK, 1)?.as_bytes())?;
     let offset = blob.end_member()?;
     let mut block = [0u8; 512];
     block[0] = LANDMARK_CONTENT;
@@ -540,4 +562,295 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::catalog::{Catalog, Data};
+    use crate::image::layout::{Compression, LayerDesc};
+    use crate::image::scan::{self, Progress};
+
+    struct Quiet;
+    impl Progress for Quiet {}
+
+    /// A tar with every shape a layer has.
+    fn sample(big: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut n = 0;
+        let mut put = |b: &mut tar::Builder<Vec<u8>>, kind, path: &str, mode, data: &[u8], link: Option<&str>| {
+            n += 1;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(n);
+            h.set_gid(2 * n);
+            h.set_mtime(1_700_000_000 + n);
+            h.set_size(data.len() as u64);
+            match link {
+                Some(t) => b.append_link(&mut h, path, t).expect("link"),
+                None => b.append_data(&mut h, path, data).expect("entry"),
+            }
+        };
+        use tar::EntryType as T;
+        put(&mut b, T::Directory, "./", 0o755, b"", None);
+        put(&mut b, T::Directory, "etc/", 0o750, b"", None);
+        put(&mut b, T::Regular, "etc/hello", 0o644, b"hello\n", None);
+        put(&mut b, T::Regular, "etc/empty", 0o600, b"", None);
+        put(&mut b, T::Link, "etc/hello2", 0o644, b"", Some("etc/hello"));
+        put(&mut b, T::Symlink, "etc/link", 0o777, b"", Some("hello"));
+        put(&mut b, T::Regular, "data/big", 0o4755, big, None);
+        put(
+            &mut b,
+            T::Regular,
+            "data/exact",
+            0o644,
+            &big[..big.len().min(2 * 65536)],
+            None,
+        );
+        put(&mut b, T::Fifo, "var/fifo", 0o644, b"", None);
+        let long = format!("deep/{}/file", "x".repeat(150));
+        put(&mut b, T::Regular, &long, 0o644, b"long name\n", None);
+        put(&mut b, T::Symlink, "deep/longlink", 0o777, b"", Some(&long));
+        put(&mut b, T::Regular, ".wh.gone", 0o644, b"", None);
+        put(&mut b, T::Regular, "opq/.wh..wh..opq", 0o644, b"", None);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(T::Char);
+        h.set_mode(0o666);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_device_major(1).expect("major");
+        h.set_device_minor(3).expect("minor");
+        h.set_size(0);
+        b.append_data(&mut h, "dev/null", &[][..]).expect("char");
+        let recs: [(&str, &[u8]); 4] = [
+            ("SCHILY.xattr.user.color", b"blue"),
+            ("SCHILY.xattr.user.bin", b"\x00\xff\x01"),
+            ("uid", b"3000000"),
+            ("mtime", b"1700000000.25"),
+        ];
+        b.append_pax_extensions(recs).expect("pax");
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o640);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(7);
+        b.append_data(&mut h, "etc/x", &b"xattrs\n"[..]).expect("file");
+        b.into_inner().expect("tar")
+    }
+
+    fn desc(blob: &[u8], w: &Written) -> LayerDesc {
+        LayerDesc {
+            digest: w.digest.clone(),
+            size: blob.len() as u64,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            compression: Compression::Gzip,
+            diff_id: w.diff_id.clone(),
+            annotations: w.annotations().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    type Attrs = (
+        u32,
+        u32,
+        u32,
+        u64,
+        (i64, u32),
+        u64,
+        u32,
+        Option<Box<[u8]>>,
+        Vec<catalog::Xattr>,
+    );
+
+    /// Every path of a catalog with what a stat, readlink and listxattr show.
+    fn flatten(c: &Catalog) -> BTreeMap<Vec<u8>, Attrs> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![(Vec::new(), 0u32)];
+        while let Some((dir, id)) = stack.pop() {
+            for e in &c.dirs[id as usize] {
+                let mut p = dir.clone();
+                p.extend_from_slice(&e.name);
+                if let Some(d) = e.dir.filter(|_| e.is_dir()) {
+                    let mut q = p.clone();
+                    q.push(b'/');
+                    stack.push((q, d));
+                }
+                let a = (e.mode, e.uid, e.gid, e.size, e.mtime, e.rdev, e.nlink);
+                out.insert(
+                    p,
+                    (a.0, a.1, a.2, a.3, a.4, a.5, a.6, e.target.clone(), e.xattrs.clone()),
+                );
+            }
+        }
+        out
+    }
+
+    /// The sample (with a big file of 3.02 chunks of 64 KiB) and its eStargz blob.
+    fn written() -> (Vec<u8>, Vec<u8>, Vec<u8>, Written) {
+        let big = crate::image::fixture::data(3 * 65536 + 1234, 5);
+        let tar = sample(&big);
+        let mut blob = Vec::new();
+        let opts = Options {
+            chunk_size: 65536,
+            ..Options::default()
+        };
+        let w = write(&tar[..], &mut blob, &opts).expect("write");
+        (big, tar, blob, w)
+    }
+
+    #[test]
+    fn the_blob_is_a_gzip_tar_with_a_member_for_each_piece_and_the_table_last() {
+        let (big, tar, blob, w) = written();
+        assert_eq!(
+            (w.size, w.digest.clone()),
+            (blob.len() as u64, format!("sha256:{:x}", Sha256::digest(&blob)))
+        );
+
+        // One gzip stream to any reader: the landmark, the input's entries, the table, the end.
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut plain)
+            .expect("gunzip");
+        assert_eq!(w.diff_id, format!("sha256:{:x}", Sha256::digest(&plain)));
+        assert_eq!(w.uncompressed_size, plain.len() as u64);
+        let body = &tar[..tar.len() - 1024];
+        assert_eq!(
+            &plain[1024..1024 + body.len()],
+            body,
+            "the input's bytes pass unchanged"
+        );
+        let mut ar = tar::Archive::new(&plain[..]);
+        let names: Vec<String> = ar
+            .entries()
+            .expect("entries")
+            .map(|e| String::from_utf8_lossy(&e.expect("entry").path_bytes()).into_owned())
+            .collect();
+        assert_eq!(names.first().map(String::as_str), Some(NO_PREFETCH_LANDMARK));
+        assert_eq!(names.last().map(String::as_str), Some(ESTARGZ_TOC_NAME));
+
+        // The footer, and the table in a member of its own at the offset it gives.
+        let foot = &blob[blob.len() - 51..];
+        assert_eq!(foot, &footer(w.toc_offset)[..]);
+        let mut member = Vec::new();
+        flate2::read::GzDecoder::new(&blob[w.toc_offset as usize..])
+            .read_to_end(&mut member)
+            .expect("table member");
+        assert_eq!(&member[..], &plain[plain.len() - member.len()..]);
+
+        // Members start where the table says the data is.
+        let toc: serde_json::Value = {
+            let mut ar = tar::Archive::new(&member[..]);
+            let mut e = ar.entries().expect("entries").next().expect("one").expect("entry");
+            let mut json = Vec::new();
+            e.read_to_end(&mut json).expect("json");
+            assert_eq!(w.toc_digest, format!("sha256:{:x}", Sha256::digest(&json)));
+            serde_json::from_slice(&json).expect("json")
+        };
+        let entries = toc["entries"].as_array().expect("entries");
+        let big_pieces: Vec<_> = entries.iter().filter(|e| e["name"] == "data/big").collect();
+        assert_eq!(big_pieces.len(), 4, "{big_pieces:?}");
+        assert_eq!(big_pieces[0]["type"], "reg");
+        assert_eq!(big_pieces[0]["chunkSize"], 65536);
+        assert_eq!(big_pieces[3]["chunkOffset"], 3 * 65536);
+        assert!(big_pieces[3].get("chunkSize").is_none(), "the last chunk's size is 0");
+        for (k, p) in big_pieces.iter().enumerate() {
+            let off = p["offset"].as_u64().expect("offset") as usize;
+            let mut d = flate2::read::GzDecoder::new(&blob[off..]);
+            let mut got = vec![0u8; 65536.min(big.len() - k * 65536)];
+            d.read_exact(&mut got).expect("piece");
+            assert_eq!(got, big[k * 65536..k * 65536 + got.len()]);
+        }
+    }
+
+    #[test]
+    fn the_table_says_what_a_scan_of_the_whole_stream_finds() {
+        let (_, _, blob, w) = written();
+        // Equal catalogs, but for the landmark and the table themselves.
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &blob).expect("write blob");
+        let d = desc(&blob, &w);
+        let from_toc = scan::from_toc(&path, &d).expect("from the table");
+        let scanned = scan::scan(&path, &d, &Quiet).expect("scan");
+        let mut want = flatten(&scanned.catalog);
+        assert!(want.remove(&b"stargz.index.json"[..]).is_some());
+        assert!(want.remove(NO_PREFETCH_LANDMARK.as_bytes()).is_some());
+        let got = flatten(&from_toc.catalog);
+        let mismatched: Vec<_> = want
+            .iter()
+            .filter(|(p, a)| got.get(*p) != Some(a))
+            .map(|(p, a)| format!("{}: {a:?} != {:?}", String::from_utf8_lossy(p), got.get(p)))
+            .collect();
+        assert!(mismatched.is_empty(), "{mismatched:#?}");
+        assert_eq!(want.len(), got.len());
+        let x = &got[&b"etc/x"[..]];
+        assert_eq!((x.1, x.4), (3_000_000, (1_700_000_000, 250_000_000)));
+        assert!(
+            from_toc
+                .catalog
+                .dirs
+                .iter()
+                .flatten()
+                .all(|e| !matches!(e.data, Data::Stream { .. }))
+        );
+    }
+
+    #[test]
+    fn a_wrong_toc_digest_or_footer_is_refused() {
+        let tar = sample(b"some data");
+        let mut blob = Vec::new();
+        let w = write(&tar[..], &mut blob, &Options::default()).expect("write");
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &blob).expect("write blob");
+        let mut d = desc(&blob, &w);
+        d.annotations.insert(
+            super::super::toc::ESTARGZ_TOC_DIGEST.into(),
+            format!("sha256:{}", "0".repeat(64)),
+        );
+        let err = scan::from_toc(&path, &d)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("table of contents digest"), "{err}");
+        // A footer pointing into itself must be refused, not crash.
+        let mut bad = blob.clone();
+        let n = bad.len();
+        bad[n - 51..].copy_from_slice(&footer(n as u64 - 10));
+        std::fs::write(&path, &bad).expect("write");
+        let d = desc(&bad, &w);
+        assert!(scan::from_toc(&path, &d).is_err());
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        for name in ["stargz.index.json", "./.no.prefetch.landmark", ".prefetch.landmark"] {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            b.append_data(&mut h, name, &b"x"[..]).expect("entry");
+            let tar = b.into_inner().expect("tar");
+            let e = write(&tar[..], std::io::sink(), &Options::default()).expect_err(name);
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{name}");
+        }
+        assert!(!is_reserved(b"etc/stargz.index.json"));
+    }
+
+    #[test]
+    fn times_format_as_rfc3339_and_parse_back() {
+        for t in [
+            (1, 0),
+            (1_796_622_279, 0),
+            (1_700_000_000, 250_000_000),
+            (-86_401, 5),
+            (951_782_400, 0),
+        ] {
+            let s = rfc3339(t);
+            assert_eq!(super::super::toc::parse_time(&s), t, "{s}");
+        }
+        assert_eq!(rfc3339((951_782_400, 0)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339((0, 0)), "");
+    }
 }

@@ -1,8 +1,8 @@
 //! OCI images as lower layers, read in place from their blobs (see docs/semantics.md, "Images").
 
 pub mod cache;
-pub mod estargz;
 pub mod catalog;
+pub mod estargz;
 #[cfg(test)]
 mod fixture;
 pub mod gzip;

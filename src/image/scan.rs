@@ -87,9 +87,9 @@ impl<R: Read> Read for Decompress<R> {
 /// Catalogs the layer `desc` from its table of contents, without reading its stream (the
 /// table and every piece it points to are checked against their digests instead).
 pub fn from_toc(blob: &Path, desc: &LayerDesc) -> Result<Scanned, ImageError> {
-    let toc = super::toc::read(blob, desc)?;
+    let (toc, data_end) = super::toc::read(blob, desc)?;
     Ok(Scanned {
-        catalog: super::toc::catalog(&toc, blob, desc.size)?,
+        catalog: super::toc::catalog(&toc, blob, data_end)?,
         stream_len: 0,
         gzip_points: Vec::new(),
         zstd_frames: Vec::new(),

@@ -104,15 +104,31 @@ pub fn kind_of(desc: &LayerDesc) -> Option<Compression> {
         .then_some(Compression::Gzip)
 }
 
-/// Reads and checks the table of the layer `desc` whose blob is `blob`.
-pub fn read(blob: &Path, desc: &LayerDesc) -> Result<Toc, ImageError> {
+/// Reads and checks the table of the layer `desc` whose blob is `blob`; with it, where the
+/// files' data ends in the blob (the table's offset for eStargz, the blob's size otherwise).
+///
+/// eStargz landmarks (`.prefetch.landmark`, `.no.prefetch.landmark` at the root) are left
+/// out: they mark where prefetching ends, they are no files of the layer (stargz-snapshotter
+/// hides them too; the table never lists itself).
+pub fn read(blob: &Path, desc: &LayerDesc) -> Result<(Toc, u64), ImageError> {
     let f = std::fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
-    let json = match kind_of(desc) {
-        Some(Compression::Zstd) => chunked_json(&f, blob, desc)?,
+    let (json, data_end) = match kind_of(desc) {
+        Some(Compression::Zstd) => (chunked_json(&f, blob, desc)?, desc.size),
         Some(Compression::Gzip) => estargz_json(&f, blob, desc)?,
         _ => return Err(ImageError::invalid(blob, "the layer has no table of contents")),
     };
-    serde_json::from_slice(&json).map_err(|e| ImageError::corrupt(blob, format!("table of contents: {e}")))
+    let mut toc: Toc =
+        serde_json::from_slice(&json).map_err(|e| ImageError::corrupt(blob, format!("table of contents: {e}")))?;
+    if kind_of(desc) == Some(Compression::Gzip) {
+        toc.entries.retain(|e| {
+            e.kind == "chunk"
+                || !super::catalog::normalise(e.name.as_bytes()).is_some_and(|p| {
+                    p == super::estargz::PREFETCH_LANDMARK.as_bytes()
+                        || p == super::estargz::NO_PREFETCH_LANDMARK.as_bytes()
+                })
+        });
+    }
+    Ok((toc, data_end))
 }
 
 fn annotation<'a>(desc: &'a LayerDesc, keys: &[&str]) -> Option<&'a String> {
@@ -159,12 +175,14 @@ fn estargz_offset(f: &std::fs::File, blob: &Path, size: u64) -> Result<u64, Imag
     let ok = foot[0] == 0x1f && foot[1] == 0x8b && foot[12] == b'S' && foot[13] == b'G' && &foot[32..38] == b"STARGZ";
     let hex = std::str::from_utf8(&foot[16..32]).ok();
     match (ok, hex.and_then(|h| u64::from_str_radix(h, 16).ok())) {
-        (true, Some(off)) if off < size => Ok(off),
+        // The table's member lies between the offset and the footer.
+        (true, Some(off)) if off < size - 51 => Ok(off),
         _ => Err(ImageError::corrupt(blob, "no eStargz footer")),
     }
 }
 
-fn estargz_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<Vec<u8>, ImageError> {
+/// The eStargz table's JSON (checked against the annotation), and its offset in the blob.
+fn estargz_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<(Vec<u8>, u64), ImageError> {
     let off = estargz_offset(f, blob, desc.size)?;
     let mut member = vec![0u8; (desc.size - 51 - off) as usize];
     f.read_exact_at(&mut member, off).map_err(|e| ImageError::io(blob, e))?;
@@ -191,7 +209,7 @@ fn estargz_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<Vec<
             format!("table of contents digest {got}, the manifest says {want}"),
         ));
     }
-    Ok(json)
+    Ok((json, off))
 }
 
 /// `2026-12-07T05:44:39.123Z` → (seconds, nanoseconds); the zero time and garbage are 0.
@@ -249,8 +267,9 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The catalog a table describes; `blob_size` bounds the last piece of a file.
-pub fn catalog(toc: &Toc, blob: &Path, blob_size: u64) -> Result<Catalog, ImageError> {
+/// The catalog a table describes; `data_end` (where the files' data ends in the blob) bounds
+/// the last piece of a file.
+pub fn catalog(toc: &Toc, blob: &Path, data_end: u64) -> Result<Catalog, ImageError> {
     let bad = |what: String| ImageError::corrupt(blob, format!("table of contents: {what}"));
     let mut b = Builder::default();
     let entries = &toc.entries;
@@ -264,7 +283,7 @@ pub fn catalog(toc: &Toc, blob: &Path, blob_size: u64) -> Result<Catalog, ImageE
         let next_offset = entries[j..]
             .iter()
             .find(|e| e.offset > 0)
-            .map_or(blob_size, |e| e.offset);
+            .map_or(data_end, |e| e.offset);
         match t.kind.as_str() {
             "hardlink" => b
                 .link(t.name.as_bytes(), t.link_name.as_bytes())
