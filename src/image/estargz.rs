@@ -968,6 +968,64 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
     }
 
+    /// A blob as stargz-snapshotter writes it with `--estargz-min-chunk-size`: two files' data
+    /// in one gzip member, the second found by its `innerOffset`.
+    #[test]
+    fn pieces_that_share_a_member_are_read_at_their_inner_offset() {
+        let gz = |b: &[u8]| {
+            let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(b).expect("gzip");
+            e.finish().expect("gzip")
+        };
+        let (a, b) = (crate::image::fixture::data(100, 1), crate::image::fixture::data(50, 2));
+        let m0 = gz(header("a", 100).expect("header").as_bytes());
+        let mut u1 = a.clone();
+        u1.resize(512, 0);
+        u1.extend_from_slice(header("b", 50).expect("header").as_bytes());
+        u1.extend_from_slice(&b);
+        u1.resize(1536, 0);
+        let m1 = gz(&u1);
+        let d = |x: &[u8]| format!("sha256:{:x}", Sha256::digest(x));
+        let json = format!(
+            r#"{{"version":1,"entries":[
+            {{"name":"a","type":"reg","size":100,"mode":420,"offset":{o},"digest":"{da}","chunkDigest":"{da}"}},
+            {{"name":"b","type":"reg","size":50,"mode":420,"offset":{o},"innerOffset":1024,"digest":"{db}","chunkDigest":"{db}"}}]}}"#,
+            o = m0.len(),
+            da = d(&a),
+            db = d(&b)
+        );
+        let mut u2 = header(ESTARGZ_TOC_NAME, json.len() as u64)
+            .expect("header")
+            .as_bytes()
+            .to_vec();
+        u2.extend_from_slice(json.as_bytes());
+        u2.resize(512 + (json.len()).next_multiple_of(512) + 1024, 0);
+        let mut blob = [m0.clone(), m1.clone(), gz(&u2)].concat();
+        blob.extend_from_slice(&footer((m0.len() + m1.len()) as u64));
+
+        let t = tempfile::tempdir().expect("tmp");
+        let w = Written {
+            digest: d(&blob),
+            size: blob.len() as u64,
+            diff_id: String::new(),
+            uncompressed_size: 0,
+            toc_digest: d(json.as_bytes()),
+            toc_offset: 0,
+        };
+        let hex = &w.digest["sha256:".len()..];
+        std::fs::create_dir_all(t.path().join("blobs/sha256")).expect("mkdir");
+        std::fs::write(t.path().join("blobs/sha256").join(hex), &blob).expect("blob");
+        let cache = t.path().join("cache");
+        let cc = std::sync::Arc::new(crate::image::cache::ContentCache::new(&cache, 1 << 20));
+        let l = crate::image::layer::ImageLayer::open(t.path(), &desc(&blob, &w), &cache, cc, &Quiet).expect("open");
+        for (name, want) in [("a", &a), ("b", &b)] {
+            let e = l.lookup(0, name.as_bytes()).expect("lookup").expect(name);
+            let mut buf = vec![0u8; 200];
+            let n = l.read(&e, 0, &mut buf).expect("read");
+            assert_eq!(&buf[..n], &want[..], "{name}");
+        }
+    }
+
     #[test]
     fn reserved_names_are_refused() {
         for name in ["stargz.index.json", "./.no.prefetch.landmark", ".prefetch.landmark"] {

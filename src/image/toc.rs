@@ -280,17 +280,17 @@ pub fn catalog(toc: &Toc, blob: &Path, data_end: u64) -> Result<Catalog, ImageEr
         while j < entries.len() && entries[j].kind == "chunk" && entries[j].name == t.name {
             j += 1;
         }
-        let next_offset = entries[j..]
-            .iter()
-            .find(|e| e.offset > 0)
-            .map_or(data_end, |e| e.offset);
+        let after = After {
+            entries: &entries[j..],
+            data_end,
+        };
         match t.kind.as_str() {
             "hardlink" => b
                 .link(t.name.as_bytes(), t.link_name.as_bytes())
                 .map_err(|e| bad(e.to_string()))?,
             "chunk" => return Err(bad(format!("a chunk of {} without its file", t.name))),
             _ => {
-                let e = entry_of(t, &entries[i..j], next_offset).map_err(bad)?;
+                let e = entry_of(t, &entries[i..j], &after).map_err(bad)?;
                 b.add(t.name.as_bytes(), e).map_err(|e| bad(e.to_string()))?;
             }
         }
@@ -299,7 +299,26 @@ pub fn catalog(toc: &Toc, blob: &Path, data_end: u64) -> Result<Catalog, ImageEr
     Ok(b.finish())
 }
 
-fn entry_of(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Entry, String> {
+/// The entries after a file's pieces, and where the files' data ends: what bounds its last
+/// piece in the blob.
+struct After<'a> {
+    entries: &'a [TocEntry],
+    data_end: u64,
+}
+
+impl After<'_> {
+    /// Where the next member after the one at `offset` starts: the first later entry's that
+    /// starts past it (eStargz entries written with `innerOffset` share their member with the
+    /// entries before them), or the end of the data.
+    fn member_end(&self, offset: u64) -> u64 {
+        self.entries
+            .iter()
+            .find(|e| e.offset > offset)
+            .map_or(self.data_end, |e| e.offset)
+    }
+}
+
+fn entry_of(t: &TocEntry, pieces: &[TocEntry], after: &After<'_>) -> Result<Entry, String> {
     let fmt = match t.kind.as_str() {
         "dir" => S_IFDIR,
         "reg" => S_IFREG,
@@ -318,7 +337,7 @@ fn entry_of(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Entry
     }
     xattrs.sort();
     let data = if fmt == S_IFREG && t.size > 0 {
-        Data::Parts(parts(t, pieces, next_offset)?)
+        Data::Parts(parts(t, pieces, after)?)
     } else {
         Data::None
     };
@@ -346,7 +365,7 @@ fn entry_of(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Entry
 }
 
 /// The pieces of a file from its `reg` entry and the `chunk` entries after it.
-fn parts(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Vec<Part>, String> {
+fn parts(t: &TocEntry, pieces: &[TocEntry], after: &After<'_>) -> Result<Vec<Part>, String> {
     let mut out: Vec<Part> = Vec::new();
     for (k, p) in pieces.iter().enumerate() {
         let start = if k == 0 { 0 } else { p.chunk_offset };
@@ -360,7 +379,7 @@ fn parts(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Vec<Part
             .find(|q| q.offset > p.offset)
             .map(|q| q.offset)
             .or((t.end_offset > 0).then_some(t.end_offset))
-            .unwrap_or(next_offset);
+            .unwrap_or_else(|| after.member_end(p.offset));
         let zeros = p.chunk_type == "zeros";
         let digest = if zeros {
             None
