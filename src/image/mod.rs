@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod estargz;
 #[cfg(test)]
 mod fixture;
 pub mod gzip;

@@ -87,9 +87,9 @@ impl<R: Read> Read for Decompress<R> {
 /// Catalogs the layer `desc` from its table of contents, without reading its stream (the
 /// table and every piece it points to are checked against their digests instead).
 pub fn from_toc(blob: &Path, desc: &LayerDesc) -> Result<Scanned, ImageError> {
-    let toc = super::toc::read(blob, desc)?;
+    let (toc, data_end) = super::toc::read(blob, desc)?;
     Ok(Scanned {
-        catalog: super::toc::catalog(&toc, blob, desc.size)?,
+        catalog: super::toc::catalog(&toc, blob, data_end)?,
         stream_len: 0,
         gzip_points: Vec::new(),
         zstd_frames: Vec::new(),
@@ -227,7 +227,7 @@ fn hash_chunks(r: &mut impl Read) -> std::io::Result<Vec<[u8; 32]>> {
 
 /// The attributes an extractor gives the object of a tar entry; none for entry types that make
 /// nothing (global headers, ...).
-fn attributes<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Option<Entry>> {
+pub(crate) fn attributes<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Option<Entry>> {
     let h = entry.header();
     let fmt = match h.entry_type() {
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => S_IFREG,

@@ -104,15 +104,31 @@ pub fn kind_of(desc: &LayerDesc) -> Option<Compression> {
         .then_some(Compression::Gzip)
 }
 
-/// Reads and checks the table of the layer `desc` whose blob is `blob`.
-pub fn read(blob: &Path, desc: &LayerDesc) -> Result<Toc, ImageError> {
+/// Reads and checks the table of the layer `desc` whose blob is `blob`; with it, where the
+/// files' data ends in the blob (the table's offset for eStargz, the blob's size otherwise).
+///
+/// eStargz landmarks (`.prefetch.landmark`, `.no.prefetch.landmark` at the root) are left
+/// out: they mark where prefetching ends, they are no files of the layer (stargz-snapshotter
+/// hides them too; the table never lists itself).
+pub fn read(blob: &Path, desc: &LayerDesc) -> Result<(Toc, u64), ImageError> {
     let f = std::fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
-    let json = match kind_of(desc) {
-        Some(Compression::Zstd) => chunked_json(&f, blob, desc)?,
+    let (json, data_end) = match kind_of(desc) {
+        Some(Compression::Zstd) => (chunked_json(&f, blob, desc)?, desc.size),
         Some(Compression::Gzip) => estargz_json(&f, blob, desc)?,
         _ => return Err(ImageError::invalid(blob, "the layer has no table of contents")),
     };
-    serde_json::from_slice(&json).map_err(|e| ImageError::corrupt(blob, format!("table of contents: {e}")))
+    let mut toc: Toc =
+        serde_json::from_slice(&json).map_err(|e| ImageError::corrupt(blob, format!("table of contents: {e}")))?;
+    if kind_of(desc) == Some(Compression::Gzip) {
+        toc.entries.retain(|e| {
+            e.kind == "chunk"
+                || !super::catalog::normalise(e.name.as_bytes()).is_some_and(|p| {
+                    p == super::estargz::PREFETCH_LANDMARK.as_bytes()
+                        || p == super::estargz::NO_PREFETCH_LANDMARK.as_bytes()
+                })
+        });
+    }
+    Ok((toc, data_end))
 }
 
 fn annotation<'a>(desc: &'a LayerDesc, keys: &[&str]) -> Option<&'a String> {
@@ -159,12 +175,14 @@ fn estargz_offset(f: &std::fs::File, blob: &Path, size: u64) -> Result<u64, Imag
     let ok = foot[0] == 0x1f && foot[1] == 0x8b && foot[12] == b'S' && foot[13] == b'G' && &foot[32..38] == b"STARGZ";
     let hex = std::str::from_utf8(&foot[16..32]).ok();
     match (ok, hex.and_then(|h| u64::from_str_radix(h, 16).ok())) {
-        (true, Some(off)) if off < size => Ok(off),
+        // The table's member lies between the offset and the footer.
+        (true, Some(off)) if off < size - 51 => Ok(off),
         _ => Err(ImageError::corrupt(blob, "no eStargz footer")),
     }
 }
 
-fn estargz_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<Vec<u8>, ImageError> {
+/// The eStargz table's JSON (checked against the annotation), and its offset in the blob.
+fn estargz_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<(Vec<u8>, u64), ImageError> {
     let off = estargz_offset(f, blob, desc.size)?;
     let mut member = vec![0u8; (desc.size - 51 - off) as usize];
     f.read_exact_at(&mut member, off).map_err(|e| ImageError::io(blob, e))?;
@@ -191,7 +209,7 @@ fn estargz_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<Vec<
             format!("table of contents digest {got}, the manifest says {want}"),
         ));
     }
-    Ok(json)
+    Ok((json, off))
 }
 
 /// `2026-12-07T05:44:39.123Z` → (seconds, nanoseconds); the zero time and garbage are 0.
@@ -249,8 +267,9 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The catalog a table describes; `blob_size` bounds the last piece of a file.
-pub fn catalog(toc: &Toc, blob: &Path, blob_size: u64) -> Result<Catalog, ImageError> {
+/// The catalog a table describes; `data_end` (where the files' data ends in the blob) bounds
+/// the last piece of a file.
+pub fn catalog(toc: &Toc, blob: &Path, data_end: u64) -> Result<Catalog, ImageError> {
     let bad = |what: String| ImageError::corrupt(blob, format!("table of contents: {what}"));
     let mut b = Builder::default();
     let entries = &toc.entries;
@@ -261,17 +280,17 @@ pub fn catalog(toc: &Toc, blob: &Path, blob_size: u64) -> Result<Catalog, ImageE
         while j < entries.len() && entries[j].kind == "chunk" && entries[j].name == t.name {
             j += 1;
         }
-        let next_offset = entries[j..]
-            .iter()
-            .find(|e| e.offset > 0)
-            .map_or(blob_size, |e| e.offset);
+        let after = After {
+            entries: &entries[j..],
+            data_end,
+        };
         match t.kind.as_str() {
             "hardlink" => b
                 .link(t.name.as_bytes(), t.link_name.as_bytes())
                 .map_err(|e| bad(e.to_string()))?,
             "chunk" => return Err(bad(format!("a chunk of {} without its file", t.name))),
             _ => {
-                let e = entry_of(t, &entries[i..j], next_offset).map_err(bad)?;
+                let e = entry_of(t, &entries[i..j], &after).map_err(bad)?;
                 b.add(t.name.as_bytes(), e).map_err(|e| bad(e.to_string()))?;
             }
         }
@@ -280,7 +299,26 @@ pub fn catalog(toc: &Toc, blob: &Path, blob_size: u64) -> Result<Catalog, ImageE
     Ok(b.finish())
 }
 
-fn entry_of(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Entry, String> {
+/// The entries after a file's pieces, and where the files' data ends: what bounds its last
+/// piece in the blob.
+struct After<'a> {
+    entries: &'a [TocEntry],
+    data_end: u64,
+}
+
+impl After<'_> {
+    /// Where the next member after the one at `offset` starts: the first later entry's that
+    /// starts past it (eStargz entries written with `innerOffset` share their member with the
+    /// entries before them), or the end of the data.
+    fn member_end(&self, offset: u64) -> u64 {
+        self.entries
+            .iter()
+            .find(|e| e.offset > offset)
+            .map_or(self.data_end, |e| e.offset)
+    }
+}
+
+fn entry_of(t: &TocEntry, pieces: &[TocEntry], after: &After<'_>) -> Result<Entry, String> {
     let fmt = match t.kind.as_str() {
         "dir" => S_IFDIR,
         "reg" => S_IFREG,
@@ -299,7 +337,7 @@ fn entry_of(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Entry
     }
     xattrs.sort();
     let data = if fmt == S_IFREG && t.size > 0 {
-        Data::Parts(parts(t, pieces, next_offset)?)
+        Data::Parts(parts(t, pieces, after)?)
     } else {
         Data::None
     };
@@ -327,7 +365,7 @@ fn entry_of(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Entry
 }
 
 /// The pieces of a file from its `reg` entry and the `chunk` entries after it.
-fn parts(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Vec<Part>, String> {
+fn parts(t: &TocEntry, pieces: &[TocEntry], after: &After<'_>) -> Result<Vec<Part>, String> {
     let mut out: Vec<Part> = Vec::new();
     for (k, p) in pieces.iter().enumerate() {
         let start = if k == 0 { 0 } else { p.chunk_offset };
@@ -341,7 +379,7 @@ fn parts(t: &TocEntry, pieces: &[TocEntry], next_offset: u64) -> Result<Vec<Part
             .find(|q| q.offset > p.offset)
             .map(|q| q.offset)
             .or((t.end_offset > 0).then_some(t.end_offset))
-            .unwrap_or(next_offset);
+            .unwrap_or_else(|| after.member_end(p.offset));
         let zeros = p.chunk_type == "zeros";
         let digest = if zeros {
             None

@@ -26,6 +26,7 @@ mod caching;
 mod copy_up;
 mod data;
 mod deep;
+mod estargz;
 mod formats;
 mod hard_links;
 mod identity;
