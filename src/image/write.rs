@@ -155,6 +155,8 @@ pub struct NewLayer {
     pub comment: Option<String>,
     /// RFC 3339: the history entry's and the new config's `created`.
     pub created: String,
+    /// The layer descriptor's annotations (an eStargz layer's table-of-contents digest).
+    pub annotations: Vec<(String, String)>,
 }
 
 /// Writes the image `manifest`/`config` plus `layer` (config and manifest blobs) and tags it
@@ -196,14 +198,20 @@ pub fn append_layer(
             .map_err(|e| ImageError::invalid(dir, e.to_string()))?,
     );
     let mut layers = m.layers().clone();
-    layers.push(
-        DescriptorBuilder::default()
-            .media_type(MediaType::from(layer.media_type.as_str()))
-            .digest(parse_digest(dir, &layer.digest)?)
-            .size(layer.size)
-            .build()
-            .map_err(|e| ImageError::invalid(dir, e.to_string()))?,
-    );
+    let mut d = DescriptorBuilder::default()
+        .media_type(MediaType::from(layer.media_type.as_str()))
+        .digest(parse_digest(dir, &layer.digest)?)
+        .size(layer.size);
+    if !layer.annotations.is_empty() {
+        d = d.annotations(
+            layer
+                .annotations
+                .iter()
+                .cloned()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    }
+    layers.push(d.build().map_err(|e| ImageError::invalid(dir, e.to_string()))?);
     m.set_layers(layers);
     m.set_media_type(Some(MediaType::ImageManifest));
     let (mdigest, msize) = put_new(dir, &json(&m, dir)?, &mut added)?;
@@ -299,6 +307,7 @@ mod tests {
         let mut added = NewBlobs::default();
         added.add(blob_path(&dir, &digest).expect("path"));
         let layer = NewLayer {
+            annotations: Vec::new(),
             digest,
             size,
             media_type: Compression::None.media_type().to_string(),

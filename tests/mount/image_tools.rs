@@ -507,3 +507,74 @@ fn relative_image_paths_mean_the_same_to_a_background_mount_and_to_the_tools() {
     assert_eq!(std::fs::read(m.path("etc/motd")).expect("read"), b"hi\n");
     assert_eq!(m.unmount(), Some(0));
 }
+
+#[test]
+fn commit_as_estargz_makes_a_layer_the_mount_reads_by_its_table_of_contents() {
+    need();
+    let t = tempfile::tempdir().expect("tmp");
+    let layout = layout_copy(t.path());
+    let (upper, cache, mnt) = (t.path().join("upper"), t.path().join("cache"), t.path().join("mnt"));
+    std::fs::create_dir(&upper).expect("mkdir upper");
+    let m = mount_image(&layout, "gz", &cache, &["--upper", s(&upper)], &mnt);
+    sh(&format!("m={}\n{CHANGES}", mnt.display()));
+    let view = snapshot(&m.mnt);
+    assert_eq!(m.unmount(), Some(0));
+    let img = ["--image", &oci(&layout, "gz"), "--cache", s(&cache)];
+    tool(
+        &[
+            &["commit"][..],
+            &img,
+            &["--upper", s(&upper), "--tag", "es", "--compress", "estargz"],
+        ]
+        .concat(),
+    );
+
+    // The new layer is gzip and carries the table's digest, as eStargz readers expect.
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(oci(&layout, "es")));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest json");
+    let top = manifest["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .expect("a layer")
+        .clone();
+    assert_eq!(top["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip", "{top}");
+    let toc = top["annotations"]["containerd.io/snapshot/stargz/toc.digest"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(toc.starts_with("sha256:"), "{top}");
+
+    // Mounted with a cache of its own, the new image is the view the upper made.
+    let m = mount_image(&layout, "es", &t.path().join("cache2"), &[], &t.path().join("mnt2"));
+    let d = diff(&view, &snapshot(&m.mnt));
+    assert!(
+        d.is_empty(),
+        "the eStargz image differs from the view:\n{}",
+        d.join("\n")
+    );
+    assert_eq!(m.unmount(), Some(0));
+
+    // Into a file: the annotations a manifest needs are printed with the blob.
+    let out = tool(
+        &[
+            &["commit"][..],
+            &img,
+            &[
+                "--upper",
+                s(&upper),
+                "--compress",
+                "estargz",
+                "--output",
+                s(&t.path().join("layer.tgz")),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == format!("annotation containerd.io/snapshot/stargz/toc.digest {toc}")),
+        "{out}"
+    );
+    run(Command::new("gzip").arg("-t").arg(t.path().join("layer.tgz")));
+}

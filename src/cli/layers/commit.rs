@@ -15,6 +15,9 @@ pub enum Compress {
     None,
     Gzip,
     Zstd,
+    /// gzip as eStargz: one gzip member per file (and per 4 MiB chunk of a big file) and a
+    /// table of contents, so `mount --image` reads the layer without a pass over it.
+    Estargz,
 }
 
 #[derive(clap::Args)]
@@ -34,7 +37,8 @@ pub struct CommitArgs {
     /// With --tag: the new history entry's "created by" [default: unionfs commit].
     #[arg(long, value_name = "TEXT", requires = "tag")]
     message: Option<String>,
-    /// Compression of the blob [default: none with --output, gzip with --tag].
+    /// Compression of the blob [default: none with --output, gzip with --tag]. With estargz and
+    /// --output, the descriptor's annotations are printed as `annotation KEY VALUE` lines.
     #[arg(long, value_enum)]
     compress: Option<Compress>,
     /// Clamp every mtime to SECONDS since the epoch [default: $SOURCE_DATE_EPOCH if set]; with
@@ -76,9 +80,10 @@ pub fn commit(a: CommitArgs) -> ExitCode {
     let opts = CommitOptions {
         compression: match a.compress.unwrap_or(default) {
             Compress::None => Compression::None,
-            Compress::Gzip => Compression::Gzip,
+            Compress::Gzip | Compress::Estargz => Compression::Gzip,
             Compress::Zstd => Compression::Zstd,
         },
+        estargz: matches!(a.compress, Some(Compress::Estargz)),
         clamp_mtime: clamp,
     };
     if let Some(t) = &a.tag {
@@ -114,6 +119,7 @@ pub fn commit(a: CommitArgs) -> ExitCode {
 
 /// Commits into the file or the image `a` names, and prints what was written.
 fn run(stack: &Stack, a: &CommitArgs, opts: &CommitOptions, p: &Progress) -> Result<ExitCode, LayerError> {
+    let mut annotations = Vec::new();
     let (summary, image) = match (&a.tag, &a.output) {
         (Some(tag), _) => {
             let history = HistoryEntry {
@@ -124,7 +130,11 @@ fn run(stack: &Stack, a: &CommitArgs, opts: &CommitOptions, p: &Progress) -> Res
             let c = layers::commit::commit_to_image(stack, opts, tag, &history, p)?;
             (c.layer.clone(), Some(c))
         }
-        (None, Some(out)) => (layers::commit::commit_to_file(stack, opts, out, p)?, None),
+        (None, Some(out)) => {
+            let (summary, notes) = layers::commit::commit_to_file(stack, opts, out, p)?;
+            annotations = notes;
+            (summary, None)
+        }
         (None, None) => {
             return Err(LayerError::Invalid {
                 path: "--output".into(),
@@ -141,6 +151,9 @@ fn run(stack: &Stack, a: &CommitArgs, opts: &CommitOptions, p: &Progress) -> Res
     }
     if summary.digest != summary.diff_id {
         println!("blob {} {} {}", summary.digest, summary.size, summary.media_type);
+    }
+    for (k, v) in &annotations {
+        println!("annotation {k} {v}");
     }
     if let Some(c) = &image {
         println!("manifest {} {}", c.manifest, c.image);

@@ -10,7 +10,7 @@
 use std::io::BufWriter;
 use std::path::Path;
 
-use super::{CommitOptions, CommitSummary, commit};
+use super::{CommitOptions, CommitSummary, commit_blob};
 use crate::blob::{CreateError, TempFile};
 use crate::image::layout::blob_path;
 use crate::image::write::{NewBlobs, NewLayer, append_layer};
@@ -79,7 +79,7 @@ pub fn commit_to_image(
         .ok_or_else(|| LayerError::invalid("--image", "an image is required to commit into"))?;
     let layout = &image.layout;
     valid_tag(new_tag).map_err(|why| LayerError::invalid(layout, format!("tag {new_tag:?}: {why}")))?;
-    let (layer, added) = write_blob(stack, opts, layout, obs)?;
+    let ((layer, annotations), added) = write_blob(stack, opts, layout, obs)?;
     let created = history.created.clone().unwrap_or_else(crate::image::write::rfc3339_now);
     let new = NewLayer {
         digest: layer.digest.clone(),
@@ -89,6 +89,7 @@ pub fn commit_to_image(
         created_by: history.created_by.clone(),
         comment: history.comment.clone(),
         created,
+        annotations,
     };
     let manifest = append_layer(layout, &image.manifest, &image.config, &new, new_tag, added)?;
     Ok(ImageCommit {
@@ -105,7 +106,7 @@ fn write_blob(
     opts: &CommitOptions,
     layout: &Path,
     obs: &dyn Observer,
-) -> Result<(CommitSummary, NewBlobs)> {
+) -> Result<(super::Blob, NewBlobs)> {
     let mut added = NewBlobs::default();
     let blobs = layout.join("blobs").join("sha256");
     let placeholder = blobs.join("layer");
@@ -114,18 +115,18 @@ fn write_blob(
         e => LayerError::invalid(&blobs, e.to_string()),
     })?;
     let w = BufWriter::with_capacity(1 << 20, tmp.file().map_err(|e| LayerError::io(&blobs, e))?);
-    let summary = commit(stack, opts, w, obs).map_err(|e| match e {
+    let blob = commit_blob(stack, opts, w, obs).map_err(|e| match e {
         LayerError::Output(source) => LayerError::io(&blobs, source),
         e => e,
     })?;
-    let dest = blob_path(layout, &summary.digest)?;
+    let dest = blob_path(layout, &blob.0.digest)?;
     if dest.exists() {
         // The same layer committed before: same bytes, same name.
-        return Ok((summary, added));
+        return Ok((blob, added));
     }
     tmp.persist_as(&dest).map_err(|e| LayerError::io(&dest, e))?;
     added.add(dest);
-    Ok((summary, added))
+    Ok((blob, added))
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub use crate::blob::Compression;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CommitOptions {
     pub compression: Compression,
+    /// Write an eStargz blob (gzip, one member per file and chunk, a table of contents: see
+    /// `image::estargz`) instead of compressing the tar as `compression` says.
+    pub estargz: bool,
     /// Every mtime later than this (seconds since the epoch) is written as this.
     pub clamp_mtime: Option<i64>,
 }
@@ -64,6 +67,59 @@ pub struct CommitSummary {
     /// Sockets in the upper, which a tar cannot carry (relative paths).
     #[serde(skip)]
     pub skipped_sockets: Vec<Vec<u8>>,
+}
+
+/// A committed layer's blob: the summary, and the annotations its descriptor needs (an
+/// eStargz layer's table-of-contents digest).
+pub type Blob = (CommitSummary, Vec<(String, String)>);
+
+/// Writes the upper of `stack` to `out` as `opts` says: [`commit`], or [`commit_estargz`].
+pub fn commit_blob<W: Write + Send>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<Blob> {
+    if opts.estargz {
+        commit_estargz(stack, opts, out, obs)
+    } else {
+        commit(stack, opts, out, obs).map(|s| (s, Vec::new()))
+    }
+}
+
+/// Writes the upper of `stack` to `out` as an eStargz layer: the tar [`commit`] makes, turned
+/// into gzip members with a table of contents as it is made.
+pub fn commit_estargz<W: Write + Send>(
+    stack: &Stack,
+    opts: &CommitOptions,
+    out: W,
+    obs: &dyn Observer,
+) -> Result<Blob> {
+    let plain = CommitOptions {
+        compression: Compression::None,
+        estargz: false,
+        ..*opts
+    };
+    let r = crate::image::estargz::write_with(out, &crate::image::estargz::Options::default(), |w| {
+        // Carried through the writer's io::Error and taken out again below.
+        commit(stack, &plain, w, obs).map_err(std::io::Error::other)
+    });
+    match r {
+        Ok((mut summary, written)) => {
+            // The blob's stream is the tar plus the table: its DiffID is the stream's.
+            summary.diff_id = written.diff_id.clone();
+            summary.digest = written.digest.clone();
+            summary.size = written.size;
+            summary.tar_size = written.uncompressed_size;
+            summary.media_type = Compression::Gzip.media_type();
+            let notes = written
+                .annotations()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            Ok((summary, notes))
+        }
+        Err(e) => match e.into_inner().map(|b| b.downcast::<LayerError>()) {
+            Some(Ok(layer)) => Err(*layer),
+            Some(Err(other)) => Err(LayerError::Output(std::io::Error::other(other))),
+            None => Err(LayerError::Output(std::io::Error::other("the eStargz writer failed"))),
+        },
+    }
 }
 
 /// Writes the upper of `stack` as a layer to `out` (blob bytes, compressed as asked).
@@ -154,18 +210,18 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
 
 /// [`commit`] into the file `path`, written under a temporary name beside it and renamed into
 /// place at the end: an error or an interruption leaves no file behind.
-pub fn commit_to_file(stack: &Stack, opts: &CommitOptions, path: &Path, obs: &dyn Observer) -> Result<CommitSummary> {
+pub fn commit_to_file(stack: &Stack, opts: &CommitOptions, path: &Path, obs: &dyn Observer) -> Result<Blob> {
     let tmp = TempFile::create(path).map_err(|e| match e {
         CreateError::Io(e) => LayerError::io(path, e),
         e => LayerError::invalid(path, e.to_string()),
     })?;
     let w = BufWriter::with_capacity(1 << 20, tmp.file().map_err(|e| LayerError::io(path, e))?);
-    let summary = commit(stack, opts, w, obs).map_err(|e| match e {
+    let blob = commit_blob(stack, opts, w, obs).map_err(|e| match e {
         LayerError::Output(source) => LayerError::io(path, source),
         e => e,
     })?;
     tmp.persist().map_err(|e| LayerError::io(path, e))?;
-    Ok(summary)
+    Ok(blob)
 }
 
 struct Committer<'a> {
