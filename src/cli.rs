@@ -10,10 +10,12 @@ mod image;
 mod layers;
 mod options;
 mod pidfile;
+mod remount;
 mod spec;
 mod umount;
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,6 +44,8 @@ enum Cmd {
     /// Unmount a union and wait for its daemon to exit.
     #[command(visible_alias = "unmount")]
     Umount(UmountArgs),
+    /// Switch a mounted union read-only (--ro) or writable again (--rw).
+    Remount(RemountArgs),
     /// What the upper changes relative to the lowers (`docker diff`: A, C, D lines).
     Diff(layers::DiffArgs),
     /// Write the upper as an OCI image layer tar; prints its DiffID last.
@@ -65,6 +69,19 @@ struct UmountArgs {
     mountpoint: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct RemountArgs {
+    /// Read-only: the kernel refuses every write with EROFS (refused while a file is open for
+    /// writing).
+    #[arg(long, conflicts_with = "rw", required_unless_present = "rw")]
+    ro: bool,
+    /// Writable again.
+    #[arg(long)]
+    rw: bool,
+    /// The union's mountpoint.
+    mountpoint: PathBuf,
+}
+
 /// One line for a setup error; a stale FUSE mount (ENOTCONN) gets advice.
 pub(crate) fn setup_message(e: &SetupError) -> String {
     if let SetupError::Io { role, path, source } = e {
@@ -83,13 +100,23 @@ pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let rest = args.get(1..).unwrap_or_default();
     if compat::is_compat(rest) {
-        let spec = match compat::parse(rest) {
+        if let Some((mnt, items)) = remount::request(rest) {
+            return remount::from_options(&mnt, &items);
+        }
+        let mut spec = match compat::parse(rest) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("unionfs: {e}");
                 return ExitCode::from(2);
             }
         };
+        // Run by mount.fuse3 by path (`-t fuse./PATH/unionfs`): the mount's type names that
+        // path, so that mount(8) runs this program again for a remount.
+        if let Some(argv0) = args.first().filter(|a| a.as_bytes().starts_with(b"/")) {
+            if compat::has_source(rest) && spec.session.subtype == "unionfs" {
+                spec.session.subtype = argv0.to_string_lossy().into_owned();
+            }
+        }
         // The daemon child gets `-f` first (still the compat form).
         let child_args = std::iter::once(OsString::from("-f"))
             .chain(rest.iter().cloned())
@@ -113,6 +140,7 @@ pub fn main() -> ExitCode {
             mount(spec, child_args)
         }
         Cmd::Umount(a) => umount::run(&a.mountpoint, a.lazy),
+        Cmd::Remount(a) => remount::run(&a.mountpoint, a.ro),
         Cmd::Diff(a) => layers::diff(a),
         Cmd::Commit(a) => layers::commit(a),
         Cmd::Import(a) => layers::import(a),

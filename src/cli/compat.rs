@@ -36,6 +36,23 @@ pub fn is_compat(args: &[OsString]) -> bool {
     !subcommand && args.iter().any(|a| a.as_bytes().starts_with(b"-o"))
 }
 
+/// Whether `args` (the compat form) give a source before the mountpoint: the form mount.fuse3
+/// runs for mount(8).
+pub fn has_source(args: &[OsString]) -> bool {
+    let mut n = 0;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_bytes() {
+            b"-o" => {
+                it.next();
+            }
+            b if !b.starts_with(b"-") => n += 1,
+            _ => {}
+        }
+    }
+    n == 2
+}
+
 /// Parses the fuse-overlayfs form. `-o` may be given several times (also as `-oOPTS`), and the
 /// mountpoint may come before or after the options. Two positional arguments are the form
 /// mount(8) uses through mount.fuse3 (`unionfs SOURCE MOUNTPOINT -o OPTIONS`): the source is

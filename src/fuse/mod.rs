@@ -4,6 +4,7 @@
 mod handlers;
 mod init;
 mod ioctl;
+pub mod kernel_mount;
 mod passthrough;
 mod reply;
 pub mod session;

@@ -29,7 +29,7 @@ pub struct SessionOptions {
     pub exec: bool,
     /// The mount's source as shown in /proc/self/mountinfo.
     pub fsname: String,
-    /// The `fuse.<subtype>` type (shown when fusermount3 mounts; the direct mount shows `fuse`).
+    /// The mount's type is `fuse.<subtype>` (mount(8) runs the program it names for a remount).
     pub subtype: String,
     /// Further kernel mount flags and options (atime, sync, dirsync, SELinux `context=`, ...).
     pub extra: Vec<MountOption>,
@@ -113,7 +113,13 @@ pub fn mount(union: Arc<Union>, mountpoint: &Path, opts: &SessionOptions) -> io:
     let cfg = opts.fuser_config(!union.writable());
     let adapter = FuseAdapter::new(union, opts.adapter);
     let notifier = adapter.notifier_slot();
-    let session = Session::new(adapter, mountpoint, &cfg)?;
+    let session = match super::kernel_mount::mount(mountpoint, &cfg.mount_options, cfg.acl, &opts.subtype)? {
+        Some(fd) => Session::from_fd(adapter, fd, cfg.acl, cfg.clone()).inspect_err(|_| {
+            // Mounted, but no session: nothing would ever answer it.
+            let _ = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH);
+        })?,
+        None => Session::new(adapter, mountpoint, &cfg)?,
+    };
     // Requests wait until `run`, so none can need the notifier before it is here.
     let _ = notifier.set(session.notifier());
     Ok(Mounted {

@@ -140,3 +140,130 @@ fn an_fstab_line_mounts_the_union() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `mount -o remount,ro|rw` (mount(8) runs our program again through mount.fuse3) and
+/// `unionfs remount --ro|--rw`: writes fail with EROFS while read-only, as on kernel overlayfs
+/// remounted the same way, and work again after; going read-only with a file open for writing
+/// is refused (EBUSY), as for any filesystem.
+#[test]
+fn remount_read_only_and_back_through_mount8_and_unionfs() {
+    if !require_mount8() {
+        return;
+    }
+    let l = Layers::new(1);
+    l.put(0, "f", b"lower");
+    let bin = helper_binary(&l);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.lowers[0].display(),
+        l.upper.display(),
+        l.work.display()
+    );
+    let mnt = l.mnt.to_string_lossy().into_owned();
+    let out = mount_cmd(&["-t", &format!("fuse.{}", bin.display()), "src", &mnt, "-o", &opts]);
+    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    let _g = HelperMount { bin: &bin, mnt: &l.mnt };
+    let write = |name: &str| err_code(std::fs::write(l.mnt.join(name), b"x"));
+    let ro = |want: bool, how: &str| {
+        let opts = findmnt(&l.mnt).2;
+        assert_eq!(opts.split(',').any(|o| o == "ro"), want, "{how}: options {opts}");
+    };
+    // A file open for writing keeps the union writable.
+    let held = std::fs::OpenOptions::new()
+        .append(true)
+        .open(l.mnt.join("f"))
+        .expect("open");
+    let out = mount_cmd(&["-o", "remount,ro", &mnt]);
+    assert!(
+        !out.status.success(),
+        "remount,ro with a file open for writing succeeded"
+    );
+    drop(held);
+
+    let out = mount_cmd(&["-o", "remount,ro", &mnt]);
+    assert!(
+        out.status.success(),
+        "remount,ro: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ro(true, "remount,ro");
+    assert_eq!(write("new"), Some(libc::EROFS));
+    assert_eq!(std::fs::read(l.mnt.join("f")).expect("read"), b"lower");
+    let out = mount_cmd(&["-o", "remount,rw", &mnt]);
+    assert!(
+        out.status.success(),
+        "remount,rw: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ro(false, "remount,rw");
+    assert_eq!(write("new"), None);
+
+    let unionfs = |arg: &str| {
+        Command::new(bin.as_path())
+            .args(["remount", arg, &mnt])
+            .output()
+            .expect("run")
+    };
+    assert!(unionfs("--ro").status.success());
+    ro(true, "unionfs remount --ro");
+    assert_eq!(write("other"), Some(libc::EROFS));
+    assert!(unionfs("--rw").status.success());
+    ro(false, "unionfs remount --rw");
+    assert_eq!(write("other"), None);
+    assert!(l.up("new").exists() && l.up("other").exists());
+
+    // The same on kernel overlayfs, for the errno.
+    let k = Layers::new(1);
+    let kmnt = k.mnt.to_string_lossy().into_owned();
+    let kopts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        k.lowers[0].display(),
+        k.upper.display(),
+        k.work.display()
+    );
+    let out = mount_cmd(&["-t", "overlay", "overlay", &kmnt, "-o", &kopts]);
+    assert!(
+        out.status.success(),
+        "kernel overlay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mount_cmd(&["-o", "remount,ro", &kmnt]);
+    let kernel = err_code(std::fs::write(k.mnt.join("new"), b"x"));
+    let _ = Command::new("umount").arg(&k.mnt).status();
+    assert!(out.status.success());
+    assert_eq!(kernel, Some(libc::EROFS));
+}
+
+/// A second mount(8) mount of a source whose upper a live mount holds: one line from mount(8),
+/// nothing mounted (docs/semantics.md, "One mount per upper").
+#[test]
+fn a_second_mount8_mount_of_the_same_upper_is_refused_in_one_line() {
+    if !require_mount8() {
+        return;
+    }
+    let l = Layers::new(1);
+    l.put(0, "f", b"lower");
+    let bin = helper_binary(&l);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.lowers[0].display(),
+        l.upper.display(),
+        l.work.display()
+    );
+    let fstype = format!("fuse.{}", bin.display());
+    let mnt = l.mnt.to_string_lossy().into_owned();
+    let out = mount_cmd(&["-t", &fstype, "src", &mnt, "-o", &opts]);
+    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    let _g = HelperMount { bin: &bin, mnt: &l.mnt };
+    let second = l.dir.path().join("second");
+    std::fs::create_dir(&second).expect("mkdir");
+    let out = mount_cmd(&["-t", &fstype, "src", &second.to_string_lossy(), "-o", &opts]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second mount of the same upper succeeded");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("in use") && err.contains(&*l.upper.to_string_lossy()),
+        "{err}"
+    );
+    assert!(!is_mounted(&second));
+}
