@@ -316,114 +316,6 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
     finish(blob, toc)
 }
 
-/// [`write`] for a producer that pushes its tar (as `unionfs commit` does): `produce` writes
-/// the tar stream into the `Write` it is given, while a scoped thread turns it into the eStargz
-/// blob on `out`. Returns what `produce` returned and what was written. An error of `produce`
-/// is the result (the blob is then incomplete: discard it); if the writer refuses the tar
-/// first, its error is.
-pub fn write_with<W, T>(
-    out: W,
-    opts: &Options,
-    produce: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
-) -> std::io::Result<(T, Written)>
-where
-    W: Write + Send,
-{
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-    std::thread::scope(|s| {
-        let writer = s.spawn(move || {
-            let r = ChannelReader {
-                rx,
-                cur: Vec::new(),
-                at: 0,
-            };
-            write(r, out, opts)
-        });
-        let mut w = ChannelWriter {
-            tx: Some(tx),
-            buf: Vec::with_capacity(PIPE_BUF),
-        };
-        let produced = produce(&mut w).and_then(|t| w.close().map(|()| t));
-        drop(w);
-        let written = writer
-            .join()
-            .map_err(|_| std::io::Error::other("estargz: the writer thread panicked"))?;
-        match (produced, written) {
-            (Ok(t), Ok(w)) => Ok((t, w)),
-            (Ok(_), Err(e)) => Err(e),
-            (Err(e), Err(w)) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(w),
-            (Err(e), _) => Err(e),
-        }
-    })
-}
-
-/// Bytes a [`ChannelWriter`] gathers before it hands them over.
-const PIPE_BUF: usize = 256 << 10;
-
-/// The producer's end of [`write_with`]'s pipe.
-struct ChannelWriter {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_BUF));
-        match &self.tx {
-            Some(tx) => tx
-                .send(full)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "estargz: the writer stopped")),
-            None => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "estargz: closed")),
-        }
-    }
-
-    /// Hands over the rest; the reader then sees the end of the stream.
-    fn close(&mut self) -> std::io::Result<()> {
-        self.send()?;
-        self.tx = None;
-        Ok(())
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= PIPE_BUF {
-            self.send()?;
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The writer's end of [`write_with`]'s pipe: the end of the stream when the producer's end is
-/// closed or dropped.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.cur.len() {
-            match self.rx.recv() {
-                Ok(next) => (self.cur, self.at) = (next, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.at);
-        buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// The table, in a member of its own, as the last entry; then the footer.
 fn finish<W: Write>(mut blob: Blob<W>, toc: Vec<OutEntry>) -> std::io::Result<Written> {
     let json = toc_json(toc)?;
@@ -638,39 +530,17 @@ pub fn footer(toc_offset: u64) -> [u8; FOOTER_SIZE as usize] {
     f
 }
 
-/// (seconds, nanoseconds) → RFC 3339 in UTC; the epoch itself is "" (zero or unknown).
+/// (seconds, nanoseconds) as RFC 3339; the epoch itself is "" (zero or unknown), as the
+/// stargz-snapshotter's writer leaves it.
 fn rfc3339((secs, ns): (i64, u32)) -> String {
     if secs == 0 && ns == 0 {
         return String::new();
     }
-    let days = secs.div_euclid(86_400);
-    let t = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let frac = if ns == 0 {
-        String::new()
-    } else {
-        format!(".{ns:09}").trim_end_matches('0').to_string()
-    };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
-        t / 3600,
-        t % 3600 / 60,
-        t % 60
-    )
+    super::write::rfc3339_ns(secs, ns)
 }
 
-/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
+mod pipe;
 #[cfg(test)]
 mod tests;
+
+pub use pipe::write_with;

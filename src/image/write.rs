@@ -241,11 +241,22 @@ pub fn rfc3339_now() -> String {
 
 /// `secs` since the epoch as RFC 3339 in UTC.
 pub fn rfc3339(secs: i64) -> String {
+    rfc3339_ns(secs, 0)
+}
+
+/// `secs` and `ns` since the epoch as RFC 3339 in UTC, with as many digits of the fraction as
+/// it needs (none for a whole second).
+pub fn rfc3339_ns(secs: i64, ns: u32) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
+    let frac = if ns == 0 {
+        String::new()
+    } else {
+        format!(".{ns:09}").trim_end_matches('0').to_string()
+    };
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60

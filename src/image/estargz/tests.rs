@@ -47,8 +47,11 @@ fn sample(big: &[u8]) -> Vec<u8> {
     let long = format!("deep/{}/file", "x".repeat(150));
     put(&mut b, T::Regular, &long, 0o644, b"long name\n", None);
     put(&mut b, T::Symlink, "deep/longlink", 0o777, b"", Some(&long));
-    put(&mut b, T::Regular, ".wh.gone", 0o644, b"", None);
-    put(&mut b, T::Regular, "opq/.wh..wh..opq", 0o644, b"", None);
+    // Whiteouts and opaque markers, named as the format module names them.
+    let gone = crate::format::markers::oci_name(std::ffi::OsStr::new("gone"));
+    put(&mut b, T::Regular, &gone.to_string_lossy(), 0o644, b"", None);
+    let opq = format!("opq/{}", crate::format::markers::OPAQUE_MARKER);
+    put(&mut b, T::Regular, &opq, 0o644, b"", None);
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(T::Char);
     h.set_mode(0o666);
