@@ -147,7 +147,17 @@ impl ContentCache {
         }
         r?;
         total += len;
-        std::fs::write(&size_file, total.to_string())?;
+        // In place, at a fixed width: truncating and rewriting a file makes ext4 flush it to
+        // disk at close (its replace-by-truncate heuristic), which cost every cold read ~4 ms.
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&size_file)?;
+        let line = format!("{total:>20}\n");
+        if rustix::io::pwrite(&f, line.as_bytes(), 0)? != line.len() {
+            return Err(std::io::Error::other("a short write of the content cache's size"));
+        }
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
