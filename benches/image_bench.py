@@ -75,6 +75,7 @@ the process group we started is killed.
 
 import argparse
 import atexit
+import builtins
 import glob
 import hashlib
 import json
@@ -701,6 +702,9 @@ def main():
                     log(f"  {size} {fmt} cache limit {fmt_b(limit)}: peak {fmt_b(f['cache_peak'])}, du {fmt_b(f['cache_du'])}")
                 except CmdError as e:
                     notes.append(f"{size} {fmt} cache-limit check: {e}")
+            # a report so far, in case the run is stopped before the end
+            with open(os.path.join(a.workdir, "partial-report.md"), "w") as f:
+                report(a, sizes, formats, rows, checks, unpacked_size, notes, out=f, json_path=a.json and a.json + ".partial")
             # leave nothing big behind between cases
             for d in ["rootfs", "bundle", "cache", "upper", "work"]:
                 rmtree(case.p(d))
@@ -709,7 +713,11 @@ def main():
     return 0
 
 
-def report(a, sizes, formats, rows, checks, unpacked_size, notes):
+def report(a, sizes, formats, rows, checks, unpacked_size, notes, out=sys.stdout, json_path=None):
+    json_path = json_path or a.json
+
+    def print(*args):
+        builtins.print(*args, file=out)
     by = {(r["size"], r["format"], r["target"]): r for r in rows}
     ver = run([BIN, "--version"], check=False).strip()
     pv = run(["podman", "--version"], check=False).strip()
@@ -731,7 +739,7 @@ def report(a, sizes, formats, rows, checks, unpacked_size, notes):
               f"{cell('read_all')} | {fmt_ms(r['walk_only'])} | {fmt_ms(r['reads_only'])} | {fmt_b(r['disk10'])} | "
               f"{fmt_b(r['disk_end'])} | {fmt_b(r['hwm'])} |")
     goals = []
-    big = sizes[-1]
+    big = max((r["size"] for r in rows), key=sizes.index, default=sizes[-1])
     for fmt in formats:
         u, c = by.get((big, fmt, "unpack")), by.get((big, fmt, "cold"))
         want = 10 if fmt == "zstd:chunked" else 2
@@ -771,8 +779,8 @@ def report(a, sizes, formats, rows, checks, unpacked_size, notes):
     print("\nNotes:" if notes else "\nNotes: every run read every file with its expected size and the deep file's expected bytes.")
     for n in notes:
         print(f"- {n}")
-    if a.json:
-        with open(a.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump({"rows": rows, "cache_checks": checks, "goals": [{"goal": g, "holds": ok, "detail": d} for g, ok, d in goals],
                        "unpacked_size": {f"{s} {f}": v for (s, f), v in unpacked_size.items()},
                        "notes": notes, "unionfs": ver, "podman": pv, "reps": a.reps, "sizes": sizes}, f, indent=1)
