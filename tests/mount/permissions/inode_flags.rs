@@ -186,7 +186,8 @@ fn rootless_chattr_immutable_is_refused_and_changes_nothing() {
     m.finish();
 }
 
-/// Every change inside (and of) a directory `d` that is immutable, then append-only, run in
+/// Every change inside (and of) a directory `d`, and of a file `other/prot`, that are immutable,
+/// then append-only, run in
 /// `mnt` as `user` (or root): each line is the command, its exit status and the error text, so
 /// that the errno each operation meets first can be compared with kernel overlayfs. Root sets
 /// and clears the flags.
@@ -223,6 +224,16 @@ t sh -c 'echo appended >> d/f'
 t chmod 606 d/f
 t cat d/f
 t ls d
+t sh -c 'echo more >> other/prot'
+t sh -c 'echo over > other/prot'
+t truncate -s 0 other/prot
+t chmod 600 other/prot
+t touch -d @1000000000 other/prot
+t setfattr -n user.x -v 1 other/prot
+t ln other/prot other/prot-link
+t mv -T other/prot other/prot-moved
+t unlink other/prot
+t cat other/prot
 "#;
     let run_ops = || match user {
         Some(u) => user_sh(u, OPS, &[mnt.as_os_str()]).1,
@@ -236,19 +247,18 @@ t ls d
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
     };
-    let d = mnt.join("d");
+    let targets = ["d", "other/prot"];
     let mut t = Vec::new();
+    let chattr = |t: &mut Vec<String>, flag: &str| {
+        for p in targets {
+            let out = run("chattr", &[flag.as_ref(), mnt.join(p).as_os_str()], mnt);
+            t.push(format!("chattr {flag} {p}: {out}"));
+        }
+    };
     for flag in ["+i", "+a"] {
-        t.push(format!(
-            "chattr {flag} d: {}",
-            run("chattr", &[flag.as_ref(), d.as_os_str()], mnt)
-        ));
+        chattr(&mut t, flag);
         t.extend(run_ops().lines().map(|l| format!("{flag} {l}")));
-        let off = flag.replace('+', "-");
-        t.push(format!(
-            "chattr {off} d: {}",
-            run("chattr", &[off.as_ref(), d.as_os_str()], mnt)
-        ));
+        chattr(&mut t, &flag.replace('+', "-"));
     }
     t
 }
@@ -261,6 +271,7 @@ fn fill_dir_flags(l: &Layers) {
     l.put(0, "other/x", b"x\n");
     l.put(0, "other/y", b"y\n");
     l.put(0, "other/dir/z", b"z\n");
+    l.put(0, "other/prot", b"p\n");
     std::fs::create_dir(l.lower(0, "d/empty")).expect("mkdir");
     let st = Command::new("chmod")
         .args(["-R", "a+rwX"])
@@ -280,7 +291,11 @@ fn changes_in_an_immutable_or_append_only_directory_meet_the_kernels_errno_first
             dir_flags_transcript(&k.mnt, who)
         };
         assert!(
-            kernel.iter().any(|l| l == "+i rmdir d/sub: 1 Operation not permitted"),
+            kernel.iter().any(|l| l == "+i rmdir d/sub: 1 Operation not permitted")
+                && kernel
+                    .iter()
+                    .any(|l| l == "+i unlink other/prot: 1 Operation not permitted")
+                && kernel.iter().any(|l| l == "+a sh -c echo more >> other/prot: 0 "),
             "{kernel:#?}"
         );
         // The kernel's FUSE compares a victim's type with the call before it asks us (it cannot
