@@ -30,6 +30,7 @@ mod estargz;
 mod formats;
 mod hard_links;
 mod identity;
+mod image_errors;
 mod image_offsets;
 mod image_tools;
 mod images;
