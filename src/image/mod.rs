@@ -84,10 +84,44 @@ pub fn open_layers(
 ) -> Result<(layout::Image, Vec<ImageLayer>), ImageError> {
     let (dir, tag) = layout::parse_reference(reference)?;
     let image = layout::open(&dir, tag.as_deref())?;
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for (n, desc) in image.layers.iter().rev().enumerate() {
-        progress.layer(n + 1, image.layers.len(), &desc.digest);
-        layers.push(ImageLayer::open(&dir, desc, cache_dir, Arc::clone(&cache), progress)?);
+    let descs: Vec<&layout::LayerDesc> = image.layers.iter().rev().collect();
+    // Layers without a catalog are scanned side by side: a scan is one core's decompression
+    // (what `tar -x` of the layer costs), so a first mount takes the longest layer's scan, not
+    // the sum of them all.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(descs.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let opened: Vec<parking_lot::Mutex<Option<Result<ImageLayer, ImageError>>>> =
+        descs.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                use std::sync::atomic::Ordering::Relaxed;
+                loop {
+                    let i = next.fetch_add(1, Relaxed);
+                    if i >= descs.len() || failed.load(Relaxed) {
+                        break;
+                    }
+                    progress.layer(i + 1, descs.len(), &descs[i].digest);
+                    let r = ImageLayer::open(&dir, descs[i], cache_dir, Arc::clone(&cache), progress);
+                    failed.fetch_or(r.is_err(), Relaxed);
+                    *opened[i].lock() = Some(r);
+                }
+            });
+        }
+    });
+    let mut layers = Vec::with_capacity(descs.len());
+    for (slot, desc) in opened.into_iter().zip(&descs) {
+        match slot.into_inner() {
+            Some(r) => layers.push(r?),
+            // Not opened: an earlier layer failed, and its error comes first.
+            None => {
+                return Err(ImageError::invalid(&dir, format!("layer {} not opened", desc.digest)));
+            }
+        }
     }
     Ok((image, layers))
 }
