@@ -111,8 +111,12 @@ impl FsDir {
         let fd = self.fd()?;
         let mut p = 0;
         for name in crate::format::xattrs::PROTATTR {
-            if let Some(v) = sys::get_xattr_fd(fd.as_fd(), OsStr::new(name))? {
-                p |= crate::format::xattrs::parse_protattr(&v);
+            match sys::get_xattr_fd(fd.as_fd(), OsStr::new(name)) {
+                Ok(Some(v)) => p |= crate::format::xattrs::parse_protattr(&v),
+                Ok(None) => {}
+                // Unreadable (a directory its owner may not read, for a rootless daemon): none
+                // of ours, since only a privileged daemon writes them; changes go on as before.
+                Err(e) => tracing::debug!("protattr of a directory: {e}"),
             }
         }
         self.prot.store(p, Ordering::Relaxed);
