@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building, mounting and testing need, once: fuse3 (fusermount3), the peers we
 # compare against (fuse-overlayfs, unionfs-fuse), attr/util-linux/e2fsprogs tools, umoci and
-# Podman (layer tools); makes /dev/fuse usable by every user; and creates the test accounts
-# (below). Idempotent. Run it as root before the test suite (scripts/test.sh does): tests only
-# look the accounts up, they never create them.
+# Podman (layer tools), Buildah and skopeo (image tests); makes /dev/fuse usable by every
+# user; and creates the test accounts (below). Idempotent. Run it as root before the test
+# suite (scripts/test.sh does): tests only look the accounts up, they never create them.
 #
 #   bash scripts/setup.sh                    everything the full test suite needs
 #   bash scripts/setup.sh --no-accounts      packages and /dev/fuse only (the demo)
@@ -116,6 +116,10 @@ command -v lsattr >/dev/null || need+=(e2fsprogs)
 # `podman diff` (with unionfs as the overlay driver's mount_program) checks `unionfs diff`.
 command -v umoci >/dev/null || need+=(umoci)
 command -v podman >/dev/null || need+=(podman)
+# The image tests (tests/mount/images.rs, image_tools.rs): Buildah builds the images offline,
+# skopeo copies them into OCI layouts and inspects what `unionfs commit --image` wrote.
+command -v buildah >/dev/null || need+=(buildah)
+command -v skopeo >/dev/null || need+=(skopeo)
 # tests/podman.rs: a busybox image, and rootless Podman's subordinate id maps.
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v newuidmap >/dev/null || need+=(uidmap)
