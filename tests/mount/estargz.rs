@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,6 +20,7 @@ use unionfs::image::estargz::{self, Options, Written};
 use unionfs::image::toc::ESTARGZ_TOC_DIGEST;
 
 use crate::common::{Mount, bin, require_root};
+use crate::oci;
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const CHUNK: u64 = 1 << 20;
@@ -186,54 +187,28 @@ fn esgz(tar: &[u8]) -> (Layer, Written) {
     (layer, w)
 }
 
-fn put_blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
-    let hex = format!("{:x}", Sha256::digest(bytes));
-    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).expect("blob");
-    (format!("sha256:{hex}"), bytes.len())
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("json")
-}
-
 /// Writes the layout `dir` with one image a tag, each of `layers` (base first).
 fn layout(dir: &Path, images: &[(&str, &[Layer])]) {
-    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    let dir = oci::new_layout(dir);
     let mut manifests = Vec::new();
     for (tag, layers) in images {
-        let mut descs = Vec::new();
-        let mut diff_ids = Vec::new();
-        for l in layers.iter() {
-            let (d, size) = put_blob(dir, &l.blob);
-            let ann: Vec<String> = l
-                .annotations
-                .iter()
-                .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
-                .collect();
-            descs.push(format!(
-                r#"{{"mediaType":"{GZIP}","digest":"{d}","size":{size},"annotations":{{{}}}}}"#,
-                ann.join(",")
-            ));
-            diff_ids.push(json_str(&l.diff_id));
-        }
-        let config = format!(
-            r#"{{"architecture":"{}","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
-            unionfs::image::layout::host_arch(),
-            diff_ids.join(",")
-        );
-        let (cd, cs) = put_blob(dir, config.as_bytes());
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{}]}}"#,
-            descs.join(",")
-        );
-        let (md, ms) = put_blob(dir, manifest.as_bytes());
-        manifests.push(format!(
-            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{ms},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}"#
-        ));
+        let descs: Vec<(serde_json::Value, String)> = layers
+            .iter()
+            .map(|l| {
+                let mut d = oci::put(&dir, GZIP, &l.blob);
+                let notes: serde_json::Map<String, serde_json::Value> = l
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect();
+                d["annotations"] = notes.into();
+                (d, l.diff_id.clone())
+            })
+            .collect();
+        let arch = unionfs::image::layout::host_arch();
+        manifests.push(oci::tagged(oci::image(&dir, &descs, arch), tag));
     }
-    let index = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, manifests.join(","));
-    std::fs::write(dir.join("index.json"), index).expect("index.json");
+    oci::write_index(&dir, manifests);
 }
 
 /// The test image: tags `esgz` and `gz` of the same two tars, and what writing them gave.
@@ -293,40 +268,9 @@ struct Obj {
 
 /// Every object below `root`, by path.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Obj> {
-    let mut paths = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
-            let p = e.expect("entry").path();
-            if std::fs::symlink_metadata(&p).expect("lstat").is_dir() {
-                stack.push(p.clone());
-            }
-            paths.push(p);
-        }
-    }
-    paths.sort();
     let mut first: BTreeMap<u64, PathBuf> = BTreeMap::new();
     let mut out = BTreeMap::new();
-    for p in paths {
-        let md = std::fs::symlink_metadata(&p).expect("lstat");
-        let ft = md.file_type();
-        let kind = match () {
-            _ if ft.is_dir() => 'd',
-            _ if ft.is_symlink() => 'l',
-            _ if ft.is_char_device() => 'c',
-            _ if ft.is_block_device() => 'b',
-            _ if ft.is_fifo() => 'p',
-            _ => 'f',
-        };
-        let rel = p.strip_prefix(root).expect("below").to_path_buf();
-        let data = match kind {
-            'f' => std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())),
-            'l' => std::fs::read_link(&p)
-                .expect("readlink")
-                .into_os_string()
-                .into_encoded_bytes(),
-            _ => Vec::new(),
-        };
+    for (rel, md, kind, data) in super::images::walk(root) {
         let obj = Obj {
             kind,
             mode: md.mode() & 0o7777,
@@ -336,7 +280,7 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Obj> {
             rdev: md.rdev(),
             nlink: md.nlink(),
             data,
-            xattrs: crate::common::all_xattrs(&p)
+            xattrs: crate::common::all_xattrs(&root.join(&rel))
                 .into_iter()
                 .filter(|(n, _)| n.starts_with("user."))
                 .collect(),

@@ -9,13 +9,7 @@ use std::process::Command;
 use sha2::{Digest as _, Sha256};
 
 use crate::common::{bin, is_mounted};
-
-/// Stores `bytes` as a blob of `layout`; its descriptor.
-fn put(layout: &Path, media: &str, bytes: &[u8]) -> serde_json::Value {
-    let digest = format!("sha256:{:x}", Sha256::digest(bytes));
-    std::fs::write(layout.join("blobs/sha256").join(&digest[7..]), bytes).expect("write blob");
-    serde_json::json!({"mediaType": media, "digest": digest, "size": bytes.len()})
-}
+use crate::oci;
 
 fn small_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -35,44 +29,18 @@ fn small_tar() -> Vec<u8> {
 fn image(layout: &Path, layer_media: &str, arch: &str, platform: bool) -> serde_json::Value {
     let tar = small_tar();
     let diff_id = format!("sha256:{:x}", Sha256::digest(&tar));
-    let layer = put(layout, layer_media, &tar);
-    let config = serde_json::json!({
-        "architecture": arch, "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    });
-    let config = put(
-        layout,
-        "application/vnd.oci.image.config.v1+json",
-        config.to_string().as_bytes(),
-    );
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": [layer],
-    });
-    let mut d = put(
-        layout,
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.to_string().as_bytes(),
-    );
+    let layer = oci::put(layout, layer_media, &tar);
+    let mut d = oci::image(layout, &[(layer, diff_id)], arch);
     if platform {
         d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
     }
     d
 }
 
-fn tagged(mut d: serde_json::Value, tag: &str) -> serde_json::Value {
-    d["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
-    d
-}
-
 #[test]
 fn an_unsupported_media_type_a_foreign_platform_or_no_match_in_an_index_is_one_line() {
     let t = tempfile::tempdir().expect("tmp");
-    let layout = t.path().join("layout");
-    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir layout");
-    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    let layout = oci::new_layout(&t.path().join("layout"));
     let foreign = if unionfs::image::layout::host_arch() == "s390x" {
         "riscv64"
     } else {
@@ -87,19 +55,22 @@ fn an_unsupported_media_type_a_foreign_platform_or_no_match_in_an_index_is_one_l
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [entry],
         });
-        put(
+        oci::put(
             &layout,
             "application/vnd.oci.image.index.v1+json",
             index.to_string().as_bytes(),
         )
     };
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
-        tagged(image(&layout, tar, unionfs::image::layout::host_arch(), false), "ok"),
-        tagged(image(&layout, bzip2, unionfs::image::layout::host_arch(), false), "bz2"),
-        tagged(image(&layout, tar, foreign, false), "foreign"),
-        tagged(list, "list"),
-    ]});
-    std::fs::write(layout.join("index.json"), index.to_string()).expect("index.json");
+    let host = unionfs::image::layout::host_arch();
+    oci::write_index(
+        &layout,
+        vec![
+            oci::tagged(image(&layout, tar, host, false), "ok"),
+            oci::tagged(image(&layout, bzip2, host, false), "bz2"),
+            oci::tagged(image(&layout, tar, foreign, false), "foreign"),
+            oci::tagged(list, "list"),
+        ],
+    );
     let before: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
         .expect("ls")
         .map(|e| e.map(|e| e.path()))

@@ -13,6 +13,7 @@ use std::path::Path;
 use sha2::{Digest as _, Sha256};
 
 use crate::common::Mount;
+use crate::oci;
 
 /// The big file's size: past 4 GiB by more than a gzip restart interval.
 const BIG: u64 = 5 << 30;
@@ -97,13 +98,6 @@ fn sha256_file(p: &Path) -> String {
     format!("sha256:{:x}", h.finalize())
 }
 
-/// Stores `bytes` as a blob of `layout`; its descriptor.
-fn put(layout: &Path, media: &str, bytes: &[u8]) -> serde_json::Value {
-    let digest = format!("sha256:{:x}", Sha256::digest(bytes));
-    std::fs::write(layout.join("blobs/sha256").join(&digest[7..]), bytes).expect("write blob");
-    serde_json::json!({"mediaType": media, "digest": digest, "size": bytes.len()})
-}
-
 /// Writes the layer (gzip or zstd) into `layout` and tags an image of it `tag`; returns the
 /// manifest's descriptor.
 fn add_image(layout: &Path, tag: &str, zstd: bool) -> serde_json::Value {
@@ -123,42 +117,19 @@ fn add_image(layout: &Path, tag: &str, zstd: bool) -> serde_json::Value {
     let digest = sha256_file(&tmp);
     let size = std::fs::metadata(&tmp).expect("stat layer").len();
     std::fs::rename(&tmp, layout.join("blobs/sha256").join(&digest[7..])).expect("blob in place");
-    let config = serde_json::json!({
-        "architecture": unionfs::image::layout::host_arch(),
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    });
-    let config = put(
-        layout,
-        "application/vnd.oci.image.config.v1+json",
-        config.to_string().as_bytes(),
-    );
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": [{"mediaType": media, "digest": digest, "size": size}],
-    });
-    let mut desc = put(
-        layout,
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.to_string().as_bytes(),
-    );
-    desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
-    desc
+    let layer = serde_json::json!({"mediaType": media, "digest": digest, "size": size});
+    let arch = unionfs::image::layout::host_arch();
+    oci::tagged(oci::image(layout, &[(layer, diff_id)], arch), tag)
 }
 
 #[test]
 fn offsets_past_4_gib_read_the_right_bytes_in_gzip_and_zstd_layers() {
     let t = tempfile::tempdir().expect("tmp");
-    let layout = t.path().join("layout");
-    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir layout");
-    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    let layout = oci::new_layout(&t.path().join("layout"));
     let start = std::time::Instant::now();
     let manifests = vec![add_image(&layout, "gz", false), add_image(&layout, "zst", true)];
     eprintln!("two 5 GiB layers written in {:?}", start.elapsed());
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
-    std::fs::write(layout.join("index.json"), index.to_string()).expect("index.json");
+    oci::write_index(&layout, manifests);
     for tag in ["gz", "zst"] {
         let mnt = t.path().join(format!("mnt-{tag}"));
         std::fs::create_dir(&mnt).expect("mkdir mnt");

@@ -119,6 +119,31 @@ pub(crate) struct Obj {
 pub(crate) fn snapshot(root: &Path) -> BTreeMap<PathBuf, Obj> {
     let mut out = BTreeMap::new();
     let mut first_of: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    for (rel, md, kind, data) in walk(root) {
+        let group = (kind == 'f' && md.nlink() > 1).then(|| first_of.entry(md.ino()).or_insert(rel.clone()).clone());
+        let xattrs = xattrs(&root.join(&rel));
+        out.insert(
+            rel,
+            Obj {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: md.mtime(),
+                rdev: md.rdev(),
+                data,
+                xattrs,
+                group,
+            },
+        );
+    }
+    out
+}
+
+/// Every object below `root` (not `root` itself), in path order: its path relative to
+/// `root`, its lstat, its kind (`d`, `l`, `c`, `b`, `p`, `s`, `f`) and its data (a file's
+/// contents, a symlink's target).
+pub(crate) fn walk(root: &Path) -> Vec<(PathBuf, std::fs::Metadata, char, Vec<u8>)> {
     let mut stack = vec![root.to_path_buf()];
     let mut paths = Vec::new();
     while let Some(d) = stack.pop() {
@@ -131,44 +156,32 @@ pub(crate) fn snapshot(root: &Path) -> BTreeMap<PathBuf, Obj> {
         }
     }
     paths.sort();
-    for p in paths {
-        let md = std::fs::symlink_metadata(&p).expect("lstat");
-        let ft = md.file_type();
-        let kind = match () {
-            _ if ft.is_dir() => 'd',
-            _ if ft.is_symlink() => 'l',
-            _ if ft.is_char_device() => 'c',
-            _ if ft.is_block_device() => 'b',
-            _ if ft.is_fifo() => 'p',
-            _ if ft.is_socket() => 's',
-            _ => 'f',
-        };
-        let rel = p.strip_prefix(root).expect("below root").to_path_buf();
-        let data = match kind {
-            'f' => std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())),
-            'l' => std::fs::read_link(&p)
-                .expect("readlink")
-                .into_os_string()
-                .into_encoded_bytes(),
-            _ => Vec::new(),
-        };
-        let group = (kind == 'f' && md.nlink() > 1).then(|| first_of.entry(md.ino()).or_insert(rel.clone()).clone());
-        out.insert(
-            rel,
-            Obj {
-                kind,
-                mode: md.mode() & 0o7777,
-                uid: md.uid(),
-                gid: md.gid(),
-                mtime: md.mtime(),
-                rdev: md.rdev(),
-                data,
-                xattrs: xattrs(&p),
-                group,
-            },
-        );
-    }
-    out
+    paths
+        .into_iter()
+        .map(|p| {
+            let md = std::fs::symlink_metadata(&p).expect("lstat");
+            let ft = md.file_type();
+            let kind = match () {
+                _ if ft.is_dir() => 'd',
+                _ if ft.is_symlink() => 'l',
+                _ if ft.is_char_device() => 'c',
+                _ if ft.is_block_device() => 'b',
+                _ if ft.is_fifo() => 'p',
+                _ if ft.is_socket() => 's',
+                _ => 'f',
+            };
+            let data = match kind {
+                'f' => std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())),
+                'l' => std::fs::read_link(&p)
+                    .expect("readlink")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+                _ => Vec::new(),
+            };
+            let rel = p.strip_prefix(root).expect("below root").to_path_buf();
+            (rel, md, kind, data)
+        })
+        .collect()
 }
 
 fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
