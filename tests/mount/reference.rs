@@ -17,19 +17,24 @@ pub(crate) const MODES: [(&str, &[&str]); 3] = [
     ("write-through", &["--no-passthrough", "--no-writeback-cache"]),
 ];
 
-/// Kernel overlayfs over `l`'s layers with extra mount options (`opts`, may be empty).
-pub(crate) fn kernel_overlay(l: &Layers, opts: &str) -> KernelOverlay {
+/// `lowerdir=…,upperdir=…,workdir=…` for `l`'s layers (kernel overlayfs's and our `-o` form).
+pub(crate) fn layer_options(l: &Layers) -> String {
     let lower = l
         .lowers
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    let mut o = format!(
+    format!(
         "lowerdir={lower},upperdir={},workdir={}",
         l.upper.display(),
         l.work.display()
-    );
+    )
+}
+
+/// Kernel overlayfs over `l`'s layers with extra mount options (`opts`, may be empty).
+pub(crate) fn kernel_overlay(l: &Layers, opts: &str) -> KernelOverlay {
+    let mut o = layer_options(l);
     if !opts.is_empty() {
         o = format!("{o},{opts}");
     }

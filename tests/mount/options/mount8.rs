@@ -9,6 +9,7 @@ use std::process::Command;
 
 use super::{helper_binary, require_mount8};
 use crate::common::*;
+use crate::reference::{kernel_overlay, layer_options};
 
 /// Unmounts with `unionfs umount` (which waits for the daemon mount.fuse3 started) on drop.
 struct HelperMount<'a> {
@@ -58,13 +59,7 @@ fn mount_t_fuse_unionfs_mounts_names_and_serves_the_union() {
     l.put(1, "top", b"hidden");
     l.put(1, "bottom", b"from lower1");
     let bin = helper_binary(&l);
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        l.lowers[0].display(),
-        l.lowers[1].display(),
-        l.upper.display(),
-        l.work.display()
-    );
+    let opts = layer_options(&l);
     let fstype = format!("fuse.{}", bin.display());
     let mnt = l.mnt.to_string_lossy().into_owned();
     let out = mount_cmd(&["-t", &fstype, "my-union", &mnt, "-o", &opts]);
@@ -153,12 +148,7 @@ fn remount_read_only_and_back_through_mount8_and_unionfs() {
     let l = Layers::new(1);
     l.put(0, "f", b"lower");
     let bin = helper_binary(&l);
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        l.lowers[0].display(),
-        l.upper.display(),
-        l.work.display()
-    );
+    let opts = layer_options(&l);
     let mnt = l.mnt.to_string_lossy().into_owned();
     let out = mount_cmd(&["-t", &format!("fuse.{}", bin.display()), "src", &mnt, "-o", &opts]);
     assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
@@ -215,22 +205,15 @@ fn remount_read_only_and_back_through_mount8_and_unionfs() {
     // The same on kernel overlayfs, for the errno.
     let k = Layers::new(1);
     let kmnt = k.mnt.to_string_lossy().into_owned();
-    let kopts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        k.lowers[0].display(),
-        k.upper.display(),
-        k.work.display()
-    );
-    let out = mount_cmd(&["-t", "overlay", "overlay", &kmnt, "-o", &kopts]);
-    assert!(
-        out.status.success(),
-        "kernel overlay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ko = kernel_overlay(&k, "");
     let out = mount_cmd(&["-o", "remount,ro", &kmnt]);
     let kernel = err_code(std::fs::write(k.mnt.join("new"), b"x"));
-    let _ = Command::new("umount").arg(&k.mnt).status();
-    assert!(out.status.success());
+    drop(ko);
+    assert!(
+        out.status.success(),
+        "kernel overlay remount,ro: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(kernel, Some(libc::EROFS));
 }
 
@@ -244,12 +227,7 @@ fn a_second_mount8_mount_of_the_same_upper_is_refused_in_one_line() {
     let l = Layers::new(1);
     l.put(0, "f", b"lower");
     let bin = helper_binary(&l);
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        l.lowers[0].display(),
-        l.upper.display(),
-        l.work.display()
-    );
+    let opts = layer_options(&l);
     let fstype = format!("fuse.{}", bin.display());
     let mnt = l.mnt.to_string_lossy().into_owned();
     let out = mount_cmd(&["-t", &fstype, "src", &mnt, "-o", &opts]);
