@@ -112,9 +112,10 @@ impl Union {
 
     /// Linux's `may_delete`, once the victim was found and before its type is compared with
     /// the call's: nothing leaves an immutable or append-only directory, and an immutable or
-    /// append-only directory is neither removed nor moved.
-    pub(super) fn may_delete(&self, dir: &Node, victim: &Node) -> FsResult<()> {
-        if self.protection(dir)? != 0 || self.protection(victim)? != 0 {
+    /// append-only directory (`victim`, when the victim is a directory) is neither removed nor
+    /// moved.
+    pub(super) fn may_delete(&self, dir: &Node, victim: Option<&Node>) -> FsResult<()> {
+        if self.protection(dir)? != 0 || victim.map(|v| self.protection(v)).transpose()?.unwrap_or(0) != 0 {
             return Err(Errno::EPERM);
         }
         Ok(())

@@ -33,14 +33,16 @@ impl Union {
         }
         let dir = self.dir_node(parent)?;
         let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
-        let child = self.pin_child(parent, name)?;
-        self.may_delete(&dir, &child)?;
+        // Only a directory carries protection of its own (a file's flags are its upper copy's).
+        let child = (vis.kind == Kind::Dir)
+            .then(|| self.pin_child(parent, name))
+            .transpose()?;
+        self.may_delete(&dir, child.as_deref().map(|c| &**c))?;
         match (rmdir, vis.kind == Kind::Dir) {
             (true, false) => return Err(Errno::ENOTDIR),
             (false, true) => return Err(Errno::EISDIR),
             _ => {}
         }
-        let child = rmdir.then_some(child);
         if let Some(c) = &child {
             self.ensure_empty(c)?;
         }

@@ -151,9 +151,9 @@ impl Union {
             }
         }
         // vfs_rename's may_delete of the source, then may_delete or may_create of the target.
-        self.may_delete(&d1, &src_node)?;
+        self.may_delete(&d1, Some(&src_node))?;
         match &dst_node {
-            Some(dn) => self.may_delete(&d2, dn)?,
+            Some(dn) => self.may_delete(&d2, Some(dn))?,
             None => self.may_create(&d2)?,
         }
         if let (Some(dn), Some(dv), false) = (&dst_node, &dst, exchange) {
