@@ -55,10 +55,18 @@ pub(crate) fn acl_kills_sgid(ctx: &Ctx, st: &Stat) -> bool {
     if st.st_mode & S_ISGID == 0 {
         return false;
     }
+    let (capable, in_group) = caller(ctx, st.st_gid);
+    !capable && !in_group
+}
+
+/// Whether the caller of `ctx` holds CAP_FSETID, and whether it is in the group `gid` (its
+/// own or a supplementary one), read from /proc. Without /proc (the caller is gone, or in
+/// another pid namespace) root counts as capable and only the request's gid as its group.
+fn caller(ctx: &Ctx, gid: u32) -> (bool, bool) {
     let creds = sys::process_creds(ctx.pid);
     let capable = creds.as_ref().map_or(ctx.uid == 0, |c| c.fsetid);
-    let in_group = ctx.gid == st.st_gid || creds.is_some_and(|c| c.groups.contains(&st.st_gid));
-    !capable && !in_group
+    let in_group = ctx.gid == gid || creds.is_some_and(|c| c.groups.contains(&gid));
+    (capable, in_group)
 }
 
 /// The permission bits `st` must get when `ctx` changes its data, if they change.
@@ -67,13 +75,10 @@ fn mode_after_write(ctx: &Ctx, st: &Stat) -> Option<u32> {
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || mode & (S_ISUID | S_ISGID) == 0 {
         return None;
     }
-    let creds = sys::process_creds(ctx.pid);
-    // Without /proc (the caller is gone, or in another pid namespace) root counts as capable.
-    let capable = creds.as_ref().map_or(ctx.uid == 0, |c| c.fsetid);
+    let (capable, in_group) = caller(ctx, st.st_gid);
     if capable {
         return None;
     }
-    let in_group = ctx.gid == st.st_gid || creds.is_some_and(|c| c.groups.contains(&st.st_gid));
     let mut kill = mode & S_ISUID;
     if mode & S_ISGID != 0 && (mode & S_IXGRP != 0 || !in_group) {
         kill |= S_ISGID;
