@@ -125,6 +125,8 @@ fn as_user(user: (u32, u32), prog: impl AsRef<OsStr>) -> Command {
         .arg(prog)
         .env("LC_ALL", "C")
         .env("HOME", "/")
+        // Not the test's own directory, which may be closed to the user.
+        .current_dir("/")
         .stdin(Stdio::null());
     c
 }

@@ -81,7 +81,11 @@ impl Podman {
                     .arg("--init-groups")
                     .args(["--", "podman"])
                     .env("HOME", home)
-                    .env("XDG_RUNTIME_DIR", self.xdg());
+                    .env("XDG_RUNTIME_DIR", self.xdg())
+                    // Podman chdirs to where it was started: the test's own directory (a
+                    // checkout in a private temporary directory, as CI clones it) may be closed
+                    // to the user.
+                    .current_dir(home);
                 c
             }
             None => Command::new("podman"),

@@ -68,6 +68,8 @@ pub fn run_as(uid: u32, gid: u32, prog: &str, args: &[&std::ffi::OsStr]) -> std:
         .arg("--")
         .arg(prog)
         .args(args)
+        // Not the test's own directory, which may be closed to the user.
+        .current_dir("/")
         .output()
         .expect("run setpriv")
 }
