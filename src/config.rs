@@ -87,6 +87,10 @@ pub struct MountConfig {
     /// An OCI image whose layers lie below `lowers`, read in place from its blobs.
     #[serde(default)]
     pub image: Option<ImageSource>,
+    /// A metadata change of a lower regular file copies up metadata only (see
+    /// `union/metacopy.rs`); its data stays in the lower until the first write.
+    #[serde(default)]
+    pub metacopy: bool,
 }
 
 /// An image as lower layers (see `crate::image`).
@@ -172,6 +176,7 @@ impl MountConfig {
             idmap: crate::idmap::IdMap::default(),
             atime: AtimePolicy::default(),
             image: None,
+            metacopy: false,
         }
     }
 
