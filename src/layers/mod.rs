@@ -22,6 +22,7 @@ pub mod commit;
 pub mod diff;
 pub mod history;
 pub mod import;
+mod indirect;
 mod linked;
 mod listing;
 mod lowers;
