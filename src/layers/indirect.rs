@@ -74,11 +74,6 @@ pub(crate) fn redirect_at(get: &GetXattr<'_>, at: &Path) -> Result<Option<Redire
     }
 }
 
-/// [`redirect_at`] without the raw value.
-pub(crate) fn redirect_of(get: &GetXattr<'_>, at: &Path) -> Result<Option<Redirect>> {
-    Ok(redirect_at(get, at)?.map(|r| r.to))
-}
-
 /// Whether an object is a metacopy file (any value of the xattr counts).
 pub(crate) fn is_metacopy(get: &GetXattr<'_>, at: &Path) -> Result<bool> {
     for x in metacopy::XATTRS {
