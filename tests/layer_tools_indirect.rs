@@ -141,13 +141,31 @@ fn assert_kernel_wrote_indirect(l: &Layers) {
     let u = |r: &str| l.upper.join(r);
     for f in ["f", "t/file", "e/y"] {
         assert!(xattr(&u(f), "trusted.overlay.metacopy").is_some(), "{f}: no metacopy");
-        assert_eq!(std::fs::read(u(f)).expect("read").iter().filter(|&&b| b != 0).count(), 0, "{f}: data copied up");
+        assert_eq!(
+            std::fs::read(u(f)).expect("read").iter().filter(|&&b| b != 0).count(),
+            0,
+            "{f}: data copied up"
+        );
     }
-    assert_eq!(xattr(&u("e"), "trusted.overlay.redirect").as_deref(), Some(&b"d"[..]), "relative");
-    assert_eq!(xattr(&u("n/m2"), "trusted.overlay.redirect").as_deref(), Some(&b"/m"[..]), "absolute");
-    assert_eq!(xattr(&u("n/m2/q2"), "trusted.overlay.redirect").as_deref(), Some(&b"/p/q"[..]));
+    assert_eq!(
+        xattr(&u("e"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"d"[..]),
+        "relative"
+    );
+    assert_eq!(
+        xattr(&u("n/m2"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/m"[..]),
+        "absolute"
+    );
+    assert_eq!(
+        xattr(&u("n/m2/q2"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/p/q"[..])
+    );
     assert!(xattr(&u("e/sub2"), "trusted.overlay.redirect").is_some(), "nested");
-    assert!(xattr(&u("old"), "trusted.overlay.redirect").is_some(), "onto a deleted dir");
+    assert!(
+        xattr(&u("old"), "trusted.overlay.redirect").is_some(),
+        "onto a deleted dir"
+    );
 }
 
 // ---- diff ------------------------------------------------------------------------------------
@@ -214,7 +232,11 @@ fn snapshot(root: &Path) -> Snapshot {
             } else if ft.is_file() {
                 ('f', std::fs::read(&p).expect("read"))
             } else if ft.is_symlink() {
-                ('l', std::os::unix::ffi::OsStrExt::as_bytes(std::fs::read_link(&p).expect("readlink").as_os_str()).to_vec())
+                (
+                    'l',
+                    std::os::unix::ffi::OsStrExt::as_bytes(std::fs::read_link(&p).expect("readlink").as_os_str())
+                        .to_vec(),
+                )
             } else {
                 ('o', Vec::new())
             };
@@ -268,7 +290,17 @@ fn commit_of_kernel_metacopy_and_redirect_uppers_applies_to_the_view() {
     let layer = l.dir.path().join("layer.tar");
     tool(&args("commit", &l, &["--output", layer.to_str().expect("utf-8")]));
     let names = tar_names(&layer);
-    for want in ["old/.wh..wh..opq", ".wh.d", ".wh.m", ".wh.k", "p/.wh.q", "e/sub2/x", "e/z", "n/m2/q2/r", "f"] {
+    for want in [
+        "old/.wh..wh..opq",
+        ".wh.d",
+        ".wh.m",
+        ".wh.k",
+        "p/.wh.q",
+        "e/sub2/x",
+        "e/z",
+        "n/m2/q2/r",
+        "f",
+    ] {
         assert!(names.contains(want), "no {want} in the layer: {names:?}");
     }
     for never in ["e/.wh..wh..opq", "n/m2/.wh..wh..opq", "e/gone", "e/sub", "e/.wh.gone"] {
@@ -281,7 +313,11 @@ fn commit_of_kernel_metacopy_and_redirect_uppers_applies_to_the_view() {
     let view_mnt = l.dir.path().join("view");
     let view = kernel_mount(&l, &view_mnt, "ro");
     let (applied, shown) = (snapshot(&rootfs), snapshot(&view.mnt));
-    assert_eq!(shown.get("f").map(|o| o.5.clone()), Some(b"data of f\n".to_vec()), "the kernel's view");
+    assert_eq!(
+        shown.get("f").map(|o| o.5.clone()),
+        Some(b"data of f\n".to_vec()),
+        "the kernel's view"
+    );
     assert_eq!(shown.get("f").map(|o| o.2), Some(1000));
     if applied != shown {
         let keys: BTreeSet<&String> = applied.keys().chain(shown.keys()).collect();
@@ -290,7 +326,10 @@ fn commit_of_kernel_metacopy_and_redirect_uppers_applies_to_the_view() {
             .filter(|k| applied.get(*k) != shown.get(*k))
             .map(|k| format!("{k}: applied {:?} / kernel {:?}", applied.get(k), shown.get(k)))
             .collect();
-        panic!("umoci-applied layer differs from the kernel's view:\n{}", diffs.join("\n"));
+        panic!(
+            "umoci-applied layer differs from the kernel's view:\n{}",
+            diffs.join("\n")
+        );
     }
 }
 
@@ -306,14 +345,23 @@ fn check_finds_dangling_redirects_and_metacopy_files_without_data() {
         return;
     }
     let l = kernel_upper();
-    assert!(tool(&args("check", &l, &[])).is_empty(), "a fresh kernel upper is clean");
+    assert!(
+        tool(&args("check", &l, &[])).is_empty(),
+        "a fresh kernel upper is clean"
+    );
     std::fs::remove_dir_all(l.lower(1, "p/q")).expect("rm redirect target");
     std::fs::remove_file(l.lower(1, "f")).expect("rm metacopy data");
     std::fs::write(l.lower(1, "t/file"), b"another size\n").expect("rewrite lower");
     let q2 = l.upper.join("n/m2/q2");
     let want = [
-        (q2.clone(), "kernel overlayfs redirect \"/p/q\" points nowhere (no lower has /p/q)"),
-        (l.upper.join("f"), "kernel overlayfs metacopy file without its data (no lower has /f)"),
+        (
+            q2.clone(),
+            "kernel overlayfs redirect \"/p/q\" points nowhere (no lower has /p/q)",
+        ),
+        (
+            l.upper.join("f"),
+            "kernel overlayfs metacopy file without its data (no lower has /f)",
+        ),
         (
             l.upper.join("t/file"),
             "kernel overlayfs metacopy file of 8 bytes whose lower data has 13 bytes",
@@ -327,27 +375,47 @@ fn check_finds_dangling_redirects_and_metacopy_files_without_data() {
     };
     let first = report(false);
     for (p, msg) in &want {
-        let line = first.lines().find(|s| s.starts_with(&format!("{}: {msg}", p.display())));
-        assert!(line.is_some_and(|s| !s.ends_with("(repaired)")), "no '{msg}' for {}:\n{first}", p.display());
+        let line = first
+            .lines()
+            .find(|s| s.starts_with(&format!("{}: {msg}", p.display())));
+        assert!(
+            line.is_some_and(|s| !s.ends_with("(repaired)")),
+            "no '{msg}' for {}:\n{first}",
+            p.display()
+        );
     }
     let repaired = report(true);
-    let line = |out: &str, p: &Path| out.lines().find(|s| s.starts_with(&format!("{}: ", p.display()))).map(str::to_string);
+    let line = |out: &str, p: &Path| {
+        out.lines()
+            .find(|s| s.starts_with(&format!("{}: ", p.display())))
+            .map(str::to_string)
+    };
     let q2_line = line(&repaired, &q2).unwrap_or_default();
     assert!(
         q2_line.ends_with("(repaired)") && q2_line.contains("repair drops it"),
         "the redirect: {repaired}"
     );
-    assert!(!line(&repaired, &l.upper.join("f")).unwrap_or_default().ends_with("(repaired)"));
+    assert!(
+        !line(&repaired, &l.upper.join("f"))
+            .unwrap_or_default()
+            .ends_with("(repaired)")
+    );
     assert_eq!(xattr(&q2, "trusted.overlay.redirect"), None, "the redirect is dropped");
     let after = report(false);
     assert_eq!(line(&after, &q2), None, "nothing left at n/m2/q2:\n{after}");
-    assert!(line(&after, &l.upper.join("f")).is_some(), "the lost data stays reported:\n{after}");
+    assert!(
+        line(&after, &l.upper.join("f")).is_some(),
+        "the lost data stays reported:\n{after}"
+    );
     // The repaired directory shows its upper content only, to the tools and to the kernel.
     let m = l.dir.path().join("after");
     let k = kernel_mount(&l, &m, "ro");
     assert_eq!(common::names(&k.mnt.join("n/m2/q2")), Vec::<String>::new());
     let diff = lines(&tool(&args("diff", &l, &[])));
-    assert!(diff.contains("A /n/m2/q2") && !diff.contains("A /n/m2/q2/r"), "{diff:?}");
+    assert!(
+        diff.contains("A /n/m2/q2") && !diff.contains("A /n/m2/q2/r"),
+        "{diff:?}"
+    );
 }
 
 // ---- size ------------------------------------------------------------------------------------
@@ -376,7 +444,10 @@ fn size_counts_a_metacopy_file_as_metadata() {
     let k = kernel_mount(&l, &m, "");
     std::os::unix::fs::chown(m.join("big"), Some(1000), None).expect("chown");
     drop(k);
-    assert!(xattr(&l.upper.join("big"), "trusted.overlay.metacopy").is_some(), "no metacopy copy-up");
+    assert!(
+        xattr(&l.upper.join("big"), "trusted.overlay.metacopy").is_some(),
+        "no metacopy copy-up"
+    );
     assert_eq!(std::fs::metadata(l.upper.join("big")).expect("stat").len(), 10 << 20);
     let v: serde_json::Value = serde_json::from_str(&tool(&args("size", &l, &["--json"]))).expect("json");
     let upper = v["upper_bytes"].as_u64().expect("upper_bytes");
@@ -384,7 +455,10 @@ fn size_counts_a_metacopy_file_as_metadata() {
     assert_eq!(upper, du(&[&l.upper]), "{v}");
     let all = du(&[&l.upper, &l.lowers[0], &l.lowers[1]]);
     assert_eq!(v["virtual_bytes"].as_u64(), Some(all), "{v}");
-    assert!(all - upper >= 10 << 20, "the lower's data counts in the virtual size: {v}");
+    assert!(
+        all - upper >= 10 << 20,
+        "the lower's data counts in the virtual size: {v}"
+    );
 }
 
 // ---- hostile redirects -------------------------------------------------------------------------
@@ -426,24 +500,44 @@ fn hostile_redirects_are_refused_naming_the_path() {
         let at = upper.join("x").display().to_string();
         let shown = format!("{:?}", String::from_utf8_lossy(value));
         let out = l.dir.path().join("layer.tar");
-        for a in [stack("diff", &[]), stack("commit", &[OsStr::new("--output"), out.as_os_str()])] {
+        for a in [
+            stack("diff", &[]),
+            stack("commit", &[OsStr::new("--output"), out.as_os_str()]),
+        ] {
             let o = unionfs(&a);
             let err = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(o.status.code(), Some(2), "{what}: {a:?}: {err}{}", String::from_utf8_lossy(&o.stdout));
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "{what}: {a:?}: {err}{}",
+                String::from_utf8_lossy(&o.stdout)
+            );
             assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
-            assert!(err.contains(&format!("{at}: ")) && err.contains(&shown), "{what}: names neither {at} nor {shown}: {err}");
-            assert!(!String::from_utf8_lossy(&o.stdout).contains("secret"), "{what}: read outside the layers");
+            assert!(
+                err.contains(&format!("{at}: ")) && err.contains(&shown),
+                "{what}: names neither {at} nor {shown}: {err}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&o.stdout).contains("secret"),
+                "{what}: read outside the layers"
+            );
             assert!(!out.exists(), "{what}: a layer was written");
         }
         let o = unionfs(&stack("check", &[]));
         let report = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(1), "{what}: {report}");
         assert!(
-            report.lines().any(|s| s.starts_with(&format!("{at}: kernel overlayfs redirect {shown} is hostile"))),
+            report
+                .lines()
+                .any(|s| s.starts_with(&format!("{at}: kernel overlayfs redirect {shown} is hostile"))),
             "{what}: {report}"
         );
         tool(&stack("check", &[OsStr::new("--repair")]));
-        assert_eq!(xattr(&upper.join("x"), "trusted.overlay.redirect"), None, "{what}: dropped");
+        assert_eq!(
+            xattr(&upper.join("x"), "trusted.overlay.redirect"),
+            None,
+            "{what}: dropped"
+        );
         let diff = tool(&stack("diff", &[]));
         assert!(diff.contains("A /x/own") && !diff.contains("secret"), "{what}: {diff}");
     }

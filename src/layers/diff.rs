@@ -18,8 +18,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::Stat;
 
-use super::linked::{Linked, image_at};
 use super::indirect;
+use super::linked::{Linked, image_at};
 use super::listing::{Entry, Listing, is_dir};
 use super::lowers::{Found, ImageDir, PathImage};
 use super::stack::Stack;
@@ -147,11 +147,23 @@ enum Lower {
 }
 
 impl Compared {
-    fn new(up: Option<(PathDir, Listing)>, old: Option<ImageDir>, lower: Lower, rel: &[u8], stack: &Stack) -> Result<Compared> {
+    fn new(
+        up: Option<(PathDir, Listing)>,
+        old: Option<ImageDir>,
+        lower: Lower,
+        rel: &[u8],
+        stack: &Stack,
+    ) -> Result<Compared> {
         let own = |s: BTreeSet<&OsStr>| -> BTreeSet<OsString> { s.into_iter().map(OsStr::to_os_string).collect() };
         let (fd, listing) = match up {
             Some((fd, l)) => (Some(fd), l),
-            None => (None, Listing { marks: Default::default(), entries: Vec::new() }),
+            None => (
+                None,
+                Listing {
+                    marks: Default::default(),
+                    entries: Vec::new(),
+                },
+            ),
         };
         let objects = own(listing.object_names());
         let hidden = own(listing.whiteout_targets());

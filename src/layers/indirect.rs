@@ -85,7 +85,10 @@ pub(crate) fn is_metacopy(get: &GetXattr<'_>, at: &Path) -> Result<bool> {
 }
 
 /// How to read the xattrs of the entry `name` of the upper directory `dir`.
-pub(crate) fn upper_xattr<'a>(dir: std::os::fd::BorrowedFd<'a>, name: &'a OsStr) -> impl Fn(&str) -> io::Result<Option<Vec<u8>>> + 'a {
+pub(crate) fn upper_xattr<'a>(
+    dir: std::os::fd::BorrowedFd<'a>,
+    name: &'a OsStr,
+) -> impl Fn(&str) -> io::Result<Option<Vec<u8>>> + 'a {
     move |x| Ok(sys::get_xattr(dir, name, x)?)
 }
 
@@ -109,7 +112,10 @@ pub(crate) fn target_dir(stack: &Stack, found: Option<Found>, rel: &[u8]) -> Res
         )));
     }
     let Some(dir) = f.dir else {
-        return Ok(Resolved::Nothing(format!("{} is not a directory in the lowers", shown_path(rel))));
+        return Ok(Resolved::Nothing(format!(
+            "{} is not a directory in the lowers",
+            shown_path(rel)
+        )));
     };
     if let Some(root) = layer_root_among(stack, &dir)? {
         return Ok(Resolved::Hostile(format!(
@@ -231,7 +237,11 @@ fn absolute_data_name(
         dir_at_from(stack, parent, first)?
     };
     match parent_dir {
-        Resolved::Dir(d) => Ok(Ok((Some(d), parent.iter().fold(Vec::new(), |p, c| join(&p, c)), last.clone()))),
+        Resolved::Dir(d) => Ok(Ok((
+            Some(d),
+            parent.iter().fold(Vec::new(), |p, c| join(&p, c)),
+            last.clone(),
+        ))),
         Resolved::Nothing(why) => Ok(Err(why)),
         Resolved::Hostile(why) => Err(hostile(at, value, &why)),
     }
@@ -300,9 +310,12 @@ pub(crate) fn metacopy_data(
                 "metacopy data in an OCI image layer cannot be read offline",
             ));
         };
-        let file = sys::open_at(fd.as_fd(), &name, OFlags::RDONLY | OFlags::NOATIME)
-            .map_err(|e| LayerError::io(&lat, e))?;
+        let file =
+            sys::open_at(fd.as_fd(), &name, OFlags::RDONLY | OFlags::NOATIME).map_err(|e| LayerError::io(&lat, e))?;
         return Ok(Data::File(File::from(file), f.st));
     }
-    Err(LayerError::invalid(at, "metacopy chain longer than the layers (a loop)"))
+    Err(LayerError::invalid(
+        at,
+        "metacopy chain longer than the layers (a loop)",
+    ))
 }

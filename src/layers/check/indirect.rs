@@ -67,7 +67,13 @@ impl Checker<'_> {
 
     /// The metacopy file `e` of `fd` (the directory `rel`, whose lower part is `lower`): its
     /// data must be a lower regular file of its size.
-    pub(super) fn metacopy(&mut self, rel: &[u8], fd: BorrowedFd<'_>, e: &Entry, lower: Option<&ImageDir>) -> Result<()> {
+    pub(super) fn metacopy(
+        &mut self,
+        rel: &[u8],
+        fd: BorrowedFd<'_>,
+        e: &Entry,
+        lower: Option<&ImageDir>,
+    ) -> Result<()> {
         let upper = self.stack.upper()?;
         let at = upper.at(&join(rel, &e.name));
         let get = indirect::upper_xattr(fd, &e.name);
@@ -97,7 +103,11 @@ impl Checker<'_> {
                 format!("kernel overlayfs metacopy file without its data ({why}){lost}"),
                 false,
             ),
-            Err(err) => self.report(at.clone(), format!("kernel overlayfs metacopy file: {err}{lost}"), false),
+            Err(err) => self.report(
+                at.clone(),
+                format!("kernel overlayfs metacopy file: {err}{lost}"),
+                false,
+            ),
         }
         Ok(())
     }

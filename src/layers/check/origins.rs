@@ -53,7 +53,11 @@ impl Checker<'_> {
             let t = sys::Target::Entry(fd, &e.name);
             let xs = t.list_xattrs().map_err(|err| LayerError::io(&at, err))?;
             let kind = Kind::from_mode(e.st.st_mode);
-            if kind == Kind::File && xs.iter().any(|x| crate::format::metacopy::is_metacopy_xattr(x.as_bytes())) {
+            if kind == Kind::File
+                && xs
+                    .iter()
+                    .any(|x| crate::format::metacopy::is_metacopy_xattr(x.as_bytes()))
+            {
                 self.metacopy(rel, fd, e, lower)?;
             }
             let ox = crate::format::xattrs::origin(kind);
