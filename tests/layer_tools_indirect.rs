@@ -84,10 +84,11 @@ fn kernel_mount(l: &Layers, mnt: &Path, extra: &str) -> KernelOverlay {
     KernelOverlay::mount_with(&l.lowers, Some((&l.upper, &l.work)), mnt, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The kernel's read-only view of the lowers alone.
+/// The kernel's read-only view of the lowers alone (following redirects and metacopy files in
+/// lowers that were uppers).
 fn kernel_lowers_view(l: &Layers, mnt: &Path) -> KernelOverlay {
     std::fs::create_dir_all(mnt).expect("mkdir mountpoint");
-    KernelOverlay::mount_with(&l.lowers, None, mnt, "").unwrap_or_else(|e| panic!("{e}"))
+    KernelOverlay::mount_with(&l.lowers, None, mnt, "metacopy=on,redirect_dir=follow").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
@@ -116,6 +117,10 @@ fn kernel_upper() -> Layers {
         l.put(1, rel, data);
     }
     l.put(0, "d/z", b"z, from the top lower\n");
+    std::os::unix::fs::symlink("y", l.lower(1, "d/link")).expect("symlink");
+    for f in ["f", "d/y", "d/sub/x"] {
+        xset(&l.lower(1, f), "user.note", f.as_bytes()).expect("xattr");
+    }
     l.put(0, "d/sub/x2", b"x2\n");
     let m = l.dir.path().join("changing");
     let k = kernel_mount(&l, &m, "");
@@ -188,6 +193,7 @@ fn diff_of_kernel_metacopy_and_redirect_uppers() {
         "C /t/file",
         "D /d",
         "A /e",
+        "A /e/link",
         "A /e/new",
         "A /e/sub2",
         "A /e/sub2/x",
@@ -215,8 +221,9 @@ fn diff_of_kernel_metacopy_and_redirect_uppers() {
 
 // ---- commit ----------------------------------------------------------------------------------
 
-/// What a layer applier must reproduce: kind, mode, owner, size, content or link target.
-type Snapshot = BTreeMap<String, (char, u32, u32, u32, u64, Vec<u8>)>;
+/// What a layer applier must reproduce: kind, mode, owner, size, content or link target,
+/// `user.*` xattrs.
+type Snapshot = BTreeMap<String, (char, u32, u32, u32, u64, Vec<u8>, BTreeMap<String, Vec<u8>>)>;
 
 fn snapshot(root: &Path) -> Snapshot {
     let mut out = Snapshot::new();
@@ -242,7 +249,9 @@ fn snapshot(root: &Path) -> Snapshot {
             };
             let size = if ft.is_dir() { 0 } else { md.size() };
             let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
-            out.insert(rel, (kind, md.mode() & 0o7777, md.uid(), md.gid(), size, data));
+            let mut xattrs = common::xattrs(&p);
+            xattrs.retain(|n, _| n.starts_with("user."));
+            out.insert(rel, (kind, md.mode() & 0o7777, md.uid(), md.gid(), size, data, xattrs));
         }
     }
     out
@@ -256,7 +265,7 @@ fn umoci_apply(work: &Path, base: &Path, layer: &Path) -> PathBuf {
     sh(Command::new("umoci").args(["new", "--image", &img]));
     let base_tar = work.join("base.tar");
     sh(Command::new("tar")
-        .args(["--numeric-owner", "-C"])
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=user.*", "-C"])
         .arg(base)
         .arg("-cf")
         .arg(&base_tar)
@@ -319,6 +328,11 @@ fn commit_of_kernel_metacopy_and_redirect_uppers_applies_to_the_view() {
         "the kernel's view"
     );
     assert_eq!(shown.get("f").map(|o| o.2), Some(1000));
+    assert_same(&applied, &shown);
+}
+
+/// The umoci-applied layer (`applied`) is the kernel's view (`shown`), entry by entry.
+fn assert_same(applied: &Snapshot, shown: &Snapshot) {
     if applied != shown {
         let keys: BTreeSet<&String> = applied.keys().chain(shown.keys()).collect();
         let diffs: Vec<String> = keys
@@ -541,4 +555,72 @@ fn hostile_redirects_are_refused_naming_the_path() {
         let diff = tool(&stack("diff", &[]));
         assert!(diff.contains("A /x/own") && !diff.contains("secret"), "{what}: {diff}");
     }
+}
+
+// ---- a lower that was a kernel upper -----------------------------------------------------------
+
+/// The upper of [`kernel_upper`] as the top lower of a new stack (its redirects and metacopy
+/// files now in a lower), and a new upper the kernel wrote over it: a metacopy copy-up of a
+/// file a lower redirect shows, a rename inside a directory a chain of lower redirects makes,
+/// a deletion below a lower redirect.
+fn kernel_upper_over_an_upper() -> (Layers, Layers) {
+    let first = kernel_upper();
+    let mut l = Layers::new(0);
+    l.lowers = vec![first.upper.clone(), first.lowers[0].clone(), first.lowers[1].clone()];
+    let m = l.dir.path().join("changing");
+    let k = kernel_mount(&l, &m, "");
+    let p = |r: &str| m.join(r);
+    std::os::unix::fs::chown(p("e/z"), Some(1000), Some(1000)).expect("chown");
+    std::os::unix::fs::chown(p("e/y"), Some(1001), Some(1001)).expect("chown a lower metacopy file");
+    std::fs::rename(p("e/sub2"), p("e/sub3")).expect("rename");
+    std::fs::remove_file(p("n/m2/q2/r")).expect("rm");
+    std::fs::rename(p("n/m2"), p("m3")).expect("rename a redirected dir");
+    drop(k);
+    (first, l)
+}
+
+/// `diff` and `commit` follow redirects and metacopy files found in a lower (a lower that was
+/// itself an upper) as the kernel does: the diff names what changed in the view, and the
+/// committed layer applied by umoci gives the kernel's view.
+#[test]
+fn redirects_and_metacopy_files_in_a_lower() {
+    if !require_root("kernel overlayfs mounts") || !require_program("umoci", "umoci") {
+        return;
+    }
+    let (_first, l) = kernel_upper_over_an_upper();
+    assert!(xattr(&l.upper.join("e/z"), "trusted.overlay.metacopy").is_some());
+    assert!(xattr(&l.upper.join("e/sub3"), "trusted.overlay.redirect").is_some());
+    let out = tool(&args("diff", &l, &[]));
+    let want: BTreeSet<String> = [
+        "C /e",
+        "C /e/y",
+        "C /e/z",
+        "D /e/sub2",
+        "A /e/sub3",
+        "A /e/sub3/x",
+        "A /e/sub3/x2",
+        "C /n",
+        "D /n/m2",
+        "A /m3",
+        "A /m3/w",
+        "A /m3/q2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(lines(&out), want, "diff:\n{out}");
+    let layer = l.dir.path().join("layer.tar");
+    tool(&args("commit", &l, &["--output", layer.to_str().expect("utf-8")]));
+    let base_mnt = l.dir.path().join("base");
+    let base = kernel_lowers_view(&l, &base_mnt);
+    let rootfs = umoci_apply(l.dir.path(), &base.mnt, &layer);
+    drop(base);
+    let view_mnt = l.dir.path().join("view");
+    let view = kernel_mount(&l, &view_mnt, "ro");
+    let (applied, shown) = (snapshot(&rootfs), snapshot(&view.mnt));
+    assert_eq!(
+        shown.get("e/z").map(|o| o.5.clone()),
+        Some(b"z, from the top lower\n".to_vec())
+    );
+    assert_same(&applied, &shown);
 }
