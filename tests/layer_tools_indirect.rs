@@ -175,19 +175,9 @@ fn assert_kernel_wrote_indirect(l: &Layers) {
 
 // ---- diff ------------------------------------------------------------------------------------
 
-/// `diff` shows the view: metacopy files changed, a renamed directory deleted at its old name
-/// and added with all it holds at the new one (lower content at the redirect, the upper's own
-/// entries, whiteouts, nested redirects), a directory renamed onto a deleted one as a change of
-/// its children.
-#[test]
-fn diff_of_kernel_metacopy_and_redirect_uppers() {
-    if !require_root("kernel overlayfs mounts") {
-        return;
-    }
-    let l = kernel_upper();
-    assert_kernel_wrote_indirect(&l);
-    let out = tool(&args("diff", &l, &[]));
-    let want: BTreeSet<String> = [
+/// What `diff` prints for [`kernel_upper`].
+fn kernel_upper_diff() -> BTreeSet<String> {
+    [
         "C /f",
         "C /t",
         "C /t/file",
@@ -215,7 +205,22 @@ fn diff_of_kernel_metacopy_and_redirect_uppers() {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
+    .collect()
+}
+
+/// `diff` shows the view: metacopy files changed, a renamed directory deleted at its old name
+/// and added with all it holds at the new one (lower content at the redirect, the upper's own
+/// entries, whiteouts, nested redirects), a directory renamed onto a deleted one as a change of
+/// its children.
+#[test]
+fn diff_of_kernel_metacopy_and_redirect_uppers() {
+    if !require_root("kernel overlayfs mounts") {
+        return;
+    }
+    let l = kernel_upper();
+    assert_kernel_wrote_indirect(&l);
+    let out = tool(&args("diff", &l, &[]));
+    let want = kernel_upper_diff();
     assert_eq!(lines(&out), want, "diff:\n{out}");
 }
 
@@ -623,4 +628,46 @@ fn redirects_and_metacopy_files_in_a_lower() {
         Some(b"z, from the top lower\n".to_vec())
     );
     assert_same(&applied, &shown);
+}
+
+// ---- the user.overlay.* form -------------------------------------------------------------------
+
+/// The same upper with its kernel xattrs in the `user.overlay.*` form (kernel overlayfs's
+/// `userxattr`, which refuses metacopy and redirects itself, but other writers use it): read the
+/// same, `diff` prints the same and `check` finds nothing.
+#[test]
+fn user_overlay_xattrs_read_like_trusted_ones() {
+    if !require_root("kernel overlayfs mounts") {
+        return;
+    }
+    let l = kernel_upper();
+    let mut moved = 0;
+    let mut todo = vec![l.upper.clone()];
+    while let Some(p) = todo.pop() {
+        if p.is_dir() && !p.is_symlink() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .expect("readdir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+        for (name, value) in common::all_xattrs(&p) {
+            let Some(kind) = name.strip_prefix("trusted.overlay.") else {
+                continue;
+            };
+            if ["redirect", "metacopy", "opaque"].contains(&kind) {
+                xset(&p, &format!("user.overlay.{kind}"), &value).expect("set user.overlay.*");
+                sh(Command::new("setfattr").arg("-h").arg("-x").arg(&name).arg(&p));
+                moved += 1;
+            }
+        }
+    }
+    assert!(moved >= 8, "only {moved} kernel xattrs");
+    assert_eq!(
+        xattr(&l.upper.join("e"), "user.overlay.redirect").as_deref(),
+        Some(&b"d"[..])
+    );
+    let out = tool(&args("diff", &l, &[]));
+    assert_eq!(lines(&out), kernel_upper_diff(), "diff:\n{out}");
+    assert_eq!(tool(&args("check", &l, &[])), "", "check");
 }
