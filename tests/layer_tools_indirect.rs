@@ -371,8 +371,16 @@ fn check_finds_dangling_redirects_and_metacopy_files_without_data() {
     std::fs::remove_dir_all(l.lower(1, "p/q")).expect("rm redirect target");
     std::fs::remove_file(l.lower(1, "f")).expect("rm metacopy data");
     std::fs::write(l.lower(1, "t/file"), b"another size\n").expect("rewrite lower");
+    // e/y's data is d/y (e is the renamed d): now a directory.
+    std::fs::remove_file(l.lower(1, "d/y")).expect("rm");
+    std::fs::create_dir(l.lower(1, "d/y")).expect("mkdir");
+    let not_regular = format!(
+        "kernel overlayfs metacopy file without its data ({} is not a regular file)",
+        l.lower(1, "d/y").display()
+    );
     let q2 = l.upper.join("n/m2/q2");
     let want = [
+        (l.upper.join("e/y"), not_regular.as_str()),
         (
             q2.clone(),
             "kernel overlayfs redirect \"/p/q\" points nowhere (no lower has /p/q)",
@@ -392,6 +400,19 @@ fn check_finds_dangling_redirects_and_metacopy_files_without_data() {
         assert_eq!(o.status.code(), Some(1), "{o:?}");
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
+    // What cannot be committed is refused, naming it.
+    let layer = l.dir.path().join("layer.tar");
+    let o = unionfs(&args("commit", &l, &["--output", layer.to_str().expect("utf-8")]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "commit: {err}");
+    assert!(
+        err.contains(&format!(
+            "{}: kernel overlayfs metacopy file without its data",
+            l.upper.join("e/y").display()
+        )),
+        "commit: {err}"
+    );
+    assert!(!layer.exists(), "no layer left behind");
     let first = report(false);
     for (p, msg) in &want {
         let line = first

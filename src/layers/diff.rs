@@ -133,7 +133,8 @@ struct Compared {
     src: PathImage,
     objects: BTreeSet<OsString>,
     hidden: BTreeSet<OsString>,
-    /// Names only the view's lower part shows (when not `same`), visited after the upper's.
+    /// Names only the view's lower part shows (when not `same`), sorted, visited after the
+    /// upper's.
     lower_names: Vec<OsString>,
     next: std::ops::Range<usize>,
     rel_len: usize,
@@ -391,7 +392,7 @@ impl Differ<'_> {
         let old = here.old.get().map_err(|e| LayerError::io(upper.at(rel), e))?;
         if let Some(old) = old {
             for name in old.list(self.stack, rel)?.keys() {
-                if !here.objects.contains(name) && !here.lower_names.contains(name) {
+                if !here.objects.contains(name) && here.lower_names.binary_search(name).is_err() {
                     self.out.insert(abs(&join(rel, name)), Change::Deleted);
                 }
             }

@@ -12,12 +12,12 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use rustix::fs::{FileType, OFlags, Stat};
 
-use super::lowers::{Found, ImageDir};
+use super::lowers::{Found, ImageDir, LowerDir};
 use super::place::Place;
 use super::stack::{Lower, Stack};
 use super::{LayerError, Result, join};
@@ -208,6 +208,14 @@ pub(crate) fn upper_target_dir(
     }
 }
 
+/// Where the entry `name` of the lower directory `d` is, for messages: its view path is not
+/// its path in the layer when a redirect led there.
+fn lower_path(d: &LowerDir, name: &OsStr) -> Option<std::path::PathBuf> {
+    let fd = d.place.fd()?;
+    let dir = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    Some(dir.join(name))
+}
+
 /// Where a metacopy file's data is.
 pub(crate) enum Data {
     /// The lower file, open for reading, and its stat.
@@ -286,7 +294,7 @@ pub(crate) fn metacopy_data(
         let Some(d) = dir.dirs.get(f.pos) else {
             return missing();
         };
-        let lat = stack.lowers[d.layer].at(&lower_rel);
+        let lat = lower_path(d, &name).unwrap_or_else(|| stack.lowers[d.layer].at(&lower_rel));
         if FileType::from_raw_mode(f.st.st_mode) != FileType::RegularFile {
             return Ok(Data::Missing(format!("{} is not a regular file", lat.display())));
         }
