@@ -11,6 +11,11 @@
 //! A file copied up but left identical is not listed. Only the upper is walked; the image is
 //! looked at where the upper has something, plus the listings of directories the upper made
 //! opaque (their old children are the `D` lines).
+//!
+//! Kernel overlayfs uppers (`indirect.rs`): a metacopy file is compared like any copied-up
+//! file (its metadata is the upper's). A redirected directory's lower part is elsewhere: the
+//! view there is walked whole (the upper's entries and every name of that lower part) and
+//! compared name by name with the image's directory at its path, if any.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};

@@ -7,6 +7,11 @@
 //! numeric owners only, no sockets. Markers in every format the mount reads are understood.
 //! Reproducible: the same upper gives the same bytes; `clamp_mtime` caps every mtime.
 //!
+//! Kernel overlayfs uppers (`indirect.rs`): a metacopy file is written with its lower file's
+//! data; a redirected directory is written in full (its lower part, wherever the redirect
+//! points, merged with the upper's entries), with an opaque marker where the image has a
+//! directory at its path, as a layer has no rename.
+//!
 //! Here: which entries the tar has, in which order (a walk of the upper, with the image looked
 //! up beside it); `entries.rs` writes each one; `into_image.rs` stores the layer in an OCI
 //! image layout as a new image. The blob's compression and digests are `crate::blob`'s.
