@@ -369,6 +369,8 @@ fn check_finds_dangling_redirects_and_metacopy_files_without_data() {
         "a fresh kernel upper is clean"
     );
     std::fs::remove_dir_all(l.lower(1, "p/q")).expect("rm redirect target");
+    // old (the renamed k) over the image's own old: repair must keep that one hidden.
+    std::fs::remove_dir_all(l.lower(1, "k")).expect("rm redirect target");
     std::fs::remove_file(l.lower(1, "f")).expect("rm metacopy data");
     std::fs::write(l.lower(1, "t/file"), b"another size\n").expect("rewrite lower");
     // e/y's data is d/y (e is the renamed d): now a directory.
@@ -430,6 +432,18 @@ fn check_finds_dangling_redirects_and_metacopy_files_without_data() {
             .find(|s| s.starts_with(&format!("{}: ", p.display())))
             .map(str::to_string)
     };
+    let old = l.upper.join("old");
+    let old_line = line(&repaired, &old).unwrap_or_default();
+    assert!(
+        old_line.starts_with(&format!(
+            "{}: kernel overlayfs redirect \"k\" points nowhere",
+            old.display()
+        )) && old_line.contains("marks the directory opaque")
+            && old_line.ends_with("(repaired)"),
+        "old: {repaired}"
+    );
+    assert_eq!(xattr(&old, "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(xattr(&old, "trusted.overlay.redirect"), None);
     let q2_line = line(&repaired, &q2).unwrap_or_default();
     assert!(
         q2_line.ends_with("(repaired)") && q2_line.contains("repair drops it"),
@@ -451,6 +465,11 @@ fn check_finds_dangling_redirects_and_metacopy_files_without_data() {
     let m = l.dir.path().join("after");
     let k = kernel_mount(&l, &m, "ro");
     assert_eq!(common::names(&k.mnt.join("n/m2/q2")), Vec::<String>::new());
+    assert_eq!(
+        common::names(&k.mnt.join("old")),
+        Vec::<String>::new(),
+        "the image's old/o stays hidden"
+    );
     let diff = lines(&tool(&args("diff", &l, &[])));
     assert!(
         diff.contains("A /n/m2/q2") && !diff.contains("A /n/m2/q2/r"),
