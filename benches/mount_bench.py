@@ -105,7 +105,11 @@ DEFAULT_TARGETS = ["plain", "kernel", "fuse-overlayfs", "unionfs"]
 # unionfs-nopt (--no-passthrough: every read and write through the daemon, the data path of
 # rootless mounts, measured as root) and unionfs-rootless (the daemon started by a plain user
 # through fusermount3, the workloads run as that user) when named in --targets.
-ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless", "unionfs-rdauto"]
+# unionfs-fullcopy: every copy-up copies data, every directory rename copies the tree (what
+# unionfs did before metadata-only copy-up and redirects).
+ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless", "unionfs-rdauto",
+                                 "unionfs-fullcopy"]
+FULLCOPY_ARGS = ["--metacopy", "off"]
 ROOTLESS_USER = "unionfs-bench"
 LOWERS = ["l1", "l2", "l3"]  # top first
 
@@ -1393,6 +1397,8 @@ def main():
             targets.append(Unionfs(args.workdir, n, ["--volatile"]))
         elif n == "unionfs-rdauto":
             targets.append(Unionfs(args.workdir, n, ["--readdirplus", "auto"]))
+        elif n == "unionfs-fullcopy":
+            targets.append(Unionfs(args.workdir, n, FULLCOPY_ARGS))
         elif n == "unionfs-nopt":
             targets.append(Unionfs(args.workdir, n, ["--no-passthrough"]))
         elif n == "unionfs-rootless":

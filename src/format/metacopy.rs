@@ -12,3 +12,9 @@ pub const XATTRS: [&str; 2] = ["trusted.overlay.metacopy", "user.overlay.metacop
 pub fn is_metacopy_xattr(xattr: &[u8]) -> bool {
     XATTRS.iter().any(|x| x.as_bytes() == xattr)
 }
+
+/// The metacopy xattr a daemon of this privilege writes (the kernel's `userxattr` form when
+/// unprivileged: a plain user cannot set `trusted.*`).
+pub fn name(privileged: bool) -> &'static str {
+    if privileged { XATTRS[0] } else { XATTRS[1] }
+}

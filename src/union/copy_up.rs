@@ -121,7 +121,7 @@ impl Union {
         let pdir = pdir_layer.fs_fd().ok_or(Errno::EIO)?;
         let src = self.locate(node, None)?;
         let st = src.stat()?;
-        let data = self.data_to_copy(data, kind, &st);
+        let data = self.data_to_copy(data, kind, &st, &src);
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
         if let Err(e) = self.build_copy(&src, &st, kind, work, &tmp, node.ino, data) {
@@ -184,10 +184,12 @@ impl Union {
         Ok(true)
     }
 
-    /// What a copy-up asked for `data` copies of the object `st`.
-    fn data_to_copy(&self, data: Data, kind: Kind, st: &Stat) -> Data {
+    /// What a copy-up asked for `data` copies of the object `st` at `src`. A file of an image
+    /// layer is copied whole: its data lives in a compressed blob, which neither kernel
+    /// overlayfs nor our offline layer tools read through a metacopy file.
+    fn data_to_copy(&self, data: Data, kind: Kind, st: &Stat, src: &Loc) -> Data {
         match data {
-            Data::Meta if self.wants_metacopy(kind, st) => Data::Meta,
+            Data::Meta if self.wants_metacopy(kind, st) && src.image_file().is_none() => Data::Meta,
             Data::Meta => Data::All,
             d => d,
         }

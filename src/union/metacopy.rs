@@ -2,7 +2,7 @@
 //!
 //! A change of a lower regular file's metadata (owner, mode, times, xattrs) copies up an upper
 //! file that carries the new metadata, the lower's size as a hole, and the metacopy xattr
-//! (`format::xattrs::METACOPY`); its data is still the lower file at the same path. Reads are
+//! (`format::metacopy`); its data is still the lower file at the same path. Reads are
 //! served from that lower file until something needs the data in the upper (an open for
 //! writing, a truncate to a non-zero size, a link or rename of the file): then the data is
 //! written into the upper file in place and the marker removed last. Until the marker is gone,
@@ -24,7 +24,7 @@ use super::node::Node;
 use super::{Loc, Union};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
-use crate::format::xattrs::{METACOPY, metacopy_name};
+use crate::format::metacopy::{self, XATTRS as METACOPY};
 use crate::sys::Target;
 
 impl Union {
@@ -38,7 +38,7 @@ impl Union {
     pub(super) fn mark_metacopy(&self, to: &Target<'_>, out: &impl AsFd, size: u64) -> FsResult<()> {
         rustix::fs::ftruncate(out, size)?;
         to.set_xattr(
-            OsStr::new(metacopy_name(self.process.privileged)),
+            OsStr::new(metacopy::name(self.process.privileged)),
             b"",
             rustix::fs::XattrFlags::empty(),
         )?;

@@ -345,13 +345,27 @@ fn file_data(full: &Path, rel: &Path, below: &[PathBuf], problems: &mut Vec<Stri
     }
     for l in below {
         match fs::symlink_metadata(l.join(rel)) {
-            Ok(md) if md.file_type().is_file() => return fs::read(l.join(rel)).expect("read lower data"),
+            Ok(md) if md.file_type().is_file() => return read_noatime(&l.join(rel)),
             Ok(_) => break,
             Err(_) => continue,
         }
     }
     problems.push(format!("{}: a metacopy file with no data below", rel.display()));
     Vec::new()
+}
+
+/// Reads a lower file without touching its access time (the checks compare the lowers' atimes).
+fn read_noatime(p: &Path) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(p)
+        .expect("open lower data");
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).expect("read lower data");
+    v
 }
 
 /// Whiteouts in the upper (layer 0 of `layers`) that hide nothing: no lower layer merged into
