@@ -12,7 +12,7 @@
 //! Kept to files with one link: a multiply-linked lower file is copied whole, into the
 //! hard-link index, so that all its names share one upper copy (`hardlinks.rs`).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -25,7 +25,31 @@ use super::{Loc, Union};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
 use crate::format::metacopy::{self, XATTRS as METACOPY};
+use crate::format::redirect::{self, Redirect};
 use crate::sys::Target;
+
+/// Whether the entry `name` of `dir` carries the metacopy marker.
+fn is_marked(dir: &LayerDir, name: &OsStr) -> FsResult<bool> {
+    for x in METACOPY {
+        if dir.get_xattr(name, x)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The redirect the entry `name` of `dir` carries, if any; a value the kernel would refuse is
+/// an error.
+fn redirect_of(dir: &LayerDir, name: &OsStr) -> Result<Option<Redirect>, String> {
+    for x in redirect::XATTRS {
+        if let Some(v) = dir.get_xattr(name, x).map_err(|e| e.to_string())? {
+            return redirect::parse(&v)
+                .map(Some)
+                .map_err(|e| format!("{e}: {}", redirect::shown(&v)));
+        }
+    }
+    Ok(None)
+}
 
 impl Union {
     /// Whether a metadata change of the object `st` (in layer `layer`) copies up its metadata
@@ -45,60 +69,111 @@ impl Union {
         Ok(())
     }
 
-    /// For the upper regular file `name` of a directory merged from `layers` (`st` its
-    /// attributes): the lower layer holding its data if it is a metacopy file, else `None`.
-    /// EIO if it is one and no lower has its data (a lower changed under the upper).
+    /// For the upper regular file `name` of a directory merged from `layers` (`top` the upper's
+    /// directory, `st` the file's attributes): the lower layer holding its data if it is a
+    /// metacopy file (and whether the data is at another name there), else `None`. EIO if it
+    /// is one and no lower has its data (a lower changed under the upper).
     pub(super) fn metacopy_data(
         &self,
         layers: &[(usize, Arc<LayerDir>)],
         top: &LayerDir,
         name: &OsStr,
         st: &Stat,
-    ) -> FsResult<Option<usize>> {
-        // Its block count cannot tell: an xattr block (ext4) counts in it. Only copies of lower
-        // files get here, one xattr read each.
-        if st.st_size == 0 {
+    ) -> FsResult<Option<(usize, bool)>> {
+        if st.st_size == 0 || !is_marked(top, name)? {
             return Ok(None);
         }
-        let mut marked = false;
-        for x in METACOPY {
-            if top.get_xattr(name, x)?.is_some() {
-                marked = true;
-                break;
+        let (layer, dir, leaf) = self.data_at(layers, top, name)?;
+        let here = leaf == name && layer_fd(layers, layer).is_some_and(|d| Arc::ptr_eq(&d, &dir));
+        Ok(Some((layer, !here)))
+    }
+
+    /// Where the data of the metacopy file `name` (an entry of `top`, the upper directory of a
+    /// directory merged from `layers`) is: its layer, that layer's directory, and its name there.
+    /// The same path in the lowers, or where the file's redirect says (kernel overlayfs records
+    /// one when it renames a metacopy file): resolved inside the lower layers only, a component
+    /// at a time without following symlinks, to a regular file.
+    fn data_at(
+        &self,
+        layers: &[(usize, Arc<LayerDir>)],
+        top: &LayerDir,
+        name: &OsStr,
+    ) -> FsResult<(usize, Arc<LayerDir>, OsString)> {
+        let fail = |why: &str| {
+            tracing::warn!("metacopy file {name:?}: {why}");
+            Errno::EIO
+        };
+        let (path, leaf) = match redirect_of(top, name).map_err(|e| fail(&e))? {
+            None => (None, name.to_os_string()),
+            Some(Redirect::Relative(n)) => (None, n),
+            Some(Redirect::Absolute(mut p)) => {
+                let leaf = p.pop().ok_or_else(|| fail("empty redirect"))?;
+                (Some(p), leaf)
             }
-        }
-        if !marked {
-            return Ok(None);
-        }
-        for (l, d) in layers.iter().filter(|(l, _)| Some(*l) != self.upper) {
-            match d.stat_at_opt(name)? {
+        };
+        let lowers: Vec<(usize, Arc<LayerDir>)> = match &path {
+            None => layers.iter().filter(|(l, _)| Some(*l) != self.upper).cloned().collect(),
+            Some(p) => self.lower_dirs_at(p),
+        };
+        for (l, d) in lowers {
+            match d.stat_at_opt(&leaf)? {
                 None => continue,
-                Some(lst) if Kind::from_mode(lst.st_mode) == Kind::File => return Ok(Some(*l)),
+                // A lower that was itself an upper may hold a metacopy file: its data is
+                // further down, as the kernel finds it.
+                Some(lst) if Kind::from_mode(lst.st_mode) == Kind::File => {
+                    if is_marked(&d, &leaf)? {
+                        continue;
+                    }
+                    return Ok((l, d, leaf));
+                }
                 // A whiteout or another kind of object hides whatever lies below.
                 Some(_) => break,
             }
         }
-        tracing::warn!(
-            "metacopy file {:?} has no data in any lower layer (a lower changed under the upper)",
-            name
-        );
-        Err(Errno::EIO)
+        Err(fail("no lower layer has its data (a lower changed under the upper)"))
     }
 
-    /// Where the data of `node` is: the lower file of a metacopy file, else the object itself.
+    /// The directories at `path` (components from the layer roots) in the lower layers that
+    /// have one, top first.
+    fn lower_dirs_at(&self, path: &[OsString]) -> Vec<(usize, Arc<LayerDir>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate().filter(|(i, _)| Some(*i) != self.upper) {
+            let mut d = Arc::clone(&layer.root);
+            let mut found = true;
+            for c in path {
+                match d.open_dir(c) {
+                    Ok(sub) => d = sub,
+                    Err(_) => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if found {
+                out.push((i, d));
+            }
+        }
+        out
+    }
+
+    /// Where the data of `node` is (with its layer): the lower file of a metacopy file, else
+    /// the object itself.
     pub(super) fn locate_data(&self, node: &Node) -> FsResult<(Loc, usize)> {
-        let data = {
+        let (metacopy, here, layer) = {
             let s = node.state.read();
-            if !s.is_metacopy() { None } else { Some(s.data_layer()) }
+            (s.is_metacopy(), s.data_here(), s.layer())
         };
-        let Some(data) = data else {
-            let layer = node.state.read().layer();
+        if !metacopy {
             return Ok((self.locate(node, None)?, layer));
-        };
+        }
         let (parent, name) = self.live_name(node).ok_or(Errno::ENOENT)?;
-        let dir = self.node(parent)?;
-        let ld = layer_fd(&self.dir_layers(&dir)?, data).ok_or(Errno::EIO)?;
-        Ok((Loc::entry(&ld, name)?, data))
+        let layers = self.dir_layers(&*self.node(parent)?)?;
+        if let Some((l, dir)) = here.and_then(|l| Some((l, layer_fd(&layers, l)?))) {
+            return Ok((Loc::entry(&dir, name)?, l));
+        }
+        let top = layer_fd(&layers, layer).ok_or(Errno::EIO)?;
+        let (data, dir, leaf) = self.data_at(&layers, &top, &name)?;
+        Ok((Loc::entry(&dir, leaf)?, data))
     }
 
     /// A metacopy file's blocks are its lower data's (as kernel overlayfs reports them): `du`

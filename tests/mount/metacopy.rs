@@ -289,3 +289,79 @@ fn a_plain_user_writes_the_user_overlay_marker() {
     assert!(std::fs::read(l.up("f")).expect("raw upper") == want);
     assert!(xget(&l.up("f"), "user.overlay.metacopy").is_none(), "the marker stayed");
 }
+
+#[test]
+fn a_metacopy_file_the_kernel_renamed_reads_its_data_through_the_redirect() {
+    if !require_root("kernel overlayfs") {
+        return;
+    }
+    let l = Layers::new(1);
+    l.put(0, "a/f", &data());
+    l.mkdir(0, "b");
+    let kmnt = l.dir.path().join("kmnt");
+    let kwork = l.dir.path().join("kwork");
+    for d in [&kmnt, &kwork] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let opts = "metacopy=on,redirect_dir=on,index=off";
+    let k = KernelOverlay::mount_with(&l.lowers, Some((&l.upper, &kwork)), &kmnt, opts).expect("kernel mount");
+    std::fs::set_permissions(k.path("a/f"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::rename(k.path("a/f"), k.path("b/g")).expect("rename");
+    drop(k);
+    assert!(
+        is_metacopy(&l.up("b/g"), MARKER),
+        "the kernel copied the data up on rename"
+    );
+    assert_eq!(
+        xget(&l.up("b/g"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/a/f"[..])
+    );
+    let m = l.mount(&[]);
+    assert!(!m.path("a/f").exists());
+    assert_eq!(lstat(&m.path("b/g")).mode() & 0o7777, 0o600);
+    assert!(
+        std::fs::read(m.path("b/g")).expect("read") == data(),
+        "the renamed metacopy file"
+    );
+}
+
+/// An upper crafted by someone else: metacopy markers whose data would be a lower symlink's
+/// target, or a redirect out of the layers or through a symlink, read nothing (EIO).
+#[test]
+fn hostile_metacopy_markers_read_nothing_outside_the_layers() {
+    if !require_root("the trusted.overlay.* xattrs of a crafted upper") {
+        return;
+    }
+    let l = Layers::new(1);
+    let secret = l.dir.path().join("secret");
+    std::fs::write(&secret, b"outside the layers").expect("write secret");
+    std::os::unix::fs::symlink(&secret, l.lower(0, "link")).expect("symlink");
+    l.mkdir(0, "d");
+    std::os::unix::fs::symlink(l.dir.path(), l.lower(0, "d/out")).expect("symlink dir");
+    let crafted = |name: &str, redirect: Option<&[u8]>| {
+        let p = l.up(name);
+        std::fs::write(&p, b"").expect("write");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(18))
+            .expect("set_len");
+        xset(&p, MARKER, b"").expect("marker");
+        if let Some(r) = redirect {
+            xset(&p, "trusted.overlay.redirect", r).expect("redirect");
+        }
+    };
+    crafted("link", None);
+    crafted("dotdot", Some(b"/../secret"));
+    crafted("through", Some(b"/d/out/secret"));
+    crafted("relative", Some(b"../secret"));
+    let m = l.mount(&[]);
+    for n in ["link", "dotdot", "through", "relative"] {
+        let r = std::fs::read(m.path(n));
+        assert_eq!(
+            err_code(r),
+            Some(libc::EIO),
+            "{n}: a hostile metacopy file read something"
+        );
+    }
+}
