@@ -83,6 +83,12 @@ impl Union {
         if st.st_size == 0 || !is_marked(top, name)? {
             return Ok(None);
         }
+        if !self.config.metacopy {
+            // An upper one does not trust: a crafted metacopy file would show a lower file's
+            // data under the upper's owner and mode. Refused as kernel overlayfs refuses it.
+            tracing::warn!("refusing to follow the metacopy file {name:?} (mounted with metacopy off)");
+            return Err(Errno::EPERM);
+        }
         let (layer, dir, leaf) = self.data_at(layers, top, name)?;
         let here = leaf == name && layer_fd(layers, layer).is_some_and(|d| Arc::ptr_eq(&d, &dir));
         Ok(Some((layer, !here)))
