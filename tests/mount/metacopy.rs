@@ -365,3 +365,59 @@ fn hostile_metacopy_markers_read_nothing_outside_the_layers() {
         );
     }
 }
+
+#[test]
+fn fallocate_copy_file_range_and_mapped_writes_see_every_byte_of_a_metacopy_file() {
+    if !require_root("the trusted.overlay.metacopy marker") {
+        return;
+    }
+    let l = Layers::new(1);
+    for n in ["falloc", "cfr", "mapped"] {
+        l.put(0, n, &data());
+    }
+    let m = l.mount(&[]);
+    for n in ["falloc", "cfr", "mapped"] {
+        std::fs::set_permissions(m.path(n), std::fs::Permissions::from_mode(0o660)).expect("chmod");
+        assert!(is_metacopy(&l.up(n), MARKER), "{n}: not a metacopy file");
+    }
+    let open_rw = |n: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path(n))
+            .expect("open rw")
+    };
+    let len = data().len() as u64;
+    // Growing by fallocate keeps every old byte and adds zeros.
+    let f = open_rw("falloc");
+    rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len + 4096).expect("fallocate");
+    drop(f);
+    let mut want = data();
+    want.resize(len as usize + 4096, 0);
+    assert!(std::fs::read(m.path("falloc")).expect("read") == want, "fallocate");
+    // copy_file_range from the metacopy file itself into a new file, then into it.
+    let src = std::fs::File::open(m.path("cfr")).expect("open");
+    let dst = std::fs::File::create(m.path("copy")).expect("create");
+    let mut done = 0;
+    while done < len as usize {
+        let n = rustix::fs::copy_file_range(&src, None, &dst, None, len as usize - done).expect("copy_file_range");
+        assert!(n > 0, "copy_file_range stopped early");
+        done += n;
+    }
+    drop((src, dst));
+    assert!(
+        std::fs::read(m.path("copy")).expect("read") == data(),
+        "copy_file_range out of a metacopy file"
+    );
+    let f = open_rw("mapped");
+    mmap_write(&f, len as usize, 100, b"MAPPED");
+    drop(f);
+    let mut want = data();
+    want[100..106].copy_from_slice(b"MAPPED");
+    assert!(std::fs::read(m.path("mapped")).expect("read") == want, "mapped write");
+    drop(m);
+    for n in ["falloc", "mapped"] {
+        assert!(holds_data(&l.up(n)), "{n}: still a metacopy file");
+    }
+    assert!(std::fs::read(l.up("mapped")).expect("raw upper") == want);
+}
