@@ -205,8 +205,8 @@ impl Union {
         }
         let (src, _) = self.locate_data(node)?;
         let upper = self.locate(node, None)?;
-        let out = upper.open(OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW)?;
-        let before = rustix::fs::fstat(&out)?;
+        let before = upper.stat()?;
+        let out = open_to_fill(&upper, before.st_mode)?;
         if empty {
             rustix::fs::ftruncate(&out, 0)?;
         } else {
@@ -216,18 +216,19 @@ impl Union {
                 rustix::fs::fsync(&out)?;
             }
         }
-        // Writing is not a change the view made: the file keeps its times and its set-ID bits
-        // (which a write by an unprivileged daemon clears).
-        rustix::fs::futimens(&out, &super::copy_up::stat_times(&before))?;
-        if rustix::fs::fstat(&out)?.st_mode != before.st_mode {
-            rustix::fs::fchmod(&out, Mode::from_raw_mode(before.st_mode & 0o7777))?;
-        }
         let t = Target::Open(out.as_fd());
         // Only the names it has: an unprivileged daemon may not even ask to remove `trusted.*`.
+        // Before the mode goes back: removing a `user.*` xattr needs write permission.
         for x in METACOPY {
             if t.get_xattr(OsStr::new(x))?.is_some() {
                 t.remove_xattr(OsStr::new(x))?;
             }
+        }
+        // Writing is not a change the view made: the file keeps its times and its mode (a
+        // write by an unprivileged daemon clears set-ID bits; a read-only file was opened).
+        rustix::fs::futimens(&out, &super::copy_up::stat_times(&before))?;
+        if rustix::fs::fstat(&out)?.st_mode != before.st_mode {
+            rustix::fs::fchmod(&out, Mode::from_raw_mode(before.st_mode & 0o7777))?;
         }
         if !self.config.volatile {
             rustix::fs::fsync(&out)?;
@@ -236,5 +237,25 @@ impl Union {
         let layer = s.layer();
         s.set_layer(layer);
         Ok(())
+    }
+}
+
+/// Opens the upper file of a metacopy file for writing its data in. A file its owner may not
+/// write (mode 0400) refuses an unprivileged daemon, which owns it: it is made writable for the
+/// time of the fill (the caller puts the mode back).
+fn open_to_fill(upper: &Loc, mode: u32) -> FsResult<std::os::fd::OwnedFd> {
+    let flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    match upper.open(flags) {
+        Err(rustix::io::Errno::ACCESS) if mode & 0o200 == 0 => {
+            let (dir, entry, _) = upper.at()?;
+            rustix::fs::chmodat(
+                dir,
+                &entry,
+                Mode::from_raw_mode((mode | 0o200) & 0o7777),
+                rustix::fs::AtFlags::empty(),
+            )?;
+            Ok(upper.open(flags)?)
+        }
+        r => Ok(r?),
     }
 }

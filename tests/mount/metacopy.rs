@@ -271,7 +271,10 @@ fn a_metacopy_file_whose_lower_is_gone_fails_to_read_never_reads_zeros() {
 #[test]
 fn a_plain_user_writes_the_user_overlay_marker() {
     let user = crate::as_user::rootless_user();
-    let l = crate::as_user::user_layers(user, |l| l.put(0, "f", &data()));
+    let l = crate::as_user::user_layers(user, |l| {
+        l.put(0, "f", &data());
+        l.put(0, "ro", &data());
+    });
     let m = crate::as_user::UserMount::start(user, &l, &[]);
     crate::as_user::user_sh_ok(
         user,
@@ -283,7 +286,19 @@ fn a_plain_user_writes_the_user_overlay_marker() {
         "no user.overlay.metacopy file"
     );
     crate::as_user::user_sh_ok(user, "echo x >> \"$1/f\"", &[m.mnt.as_os_str()]);
+    // A file its owner may not write: the daemon (its owner) still fills the data in on rename.
+    crate::as_user::user_sh_ok(
+        user,
+        "chmod 400 \"$1/ro\" && mv \"$1/ro\" \"$1/ro2\" && cmp \"$1/ro2\" \"$2\"",
+        &[m.mnt.as_os_str(), l.lower(0, "ro").as_os_str()],
+    );
     m.finish();
+    assert_eq!(
+        lstat(&l.up("ro2")).mode() & 0o7777,
+        0o400,
+        "the fill left the mode changed"
+    );
+    assert!(holds_data(&l.up("ro2")), "the renamed file is still a metacopy file");
     let mut want = data();
     want.extend_from_slice(b"x\n");
     assert!(std::fs::read(l.up("f")).expect("raw upper") == want);
