@@ -211,9 +211,18 @@ impl Union {
             rustix::fs::ftruncate(&out, 0)?;
         } else {
             let st = src.stat()?;
-            super::copy_up::copy_file_data(&src, &st, &out)?;
-            if !self.config.volatile {
-                rustix::fs::fsync(&out)?;
+            let copied = super::copy_up::copy_file_data(&src, &st, &out).and_then(|()| {
+                if !self.config.volatile {
+                    rustix::fs::fsync(&out)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = copied {
+                // Still a metacopy file (read from the lower): give back what a half-done fill
+                // took (a full upper), keeping the size.
+                let _ =
+                    rustix::fs::ftruncate(&out, 0).and_then(|()| rustix::fs::ftruncate(&out, before.st_size as u64));
+                return Err(e);
             }
         }
         let t = Target::Open(out.as_fd());

@@ -54,7 +54,8 @@ fn enospc_copy_up_of_too_big_file_leaves_lower_visible_and_nothing_behind() {
     l.put(0, "dir/big", &big);
     l.put(0, "dir/small", b"small lower file");
     let sc = Scenario::new(&l);
-    let m = l.mount(&[]);
+    // Every copy-up copies the data (a chmod copies metadata only otherwise: see below).
+    let m = l.mount(&["--metacopy", "off"]);
     let r = std::fs::OpenOptions::new().append(true).open(m.path("dir/big"));
     assert_eq!(err_code(r), Some(libc::ENOSPC), "copy-up of 12 MiB into an 8 MiB upper");
     assert!(!exists_raw(&l.up("dir/big")), "partial copy-up left at the final name");
@@ -106,7 +107,7 @@ fn enospc_writes_fail_then_space_freed_and_copy_up_succeeds() {
     let mid = pattern(2 * MIB, 9);
     l.put(0, "mid", &mid);
     let sc = Scenario::new(&l);
-    let m = l.mount(&[]);
+    let m = l.mount(&["--metacopy", "off"]);
     assert_eq!(fill(&m, "filler"), libc::ENOSPC, "write to a full upper");
     assert!(daemon_alive(&m));
     // A 2 MiB copy-up cannot fit now.
@@ -227,6 +228,41 @@ fn enospc_many_small_creates_and_mkdirs_then_recover() {
         .view(|root| {
             assert_eq!(names(&root.join("lowerdir")), ["keep", "newdir"]);
             assert_eq!(std::fs::read(root.join("lowerdir/newdir/f")).unwrap(), b"f");
+        })
+        .end();
+}
+
+/// With metadata-only copy-up a chmod needs no room for the data; the data's copy, when a write
+/// needs it, fails with ENOSPC and leaves the file as it was (its data still read from the lower,
+/// the space the half copy took given back), and succeeds once there is room.
+#[test]
+fn enospc_a_chmod_fits_a_full_upper_and_a_failed_fill_changes_nothing() {
+    let (l, _t) = small_upper(1);
+    let big = pattern(4 * MIB, 3);
+    l.put(0, "big", &big);
+    let sc = Scenario::new(&l);
+    let m = l.mount(&[]);
+    std::fs::set_permissions(m.path("big"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(fill(&m, "filler"), libc::ENOSPC, "write to a full upper");
+    let r = std::fs::OpenOptions::new().append(true).open(m.path("big"));
+    assert_eq!(err_code(r), Some(libc::ENOSPC), "the data's copy into a full upper");
+    assert_eq!(std::fs::read(m.path("big")).unwrap(), big);
+    assert_eq!(lstat(&m.path("big")).mode() & 0o7777, 0o600);
+    assert!(lstat(&l.up("big")).blocks() < 64, "the failed fill kept its blocks");
+    std::fs::remove_file(m.path("filler")).unwrap();
+    assert_serving(&m, "after a failed fill");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("big"))
+        .unwrap()
+        .write_all(b"tail")
+        .unwrap();
+    let mut want = big.clone();
+    want.extend_from_slice(b"tail");
+    sc.ending(m)
+        .view(|root| {
+            assert_eq!(std::fs::read(root.join("big")).unwrap(), want);
+            assert_eq!(lstat(&root.join("big")).mode() & 0o7777, 0o600);
         })
         .end();
 }
