@@ -74,9 +74,21 @@ impl Mount {
         Mount::start_command(cmd, mnt)
     }
 
+    /// [`Mount::start`] for a mount that first reads a lot (indexing multi-GiB image layers):
+    /// waits up to `wait` for it to appear.
+    pub fn start_slow(args: &[OsString], mnt: &Path, wait: Duration) -> Mount {
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        Mount::start_command_within(cmd, mnt, wait)
+    }
+
     /// Starts `cmd` (the daemon in the foreground, set up as the caller likes) and waits for
     /// its mount at `mnt`.
-    pub fn start_command(mut cmd: Command, mnt: &Path) -> Mount {
+    pub fn start_command(cmd: Command, mnt: &Path) -> Mount {
+        Mount::start_command_within(cmd, mnt, Duration::from_secs(20))
+    }
+
+    fn start_command_within(mut cmd: Command, mnt: &Path, wait: Duration) -> Mount {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -87,7 +99,7 @@ impl Mount {
             child: Some(child),
             mnt: mnt.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + wait;
         while !is_mounted(mnt) {
             if let Some(c) = m.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
