@@ -7,11 +7,12 @@
 //! - [`xattrs`]: the private xattr namespaces and the names we write;
 //! - [`workdir`]: the workdir's layout (ours, kernel overlayfs's) and its default place;
 //! - [`hardlink`]: the hard-link index's records; [`upper_id`]: which upper an index belongs to;
-//! - [`ino`]: the view's inode numbers.
+//! - [`ino`]: the view's inode numbers; [`redirect`]: where a renamed directory's lower content is.
 
 pub mod hardlink;
 pub mod ino;
 pub mod markers;
+pub mod redirect;
 pub mod upper_id;
 pub mod workdir;
 pub mod xattrs;

@@ -40,6 +40,7 @@ mod lookup;
 pub(crate) mod node;
 mod privs;
 mod readdir;
+mod redirect;
 mod remove;
 mod rename;
 mod setup;

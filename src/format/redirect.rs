@@ -1,0 +1,224 @@
+//! Directory redirects: kernel overlayfs's `redirect_dir` format.
+//!
+//! An upper directory that was renamed while it still merged lower directories carries
+//! `trusted.overlay.redirect` (`user.overlay.redirect` for an unprivileged daemon, as the kernel
+//! reads with `userxattr`), whose value says where its lower content lives:
+//! - relative, a single name: the entry of that name in the lower directories of its parent;
+//! - absolute, `/a/b/c`: that path from the root of each lower layer.
+//!
+//! The value comes from disk (an upper anyone may have written), so it is checked here before
+//! it names anything: no `.`, `..` or empty component, no NUL, bounded lengths. The union then
+//! resolves it one component at a time below a layer's root, never following a symlink.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+/// The redirect xattr a privileged daemon writes (and kernel overlayfs reads by default).
+pub const TRUSTED_REDIRECT: &str = "trusted.overlay.redirect";
+/// The redirect xattr of an unprivileged daemon (kernel overlayfs's `userxattr`).
+pub const USER_REDIRECT: &str = "user.overlay.redirect";
+/// Every redirect xattr we read, in the order we read them.
+pub const REDIRECT_XATTRS: [&str; 2] = [TRUSTED_REDIRECT, USER_REDIRECT];
+
+/// The longest value we read: a path (PATH_MAX). Longer is a damaged or hostile upper.
+pub const MAX_READ: usize = 4096;
+/// The longest value we write; a move whose redirect would be longer copies the tree instead.
+/// Kernel overlayfs's own limit (`redirect_max`) is 256 by default, but it reads any length.
+pub const MAX_WRITE: usize = 2048;
+/// The longest name a component may be (NAME_MAX).
+const MAX_NAME: usize = 255;
+
+/// The redirect xattr a daemon of this privilege writes.
+pub fn xattr_name(privileged: bool) -> &'static str {
+    if privileged { TRUSTED_REDIRECT } else { USER_REDIRECT }
+}
+
+/// A checked redirect value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// The sibling `name` in the parent's lower directories.
+    Relative(OsString),
+    /// A path from the root of each lower layer, one component each.
+    Absolute(Vec<OsString>),
+}
+
+/// Why a redirect value is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    Empty,
+    TooLong(usize),
+    Nul,
+    /// An empty, `.` or `..` component, or one longer than a name may be.
+    BadComponent,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::Empty => write!(f, "empty redirect"),
+            Invalid::TooLong(n) => write!(f, "redirect of {n} bytes (at most {MAX_READ})"),
+            Invalid::Nul => write!(f, "redirect holds a NUL byte"),
+            Invalid::BadComponent => write!(f, "redirect has an empty, '.', '..' or over-long component"),
+        }
+    }
+}
+
+fn check_component(c: &[u8]) -> Result<(), Invalid> {
+    if c.is_empty() || c == b"." || c == b".." || c.len() > MAX_NAME {
+        return Err(Invalid::BadComponent);
+    }
+    Ok(())
+}
+
+/// Parses and checks a redirect value as read from disk.
+pub fn parse(value: &[u8]) -> Result<Redirect, Invalid> {
+    if value.is_empty() {
+        return Err(Invalid::Empty);
+    }
+    if value.len() > MAX_READ {
+        return Err(Invalid::TooLong(value.len()));
+    }
+    if value.contains(&0) {
+        return Err(Invalid::Nul);
+    }
+    let Some(rest) = value.strip_prefix(b"/") else {
+        // No '/' in a relative value: it names one sibling, nothing else.
+        if value.contains(&b'/') {
+            return Err(Invalid::BadComponent);
+        }
+        check_component(value)?;
+        return Ok(Redirect::Relative(OsStr::from_bytes(value).to_os_string()));
+    };
+    let mut comps = Vec::new();
+    for c in rest.split(|&b| b == b'/') {
+        check_component(c)?;
+        comps.push(OsStr::from_bytes(c).to_os_string());
+    }
+    Ok(Redirect::Absolute(comps))
+}
+
+/// The value that reads as `r`.
+pub fn value(r: &Redirect) -> Vec<u8> {
+    match r {
+        Redirect::Relative(n) => n.as_bytes().to_vec(),
+        Redirect::Absolute(c) => {
+            let mut v = Vec::new();
+            for n in c {
+                v.push(b'/');
+                v.extend_from_slice(n.as_bytes());
+            }
+            v
+        }
+    }
+}
+
+/// The value of a relative redirect to the sibling `name`.
+pub fn relative(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+/// An absolute redirect from the pieces met walking up from a directory to the root:
+/// `pieces_bottom_up[0]` is the directory's own piece, then its parent's, and so on. A piece is
+/// a name (or a directory's relative redirect, which stands for its name in lower terms) or,
+/// for the last one only, an absolute redirect that the walk stopped at. `None` if the result
+/// would be longer than [`MAX_WRITE`] or not a valid value.
+pub fn absolute(pieces_bottom_up: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pieces = pieces_bottom_up.iter().rev().peekable();
+    if let Some(first) = pieces.peek() {
+        if first.starts_with(b"/") {
+            out.extend_from_slice(first);
+            pieces.next();
+        }
+    }
+    for p in pieces {
+        out.push(b'/');
+        out.extend_from_slice(p);
+        if out.len() > MAX_WRITE {
+            return None;
+        }
+    }
+    (out.len() <= MAX_WRITE && matches!(parse(&out), Ok(Redirect::Absolute(_)))).then_some(out)
+}
+
+/// The path a lower lookup walks after meeting `r` on the directory reached by `path` (from its
+/// parent's lower directories when `from_root` is false, then `path` is one name; from the
+/// layer roots when it is true): a relative redirect replaces the last component, an absolute
+/// one the whole path.
+pub fn apply(r: &Redirect, path: &mut Vec<OsString>, from_root: &mut bool) {
+    match r {
+        Redirect::Relative(n) => {
+            path.pop();
+            path.push(n.clone());
+        }
+        Redirect::Absolute(c) => {
+            *path = c.clone();
+            *from_root = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn abs(v: &[&str]) -> Redirect {
+        Redirect::Absolute(v.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn parses_what_the_kernel_writes() {
+        assert_eq!(parse(b"a"), Ok(Redirect::Relative("a".into())));
+        assert_eq!(parse(b"/a/b c/d"), Ok(abs(&["a", "b c", "d"])));
+        assert_eq!(
+            parse(b"/\xff"),
+            Ok(Redirect::Absolute(vec![OsStr::from_bytes(b"\xff").into()]))
+        );
+        for v in [&b"a"[..], b"/a/b c/d"] {
+            assert_eq!(parse(v).map(|r| value(&r)).as_deref(), Ok(v));
+        }
+    }
+
+    #[test]
+    fn refuses_what_could_leave_a_layer_or_is_damaged() {
+        for bad in [
+            &b""[..],
+            b"/",
+            b"//a",
+            b"/a//b",
+            b"/a/",
+            b"..",
+            b".",
+            b"/a/../b",
+            b"/./a",
+            b"a/b",
+            b"a\0b",
+            b"/a\0",
+        ] {
+            assert!(parse(bad).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse(&[b'a'; 256]), Err(Invalid::BadComponent));
+        let long: Vec<u8> = std::iter::repeat_n(&b"/abc"[..], 1100).flatten().copied().collect();
+        assert_eq!(parse(&long), Err(Invalid::TooLong(4400)));
+    }
+
+    #[test]
+    fn builds_absolute_values_up_to_the_first_absolute_piece() {
+        assert_eq!(absolute(&[b"c", b"b", b"a"]).as_deref(), Some(&b"/a/b/c"[..]));
+        assert_eq!(absolute(&[b"c", b"/x/y", b"a"]).as_deref(), Some(&b"/x/y/c"[..]));
+        assert_eq!(absolute(&[b"/x"]).as_deref(), Some(&b"/x"[..]));
+        assert_eq!(absolute(&[b"..", b"a"]), None);
+        let deep: Vec<&[u8]> = vec![&b"abcdefgh"[..]; 400];
+        assert_eq!(absolute(&deep), None, "longer than MAX_WRITE");
+    }
+
+    #[test]
+    fn apply_replaces_the_last_component_or_the_path() {
+        let (mut p, mut root) = (vec![OsString::from("a"), "b".into()], true);
+        apply(&Redirect::Relative("c".into()), &mut p, &mut root);
+        assert_eq!(p, [OsString::from("a"), "c".into()]);
+        let (mut p, mut root) = (vec![OsString::from("a")], false);
+        apply(&abs(&["x", "y"]), &mut p, &mut root);
+        assert_eq!((p, root), (vec![OsString::from("x"), "y".into()], true));
+    }
+}
