@@ -219,8 +219,8 @@ fn exchange_of_two_lower_directories() {
     let sc = Scenario::new(&l);
     let m = l.mount(&[]);
     let ex = rustix::fs::RenameFlags::EXCHANGE;
-    rustix::fs::renameat_with(rustix::fs::CWD, &m.path("x"), rustix::fs::CWD, &m.path("y"), ex).unwrap();
-    rustix::fs::renameat_with(rustix::fs::CWD, &m.path("x"), rustix::fs::CWD, &m.path("d/z"), ex).unwrap();
+    rustix::fs::renameat_with(rustix::fs::CWD, m.path("x"), rustix::fs::CWD, m.path("y"), ex).unwrap();
+    rustix::fs::renameat_with(rustix::fs::CWD, m.path("x"), rustix::fs::CWD, m.path("d/z"), ex).unwrap();
     let check = |root: &Path| {
         assert_eq!(names(&root.join("y")), ["in_x", "in_x_below"]);
         assert_eq!(names(&root.join("x")), ["in_z"]);
