@@ -30,7 +30,8 @@ const MAX_HOPS: usize = 4096;
 
 /// One component of a redirect path in one layer.
 enum Step {
-    Dir(Arc<LayerDir>),
+    /// A directory; true when an OCI whiteout beside it hides the name in the layers below.
+    Dir(Arc<LayerDir>, bool),
     /// Nothing of that name: this layer has nothing, lower layers may.
     Absent,
     /// A whiteout, a symlink or another non-directory: nothing below merges.
@@ -152,12 +153,13 @@ impl Union {
         let mut cur = Arc::clone(start);
         let (mut next, mut next_root, mut hops, mut opaque_above) = (Vec::new(), from_root, 0, false);
         for (i, comp) in path.iter().enumerate() {
-            cur = match step(&cur, comp)? {
-                Step::Dir(d) => d,
+            let whited;
+            (cur, whited) = match step(&cur, comp)? {
+                Step::Dir(d, w) => (d, w),
                 Step::Absent => return Ok(Walk::Absent),
                 Step::Stop => return Ok(Walk::Stop),
             };
-            let opaque = cur.marks()?.opaque;
+            let opaque = whited || cur.marks()?.opaque;
             if i + 1 < path.len() {
                 opaque_above |= opaque;
             } else if opaque {
@@ -312,19 +314,19 @@ impl Union {
     }
 }
 
-/// The entry `comp` of the layer directory `dir`, as a redirect walk sees it.
+/// The entry `comp` of the layer directory `dir`, as a redirect walk sees it. An OCI `.wh.`
+/// marker hides the name in the layers below its own only: beside a directory of that name,
+/// the directory shows and nothing below merges.
 fn step(dir: &Arc<LayerDir>, comp: &OsStr) -> FsResult<Step> {
-    if dir.stat_at_opt(&markers::oci_name(comp))?.is_some() {
-        return Ok(Step::Stop);
-    }
+    let whited = || dir.stat_at_opt(&markers::oci_name(comp)).map(|s| s.is_some());
     let Some(st) = dir.stat_at_opt(comp)? else {
-        return Ok(Step::Absent);
+        return Ok(if whited()? { Step::Stop } else { Step::Absent });
     };
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
         return Ok(Step::Stop);
     }
     match dir.open_dir(comp) {
-        Ok(d) => Ok(Step::Dir(d)),
+        Ok(d) => Ok(Step::Dir(d, whited()?)),
         Err(rustix::io::Errno::NOENT) => Ok(Step::Absent),
         // Replaced by a symlink or a file since the stat: never followed.
         Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => Ok(Step::Stop),
