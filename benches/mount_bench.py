@@ -35,6 +35,7 @@ rebuild). Three lowers l1 (top), l2, l3, all on the workdir's filesystem:
     append/       50 files of 1 MiB in l3 (directory merged with l2): copy-up appends
     rmtree/       2,000 files in 20 directories merged across l2 and l3: rm -rf
     repo/         a git repository (2,000 committed files, packed) in l2: git status
+    metatree/     10,000 files of 100 KiB (1 GiB) in 100 directories in l3: chown -R, mv
 and WORKDIR/untar.tar, 5,000 files of 4 KiB in 50 directories: untar.
 The plain target is WORKDIR/plain, a `cp -a` of a read-only kernel overlay mount of the lowers.
 
@@ -67,6 +68,9 @@ Workloads (units; "better" says which direction wins):
     copyup-append-256M        append 4 KiB to the 256 MiB lower file (copy-up)           ms
     untar-5000                tar -xf of the 5,000-file tarball into a new directory     ms
     rm-rf-2000                rm -rf of the lower-resident 2,000-file tree               ms
+    chown-R-1G                chown -R (a plain user: chmod -R go-w) of metatree/        ms
+    chown-R-1G-upper          the same, then the upper's growth (du of the upper)        MiB
+    mv-dir-10k                mv of the lower directory metatree/ to a new name          ms
     daemon-peak-rss           VmHWM of the FUSE daemon after all workloads               MiB
 Copy-up workloads read their lower sources once beforehand (outside the timing) so that the
 copy is not dominated by the disk.
@@ -101,12 +105,16 @@ DEFAULT_TARGETS = ["plain", "kernel", "fuse-overlayfs", "unionfs"]
 # unionfs-nopt (--no-passthrough: every read and write through the daemon, the data path of
 # rootless mounts, measured as root) and unionfs-rootless (the daemon started by a plain user
 # through fusermount3, the workloads run as that user) when named in --targets.
-ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless", "unionfs-rdauto"]
+# unionfs-fullcopy: every copy-up copies data, every directory rename copies the tree (what
+# unionfs did before metadata-only copy-up and redirects).
+ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless", "unionfs-rdauto",
+                                 "unionfs-fullcopy"]
+FULLCOPY_ARGS = ["--metacopy", "off"]
 ROOTLESS_USER = "unionfs-bench"
 LOWERS = ["l1", "l2", "l3"]  # top first
 
 # ---- data parameters (bump GEN_VERSION when the layout changes) ------------------------------
-GEN_VERSION = 4
+GEN_VERSION = 5
 MiB = 1 << 20
 TREE_A, TREE_B, TREE_C = 12, 10, 100  # 12,000 files
 MERGED_NAMES = 10500  # 10,000 visible + 500 whited out
@@ -114,6 +122,7 @@ BIG_SIZE = 256 * MiB
 APPEND_N, APPEND_SIZE = 50, MiB
 RM_DIRS, RM_FILES = 20, 100  # 2,000 files
 REPO_DIRS, REPO_FILES = 40, 50  # 2,000 files
+META_DIRS, META_FILES, META_SIZE = 100, 100, 100 << 10  # 10,000 files, 1 GiB
 TAR_DIRS, TAR_FILES, TAR_SIZE = 50, 100, 4096  # 5,000 files
 CREATE_N, CREATE_SIZE = 5000, 4096
 SEQWRITE_SIZE = 256 * MiB
@@ -230,6 +239,7 @@ def stamp_params():
         "rm": [RM_DIRS, RM_FILES],
         "repo": [REPO_DIRS, REPO_FILES],
         "tar": [TAR_DIRS, TAR_FILES, TAR_SIZE],
+        "meta": [META_DIRS, META_FILES, META_SIZE],
     }
 
 
@@ -296,6 +306,11 @@ def generate(workdir):
         for i in range(RM_FILES):
             layer = "l2" if i % 2 == 0 else "l3"
             _write(os.path.join(L[layer], f"rmtree/d{d:02d}/f{i:03d}"), block[i:][:2048])
+
+    # metatree/: 1 GiB of distinct data in l3, for metadata-only changes and a directory rename.
+    for d in range(META_DIRS):
+        for i in range(META_FILES):
+            _write(os.path.join(L["l3"], f"metatree/d{d:02d}/f{i:03d}"), os.urandom(META_SIZE))
 
     # repo/: a git repository in l2, committed and packed.
     repo = os.path.join(L["l2"], "repo")
@@ -502,6 +517,13 @@ class Plain(Target):
             p = os.path.join(self.root, rel)
             if os.path.getsize(p) != size:
                 os.truncate(p, size)
+        moved = os.path.join(self.root, "bench-metatree")
+        if os.path.isdir(moved):
+            os.rename(moved, os.path.join(self.root, "metatree"))
+        mt = os.path.join(self.root, "metatree")
+        if os.stat(os.path.join(mt, "d00", "f000")).st_uid != 0:
+            run(["chown", "-R", "0:0", mt])
+        run(["chmod", "-R", "a+rwX", mt])
         rt = os.path.join(self.root, "rmtree")
         if not os.path.isdir(rt) or sum(len(f) for _, _, f in os.walk(rt)) != RM_DIRS * RM_FILES:
             rmtree(rt)
@@ -559,7 +581,9 @@ class Kernel(Target):
         super().__init__("kernel", workdir)
 
     def mount_cmd(self):
-        opts = f"lowerdir={':'.join(self.layers)},upperdir={self.upper},workdir={self.work}"
+        # Metadata-only copy-up and directory redirects, as unionfs mount does by default.
+        opts = (f"lowerdir={':'.join(self.layers)},upperdir={self.upper},workdir={self.work},"
+                "metacopy=on,redirect_dir=on")
         return ["mount", "-t", "overlay", "overlay", "-o", opts, self.mnt]
 
 
@@ -838,6 +862,45 @@ def w_rmrf(ctx):
     return body, lambda _: int(os.path.lexists(d))
 
 
+def _chown_tree(d):
+    """chown -R as root; a plain user (the rootless target) can only change modes."""
+    cmd = ["chown", "-R", "1234:1234", d] if os.geteuid() == 0 else ["chmod", "-R", "go-w", d]
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+
+
+def _count_files(d):
+    return sum(len(f) for _, _, f in os.walk(d))
+
+
+def w_chown(ctx):
+    d = os.path.join(ctx["root"], "metatree")
+    return lambda: _chown_tree(d), lambda _: _count_files(d)
+
+
+def w_chown_upper(ctx):
+    d = os.path.join(ctx["root"], "metatree")
+
+    def body():
+        _chown_tree(d)
+        if not ctx["upper"]:
+            return 0.0, _count_files(d)
+        du = subprocess.run(["du", "-s", "--block-size=1", ctx["upper"]], check=True, capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL)
+        return int(du.stdout.split()[0]) / MiB, _count_files(d)
+
+    return body
+
+
+def w_mv_dir(ctx):
+    d = os.path.join(ctx["root"], "metatree")
+    new = os.path.join(ctx["root"], "bench-metatree")
+
+    def body():
+        subprocess.run(["mv", d, new], check=True, stdin=subprocess.DEVNULL)
+
+    return body, lambda _: _count_files(new)
+
+
 def w_fio(ctx):
     p = os.path.join(ctx["root"], "big.bin")
     _read_all(p)  # one sequential pass through the view first
@@ -888,6 +951,9 @@ WORKLOADS += [
     Workload("copyup-append-256M", w_append_big, "once", "ms"),
     Workload("untar-5000", w_untar, "once", "ms"),
     Workload("rm-rf-2000", w_rmrf, "once", "ms"),
+    Workload("chown-R-1G", w_chown, "once", "ms"),
+    Workload("chown-R-1G-upper", w_chown_upper, "once", "MiB", timed_as="value"),
+    Workload("mv-dir-10k", w_mv_dir, "once", "ms"),
 ]
 RSS = Workload("daemon-peak-rss", None, "once", "MiB")
 BY_NAME = {w.name: w for w in WORKLOADS + [RSS]}
@@ -944,6 +1010,7 @@ class Runner:
         }
         return {
             "root": root,
+            "upper": None if isinstance(t, Plain) else t.upper,
             "tarball": os.path.join(self.args.workdir, "untar.tar"),
             "fio_runtime": self.args.fio_runtime,
             "sources_by_wl": sources,
@@ -1330,6 +1397,8 @@ def main():
             targets.append(Unionfs(args.workdir, n, ["--volatile"]))
         elif n == "unionfs-rdauto":
             targets.append(Unionfs(args.workdir, n, ["--readdirplus", "auto"]))
+        elif n == "unionfs-fullcopy":
+            targets.append(Unionfs(args.workdir, n, FULLCOPY_ARGS))
         elif n == "unionfs-nopt":
             targets.append(Unionfs(args.workdir, n, ["--no-passthrough"]))
         elif n == "unionfs-rootless":

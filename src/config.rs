@@ -132,6 +132,10 @@ pub struct MountConfig {
     /// Directory renames by redirect (`redirect_dir=`); `new` gives `on`.
     #[serde(default)]
     pub redirect_dir: RedirectDir,
+    /// A metadata change of a lower regular file copies up metadata only (see
+    /// `union/metacopy.rs`); its data stays in the lower until the first write.
+    #[serde(default)]
+    pub metacopy: bool,
 }
 
 /// An image as lower layers (see `crate::image`).
@@ -218,6 +222,7 @@ impl MountConfig {
             atime: AtimePolicy::default(),
             image: None,
             redirect_dir: RedirectDir::On,
+            metacopy: false,
         }
     }
 

@@ -35,6 +35,10 @@ const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const FILE_MODES: [u32; 10] = [0o644, 0o644, 0o644, 0o600, 0o755, 0o444, 0o400, 0o640, 0o4755, 0o2750];
 const DIR_MODES: [u32; 8] = [0o755, 0o755, 0o755, 0o700, 0o555, 0o1777, 0o2775, 0o750];
 const XATTR_NAMES: [&str; 2] = ["user.x", "user.y"];
+/// The kernel side runs with the features unionfs writes by default: metadata-only copy-up
+/// (its metacopy files must read the same, in its upper and in ours read as a lower) and
+/// directory redirects.
+const KERNEL_OPTS: &str = "metacopy=on,redirect_dir=on,index=off";
 /// Name used to re-create a file when it must stop sharing its inode (see [`Op::Unshare`]).
 const UNSHARE_TMP: &str = "unshare.tmp";
 /// An operation that makes no progress for this long is taken as a hang.
@@ -942,7 +946,7 @@ fn run_case(seed: u64, n_ops: usize, progress: &Arc<Mutex<Progress>>) -> Result<
             .push_str(&format!("   lower{i}:\n{}", describe_layer(l)));
     }
 
-    let kernel = KernelOverlay::mount(&lowers, Some((&u1, &w1)), &m1).map_err(|e| case.fail(&e))?;
+    let kernel = KernelOverlay::mount_with(&lowers, Some((&u1, &w1)), &m1, KERNEL_OPTS).map_err(|e| case.fail(&e))?;
     let uni = mount_unionfs(&lowers, &u2, &w2, &m2);
     {
         let mut p = progress.lock().unwrap();
@@ -1022,11 +1026,12 @@ fn run_case(seed: u64, n_ops: usize, progress: &Arc<Mutex<Progress>>) -> Result<
         return Err(case.fail(&format!("unionfs exited with {code:?} at unmount")));
     }
     let check = |case: &Case| -> Result<(), String> {
-        let kernel = KernelOverlay::mount(&lowers, Some((&u1, &w1)), &m1).map_err(|e| case.fail(&e))?;
+        let kernel =
+            KernelOverlay::mount_with(&lowers, Some((&u1, &w1)), &m1, KERNEL_OPTS).map_err(|e| case.fail(&e))?;
         let mut upper_as_lower = vec![u2.clone()];
         upper_as_lower.extend(lowers.iter().cloned());
         {
-            let kread = KernelOverlay::mount(&upper_as_lower, None, &m3)
+            let kread = KernelOverlay::mount_with(&upper_as_lower, None, &m3, KERNEL_OPTS)
                 .map_err(|e| case.fail(&format!("kernel refuses unionfs's upper as a layer: {e}")))?;
             let diff = compare_kernel_views(&m1, &m3);
             if !diff.is_empty() {

@@ -121,6 +121,15 @@ pub(super) fn switch(i: &Item<'_>) -> Result<bool, String> {
     }
 }
 
+/// `on`/`off` (also `1`/`0`, `yes`/`no`), as kernel overlayfs spells its feature switches.
+pub(super) fn on_off(i: &Item<'_>) -> Result<bool, String> {
+    match i.bytes() {
+        b"on" | b"1" | b"yes" => Ok(true),
+        b"off" | b"0" | b"no" => Ok(false),
+        _ => Err("must be 'on' or 'off'".into()),
+    }
+}
+
 pub(super) fn number<T: std::str::FromStr>(i: &Item<'_>) -> Result<T, String> {
     i.text()
         .trim()

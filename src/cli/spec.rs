@@ -198,6 +198,8 @@ impl MountArgs {
     pub fn into_spec(self) -> Result<MountSpec, String> {
         let m = &self.0;
         let mut spec = MountSpec::new();
+        // Our own layer tools read what `unionfs mount` writes, metacopy files included.
+        spec.config.metacopy = true;
         for o in m.get_many::<OsString>("options").into_iter().flatten() {
             options::apply_options(&mut spec, o)?;
         }

@@ -6,12 +6,16 @@
 //!   stacking rule by which a name's entries in a directory's layers make the view;
 //! - [`xattrs`]: the private xattr namespaces and the names we write;
 //! - [`workdir`]: the workdir's layout (ours, kernel overlayfs's) and its default place;
+//! - [`redirect`], [`metacopy`]: kernel overlayfs's redirected directories and metadata-only
+//!   copies, which keep part of an object in a lower (the union writes and follows
+//!   redirects; the layer tools read both);
 //! - [`hardlink`]: the hard-link index's records; [`upper_id`]: which upper an index belongs to;
-//! - [`ino`]: the view's inode numbers; [`redirect`]: where a renamed directory's lower content is.
+//! - [`ino`]: the view's inode numbers.
 
 pub mod hardlink;
 pub mod ino;
 pub mod markers;
+pub mod metacopy;
 pub mod redirect;
 pub mod upper_id;
 pub mod workdir;

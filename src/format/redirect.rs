@@ -1,14 +1,17 @@
-//! Directory redirects: kernel overlayfs's `redirect_dir` format.
+//! Kernel overlayfs's directory redirects (`redirect_dir=on`): an upper directory renamed while
+//! it still merged lower directories keeps its lower content where it was and records that
+//! place in an `overlay.redirect` xattr (`trusted.overlay.redirect`; `user.overlay.redirect`
+//! for an unprivileged daemon, as the kernel reads with `userxattr`). The value is either one
+//! name (renamed within its parent: the lower content is that name in the parent's lower
+//! directories) or an absolute path from the layers' roots (renamed elsewhere). A metacopy file
+//! that was renamed carries an absolute redirect to its data.
 //!
-//! An upper directory that was renamed while it still merged lower directories carries
-//! `trusted.overlay.redirect` (`user.overlay.redirect` for an unprivileged daemon, as the kernel
-//! reads with `userxattr`), whose value says where its lower content lives:
-//! - relative, a single name: the entry of that name in the lower directories of its parent;
-//! - absolute, `/a/b/c`: that path from the root of each lower layer.
-//!
-//! The value comes from disk (an upper anyone may have written), so it is checked here before
-//! it names anything: no `.`, `..` or empty component, no NUL, bounded lengths. The union then
-//! resolves it one component at a time below a layer's root, never following a symlink.
+//! The kernel refuses values with empty, `.` or `..` components, and a relative value with a
+//! `/` in it; so do we, and values longer than a path or components longer than a name. A
+//! value is data from a layer that may come from anywhere: it is parsed here, never handed to a
+//! path-resolving call. The union writes values ([`relative`], [`absolute`]) and follows them
+//! one component at a time below a layer's root, never following a symlink
+//! (`union/redirect.rs`); the layer tools read them (`layers/indirect.rs`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -17,8 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 pub const TRUSTED_REDIRECT: &str = "trusted.overlay.redirect";
 /// The redirect xattr of an unprivileged daemon (kernel overlayfs's `userxattr`).
 pub const USER_REDIRECT: &str = "user.overlay.redirect";
-/// Every redirect xattr we read, in the order we read them.
-pub const REDIRECT_XATTRS: [&str; 2] = [TRUSTED_REDIRECT, USER_REDIRECT];
+/// The redirect xattrs, in the order we read them (`user.*` with the `userxattr` option).
+pub const XATTRS: [&str; 2] = [TRUSTED_REDIRECT, USER_REDIRECT];
 
 /// The longest value we read: a path (PATH_MAX). Longer is a damaged or hostile upper.
 pub const MAX_READ: usize = 4096;
@@ -33,68 +36,64 @@ pub fn xattr_name(privileged: bool) -> &'static str {
     if privileged { TRUSTED_REDIRECT } else { USER_REDIRECT }
 }
 
-/// A checked redirect value.
+/// Where a redirected object's lower part is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redirect {
-    /// The sibling `name` in the parent's lower directories.
+    /// This name in the parent's lower directories.
     Relative(OsString),
-    /// A path from the root of each lower layer, one component each.
+    /// This path (its components) from the roots of the lower layers.
     Absolute(Vec<OsString>),
 }
 
 /// Why a redirect value is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalid {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRedirect {
+    #[error("empty redirect")]
     Empty,
-    TooLong(usize),
+    #[error("redirect has an empty path component")]
+    EmptyComponent,
+    #[error("redirect has a '.' or '..' component")]
+    DotComponent,
+    #[error("redirect has a NUL byte")]
     Nul,
-    /// An empty, `.` or `..` component, or one longer than a name may be.
-    BadComponent,
+    #[error("redirect of {0} bytes (at most {MAX_READ})")]
+    TooLong(usize),
+    #[error("redirect has a component longer than {MAX_NAME} bytes")]
+    LongComponent,
 }
 
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Invalid::Empty => write!(f, "empty redirect"),
-            Invalid::TooLong(n) => write!(f, "redirect of {n} bytes (at most {MAX_READ})"),
-            Invalid::Nul => write!(f, "redirect holds a NUL byte"),
-            Invalid::BadComponent => write!(f, "redirect has an empty, '.', '..' or over-long component"),
-        }
-    }
-}
-
-fn check_component(c: &[u8]) -> Result<(), Invalid> {
-    if c.is_empty() || c == b"." || c == b".." || c.len() > MAX_NAME {
-        return Err(Invalid::BadComponent);
-    }
-    Ok(())
-}
-
-/// Parses and checks a redirect value as read from disk.
-pub fn parse(value: &[u8]) -> Result<Redirect, Invalid> {
+/// Parses an `overlay.redirect` value.
+pub fn parse(value: &[u8]) -> Result<Redirect, BadRedirect> {
     if value.is_empty() {
-        return Err(Invalid::Empty);
+        return Err(BadRedirect::Empty);
     }
     if value.len() > MAX_READ {
-        return Err(Invalid::TooLong(value.len()));
+        return Err(BadRedirect::TooLong(value.len()));
     }
     if value.contains(&0) {
-        return Err(Invalid::Nul);
+        return Err(BadRedirect::Nul);
     }
-    let Some(rest) = value.strip_prefix(b"/") else {
-        // No '/' in a relative value: it names one sibling, nothing else.
-        if value.contains(&b'/') {
-            return Err(Invalid::BadComponent);
-        }
-        check_component(value)?;
-        return Ok(Redirect::Relative(OsStr::from_bytes(value).to_os_string()));
+    let check = |c: &[u8]| match c {
+        b"" => Err(BadRedirect::EmptyComponent),
+        b"." | b".." => Err(BadRedirect::DotComponent),
+        _ if c.len() > MAX_NAME => Err(BadRedirect::LongComponent),
+        _ => Ok(OsStr::from_bytes(c).to_os_string()),
     };
-    let mut comps = Vec::new();
-    for c in rest.split(|&b| b == b'/') {
-        check_component(c)?;
-        comps.push(OsStr::from_bytes(c).to_os_string());
+    match value.strip_prefix(b"/") {
+        Some(rest) => rest
+            .split(|&b| b == b'/')
+            .map(check)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Redirect::Absolute),
+        // A relative value names a sibling: a '/' in it makes an empty or nested component.
+        None if value.contains(&b'/') => Err(BadRedirect::EmptyComponent),
+        None => check(value).map(Redirect::Relative),
     }
-    Ok(Redirect::Absolute(comps))
+}
+
+/// A redirect value as it is shown in messages.
+pub fn shown(value: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(value))
 }
 
 /// The value that reads as `r`.
@@ -162,8 +161,25 @@ pub fn apply(r: &Redirect, path: &mut Vec<OsString>, from_root: &mut bool) {
 mod tests {
     use super::*;
 
-    fn abs(v: &[&str]) -> Redirect {
-        Redirect::Absolute(v.iter().map(OsString::from).collect())
+    fn abs(c: &[&str]) -> Redirect {
+        Redirect::Absolute(c.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn values_the_kernel_writes_and_refuses() {
+        assert_eq!(parse(b"d"), Ok(Redirect::Relative("d".into())));
+        assert_eq!(parse(b"/a/b"), Ok(abs(&["a", "b"])));
+        assert_eq!(parse(b"/a"), Ok(abs(&["a"])));
+        assert_eq!(parse(b""), Err(BadRedirect::Empty));
+        assert_eq!(parse(b"/"), Err(BadRedirect::EmptyComponent));
+        assert_eq!(parse(b"/a//b"), Err(BadRedirect::EmptyComponent));
+        assert_eq!(parse(b"/a/"), Err(BadRedirect::EmptyComponent));
+        assert_eq!(parse(b"a/b"), Err(BadRedirect::EmptyComponent));
+        assert_eq!(parse(b"../../etc"), Err(BadRedirect::EmptyComponent));
+        assert_eq!(parse(b".."), Err(BadRedirect::DotComponent));
+        assert_eq!(parse(b"/a/../b"), Err(BadRedirect::DotComponent));
+        assert_eq!(parse(b"/a/./b"), Err(BadRedirect::DotComponent));
+        assert_eq!(parse(b"/a\0b"), Err(BadRedirect::Nul));
     }
 
     #[test]
@@ -197,9 +213,9 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
         }
-        assert_eq!(parse(&[b'a'; 256]), Err(Invalid::BadComponent));
+        assert_eq!(parse(&[b'a'; 256]), Err(BadRedirect::LongComponent));
         let long: Vec<u8> = std::iter::repeat_n(&b"/abc"[..], 1100).flatten().copied().collect();
-        assert_eq!(parse(&long), Err(Invalid::TooLong(4400)));
+        assert_eq!(parse(&long), Err(BadRedirect::TooLong(4400)));
     }
 
     #[test]

@@ -40,14 +40,6 @@ pub const INDEX_COUNT: &str = "user.unionfs.nlink";
 /// On an upper's root: its random id, by the daemon's privilege (see `upper_id.rs`).
 pub const UPPER_ID: [&str; 2] = ["user.unionfs.upper", "trusted.unionfs.upper"];
 
-/// Kernel overlayfs features that keep part of an object's meaning outside the upper (data in
-/// a lower: metacopy; the source directory in a lower: redirect), and the origin it records.
-pub const KERNEL_INDIRECT: [&str; 4] = [
-    "trusted.overlay.metacopy",
-    "trusted.overlay.redirect",
-    "user.overlay.metacopy",
-    "user.overlay.redirect",
-];
 /// Kernel overlayfs's record of where a copied-up object came from (a file handle).
 pub const KERNEL_ORIGIN: [&str; 2] = ["trusted.overlay.origin", "user.overlay.origin"];
 

@@ -11,6 +11,11 @@
 //! A file copied up but left identical is not listed. Only the upper is walked; the image is
 //! looked at where the upper has something, plus the listings of directories the upper made
 //! opaque (their old children are the `D` lines).
+//!
+//! Kernel overlayfs uppers (`indirect.rs`): a metacopy file is compared like any copied-up
+//! file (its metadata is the upper's). A redirected directory's lower part is elsewhere: the
+//! view there is walked whole (the upper's entries and every name of that lower part) and
+//! compared name by name with the image's directory at its path, if any.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -18,8 +23,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::Stat;
 
+use super::indirect;
 use super::linked::{Linked, image_at};
-use super::listing::{Listing, is_dir, refuse_kernel_indirect};
+use super::listing::{Entry, Listing, is_dir};
 use super::lowers::{Found, ImageDir, PathImage};
 use super::stack::Stack;
 use super::{LayerError, Observer, Result, join};
@@ -117,44 +123,103 @@ fn stat_different(old: &Stat, new: &Stat) -> bool {
         || (!is_dir(old) && (!same_time || old.st_size != new.st_size))
 }
 
-/// An upper directory on the diff's path, with the image directory it is compared with.
+/// A directory of the view on the diff's path: the upper's (if the upper has one here), the
+/// image directory it is compared with, and the lower part the view shows in it.
 struct Compared {
-    fd: PathDir,
+    /// The upper's directory (None: the view shows only lower content here).
+    fd: Option<PathDir>,
     listing: Listing,
     /// The image's directory here (Absent: the image has none).
     old: PathImage,
-    /// Whether the view merges the two.
-    merge: bool,
+    /// Whether the view merges `old` itself here, so that names only the image has are
+    /// unchanged. Otherwise the view's lower part is `src` (moved by a kernel redirect, or
+    /// nothing), and the two are compared name by name.
+    same: bool,
+    src: PathImage,
     objects: BTreeSet<OsString>,
     hidden: BTreeSet<OsString>,
+    /// Names only the view's lower part shows (when not `same`), sorted, visited after the
+    /// upper's.
+    lower_names: Vec<OsString>,
     next: std::ops::Range<usize>,
     rel_len: usize,
 }
 
+/// Where a directory of the view is: the upper's (fd and listing, if any), and its lower
+/// part (`Same`: the image's own directory, which it is compared with).
+enum Lower {
+    Same,
+    Moved(Option<ImageDir>),
+}
+
 impl Compared {
-    fn new(fd: PathDir, listing: Listing, old: Option<ImageDir>, merge: bool, rel_len: usize) -> Compared {
-        let own = |s: BTreeSet<&OsStr>| s.into_iter().map(OsStr::to_os_string).collect();
-        Compared {
+    fn new(
+        up: Option<(PathDir, Listing)>,
+        old: Option<ImageDir>,
+        lower: Lower,
+        rel: &[u8],
+        stack: &Stack,
+    ) -> Result<Compared> {
+        let own = |s: BTreeSet<&OsStr>| -> BTreeSet<OsString> { s.into_iter().map(OsStr::to_os_string).collect() };
+        let (fd, listing) = match up {
+            Some((fd, l)) => (Some(fd), l),
+            None => (
+                None,
+                Listing {
+                    marks: Default::default(),
+                    entries: Vec::new(),
+                },
+            ),
+        };
+        let objects = own(listing.object_names());
+        let hidden = own(listing.whiteout_targets());
+        let (same, src) = match lower {
+            Lower::Same => (true, None),
+            Lower::Moved(src) => (false, src),
+        };
+        let lower_names: Vec<OsString> = match &src {
+            Some(src) => src
+                .list(stack, rel)?
+                .into_keys()
+                .filter(|n| !objects.contains(n) && !hidden.contains(n))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Compared {
             fd,
-            objects: own(listing.object_names()),
-            hidden: own(listing.whiteout_targets()),
-            next: 0..listing.entries.len(),
+            next: 0..listing.entries.len() + lower_names.len(),
             listing,
             old: PathImage::new(old),
-            merge,
-            rel_len,
-        }
+            same,
+            src: PathImage::new(src),
+            objects,
+            hidden,
+            lower_names,
+            rel_len: rel.len(),
+        })
+    }
+
+    /// The lower part the view shows here.
+    fn lower(&self) -> rustix::io::Result<Option<&ImageDir>> {
+        if self.same { self.old.get() } else { self.src.get() }
     }
 }
 
 impl Frame for Compared {
     fn park(&mut self, child: &Self) -> rustix::io::Result<()> {
-        self.fd.park()?;
-        self.old.park(&child.old)
+        // Only a directory the child's can reopen as `..` is closed.
+        if let (Some(fd), Some(_)) = (self.fd.as_mut(), child.fd.as_ref()) {
+            fd.park()?;
+        }
+        self.old.park(&child.old)?;
+        self.src.park(&child.src)
     }
     fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
-        self.fd.unpark(child.fd.fd()?)?;
-        self.old.unpark(&child.old)
+        if let (Some(fd), Some(below)) = (self.fd.as_mut(), child.fd.as_ref()) {
+            fd.unpark(below.fd()?)?;
+        }
+        self.old.unpark(&child.old)?;
+        self.src.unpark(&child.src)
     }
 }
 
@@ -170,7 +235,9 @@ impl Differ<'_> {
             return Err(LayerError::Interrupted);
         }
         let start = PathDir::dup(fd).map_err(|e| io(&rel, e))?;
-        let mut path = Descent::new(Compared::new(start, listing, Some(img), merge, 0));
+        let lower = if merge { Lower::Same } else { Lower::Moved(None) };
+        let first = Compared::new(Some((start, listing)), Some(img), lower, &rel, self.stack)?;
+        let mut path = Descent::new(first);
         loop {
             let Some(top) = path.last_mut() else {
                 return Ok(());
@@ -183,7 +250,12 @@ impl Differ<'_> {
                 }
                 continue;
             };
-            if let Some((sub, below)) = self.entry(&rel, top, i)? {
+            let below = if i < top.listing.entries.len() {
+                self.entry(&rel, top, i)?
+            } else {
+                self.lower_entry(&rel, top, i - top.listing.entries.len())?
+            };
+            if let Some((sub, below)) = below {
                 if self.obs.cancelled() {
                     return Err(LayerError::Interrupted);
                 }
@@ -193,8 +265,8 @@ impl Differ<'_> {
         }
     }
 
-    /// Entry `i` of the directory `here` (at `rel`); a subdirectory to go into next is returned
-    /// with its path.
+    /// Entry `i` of the upper directory of `here` (at `rel`); a subdirectory to go into next is
+    /// returned with its path.
     fn entry(&mut self, rel: &[u8], here: &Compared, i: usize) -> Result<Option<(Vec<u8>, Compared)>> {
         let upper = self.stack.upper()?;
         let io = |e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
@@ -204,7 +276,8 @@ impl Differ<'_> {
         match &e.kind {
             Marker::OpaqueFile => {}
             Marker::Whiteout { target, .. } => {
-                if !here.merge || here.objects.contains(target) {
+                // Where the view's lower part is not the image's, the names are compared at the end.
+                if !here.same || here.objects.contains(target) {
                     return Ok(None);
                 }
                 if let Some(old) = old {
@@ -214,59 +287,142 @@ impl Differ<'_> {
                 }
             }
             Marker::Object => {
-                let fd = here.fd.fd().map_err(io)?;
-                let path = join(rel, &e.name);
-                refuse_kernel_indirect(&upper.at(&path), fd, &e.name)?;
-                let dir = is_dir(&e.st);
-                let found = match old {
-                    Some(o) => o.lookup(self.stack, rel, &e.name, dir)?,
-                    None => None,
-                };
-                let sub = if dir {
-                    let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(upper.at(&path), err))?;
-                    let sl = Listing::read(sfd.as_fd(), &upper.at(&path))?;
-                    Some((PathDir::new(sfd), sl))
-                } else {
-                    None
-                };
-                let below = match found {
-                    None => {
-                        self.out.insert(abs(&path), Change::Added);
-                        sub.map(|(sfd, sl)| Compared::new(sfd, sl, None, false, path.len()))
-                    }
-                    Some(f) => {
-                        if stat_different(&f.st, &e.st) || self.cap_differs(old, &f, rel, fd, &e.name)? {
-                            self.out.insert(abs(&path), Change::Changed);
-                        }
-                        sub.map(|(sfd, sl)| {
-                            let cut = sl.marks.opaque || here.hidden.contains(e.name.as_os_str());
-                            let child_merge = here.merge && !cut && f.dir.is_some();
-                            Compared::new(sfd, sl, f.dir, child_merge, path.len())
-                        })
-                    }
-                };
-                return Ok(below.map(|b| (path, b)));
+                let Some(fd) = here.fd.as_ref() else { return Ok(None) };
+                let fd = fd.fd().map_err(io)?;
+                return self.upper_object(rel, here, fd, e);
             }
         }
         Ok(None)
     }
 
-    /// Once the directory `here` (at `rel`) is done: if not merged, every old child that the
-    /// upper does not have is gone.
+    /// The upper object `e` of the directory `fd` of `here` (at `rel`).
+    fn upper_object(
+        &mut self,
+        rel: &[u8],
+        here: &Compared,
+        fd: BorrowedFd<'_>,
+        e: &Entry,
+    ) -> Result<Option<(Vec<u8>, Compared)>> {
+        let upper = self.stack.upper()?;
+        let io = |e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
+        let path = join(rel, &e.name);
+        let at = upper.at(&path);
+        let dir = is_dir(&e.st);
+        let old = here.old.get().map_err(io)?;
+        let found = match old {
+            Some(o) => o.lookup(self.stack, rel, &e.name, dir)?,
+            None => None,
+        };
+        match &found {
+            None => {
+                self.out.insert(abs(&path), Change::Added);
+            }
+            Some(f) => {
+                if stat_different(&f.st, &e.st) || self.cap_differs(old, f, rel, fd, &e.name)? {
+                    self.out.insert(abs(&path), Change::Changed);
+                }
+            }
+        }
+        if !dir {
+            return Ok(None);
+        }
+        let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
+        let sl = Listing::read(sfd.as_fd(), &at)?;
+        let redirect = indirect::redirect_at(&indirect::upper_xattr(fd, &e.name), &at)?;
+        let cut = sl.marks.opaque || here.hidden.contains(e.name.as_os_str());
+        let old_dir = found.and_then(|f| f.dir);
+        // The kernel ignores the redirect of an opaque directory.
+        let lower = match redirect {
+            Some(r) if !cut => {
+                let parent = here.lower().map_err(io)?;
+                Lower::Moved(indirect::upper_target_dir(self.stack, parent, rel, &r, &at)?)
+            }
+            _ if cut => Lower::Moved(None),
+            _ if here.same => Lower::Same,
+            _ => match here.lower().map_err(io)? {
+                Some(src) => Lower::Moved(src.lookup(self.stack, rel, &e.name, true)?.and_then(|f| f.dir)),
+                None => Lower::Moved(None),
+            },
+        };
+        let lower = match (lower, &old_dir) {
+            // Nothing to compare names with: a new directory's own names are all new.
+            (Lower::Same, None) => Lower::Moved(None),
+            (l, _) => l,
+        };
+        let below = Compared::new(Some((PathDir::new(sfd), sl)), old_dir, lower, &path, self.stack)?;
+        Ok(Some((path, below)))
+    }
+
+    /// Name `i` of those only the view's lower part shows in `here` (at `rel`): compared with
+    /// the image's; a directory to go into next is returned with its path.
+    fn lower_entry(&mut self, rel: &[u8], here: &Compared, i: usize) -> Result<Option<(Vec<u8>, Compared)>> {
+        let upper = self.stack.upper()?;
+        let io = |e: rustix::io::Errno| LayerError::io(upper.at(rel), e);
+        self.obs.entry();
+        let (Some(name), Some(src)) = (here.lower_names.get(i), here.src.get().map_err(io)?) else {
+            return Ok(None);
+        };
+        let Some(f) = src.lookup(self.stack, rel, name, true)? else {
+            return Ok(None);
+        };
+        let path = join(rel, name);
+        let old = here.old.get().map_err(io)?;
+        let found = match old {
+            Some(o) => o.lookup(self.stack, rel, name, is_dir(&f.st))?,
+            None => None,
+        };
+        match &found {
+            None => {
+                self.out.insert(abs(&path), Change::Added);
+            }
+            Some(o) => {
+                if stat_different(&o.st, &f.st) || self.lower_cap_differs(old, o, src, &f, rel, name)? {
+                    self.out.insert(abs(&path), Change::Changed);
+                }
+            }
+        }
+        let Some(sub) = f.dir else { return Ok(None) };
+        let old_dir = found.and_then(|f| f.dir);
+        let below = Compared::new(None, old_dir, Lower::Moved(Some(sub)), &path, self.stack)?;
+        Ok(Some((path, below)))
+    }
+
+    /// Once the directory `here` (at `rel`) is done: if the view does not merge the image's,
+    /// every old child the view does not show is gone.
     fn gone_children(&mut self, rel: &[u8], here: &Compared) -> Result<()> {
-        if here.merge {
+        if here.same {
             return Ok(());
         }
         let upper = self.stack.upper()?;
         let old = here.old.get().map_err(|e| LayerError::io(upper.at(rel), e))?;
         if let Some(old) = old {
             for name in old.list(self.stack, rel)?.keys() {
-                if !here.objects.contains(name) {
+                if !here.objects.contains(name) && here.lower_names.binary_search(name).is_err() {
                     self.out.insert(abs(&join(rel, name)), Change::Deleted);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether the file capabilities of the image's `o` and the view's lower `f` differ.
+    fn lower_cap_differs(
+        &self,
+        old: Option<&ImageDir>,
+        o: &Found,
+        src: &ImageDir,
+        f: &Found,
+        rel: &[u8],
+        name: &OsStr,
+    ) -> Result<bool> {
+        let cap = |dir: &ImageDir, pos: usize| -> Result<Option<Vec<u8>>> {
+            let Some(d) = dir.dirs.get(pos) else { return Ok(None) };
+            d.place
+                .get_xattr(name, CAPABILITY)
+                .map_err(|e| LayerError::io(self.stack.lowers[d.layer].at(&join(rel, name)), e))
+        };
+        let Some(old) = old else { return Ok(false) };
+        Ok(cap(old, o.pos)? != cap(src, f.pos)?)
     }
 
     /// Whether the file capabilities of the image's and the upper's `name` differ.

@@ -1,5 +1,5 @@
-//! Reading one layer directory: its entries classified through `format::markers`, a walk of
-//! a whole layer of any depth, and the kernel overlayfs markers no offline tool can follow.
+//! Reading one layer directory: its entries classified through `format::markers`, and a walk
+//! of a whole layer of any depth.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
@@ -11,7 +11,6 @@ use rustix::fs::{FileType, Stat};
 use super::{LayerError, Result, full_path};
 use crate::descent::{Descent, Frame, PathDir};
 use crate::format::markers::{self, DirMarks, Marker};
-use crate::format::xattrs::KERNEL_INDIRECT as KERNEL_INDIRECT_XATTRS;
 use crate::sys;
 
 /// One entry of a layer directory, with its `lstat`.
@@ -146,34 +145,5 @@ impl Frame for Walked {
     }
     fn unpark(&mut self, child: &Self) -> rustix::io::Result<()> {
         self.dir.unpark(child.dir.fd()?)
-    }
-}
-
-/// Whether the xattr `name` is one of kernel overlayfs's metacopy/redirect markers.
-pub(crate) fn is_kernel_indirect(name: &OsStr) -> bool {
-    KERNEL_INDIRECT_XATTRS.iter().any(|k| name.as_bytes() == k.as_bytes())
-}
-
-/// The refusal of an object at `at` carrying the kernel marker `xattr`: part of it is in a
-/// lower, where no offline tool can follow it.
-pub(crate) fn indirect_refusal(at: &Path, xattr: &OsStr) -> LayerError {
-    LayerError::invalid(
-        at,
-        format!(
-            "has {} (kernel overlayfs metacopy/redirect keeps part of it in a lower); \
-             mount with metacopy=off,redirect_dir=off or copy it up fully first",
-            xattr.to_string_lossy()
-        ),
-    )
-}
-
-/// Refuses the upper object `dir/name` (at `at`) if kernel metacopy or redirect marks it.
-pub(crate) fn refuse_kernel_indirect(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    let names = sys::Target::Entry(dir, name)
-        .list_xattrs()
-        .map_err(|e| LayerError::io(at, e))?;
-    match names.iter().find(|n| is_kernel_indirect(n)) {
-        Some(n) => Err(indirect_refusal(at, n)),
-        None => Ok(()),
     }
 }

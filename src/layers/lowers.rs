@@ -5,15 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
+use std::path::Path;
 
 use rustix::fs::Stat;
 
+use super::indirect::{self, RedirectAt, Resolved};
 use super::listing::is_dir;
 use super::place::{CatalogDir, Place};
 use super::stack::Stack;
 use super::{LayerError, Result};
 use crate::descent::PathDir;
 use crate::format::markers::{self, DirMarks, Marker, Stacking};
+use crate::format::redirect::Redirect;
 
 /// One lower layer's directory taking part in an image directory.
 pub(crate) struct LowerDir {
@@ -21,6 +24,9 @@ pub(crate) struct LowerDir {
     pub layer: usize,
     pub place: Place,
     pub marks: DirMarks,
+    /// Reached through an absolute redirect: not a subdirectory of the directory of its layer
+    /// one level up the path, so a walk must not reopen that one as its `..`.
+    pub jumped: bool,
 }
 
 /// A directory of the image (the union of the lowers): the lower directories merged into it,
@@ -45,12 +51,26 @@ impl ImageDir {
     /// opaque one or the first non-directory. With `open_dir`, a directory comes with its
     /// image directory. `stack` names layers in errors; `rel` is this directory's path.
     pub fn lookup(&self, stack: &Stack, rel: &[u8], name: &OsStr, open_dir: bool) -> Result<Option<Found>> {
+        self.lookup_from(stack, rel, name, open_dir, 0)
+    }
+
+    /// [`ImageDir::lookup`] in the directories from `start` on. A directory of a lower that
+    /// carries a kernel redirect takes its lower part from where the redirect points, in the
+    /// layers below its own, as kernel overlayfs follows it (`indirect.rs`).
+    pub fn lookup_from(
+        &self,
+        stack: &Stack,
+        rel: &[u8],
+        name: &OsStr,
+        open_dir: bool,
+        start: usize,
+    ) -> Result<Option<Found>> {
         if markers::is_reserved_name(name) || name.is_empty() {
             return Ok(None);
         }
         let mut found: Option<Found> = None;
         let mut stacking = Stacking::default();
-        for (pos, d) in self.dirs.iter().enumerate() {
+        for (pos, d) in self.dirs.iter().enumerate().skip(start) {
             let at = || stack.lowers[d.layer].at(&super::join(rel, name));
             let st = d.place.stat_at(name).map_err(|e| LayerError::io(at(), e))?;
             let mut whiteout = d
@@ -73,6 +93,7 @@ impl ImageDir {
                             layer: d.layer,
                             place,
                             marks,
+                            jumped: false,
                         });
                     }
                     object = Some((st, dir, opaque));
@@ -82,6 +103,14 @@ impl ImageDir {
             }
             let before = (stacking.shown, stacking.merged.len());
             let more = stacking.layer(pos, object.as_ref().map(|&(_, dir, opaque)| (dir, opaque)), whiteout);
+            let took = opened.is_some() && (stacking.shown == Some(pos) || stacking.merged.len() > before.1);
+            // A redirect on a directory that merges with layers below moves the rest of the merge.
+            let redirect = match (&opened, more && took) {
+                (Some(_), true) if d.layer + 1 < stack.lowers.len() => {
+                    indirect::redirect_at(&|x| d.place.get_xattr(name, x), &at())?
+                }
+                _ => None,
+            };
             if stacking.shown == Some(pos) && before.0.is_none() {
                 let st = object.map(|o| o.0).ok_or(LayerError::invalid(at(), "lookup"))?;
                 found = Some(Found {
@@ -94,12 +123,43 @@ impl ImageDir {
                     img.dirs.push(d);
                 }
             }
+            if let Some(r) = redirect {
+                let below = self.redirected(stack, rel, r, (d.layer, pos), &at())?;
+                if let (Some(img), Some(below)) = (found.as_mut().and_then(|f| f.dir.as_mut()), below) {
+                    img.dirs.extend(below.dirs);
+                }
+                break;
+            }
             // Without its image directory wanted, what shows is known at the first object.
             if !more || (found.is_some() && !open_dir) {
                 break;
             }
         }
         Ok(found)
+    }
+
+    /// The lower directories a redirect `r` on the directory of layer `layer` (entry `pos` of
+    /// this directory's layers) moves the rest of its merge to.
+    fn redirected(
+        &self,
+        stack: &Stack,
+        rel: &[u8],
+        r: RedirectAt,
+        (layer, pos): (usize, usize),
+        at: &Path,
+    ) -> Result<Option<ImageDir>> {
+        let resolved = match &r.to {
+            Redirect::Relative(n) => {
+                let f = self.lookup_from(stack, rel, n, true, pos + 1)?;
+                indirect::target_dir(stack, f, &super::join(rel, n))?
+            }
+            Redirect::Absolute(c) => indirect::dir_at_from(stack, c, layer + 1)?,
+        };
+        match resolved {
+            Resolved::Dir(d) => Ok(Some(d)),
+            Resolved::Nothing(_) => Ok(None),
+            Resolved::Hostile(why) => Err(indirect::hostile(at, &r.value, &why)),
+        }
     }
 
     /// Every name the image shows in this directory, with what shows it.
@@ -140,7 +200,7 @@ pub(crate) enum PathImage {
     /// The image has no directory here.
     Absent,
     Open(ImageDir),
-    Parked(Vec<(usize, DirMarks, Parked)>),
+    Parked(Vec<(usize, DirMarks, bool, Parked)>),
 }
 
 /// A lower directory of a parked image directory.
@@ -167,8 +227,8 @@ impl PathImage {
     fn has_layer(&self, layer: usize) -> bool {
         match self {
             PathImage::Absent => false,
-            PathImage::Open(img) => img.dirs.iter().any(|d| d.layer == layer),
-            PathImage::Parked(v) => v.iter().any(|(l, ..)| *l == layer),
+            PathImage::Open(img) => img.dirs.iter().any(|d| d.layer == layer && !d.jumped),
+            PathImage::Parked(v) => v.iter().any(|&(l, _, jumped, _)| l == layer && !jumped),
         }
     }
 
@@ -189,7 +249,7 @@ impl PathImage {
                 }
                 Place::Catalog(c) => Parked::Catalog(c),
             };
-            parked.push((d.layer, d.marks, slot));
+            parked.push((d.layer, d.marks, d.jumped, slot));
         }
         *self = PathImage::Parked(parked);
         Ok(())
@@ -202,12 +262,12 @@ impl PathImage {
         };
         let below = child.get()?;
         let mut dirs = Vec::with_capacity(parked.len());
-        for (layer, marks, slot) in std::mem::take(parked) {
+        for (layer, marks, jumped, slot) in std::mem::take(parked) {
             let place = match slot {
                 Parked::Fs(mut dir) => {
                     if !dir.is_open() {
                         let c = below
-                            .and_then(|b| b.dirs.iter().find(|d| d.layer == layer))
+                            .and_then(|b| b.dirs.iter().find(|d| d.layer == layer && !d.jumped))
                             .and_then(|d| d.place.fd())
                             .ok_or(rustix::io::Errno::BADF)?;
                         dir.unpark(c)?;
@@ -216,7 +276,12 @@ impl PathImage {
                 }
                 Parked::Catalog(c) => Place::Catalog(c),
             };
-            dirs.push(LowerDir { layer, place, marks });
+            dirs.push(LowerDir {
+                layer,
+                place,
+                marks,
+                jumped,
+            });
         }
         *self = PathImage::Open(ImageDir { dirs });
         Ok(())

@@ -6,8 +6,9 @@
 //! What they share: `stack.rs` opens the layers, `listing.rs` reads one layer directory and
 //! walks a whole layer, `place.rs` reads a lower's directory wherever it is (a directory, or an
 //! OCI image layer's catalog), `lowers.rs` looks the image (the lowers' union) up at the
-//! upper's paths, and `linked.rs` finds names that show a copy from the workdir's hard-link
-//! index. Output files, digests and compression are [`crate::blob`]'s.
+//! upper's paths, `indirect.rs` follows kernel overlayfs's redirected directories and metacopy
+//! files (in the upper or in a lower), and `linked.rs` finds names that show a copy from the
+//! workdir's hard-link index. Output files, digests and compression are [`crate::blob`]'s.
 //!
 //! Nothing here needs FUSE or a mount. Every question about markers (whiteouts, opaque
 //! directories, private xattrs) is answered by [`crate::format`], the module the union core
@@ -22,6 +23,7 @@ pub mod commit;
 pub mod diff;
 pub mod history;
 pub mod import;
+mod indirect;
 mod linked;
 mod listing;
 mod lowers;

@@ -1,7 +1,9 @@
 //! `unionfs size`, and the per-layer figures of `unionfs layers` (`history.rs`): disk usage as
 //! `du` counts it (allocated blocks, so holes cost nothing; each inode once, however many names
 //! it has). An image layer is counted as the mount's `stat` shows its objects: each file's size
-//! in 512-byte blocks (what it takes unpacked, before the filesystem's own rounding).
+//! in 512-byte blocks (what it takes unpacked, before the filesystem's own rounding). A kernel
+//! overlayfs metacopy file counts as what it takes: its metadata (its size is a hole; the data is
+//! the lower file's, counted with that layer).
 
 use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;

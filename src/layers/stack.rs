@@ -214,11 +214,22 @@ impl Stack {
 
     /// The image's root directory: the lowers' roots, down to the first opaque one.
     pub(crate) fn image_root(&self) -> Result<ImageDir> {
+        self.image_root_from(0)
+    }
+
+    /// The root directory of the image the lowers from `first` on make (where an absolute
+    /// redirect in lower `first - 1` is resolved).
+    pub(crate) fn image_root_from(&self, first: usize) -> Result<ImageDir> {
         let mut dirs = Vec::new();
-        for (i, l) in self.lowers.iter().enumerate() {
+        for (i, l) in self.lowers.iter().enumerate().skip(first) {
             let place = l.root()?;
             let marks = place.marks().map_err(|e| LayerError::io(l.path(), e))?;
-            dirs.push(LowerDir { layer: i, place, marks });
+            dirs.push(LowerDir {
+                layer: i,
+                place,
+                marks,
+                jumped: first > 0,
+            });
             if marks.opaque {
                 break;
             }

@@ -29,6 +29,9 @@ pub(crate) enum Data {
     All,
     /// Metadata only: the caller truncates to zero right after (open with O_TRUNC).
     Empty,
+    /// Metadata only, for a change of metadata: a regular file's data stays in the lower
+    /// (`metacopy.rs`) where the mount allows it, else everything is copied.
+    Meta,
 }
 
 impl Union {
@@ -64,7 +67,12 @@ impl Union {
                 }
             }
             if all {
-                return Ok(());
+                // Already up as a metacopy file: the data follows when it is needed.
+                return match data {
+                    Data::Meta => Ok(()),
+                    Data::Empty => self.fill_data(node, true),
+                    Data::All => self.fill_data(node, false),
+                };
             }
         }
     }
@@ -113,6 +121,7 @@ impl Union {
         let pdir = pdir_layer.fs_fd().ok_or(Errno::EIO)?;
         let src = self.locate(node, None)?;
         let st = src.stat()?;
+        let data = self.data_to_copy(data, kind, &st, &src);
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
         if let Err(e) = self.build_copy(&src, &st, kind, work, &tmp, node.ino, data) {
@@ -158,7 +167,11 @@ impl Union {
         };
         {
             let mut s = node.state.write();
-            s.set_layer(upper);
+            if data == Data::Meta {
+                s.set_metacopy(upper, layer);
+            } else {
+                s.set_layer(upper);
+            }
             if let (Some(d), Some(fd)) = (s.dir.as_mut(), new_fd) {
                 d.layers.insert(0, (upper, fd));
             }
@@ -169,6 +182,17 @@ impl Union {
             self.link_known_names(node, &pdir, &name);
         }
         Ok(true)
+    }
+
+    /// What a copy-up asked for `data` copies of the object `st` at `src`. A file of an image
+    /// layer is copied whole: its data lives in a compressed blob, which neither kernel
+    /// overlayfs nor our offline layer tools read through a metacopy file.
+    fn data_to_copy(&self, data: Data, kind: Kind, st: &Stat, src: &Loc) -> Data {
+        match data {
+            Data::Meta if self.wants_metacopy(kind, st) && src.image_file().is_none() => Data::Meta,
+            Data::Meta => Data::All,
+            d => d,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -193,15 +217,7 @@ impl Union {
                     Mode::from_raw_mode(0o600),
                 )?;
                 if data == Data::All {
-                    match src.image_file() {
-                        Some(img) => copy_image_data(img, &out)?,
-                        None => {
-                            let input = src.open(OFlags::RDONLY | OFlags::NOATIME)?;
-                            // Fewer allocated blocks than the size means holes worth skipping.
-                            let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
-                            copy_data(&input, &out, st.st_size as u64, sparse)?;
-                        }
-                    }
+                    copy_file_data(src, st, &out)?;
                     if !self.config.volatile {
                         rustix::fs::fsync(&out)?;
                     }
@@ -226,6 +242,9 @@ impl Union {
             None => Target::Entry(work, tmp),
         };
         copy_xattrs_of(src, &to)?;
+        if let (Data::Meta, Some(f)) = (data, &file) {
+            self.mark_metacopy(&to, f, st.st_size as u64)?;
+        }
         // Best effort: without it the copy gets its own number after a remount.
         let _ = to.set_xattr(
             OsStr::new(crate::format::xattrs::origin(kind)),
@@ -288,8 +307,21 @@ pub(crate) fn keep_dir_times<R>(
     Ok(r)
 }
 
+/// Copies the data of the regular file `src` (attributes `st`) into `out`.
+pub(super) fn copy_file_data(src: &Loc, st: &Stat, out: &OwnedFd) -> FsResult<()> {
+    match src.image_file() {
+        Some(img) => copy_image_data(img, out),
+        None => {
+            let input = src.open(OFlags::RDONLY | OFlags::NOATIME)?;
+            // Fewer allocated blocks than the size means holes worth skipping.
+            let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
+            copy_data(&input, out, st.st_size as u64, sparse)
+        }
+    }
+}
+
 /// The access and modification times of `st`, for utimensat.
-fn stat_times(st: &Stat) -> Timestamps {
+pub(super) fn stat_times(st: &Stat) -> Timestamps {
     Timestamps {
         last_access: Timespec {
             tv_sec: st.st_atime,

@@ -102,7 +102,12 @@ impl Union {
         let node = self.node(ino)?;
         self.may_set_attr(&node, set)?;
         let truncating_to_zero = set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
-        self.copy_up_with(&node, if truncating_to_zero { Data::Empty } else { Data::All })?;
+        let data = match set.size {
+            None => Data::Meta,
+            Some(0) if truncating_to_zero => Data::Empty,
+            Some(_) => Data::All,
+        };
+        self.copy_up_with(&node, data)?;
         let kind = node.state.read().kind;
         let loc = self.locate(&node, fh)?;
         // Acts on the object itself, never on a symlink's target.
@@ -164,7 +169,11 @@ impl Union {
                 },
             )?;
         }
-        let in_upper = Some(node.state.read().layer()) == self.upper;
+        // A metacopy file reads its data from the lower until its data is copied up.
+        let in_upper = {
+            let s = node.state.read();
+            Some(s.layer()) == self.upper && !s.is_metacopy()
+        };
         // The kernel hands us explicit offsets: O_APPEND on our fd would override them.
         // O_DIRECT stays off our fd (see `SERVED_FD_FLAGS`).
         let mut f = flags & (OFlags::RWMODE | OFlags::TRUNC | OFlags::NONBLOCK | super::SERVED_FD_FLAGS);
@@ -173,10 +182,10 @@ impl Union {
         if !in_upper || self.upper_fds_noatime() || flags.contains(OFlags::NOATIME) {
             f |= OFlags::NOATIME;
         }
-        let loc = self.locate(&node, None)?;
+        let (loc, layer) = self.locate_data(&node)?;
         if let (false, Some(img)) = (in_upper, loc.image_file().cloned()) {
             return Ok(Opened {
-                fh: self.new_handle(FileSource::Image(img), node),
+                fh: self.new_handle(FileSource::Image(img), node, layer),
                 shared_rw: false,
                 in_upper: false,
                 beside_older: false,
@@ -212,7 +221,7 @@ impl Union {
                 .iter()
                 .any(|f| f.layer != node_layer(&node));
         Ok(Opened {
-            fh: self.new_file_handle(ofd, node),
+            fh: self.new_handle(FileSource::Fd(ofd), node, layer),
             shared_rw,
             in_upper,
             beside_older,
@@ -229,11 +238,12 @@ impl Union {
     }
 
     pub(crate) fn new_file_handle(&self, fd: OwnedFd, node: Arc<Node>) -> u64 {
-        self.new_handle(FileSource::Fd(fd), node)
+        let layer = node.state.read().layer();
+        self.new_handle(FileSource::Fd(fd), node, layer)
     }
 
-    fn new_handle(&self, source: FileSource, node: Arc<Node>) -> u64 {
-        let layer = node.state.read().layer();
+    /// A handle reading `source`, which is in `layer` (a metacopy file's lower, for its data).
+    fn new_handle(&self, source: FileSource, node: Arc<Node>, layer: usize) -> u64 {
         self.handles.open_file(OpenFile { source, layer, node })
     }
 
@@ -453,7 +463,7 @@ impl Union {
         self.upper_index()?;
         let node = self.node(ino)?;
         self.may_set_xattr(&node)?;
-        self.copy_up(&node)?;
+        self.copy_up_with(&node, Data::Meta)?;
         if name == super::acl::ACCESS {
             // Before the ACL, as kernel overlayfs does it: the ACL's mode update keeps the bit.
             let loc = self.locate(&node, None)?;
@@ -479,7 +489,7 @@ impl Union {
         // Nothing to remove means nothing to copy up.
         self.xattr_target(&node, |t| t.get_xattr(name)?.map(|_| ()).ok_or(Errno::ENODATA))?;
         self.may_set_xattr(&node)?;
-        self.copy_up(&node)?;
+        self.copy_up_with(&node, Data::Meta)?;
         self.xattr_target(&node, |t| Ok(t.remove_xattr(name)?))
     }
 }

@@ -47,7 +47,7 @@ impl Loc {
     }
 
     /// The entry `name` of `dir`.
-    fn entry(dir: &LayerDir, name: OsString) -> rustix::io::Result<Loc> {
+    pub(super) fn entry(dir: &LayerDir, name: OsString) -> rustix::io::Result<Loc> {
         Ok(match dir {
             LayerDir::Fs(f) => Loc::Entry(f.fd()?, name),
             LayerDir::Image(d) => Loc::Image(ImageFile {

@@ -23,7 +23,9 @@ impl Union {
             return Err(Errno::ENOENT);
         }
         let dir = self.dir_node(parent)?;
-        let vis = self.slot(&dir, name)?.vis.ok_or(Errno::ENOENT)?;
+        let slot = self.slot(&dir, name)?;
+        let in_lower = slot.in_lower;
+        let vis = slot.vis.ok_or(Errno::ENOENT)?;
         let dir_layers = self.dir_layers(&dir)?;
         let top = layer_fd(&dir_layers, vis.layer).ok_or(Errno::ESTALE)?;
         let st = top.stat_at(name)?;
@@ -50,11 +52,23 @@ impl Union {
             };
         }
         let merged = layers.len() > 1;
+        // A metacopy file shadows its lower data; one whose lower data is gone still has its
+        // holes (it must fail to read, not read as zeros). Other upper files are never asked.
+        let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
+        let data = if kind == Kind::File && Some(vis.layer) == self.upper && (in_lower || sparse) {
+            self.metacopy_data(&dir_layers, &top, name, &st)?
+        } else {
+            None
+        };
         let node = self.remember(parent, name, &vis, kind, layers, lookups);
+        if let Some(data) = data {
+            node.state.write().set_metacopy(vis.layer, data);
+        }
         let mut attr = self.view_attr(vis.ino, &st);
         if merged {
             attr.nlink = 1;
         }
+        self.count_lower_blocks(&node, &mut attr);
         if let (true, Some(fd)) = (Some(vis.layer) == self.upper, top.fs_fd()) {
             self.uncount_index_link(&mut attr, &sys::Target::Entry(fd.as_fd(), name));
         }
@@ -161,6 +175,7 @@ impl Union {
         if merged {
             a.nlink = 1;
         }
+        self.count_lower_blocks(&node, &mut a);
         if Some(layer) == self.upper {
             self.uncount_index_link(&mut a, &loc.target()?);
         }

@@ -37,6 +37,7 @@ mod io;
 pub(crate) mod layerdir;
 mod locate;
 mod lookup;
+mod metacopy;
 pub(crate) mod node;
 mod privs;
 mod readdir;

@@ -57,6 +57,9 @@ pub(crate) struct NodeState {
     /// Index (into `Union::layers`) of the layer holding the visible object (at most
     /// `MAX_LOWERS` + 1, see `layer()`).
     layer: u16,
+    /// The layer holding a regular file's data: `layer`, except for a metacopy file (its
+    /// metadata in the upper, its data still in this lower; see `metacopy.rs`).
+    data: u16,
     pub dir: Option<Box<DirState>>,
 }
 
@@ -80,6 +83,7 @@ impl NodeState {
             unlinked: false,
             kind,
             layer: layer_u16(layer),
+            data: layer_u16(layer),
             dir: dir.map(Box::new),
         }
     }
@@ -91,6 +95,23 @@ impl NodeState {
 
     pub fn set_layer(&mut self, layer: usize) {
         self.layer = layer_u16(layer);
+        self.data = self.layer;
+    }
+
+    /// Index of the layer holding a regular file's data (see `data`).
+    pub fn data_layer(&self) -> usize {
+        usize::from(self.data)
+    }
+
+    /// A metacopy file: visible in `layer`, its data in `data`.
+    pub fn set_metacopy(&mut self, layer: usize, data: usize) {
+        self.layer = layer_u16(layer);
+        self.data = layer_u16(data);
+    }
+
+    /// Whether its data lies in another layer than its metadata.
+    pub fn is_metacopy(&self) -> bool {
+        self.data != self.layer
     }
 
     /// Other names of this object seen through the view.

@@ -35,6 +35,7 @@ mod image_offsets;
 mod image_tools;
 mod images;
 mod lookup;
+mod metacopy;
 mod oci;
 mod one_upper;
 mod options;

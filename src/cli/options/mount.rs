@@ -43,12 +43,12 @@ fn selinux_label(s: &mut MountSpec, i: &Item<'_>) -> Result<(), String> {
 pub(super) static ROWS: &[Row] = &[
     // ---- Kernel overlayfs's own tuning ----
     Row {
-        names: &["metacopy=", "index=", "xino=", "nfs_export=", "uuid=", "verity="],
+        names: &["index=", "xino=", "nfs_export=", "uuid=", "verity="],
         flag: None,
         class: Class::OverlayIgnored,
-        example: "metacopy=on",
-        why: "kernel overlayfs's on-disk features: we copy data up, keep hard links and give \
-              lower inode numbers without them",
+        example: "index=on",
+        why: "kernel overlayfs's on-disk features: we keep hard links and give lower inode \
+              numbers without them",
         apply: nothing,
     },
     Row {

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use unionfs::{RedirectDir, WhiteoutStyle, idmap};
 
-use super::{Class, Flag, Row, flag, in_range, nothing, number, parse_ttl, split_lowers, switch};
+use super::{Class, Flag, Row, flag, in_range, nothing, number, on_off, parse_ttl, split_lowers, switch};
 
 pub(super) static ROWS: &[Row] = &[
     // ---- The layers and how the union behaves ----
@@ -108,6 +108,24 @@ pub(super) static ROWS: &[Row] = &[
         why: "kernel overlayfs's and fuse-overlayfs's `volatile`",
         apply: |s, _| {
             s.config.volatile = true;
+            Ok(())
+        },
+    },
+    Row {
+        names: &["metacopy="],
+        flag: flag(
+            "--metacopy",
+            Some("on|off"),
+            "A change of a lower file's metadata only (chown, chmod, touch, xattrs) copies up its \
+             metadata and keeps reading its data from the lower until the first write, in kernel \
+             overlayfs's metacopy format [default: on; off in the `-o lowerdir=` form].",
+        ),
+        class: Class::Ours,
+        example: "metacopy=on",
+        why: "kernel overlayfs's metacopy, same format; off unless asked in the form Podman uses, \
+              whose own diff reads the upper",
+        apply: |s, i| {
+            s.config.metacopy = on_off(i)?;
             Ok(())
         },
     },

@@ -10,7 +10,9 @@
 //!   one; a foreign opaque xattr);
 //! - whiteouts hiding nothing (no lower shows the name, or the directory is opaque);
 //! - our origin xattrs (`user.unionfs.origin`) that are malformed or name no lower object;
-//! - kernel metacopy/redirect xattrs, which nothing offline can follow (reported only).
+//! - kernel overlayfs redirects that are hostile or lead nowhere (repair drops them), and
+//!   metacopy files whose lower data is gone, not a regular file or of another size
+//!   (reported: nothing can make up lost data).
 //!
 //! The upper's format is what most of its markers use: overlay (char devices, opaque xattrs)
 //! unless it has only OCI markers. Repair keeps each marker's meaning: a whiteout that hides
@@ -19,7 +21,8 @@
 //!
 //! One file per job: `workdir.rs` (leftovers in the workdir, the hard-link index),
 //! `whiteouts.rs` (a name's whiteout markers), `opaque.rs` (a directory's opaque markers),
-//! `origins.rs` (origin xattrs and kernel-only xattrs of objects), `repair.rs` (the fixes they
+//! `origins.rs` (origin xattrs), `indirect.rs` (kernel redirects and metacopy files),
+//! `repair.rs` (the fixes they
 //! share). This file tells the upper's format, walks it and collects the problems.
 
 use std::collections::HashSet;
@@ -36,6 +39,7 @@ use crate::format::ino::Numbering;
 use crate::format::markers::{self, Marker, WhiteoutForm};
 use crate::sys;
 
+mod indirect;
 mod opaque;
 mod origins;
 mod repair;
@@ -288,7 +292,7 @@ impl Checker<'_> {
         let merge_img = if merge { old.as_ref() } else { None };
         self.opaque_forms(&here, fd, &listing)?;
         self.whiteouts(rel, fd, &listing, merge_img)?;
-        self.objects(rel, fd, &listing, old.as_ref())?;
+        self.objects(rel, fd, &listing, old.as_ref(), merge_img)?;
         // Re-read after repairs: they may have changed markers.
         let listing = if self.repair {
             Listing::read(fd, &here)?
@@ -330,7 +334,16 @@ impl Checker<'_> {
         };
         let old_dir = found_old.and_then(|f| f.dir);
         let cut = sl.marks.opaque || here.hidden.contains(&e.name);
-        let child_merge = here.merge && !cut && old_dir.is_some();
+        // A redirect (which the kernel ignores on an opaque directory) moves the lower part.
+        let parent = if here.merge { old } else { None };
+        let moved = match cut {
+            false => self.redirect(rel, fd, e, parent, old_dir.is_some())?,
+            true => None,
+        };
+        let (child_merge, old_dir) = match moved {
+            Some(target) => (target.is_some(), target),
+            None => (here.merge && !cut && old_dir.is_some(), old_dir),
+        };
         let below = self.dir(&path, PathDir::new(sfd), sl, child_merge, old_dir)?;
         Ok(Some((path, below)))
     }

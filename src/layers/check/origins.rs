@@ -1,6 +1,6 @@
 //! `check`: what objects carry. Our origin xattrs (the inode number an object had in a lower,
 //! which it keeps in the view) must be well formed and name a lower object; kernel overlayfs's
-//! metacopy and redirect xattrs are reported, as nothing offline can follow them.
+//! metacopy files are checked in `indirect.rs`.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -12,7 +12,7 @@ use super::Checker;
 use super::repair::remove_xattr;
 use crate::attr::Kind;
 use crate::format::markers::Marker;
-use crate::layers::listing::{Listing, is_kernel_indirect};
+use crate::layers::listing::Listing;
 use crate::layers::lowers::ImageDir;
 use crate::layers::stack::WholeLayer;
 use crate::layers::{LayerError, Result, join};
@@ -32,13 +32,15 @@ pub(super) struct UnresolvedOrigin {
 }
 
 impl Checker<'_> {
-    /// The objects of the upper directory `rel`: origins and kernel-only xattrs.
+    /// The objects of the upper directory `rel`: origins and metacopy files (whose data is in
+    /// `lower`, the lower part the view merges here).
     pub(super) fn objects(
         &mut self,
         rel: &[u8],
         fd: BorrowedFd<'_>,
         listing: &Listing,
         old: Option<&ImageDir>,
+        lower: Option<&ImageDir>,
     ) -> Result<()> {
         let upper = self.stack.upper()?;
         for e in &listing.entries {
@@ -50,20 +52,14 @@ impl Checker<'_> {
             let at = upper.at(&path);
             let t = sys::Target::Entry(fd, &e.name);
             let xs = t.list_xattrs().map_err(|err| LayerError::io(&at, err))?;
-            for x in &xs {
-                if is_kernel_indirect(x) {
-                    self.report(
-                        at.clone(),
-                        format!(
-                            "kernel overlayfs {} (part of the object lives elsewhere; \
-                             unionfs and commit cannot follow it)",
-                            x.to_string_lossy()
-                        ),
-                        false,
-                    );
-                }
-            }
             let kind = Kind::from_mode(e.st.st_mode);
+            if kind == Kind::File
+                && xs
+                    .iter()
+                    .any(|x| crate::format::metacopy::is_metacopy_xattr(x.as_bytes()))
+            {
+                self.metacopy(rel, fd, e, lower)?;
+            }
             let ox = crate::format::xattrs::origin(kind);
             if xs.iter().any(|x| x.as_bytes() == ox.as_bytes()) {
                 self.origin(rel, fd, &e.name, ox, old)?;

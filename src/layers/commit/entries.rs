@@ -14,7 +14,7 @@ use rustix::fs::{FileType, OFlags, Stat};
 use tar::{EntryType, Header};
 
 use super::{Committer, Tar};
-use crate::layers::listing::{Entry, indirect_refusal, is_dir, is_kernel_indirect};
+use crate::layers::listing::{Entry, is_dir};
 use crate::layers::place::Place;
 use crate::layers::{LayerError, Observer, Result};
 use crate::sys;
@@ -60,8 +60,16 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// One real object at tar path `path` (entry `e` of the directory `src`).
-    pub(super) fn object<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], src: Source<'_>, e: &Entry) -> Result<()> {
+    /// One real object at tar path `path` (entry `e` of the directory `src`); a regular file's
+    /// data is read from `data` when given (a metacopy file's lower file).
+    pub(super) fn object<W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        path: &[u8],
+        src: Source<'_>,
+        e: &Entry,
+        data: Option<File>,
+    ) -> Result<()> {
         let upper = self.stack.upper()?;
         let at = upper.at(path);
         let st = &e.st;
@@ -93,14 +101,21 @@ impl Committer<'_> {
             tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
                 .map_err(tar_err(at.clone()))?;
         }
-        self.body(tar, path, dir, e)?;
+        self.body(tar, path, dir, e, data)?;
         self.entries += 1;
         Ok(())
     }
 
     /// The header (and data) of the object `e` of `dir` at tar path `path`. Without `dir` (a
     /// directory of an image layer) only what a header carries can be written.
-    fn body<W: Write>(&mut self, tar: &mut Tar<W>, path: &[u8], dir: Option<BorrowedFd<'_>>, e: &Entry) -> Result<()> {
+    fn body<W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        path: &[u8],
+        dir: Option<BorrowedFd<'_>>,
+        e: &Entry,
+        data: Option<File>,
+    ) -> Result<()> {
         let at = self.stack.upper()?.at(path);
         let st = &e.st;
         let ft = FileType::from_raw_mode(st.st_mode);
@@ -119,12 +134,17 @@ impl Committer<'_> {
                     .map_err(tar_err(at))?;
             }
             FileType::RegularFile => {
-                let fd = sys::open_at(dir()?, &e.name, OFlags::RDONLY | OFlags::NOATIME)
-                    .map_err(|err| LayerError::io(&at, err))?;
+                let file = match data {
+                    Some(f) => f,
+                    None => File::from(
+                        sys::open_at(dir()?, &e.name, OFlags::RDONLY | OFlags::NOATIME)
+                            .map_err(|err| LayerError::io(&at, err))?,
+                    ),
+                };
                 let mut h = self.header(st, EntryType::Regular);
                 h.set_size(st.st_size as u64);
                 let r = ExactReader {
-                    inner: File::from(fd),
+                    inner: file,
                     left: st.st_size as u64,
                     obs: self.obs,
                 };
@@ -160,16 +180,13 @@ pub(super) enum Source<'a> {
     Lower(&'a Place),
 }
 
-/// The PAX records for the xattrs of `dir/name` (private ones left out); an object using kernel
-/// metacopy or redirect is refused (part of it is in a lower).
+/// The PAX records for the xattrs of `dir/name` (private ones left out: kernel metacopy and
+/// redirect markers among them, whose meaning the caller has followed).
 fn pax_xattrs(at: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> Result<BTreeMap<String, Vec<u8>>> {
     let target = sys::Target::Entry(dir, name);
     let names = target.list_xattrs().map_err(|err| LayerError::io(at, err))?;
     let mut xattrs = Vec::with_capacity(names.len());
     for n in names {
-        if is_kernel_indirect(&n) {
-            return Err(indirect_refusal(at, &n));
-        }
         if let Some(v) = target.get_xattr(&n).map_err(|err| LayerError::io(at, err))? {
             xattrs.push((n, v));
         }

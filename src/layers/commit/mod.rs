@@ -7,6 +7,11 @@
 //! numeric owners only, no sockets. Markers in every format the mount reads are understood.
 //! Reproducible: the same upper gives the same bytes; `clamp_mtime` caps every mtime.
 //!
+//! Kernel overlayfs uppers (`indirect.rs`): a metacopy file is written with its lower file's
+//! data; a redirected directory is written in full (its lower part, wherever the redirect
+//! points, merged with the upper's entries), with an opaque marker where the image has a
+//! directory at its path, as a layer has no rename.
+//!
 //! Here: which entries the tar has, in which order (a walk of the upper, with the image looked
 //! up beside it); `entries.rs` writes each one; `into_image.rs` stores the layer in an OCI
 //! image layout as a new image. The blob's compression and digests are `crate::blob`'s.
@@ -20,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
 
+use super::indirect;
 use super::linked::{IndexCopy, Linked};
 use super::listing::{Entry, Listing, is_dir};
 use super::lowers::{ImageDir, PathImage};
@@ -193,7 +199,7 @@ fn commit_inner<W: Write>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn
     let img = if root.marks.opaque { None } else { Some(img) };
     let linked = Linked::find(stack, stack.workdir.as_deref(), obs)?;
     let start = PathDir::dup(upper.fd()).map_err(|e| LayerError::io(&upper.path, e))?;
-    let first = c.frame(b"", Some((start, root)), img, &linked)?;
+    let first = c.frame(b"", Some((start, root)), (img, false), &linked)?;
     c.walk(&mut tar, first, &linked)?;
     let blob = tar.into_inner().map_err(LayerError::Output)?;
     let (d, _) = blob.finish().map_err(LayerError::Output)?;
@@ -246,6 +252,8 @@ enum Item<'l> {
     Linked(&'l IndexCopy),
     /// A directory only the image has, leading to such names.
     LowerDir(OsString),
+    /// In a directory written in full: an object only its lower part has.
+    Lower(OsString),
 }
 
 /// A directory on the commit's path: the upper's (with its listing; None where the upper has
@@ -253,6 +261,10 @@ enum Item<'l> {
 struct Committing<'l> {
     up: Option<(PathDir, Listing)>,
     img: PathImage,
+    /// The directory is written in full (a kernel redirect moved its lower part, see
+    /// `indirect.rs`): `img` is that lower part, whose every name the layer carries, and the
+    /// layer's directory hides whatever the image has at this path.
+    full: bool,
     items: std::vec::IntoIter<(Vec<u8>, Item<'l>)>,
     rel_len: usize,
 }
@@ -281,12 +293,28 @@ impl Committer<'_> {
         &self,
         rel: &[u8],
         listing: &Listing,
-        img: Option<&ImageDir>,
+        (img, full): (Option<&ImageDir>, bool),
         linked: &'l Linked,
     ) -> Result<BTreeMap<Vec<u8>, Item<'l>>> {
         let objects = listing.object_names();
         let hidden = listing.whiteout_targets();
         let mut items: BTreeMap<Vec<u8>, Item<'_>> = BTreeMap::new();
+        if full {
+            for (index, e) in listing.entries.iter().enumerate() {
+                if e.kind == Marker::Object {
+                    let whited_out = hidden.contains(e.name.as_os_str());
+                    items.insert(e.name.as_bytes().to_vec(), Item::Object { index, whited_out });
+                }
+            }
+            if let Some(img) = img {
+                for name in img.list(self.stack, rel)?.into_keys() {
+                    if !objects.contains(name.as_os_str()) && !hidden.contains(name.as_os_str()) {
+                        items.insert(name.as_bytes().to_vec(), Item::Lower(name));
+                    }
+                }
+            }
+            return Ok(items);
+        }
         for (index, e) in listing.entries.iter().enumerate() {
             match &e.kind {
                 Marker::OpaqueFile => {}
@@ -329,7 +357,7 @@ impl Committer<'_> {
         &self,
         rel: &[u8],
         up: Option<(PathDir, Listing)>,
-        img: Option<ImageDir>,
+        (img, full): (Option<ImageDir>, bool),
         linked: &'l Linked,
     ) -> Result<Committing<'l>> {
         let empty = Listing {
@@ -337,10 +365,14 @@ impl Committer<'_> {
             entries: Vec::new(),
         };
         let listing = up.as_ref().map_or(&empty, |(_, l)| l);
-        let items: Vec<_> = self.items(rel, listing, img.as_ref(), linked)?.into_iter().collect();
+        let items: Vec<_> = self
+            .items(rel, listing, (img.as_ref(), full), linked)?
+            .into_iter()
+            .collect();
         Ok(Committing {
             up,
             img: PathImage::new(img),
+            full,
             items: items.into_iter(),
             rel_len: rel.len(),
         })
@@ -406,7 +438,7 @@ impl Committer<'_> {
                     st: copy.st,
                     kind: Marker::Object,
                 };
-                self.object(tar, path, Source::Upper(copy.dir.as_fd()), &e)?;
+                self.object(tar, path, Source::Upper(copy.dir.as_fd()), &e, None)?;
             }
             Item::LowerDir(name) => {
                 // A directory the upper does not have, on the way to such names: as the image
@@ -423,17 +455,29 @@ impl Committer<'_> {
                     st: found.st,
                     kind: Marker::Object,
                 };
-                self.object(tar, path, Source::Lower(&d.place), &e)?;
-                return Ok(Some(self.frame(path, None, Some(sub), linked)?));
+                self.object(tar, path, Source::Lower(&d.place), &e, None)?;
+                return Ok(Some(self.frame(path, None, (Some(sub), false), linked)?));
+            }
+            Item::Lower(name) => {
+                let Some(img) = img else { return Ok(None) };
+                return self.lower_object(tar, (rel, path), img, name, linked);
             }
             Item::Object { index, whited_out } => {
                 let Some((fd, listing)) = fd else { return Ok(None) };
                 let Some(e) = listing.entries.get(index) else {
                     return Ok(None);
                 };
-                self.object(tar, path, Source::Upper(fd), e)?;
+                let at = upper.at(path);
+                let redirect = indirect::redirect_at(&indirect::upper_xattr(fd, &e.name), &at)?;
+                let data = self.metacopy_data((rel, &at), fd, e, img, redirect.as_ref())?;
+                self.object(tar, path, Source::Upper(fd), e, data)?;
                 if is_dir(&e.st) {
-                    let below = self.upper_subdir(tar, (rel, path), fd, e, img, whited_out, linked)?;
+                    let how = Subdir {
+                        cut_by_whiteout: whited_out,
+                        full: here.full,
+                        redirect,
+                    };
+                    let below = self.upper_subdir(tar, (rel, path), fd, e, img, how, linked)?;
                     return Ok(Some(below));
                 }
             }
@@ -451,27 +495,123 @@ impl Committer<'_> {
         fd: BorrowedFd<'_>,
         e: &Entry,
         img: Option<&ImageDir>,
-        cut_by_whiteout: bool,
+        how: Subdir,
         linked: &'l Linked,
     ) -> Result<Committing<'l>> {
         let at = self.stack.upper()?.at(path);
         let sfd = sys::open_path_dir(fd, &e.name).map_err(|err| LayerError::io(&at, err))?;
         let sl = Listing::read(sfd.as_fd(), &at)?;
-        let cut = sl.marks.opaque || cut_by_whiteout;
-        let found = match img {
-            Some(i) => i.lookup(self.stack, rel, &e.name, true)?,
+        let cut = sl.marks.opaque || how.cut_by_whiteout;
+        // A redirected directory's lower part is elsewhere: the layer carries all of it.
+        let moved = match &how.redirect {
+            // The kernel ignores the redirect of an opaque directory.
+            Some(r) if !cut => Some(indirect::upper_target_dir(self.stack, img, rel, r, &at)?),
+            Some(_) => None,
             None => None,
         };
-        let old_dir = found.and_then(|f| f.dir);
-        if cut && old_dir.is_some() {
+        // The image's directory here: what a marker must hide, or what merges below.
+        let needed = !how.full || (moved.is_none() && !cut);
+        let found = match img {
+            Some(i) if needed => i.lookup(self.stack, rel, &e.name, true)?,
+            _ => None,
+        };
+        let img_dir = found.and_then(|f| f.dir);
+        let up = Some((PathDir::new(sfd), sl));
+        if how.full {
+            let lower = match moved {
+                Some(m) => m,
+                None if cut => None,
+                None => img_dir,
+            };
+            return self.frame(path, up, (lower, true), linked);
+        }
+        if (cut || moved.is_some()) && img_dir.is_some() {
             let mut m = path.to_vec();
             m.push(b'/');
             m.extend_from_slice(markers::OPAQUE_MARKER.as_bytes());
             self.marker(tar, &m, &e.st)?;
         }
-        let child_img = if cut { None } else { old_dir };
-        self.frame(path, Some((PathDir::new(sfd), sl)), child_img, linked)
+        match moved {
+            Some(lower) => self.frame(path, up, (lower, true), linked),
+            None => self.frame(path, up, (if cut { None } else { img_dir }, false), linked),
+        }
     }
+
+    /// The object `name` only the lower part `img` of a directory written in full (at `rel`)
+    /// shows, at tar path `path`; a directory to go into next is returned.
+    fn lower_object<'l, W: Write>(
+        &mut self,
+        tar: &mut Tar<W>,
+        (rel, path): (&[u8], &[u8]),
+        img: &ImageDir,
+        name: OsString,
+        linked: &'l Linked,
+    ) -> Result<Option<Committing<'l>>> {
+        let Some(found) = img.lookup(self.stack, rel, &name, true)? else {
+            return Ok(None);
+        };
+        let Some(d) = img.dirs.get(found.pos) else {
+            return Ok(None);
+        };
+        let at = self.stack.lowers[d.layer].at(path);
+        // A lower file may be a metacopy file itself (a lower that was an upper).
+        let data = if rustix::fs::FileType::from_raw_mode(found.st.st_mode) == rustix::fs::FileType::RegularFile {
+            match indirect::metacopy_data(self.stack, Some(img), rel, &name, None, &at)? {
+                indirect::Data::File(f, _) => Some(f),
+                indirect::Data::Missing(why) => return Err(missing_data(&at, &why)),
+            }
+        } else {
+            None
+        };
+        let e = Entry {
+            name,
+            st: found.st,
+            kind: Marker::Object,
+        };
+        self.object(tar, path, Source::Lower(&d.place), &e, data)?;
+        match found.dir {
+            Some(sub) => Ok(Some(self.frame(path, None, (Some(sub), true), linked)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// For a metacopy file `e` of the upper directory `fd` (at `rel`, lower part `img`), the
+    /// lower file that holds its data; None for any other object.
+    fn metacopy_data(
+        &self,
+        (rel, at): (&[u8], &Path),
+        fd: BorrowedFd<'_>,
+        e: &Entry,
+        img: Option<&ImageDir>,
+        redirect: Option<&indirect::RedirectAt>,
+    ) -> Result<Option<std::fs::File>> {
+        let regular = rustix::fs::FileType::from_raw_mode(e.st.st_mode) == rustix::fs::FileType::RegularFile;
+        if !regular || !indirect::is_metacopy(&indirect::upper_xattr(fd, &e.name), at)? {
+            return Ok(None);
+        }
+        match indirect::metacopy_data(self.stack, img, rel, &e.name, redirect, at)? {
+            indirect::Data::File(f, _) => Ok(Some(f)),
+            indirect::Data::Missing(why) => Err(missing_data(at, &why)),
+        }
+    }
+}
+
+/// How an upper subdirectory is written.
+struct Subdir {
+    /// A whiteout of its parent names it too (which cuts what the view merges below it).
+    cut_by_whiteout: bool,
+    /// Its parent is written in full.
+    full: bool,
+    /// Its kernel redirect, if any.
+    redirect: Option<indirect::RedirectAt>,
+}
+
+/// The error for a metacopy file at `at` whose data cannot be found.
+fn missing_data(at: &Path, why: &str) -> LayerError {
+    LayerError::invalid(
+        at,
+        format!("kernel overlayfs metacopy file without its data ({why}); nothing can commit it"),
+    )
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ pub fn diff_snapshots(before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathB
 /// Reads a layer (the upper) back from disk in the OCI naming of [`Layer`]: a char device 0/0
 /// becomes `.wh.NAME`, an opaque xattr becomes `.wh..wh..opq`. Also returns every way the
 /// layer breaks the on-disk format of docs/semantics.md.
-pub fn read_layer(root: &Path) -> (Layer, Vec<String>) {
+pub fn read_layer(root: &Path, below: &[PathBuf]) -> (Layer, Vec<String>) {
     let mut layer = Layer::new();
     let mut problems = Vec::new();
     let mut inodes: HashMap<u64, PathBuf> = HashMap::new();
@@ -309,7 +309,7 @@ pub fn read_layer(root: &Path) -> (Layer, Vec<String>) {
                     inodes.insert(md.ino(), p.clone());
                 }
                 Node::File {
-                    data: fs::read(&full).expect("read upper file"),
+                    data: file_data(&full, &p, below, &mut problems),
                     mode,
                     xattr,
                 }
@@ -331,6 +331,41 @@ pub fn read_layer(root: &Path) -> (Layer, Vec<String>) {
         layer.insert(p, node);
     }
     (layer, problems)
+}
+
+/// The data of the upper file `full` (at `rel`): its own, or for a metacopy file (kernel
+/// overlayfs's format, which the union writes for metadata-only changes) the first of the
+/// layers `below` that has a regular file at `rel`.
+fn file_data(full: &Path, rel: &Path, below: &[PathBuf], problems: &mut Vec<String>) -> Vec<u8> {
+    let metacopy = ["trusted.overlay.metacopy", "user.overlay.metacopy"]
+        .iter()
+        .any(|x| get_xattr_path(full, x).is_some());
+    if !metacopy {
+        return fs::read(full).expect("read upper file");
+    }
+    for l in below {
+        match fs::symlink_metadata(l.join(rel)) {
+            Ok(md) if md.file_type().is_file() => return read_noatime(&l.join(rel)),
+            Ok(_) => break,
+            Err(_) => continue,
+        }
+    }
+    problems.push(format!("{}: a metacopy file with no data below", rel.display()));
+    Vec::new()
+}
+
+/// Reads a lower file without touching its access time (the checks compare the lowers' atimes).
+fn read_noatime(p: &Path) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(p)
+        .expect("open lower data");
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).expect("read lower data");
+    v
 }
 
 /// Whiteouts in the upper (layer 0 of `layers`) that hide nothing: no lower layer merged into

@@ -46,6 +46,8 @@ impl Fixture {
         let mut cfg = MountConfig::new(self.lowers.clone(), Some(self.upper.clone()));
         cfg.workdir = Some(self.work.clone());
         cfg.whiteouts = self.style;
+        // Metadata changes then leave metacopy files, whose data the checks read from below.
+        cfg.metacopy = true;
         cfg
     }
 
@@ -69,7 +71,7 @@ impl Fixture {
 
     /// The upper as a layer, plus its format problems.
     pub fn read_upper(&self) -> (Layer, Vec<String>) {
-        read_layer(&self.upper)
+        read_layer(&self.upper, &self.lowers)
     }
 
     /// Checks the upper on its own: valid encodings, no useless whiteouts, and folded over the
