@@ -159,7 +159,7 @@ impl LayerDir {
     pub fn redirect(&self) -> rustix::io::Result<Option<Vec<u8>>> {
         let LayerDir::Fs(f) = self else { return Ok(None) };
         let fd = f.fd()?;
-        for x in crate::format::redirect::REDIRECT_XATTRS {
+        for x in crate::format::redirect::XATTRS {
             match sys::get_xattr_fd(fd.as_fd(), OsStr::new(x)) {
                 Ok(Some(v)) => return Ok(Some(v)),
                 Ok(None) | Err(RErrno::ACCESS) | Err(RErrno::PERM) => {}
