@@ -587,3 +587,29 @@ fn a_plain_user_daemon_writes_and_reads_user_xattr_redirects() {
     assert_eq!(listing, "50\ny", "after a remount");
     m.finish();
 }
+
+/// The layer tools read what a rename by redirect left: `diff` shows the old name deleted and
+/// the new one added with everything below it.
+#[test]
+fn the_layer_tools_read_our_redirects() {
+    let l = Layers::new(1);
+    l.put(0, "a/f", b"f");
+    l.put(0, "a/sub/g", b"g");
+    let m = l.mount(&[]);
+    std::fs::rename(m.path("a"), m.path("b")).unwrap();
+    std::fs::create_dir(m.path("c")).unwrap();
+    std::fs::rename(m.path("b/sub"), m.path("c/sub")).unwrap();
+    assert_eq!(m.unmount(), Some(0));
+    assert_eq!(xget(&l.up("c/sub"), REDIRECT).as_deref(), Some(&b"/a/sub"[..]));
+    let out = Command::new(bin())
+        .args(["diff", "--lower", &l.lower_arg(), "--upper"])
+        .arg(&l.upper)
+        .arg("--workdir")
+        .arg(&l.work)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    lines.sort();
+    assert_eq!(lines, ["A /b", "A /b/f", "A /c", "A /c/sub", "A /c/sub/g", "D /a"]);
+}
