@@ -57,14 +57,14 @@ enum Walk {
 impl Union {
     /// The checked redirect of the layer directory `d`, if it has one. A value that is not a
     /// valid redirect is an error (EIO), logged with where it is: never a guess.
-    pub(super) fn redirect_of(&self, d: &LayerDir) -> FsResult<Option<Redirect>> {
+    pub(super) fn redirect_of(&self, layer: usize, d: &LayerDir) -> FsResult<Option<Redirect>> {
         let Some(raw) = d.redirect()? else { return Ok(None) };
         match redirect::parse(&raw) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
                 tracing::error!(
                     "refusing the redirect of {}: {e} (value {:?})",
-                    layer_dir_path(d),
+                    self.where_is(layer, d),
                     String::from_utf8_lossy(&raw)
                 );
                 Err(Errno::EIO)
@@ -88,12 +88,12 @@ impl Union {
         if *last + 1 >= self.layers.len() {
             return Ok(false);
         }
-        let Some(r) = self.redirect_of(top)? else {
+        let Some(r) = self.redirect_of(*last, top)? else {
             return Ok(false);
         };
         if !self.config.redirect_dir.follows() {
             // redirect_dir=nofollow: the directory shows its own entries only.
-            tracing::debug!("not following the redirect of {}", layer_dir_path(top));
+            tracing::debug!("not following the redirect of {}", self.where_is(*last, top));
             return Ok(true);
         }
         self.follow_redirect(out, parent_layers, name, &r)?;
@@ -122,7 +122,7 @@ impl Union {
                 break;
             };
             last = *l;
-            match self.walk_lower(start, &path, from_root)? {
+            match self.walk_lower(*l, start, &path, from_root)? {
                 Walk::Absent => {}
                 Walk::Stop => break,
                 Walk::Found {
@@ -149,7 +149,7 @@ impl Union {
     }
 
     /// Walks `path` down from `start` (a layer's root, or the parent's directory in it).
-    fn walk_lower(&self, start: &Arc<LayerDir>, path: &[OsString], from_root: bool) -> FsResult<Walk> {
+    fn walk_lower(&self, layer: usize, start: &Arc<LayerDir>, path: &[OsString], from_root: bool) -> FsResult<Walk> {
         let mut cur = Arc::clone(start);
         let (mut next, mut next_root, mut hops, mut opaque_above) = (Vec::new(), from_root, 0, false);
         for (i, comp) in path.iter().enumerate() {
@@ -173,7 +173,7 @@ impl Union {
             }
             next.push(comp.clone());
             // A lower layer that was an upper may have renamed this directory in its turn.
-            if let Some(r) = self.redirect_of(&cur)? {
+            if let Some(r) = self.redirect_of(layer, &cur)? {
                 redirect::apply(&r, &mut next, &mut next_root);
                 hops += 1;
             }
@@ -218,7 +218,7 @@ impl Union {
         }
         let samedir = from_dir.ino == to_parent;
         let existing = match self.upper_layer_dir(node) {
-            Some(d) => self.redirect_of(&d)?,
+            Some(d) => self.redirect_of(upper, &d)?,
             None => None,
         };
         // A redirect stays right in the same directory, and an absolute one anywhere.
@@ -274,6 +274,7 @@ impl Union {
     /// absolute redirect (as kernel overlayfs builds it). `None` if it would be too long or an
     /// ancestor is not known (the caller copies the tree then).
     fn absolute_redirect(&self, own: Vec<u8>, from_dir: &Arc<Node>) -> FsResult<Option<Vec<u8>>> {
+        let upper = self.upper_index()?;
         let mut pieces = vec![own];
         let mut len = pieces[0].len() + 1;
         let mut cur = Arc::clone(from_dir);
@@ -288,7 +289,7 @@ impl Union {
                 (s.parent, s.name.as_bytes().to_vec())
             };
             let r = match self.upper_layer_dir(&cur) {
-                Some(d) => self.redirect_of(&d)?,
+                Some(d) => self.redirect_of(upper, &d)?,
                 None => None,
             };
             let (piece, done) = match r {
@@ -334,13 +335,29 @@ fn step(dir: &Arc<LayerDir>, comp: &OsStr) -> FsResult<Step> {
     }
 }
 
-/// Where a layer directory is, for messages.
-fn layer_dir_path(d: &LayerDir) -> String {
-    match d.fs_fd() {
-        Some(fd) => std::fs::read_link(std::path::Path::new(OsStr::from_bytes(
-            sys::fd_path(fd.as_fd()).as_bytes(),
-        )))
-        .map_or_else(|_| "a layer directory".into(), |p| p.display().to_string()),
-        None => "an image layer's directory".into(),
+impl Union {
+    /// Where the directory `d` of layer `layer` is, for messages: the layer's path as
+    /// configured joined with the directory's place below the layer's root (the daemon may
+    /// reach a layer through a private mount, whose paths mean nothing to a reader of the log).
+    fn where_is(&self, layer: usize, d: &LayerDir) -> String {
+        let Some(l) = self.layers.get(layer) else {
+            return "a layer directory".into();
+        };
+        match (fd_link(d), fd_link(&l.root)) {
+            (Some(dir), Some(root)) => match dir.strip_prefix(&root) {
+                Ok(rel) => l.path.join(rel).display().to_string(),
+                Err(_) => format!("{} in layer {}", dir.display(), l.path.display()),
+            },
+            _ => format!("a directory of layer {}", l.path.display()),
+        }
     }
+}
+
+/// The path the kernel gives the fd of a layer directory, if it is on a filesystem.
+fn fd_link(d: &LayerDir) -> Option<std::path::PathBuf> {
+    let fd = d.fs_fd()?;
+    std::fs::read_link(std::path::Path::new(OsStr::from_bytes(
+        sys::fd_path(fd.as_fd()).as_bytes(),
+    )))
+    .ok()
 }
