@@ -35,6 +35,7 @@ fn image_tar(dir: &Path) -> PathBuf {
     put("keep/x", b"kept\n");
     put("gone/y", b"deleted\n");
     put("olddir/z", b"old\n");
+    put("meta/m", b"owner changes only\n");
     let st = Command::new("chown")
         .args(["-R", "1000:1000"])
         .arg(root.join("home/u"))
@@ -57,7 +58,7 @@ fn image_tar(dir: &Path) -> PathBuf {
 /// The same changes, made through a container's mount.
 const CHANGES: &str = "set -e; cd \"$1\"; echo more >> keep/x; rm gone/y; rm -r olddir; mkdir olddir; \
                        echo new > olddir/new; mv data/a data/renamed; ln data/a2 data/a3; \
-                       echo appended >> data/a2";
+                       echo appended >> data/a2; chmod 600 meta/m";
 
 /// FNV-1a: a big file's content summarised so a failing comparison stays readable.
 fn fnv(data: &[u8]) -> u64 {
@@ -89,6 +90,8 @@ const MOUNT_PROGRAM_DIFF: &[&str] = &[
     "C /gone",
     "C /keep",
     "C /keep/x",
+    "C /meta",
+    "C /meta/m",
     "C /olddir",
     "D /data/a",
     "D /gone/y",
@@ -228,6 +231,7 @@ const KERNEL_DIFF: &[&str] = &[
     "C /data/a2",
     "C /gone",
     "C /keep/x",
+    "C /meta/m",
     "D /data/a",
     "D /gone/y",
     "D /olddir",
@@ -281,6 +285,8 @@ fn compare(kernel: &Outcome, ours: &Outcome, fuse_overlayfs: Option<&Outcome>, n
         ("keep/x", "0:0 644 f kept\nmore\n"),
         ("olddir/new", "0:0 644 f new\n"),
         ("home/u/notes", "1000:1000 644 f mine\n"),
+        // A metadata-only change (metacopy stays off in this form unless asked for).
+        ("meta/m", "0:0 600 f owner changes only\n"),
     ] {
         assert_eq!(name(&ours.committed, n), want, "{what}: {n} in the committed image");
     }

@@ -168,7 +168,7 @@ impl Union {
         {
             let mut s = node.state.write();
             if data == Data::Meta {
-                s.set_metacopy(upper, layer);
+                s.set_metacopy(upper, layer, false);
             } else {
                 s.set_layer(upper);
             }

@@ -61,8 +61,8 @@ impl Union {
             None
         };
         let node = self.remember(parent, name, &vis, kind, layers, lookups);
-        if let Some(data) = data {
-            node.state.write().set_metacopy(vis.layer, data);
+        if let Some((data, elsewhere)) = data {
+            node.state.write().set_metacopy(vis.layer, data, elsewhere);
         }
         let mut attr = self.view_attr(vis.ino, &st);
         if merged {

@@ -58,7 +58,9 @@ pub(crate) struct NodeState {
     /// `MAX_LOWERS` + 1, see `layer()`).
     layer: u16,
     /// The layer holding a regular file's data: `layer`, except for a metacopy file (its
-    /// metadata in the upper, its data still in this lower; see `metacopy.rs`).
+    /// metadata in the upper, its data still in this lower; see `metacopy.rs`). With
+    /// `DATA_ELSEWHERE` set, the data is not at the file's own name in that layer (a redirect,
+    /// or a chain of metacopy files) and is looked for again when needed.
     data: u16,
     pub dir: Option<Box<DirState>>,
 }
@@ -70,6 +72,10 @@ type Aliases = Vec<(u64, Box<OsStr>)>;
 fn layer_u16(layer: usize) -> u16 {
     u16::try_from(layer).expect("layer index within MAX_LOWERS (checked when the mount is configured)")
 }
+
+/// Marks `NodeState::data` as a layer whose data is not at the file's own name (layer numbers
+/// stay far below: `MAX_LOWERS`).
+const DATA_ELSEWHERE: u16 = 1 << 15;
 
 /// How many extra names of one object we remember.
 const MAX_ALIASES: usize = 16;
@@ -98,15 +104,16 @@ impl NodeState {
         self.data = self.layer;
     }
 
-    /// Index of the layer holding a regular file's data (see `data`).
-    pub fn data_layer(&self) -> usize {
-        usize::from(self.data)
+    /// A metacopy file: visible in `layer`, its data in `data`, at the same name unless
+    /// `elsewhere`.
+    pub fn set_metacopy(&mut self, layer: usize, data: usize, elsewhere: bool) {
+        self.layer = layer_u16(layer);
+        self.data = layer_u16(data) | if elsewhere { DATA_ELSEWHERE } else { 0 };
     }
 
-    /// A metacopy file: visible in `layer`, its data in `data`.
-    pub fn set_metacopy(&mut self, layer: usize, data: usize) {
-        self.layer = layer_u16(layer);
-        self.data = layer_u16(data);
+    /// For a metacopy file whose data is at its own name in a lower layer: that layer.
+    pub fn data_here(&self) -> Option<usize> {
+        (self.is_metacopy() && self.data & DATA_ELSEWHERE == 0).then_some(usize::from(self.data))
     }
 
     /// Whether its data lies in another layer than its metadata.

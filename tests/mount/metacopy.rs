@@ -271,7 +271,10 @@ fn a_metacopy_file_whose_lower_is_gone_fails_to_read_never_reads_zeros() {
 #[test]
 fn a_plain_user_writes_the_user_overlay_marker() {
     let user = crate::as_user::rootless_user();
-    let l = crate::as_user::user_layers(user, |l| l.put(0, "f", &data()));
+    let l = crate::as_user::user_layers(user, |l| {
+        l.put(0, "f", &data());
+        l.put(0, "ro", &data());
+    });
     let m = crate::as_user::UserMount::start(user, &l, &[]);
     crate::as_user::user_sh_ok(
         user,
@@ -283,9 +286,153 @@ fn a_plain_user_writes_the_user_overlay_marker() {
         "no user.overlay.metacopy file"
     );
     crate::as_user::user_sh_ok(user, "echo x >> \"$1/f\"", &[m.mnt.as_os_str()]);
+    // A file its owner may not write: the daemon (its owner) still fills the data in on rename.
+    crate::as_user::user_sh_ok(
+        user,
+        "chmod 400 \"$1/ro\" && mv \"$1/ro\" \"$1/ro2\" && cmp \"$1/ro2\" \"$2\"",
+        &[m.mnt.as_os_str(), l.lower(0, "ro").as_os_str()],
+    );
     m.finish();
+    assert_eq!(
+        lstat(&l.up("ro2")).mode() & 0o7777,
+        0o400,
+        "the fill left the mode changed"
+    );
+    assert!(holds_data(&l.up("ro2")), "the renamed file is still a metacopy file");
     let mut want = data();
     want.extend_from_slice(b"x\n");
     assert!(std::fs::read(l.up("f")).expect("raw upper") == want);
     assert!(xget(&l.up("f"), "user.overlay.metacopy").is_none(), "the marker stayed");
+}
+
+#[test]
+fn a_metacopy_file_the_kernel_renamed_reads_its_data_through_the_redirect() {
+    if !require_root("kernel overlayfs") {
+        return;
+    }
+    let l = Layers::new(1);
+    l.put(0, "a/f", &data());
+    l.mkdir(0, "b");
+    let kmnt = l.dir.path().join("kmnt");
+    let kwork = l.dir.path().join("kwork");
+    for d in [&kmnt, &kwork] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let opts = "metacopy=on,redirect_dir=on,index=off";
+    let k = KernelOverlay::mount_with(&l.lowers, Some((&l.upper, &kwork)), &kmnt, opts).expect("kernel mount");
+    std::fs::set_permissions(k.path("a/f"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::rename(k.path("a/f"), k.path("b/g")).expect("rename");
+    drop(k);
+    assert!(
+        is_metacopy(&l.up("b/g"), MARKER),
+        "the kernel copied the data up on rename"
+    );
+    assert_eq!(
+        xget(&l.up("b/g"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/a/f"[..])
+    );
+    let m = l.mount(&[]);
+    assert!(!m.path("a/f").exists());
+    assert_eq!(lstat(&m.path("b/g")).mode() & 0o7777, 0o600);
+    assert!(
+        std::fs::read(m.path("b/g")).expect("read") == data(),
+        "the renamed metacopy file"
+    );
+}
+
+/// An upper crafted by someone else: metacopy markers whose data would be a lower symlink's
+/// target, or a redirect out of the layers or through a symlink, read nothing (EIO).
+#[test]
+fn hostile_metacopy_markers_read_nothing_outside_the_layers() {
+    if !require_root("the trusted.overlay.* xattrs of a crafted upper") {
+        return;
+    }
+    let l = Layers::new(1);
+    let secret = l.dir.path().join("secret");
+    std::fs::write(&secret, b"outside the layers").expect("write secret");
+    std::os::unix::fs::symlink(&secret, l.lower(0, "link")).expect("symlink");
+    l.mkdir(0, "d");
+    std::os::unix::fs::symlink(l.dir.path(), l.lower(0, "d/out")).expect("symlink dir");
+    let crafted = |name: &str, redirect: Option<&[u8]>| {
+        let p = l.up(name);
+        std::fs::write(&p, b"").expect("write");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(18))
+            .expect("set_len");
+        xset(&p, MARKER, b"").expect("marker");
+        if let Some(r) = redirect {
+            xset(&p, "trusted.overlay.redirect", r).expect("redirect");
+        }
+    };
+    crafted("link", None);
+    crafted("dotdot", Some(b"/../secret"));
+    crafted("through", Some(b"/d/out/secret"));
+    crafted("relative", Some(b"../secret"));
+    let m = l.mount(&[]);
+    for n in ["link", "dotdot", "through", "relative"] {
+        let r = std::fs::read(m.path(n));
+        assert_eq!(
+            err_code(r),
+            Some(libc::EIO),
+            "{n}: a hostile metacopy file read something"
+        );
+    }
+}
+
+#[test]
+fn fallocate_copy_file_range_and_mapped_writes_see_every_byte_of_a_metacopy_file() {
+    if !require_root("the trusted.overlay.metacopy marker") {
+        return;
+    }
+    let l = Layers::new(1);
+    for n in ["falloc", "cfr", "mapped"] {
+        l.put(0, n, &data());
+    }
+    let m = l.mount(&[]);
+    for n in ["falloc", "cfr", "mapped"] {
+        std::fs::set_permissions(m.path(n), std::fs::Permissions::from_mode(0o660)).expect("chmod");
+        assert!(is_metacopy(&l.up(n), MARKER), "{n}: not a metacopy file");
+    }
+    let open_rw = |n: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path(n))
+            .expect("open rw")
+    };
+    let len = data().len() as u64;
+    // Growing by fallocate keeps every old byte and adds zeros.
+    let f = open_rw("falloc");
+    rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len + 4096).expect("fallocate");
+    drop(f);
+    let mut want = data();
+    want.resize(len as usize + 4096, 0);
+    assert!(std::fs::read(m.path("falloc")).expect("read") == want, "fallocate");
+    // copy_file_range from the metacopy file itself into a new file, then into it.
+    let src = std::fs::File::open(m.path("cfr")).expect("open");
+    let dst = std::fs::File::create(m.path("copy")).expect("create");
+    let mut done = 0;
+    while done < len as usize {
+        let n = rustix::fs::copy_file_range(&src, None, &dst, None, len as usize - done).expect("copy_file_range");
+        assert!(n > 0, "copy_file_range stopped early");
+        done += n;
+    }
+    drop((src, dst));
+    assert!(
+        std::fs::read(m.path("copy")).expect("read") == data(),
+        "copy_file_range out of a metacopy file"
+    );
+    let f = open_rw("mapped");
+    mmap_write(&f, len as usize, 100, b"MAPPED");
+    drop(f);
+    let mut want = data();
+    want[100..106].copy_from_slice(b"MAPPED");
+    assert!(std::fs::read(m.path("mapped")).expect("read") == want, "mapped write");
+    drop(m);
+    for n in ["falloc", "mapped"] {
+        assert!(holds_data(&l.up(n)), "{n}: still a metacopy file");
+    }
+    assert!(std::fs::read(l.up("mapped")).expect("raw upper") == want);
 }
