@@ -18,6 +18,48 @@ pub enum WhiteoutStyle {
     Oci,
 }
 
+/// Kernel overlayfs's `redirect_dir`: whether renaming a directory that merges lower
+/// directories records where its lower content is (an O(1) rename) and whether such records
+/// are followed (see docs/semantics.md, "Directory renames").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectDir {
+    /// Write redirects on rename, follow them on lookup.
+    On,
+    /// Follow redirects, never write one: a rename copies the tree (what Podman, which reads
+    /// uppers itself and knows nothing of redirects, can use). The serde default: a config
+    /// that does not say writes nothing new.
+    #[default]
+    Follow,
+    /// Neither: a redirected upper directory shows its own entries only.
+    NoFollow,
+    /// The kernel's `off`: `follow` (its default `redirect_always_follow`).
+    Off,
+}
+
+impl RedirectDir {
+    /// Whether a rename writes redirects.
+    pub fn writes(self) -> bool {
+        self == RedirectDir::On
+    }
+
+    /// Whether lookups follow redirects.
+    pub fn follows(self) -> bool {
+        self != RedirectDir::NoFollow
+    }
+
+    /// The option's value (`on`, `off`, `follow`, `nofollow`).
+    pub fn parse(v: &[u8]) -> Option<RedirectDir> {
+        Some(match v {
+            b"on" => RedirectDir::On,
+            b"off" => RedirectDir::Off,
+            b"follow" => RedirectDir::Follow,
+            b"nofollow" => RedirectDir::NoFollow,
+            _ => return None,
+        })
+    }
+}
+
 /// When an access (reading a file, listing a directory) updates its access time, as the
 /// kernel's mount options of that name say. Only the upper's objects are ever touched: the
 /// lower layers keep their times whatever the option.
@@ -87,6 +129,9 @@ pub struct MountConfig {
     /// An OCI image whose layers lie below `lowers`, read in place from its blobs.
     #[serde(default)]
     pub image: Option<ImageSource>,
+    /// Directory renames by redirect (`redirect_dir=`); `new` gives `on`.
+    #[serde(default)]
+    pub redirect_dir: RedirectDir,
     /// A metadata change of a lower regular file copies up metadata only (see
     /// `union/metacopy.rs`); its data stays in the lower until the first write.
     #[serde(default)]
@@ -176,6 +221,7 @@ impl MountConfig {
             idmap: crate::idmap::IdMap::default(),
             atime: AtimePolicy::default(),
             image: None,
+            redirect_dir: RedirectDir::On,
             metacopy: false,
         }
     }

@@ -29,6 +29,6 @@ pub(crate) mod sys;
 pub mod union;
 
 pub use attr::{Attr, Kind};
-pub use config::{AtimeMode, AtimePolicy, MountConfig, WhiteoutStyle};
+pub use config::{AtimeMode, AtimePolicy, MountConfig, RedirectDir, WhiteoutStyle};
 pub use error::{Errno, FsResult, SetupError};
 pub use union::{Ctx, DirEntry, DirSink, Opened, ROOT, SetAttr, StatFs, Stats, Union};

@@ -59,6 +59,9 @@ pub fn has_source(args: &[OsString]) -> bool {
 /// any string, shown as the mount's source unless `fsname=` says otherwise.
 pub fn parse(args: &[OsString]) -> Result<MountSpec, String> {
     let mut spec = MountSpec::new();
+    // Podman reads the upper itself (to commit and diff containers) and knows nothing of
+    // redirects: this form writes none unless asked (`redirect_dir=on`).
+    spec.config.redirect_dir = unionfs::RedirectDir::Follow;
     let mut it = args.iter();
     let mut only_positional = false;
     let mut positional = Vec::new();

@@ -7,7 +7,8 @@
 //! - [`xattrs`]: the private xattr namespaces and the names we write;
 //! - [`workdir`]: the workdir's layout (ours, kernel overlayfs's) and its default place;
 //! - [`redirect`], [`metacopy`]: kernel overlayfs's redirected directories and metadata-only
-//!   copies, which keep part of an object in a lower (read by the layer tools);
+//!   copies, which keep part of an object in a lower (the union writes and follows
+//!   redirects; the layer tools read both);
 //! - [`hardlink`]: the hard-link index's records; [`upper_id`]: which upper an index belongs to;
 //! - [`ino`]: the view's inode numbers.
 

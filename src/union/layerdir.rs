@@ -153,6 +153,22 @@ impl LayerDir {
         }
     }
 
+    /// The raw value of the directory's redirect xattr (`format::redirect`), if it has one.
+    /// Only directories on a filesystem have one: an image layer's directory is never the
+    /// renamed upper of an overlay. Unreadable counts as absent, as for opaque markers.
+    pub fn redirect(&self) -> rustix::io::Result<Option<Vec<u8>>> {
+        let LayerDir::Fs(f) = self else { return Ok(None) };
+        let fd = f.fd()?;
+        for x in crate::format::redirect::XATTRS {
+            match sys::get_xattr_fd(fd.as_fd(), OsStr::new(x)) {
+                Ok(Some(v)) => return Ok(Some(v)),
+                Ok(None) | Err(RErrno::ACCESS) | Err(RErrno::PERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// Every entry, minus `.` and `..`.
     pub fn read_dir(&self) -> rustix::io::Result<Vec<RawEntry>> {
         match self {

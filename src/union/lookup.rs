@@ -97,7 +97,8 @@ impl Union {
             };
             let opaque = sub.marks()?.opaque;
             out.push((l, sub));
-            if opaque {
+            // A redirected directory merges what its redirect names, not its namesakes.
+            if opaque || self.merge_redirected(&mut out, dir_layers, name)? {
                 break;
             }
         }

@@ -41,6 +41,7 @@ mod metacopy;
 pub(crate) mod node;
 mod privs;
 mod readdir;
+mod redirect;
 mod remove;
 mod rename;
 mod setup;

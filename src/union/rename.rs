@@ -1,10 +1,12 @@
 //! Rename of files and of any directory, with RENAME_NOREPLACE and RENAME_EXCHANGE.
 //!
-//! Overlayfs answers EXDEV for lower or merged directories; we do not. A directory that is not
-//! purely upper is first materialised: everything it shows is copied up and it is marked opaque,
-//! so the moved tree is exactly what `mv` would have copied, and it survives a remount. The old
-//! name gets a whiteout when a lower layer has it; a directory landing on a name a lower layer
-//! has is made opaque.
+//! Overlayfs answers EXDEV for lower or merged directories unless `redirect_dir=on`; we never
+//! do. A directory that is not purely upper either gets a redirect (`redirect.rs`: only the
+//! directory itself is copied up, O(1)) or, where redirects are not written, is materialised:
+//! everything it shows is copied up and it is marked opaque, so the moved tree is exactly what
+//! `mv` would have copied. Both survive a remount. The old name gets a whiteout when a lower
+//! layer has it; a directory without a redirect landing on a name a lower layer has is made
+//! opaque.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -43,6 +45,10 @@ struct Plan<'a> {
     dst: Option<Held<'a>>,
     exchange: bool,
     noreplace: bool,
+    /// The source, and the target of an exchange, carry a redirect (they keep their lower
+    /// directories and are never made opaque).
+    src_redirected: bool,
+    dst_redirected: bool,
 }
 
 /// The two ends as they are under both directories' locks.
@@ -57,13 +63,13 @@ struct Locked {
 impl Union {
     /// Renames `parent/name` to `newparent/newname`. `flags` are renameat2(2) flags.
     pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
-        let Some(plan) = self.plan_rename(parent, name, newparent, newname, flags)? else {
+        let Some(mut plan) = self.plan_rename(parent, name, newparent, newname, flags)? else {
             return Ok(());
         };
-        self.copy_up_for_move(&plan.src)?;
+        plan.src_redirected = self.copy_up_for_move(&plan.src, &plan.from, newparent)?;
         self.show_copy_at(&plan.from.dir, name, &plan.src)?;
         if let (true, Some(dn)) = (plan.exchange, &plan.dst) {
-            self.copy_up_for_move(dn)?;
+            plan.dst_redirected = self.copy_up_for_move(dn, &plan.to, parent)?;
             self.show_copy_at(&plan.to.dir, newname, dn)?;
         }
         self.copy_up(&plan.from.dir)?;
@@ -175,6 +181,8 @@ impl Union {
             dst: dst_node,
             exchange,
             noreplace,
+            src_redirected: false,
+            dst_redirected: false,
         }))
     }
 
@@ -187,10 +195,10 @@ impl Union {
             return Err(Errno::EIO);
         }
         // A directory landing where a lower layer has the name hides what is below.
-        if l.src.kind == Kind::Dir && l.to.in_lower {
+        if l.src.kind == Kind::Dir && l.to.in_lower && !plan.src_redirected {
             self.make_opaque(&plan.src)?;
         }
-        if let (Kind::Dir, true, Some(dn)) = (dst.kind, l.from.in_lower, &plan.dst) {
+        if let (Kind::Dir, true, false, Some(dn)) = (dst.kind, l.from.in_lower, plan.dst_redirected, &plan.dst) {
             self.make_opaque(dn)?;
         }
         rustix::fs::renameat_with(&*l.upper_from, from.name, &*l.upper_to, to.name, RenameFlags::EXCHANGE)?;
@@ -200,9 +208,14 @@ impl Union {
         self.with_index(&to.dir, |idx| {
             idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
         })?;
-        self.moved(&plan.src, (from.parent, from.name), (&to.dir, to.name));
+        self.moved(
+            &plan.src,
+            (from.parent, from.name),
+            (&to.dir, to.name),
+            plan.src_redirected,
+        );
         if let Some(dn) = &plan.dst {
-            self.moved(dn, (to.parent, to.name), (&from.dir, from.name));
+            self.moved(dn, (to.parent, to.name), (&from.dir, from.name), plan.dst_redirected);
         }
         Ok(())
     }
@@ -221,7 +234,7 @@ impl Union {
                 }
             }
         }
-        if l.src.kind == Kind::Dir && l.to.in_lower {
+        if l.src.kind == Kind::Dir && l.to.in_lower && !plan.src_redirected {
             self.make_opaque(&plan.src)?;
         }
         // The replaced object loses this name (counted while the name is still there).
@@ -240,7 +253,12 @@ impl Union {
             idx.show(to.name, Visible::new(upper, l.src.kind, l.src.ino))
         })?;
         self.with_index(&from.dir, |idx| idx.hide(from.name, src_wh))?;
-        self.moved(&plan.src, (from.parent, from.name), (&to.dir, to.name));
+        self.moved(
+            &plan.src,
+            (from.parent, from.name),
+            (&to.dir, to.name),
+            plan.src_redirected,
+        );
         if let Some(dn) = &plan.dst {
             dn.state.write().name_gone(to.parent, to.name);
         }
@@ -298,18 +316,15 @@ impl Union {
         })
     }
 
-    /// Copies up what a move needs: the object, or for a directory that is not purely upper,
-    /// its whole visible tree.
-    fn copy_up_for_move(&self, node: &Arc<Node>) -> FsResult<()> {
-        let upper = self.upper_index()?;
-        let lower_part = {
-            let s = node.state.read();
-            s.dir.as_ref().map(|d| d.layers.iter().any(|(l, _)| *l != upper))
-        };
-        match lower_part {
-            Some(true) => self.copy_up_tree(node),
-            _ => self.copy_up(node),
+    /// Copies up what a move of `node` (from `from`) into `to_parent` needs: the object, or for
+    /// a directory that is not purely upper, a redirect or its whole visible tree. Returns
+    /// whether it carries a redirect.
+    fn copy_up_for_move(&self, node: &Arc<Node>, from: &End<'_>, to_parent: u64) -> FsResult<bool> {
+        if node.state.read().kind == Kind::Dir {
+            return self.prepare_dir_move(node, &from.dir, from.name, to_parent);
         }
+        self.copy_up(node)?;
+        Ok(false)
     }
 
     /// Copies up everything `dir` shows, then marks it opaque: afterwards it no longer depends on
@@ -391,7 +406,7 @@ impl Union {
         Ok(())
     }
 
-    fn moved(&self, node: &Node, from: (u64, &OsStr), (to_dir, to_name): (&Node, &OsStr)) {
+    fn moved(&self, node: &Node, from: (u64, &OsStr), (to_dir, to_name): (&Node, &OsStr), redirected: bool) {
         // The directory's upper fd, when closed, opens again from its new place.
         let new_parent = self.upper_layer_dir(to_dir);
         let mut s = node.state.write();
@@ -402,8 +417,9 @@ impl Union {
                     upper_dir.moved(p, to_name);
                 }
             }
-            // At its new place the directory is opaque or has nothing below it.
-            if d.layers.len() > 1 {
+            // At its new place the directory is opaque or has nothing below it, unless a
+            // redirect says where its lower directories are: then it keeps them (and its index).
+            if d.layers.len() > 1 && !redirected {
                 d.layers.truncate(1);
                 d.reset_index();
             }

@@ -1,5 +1,5 @@
 //! docs/semantics.md, "Deep trees", through real mounts: a lower tree deeper than any path can
-//! name, then through the view `mv` of it (every directory copied up and made opaque), a write
+//! name, then through the view `mv` of it (by a redirect: the top directory alone), a write
 //! at its bottom (copy-up of the whole parent chain), `find` and `rm -rf`. Each completes,
 //! survives a remount, and the daemon serves on afterwards. A hostile layer
 //! (`hostile_very_deep_tree`): a lower tree 250 levels deep read, copied up, renamed and deleted

@@ -42,6 +42,7 @@ mod options;
 mod permissions;
 mod pitfalls;
 mod readdir;
+mod redirect;
 mod reference;
 mod rename;
 mod terms;

@@ -1,6 +1,7 @@
 //! docs/semantics.md, "Rename", through real mounts: files with whiteouts at the old name,
 //! `RENAME_NOREPLACE` and `RENAME_EXCHANGE`, directories of any origin (no EXDEV), and failed
-//! renames that change nothing.
+//! renames that change nothing. Directories moved by copying their tree (`--redirect-dir
+//! follow`, as the Podman form mounts); moves by redirect are `redirect.rs`'s.
 
 use std::path::Path;
 
@@ -108,7 +109,7 @@ fn rename_of_a_lower_directory_is_allowed_and_survives_remount() {
     std::os::unix::fs::symlink("x", l.lower(0, "d/link")).unwrap();
     xset(&l.lower(0, "d/sub"), "user.tag", b"t").unwrap();
     let sc = Scenario::new(&l);
-    let m = l.mount(&[]);
+    let m = l.mount(&["--redirect-dir", "follow"]);
     let tree_before = Tree::read(&m.path("d"));
     std::fs::rename(m.path("d"), m.path("e")).unwrap();
     let check = |root: &Path| {
@@ -151,7 +152,7 @@ fn rename_of_a_merged_directory_is_allowed_and_survives_remount() {
     l.put(1, "d/sub/e", b"e1");
     l.put(1, "e/stale", b"lower e");
     let sc = Scenario::new(&l);
-    let m = l.mount(&[]);
+    let m = l.mount(&["--redirect-dir", "follow"]);
     std::fs::write(m.path("d/new"), b"n").unwrap();
     std::fs::remove_file(m.path("d/gone")).unwrap();
     // Target name exists as a lower directory: delete it first (rename onto it needs it empty).

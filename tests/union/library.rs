@@ -574,3 +574,42 @@ fn two_listings_never_share_offsets_but_resume_each_other() {
     d.u().release(h2);
     d.end_op();
 }
+
+/// docs/semantics.md, "Directory renames": a directory moved by a redirect keeps the lower
+/// directories it merged and its index, so listing it at its new name reads no layer directory
+/// again; the upper holds the directory alone; a new union finds it all through the redirect.
+#[test]
+fn a_redirected_directory_keeps_its_layers_and_index_across_the_rename() {
+    let l0 = layer(&[("a", dir()), ("a/x", file(b"x")), ("a/s", dir()), ("a/s/y", file(b"y"))]);
+    let l1 = layer(&[("a", dir()), ("a/z", file(b"z"))]);
+    let fx = Fixture::new(&[(l0, Encoding::Oci), (l1, Encoding::Oci)]);
+    let mut d = fx.mount();
+    // The node stays held (as the kernel holds a dentry) through the rename.
+    let (a, _) = d.walk(p("a")).expect("lookup a");
+    let count = |d: &Driver| {
+        let fh = d.u().opendir(a).expect("opendir a");
+        let n = d.u().readdir(fh, 0).expect("readdir").len();
+        d.u().release(fh);
+        n
+    };
+    assert_eq!(count(&d), 2 + 3, ". .. s x z");
+    let moved = d
+        .u()
+        .rename(unionfs::ROOT, OsStr::new("a"), unionfs::ROOT, OsStr::new("b"), 0);
+    assert_eq!(moved, Ok(()));
+    let reads = d.u().stats().dir_reads;
+    assert_eq!(count(&d), 2 + 3, ". .. s x z");
+    assert_eq!(
+        d.u().stats().dir_reads,
+        reads,
+        "the moved directory read its layers again"
+    );
+    d.end_op();
+    assert_eq!(list(&mut d, "b"), ["s", "x", "z"]);
+    let upper: Vec<_> = fs::read_dir(fx.upper.join("b")).expect("upper b").collect();
+    assert!(upper.is_empty(), "the tree was copied: {upper:?}");
+    d.remount();
+    assert_eq!(list(&mut d, "b"), ["s", "x", "z"]);
+    assert_eq!(read(&mut d, "b/s/y"), b"y");
+    assert!(!exists(&mut d, "a"));
+}

@@ -380,3 +380,25 @@ fn whiteout_devices() -> bool {
     static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ROOT.get_or_init(|| unionfs_testkit::require_root("whiteout devices in generated layers"))
 }
+
+/// A directory beside an OCI whiteout of its own name in the same layer shows (the whiteout
+/// hides the layers below only); moved by a redirect, the redirect's walk must find it too
+/// and merge nothing below it. Fixed.
+#[test]
+fn regression_exchange_of_a_directory_beside_its_own_oci_whiteout() {
+    let l0 = layer(&[
+        (".wh.a", file(b"")),
+        ("a", dir()),
+        ("a/a", Node::HardLink { to: p("b") }),
+        ("b", file(b"")),
+    ]);
+    let l1 = layer(&[("c", dir())]);
+    replay(
+        vec![(l0, Encoding::Oci), (l1, Encoding::Oci)],
+        vec![Op::Rename {
+            from: p("a"),
+            to: p("c"),
+            flags: RENAME_EXCHANGE,
+        }],
+    );
+}

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use unionfs::{WhiteoutStyle, idmap};
+use unionfs::{RedirectDir, WhiteoutStyle, idmap};
 
 use super::{Class, Flag, Row, flag, in_range, nothing, number, on_off, parse_ttl, split_lowers, switch};
 
@@ -74,6 +74,25 @@ pub(super) static ROWS: &[Row] = &[
                 b"oci" => WhiteoutStyle::Oci,
                 _ => return Err("must be 'overlay' or 'oci'".into()),
             };
+            Ok(())
+        },
+    },
+    Row {
+        names: &["redirect_dir="],
+        flag: flag(
+            "--redirect-dir",
+            Some("on|off|follow|nofollow"),
+            "Kernel overlayfs's redirect_dir: `on` renames a directory that merges lower \
+             directories in O(1), recording in the upper where its lower content is; `follow` \
+             (and `off`) reads such records but copies the tree on rename; `nofollow` neither \
+             [default: on; follow in the fuse-overlayfs and mount.fuse3 forms, for Podman].",
+        ),
+        class: Class::Ours,
+        example: "redirect_dir=follow",
+        why: "kernel overlayfs's `redirect_dir`, with its meanings",
+        apply: |s, i| {
+            s.config.redirect_dir =
+                RedirectDir::parse(i.bytes()).ok_or("must be 'on', 'off', 'follow' or 'nofollow'")?;
             Ok(())
         },
     },
@@ -458,14 +477,6 @@ pub(super) static ROWS: &[Row] = &[
         class: Class::FuseOverlayfsIgnored,
         example: "fast_ino=1",
         why: "inode numbers are always the lower objects' own, without a scan",
-        apply: nothing,
-    },
-    Row {
-        names: &["redirect_dir="],
-        flag: None,
-        class: Class::FuseOverlayfsIgnored,
-        example: "redirect_dir=off",
-        why: "renamed directories are copied, never redirected",
         apply: nothing,
     },
 ];
