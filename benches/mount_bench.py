@@ -109,7 +109,7 @@ DEFAULT_TARGETS = ["plain", "kernel", "fuse-overlayfs", "unionfs"]
 # unionfs did before metadata-only copy-up and redirects).
 ALL_TARGETS = DEFAULT_TARGETS + ["unionfs-volatile", "unionfs-nopt", "unionfs-rootless", "unionfs-rdauto",
                                  "unionfs-fullcopy"]
-FULLCOPY_ARGS = ["--metacopy", "off"]
+FULLCOPY_ARGS = ["--metacopy", "off", "--redirect-dir", "follow"]
 ROOTLESS_USER = "unionfs-bench"
 LOWERS = ["l1", "l2", "l3"]  # top first
 
