@@ -125,8 +125,8 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def run(cmd, check=True, **kw):
-    return subprocess.run(cmd, check=check, stdin=subprocess.DEVNULL, timeout=120, **kw)
+def run(cmd, check=True, timeout=120, **kw):
+    return subprocess.run(cmd, check=check, stdin=subprocess.DEVNULL, timeout=timeout, **kw)
 
 
 def is_mounted(path):
@@ -770,7 +770,12 @@ def main():
     finally:
         teardown_all()
         if not args.trace:
-            run(["rm", "-rf", "--one-file-system", args.workdir], check=False)
+            # ~100,000 files: on a busy disk this takes minutes; results are already out.
+            log(f"removing {args.workdir} ...")
+            try:
+                run(["rm", "-rf", "--one-file-system", args.workdir], check=False, timeout=3600)
+            except subprocess.TimeoutExpired:
+                log(f"could not remove {args.workdir} within an hour; left behind")
         else:
             log(f"kept {args.workdir} (traces in {args.workdir}/trace)")
 
