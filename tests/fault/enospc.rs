@@ -38,6 +38,20 @@ fn fill(m: &Mount, rel: &str) -> i32 {
     panic!("wrote 250 MiB into an 8 MiB upper without an error");
 }
 
+/// Waits (up to 10 s) until the upper has 1 MiB free again after files were deleted through the
+/// view: a file's last close reaches the daemon as an asynchronous RELEASE, and until the daemon
+/// closes its own descriptor the deleted file keeps its blocks.
+fn wait_for_space(l: &Layers) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = rustix::fs::statvfs(&l.upper).expect("statvfs upper");
+        if st.f_bavail * st.f_bsize >= MIB as u64 || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn assert_serving(m: &Mount, what: &str) {
     assert!(daemon_alive(m), "{what}: daemon died");
     std::fs::write(m.path("small-ok"), b"still serving").unwrap_or_else(|e| panic!("{what}: small write: {e}"));
@@ -125,6 +139,7 @@ fn enospc_writes_fail_then_space_freed_and_copy_up_succeeds() {
     assert_eq!(lstat(&m.path("mid")).mode() & 0o7777, 0o644);
     // Free the space.
     std::fs::remove_file(m.path("filler")).unwrap();
+    wait_for_space(&l);
     assert_serving(&m, "after freeing space");
     std::fs::set_permissions(m.path("mid"), std::fs::Permissions::from_mode(0o640)).unwrap();
     std::fs::OpenOptions::new()
@@ -221,6 +236,7 @@ fn enospc_many_small_creates_and_mkdirs_then_recover() {
     for i in 0..50 {
         let _ = std::fs::remove_file(m.path(&format!("lowerdir/n{i}")));
     }
+    wait_for_space(&l);
     assert_serving(&m, "after freeing space");
     std::fs::create_dir(m.path("lowerdir/newdir")).unwrap();
     std::fs::write(m.path("lowerdir/newdir/f"), b"f").unwrap();
@@ -251,6 +267,7 @@ fn enospc_a_chmod_fits_a_full_upper_and_a_failed_fill_changes_nothing() {
     assert_eq!(lstat(&m.path("big")).mode() & 0o7777, 0o600);
     assert!(lstat(&l.up("big")).blocks() < 64, "the failed fill kept its blocks");
     std::fs::remove_file(m.path("filler")).unwrap();
+    wait_for_space(&l);
     assert_serving(&m, "after a failed fill");
     std::fs::OpenOptions::new()
         .append(true)
