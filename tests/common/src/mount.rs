@@ -130,7 +130,13 @@ impl Mount {
         if is_mounted(&self.mnt) {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
-        wait_or_kill(self.child.take()?, Duration::from_secs(15))
+        let code = wait_or_kill(self.child.take()?, Duration::from_secs(15));
+        // A daemon that mounted while we waited (a slow first mount given up on) and was then
+        // killed leaves a dead mount behind: detach it too.
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        code
     }
 }
 
