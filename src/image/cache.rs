@@ -5,15 +5,21 @@
 //! piece changed, cut short or half written behind the daemon's back is a miss (and is removed),
 //! never different data. Pieces are written under a temporary name and renamed into place.
 //!
-//! The size limit holds across every daemon sharing the directory: admissions take a lock
-//! (`flock` on `content.lock`) and keep the total in `content.size`; over the limit, the pieces
-//! least recently used (their mtime, moved at most once a minute on a hit) go first, until the
-//! total is at nine tenths of the limit, so evictions come in batches.
+//! The size limit holds across every daemon sharing the directory, in allocated blocks (what
+//! `du` shows, not the pieces' lengths: small pieces take a whole block each), fan-out
+//! directories included: admissions take a lock (`flock` on `content.lock`) and keep the total
+//! in `content.size`; over the limit, the pieces least recently used (their mtime, moved on a
+//! hit when it is more than a minute old) go first, until the total is at nine tenths of the
+//! limit, so evictions come in batches.
+//!
+//! An open file keeps the last piece it read ([`LastPiece`]): a file read in requests smaller
+//! than a piece asks for the same piece several times in a row, and reading and hashing it
+//! from disk each time made warm reads of big files cost more than the unpacked file.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -21,12 +27,38 @@ use parking_lot::Mutex;
 use rustix::fs::FlockOperation;
 use sha2::{Digest as _, Sha256};
 
+/// A hit moves a piece's mtime (its place in the eviction order) only when it is older than
+/// this: one metadata write per piece and minute at most, whichever process reads it.
+const TOUCH_AFTER: Duration = Duration::from_secs(60);
+
+/// What a file of `len` bytes takes on disk (the block size of the filesystems we run on).
+fn allocated(len: u64) -> u64 {
+    len.div_ceil(4096) * 4096
+}
+
+/// The piece a reader used last, checked (see the module's comment). It lives as long as the
+/// open file that holds it.
+#[derive(Default)]
+pub struct LastPiece(Mutex<Option<Named>>);
+
+/// A piece with its name.
+type Named = ([u8; 32], Arc<Vec<u8>>);
+
+impl LastPiece {
+    pub fn get(&self, d: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        let l = self.0.lock();
+        l.as_ref().filter(|(k, _)| k == d).map(|(_, b)| Arc::clone(b))
+    }
+
+    pub fn set(&self, d: &[u8; 32], b: &Arc<Vec<u8>>) {
+        *self.0.lock() = Some((*d, Arc::clone(b)));
+    }
+}
+
 /// A content cache directory.
 pub struct ContentCache {
     dir: PathBuf,
     limit: u64,
-    /// When each piece's mtime was last moved by this process (at most once a minute).
-    touched: Mutex<HashMap<[u8; 32], SystemTime>>,
     tmp_seq: AtomicU64,
     pub stats: CacheStats,
 }
@@ -46,13 +78,21 @@ fn hex(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A piece's bytes, its open file and mtime (one open for the read and a later touch).
+fn read_piece(p: &Path) -> Option<(Vec<u8>, std::fs::File, SystemTime)> {
+    let mut f = std::fs::File::open(p).ok()?;
+    let md = f.metadata().ok()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(md.len()).ok()?);
+    f.read_to_end(&mut bytes).ok()?;
+    Some((bytes, f, md.modified().ok()?))
+}
+
 impl ContentCache {
     /// The cache in `dir` (created when first written) holding at most `limit` bytes of pieces.
     pub fn new(dir: &Path, limit: u64) -> ContentCache {
         ContentCache {
             dir: dir.to_path_buf(),
             limit,
-            touched: Mutex::new(HashMap::new()),
             tmp_seq: AtomicU64::new(0),
             stats: CacheStats::default(),
         }
@@ -68,9 +108,9 @@ impl ContentCache {
     }
 
     /// The piece named `d`, if the cache has it intact.
-    pub fn get(&self, d: &[u8; 32]) -> Option<Vec<u8>> {
+    pub fn get(&self, d: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
         let p = self.piece_path(d);
-        let Ok(bytes) = std::fs::read(&p) else {
+        let Some((bytes, f, mtime)) = read_piece(&p) else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -81,30 +121,18 @@ impl ContentCache {
             return None;
         }
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        self.touch(d, &p);
-        Some(bytes)
-    }
-
-    /// Marks a piece used now (its mtime), at most once a minute per piece.
-    fn touch(&self, d: &[u8; 32], p: &Path) {
         let now = SystemTime::now();
-        let mut t = self.touched.lock();
-        if t.get(d)
-            .is_some_and(|&last| now.duration_since(last).unwrap_or_default() < Duration::from_secs(60))
-        {
-            return;
-        }
-        t.insert(*d, now);
-        drop(t);
-        if let Ok(f) = std::fs::File::options().write(true).open(p) {
+        if now.duration_since(mtime).unwrap_or_default() > TOUCH_AFTER {
+            // Our own file, so setting its time needs no write access to it.
             let _ = f.set_modified(now);
         }
+        Some(Arc::new(bytes))
     }
 
     /// Keeps `bytes` (whose sha256 is `d`) if it fits under the limit. Failures only mean the
     /// piece is not kept.
     pub fn put(&self, d: &[u8; 32], bytes: &[u8]) {
-        if bytes.len() as u64 > self.limit / 4 {
+        if allocated(bytes.len() as u64) > self.limit / 4 {
             return;
         }
         if let Err(e) = self.admit(d, bytes) {
@@ -118,19 +146,24 @@ impl ContentCache {
             return Ok(());
         }
         let cdir = self.content_dir();
-        std::fs::create_dir_all(p.parent().unwrap_or(&cdir))?;
+        std::fs::create_dir_all(&cdir)?;
         let lock = std::fs::File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(cdir.join("lock"))?;
         rustix::fs::flock(&lock, FlockOperation::LockExclusive)?;
+        // Under the lock: eviction removes fan-out directories it empties.
+        let fan_out = p.parent().unwrap_or(&cdir);
+        let new_dir = !fan_out.exists();
+        std::fs::create_dir_all(fan_out)?;
         let size_file = cdir.join("size");
         let mut total = match std::fs::read_to_string(&size_file) {
             Ok(s) => s.trim().parse().unwrap_or_else(|_| self.scan_total()),
             Err(_) => self.scan_total(),
         };
-        let len = bytes.len() as u64;
+        // What `du` will count: the piece's blocks, and a new fan-out directory's first block.
+        let len = allocated(bytes.len() as u64) + if new_dir { 4096 } else { 0 };
         if total + len > self.limit {
             total = self.evict(self.limit / 10 * 9 - len.min(self.limit / 10 * 9))?;
         }
@@ -174,22 +207,34 @@ impl ContentCache {
             }
             for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
                 if let Ok(md) = f.metadata() {
-                    out.push((f.path(), md.len(), (md.mtime(), md.mtime_nsec())));
+                    out.push((f.path(), md.blocks() * 512, (md.mtime(), md.mtime_nsec())));
                 }
             }
         }
         out
     }
 
+    /// The fan-out directories' blocks.
+    fn dirs_total(&self) -> u64 {
+        let Ok(rd) = std::fs::read_dir(self.content_dir()) else {
+            return 0;
+        };
+        rd.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|md| md.is_dir())
+            .map(|md| md.blocks() * 512)
+            .sum()
+    }
+
     fn scan_total(&self) -> u64 {
-        self.pieces().iter().map(|p| p.1).sum()
+        self.pieces().iter().map(|p| p.1).sum::<u64>() + self.dirs_total()
     }
 
     /// Removes the least recently used pieces until the total is at most `target`; returns the
     /// total left.
     fn evict(&self, target: u64) -> std::io::Result<u64> {
         let mut pieces = self.pieces();
-        let mut total: u64 = pieces.iter().map(|p| p.1).sum();
+        let mut total: u64 = pieces.iter().map(|p| p.1).sum::<u64>() + self.dirs_total();
         pieces.sort_by_key(|p| p.2);
         for (path, len, _) in pieces {
             if total <= target {
@@ -198,12 +243,18 @@ impl ContentCache {
             if std::fs::remove_file(&path).is_ok() {
                 total -= len;
                 self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                if let Some(dir) = path.parent() {
+                    let blocks = std::fs::metadata(dir).map_or(0, |md| md.blocks() * 512);
+                    if std::fs::remove_dir(dir).is_ok() {
+                        total = total.saturating_sub(blocks);
+                    }
+                }
             }
         }
         Ok(total)
     }
 
-    /// Bytes of pieces in the cache (a scan: for reports and tests).
+    /// Bytes the pieces and their directories take on disk (a scan: for reports and tests).
     pub fn bytes(&self) -> u64 {
         self.scan_total()
     }
@@ -213,16 +264,22 @@ impl ContentCache {
 mod tests {
     use super::*;
 
-    fn piece(n: u8, len: usize) -> ([u8; 32], Vec<u8>) {
+    fn piece(n: u8, len: usize) -> ([u8; 32], Arc<Vec<u8>>) {
         let b = vec![n; len];
-        (Sha256::digest(&b).into(), b)
+        (Sha256::digest(&b).into(), Arc::new(b))
+    }
+
+    fn age(c: &ContentCache, d: &[u8; 32], secs: u64) {
+        let f = std::fs::File::open(c.piece_path(d)).expect("piece");
+        f.set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .expect("mtime");
     }
 
     #[test]
     fn pieces_come_back_intact_or_not_at_all() {
         let t = tempfile::tempdir().expect("tmp");
         let c = ContentCache::new(t.path(), 1 << 20);
-        let (d, b) = piece(1, 1000);
+        let (d, b) = piece(1, 100_000);
         assert!(c.get(&d).is_none());
         c.put(&d, &b);
         assert_eq!(c.get(&d), Some(b.clone()));
@@ -238,19 +295,20 @@ mod tests {
     #[test]
     fn the_limit_holds_and_the_least_recently_used_go_first() {
         let t = tempfile::tempdir().expect("tmp");
-        let c = ContentCache::new(t.path(), 100_000);
+        let c = ContentCache::new(t.path(), 200_000);
+        // 10,000 bytes take 12,288 on disk, and most pieces a fan-out directory of their own
         let pieces: Vec<_> = (0..14u8).map(|i| piece(i, 10_000)).collect();
-        for (d, b) in &pieces[..9] {
+        for (k, (d, b)) in pieces[..7].iter().enumerate() {
             c.put(d, b);
+            age(&c, d, 600 - k as u64);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(
             c.get(&pieces[0].0).is_some(),
-            "a hit makes piece 0 the most recently used"
+            "a hit makes piece 0, older than a minute, the most recently used"
         );
-        for (i, (d, b)) in pieces.iter().enumerate().skip(9) {
+        for (i, (d, b)) in pieces.iter().enumerate().skip(7) {
             c.put(d, b);
-            assert!(c.bytes() <= 100_000, "after {i}: {}", c.bytes());
+            assert!(c.bytes() <= 200_000, "after {i}: {}", c.bytes());
         }
         assert!(c.stats.evicted.load(Ordering::Relaxed) > 0);
         assert!(c.get(&pieces[0].0).is_some(), "recently used piece kept");

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 
 use super::ImageError;
-use super::cache::ContentCache;
+use super::cache::{ContentCache, LastPiece};
 use super::catalog::{CHUNK, Data, Entry, Part};
 use super::gzip;
 use super::layout::{Compression, LayerDesc};
@@ -171,22 +171,27 @@ impl ImageLayer {
 
     /// Reads up to `buf.len()` bytes of the file `e` at `offset`.
     pub fn read(&self, e: &Entry, offset: u64, buf: &mut [u8]) -> Result<usize, LayerReadError> {
+        self.read_with(e, offset, buf, &LastPiece::default())
+    }
+
+    /// [`Self::read`] for a reader that keeps the piece it used last in `last`.
+    pub fn read_with(&self, e: &Entry, offset: u64, buf: &mut [u8], last: &LastPiece) -> Result<usize, LayerReadError> {
         let end = e.size.min(offset.saturating_add(buf.len() as u64));
         let mut pos = offset;
         while pos < end {
             let n = match &e.data {
                 Data::None => break,
                 Data::Stream { offset: at, chunks } => {
-                    self.copy_from_chunk(e, chunks, pos, end, buf, offset, |k, len| {
+                    self.copy_from_chunk(e, chunks, (pos, end), buf, offset, last, |k, len| {
                         self.stream_piece(at + k * CHUNK, len)
                     })?
                 }
                 Data::Extract { header, chunks } => {
-                    self.copy_from_chunk(e, chunks, pos, end, buf, offset, |k, len| {
+                    self.copy_from_chunk(e, chunks, (pos, end), buf, offset, last, |k, len| {
                         self.extract_piece(*header, k * CHUNK, len)
                     })?
                 }
-                Data::Parts(parts) => self.copy_from_part(parts, pos, end, buf, offset)?,
+                Data::Parts(parts) => self.copy_from_part(parts, (pos, end), buf, offset, last)?,
             };
             if n == 0 {
                 break;
@@ -203,10 +208,10 @@ impl ImageLayer {
         &self,
         e: &Entry,
         chunks: &[[u8; 32]],
-        pos: u64,
-        end: u64,
+        (pos, end): (u64, u64),
         buf: &mut [u8],
         base: u64,
+        last: &LastPiece,
         fetch: impl Fn(u64, usize) -> Result<Vec<u8>, LayerReadError>,
     ) -> Result<usize, LayerReadError> {
         let k = pos / CHUNK;
@@ -214,7 +219,7 @@ impl ImageLayer {
             .get(k as usize)
             .ok_or_else(|| self.err("a file's data is past its last piece"))?;
         let len = (e.size - k * CHUNK).min(CHUNK) as usize;
-        let piece = self.piece(want, || fetch(k, len))?;
+        let piece = self.piece(want, last, || fetch(k, len))?;
         let from = (pos - k * CHUNK) as usize;
         let n = ((end - pos) as usize).min(piece.len() - from);
         let at = (pos - base) as usize;
@@ -225,17 +230,17 @@ impl ImageLayer {
     fn copy_from_part(
         &self,
         parts: &[Part],
-        pos: u64,
-        end: u64,
+        (pos, end): (u64, u64),
         buf: &mut [u8],
         base: u64,
+        last: &LastPiece,
     ) -> Result<usize, LayerReadError> {
         let i = parts.partition_point(|p| p.file_offset + p.len <= pos);
         let Some(p) = parts.get(i).filter(|p| p.file_offset <= pos) else {
             return Err(self.err("a file's data is past its last piece"));
         };
         let piece = match &p.digest {
-            Some(d) => self.piece(d, || self.part_piece(p))?,
+            Some(d) => self.piece(d, last, || self.part_piece(p))?,
             None => Arc::new(vec![0u8; p.len as usize]),
         };
         let from = (pos - p.file_offset) as usize;
@@ -249,10 +254,15 @@ impl ImageLayer {
     fn piece(
         &self,
         want: &[u8; 32],
+        last: &LastPiece,
         make: impl FnOnce() -> Result<Vec<u8>, LayerReadError>,
     ) -> Result<Arc<Vec<u8>>, LayerReadError> {
+        if let Some(b) = last.get(want) {
+            return Ok(b);
+        }
         if let Some(b) = self.cache.get(want) {
-            return Ok(Arc::new(b));
+            last.set(want, &b);
+            return Ok(b);
         }
         let b = make()?;
         if Sha256::digest(&b)[..] != want[..] {
@@ -262,7 +272,9 @@ impl ImageLayer {
             )));
         }
         self.cache.put(want, &b);
-        Ok(Arc::new(b))
+        let b = Arc::new(b);
+        last.set(want, &b);
+        Ok(b)
     }
 
     /// `len` bytes at `at` in the decompressed stream.

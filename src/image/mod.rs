@@ -10,6 +10,7 @@ pub mod layer;
 pub mod layout;
 pub mod scan;
 pub mod store;
+pub mod tee;
 pub mod toc;
 pub mod write;
 pub mod zstd;
@@ -85,11 +86,11 @@ pub fn open_layers(
     let (dir, tag) = layout::parse_reference(reference)?;
     let image = layout::open(&dir, tag.as_deref())?;
     let descs: Vec<&layout::LayerDesc> = image.layers.iter().rev().collect();
-    // Layers without a catalog are scanned side by side: a scan is one core's decompression
-    // (what `tar -x` of the layer costs), so a first mount takes the longest layer's scan, not
-    // the sum of them all.
+    // Layers without a catalog are scanned side by side, one more at a time than there are
+    // cores: a scan is one thread inflating and reading the tar and two hashing (`tee.rs`), so
+    // the scan that inflates least leaves room for another.
     let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+        .map_or(1, |n| n.get() + 1)
         .min(descs.len())
         .max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);

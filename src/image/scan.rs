@@ -14,6 +14,7 @@ use super::ImageError;
 use super::catalog::{Builder, CHUNK, Catalog, Data, Entry, S_IFDIR, S_IFLNK, S_IFREG};
 use super::gzip;
 use super::layout::{Compression, LayerDesc};
+use super::tee::Tee;
 use super::zstd::{self as zst, Frame};
 
 /// What a scan produced.
@@ -35,36 +36,6 @@ pub trait Progress: Sync {
     fn blob_bytes(&self, _n: u64) {}
     /// One more tar entry.
     fn entry(&self) {}
-}
-
-/// A reader that hashes and counts what passes through it.
-struct Hashing<R> {
-    r: R,
-    h: Sha256,
-    n: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let k = self.r.read(buf)?;
-        self.h.update(&buf[..k]);
-        self.n += k as u64;
-        Ok(k)
-    }
-}
-
-impl<R> Hashing<R> {
-    fn new(r: R) -> Hashing<R> {
-        Hashing {
-            r,
-            h: Sha256::new(),
-            n: 0,
-        }
-    }
-
-    fn digest(&self) -> String {
-        format!("sha256:{:x}", self.h.clone().finalize())
-    }
 }
 
 /// The decompressor the blob's media type calls for.
@@ -100,50 +71,51 @@ pub fn from_toc(blob: &Path, desc: &LayerDesc) -> Result<Scanned, ImageError> {
 pub fn scan(blob: &Path, desc: &LayerDesc, progress: &dyn Progress) -> Result<Scanned, ImageError> {
     let f = std::fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
     let raw = ProgressReader { r: f, progress };
-    let raw = Hashing::new(std::io::BufReader::with_capacity(1 << 17, raw));
-    let dec = match desc.compression {
-        Compression::None => Decompress::None(raw),
-        Compression::Gzip => Decompress::Gzip(Box::new(gzip::Scanner::new(raw))),
-        Compression::Zstd => {
-            Decompress::Zstd(zst::Scanner::new(raw, Frame { input: 0, out: 0 }).map_err(|e| ImageError::io(blob, e))?)
+    std::thread::scope(|s| {
+        let raw = Tee::new(s, std::io::BufReader::with_capacity(1 << 17, raw));
+        let dec = match desc.compression {
+            Compression::None => Decompress::None(raw),
+            Compression::Gzip => Decompress::Gzip(Box::new(gzip::Scanner::new(raw))),
+            Compression::Zstd => Decompress::Zstd(
+                zst::Scanner::new(raw, Frame { input: 0, out: 0 }).map_err(|e| ImageError::io(blob, e))?,
+            ),
+        };
+        let mut tar_stream = Tee::new(s, dec);
+        let catalog = read_tar(&mut tar_stream, progress).map_err(|e| corrupt_or_io(blob, e))?;
+        // The DiffID covers the whole stream, past the tar's end blocks.
+        std::io::copy(&mut tar_stream, &mut std::io::sink()).map_err(|e| corrupt_or_io(blob, e))?;
+        let (dec, stream_len, diff_id) = tar_stream.finish().map_err(|e| ImageError::io(blob, e))?;
+        let (mut raw, gzip_points, zstd_frames) = match dec {
+            Decompress::None(r) => (r, Vec::new(), Vec::new()),
+            Decompress::Gzip(g) => {
+                let (r, points) = g.into_parts();
+                (r, points, Vec::new())
+            }
+            Decompress::Zstd(z) => {
+                let (r, frames) = z.into_parts();
+                (r, Vec::new(), frames)
+            }
+        };
+        std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| ImageError::io(blob, e))?;
+        let (_, _, digest) = raw.finish().map_err(|e| ImageError::io(blob, e))?;
+        if digest != desc.digest {
+            return Err(ImageError::corrupt(
+                blob,
+                format!("its digest is {digest}, the manifest says {}", desc.digest),
+            ));
         }
-    };
-    let mut tar_stream = Hashing::new(dec);
-    let catalog = read_tar(&mut tar_stream, progress).map_err(|e| corrupt_or_io(blob, e))?;
-    // The DiffID covers the whole stream, past the tar's end blocks.
-    std::io::copy(&mut tar_stream, &mut std::io::sink()).map_err(|e| corrupt_or_io(blob, e))?;
-    let diff_id = tar_stream.digest();
-    let stream_len = tar_stream.n;
-    let (mut raw, gzip_points, zstd_frames) = match tar_stream.r {
-        Decompress::None(r) => (r, Vec::new(), Vec::new()),
-        Decompress::Gzip(g) => {
-            let (r, points) = g.into_parts();
-            (r, points, Vec::new())
+        if diff_id != desc.diff_id {
+            return Err(ImageError::corrupt(
+                blob,
+                format!("its DiffID is {diff_id}, the image config says {}", desc.diff_id),
+            ));
         }
-        Decompress::Zstd(z) => {
-            let (r, frames) = z.into_parts();
-            (r, Vec::new(), frames)
-        }
-    };
-    std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| ImageError::io(blob, e))?;
-    let digest = raw.digest();
-    if digest != desc.digest {
-        return Err(ImageError::corrupt(
-            blob,
-            format!("its digest is {digest}, the manifest says {}", desc.digest),
-        ));
-    }
-    if diff_id != desc.diff_id {
-        return Err(ImageError::corrupt(
-            blob,
-            format!("its DiffID is {diff_id}, the image config says {}", desc.diff_id),
-        ));
-    }
-    Ok(Scanned {
-        catalog,
-        stream_len,
-        gzip_points,
-        zstd_frames,
+        Ok(Scanned {
+            catalog,
+            stream_len,
+            gzip_points,
+            zstd_frames,
+        })
     })
 }
 
@@ -173,8 +145,11 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 }
 
 /// Reads every entry of the tar stream `r` into a catalog.
-fn read_tar<R: Read>(r: &mut Hashing<R>, progress: &dyn Progress) -> std::io::Result<Catalog> {
+fn read_tar(r: &mut impl Read, progress: &dyn Progress) -> std::io::Result<Catalog> {
     let mut builder = Builder::default();
+    // One buffer for the whole layer: a fresh 1 MiB per file (most are a few KiB) cost page
+    // faults and the allocator's returns of memory to the kernel, a tenth of a scan.
+    let mut buf = vec![0u8; CHUNK as usize];
     let mut ar = tar::Archive::new(r);
     for entry in ar.entries()? {
         let mut entry = entry?;
@@ -190,7 +165,7 @@ fn read_tar<R: Read>(r: &mut Hashing<R>, progress: &dyn Progress) -> std::io::Re
         if e.mode & 0o170000 == S_IFREG {
             let offset = entry.raw_file_position();
             let header = entry.raw_header_position();
-            let chunks = hash_chunks(&mut entry)?;
+            let chunks = hash_chunks(&mut entry, &mut buf)?;
             e.data = match (kind, e.size) {
                 (_, 0) => Data::None,
                 (tar::EntryType::GNUSparse, _) => Data::Extract { header, chunks },
@@ -203,9 +178,8 @@ fn read_tar<R: Read>(r: &mut Hashing<R>, progress: &dyn Progress) -> std::io::Re
 }
 
 /// The sha256 of each [`CHUNK`] of an entry's data.
-fn hash_chunks(r: &mut impl Read) -> std::io::Result<Vec<[u8; 32]>> {
+fn hash_chunks(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<Vec<[u8; 32]>> {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; CHUNK as usize];
     loop {
         let mut filled = 0;
         while filled < buf.len() {

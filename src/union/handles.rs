@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use super::layerdir::ImageLower;
 use super::node::Node;
 use crate::error::{Errno, FsResult};
+use crate::image::cache::LastPiece;
 use crate::image::catalog::Entry;
 
 /// What an open file reads: an fd on a layer's filesystem, or a file of an image layer.
@@ -35,6 +36,8 @@ pub(crate) struct OpenFile {
     pub layer: usize,
     /// Held so the node outlives a forget while the file is open.
     pub node: Arc<Node>,
+    /// The piece of an image file read last (reads smaller than a piece come in a row).
+    pub last_piece: LastPiece,
 }
 
 impl OpenFile {
@@ -74,7 +77,7 @@ impl OpenFile {
                     let n = f
                         .lower
                         .layer
-                        .read(&f.entry, off + done as u64, &mut buf[done..])
+                        .read_with(&f.entry, off + done as u64, &mut buf[done..], &self.last_piece)
                         .map_err(|e| {
                             tracing::warn!("{e}");
                             Errno::EIO

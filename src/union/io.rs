@@ -14,6 +14,7 @@ use super::node::Node;
 use super::{Ctx, Union};
 use crate::attr::{Attr, Kind};
 use crate::error::{Errno, FsResult};
+use crate::image::cache::LastPiece;
 use crate::sys::Target;
 
 /// A change of attributes (each `None` leaves that attribute alone).
@@ -244,7 +245,12 @@ impl Union {
 
     /// A handle reading `source`, which is in `layer` (a metacopy file's lower, for its data).
     fn new_handle(&self, source: FileSource, node: Arc<Node>, layer: usize) -> u64 {
-        self.handles.open_file(OpenFile { source, layer, node })
+        self.handles.open_file(OpenFile {
+            source,
+            layer,
+            node,
+            last_piece: LastPiece::default(),
+        })
     }
 
     /// Runs `f` on the fd of file handle `fh`.
