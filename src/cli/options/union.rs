@@ -209,8 +209,8 @@ pub(super) static ROWS: &[Row] = &[
         flag: flag(
             "--cache-size",
             Some("BYTES"),
-            "How much decompressed file content the cache may hold (suffixes K, M, G, T) \
-             [default: 4G].",
+            "How much disk the cache of decompressed file content may take, in allocated \
+             blocks (suffixes K, M, G, T) [default: 4G].",
         ),
         class: Class::Ours,
         example: "cache_size=512M",
