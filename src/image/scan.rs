@@ -31,7 +31,9 @@ pub struct Scanned {
 pub trait Progress: Sync {
     /// Layer `n` of `count` (`digest`) is being opened (scanned if it has no catalog yet).
     fn layer(&self, _n: usize, _count: usize, _digest: &str) {}
-    /// `n` more bytes of the blob read.
+    /// Blob `n` of `count` (`digest`) is being fetched from a registry (its bytes follow).
+    fn fetch(&self, _n: usize, _count: usize, _digest: &str) {}
+    /// `n` more bytes of the blob read (or fetched).
     fn blob_bytes(&self, _n: u64) {}
     /// One more tar entry.
     fn entry(&self) {}

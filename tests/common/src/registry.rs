@@ -1,0 +1,185 @@
+//! A real registry for the tests: Debian's `docker-registry` (Docker Distribution) serving a
+//! temporary storage directory on a free loopback port, with or without `htpasswd` auth, killed
+//! by its PID when the guard is dropped. Its access log (stdout) is kept, so tests can count the
+//! blob requests our binary made.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::prereq::require_program;
+
+/// Whether the registry tests can run: the registry, skopeo to push to it and htpasswd (Debian
+/// `apache2-utils`) for its Basic auth; through [`crate::require`].
+#[track_caller]
+pub fn registry_prerequisites() -> bool {
+    require_program("docker-registry", "docker-registry")
+        && require_program("skopeo", "skopeo")
+        && require_program("htpasswd", "apache2-utils")
+}
+
+/// A running registry.
+pub struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry; with `users` (name, password), it asks for Basic auth of one of them.
+    pub fn start(users: &[(&str, &str)]) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("unionfs-registry")
+            .tempdir()
+            .expect("tmp");
+        let auth = if users.is_empty() {
+            String::new()
+        } else {
+            let file = dir.path().join("htpasswd");
+            let mut lines = String::new();
+            for (u, p) in users {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", u, p])
+                    .output()
+                    .expect("htpasswd");
+                assert!(
+                    out.status.success(),
+                    "htpasswd: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
+                lines.push('\n');
+            }
+            std::fs::write(&file, lines).expect("write htpasswd");
+            format!(
+                "auth:\n  htpasswd:\n    realm: unionfs-test\n    path: {}\n",
+                file.display()
+            )
+        };
+        // A port another test takes between our probe and the registry's bind makes it exit:
+        // try again on another.
+        for _ in 0..10 {
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    dir.path().join("storage").display()
+                ),
+            )
+            .expect("write config");
+            let out = std::fs::File::create(dir.path().join("access.log")).expect("log");
+            let err = std::fs::File::create(dir.path().join("registry.log")).expect("log");
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("start docker-registry");
+            if wait_up(&mut child, port) {
+                return Registry {
+                    child: Some(child),
+                    port,
+                    dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
+        panic!("docker-registry did not start: {log}");
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `docker://127.0.0.1:PORT/REPO:TAG`.
+    pub fn reference(&self, repo: &str, tag: &str) -> String {
+        format!("docker://{}/{repo}:{tag}", self.host())
+    }
+
+    /// Where the registry keeps what is pushed.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// `skopeo copy --preserve-digests` of `oci:LAYOUT:TAG` to `REPO:TAG` here (with `creds`
+    /// when the registry asks for them).
+    pub fn push(&self, layout: &Path, tag: &str, repo: &str, creds: Option<(&str, &str)>) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
+        if let Some((u, p)) = creds {
+            cmd.arg(format!("--dest-creds={u}:{p}"));
+        }
+        cmd.arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host()));
+        let out = cmd.output().expect("skopeo");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// How many blob GETs our binary (its user agent) made so far.
+    pub fn blob_gets(&self) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:") && l.contains("unionfs/"))
+            .count()
+    }
+
+    /// Stops the registry (by its PID); the storage stays until the guard is dropped.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until `/v2/` answers (200, or 401 when auth is on); false if the registry exited.
+fn wait_up(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if matches!(http_status(port, "/v2/"), Some(200 | 401)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// The status of `GET PATH` on the loopback port, if anything answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split_whitespace().nth(1)?.parse().ok()
+}

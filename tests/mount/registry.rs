@@ -1,0 +1,251 @@
+//! docs/semantics.md, "Images" (registries): `unionfs mount --image docker://HOST/REPO:TAG`
+//! shows the same view as the `oci:` layout the image was pushed from, for every compression
+//! and by digest; the blobs land in the cache's blob store once, so a second mount fetches
+//! none; credentials come from the containers `auth.json`; and every way of not getting the
+//! image (no credentials, unknown tag, registry gone, a blob whose bytes are not its digest) is
+//! one line, exit 2, nothing mounted.
+//!
+//! Each test starts its own `docker-registry` on a free loopback port (killed by its PID when
+//! the test ends) and pushes the image `images` builds with `skopeo copy --preserve-digests`,
+//! each compression to its own repository.
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::{Mount, Registry, bin, is_mounted, registry_prerequisites};
+use crate::images::{diff, images, prerequisites, snapshot};
+
+fn need() -> bool {
+    prerequisites() && registry_prerequisites()
+}
+
+/// The arguments of a foreground mount of `reference` with the cache `cache` at `mnt`.
+fn mount_args(reference: &str, cache: &Path, mnt: &Path) -> Vec<OsString> {
+    std::fs::create_dir_all(mnt).expect("mkdir mnt");
+    let mut args: Vec<OsString> = vec!["mount".into(), "--foreground".into(), "--image".into()];
+    args.extend([
+        reference.into(),
+        "--tls-verify=false".into(),
+        "--cache".into(),
+        cache.into(),
+    ]);
+    args.push(mnt.into());
+    args
+}
+
+/// Mounts `reference`, with `auth_file` as the only place credentials may come from (never the
+/// credentials of whoever runs the tests).
+fn mount(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> Mount {
+    let auth = auth_file.display().to_string();
+    Mount::start_with_env(
+        &mount_args(reference, cache, mnt),
+        mnt,
+        &[("REGISTRY_AUTH_FILE", &auth)],
+    )
+}
+
+/// A mount that must fail: its output, after checking it is one line, exit 2, nothing mounted.
+fn refused(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> String {
+    let mut args = mount_args(reference, cache, mnt);
+    args.remove(1); // not in the foreground: the whole command line's path
+    let out: Output = Command::new(bin())
+        .args(&args)
+        .env("REGISTRY_AUTH_FILE", auth_file)
+        .output()
+        .expect("run unionfs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{reference}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{reference}: one line: {err}");
+    assert!(err.contains(reference), "{reference}: names the reference: {err}");
+    assert!(!is_mounted(mnt), "{reference}: nothing mounted");
+    err
+}
+
+fn no_auth(dir: &Path) -> PathBuf {
+    dir.join("no-auth.json")
+}
+
+#[test]
+fn every_compression_from_a_registry_shows_what_umoci_unpacks() {
+    if !need() {
+        return;
+    }
+    let img = images();
+    let want = snapshot(&img.unpacked);
+    let reg = Registry::start(&[]);
+    let t = tempfile::tempdir().expect("tmp");
+    for tag in ["gz", "zst", "chunked"] {
+        reg.push(&img.layout, tag, tag, None);
+        let m = mount(
+            &reg.reference(tag, tag),
+            &t.path().join(format!("cache-{tag}")),
+            &t.path().join(tag),
+            &no_auth(t.path()),
+        );
+        let d = diff(&want, &snapshot(&m.mnt));
+        assert!(
+            d.is_empty(),
+            "{tag}: the view differs from umoci unpack:\n{}",
+            d.join("\n")
+        );
+        assert_eq!(m.unmount(), Some(0));
+    }
+}
+
+/// (inode, mtime in ns) of every file of the cache's blob store.
+fn blob_files(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
+    let dir = cache.join("blobs/sha256");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.expect("entry");
+            let md = e.metadata().expect("stat");
+            (e.path(), md.ino(), md.mtime() * 1_000_000_000 + md.mtime_nsec())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
+    if !need() {
+        return;
+    }
+    let img = images();
+    let reg = Registry::start(&[]);
+    reg.push(&img.layout, "gz", "app", None);
+    let t = tempfile::tempdir().expect("tmp");
+    let cache = t.path().join("cache");
+    let m = mount(
+        &reg.reference("app", "gz"),
+        &cache,
+        &t.path().join("m1"),
+        &no_auth(t.path()),
+    );
+    let first = snapshot(&m.mnt);
+    assert_eq!(m.unmount(), Some(0));
+    let image = unionfs::image::layout::open(&img.layout, Some("gz")).expect("layout");
+    let fetched = reg.blob_gets();
+    assert_eq!(
+        fetched,
+        image.layers.len() + 1,
+        "every layer and the config fetched once"
+    );
+    let stored = blob_files(&cache);
+    let by_digest = format!("docker://{}/app@{}", reg.host(), image.manifest_digest);
+    for (i, reference) in [reg.reference("app", "gz"), by_digest].iter().enumerate() {
+        let m = mount(
+            reference,
+            &cache,
+            &t.path().join(format!("again{i}")),
+            &no_auth(t.path()),
+        );
+        let d = diff(&first, &snapshot(&m.mnt));
+        assert!(d.is_empty(), "{reference}: another view:\n{}", d.join("\n"));
+        assert_eq!(m.unmount(), Some(0));
+        assert_eq!(reg.blob_gets(), fetched, "{reference}: no blob fetched again");
+        assert_eq!(blob_files(&cache), stored, "{reference}: the blob store is untouched");
+    }
+}
+
+#[test]
+fn credentials_come_from_auth_json_and_none_is_one_line_naming_401() {
+    if !need() {
+        return;
+    }
+    let img = images();
+    let reg = Registry::start(&[("alice", "s3cret")]);
+    reg.push(&img.layout, "gz", "private", Some(("alice", "s3cret")));
+    let t = tempfile::tempdir().expect("tmp");
+    let auth_json = |user_pass: &str| {
+        use base64::Engine as _;
+        let a = base64::engine::general_purpose::STANDARD.encode(user_pass);
+        let f = t.path().join(format!("auth-{}.json", user_pass.len()));
+        let json = serde_json::json!({"auths": {reg.host(): {"auth": a}}});
+        std::fs::write(&f, json.to_string()).expect("write auth.json");
+        f
+    };
+    let reference = reg.reference("private", "gz");
+    let err = refused(
+        &reference,
+        &t.path().join("c0"),
+        &t.path().join("m0"),
+        &no_auth(t.path()),
+    );
+    assert!(err.contains("401") && err.contains("unauthorized"), "{err}");
+    let err = refused(
+        &reference,
+        &t.path().join("c1"),
+        &t.path().join("m1"),
+        &auth_json("alice:wrong"),
+    );
+    assert!(
+        err.contains("401") && err.contains("refused the credentials of alice"),
+        "{err}"
+    );
+    let m = mount(
+        &reference,
+        &t.path().join("c2"),
+        &t.path().join("m2"),
+        &auth_json("alice:s3cret"),
+    );
+    assert_eq!(std::fs::read_to_string(m.path("etc/hello")).expect("read"), "changed\n");
+    assert_eq!(m.unmount(), Some(0));
+}
+
+#[test]
+fn an_unknown_tag_or_repository_or_a_stopped_registry_is_one_line_and_nothing_mounted() {
+    if !need() {
+        return;
+    }
+    let img = images();
+    let mut reg = Registry::start(&[]);
+    reg.push(&img.layout, "gz", "app", None);
+    let t = tempfile::tempdir().expect("tmp");
+    let (cache, mnt, auth) = (t.path().join("cache"), t.path().join("mnt"), no_auth(t.path()));
+    let err = refused(&reg.reference("app", "nope"), &cache, &mnt, &auth);
+    assert!(err.contains("tag nope") && err.contains("404"), "{err}");
+    let err = refused(&reg.reference("nothing/here", "gz"), &cache, &mnt, &auth);
+    assert!(err.contains("repository nothing/here") && err.contains("404"), "{err}");
+    let reference = reg.reference("app", "gz");
+    reg.stop();
+    let err = refused(&reference, &cache, &mnt, &auth);
+    assert!(err.contains("unreachable"), "{err}");
+}
+
+#[test]
+fn a_blob_the_registry_serves_corrupt_is_refused_naming_its_digest() {
+    if !need() {
+        return;
+    }
+    let img = images();
+    let reg = Registry::start(&[]);
+    reg.push(&img.layout, "gz", "app", None);
+    let image = unionfs::image::layout::open(&img.layout, Some("gz")).expect("layout");
+    let digest = &image.layers[0].digest;
+    let hex = digest.trim_start_matches("sha256:");
+    // The registry serves a blob as it finds it in its storage.
+    let data = reg
+        .storage()
+        .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let mut bytes = std::fs::read(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&data, &bytes).expect("corrupt the stored blob");
+    let t = tempfile::tempdir().expect("tmp");
+    let cache = t.path().join("cache");
+    let err = refused(
+        &reg.reference("app", "gz"),
+        &cache,
+        &t.path().join("mnt"),
+        &no_auth(t.path()),
+    );
+    assert!(err.contains(digest.as_str()) && err.contains("corrupt"), "{err}");
+    assert!(
+        !cache.join("blobs/sha256").join(hex).exists(),
+        "a corrupt blob is not kept in the cache"
+    );
+}
