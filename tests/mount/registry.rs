@@ -119,14 +119,19 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
     reg.push(&img.layout, "gz", "app", None);
     let t = tempfile::tempdir().expect("tmp");
     let cache = t.path().join("cache");
-    let m = mount(
-        &reg.reference("app", "gz"),
-        &cache,
-        &t.path().join("m1"),
-        &no_auth(t.path()),
-    );
-    let first = snapshot(&m.mnt);
-    assert_eq!(m.unmount(), Some(0));
+    // Two first mounts at once on an empty cache: each blob is fetched by one of them only.
+    let (a, b) = std::thread::scope(|s| {
+        let one = |name: &'static str| {
+            let (cache, t, r) = (&cache, t.path(), reg.reference("app", "gz"));
+            s.spawn(move || mount(&r, cache, &t.join(name), &no_auth(t)))
+        };
+        let (a, b) = (one("m1"), one("m2"));
+        (a.join().expect("first mount"), b.join().expect("second mount"))
+    });
+    let first = snapshot(&a.mnt);
+    let d = diff(&first, &snapshot(&b.mnt));
+    assert!(d.is_empty(), "two mounts at once, two views:\n{}", d.join("\n"));
+    assert_eq!((a.unmount(), b.unmount()), (Some(0), Some(0)));
     let image = unionfs::image::layout::open(&img.layout, Some("gz")).expect("layout");
     let fetched = reg.blob_gets();
     assert_eq!(
@@ -135,6 +140,24 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
         "every layer and the config fetched once"
     );
     let stored = blob_files(&cache);
+    // The layer tools read the same image from the same cache.
+    let out = Command::new(bin())
+        .args([
+            "layers",
+            "--json",
+            "--tls-verify",
+            "false",
+            "--image",
+            &reg.reference("app", "gz"),
+            "--cache",
+        ])
+        .arg(&cache)
+        .env("REGISTRY_AUTH_FILE", no_auth(t.path()))
+        .output()
+        .expect("unionfs layers");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(rows.as_array().map(Vec::len), Some(image.layers.len()), "{rows}");
     let by_digest = format!("docker://{}/app@{}", reg.host(), image.manifest_digest);
     for (i, reference) in [reg.reference("app", "gz"), by_digest].iter().enumerate() {
         let m = mount(
