@@ -77,7 +77,7 @@ fn every_compression_from_a_registry_shows_what_umoci_unpacks() {
     let reg = Registry::start(&[]);
     let t = tempfile::tempdir().expect("tmp");
     for tag in ["gz", "zst", "chunked"] {
-        reg.push(&img.layout, tag, tag, None);
+        reg.push(&img.layout, tag, tag, &[]);
         let m = mount(
             &reg.reference(tag, tag),
             &t.path().join(format!("cache-{tag}")),
@@ -116,7 +116,7 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
     }
     let img = images();
     let reg = Registry::start(&[]);
-    reg.push(&img.layout, "gz", "app", None);
+    reg.push(&img.layout, "gz", "app", &[]);
     let t = tempfile::tempdir().expect("tmp");
     let cache = t.path().join("cache");
     // Two first mounts at once on an empty cache: each blob is fetched by one of them only.
@@ -181,7 +181,7 @@ fn credentials_come_from_auth_json_and_none_is_one_line_naming_401() {
     }
     let img = images();
     let reg = Registry::start(&[("alice", "s3cret")]);
-    reg.push(&img.layout, "gz", "private", Some(("alice", "s3cret")));
+    reg.push(&img.layout, "gz", "private", &["--dest-creds=alice:s3cret"]);
     let t = tempfile::tempdir().expect("tmp");
     let auth_json = |user_pass: &str| {
         use base64::Engine as _;
@@ -226,7 +226,7 @@ fn an_unknown_tag_or_repository_or_a_stopped_registry_is_one_line_and_nothing_mo
     }
     let img = images();
     let mut reg = Registry::start(&[]);
-    reg.push(&img.layout, "gz", "app", None);
+    reg.push(&img.layout, "gz", "app", &[]);
     let t = tempfile::tempdir().expect("tmp");
     let (cache, mnt, auth) = (t.path().join("cache"), t.path().join("mnt"), no_auth(t.path()));
     let err = refused(&reg.reference("app", "nope"), &cache, &mnt, &auth);
@@ -246,7 +246,7 @@ fn a_blob_the_registry_serves_corrupt_is_refused_naming_its_digest() {
     }
     let img = images();
     let reg = Registry::start(&[]);
-    reg.push(&img.layout, "gz", "app", None);
+    reg.push(&img.layout, "gz", "app", &[]);
     let image = unionfs::image::layout::open(&img.layout, Some("gz")).expect("layout");
     let digest = &image.layers[0].digest;
     let hex = digest.trim_start_matches("sha256:");
@@ -271,4 +271,28 @@ fn a_blob_the_registry_serves_corrupt_is_refused_naming_its_digest() {
         !cache.join("blobs/sha256").join(hex).exists(),
         "a corrupt blob is not kept in the cache"
     );
+}
+
+#[test]
+fn an_unsupported_media_type_or_no_manifest_for_this_platform_is_one_line() {
+    if !registry_prerequisites() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, foreign) = crate::image_errors::refusable_layout(&t.path().join("layout"));
+    let reg = Registry::start(&[]);
+    let (cache, mnt, auth) = (t.path().join("cache"), t.path().join("mnt"), no_auth(t.path()));
+    reg.push(&layout, "ok", "ok", &[]);
+    let m = mount(&reg.reference("ok", "ok"), &cache, &mnt, &auth);
+    assert_eq!(std::fs::read_to_string(m.path("f")).expect("read"), "hi\n");
+    assert_eq!(m.unmount(), Some(0));
+    for (tag, says, extra) in [
+        ("bz2", "bzip2", &[][..]),
+        ("foreign", foreign, &[]),
+        ("list", foreign, &["--all"]),
+    ] {
+        reg.push(&layout, tag, tag, extra);
+        let err = refused(&reg.reference(tag, tag), &cache, &mnt, &auth);
+        assert!(err.contains(says), "{tag}: {err}");
+    }
 }

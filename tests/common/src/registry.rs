@@ -111,15 +111,13 @@ impl Registry {
         self.dir.path().join("storage")
     }
 
-    /// `skopeo copy --preserve-digests` of `oci:LAYOUT:TAG` to `REPO:TAG` here (with `creds`
-    /// when the registry asks for them).
-    pub fn push(&self, layout: &Path, tag: &str, repo: &str, creds: Option<(&str, &str)>) {
+    /// `skopeo copy --preserve-digests` of `oci:LAYOUT:TAG` to `REPO:TAG` here, with `extra`
+    /// arguments (`--dest-creds=…` for a registry that asks for them, `--all` for an index).
+    pub fn push(&self, layout: &Path, tag: &str, repo: &str, extra: &[&str]) {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
-        if let Some((u, p)) = creds {
-            cmd.arg(format!("--dest-creds={u}:{p}"));
-        }
-        cmd.arg(format!("oci:{}:{tag}", layout.display()))
+        cmd.args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"])
+            .args(extra)
+            .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.host()));
         let out = cmd.output().expect("skopeo");
         assert!(
