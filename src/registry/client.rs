@@ -18,6 +18,8 @@ use super::reference::Reference;
 #[derive(Debug)]
 pub enum Failure {
     Unreachable(String),
+    /// The registry's certificate was not accepted.
+    Tls(String),
     Unauthorized(String),
     NotFound,
     Status(u16),
@@ -28,6 +30,10 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Unreachable(why) => write!(f, "registry unreachable: {why}"),
+            Failure::Tls(why) => write!(
+                f,
+                "TLS with the registry failed: {why} (--cert-dir DIR trusts its CA, --tls-verify=false skips the check)"
+            ),
             Failure::Unauthorized(why) => write!(f, "unauthorized (401): {why}"),
             Failure::NotFound => write!(f, "not found (404)"),
             Failure::Status(s) => write!(f, "the registry answered HTTP {s}"),
@@ -90,9 +96,9 @@ impl Client {
                 c.agent
                     .get(format!("{}/v2/", c.base))
                     .call()
-                    .map_err(|e| Failure::Unreachable(format!("{host}: {e}")))?
+                    .map_err(|e| transport(host, e))?
             }
-            Err(e) => return Err(Failure::Unreachable(format!("{host}: {e}"))),
+            Err(e) => return Err(transport(host, e)),
         };
         if resp.status() == StatusCode::UNAUTHORIZED {
             c.authenticate(&resp)?;
@@ -205,6 +211,22 @@ impl Client {
             .and_then(|t| t.as_str())
             .map(str::to_string)
             .ok_or_else(|| Failure::Other(format!("token service {realm} sent no token")))
+    }
+}
+
+/// A request that got no answer: a certificate refused, or no registry there.
+fn transport(host: &str, e: ureq::Error) -> Failure {
+    // rustls reports a refused certificate as an InvalidData I/O error; a missing or silent
+    // registry never does.
+    let tls = match &e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => true,
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    };
+    if tls {
+        Failure::Tls(format!("{host}: {e}"))
+    } else {
+        Failure::Unreachable(format!("{host}: {e}"))
     }
 }
 

@@ -21,34 +21,39 @@ fn need() -> bool {
     prerequisites() && registry_prerequisites()
 }
 
-/// The arguments of a foreground mount of `reference` with the cache `cache` at `mnt`.
-fn mount_args(reference: &str, cache: &Path, mnt: &Path) -> Vec<OsString> {
+/// How the tests reach a registry that speaks plain HTTP.
+const PLAIN: &[&str] = &["--tls-verify=false"];
+
+/// The arguments of a foreground mount of `reference` with the cache `cache` at `mnt`, with
+/// `opts` (how to reach the registry).
+fn mount_args(reference: &str, cache: &Path, mnt: &Path, opts: &[&str]) -> Vec<OsString> {
     std::fs::create_dir_all(mnt).expect("mkdir mnt");
     let mut args: Vec<OsString> = vec!["mount".into(), "--foreground".into(), "--image".into()];
-    args.extend([
-        reference.into(),
-        "--tls-verify=false".into(),
-        "--cache".into(),
-        cache.into(),
-    ]);
-    args.push(mnt.into());
+    args.push(reference.into());
+    args.extend(opts.iter().map(OsString::from));
+    args.extend(["--cache".into(), cache.into(), mnt.into()]);
     args
 }
 
 /// Mounts `reference`, with `auth_file` as the only place credentials may come from (never the
 /// credentials of whoever runs the tests).
 fn mount(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> Mount {
+    mount_opts(reference, cache, mnt, auth_file, PLAIN)
+}
+
+fn mount_opts(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path, opts: &[&str]) -> Mount {
     let auth = auth_file.display().to_string();
-    Mount::start_with_env(
-        &mount_args(reference, cache, mnt),
-        mnt,
-        &[("REGISTRY_AUTH_FILE", &auth)],
-    )
+    let args = mount_args(reference, cache, mnt, opts);
+    Mount::start_with_env(&args, mnt, &[("REGISTRY_AUTH_FILE", &auth)])
 }
 
 /// A mount that must fail: its output, after checking it is one line, exit 2, nothing mounted.
 fn refused(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> String {
-    let mut args = mount_args(reference, cache, mnt);
+    refused_opts(reference, cache, mnt, auth_file, PLAIN)
+}
+
+fn refused_opts(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path, opts: &[&str]) -> String {
+    let mut args = mount_args(reference, cache, mnt, opts);
     args.remove(1); // not in the foreground: the whole command line's path
     let out: Output = Command::new(bin())
         .args(&args)
@@ -294,5 +299,47 @@ fn an_unsupported_media_type_or_no_manifest_for_this_platform_is_one_line() {
         reg.push(&layout, tag, tag, extra);
         let err = refused(&reg.reference(tag, tag), &cache, &mnt, &auth);
         assert!(err.contains(says), "{tag}: {err}");
+    }
+}
+
+/// A CA (its certificate alone in `DIR/ca/ca.crt`) and a certificate it signed for 127.0.0.1:
+/// (certificate, key) paths.
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir.join("ca")).expect("mkdir");
+    crate::images::sh(&format!(
+        r#"cd {d}
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+openssl req -x509 $ec -keyout ca.key -out ca/ca.crt -days 2 -subj /CN=unionfs-test-ca 2>/dev/null
+openssl req $ec -keyout reg.key -out reg.csr -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext
+openssl x509 -req -in reg.csr -CA ca/ca.crt -CAkey ca.key -CAcreateserial -out reg.crt -days 2 -extfile ext 2>/dev/null
+"#,
+        d = dir.display()
+    ));
+    (dir.join("reg.crt"), dir.join("reg.key"))
+}
+
+#[test]
+fn over_tls_the_registry_ca_comes_from_cert_dir_or_verification_is_off() {
+    if !registry_prerequisites() || !crate::common::require_program("openssl", "openssl") {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, _) = crate::image_errors::refusable_layout(&t.path().join("layout"));
+    let (cert, key) = test_ca(t.path());
+    let reg = Registry::start_with(&[], Some((&cert, &key)));
+    reg.push(&layout, "ok", "ok", &[]);
+    let (reference, auth) = (reg.reference("ok", "ok"), no_auth(t.path()));
+    let err = refused_opts(&reference, &t.path().join("c0"), &t.path().join("m0"), &auth, &[]);
+    assert!(err.contains("TLS") && err.contains("--cert-dir"), "{err}");
+    let ca = format!("--cert-dir={}", t.path().join("ca").display());
+    for (i, opts) in [&[ca.as_str()][..], PLAIN].iter().enumerate() {
+        let (cache, mnt) = (
+            t.path().join(format!("c{}", i + 1)),
+            t.path().join(format!("m{}", i + 1)),
+        );
+        let m = mount_opts(&reference, &cache, &mnt, &auth, opts);
+        assert_eq!(std::fs::read_to_string(m.path("f")).expect("read"), "hi\n", "{opts:?}");
+        assert_eq!(m.unmount(), Some(0));
     }
 }

@@ -30,6 +30,11 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry; with `users` (name, password), it asks for Basic auth of one of them.
     pub fn start(users: &[(&str, &str)]) -> Registry {
+        Registry::start_with(users, None)
+    }
+
+    /// [`Registry::start`] serving HTTPS with `tls` (certificate, key PEM files).
+    pub fn start_with(users: &[(&str, &str)], tls: Option<(&Path, &Path)>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("unionfs-registry")
             .tempdir()
@@ -58,6 +63,13 @@ impl Registry {
                 file.display()
             )
         };
+        let tls = tls.map_or(String::new(), |(cert, key)| {
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )
+        });
         // A port another test takes between our probe and the registry's bind makes it exit:
         // try again on another.
         for _ in 0..10 {
@@ -67,7 +79,7 @@ impl Registry {
                 &config,
                 format!(
                     "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                     http:\n  addr: 127.0.0.1:{port}\n{auth}",
+                     http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
                     dir.path().join("storage").display()
                 ),
             )
@@ -150,14 +162,15 @@ impl Drop for Registry {
     }
 }
 
-/// Waits until `/v2/` answers (200, or 401 when auth is on); false if the registry exited.
+/// Waits until `/v2/` answers (200, 401 when auth is on, 400 to plain HTTP when it serves
+/// HTTPS); false if the registry exited.
 fn wait_up(child: &mut Child, port: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if matches!(http_status(port, "/v2/"), Some(200 | 401)) {
+        if matches!(http_status(port, "/v2/"), Some(200 | 400 | 401)) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
