@@ -28,10 +28,10 @@ impl Progress for Line {
             b.set_position(0);
         }
     }
-    fn fetch(&self, n: usize, count: usize, digest: &str) {
+    fn fetch(&self, what: &str, digest: &str) {
         if let Some(b) = &self.0 {
             let short = digest.get(..19).unwrap_or(digest);
-            b.set_prefix(format!("fetching layer {n}/{count} {short}"));
+            b.set_prefix(format!("fetching {what} {short}"));
             b.set_position(0);
         }
     }

@@ -299,6 +299,8 @@ fn agent(opts: &Options) -> Result<Agent, Failure> {
         .tls_config(tls.build())
         .timeout_connect(Some(Duration::from_secs(15)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
+        // A blob may take long to come, but a registry that stops sending is given up on.
+        .timeout_per_read(Some(Duration::from_secs(60)))
         .user_agent(concat!("unionfs/", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(Agent::new_with_config(config))

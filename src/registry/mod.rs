@@ -116,6 +116,7 @@ pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progre
         .map_err(|e| s.error(format!("manifest {manifest_digest} is not an image manifest: {e}")))?;
     let named = PathBuf::from(s.reference.to_string());
     let config_digest = manifest.config().digest().to_string();
+    progress.fetch("config", &config_digest);
     fetch::ensure(&mut s, cache, &config_digest, Some(manifest.config().size()), progress)?;
     let config_bytes = layout::read_blob(cache, &config_digest)?;
     let config = ImageConfiguration::from_reader(&config_bytes[..])
@@ -123,7 +124,7 @@ pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progre
     layout::check_platform(&named, &config)?;
     let layers = layout::layer_descs(&named, &manifest, &config)?;
     for (i, l) in layers.iter().enumerate() {
-        progress.fetch(i + 1, layers.len(), &l.digest);
+        progress.fetch(&format!("layer {}/{}", i + 1, layers.len()), &l.digest);
         fetch::ensure(&mut s, cache, &l.digest, Some(l.size), progress)?;
     }
     Ok(Image {

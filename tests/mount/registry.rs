@@ -1,13 +1,15 @@
 //! docs/semantics.md, "Images" (registries): `unionfs mount --image docker://HOST/REPO:TAG`
-//! shows the same view as the `oci:` layout the image was pushed from, for every compression
-//! and by digest; the blobs land in the cache's blob store once, so a second mount fetches
-//! none; credentials come from the containers `auth.json`; and every way of not getting the
-//! image (no credentials, unknown tag, registry gone, a blob whose bytes are not its digest) is
-//! one line, exit 2, nothing mounted.
+//! shows the same view as the `oci:` layout the image was pushed from, for every compression,
+//! as OCI or Docker schema 2 manifests, and by digest; the blobs land in the cache's blob store
+//! once, so a second mount (or two first mounts at once) fetches each blob once; credentials
+//! come from the containers `auth.json`; over TLS the registry's CA comes from `--cert-dir`;
+//! and every way of not getting the image (no or wrong credentials, unknown tag or repository,
+//! registry gone, a refused certificate, a blob whose bytes are not its digest, a media type or
+//! platform we do not read) is one line naming the reference, exit 2, nothing mounted.
 //!
 //! Each test starts its own `docker-registry` on a free loopback port (killed by its PID when
-//! the test ends) and pushes the image `images` builds with `skopeo copy --preserve-digests`,
-//! each compression to its own repository.
+//! the test ends) and pushes an image with `skopeo copy --preserve-digests`, each compression
+//! to its own repository.
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
@@ -81,18 +83,25 @@ fn every_compression_from_a_registry_shows_what_umoci_unpacks() {
     let want = snapshot(&img.unpacked);
     let reg = Registry::start(&[]);
     let t = tempfile::tempdir().expect("tmp");
-    for tag in ["gz", "zst", "chunked"] {
-        reg.push(&img.layout, tag, tag, &[]);
+    // The layout's OCI manifests as they are, and the gzip image as a Docker schema 2 one.
+    let docker = ["--format", "v2s2"];
+    for (tag, repo, extra) in [
+        ("gz", "gz", &[][..]),
+        ("zst", "zst", &[]),
+        ("chunked", "chunked", &[]),
+        ("gz", "docker", &docker),
+    ] {
+        reg.push(&img.layout, tag, repo, extra);
         let m = mount(
-            &reg.reference(tag, tag),
-            &t.path().join(format!("cache-{tag}")),
-            &t.path().join(tag),
+            &reg.reference(repo, tag),
+            &t.path().join(format!("cache-{repo}")),
+            &t.path().join(repo),
             &no_auth(t.path()),
         );
         let d = diff(&want, &snapshot(&m.mnt));
         assert!(
             d.is_empty(),
-            "{tag}: the view differs from umoci unpack:\n{}",
+            "{repo}: the view differs from umoci unpack:\n{}",
             d.join("\n")
         );
         assert_eq!(m.unmount(), Some(0));
