@@ -146,6 +146,20 @@ pub fn open_layers(
     Ok((image, layers))
 }
 
+/// Takes the lock file `path` (made if missing) exclusively, waiting for whoever holds it: one
+/// process makes a shared cache entry (a catalog, a fetched blob), the others then find it.
+/// The lock lasts as long as the file returned stays open.
+pub fn lock_file(path: &Path) -> Result<std::fs::File, ImageError> {
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| ImageError::io(path, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| ImageError::io(path, e.into()))?;
+    Ok(lock)
+}
+
 /// A device number for the objects of the layer `digest`: stable for the layer wherever it is
 /// mounted, and outside the numbers real devices get.
 pub fn layer_dev(digest: &str) -> u64 {

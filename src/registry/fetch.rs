@@ -13,7 +13,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::FlockOperation;
 use sha2::{Digest as _, Sha256};
 use ureq::http::StatusCode;
 
@@ -41,14 +40,7 @@ pub fn ensure(
     for d in [&locks, &dir] {
         std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
     }
-    let lock_path = locks.join(hex);
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ImageError::io(&lock_path, e))?;
-    rustix::fs::flock(&lock, FlockOperation::LockExclusive).map_err(|e| ImageError::io(&lock_path, e.into()))?;
+    let _lock = crate::image::lock_file(&locks.join(hex))?;
     // Someone else may have fetched it while this process waited for the lock.
     if present(&path, size) {
         return Ok(path);

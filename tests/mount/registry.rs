@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::common::{Mount, Registry, bin, is_mounted, registry_prerequisites};
-use crate::images::{diff, images, prerequisites, snapshot};
+use crate::images::{Images, diff, images, prerequisites, snapshot};
 
 fn need() -> bool {
     prerequisites() && registry_prerequisites()
@@ -68,6 +68,17 @@ fn refused_opts(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path, opt
     assert!(err.contains(reference), "{reference}: names the reference: {err}");
     assert!(!is_mounted(mnt), "{reference}: nothing mounted");
     err
+}
+
+/// A registry with the image's `gz` tag pushed as `app:gz`; None when a prerequisite is missing.
+fn with_app() -> Option<(&'static Images, Registry)> {
+    if !need() {
+        return None;
+    }
+    let img = images();
+    let reg = Registry::start(&[]);
+    reg.push(&img.layout, "gz", "app", &[]);
+    Some((img, reg))
 }
 
 fn no_auth(dir: &Path) -> PathBuf {
@@ -125,12 +136,9 @@ fn blob_files(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
 
 #[test]
 fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
-    if !need() {
+    let Some((img, reg)) = with_app() else {
         return;
-    }
-    let img = images();
-    let reg = Registry::start(&[]);
-    reg.push(&img.layout, "gz", "app", &[]);
+    };
     let t = tempfile::tempdir().expect("tmp");
     let cache = t.path().join("cache");
     // Two first mounts at once on an empty cache: each blob is fetched by one of them only.
@@ -235,12 +243,9 @@ fn credentials_come_from_auth_json_and_none_is_one_line_naming_401() {
 
 #[test]
 fn an_unknown_tag_or_repository_or_a_stopped_registry_is_one_line_and_nothing_mounted() {
-    if !need() {
+    let Some((_, mut reg)) = with_app() else {
         return;
-    }
-    let img = images();
-    let mut reg = Registry::start(&[]);
-    reg.push(&img.layout, "gz", "app", &[]);
+    };
     let t = tempfile::tempdir().expect("tmp");
     let (cache, mnt, auth) = (t.path().join("cache"), t.path().join("mnt"), no_auth(t.path()));
     let err = refused(&reg.reference("app", "nope"), &cache, &mnt, &auth);
@@ -255,12 +260,9 @@ fn an_unknown_tag_or_repository_or_a_stopped_registry_is_one_line_and_nothing_mo
 
 #[test]
 fn a_blob_the_registry_serves_corrupt_is_refused_naming_its_digest() {
-    if !need() {
+    let Some((img, reg)) = with_app() else {
         return;
-    }
-    let img = images();
-    let reg = Registry::start(&[]);
-    reg.push(&img.layout, "gz", "app", &[]);
+    };
     let image = unionfs::image::layout::open(&img.layout, Some("gz")).expect("layout");
     let digest = &image.layers[0].digest;
     let hex = digest.trim_start_matches("sha256:");
