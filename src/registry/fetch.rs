@@ -34,6 +34,9 @@ pub fn ensure(
     if present(&path, size) {
         return Ok(path);
     }
+    if !digest.starts_with("sha256:") {
+        return Err(s.error(format!("blob {digest}: only sha256 digests are supported")));
+    }
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     let locks = cache.join("blobs").join("locks");
     let dir = path.parent().unwrap_or(cache).to_path_buf();

@@ -178,6 +178,28 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
         .output()
         .expect("unionfs layers");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Committing into a registry image is not there: refused at once, in one line.
+    let upper = t.path().join("upper");
+    std::fs::create_dir(&upper).expect("mkdir upper");
+    let commit = Command::new(bin())
+        .args([
+            "commit",
+            "--tls-verify",
+            "false",
+            "--tag",
+            "v2",
+            "--image",
+            &reg.reference("app", "gz"),
+        ])
+        .arg("--upper")
+        .arg(&upper)
+        .output()
+        .expect("unionfs commit");
+    let err = String::from_utf8_lossy(&commit.stderr);
+    assert!(
+        commit.status.code() == Some(2) && err.trim().lines().count() == 1,
+        "{err}"
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(rows.as_array().map(Vec::len), Some(image.layers.len()), "{rows}");
     let by_digest = format!("docker://{}/app@{}", reg.host(), image.manifest_digest);
