@@ -203,7 +203,7 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(rows.as_array().map(Vec::len), Some(image.layers.len()), "{rows}");
     let by_digest = format!("docker://{}/app@{}", reg.host(), image.manifest_digest);
-    for (i, reference) in [reg.reference("app", "gz"), by_digest].iter().enumerate() {
+    for (i, reference) in [&reg.reference("app", "gz"), &by_digest].iter().enumerate() {
         let m = mount(
             reference,
             &cache,
@@ -216,6 +216,48 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
         assert_eq!(reg.blob_gets(), fetched, "{reference}: no blob fetched again");
         assert_eq!(blob_files(&cache), stored, "{reference}: the blob store is untouched");
     }
+    // By digest, everything is in the cache: the registry is not needed at all.
+    let mut reg = reg;
+    reg.stop();
+    let m = mount(&by_digest, &cache, &t.path().join("offline"), &no_auth(t.path()));
+    assert!(diff(&first, &snapshot(&m.mnt)).is_empty(), "offline: another view");
+    assert_eq!(m.unmount(), Some(0));
+}
+
+/// (name, inode) of every layer catalog in the cache.
+fn catalogs(cache: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(cache.join("layers"))
+        .expect("ls layers")
+        .map(|e| {
+            let e = e.expect("entry");
+            (e.path(), e.metadata().expect("stat").ino())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn layers_indexed_from_a_layout_serve_the_same_image_from_a_registry() {
+    let Some((img, reg)) = with_app() else {
+        return;
+    };
+    let t = tempfile::tempdir().expect("tmp");
+    let cache = t.path().join("cache");
+    let m = crate::images::mount_image(&img.layout, "gz", &cache, &[], &t.path().join("oci"));
+    let want = snapshot(&m.mnt);
+    assert_eq!(m.unmount(), Some(0));
+    let before = catalogs(&cache);
+    let m = mount(
+        &reg.reference("app", "gz"),
+        &cache,
+        &t.path().join("reg"),
+        &no_auth(t.path()),
+    );
+    let d = diff(&want, &snapshot(&m.mnt));
+    assert!(d.is_empty(), "the registry image shows another view:\n{}", d.join("\n"));
+    assert_eq!(m.unmount(), Some(0));
+    assert_eq!(catalogs(&cache), before, "no layer indexed again");
 }
 
 #[test]
