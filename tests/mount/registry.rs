@@ -2,7 +2,8 @@
 //! shows the same view as the `oci:` layout the image was pushed from, for every compression,
 //! as OCI or Docker schema 2 manifests, and by digest; the blobs land in the cache's blob store
 //! once, so a second mount (or two first mounts at once) fetches each blob once; credentials
-//! come from the containers `auth.json`; over TLS the registry's CA comes from `--cert-dir`;
+//! come from the containers `auth.json` (sent as Basic auth, or for a Bearer token from the
+//! registry's token service); over TLS the registry's CA comes from `--cert-dir`;
 //! and every way of not getting the image (no or wrong credentials, unknown tag or repository,
 //! registry gone, a refused certificate, a blob whose bytes are not its digest, a media type or
 //! platform we do not read) is one line naming the reference, exit 2, nothing mounted.
@@ -16,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{Mount, Registry, bin, is_mounted, registry_prerequisites};
+use crate::common::{Auth, Mount, Registry, bin, is_mounted, registry_prerequisites};
 use crate::images::{Images, diff, images, prerequisites, snapshot};
 
 fn need() -> bool {
@@ -396,13 +397,13 @@ openssl x509 -req -in reg.csr -CA ca/ca.crt -CAkey ca.key -CAcreateserial -out r
 
 #[test]
 fn over_tls_the_registry_ca_comes_from_cert_dir_or_verification_is_off() {
-    if !registry_prerequisites() || !crate::common::require_program("openssl", "openssl") {
+    if !registry_prerequisites() {
         return;
     }
     let t = tempfile::tempdir().expect("tmp");
     let (layout, _) = crate::image_errors::refusable_layout(&t.path().join("layout"));
     let (cert, key) = test_ca(t.path());
-    let reg = Registry::start_with(&[], Some((&cert, &key)));
+    let reg = Registry::start_with(Auth::None, Some((&cert, &key)));
     reg.push(&layout, "ok", "ok", &[]);
     let (reference, auth) = (reg.reference("ok", "ok"), no_auth(t.path()));
     let err = refused_opts(&reference, &t.path().join("c0"), &t.path().join("m0"), &auth, &[]);
@@ -417,4 +418,31 @@ fn over_tls_the_registry_ca_comes_from_cert_dir_or_verification_is_off() {
         assert_eq!(std::fs::read_to_string(m.path("f")).expect("read"), "hi\n", "{opts:?}");
         assert_eq!(m.unmount(), Some(0));
     }
+}
+
+#[test]
+fn a_bearer_token_comes_from_the_realm_the_registry_names_with_the_credentials() {
+    if !registry_prerequisites() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, _) = crate::image_errors::refusable_layout(&t.path().join("layout"));
+    let reg = Registry::start_with(Auth::Token("bob", "t0ken"), None);
+    reg.push(&layout, "ok", "ok", &["--dest-creds=bob:t0ken"]);
+    let reference = reg.reference("ok", "ok");
+    let err = refused(
+        &reference,
+        &t.path().join("c0"),
+        &t.path().join("m0"),
+        &no_auth(t.path()),
+    );
+    assert!(err.contains("401"), "{err}");
+    let auth = t.path().join("auth.json");
+    let json = serde_json::json!({"auths": {reg.host(): {"auth": "Ym9iOnQwa2Vu"}}}); // bob:t0ken
+    std::fs::write(&auth, json.to_string()).expect("write auth.json");
+    let before = reg.tokens_issued();
+    let m = mount(&reference, &t.path().join("c1"), &t.path().join("m1"), &auth);
+    assert_eq!(std::fs::read_to_string(m.path("f")).expect("read"), "hi\n");
+    assert_eq!(m.unmount(), Some(0));
+    assert!(reg.tokens_issued() > before, "the mount got its token from the realm");
 }

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use crate::prereq::require_program;
 
-/// Whether the registry tests can run: the registry, skopeo to push to it and htpasswd (Debian
-/// `apache2-utils`) for its Basic auth; through [`crate::require`].
+/// Whether the registry tests can run: the registry, skopeo to push to it, htpasswd (Debian
+/// `apache2-utils`) for its Basic auth and openssl for its certificates and tokens; through
+/// [`crate::require`].
 #[track_caller]
 pub fn registry_prerequisites() -> bool {
     require_program("docker-registry", "docker-registry")
         && require_program("skopeo", "skopeo")
         && require_program("htpasswd", "apache2-utils")
+        && require_program("openssl", "openssl")
 }
 
 /// A running registry.
@@ -25,43 +27,47 @@ pub struct Registry {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// The token service of a registry with token auth (stopped after the registry).
+    token: Option<crate::token::TokenServer>,
+}
+
+/// How a registry asks for credentials.
+pub enum Auth<'a> {
+    None,
+    /// Basic auth of one of these (name, password), from an `htpasswd` file.
+    Basic(&'a [(&'a str, &'a str)]),
+    /// Bearer tokens from a token service that gives them to this (name, password).
+    Token(&'a str, &'a str),
 }
 
 impl Registry {
     /// Starts a registry; with `users` (name, password), it asks for Basic auth of one of them.
     pub fn start(users: &[(&str, &str)]) -> Registry {
-        Registry::start_with(users, None)
+        let auth = if users.is_empty() {
+            Auth::None
+        } else {
+            Auth::Basic(users)
+        };
+        Registry::start_with(auth, None)
     }
 
-    /// [`Registry::start`] serving HTTPS with `tls` (certificate, key PEM files).
-    pub fn start_with(users: &[(&str, &str)], tls: Option<(&Path, &Path)>) -> Registry {
+    /// Starts a registry asking for `auth`, serving HTTPS with `tls` (certificate, key PEM files)
+    /// if given.
+    pub fn start_with(auth: Auth<'_>, tls: Option<(&Path, &Path)>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("unionfs-registry")
             .tempdir()
             .expect("tmp");
-        let auth = if users.is_empty() {
-            String::new()
-        } else {
-            let file = dir.path().join("htpasswd");
-            let mut lines = String::new();
-            for (u, p) in users {
-                let out = Command::new("htpasswd")
-                    .args(["-Bbn", u, p])
-                    .output()
-                    .expect("htpasswd");
-                assert!(
-                    out.status.success(),
-                    "htpasswd: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
-                lines.push('\n');
+        let mut token = None;
+        let auth = match auth {
+            Auth::None => String::new(),
+            Auth::Basic(users) => htpasswd(dir.path(), users),
+            Auth::Token(user, password) => {
+                let t = crate::token::TokenServer::start(&dir.path().join("token"), user, password);
+                let yaml = t.registry_config();
+                token = Some(t);
+                yaml
             }
-            std::fs::write(&file, lines).expect("write htpasswd");
-            format!(
-                "auth:\n  htpasswd:\n    realm: unionfs-test\n    path: {}\n",
-                file.display()
-            )
         };
         let tls = tls.map_or(String::new(), |(cert, key)| {
             format!(
@@ -99,6 +105,7 @@ impl Registry {
                     child: Some(child),
                     port,
                     dir,
+                    token,
                 };
             }
             let _ = child.kill();
@@ -116,6 +123,13 @@ impl Registry {
     /// `docker://127.0.0.1:PORT/REPO:TAG`.
     pub fn reference(&self, repo: &str, tag: &str) -> String {
         format!("docker://{}/{repo}:{tag}", self.host())
+    }
+
+    /// How many tokens its token service gave out (0 without token auth).
+    pub fn tokens_issued(&self) -> usize {
+        self.token
+            .as_ref()
+            .map_or(0, |t| t.issued.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Where the registry keeps what is pushed.
@@ -160,6 +174,30 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The `auth:` section for Basic auth of `users`, with their `htpasswd` file (bcrypt) in `dir`.
+fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> String {
+    let file = dir.join("htpasswd");
+    let mut lines = String::new();
+    for (u, p) in users {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", u, p])
+            .output()
+            .expect("htpasswd");
+        assert!(
+            out.status.success(),
+            "htpasswd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
+        lines.push('\n');
+    }
+    std::fs::write(&file, lines).expect("write htpasswd");
+    format!(
+        "auth:\n  htpasswd:\n    realm: unionfs-test\n    path: {}\n",
+        file.display()
+    )
 }
 
 /// Waits until `/v2/` answers (200, 401 when auth is on, 400 to plain HTTP when it serves
