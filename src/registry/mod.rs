@@ -117,8 +117,7 @@ pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progre
     let named = PathBuf::from(s.reference.to_string());
     let config_digest = manifest.config().digest().to_string();
     progress.fetch("config", &config_digest);
-    fetch::ensure(&mut s, cache, &config_digest, Some(manifest.config().size()), progress)?;
-    let config_bytes = layout::read_blob(cache, &config_digest)?;
+    let config_bytes = fetch::read_small(&mut s, cache, &config_digest, manifest.config().size(), progress)?;
     let config = ImageConfiguration::from_reader(&config_bytes[..])
         .map_err(|e| s.error(format!("config {config_digest} is not an image config: {e}")))?;
     layout::check_platform(&named, &config)?;

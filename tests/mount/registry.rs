@@ -446,3 +446,27 @@ fn a_bearer_token_comes_from_the_realm_the_registry_names_with_the_credentials()
     assert_eq!(m.unmount(), Some(0));
     assert!(reg.tokens_issued() > before, "the mount got its token from the realm");
 }
+
+#[test]
+fn a_damaged_manifest_or_config_in_the_cache_is_fetched_again() {
+    if !registry_prerequisites() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, _) = crate::image_errors::refusable_layout(&t.path().join("layout"));
+    let reg = Registry::start(&[]);
+    reg.push(&layout, "ok", "ok", &[]);
+    let (cache, auth) = (t.path().join("cache"), no_auth(t.path()));
+    let m = mount(&reg.reference("ok", "ok"), &cache, &t.path().join("m1"), &auth);
+    assert_eq!(m.unmount(), Some(0));
+    let image = unionfs::image::layout::open(&layout, Some("ok")).expect("layout");
+    for digest in [&image.manifest_digest, &image.config_digest] {
+        let p = unionfs::image::layout::blob_path(&cache, digest).expect("path");
+        let mut b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        b[1] ^= 0x01;
+        std::fs::write(&p, &b).expect("damage");
+    }
+    let m = mount(&reg.reference("ok", "ok"), &cache, &t.path().join("m2"), &auth);
+    assert_eq!(std::fs::read_to_string(m.path("f")).expect("read"), "hi\n");
+    assert_eq!(m.unmount(), Some(0));
+}
