@@ -6,9 +6,9 @@
 //! absent. Two processes fetching the same blob take turns on a per-blob lock (`flock` on
 //! `CACHE/blobs/locks/HEX`); the second finds it in place and fetches nothing.
 //!
-//! Lazy fetching (the next step) fits beside this: `Client::get` already takes a byte range, and
-//! a layer with a table of contents will fetch its footer, table and chunks into the content
-//! cache instead of calling [`ensure`].
+//! Lazy fetching (the next step) fits beside this: [`range`] fetches a piece of a blob, and a
+//! layer with a table of contents will fetch its footer, table and chunks with it (each checked
+//! against its digest, kept in the content cache) instead of calling [`ensure`].
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -110,6 +110,36 @@ fn download(
     }
     let f = out.into_inner().map_err(|e| ImageError::io(tmp, e.into_error()))?;
     f.sync_all().map_err(|e| ImageError::io(tmp, e))
+}
+
+/// Bytes `from..from + len` of the blob `digest`, by one range request: what lazy reads of a
+/// layer will be made of. The registry must answer 206 with exactly those bytes; a whole blob
+/// (200) or a short or long answer is refused, never cut to size. The bytes are not checked
+/// here: the caller knows the digest of the piece it asked for (a table of contents entry).
+pub fn range(s: &mut Session, digest: &str, from: u64, len: u64) -> Result<Vec<u8>, ImageError> {
+    let what = format!("blob {digest} bytes {from}+{len}");
+    let last = from
+        .checked_add(len)
+        .and_then(|end| end.checked_sub(1))
+        .ok_or_else(|| s.error(format!("{what}: an empty or impossible range")))?;
+    let mut resp = s
+        .client()?
+        .get(&format!("blobs/{digest}"), None, Some((from, last)))
+        .map_err(|e| s.error(format!("{what}: {e}")))?;
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        let st = resp.status().as_u16();
+        return Err(s.error(format!("{what}: the registry answered HTTP {st}, not a range (206)")));
+    }
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(len.saturating_add(1))
+        .read_to_vec()
+        .map_err(|e| s.error(format!("{what}: {e}")))?;
+    if bytes.len() as u64 != len {
+        return Err(s.error(format!("{what}: the registry sent {} bytes", bytes.len())));
+    }
+    Ok(bytes)
 }
 
 /// Keeps `bytes`, already checked to hash to `digest`, in the store (a manifest fetched by

@@ -67,7 +67,16 @@ pub struct Session<'a> {
     client: Option<Client>,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    /// A session for the image `reference` names (no connection until one is needed).
+    pub fn new(reference: &str, opts: &'a Options) -> Result<Session<'a>, ImageError> {
+        Ok(Session {
+            reference: Reference::parse(reference).map_err(ImageError::Reference)?,
+            opts,
+            client: None,
+        })
+    }
+
     fn client(&mut self) -> Result<&Client, ImageError> {
         if self.client.is_none() {
             let files = auth::auth_files();
@@ -100,15 +109,10 @@ impl Session<'_> {
 /// missing, which `progress` follows). The image's `layout` is the cache directory: its blobs
 /// are where an OCI layout keeps them.
 pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progress) -> Result<Image, ImageError> {
-    let r = Reference::parse(reference).map_err(ImageError::Reference)?;
-    let tag = match &r.image {
+    let mut s = Session::new(reference, opts)?;
+    let tag = match &s.reference.image {
         Which::Tag(t) => Some(t.clone()),
         Which::Digest(_) => None,
-    };
-    let mut s = Session {
-        reference: r,
-        opts,
-        client: None,
     };
     let manifest_digest = resolve(&mut s, cache)?;
     let bytes = layout::read_blob(cache, &manifest_digest)?;

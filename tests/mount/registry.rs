@@ -470,3 +470,31 @@ fn a_damaged_manifest_or_config_in_the_cache_is_fetched_again() {
     assert_eq!(std::fs::read_to_string(m.path("f")).expect("read"), "hi\n");
     assert_eq!(m.unmount(), Some(0));
 }
+
+#[test]
+fn a_range_of_a_blob_is_exactly_those_bytes_or_refused() {
+    if !registry_prerequisites() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, _) = crate::image_errors::refusable_layout(&t.path().join("layout"));
+    let reg = Registry::start(&[]);
+    reg.push(&layout, "ok", "ok", &[]);
+    let image = unionfs::image::layout::open(&layout, Some("ok")).expect("layout");
+    let digest = &image.layers[0].digest;
+    let blob = unionfs::image::layout::read_blob(&layout, digest).expect("blob");
+    let opts = unionfs::registry::Options {
+        tls_verify: false,
+        cert_dir: None,
+    };
+    let mut s = unionfs::registry::Session::new(&reg.reference("ok", "ok"), &opts).expect("reference");
+    let n = blob.len() as u64;
+    for (from, len) in [(0, 10), (100, 512), (n - 7, 7), (0, n)] {
+        let got = unionfs::registry::fetch::range(&mut s, digest, from, len).expect("range");
+        assert_eq!(got, blob[from as usize..(from + len) as usize], "{from}+{len}");
+    }
+    for (from, len) in [(n - 1, 10), (n + 5, 1), (0, 0)] {
+        let e = unionfs::registry::fetch::range(&mut s, digest, from, len).expect_err("outside the blob");
+        assert!(e.to_string().contains(digest.as_str()), "{e}");
+    }
+}
