@@ -120,10 +120,9 @@ fn every_compression_from_a_registry_shows_what_umoci_unpacks() {
     }
 }
 
-/// (inode, mtime in ns) of every file of the cache's blob store.
-fn blob_files(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
-    let dir = cache.join("blobs/sha256");
-    let mut out: Vec<_> = std::fs::read_dir(&dir)
+/// (path, inode, mtime in ns) of every file in `dir`: what a file replaced or rewritten changes.
+fn files_in(dir: &Path) -> Vec<(PathBuf, u64, i64)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| {
             let e = e.expect("entry");
@@ -133,6 +132,11 @@ fn blob_files(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
         .collect();
     out.sort();
     out
+}
+
+/// The files of the cache's blob store.
+fn blob_files(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
+    files_in(&cache.join("blobs/sha256"))
 }
 
 #[test]
@@ -225,17 +229,9 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
     assert_eq!(m.unmount(), Some(0));
 }
 
-/// (name, inode) of every layer catalog in the cache.
-fn catalogs(cache: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out: Vec<_> = std::fs::read_dir(cache.join("layers"))
-        .expect("ls layers")
-        .map(|e| {
-            let e = e.expect("entry");
-            (e.path(), e.metadata().expect("stat").ino())
-        })
-        .collect();
-    out.sort();
-    out
+/// The layer catalogs of the cache.
+fn catalogs(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
+    files_in(&cache.join("layers"))
 }
 
 #[test]

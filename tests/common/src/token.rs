@@ -44,17 +44,7 @@ impl TokenServer {
     /// Starts a service in `dir` that gives tokens to `user` with `password` only.
     pub fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
         std::fs::create_dir_all(dir).expect("mkdir token dir");
-        let out = Command::new("sh")
-            .arg("-ec")
-            .arg(SETUP)
-            .current_dir(dir)
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "token set-up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        shell(dir, SETUP, &[]);
         let basic = shell(dir, &format!("printf '%s' '{user}:{password}' | base64 -w0"), &[]);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
