@@ -120,6 +120,12 @@ command -v podman >/dev/null || need+=(podman)
 # skopeo copies them into OCI layouts and inspects what `unionfs commit --image` wrote.
 command -v buildah >/dev/null || need+=(buildah)
 command -v skopeo >/dev/null || need+=(skopeo)
+# The registry tests (tests/mount/registry.rs): Docker Distribution serves pushed images on a
+# loopback port; htpasswd (apache2-utils) writes the bcrypt password file of its Basic auth,
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+# ... and openssl makes the test CA of its HTTPS registry (--cert-dir).
+command -v openssl >/dev/null || need+=(openssl)
 # tests/podman.rs: a busybox image, and rootless Podman's subordinate id maps.
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v newuidmap >/dev/null || need+=(uidmap)

@@ -147,6 +147,9 @@ pub struct ImageSource {
     pub cache_dir: PathBuf,
     /// How many bytes of file contents the content cache may hold.
     pub cache_size: u64,
+    /// How to reach the registry of a `docker://` image.
+    #[serde(default)]
+    pub registry: crate::registry::Options,
 }
 
 /// 4 GiB of file contents decompressed from layers.
@@ -159,12 +162,14 @@ impl ImageSource {
             reference: reference.to_string(),
             cache_dir: default_cache_dir(),
             cache_size: DEFAULT_CACHE_SIZE,
+            registry: crate::registry::Options::default(),
         }
     }
 
-    /// The same image with absolute paths (the layout `dir` found at `tag`, and the cache): the
-    /// daemon serves from `/` once in the background, where relative paths mean other things.
-    fn absolute(&self, dir: &Path, tag: Option<&str>) -> Result<ImageSource, SetupError> {
+    /// The same image with absolute paths (the layout `dir` found at `tag`, if a layout, and
+    /// the cache): the daemon serves from `/` once in the background, where relative paths mean
+    /// other things.
+    fn absolute(&self, layout: Option<(&Path, Option<&str>)>) -> Result<ImageSource, SetupError> {
         let abs = |role: &'static str, p: &Path| {
             std::path::absolute(p).map_err(|source| SetupError::Io {
                 role,
@@ -172,15 +177,30 @@ impl ImageSource {
                 source,
             })
         };
-        let dir = abs("image layout", dir)?;
-        let reference = match tag {
-            Some(t) => format!("oci:{}:{t}", dir.display()),
-            None => format!("oci:{}", dir.display()),
+        let reference = match layout {
+            Some((dir, tag)) => {
+                let dir = abs("image layout", dir)?;
+                match tag {
+                    Some(t) => format!("oci:{}:{t}", dir.display()),
+                    None => format!("oci:{}", dir.display()),
+                }
+            }
+            None => self.reference.clone(),
         };
+        let cert_dir = self
+            .registry
+            .cert_dir
+            .as_deref()
+            .map(|d| abs("--cert-dir", d))
+            .transpose()?;
         Ok(ImageSource {
             reference,
             cache_dir: abs("image cache", &self.cache_dir)?,
             cache_size: self.cache_size,
+            registry: crate::registry::Options {
+                cert_dir,
+                ..self.registry.clone()
+            },
         })
     }
 }
@@ -242,11 +262,17 @@ impl MountConfig {
             return Err(SetupError::NoLower);
         }
         let image = match &self.image {
+            // Only the reference's form is checked here: the registry is asked once, where the
+            // image is opened (before the daemon starts, with a progress line).
+            Some(img) if crate::registry::is_registry(&img.reference) => {
+                crate::registry::reference::Reference::parse(&img.reference).map_err(SetupError::Invalid)?;
+                Some(img.absolute(None)?)
+            }
             Some(img) => {
                 let (dir, tag) = crate::image::layout::parse_reference(&img.reference)
                     .map_err(|e| SetupError::Invalid(e.to_string()))?;
                 crate::image::layout::open(&dir, tag.as_deref()).map_err(|e| SetupError::Invalid(e.to_string()))?;
-                Some(img.absolute(&dir, tag.as_deref())?)
+                Some(img.absolute(Some((&dir, tag.as_deref())))?)
             }
             None => None,
         };

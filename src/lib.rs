@@ -25,6 +25,7 @@ pub mod image;
 pub mod inuse;
 pub mod layers;
 pub mod mountinfo;
+pub mod registry;
 pub(crate) mod sys;
 pub mod union;
 

@@ -24,7 +24,14 @@ impl Progress for Line {
     fn layer(&self, n: usize, count: usize, digest: &str) {
         if let Some(b) = &self.0 {
             let short = digest.get(..19).unwrap_or(digest);
-            b.set_prefix(format!("layer {n}/{count} {short}"));
+            b.set_prefix(format!("indexing layer {n}/{count} {short}"));
+            b.set_position(0);
+        }
+    }
+    fn fetch(&self, what: &str, digest: &str) {
+        if let Some(b) = &self.0 {
+            let short = digest.get(..19).unwrap_or(digest);
+            b.set_prefix(format!("fetching {what} {short}"));
             b.set_position(0);
         }
     }
@@ -39,18 +46,24 @@ impl Progress for Line {
 /// Makes the catalogs of the image `config` names (if any). The error is one line.
 pub fn index(config: &MountConfig) -> Result<(), String> {
     let Some(img) = &config.image else { return Ok(()) };
-    open(&img.reference, &img.cache_dir, img.cache_size)
+    open(&img.reference, &img.cache_dir, &img.registry, img.cache_size)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
-/// Opens the image `reference` (`oci:DIR[:TAG]`) with its catalogs in `cache_dir` (made with a
-/// progress line where missing): the image and its layers, top first.
-pub fn open(reference: &str, cache_dir: &Path, cache_size: u64) -> Result<(Image, Vec<ImageLayer>), ImageError> {
+/// Opens the image `reference` (`oci:DIR[:TAG]`, or `docker://…` reached as `registry` says)
+/// with its catalogs (and a registry image's blobs) in `cache_dir`, made or fetched with a
+/// progress line where missing: the image and its layers, top first.
+pub fn open(
+    reference: &str,
+    cache_dir: &Path,
+    registry: &unionfs::registry::Options,
+    cache_size: u64,
+) -> Result<(Image, Vec<ImageLayer>), ImageError> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new_spinner();
         b.set_style(
-            ProgressStyle::with_template("{spinner} indexing {prefix}: {msg} [{elapsed}]")
+            ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         b.enable_steady_tick(Duration::from_millis(120));
@@ -58,7 +71,7 @@ pub fn open(reference: &str, cache_dir: &Path, cache_size: u64) -> Result<(Image
     });
     let line = Line(bar);
     let cache = Arc::new(ContentCache::new(cache_dir, cache_size));
-    let r = unionfs::image::open_layers(reference, cache_dir, cache, &line);
+    let r = unionfs::image::open_layers(reference, cache_dir, registry, cache, &line);
     if let Some(b) = &line.0 {
         b.finish_and_clear();
     }

@@ -37,6 +37,9 @@ pub(crate) struct MountSpec {
     /// `--cache`, `--cache-size`: where and how much of the image's data is kept.
     pub cache_dir: Option<PathBuf>,
     pub cache_size: Option<u64>,
+    /// `--tls-verify`, `--cert-dir`: how to reach a `docker://` image's registry.
+    pub tls_verify: Option<bool>,
+    pub cert_dir: Option<PathBuf>,
 }
 
 /// What the library mounts with: the checked configuration (canonical paths), the session's
@@ -64,6 +67,8 @@ impl MountSpec {
             image: None,
             cache_dir: None,
             cache_size: None,
+            tls_verify: None,
+            cert_dir: None,
         }
     }
 
@@ -111,12 +116,16 @@ impl MountSpec {
 impl MountSpec {
     /// The image the options name, with its cache.
     fn image_source(&self) -> Result<Option<unionfs::config::ImageSource>, String> {
+        let registry_opts = self.tls_verify.is_some() || self.cert_dir.is_some();
         let Some(reference) = &self.image else {
-            if self.cache_dir.is_some() || self.cache_size.is_some() {
-                return Err("--cache and --cache-size are for --image".into());
+            if self.cache_dir.is_some() || self.cache_size.is_some() || registry_opts {
+                return Err("--cache, --cache-size, --tls-verify and --cert-dir are for --image".into());
             }
             return Ok(None);
         };
+        if registry_opts && !unionfs::registry::is_registry(reference) {
+            return Err("--tls-verify and --cert-dir are for a registry image (--image docker://...)".into());
+        }
         let mut src = unionfs::config::ImageSource::new(reference);
         if let Some(d) = &self.cache_dir {
             src.cache_dir = d.clone();
@@ -124,6 +133,10 @@ impl MountSpec {
         if let Some(n) = self.cache_size {
             src.cache_size = n;
         }
+        src.registry = unionfs::registry::Options {
+            tls_verify: self.tls_verify.unwrap_or(true),
+            cert_dir: self.cert_dir.clone(),
+        };
         Ok(Some(src))
     }
 }

@@ -417,15 +417,7 @@ fn open_or_build(cat: &Path, blob: &Path, desc: &LayerDesc, progress: &dyn Progr
     }
     let dir = cat.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
-    let lock_path = cat.with_extension("lock");
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ImageError::io(&lock_path, e))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| ImageError::io(&lock_path, e.into()))?;
+    let _lock = super::lock_file(&cat.with_extension("lock"))?;
     if let Some(s) = usable(Stored::open(cat)) {
         return Ok(s);
     }

@@ -184,36 +184,40 @@ fn resolve_platform(dir: &Path, digest: &str, media: &MediaType) -> Result<Strin
             format!("not an image index: {e}"),
         )
     })?;
+    match pick_platform(&idx) {
+        Ok((child, media)) => resolve_platform(dir, &child, &media),
+        Err(why) => Err(ImageError::platform(blob_path(dir, digest).unwrap_or_default(), why)),
+    }
+}
+
+/// The entry of the image index `idx` for this machine (linux and its architecture): its
+/// digest and media type, or why there is none.
+pub(crate) fn pick_platform(idx: &ImageIndex) -> Result<(String, MediaType), String> {
     let arch = host_arch();
     let found = idx.manifests().iter().find(|d| {
         d.platform()
             .as_ref()
             .is_some_and(|p| p.architecture().to_string() == arch && p.os().to_string() == "linux")
     });
-    match found {
-        Some(d) => resolve_platform(dir, d.digest().as_ref(), d.media_type()),
-        None => {
-            let have: Vec<String> = idx
-                .manifests()
-                .iter()
-                .filter_map(|d| {
-                    d.platform()
-                        .as_ref()
-                        .map(|p| format!("{}/{}", p.os(), p.architecture()))
-                })
-                .collect();
-            Err(ImageError::platform(
-                blob_path(dir, digest).unwrap_or_default(),
-                format!(
-                    "no manifest for linux/{arch} in this image index (it has: {})",
-                    have.join(", ")
-                ),
-            ))
-        }
+    if let Some(d) = found {
+        return Ok((d.digest().to_string(), d.media_type().clone()));
     }
+    let have: Vec<String> = idx
+        .manifests()
+        .iter()
+        .filter_map(|d| {
+            d.platform()
+                .as_ref()
+                .map(|p| format!("{}/{}", p.os(), p.architecture()))
+        })
+        .collect();
+    Err(format!(
+        "no manifest for linux/{arch} in this image index (it has: {})",
+        have.join(", ")
+    ))
 }
 
-fn check_platform(dir: &Path, config: &ImageConfiguration) -> Result<(), ImageError> {
+pub(crate) fn check_platform(dir: &Path, config: &ImageConfiguration) -> Result<(), ImageError> {
     let (os, arch) = (config.os().to_string(), config.architecture().to_string());
     if os != "linux" || arch != host_arch() {
         return Err(ImageError::platform(
@@ -246,7 +250,11 @@ pub fn compression_of(dir: &Path, media: &str) -> Result<Compression, ImageError
     })
 }
 
-fn layer_descs(dir: &Path, m: &ImageManifest, config: &ImageConfiguration) -> Result<Vec<LayerDesc>, ImageError> {
+pub(crate) fn layer_descs(
+    dir: &Path,
+    m: &ImageManifest,
+    config: &ImageConfiguration,
+) -> Result<Vec<LayerDesc>, ImageError> {
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != m.layers().len() {
         return Err(ImageError::invalid(

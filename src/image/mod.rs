@@ -27,6 +27,9 @@ use self::scan::Progress;
 pub enum ImageError {
     #[error("{0}")]
     Reference(String),
+    /// A registry image that cannot be had: `reference` as given, and why.
+    #[error("{reference}: {reason}")]
+    Registry { reference: String, reason: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -74,17 +77,34 @@ impl ImageError {
     }
 }
 
-/// The layers of the image `reference` (`oci:DIR[:TAG]`), top first, open for reading with
+/// The image `reference` names: an `oci:DIR[:TAG]` layout, or a registry's
+/// `docker://HOST/REPO[:TAG|@DIGEST]` with its blobs fetched into the store of `cache_dir`
+/// where missing (`registry` says how to reach it).
+pub fn open_image(
+    reference: &str,
+    cache_dir: &Path,
+    registry: &crate::registry::Options,
+    progress: &dyn Progress,
+) -> Result<layout::Image, ImageError> {
+    if crate::registry::is_registry(reference) {
+        return crate::registry::open(reference, cache_dir, registry, progress);
+    }
+    let (dir, tag) = layout::parse_reference(reference)?;
+    layout::open(&dir, tag.as_deref())
+}
+
+/// The layers of the image `reference` (see [`open_image`]), top first, open for reading with
 /// their catalogs in `cache_dir` (each made by one pass over its blob the first time, which
 /// `progress` follows), and the image itself.
 pub fn open_layers(
     reference: &str,
     cache_dir: &Path,
+    registry: &crate::registry::Options,
     cache: Arc<ContentCache>,
     progress: &dyn Progress,
 ) -> Result<(layout::Image, Vec<ImageLayer>), ImageError> {
-    let (dir, tag) = layout::parse_reference(reference)?;
-    let image = layout::open(&dir, tag.as_deref())?;
+    let image = open_image(reference, cache_dir, registry, progress)?;
+    let dir = image.layout.clone();
     let descs: Vec<&layout::LayerDesc> = image.layers.iter().rev().collect();
     // Layers without a catalog are scanned side by side, one more at a time than there are
     // cores: a scan is one thread inflating and reading the tar and two hashing (`tee.rs`), so
@@ -125,6 +145,20 @@ pub fn open_layers(
         }
     }
     Ok((image, layers))
+}
+
+/// Takes the lock file `path` (made if missing) exclusively, waiting for whoever holds it: one
+/// process makes a shared cache entry (a catalog, a fetched blob), the others then find it.
+/// The lock lasts as long as the file returned stays open.
+pub fn lock_file(path: &Path) -> Result<std::fs::File, ImageError> {
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| ImageError::io(path, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| ImageError::io(path, e.into()))?;
+    Ok(lock)
 }
 
 /// A device number for the objects of the layer `digest`: stable for the layer wherever it is

@@ -32,7 +32,10 @@ pub struct Scanned {
 pub trait Progress: Sync {
     /// Layer `n` of `count` (`digest`) is being opened (scanned if it has no catalog yet).
     fn layer(&self, _n: usize, _count: usize, _digest: &str) {}
-    /// `n` more bytes of the blob read.
+    /// The blob `digest` (`what` it is: `config`, `layer 2/5`) is being fetched from a registry
+    /// (its bytes follow).
+    fn fetch(&self, _what: &str, _digest: &str) {}
+    /// `n` more bytes of the blob read (or fetched).
     fn blob_bytes(&self, _n: u64) {}
     /// One more tar entry.
     fn entry(&self) {}

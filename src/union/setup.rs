@@ -212,7 +212,7 @@ fn open_image_layers(img: &ImageSource) -> Result<Vec<Layer>, SetupError> {
     struct Quiet;
     impl crate::image::scan::Progress for Quiet {}
     let cache = Arc::new(ContentCache::new(&img.cache_dir, img.cache_size));
-    let (image, layers) = crate::image::open_layers(&img.reference, &img.cache_dir, cache, &Quiet)
+    let (image, layers) = crate::image::open_layers(&img.reference, &img.cache_dir, &img.registry, cache, &Quiet)
         .map_err(|e| SetupError::Invalid(e.to_string()))?;
     let mut out = Vec::with_capacity(layers.len());
     for layer in layers {

@@ -37,10 +37,11 @@ fn image(layout: &Path, layer_media: &str, arch: &str, platform: bool) -> serde_
     d
 }
 
-#[test]
-fn an_unsupported_media_type_a_foreign_platform_or_no_match_in_an_index_is_one_line() {
-    let t = tempfile::tempdir().expect("tmp");
-    let layout = oci::new_layout(&t.path().join("layout"));
+/// A layout with the tags `ok` (a well-formed image), `bz2` (a layer media type we do not
+/// read), `foreign` (an image for another architecture) and `list` (an image index without an
+/// entry for this machine); and that other architecture.
+pub(crate) fn refusable_layout(dir: &Path) -> (std::path::PathBuf, &'static str) {
+    let layout = oci::new_layout(dir);
     let foreign = if unionfs::image::layout::host_arch() == "s390x" {
         "riscv64"
     } else {
@@ -71,6 +72,13 @@ fn an_unsupported_media_type_a_foreign_platform_or_no_match_in_an_index_is_one_l
             oci::tagged(list, "list"),
         ],
     );
+    (layout, foreign)
+}
+
+#[test]
+fn an_unsupported_media_type_a_foreign_platform_or_no_match_in_an_index_is_one_line() {
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, foreign) = refusable_layout(&t.path().join("layout"));
     let before: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
         .expect("ls")
         .map(|e| e.map(|e| e.path()))

@@ -44,6 +44,7 @@ mod pitfalls;
 mod readdir;
 mod redirect;
 mod reference;
+mod registry;
 mod rename;
 mod terms;
 mod unlink;

@@ -92,6 +92,18 @@ pub fn commit(a: CommitArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if a.tag.is_some()
+        && a.stack
+            .image
+            .image
+            .as_deref()
+            .is_some_and(unionfs::registry::is_registry)
+    {
+        eprintln!(
+            "unionfs: --tag commits into an image layout (oci:DIR); a registry image is read-only here: use --output FILE"
+        );
+        return ExitCode::from(2);
+    }
     let upper = a.stack.upper.clone();
     let stack = match open_dirs(a.stack.lower.as_ref(), Some(&upper))
         .and_then(|s| Ok(s.with_workdir(workdir_of(a.workdir.clone(), &upper)?)))

@@ -41,12 +41,19 @@ pub struct StackArgs {
 pub struct ImageArgs {
     /// An OCI image whose layers lie below the --lower layers (if any), as `unionfs mount
     /// --image` stacks them.
-    #[arg(long, value_name = "oci:DIR[:TAG]")]
+    #[arg(long, value_name = "oci:DIR[:TAG]|docker://HOST/REPO[:TAG|@DIGEST]")]
     image: Option<String>,
-    /// Where the image's layer catalogs are kept, shared with mounts [default:
-    /// $XDG_CACHE_HOME/unionfs, else ~/.cache/unionfs].
+    /// Where the image's layer catalogs (and a registry image's blobs) are kept, shared with
+    /// mounts [default: $XDG_CACHE_HOME/unionfs, else ~/.cache/unionfs].
     #[arg(long, value_name = "DIR", requires = "image")]
     cache: Option<PathBuf>,
+    /// `false`: reach the registry of a docker:// image without verifying its certificate, or
+    /// over plain HTTP.
+    #[arg(long, value_name = "true|false", requires = "image", action = clap::ArgAction::Set)]
+    tls_verify: Option<bool>,
+    /// Extra CA certificates (*.crt, *.pem) for the registry of a docker:// image.
+    #[arg(long, value_name = "DIR", requires = "image")]
+    cert_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -203,7 +210,11 @@ fn with_image(stack: Stack, a: &ImageArgs) -> Result<Stack, LayerError> {
         return Ok(stack);
     };
     let cache = a.cache.clone().unwrap_or_else(unionfs::config::default_cache_dir);
-    let (image, layers) = super::image::open(reference, &cache, unionfs::config::DEFAULT_CACHE_SIZE)?;
+    let registry = unionfs::registry::Options {
+        tls_verify: a.tls_verify.unwrap_or(true),
+        cert_dir: a.cert_dir.clone(),
+    };
+    let (image, layers) = super::image::open(reference, &cache, &registry, unionfs::config::DEFAULT_CACHE_SIZE)?;
     stack.with_image(image, layers)
 }
 

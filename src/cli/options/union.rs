@@ -176,9 +176,10 @@ pub(super) static ROWS: &[Row] = &[
         names: &["image="],
         flag: flag(
             "--image",
-            Some("oci:DIR[:TAG]"),
+            Some("oci:DIR[:TAG]|docker://HOST/REPO[:TAG|@DIGEST]"),
             "An OCI image whose layers lie below the lowers (if any), read in place from its \
-             blobs, without unpacking.",
+             blobs, without unpacking: from an image layout, or fetched from a registry into \
+             the cache first.",
         ),
         class: Class::Ours,
         example: "image=oci:/srv/layout:v1",
@@ -217,6 +218,42 @@ pub(super) static ROWS: &[Row] = &[
         why: "a bound on the disk the cache uses",
         apply: |s, i| {
             s.cache_size = Some(super::parse_size(&i.text())?);
+            Ok(())
+        },
+    },
+    Row {
+        names: &["tls_verify="],
+        flag: flag(
+            "--tls-verify",
+            Some("true|false"),
+            "false: reach the registry of a docker:// image without verifying its TLS \
+             certificate, or over plain HTTP when it does not speak TLS [default: true].",
+        ),
+        class: Class::Ours,
+        example: "tls_verify=false",
+        why: "registry images are ours; skopeo and Podman spell it so",
+        apply: |s, i| {
+            s.tls_verify = Some(match i.bytes() {
+                b"true" => true,
+                b"false" => false,
+                _ => on_off(i).map_err(|_| "must be 'true' or 'false'".to_string())?,
+            });
+            Ok(())
+        },
+    },
+    Row {
+        names: &["cert_dir="],
+        flag: flag(
+            "--cert-dir",
+            Some("DIR"),
+            "CA certificates (*.crt, *.pem) trusted for the registry of a docker:// image, \
+             besides the system's.",
+        ),
+        class: Class::Ours,
+        example: "cert_dir=/etc/containers/certs.d/reg.example",
+        why: "registry images are ours; skopeo and Podman spell it so",
+        apply: |s, i| {
+            s.cert_dir = Some(i.path());
             Ok(())
         },
     },

@@ -9,6 +9,8 @@
 //! - [`io`]: errnos, shared mappings, running a program just written, aligned buffers;
 //! - [`prereq`] and [`users`]: the one gate every skip goes through, the test accounts;
 //! - [`kernel`]: kernel overlayfs and tmpfs mounts as guards;
+//! - [`registry`]: a real registry (`docker-registry`) on a loopback port, as a guard, and
+//!   [`token`], the token service of one with token auth;
 //! - [`rng`], and the scenarios of [`deep`] trees, [`direct_io`] and the [`podman`] store.
 //!
 //! A crate rather than a module each test binary compiles: every binary uses part of it, and a
@@ -22,8 +24,10 @@ pub mod layers;
 pub mod mount;
 pub mod podman;
 pub mod prereq;
+pub mod registry;
 pub mod rng;
 pub mod scenario;
+pub mod token;
 pub mod tree;
 pub mod users;
 pub mod xattr;
@@ -33,6 +37,7 @@ pub use kernel::*;
 pub use layers::*;
 pub use mount::*;
 pub use prereq::*;
+pub use registry::*;
 pub use rng::*;
 pub use scenario::*;
 pub use tree::*;

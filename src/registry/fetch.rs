@@ -1,0 +1,185 @@
+//! The cache's blob store, `CACHE/blobs/sha256/HEX`, filled from the registry: content-addressed
+//! and shared by every mount and image, so a blob already there is never fetched again.
+//!
+//! A blob is streamed to a temporary file, hashed on the way, and renamed into place only when
+//! its sha256 and size are those of its descriptor: a blob in the store is whole and right or
+//! absent. Two processes fetching the same blob take turns on a per-blob lock (`flock` on
+//! `CACHE/blobs/locks/HEX`); the second finds it in place and fetches nothing.
+//!
+//! Lazy fetching (the next step) fits beside this: [`range`] fetches a piece of a blob, and a
+//! layer with a table of contents will fetch its footer, table and chunks with it (each checked
+//! against its digest, kept in the content cache) instead of calling [`ensure`].
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use ureq::http::StatusCode;
+
+use super::Session;
+use crate::image::ImageError;
+use crate::image::layout;
+use crate::image::scan::Progress;
+
+/// The blob `digest` (of `size` bytes when known) in the store of `cache`, fetched first when
+/// it is not there yet.
+pub fn ensure(
+    s: &mut Session,
+    cache: &Path,
+    digest: &str,
+    size: Option<u64>,
+    progress: &dyn Progress,
+) -> Result<PathBuf, ImageError> {
+    let path = layout::blob_path(cache, digest)?;
+    if present(&path, size) {
+        return Ok(path);
+    }
+    if !digest.starts_with("sha256:") {
+        return Err(s.error(format!("blob {digest}: only sha256 digests are supported")));
+    }
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    let locks = cache.join("blobs").join("locks");
+    let dir = path.parent().unwrap_or(cache).to_path_buf();
+    for d in [&locks, &dir] {
+        std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
+    }
+    let _lock = crate::image::lock_file(&locks.join(hex))?;
+    // Someone else may have fetched it while this process waited for the lock.
+    if present(&path, size) {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".tmp.{}.{hex}", std::process::id()));
+    let r = download(s, digest, size, &tmp, progress)
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| ImageError::io(&path, e)));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map(|()| path)
+}
+
+fn present(path: &Path, size: Option<u64>) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && size.is_none_or(|n| m.len() == n))
+}
+
+/// Streams the blob into `tmp`, checking its sha256 and size.
+fn download(
+    s: &mut Session,
+    digest: &str,
+    size: Option<u64>,
+    tmp: &Path,
+    progress: &dyn Progress,
+) -> Result<(), ImageError> {
+    let resp = s
+        .client()?
+        .get(&format!("blobs/{digest}"), None, None)
+        .map_err(|e| s.error(format!("blob {digest}: {e}")))?;
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Err(s.error(format!("blob {digest} not found (404)"))),
+        st => return Err(s.error(format!("blob {digest}: the registry answered HTTP {}", st.as_u16()))),
+    }
+    let mut body = resp.into_body().into_reader();
+    let file = std::fs::File::create(tmp).map_err(|e| ImageError::io(tmp, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 17];
+    loop {
+        let n = body
+            .read(&mut buf)
+            .map_err(|e| s.error(format!("blob {digest}: the transfer failed: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+        if size.is_some_and(|want| got > want) {
+            return Err(s.error(format!(
+                "blob {digest} is corrupt: the registry sent more than its {} bytes",
+                size.unwrap_or_default()
+            )));
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| ImageError::io(tmp, e))?;
+        progress.blob_bytes(n as u64);
+    }
+    let actual = format!("sha256:{:x}", h.finalize());
+    if actual != digest || size.is_some_and(|want| want != got) {
+        return Err(s.error(format!(
+            "blob {digest} is corrupt: the registry sent {got} bytes whose digest is {actual}"
+        )));
+    }
+    let f = out.into_inner().map_err(|e| ImageError::io(tmp, e.into_error()))?;
+    f.sync_all().map_err(|e| ImageError::io(tmp, e))
+}
+
+/// Bytes `from..from + len` of the blob `digest`, by one range request: what lazy reads of a
+/// layer will be made of. The registry must answer 206 with exactly those bytes; a whole blob
+/// (200) or a short or long answer is refused, never cut to size. The bytes are not checked
+/// here: the caller knows the digest of the piece it asked for (a table of contents entry).
+pub fn range(s: &mut Session, digest: &str, from: u64, len: u64) -> Result<Vec<u8>, ImageError> {
+    let what = format!("blob {digest} bytes {from}+{len}");
+    let last = from
+        .checked_add(len)
+        .and_then(|end| end.checked_sub(1))
+        .ok_or_else(|| s.error(format!("{what}: an empty or impossible range")))?;
+    let mut resp = s
+        .client()?
+        .get(&format!("blobs/{digest}"), None, Some((from, last)))
+        .map_err(|e| s.error(format!("{what}: {e}")))?;
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        let st = resp.status().as_u16();
+        return Err(s.error(format!("{what}: the registry answered HTTP {st}, not a range (206)")));
+    }
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(len.saturating_add(1))
+        .read_to_vec()
+        .map_err(|e| s.error(format!("{what}: {e}")))?;
+    if bytes.len() as u64 != len {
+        return Err(s.error(format!("{what}: the registry sent {} bytes", bytes.len())));
+    }
+    Ok(bytes)
+}
+
+/// Keeps `bytes`, already checked to hash to `digest`, in the store (a manifest fetched by
+/// tag, so that a later open by digest needs no registry).
+pub fn keep(cache: &Path, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
+    let path = layout::blob_path(cache, digest)?;
+    // Compared whole (it is small): a damaged copy of the same size is replaced.
+    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(cache);
+    std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    let tmp = dir.join(format!(".tmp.{}.{hex}", std::process::id()));
+    let r = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map_err(|e| ImageError::io(&path, e))
+}
+
+/// A small blob (a config) read whole and checked against its digest, fetched first when the
+/// store lacks it; a damaged copy in the store is fetched again once.
+pub fn read_small(
+    s: &mut Session,
+    cache: &Path,
+    digest: &str,
+    size: u64,
+    progress: &dyn Progress,
+) -> Result<Vec<u8>, ImageError> {
+    let path = ensure(s, cache, digest, Some(size), progress)?;
+    match layout::read_blob(cache, digest) {
+        Err(ImageError::Corrupt { .. }) => {
+            tracing::warn!("{}: damaged; fetched again", path.display());
+            std::fs::remove_file(&path).map_err(|e| ImageError::io(&path, e))?;
+            ensure(s, cache, digest, Some(size), progress)?;
+            layout::read_blob(cache, digest)
+        }
+        r => r,
+    }
+}
