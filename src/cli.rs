@@ -168,9 +168,13 @@ fn mount(spec: MountSpec, child_args: Vec<OsString>) -> ExitCode {
         }
     };
     // An image's layers are indexed here, where the terminal is, before the daemon starts.
-    if let Err(e) = image::index(&prepared.config) {
-        eprintln!("unionfs: {e}");
-        return ExitCode::from(2);
-    }
-    daemon::spawn_background(child_args, spec.log.as_deref())
+    let pinned = match image::index(&prepared.config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("unionfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let env: Vec<(&str, String)> = pinned.map(|p| (image::PINNED_ENV, p)).into_iter().collect();
+    daemon::spawn_background(child_args, &env, spec.log.as_deref())
 }

@@ -61,8 +61,8 @@ impl ReadyPipe {
 
 /// Starts the daemon in the background with `child_args` (our arguments with the foreground flag
 /// added) and waits until it has mounted or failed.
-pub fn spawn_background(child_args: Vec<OsString>, log: Option<&Path>) -> ExitCode {
-    match try_spawn(child_args, log) {
+pub fn spawn_background(child_args: Vec<OsString>, env: &[(&str, String)], log: Option<&Path>) -> ExitCode {
+    match try_spawn(child_args, env, log) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("unionfs: cannot start the daemon: {e}");
@@ -71,7 +71,7 @@ pub fn spawn_background(child_args: Vec<OsString>, log: Option<&Path>) -> ExitCo
     }
 }
 
-fn try_spawn(child_args: Vec<OsString>, log: Option<&Path>) -> io::Result<ExitCode> {
+fn try_spawn(child_args: Vec<OsString>, env: &[(&str, String)], log: Option<&Path>) -> io::Result<ExitCode> {
     let stderr = match log {
         Some(p) => Stdio::from(open_log(p)?),
         None => Stdio::null(),
@@ -83,6 +83,7 @@ fn try_spawn(child_args: Vec<OsString>, log: Option<&Path>) -> io::Result<ExitCo
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(child_args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(READY_ENV, wr.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -202,9 +203,13 @@ fn start(spec: &MountSpec, daemon_child: bool) -> Result<Started, Failure> {
     let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1])
         .map_err(|e| Failure(1, format!("cannot set up signal handling: {e}")))?;
     let setup = |e: SetupError| Failure(2, setup_message(&e));
-    let prepared = spec.prepare().map_err(|e| Failure(2, e))?;
-    if !daemon_child {
-        super::image::index(&prepared.config).map_err(|e| Failure(2, e))?;
+    let mut prepared = spec.prepare().map_err(|e| Failure(2, e))?;
+    if daemon_child {
+        super::image::take_pinned(&mut prepared.config);
+    } else if let Some(pinned) = super::image::index(&prepared.config).map_err(|e| Failure(2, e))? {
+        if let Some(img) = prepared.config.image.as_mut() {
+            img.reference = pinned;
+        }
     }
     let (cfg, mountpoint) = (prepared.config, prepared.mountpoint);
     let mountpoint = std::fs::canonicalize(&mountpoint).map_err(|e| {

@@ -43,12 +43,31 @@ impl Progress for Line {
     }
 }
 
-/// Makes the catalogs of the image `config` names (if any). The error is one line.
-pub fn index(config: &MountConfig) -> Result<(), String> {
-    let Some(img) = &config.image else { return Ok(()) };
-    open(&img.reference, &img.cache_dir, &img.registry, img.cache_size)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// The environment variable that hands the background daemon the registry image the command
+/// resolved (`docker://HOST/REPO@sha256:…`), so a tag that moves meanwhile cannot change what is
+/// mounted, and the daemon starts without asking the registry again.
+pub const PINNED_ENV: &str = "UNIONFS_PINNED_IMAGE";
+
+/// Makes the catalogs of the image `config` names (if any): for a registry image named by a
+/// tag, also the reference pinned to the manifest that was resolved. The error is one line.
+pub fn index(config: &MountConfig) -> Result<Option<String>, String> {
+    let Some(img) = &config.image else { return Ok(None) };
+    let (image, _) = open(&img.reference, &img.cache_dir, &img.registry, img.cache_size).map_err(|e| e.to_string())?;
+    if !unionfs::registry::reference::is_registry(&img.reference) {
+        return Ok(None);
+    }
+    let r = unionfs::registry::reference::Reference::parse(&img.reference)?;
+    Ok(Some(r.pinned(&image.manifest_digest).to_string()))
+}
+
+/// In the background daemon: the image the command resolved, in place of the tag it was given.
+pub fn take_pinned(config: &mut MountConfig) {
+    let (Some(img), Ok(pinned)) = (config.image.as_mut(), std::env::var(PINNED_ENV)) else {
+        return;
+    };
+    if unionfs::registry::reference::is_registry(&img.reference) && unionfs::registry::reference::is_registry(&pinned) {
+        img.reference = pinned;
+    }
 }
 
 /// Opens the image `reference` (`oci:DIR[:TAG]`, or `docker://…` reached as `registry` says)

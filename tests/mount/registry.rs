@@ -229,6 +229,48 @@ fn a_second_mount_by_tag_or_by_digest_fetches_no_blob() {
     assert_eq!(m.unmount(), Some(0));
 }
 
+/// Unmounts a background mount (whose daemon then exits) when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn a_tag_is_resolved_once_and_the_daemon_mounts_that_manifest() {
+    let Some((_img, reg)) = with_app() else {
+        return;
+    };
+    let t = tempfile::tempdir().expect("tmp");
+    let cache = t.path().join("cache");
+    let reference = reg.reference("app", "gz");
+    let m = mount(&reference, &cache, &t.path().join("fg"), &no_auth(t.path()));
+    let view = snapshot(&m.mnt);
+    assert_eq!(m.unmount(), Some(0));
+    assert_eq!(reg.manifest_gets("gz"), 1, "a foreground mount asks for the tag once");
+    // In the background the command resolves the tag and hands the daemon the manifest's
+    // digest: a tag moved meanwhile cannot change what gets mounted.
+    let mnt = t.path().join("bg");
+    let mut args = mount_args(&reference, &cache, &mnt, PLAIN);
+    args.remove(1);
+    let out = Command::new(bin())
+        .args(&args)
+        .env("REGISTRY_AUTH_FILE", no_auth(t.path()))
+        .output()
+        .expect("run unionfs");
+    let _unmount = Unmount(mnt.clone());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        diff(&view, &snapshot(&mnt)).is_empty(),
+        "the background mount shows the image"
+    );
+    assert_eq!(reg.manifest_gets("gz"), 2, "the daemon did not ask for the tag again");
+}
+
 /// The layer catalogs of the cache.
 fn catalogs(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
     files_in(&cache.join("layers"))

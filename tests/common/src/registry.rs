@@ -161,6 +161,15 @@ impl Registry {
             .count()
     }
 
+    /// How many manifest GETs our binary made for `tag_or_digest` so far.
+    pub fn manifest_gets(&self, tag_or_digest: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        let want = format!("/manifests/{tag_or_digest} ");
+        log.lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&want) && l.contains("unionfs/"))
+            .count()
+    }
+
     /// Stops the registry (by its PID); the storage stays until the guard is dropped.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
