@@ -4,6 +4,7 @@
 //!
 //! Exit status: 0 success; 2 bad input or a failed mount; 1 a failure at run time.
 
+mod cache;
 mod compat;
 mod daemon;
 mod image;
@@ -58,6 +59,8 @@ enum Cmd {
     Layers(layers::LayersArgs),
     /// Check an upper (and workdir) for what breaks a mount or a commit; --repair fixes it.
     Check(layers::CheckArgs),
+    /// The image cache: `ls` what it holds, `prune` what no mount uses.
+    Cache(cache::CacheArgs),
 }
 
 #[derive(clap::Args)]
@@ -147,6 +150,7 @@ pub fn main() -> ExitCode {
         Cmd::Size(a) => layers::size(a),
         Cmd::Layers(a) => layers::layers(a),
         Cmd::Check(a) => layers::check(a),
+        Cmd::Cache(a) => cache::run(a),
     }
 }
 

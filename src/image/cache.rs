@@ -146,22 +146,12 @@ impl ContentCache {
             return Ok(());
         }
         let cdir = self.content_dir();
-        std::fs::create_dir_all(&cdir)?;
-        let lock = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(cdir.join("lock"))?;
-        rustix::fs::flock(&lock, FlockOperation::LockExclusive)?;
+        let _lock = self.lock()?;
         // Under the lock: eviction removes fan-out directories it empties.
         let fan_out = p.parent().unwrap_or(&cdir);
         let new_dir = !fan_out.exists();
         std::fs::create_dir_all(fan_out)?;
-        let size_file = cdir.join("size");
-        let mut total = match std::fs::read_to_string(&size_file) {
-            Ok(s) => s.trim().parse().unwrap_or_else(|_| self.scan_total()),
-            Err(_) => self.scan_total(),
-        };
+        let mut total = self.total();
         // What `du` will count: the piece's blocks, and a new fan-out directory's first block.
         let len = allocated(bytes.len() as u64) + if new_dir { 4096 } else { 0 };
         if total + len > self.limit {
@@ -179,20 +169,54 @@ impl ContentCache {
             let _ = std::fs::remove_file(&tmp);
         }
         r?;
-        total += len;
+        self.set_total(total + len)?;
+        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The lock every change of the directory's pieces and total holds.
+    fn lock(&self) -> std::io::Result<std::fs::File> {
+        let cdir = self.content_dir();
+        std::fs::create_dir_all(&cdir)?;
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(cdir.join("lock"))?;
+        rustix::fs::flock(&lock, FlockOperation::LockExclusive)?;
+        Ok(lock)
+    }
+
+    /// The running total (under the lock), counted again when its file is missing or damaged.
+    fn total(&self) -> u64 {
+        match std::fs::read_to_string(self.content_dir().join("size")) {
+            Ok(s) => s.trim().parse().unwrap_or_else(|_| self.scan_total()),
+            Err(_) => self.scan_total(),
+        }
+    }
+
+    fn set_total(&self, total: u64) -> std::io::Result<()> {
         // In place, at a fixed width: truncating and rewriting a file makes ext4 flush it to
         // disk at close (its replace-by-truncate heuristic), which cost every cold read ~4 ms.
         let f = std::fs::File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&size_file)?;
+            .open(self.content_dir().join("size"))?;
         let line = format!("{total:>20}\n");
         if rustix::io::pwrite(&f, line.as_bytes(), 0)? != line.len() {
             return Err(std::io::Error::other("a short write of the content cache's size"));
         }
-        self.stats.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Removes the piece file `p` (`unionfs cache prune`), keeping the running total right.
+    pub fn remove(&self, p: &Path) -> std::io::Result<()> {
+        let _lock = self.lock()?;
+        let blocks = std::fs::metadata(p)?.blocks() * 512;
+        let total = self.total();
+        std::fs::remove_file(p)?;
+        self.set_total(total.saturating_sub(blocks))
     }
 
     /// Every piece with its size and last use.

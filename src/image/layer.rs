@@ -105,6 +105,11 @@ impl ImageLayer {
         }
         let cat = store::path_of(cache_dir, &desc.digest);
         let store = open_or_build(&cat, &blob_path, desc, progress)?;
+        // Last use, for `unionfs cache prune` (a layout's blobs are not the cache's to touch).
+        store.touch();
+        if blob_path.starts_with(cache_dir) {
+            let _ = blob.set_modified(std::time::SystemTime::now());
+        }
         Ok(ImageLayer {
             digest: desc.digest.clone(),
             blob_path,

@@ -1,6 +1,7 @@
 //! OCI images as lower layers, read in place from their blobs (see docs/semantics.md, "Images").
 
 pub mod cache;
+pub mod cache_dir;
 pub mod catalog;
 pub mod estargz;
 #[cfg(test)]

@@ -186,6 +186,11 @@ impl Stored {
         }))
     }
 
+    /// Marks the catalog used now (its mtime: what `unionfs cache prune` goes by).
+    pub fn touch(&self) {
+        let _ = self.file.set_modified(std::time::SystemTime::now());
+    }
+
     /// Reads the record at `span`, checked against its digest.
     pub fn record(&self, span: &Span) -> Result<Vec<u8>, StoreError> {
         let mut b = vec![0u8; span.len as usize];

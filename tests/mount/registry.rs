@@ -271,6 +271,97 @@ fn a_tag_is_resolved_once_and_the_daemon_mounts_that_manifest() {
     assert_eq!(reg.manifest_gets("gz"), 2, "the daemon did not ask for the tag again");
 }
 
+/// `unionfs cache ARGS --cache CACHE`: its stdout, after checking it succeeded.
+fn cache_cmd(args: &[&str], cache: &Path) -> String {
+    let out = Command::new(bin())
+        .arg("cache")
+        .args(args)
+        .arg("--cache")
+        .arg(cache)
+        .output()
+        .expect("unionfs cache");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cache_items(cache: &Path) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&cache_cmd(&["ls", "--json"], cache)).expect("JSON");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Moves every file's mtime below `dir` an hour back (past prune's one-minute grace).
+fn age_all(dir: &Path) {
+    let st = Command::new("find")
+        .arg(dir)
+        .args(["-type", "f", "-exec", "touch", "-m", "-d", "1 hour ago", "{}", "+"])
+        .status()
+        .expect("find");
+    assert!(st.success());
+}
+
+#[test]
+fn cache_prune_keeps_what_a_mount_uses_and_removes_the_rest() {
+    let Some((img, reg)) = with_app() else {
+        return;
+    };
+    let t = tempfile::tempdir().expect("tmp");
+    let cache = t.path().join("cache");
+    let m = mount(
+        &reg.reference("app", "gz"),
+        &cache,
+        &t.path().join("m"),
+        &no_auth(t.path()),
+    );
+    let view = snapshot(&m.mnt);
+    let image = unionfs::image::layout::open(&img.layout, Some("gz")).expect("layout");
+    let items = cache_items(&cache);
+    let kind = |k: &str| items.iter().filter(|i| i["kind"] == k).count();
+    assert_eq!(
+        kind("blob"),
+        image.layers.len() + 2,
+        "layers, config, manifest: {items:?}"
+    );
+    assert_eq!(kind("catalog"), image.layers.len(), "{items:?}");
+    let busy = items.iter().filter(|i| i["in_use"] == true).count();
+    assert_eq!(
+        busy,
+        2 * image.layers.len(),
+        "the mount holds each layer's blob and catalog"
+    );
+    age_all(&cache);
+    let out = cache_cmd(&["prune"], &cache);
+    let left = cache_items(&cache);
+    assert_eq!(
+        left.iter().filter(|i| i["kind"] != "piece").count(),
+        2 * image.layers.len(),
+        "only what the mount uses is left: {out}\n{left:?}"
+    );
+    drop_caches();
+    assert!(diff(&view, &snapshot(&m.mnt)).is_empty(), "the mount reads on");
+    assert_eq!(m.unmount(), Some(0));
+    age_all(&cache);
+    cache_cmd(&["prune"], &cache);
+    assert!(cache_items(&cache).is_empty(), "nothing left once unmounted");
+    let gets = reg.blob_gets();
+    let m = mount(
+        &reg.reference("app", "gz"),
+        &cache,
+        &t.path().join("again"),
+        &no_auth(t.path()),
+    );
+    assert!(diff(&view, &snapshot(&m.mnt)).is_empty(), "a pruned image mounts again");
+    assert_eq!(m.unmount(), Some(0));
+    assert_eq!(reg.blob_gets(), gets + image.layers.len() + 1, "fetched again");
+}
+
+fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", b"3").expect("drop_caches (root)");
+}
+
 /// The layer catalogs of the cache.
 fn catalogs(cache: &Path) -> Vec<(PathBuf, u64, i64)> {
     files_in(&cache.join("layers"))
