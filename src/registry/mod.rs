@@ -126,10 +126,7 @@ pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progre
         .map_err(|e| s.error(format!("config {config_digest} is not an image config: {e}")))?;
     layout::check_platform(&named, &config)?;
     let layers = layout::layer_descs(&named, &manifest, &config)?;
-    for (i, l) in layers.iter().enumerate() {
-        progress.fetch(&format!("layer {}/{}", i + 1, layers.len()), &l.digest);
-        fetch::ensure(&mut s, cache, &l.digest, Some(l.size), progress)?;
-    }
+    fetch_layers(&s.reference.to_string(), opts, cache, &layers, progress)?;
     Ok(Image {
         layout: cache.to_path_buf(),
         tag,
@@ -139,6 +136,55 @@ pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progre
         config,
         layers,
     })
+}
+
+/// Layer blobs fetched at once: a slow link is filled by several streams, as `podman pull`
+/// does; more would mostly share the same link.
+const FETCHERS: usize = 4;
+
+/// Fetches the blobs of `layers` missing from the store, [`FETCHERS`] at a time (each worker
+/// with its own connection and tokens). The error is that of the first layer that failed.
+fn fetch_layers(
+    reference: &str,
+    opts: &Options,
+    cache: &Path,
+    layers: &[layout::LayerDesc],
+    progress: &dyn Progress,
+) -> Result<(), ImageError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<parking_lot::Mutex<Option<ImageError>>> =
+        layers.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..FETCHERS.min(layers.len()) {
+            sc.spawn(|| {
+                let mut s = match Session::new(reference, opts) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failed.store(true, Relaxed);
+                        *results[0].lock() = Some(e);
+                        return;
+                    }
+                };
+                loop {
+                    let i = next.fetch_add(1, Relaxed);
+                    let Some(l) = layers.get(i).filter(|_| !failed.load(Relaxed)) else {
+                        break;
+                    };
+                    progress.fetch(&format!("layer {}/{}", i + 1, layers.len()), &l.digest);
+                    if let Err(e) = fetch::ensure(&mut s, cache, &l.digest, Some(l.size), progress) {
+                        failed.store(true, Relaxed);
+                        *results[i].lock() = Some(e);
+                    }
+                }
+            });
+        }
+    });
+    match results.into_iter().find_map(parking_lot::Mutex::into_inner) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The digest of the image manifest `s` names for this machine, kept in the blob store

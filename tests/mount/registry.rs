@@ -127,7 +127,9 @@ fn files_in(dir: &Path) -> Vec<(PathBuf, u64, i64)> {
         .map(|e| {
             let e = e.expect("entry");
             let md = e.metadata().expect("stat");
-            (e.path(), md.ino(), md.mtime() * 1_000_000_000 + md.mtime_nsec())
+            // Blobs and catalogs are written under a temporary name and renamed into place,
+            // so one written again has another inode (a mount moves their mtime: last use).
+            (e.path(), md.ino(), md.len() as i64)
         })
         .collect();
     out.sort();
