@@ -98,6 +98,11 @@ impl ContentCache {
         }
     }
 
+    /// The size limit, in bytes of disk.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     fn content_dir(&self) -> PathBuf {
         self.dir.join("content")
     }

@@ -115,6 +115,26 @@ fn open_files(cache: &Path) -> HashSet<(u64, u64)> {
     out
 }
 
+/// Whether the cache takes more than `limit`, judged without visiting every piece: the content
+/// cache's running total, and the blobs and catalogs (a few files per layer).
+pub fn over(cache: &Path, limit: u64) -> bool {
+    let content: u64 = std::fs::read_to_string(cache.join("content").join("size"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let files = |d: PathBuf| -> u64 {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|md| md.is_file())
+            .map(|md| md.blocks() * 512)
+            .sum()
+    };
+    content + files(cache.join("blobs").join("sha256")) + files(cache.join("layers")) > limit
+}
+
 /// What [`prune`] did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Pruned {

@@ -145,6 +145,23 @@ pub fn open_layers(
             }
         }
     }
+    // The whole directory (registry blobs, catalogs, content) is held to the limit at every
+    // mount, least recently used first; what this mount uses is open now, so it stays. Only
+    // when over: a prune visits every piece.
+    if !cache_dir::over(cache_dir, cache.limit()) {
+        return Ok((image, layers));
+    }
+    match cache_dir::prune(cache_dir, cache.limit()) {
+        Ok(p) if p.removed > 0 => tracing::info!(
+            "cache {}: {} unused entries removed ({} bytes) to stay within {} bytes",
+            cache_dir.display(),
+            p.removed,
+            p.freed,
+            cache.limit()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cache {}: not trimmed: {e}", cache_dir.display()),
+    }
     Ok((image, layers))
 }
 

@@ -32,6 +32,7 @@ pub fn ensure(
 ) -> Result<PathBuf, ImageError> {
     let path = layout::blob_path(cache, digest)?;
     if present(&path, size) {
+        touch(&path);
         return Ok(path);
     }
     if !digest.starts_with("sha256:") {
@@ -55,6 +56,14 @@ pub fn ensure(
         let _ = std::fs::remove_file(&tmp);
     }
     r.map(|()| path)
+}
+
+/// Marks a blob of the store used now (its mtime: what `unionfs cache prune` and the cache's
+/// size limit go by).
+pub fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
 }
 
 fn present(path: &Path, size: Option<u64>) -> bool {

@@ -214,6 +214,9 @@ fn resolve(s: &mut Session, cache: &Path) -> Result<String, ImageError> {
 fn manifest(s: &mut Session, cache: &Path, which: &Which) -> Result<(String, String), ImageError> {
     if let Which::Digest(d) = which {
         if let Ok(bytes) = layout::read_blob(cache, d) {
+            if let Ok(p) = layout::blob_path(cache, d) {
+                fetch::touch(&p);
+            }
             return Ok((d.clone(), media_of(&bytes, None)));
         }
     }

@@ -360,6 +360,59 @@ fn cache_prune_keeps_what_a_mount_uses_and_removes_the_rest() {
     assert_eq!(reg.blob_gets(), gets + image.layers.len() + 1, "fetched again");
 }
 
+#[test]
+fn a_mount_holds_the_whole_cache_to_cache_size_keeping_what_it_uses() {
+    let Some((img, reg)) = with_app() else {
+        return;
+    };
+    reg.push(&img.layout, "zst", "appz", &[]);
+    let t = tempfile::tempdir().expect("tmp");
+    let cache = t.path().join("cache");
+    let m = mount(
+        &reg.reference("app", "gz"),
+        &cache,
+        &t.path().join("gz"),
+        &no_auth(t.path()),
+    );
+    assert_eq!(m.unmount(), Some(0));
+    // The gzip image's layers (its config is the zstd image's too, and stays in use).
+    let gz: Vec<serde_json::Value> = unionfs::image::layout::open(&img.layout, Some("gz"))
+        .expect("layout")
+        .layers
+        .iter()
+        .map(|l| serde_json::Value::from(l.digest.clone()))
+        .collect();
+    let held = |items: &[serde_json::Value]| items.iter().filter(|i| gz.contains(&i["digest"])).count();
+    assert_eq!(
+        held(&cache_items(&cache)),
+        2 * gz.len(),
+        "blobs and catalogs of the gzip layers"
+    );
+    age_all(&cache);
+    // Far below what one image takes: everything unused goes, the new image's blobs stay.
+    let small = ["--tls-verify=false", "--cache-size", "1M"];
+    let m = mount_opts(
+        &reg.reference("appz", "zst"),
+        &cache,
+        &t.path().join("zst"),
+        &no_auth(t.path()),
+        &small,
+    );
+    let left = cache_items(&cache);
+    assert_eq!(
+        held(&left),
+        0,
+        "the gzip layers' blobs and catalogs were removed: {left:?}"
+    );
+    let busy = left.iter().filter(|i| i["in_use"] == true).count();
+    assert!(busy > 0, "the zstd image's blobs and catalogs stay: {left:?}");
+    assert!(
+        m.path("data").read_dir().expect("readdir").count() > 0,
+        "the mount works"
+    );
+    assert_eq!(m.unmount(), Some(0));
+}
+
 fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", b"3").expect("drop_caches (root)");
 }
