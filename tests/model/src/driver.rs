@@ -46,8 +46,10 @@ impl Fixture {
         let mut cfg = MountConfig::new(self.lowers.clone(), Some(self.upper.clone()));
         cfg.workdir = Some(self.work.clone());
         cfg.whiteouts = self.style;
-        // Metadata changes then leave metacopy files, whose data the checks read from below.
+        // Metadata changes then leave metacopy files, whose data the checks read from below,
+        // and renames of merged directories redirects, which the fold of the upper follows.
         cfg.metacopy = true;
+        cfg.redirect_dir = unionfs::RedirectDir::On;
         cfg
     }
 
@@ -71,28 +73,28 @@ impl Fixture {
 
     /// The upper as a layer, plus its format problems.
     pub fn read_upper(&self) -> (Layer, Vec<String>) {
-        read_layer(&self.upper, &self.lowers)
+        read_layer(&self.upper)
     }
 
     /// Checks the upper on its own: valid encodings, no useless whiteouts, and folded over the
-    /// lowers by the model's rules it shows `want`.
-    ///
-    /// The model's fold merges directories by path only: an upper with directory redirects
-    /// (renames in O(1), docs/semantics.md "Directory renames") is checked for its encodings
-    /// alone, and what it shows is checked by the remount, a second union reading it.
+    /// lowers by the model's rules (redirects and metacopy files followed as kernel overlayfs
+    /// follows them) it shows `want`.
     pub fn check_upper(&self, want: &BTreeMap<PathBuf, Node>) -> Result<(), String> {
         let (upper, mut problems) = self.read_upper();
-        let redirects = has_redirects(&self.upper);
         let mut all = vec![upper];
         all.extend(self.layers.iter().cloned());
-        if !redirects {
-            problems.extend(redundant_whiteouts(&all));
+        problems.extend(redundant_whiteouts(&all));
+        let f = fold(&all);
+        for p in &f.broken {
+            problems.push(format!("{}: a redirect the union refuses", p.display()));
+        }
+        for (p, data) in &f.data {
+            if data.is_none() {
+                problems.push(format!("{}: a metacopy file with no data below", p.display()));
+            }
         }
         if !problems.is_empty() {
             return Err(format!("upper layer format:\n  {}", problems.join("\n  ")));
-        }
-        if redirects {
-            return Ok(());
         }
         diff_trees("model", want, "upper+lowers on disk", &fold_contents(&all))
     }
@@ -589,15 +591,4 @@ pub fn read_fresh(cfg: &MountConfig) -> Result<BTreeMap<PathBuf, Seen>, String> 
 /// `st_blocks` of a path, in bytes.
 pub fn allocated_bytes(p: &Path) -> u64 {
     fs::symlink_metadata(p).expect("stat").blocks() * 512
-}
-
-/// Whether a directory of the upper `root` carries a redirect xattr.
-fn has_redirects(root: &Path) -> bool {
-    walk_disk(root).into_iter().any(|p| {
-        let full = root.join(&p);
-        fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
-            && ["trusted.overlay.redirect", "user.overlay.redirect"]
-                .iter()
-                .any(|x| get_xattr_path(&full, x).is_some())
-    })
 }
