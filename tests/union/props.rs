@@ -402,3 +402,88 @@ fn regression_exchange_of_a_directory_beside_its_own_oci_whiteout() {
         }],
     );
 }
+
+/// Renames of merged lower directories leave redirects (relative in the same directory,
+/// absolute elsewhere), and a metadata change below one a metacopy file: the upper on disk,
+/// folded over the lowers by the model's own rules, must show the view.
+#[test]
+fn redirected_upper_folds_to_the_view() {
+    let l0 = layer(&[
+        ("a", dir()),
+        ("a/x", file(b"x0")),
+        ("a/s", dir()),
+        ("a/s/t", file(b"t0")),
+    ]);
+    let l1 = layer(&[("a", dir()), ("a/y", file(b"y1")), ("b", dir())]);
+    replay(
+        vec![(l0, Encoding::Oci), (l1, Encoding::Oci)],
+        vec![
+            Op::Rename {
+                from: p("a"),
+                to: p("c"),
+                flags: 0,
+            },
+            Op::Chmod {
+                path: p("c/x"),
+                mode: 0o600,
+            },
+            Op::Rename {
+                from: p("c"),
+                to: p("b/c"),
+                flags: 0,
+            },
+            Op::Unlink { path: p("b/c/y") },
+            Op::Rename {
+                from: p("b/c/s"),
+                to: p("s2"),
+                flags: 0,
+            },
+            Op::Remount,
+            Op::Rename {
+                from: p("s2"),
+                to: p("b/c/s"),
+                flags: 0,
+            },
+        ],
+    );
+}
+
+/// The model's fold alone: a relative redirect, an absolute one met on the way by a lower
+/// layer's own redirect, an opaque directory ending the merge, a metacopy file's data.
+#[test]
+fn fold_follows_redirects() {
+    let upper = layer(&[
+        ("n", dir()),
+        ("n/.wh..wh..redirect", file(b"a")),
+        ("m", dir()),
+        ("m/.wh..wh..redirect", file(b"/d/e")),
+        ("m/f", file(b"\0\0")),
+        ("m/.wh..wh..mc.f", file(b"")),
+    ]);
+    let l0 = layer(&[
+        ("a", dir()),
+        ("a/x", file(b"x")),
+        ("d", dir()),
+        ("d/.wh..wh..redirect", file(b"/g")),
+        ("d/e", dir()),
+        ("d/e/f", file(b"ef")),
+    ]);
+    let l1 = layer(&[
+        ("a", dir()),
+        ("a/.wh..wh..opq", file(b"")),
+        ("a/y", file(b"y")),
+        ("g", dir()),
+        ("g/e", dir()),
+        ("g/e/z", file(b"z")),
+    ]);
+    let l2 = layer(&[("a", dir()), ("a/hidden", file(b"h"))]);
+    let got = fold_contents(&[upper, l0, l1, l2]);
+    let names: Vec<String> = got.keys().map(|k| k.display().to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "a", "a/x", "a/y", "d", "d/e", "d/e/f", "m", "m/f", "m/z", "n", "n/x", "n/y"
+        ]
+    );
+    assert_eq!(got[&p("m/f")], file(b"ef"));
+}

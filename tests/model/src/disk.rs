@@ -394,7 +394,11 @@ pub fn redundant_whiteouts(layers: &[Layer]) -> Vec<String> {
             continue;
         }
         let hidden = OsStr::from_bytes(&name.as_bytes()[WH.len()..]);
-        let below = match f.dirs.iter().find(|(_, v)| v.first().is_some_and(|(l, at)| *l == 0 && at == dir)) {
+        let below = match f
+            .dirs
+            .iter()
+            .find(|(_, v)| v.first().is_some_and(|(l, at)| *l == 0 && at == dir))
+        {
             Some((_, v)) => &v[1..],
             None => &[],
         };
@@ -402,7 +406,10 @@ pub fn redundant_whiteouts(layers: &[Layer]) -> Vec<String> {
             .iter()
             .any(|(l, at)| layers[*l].contains_key(&at.join(hidden)) || layers[*l].contains_key(&at.join(name)))
         {
-            out.push(format!("{}: whiteout with nothing below it to hide", dir.join(hidden).display()));
+            out.push(format!(
+                "{}: whiteout with nothing below it to hide",
+                dir.join(hidden).display()
+            ));
         }
     }
     out

@@ -187,7 +187,11 @@ enum Walk {
     Stop,
     /// The directory at the end (its path in the layer); `last` when nothing below it merges;
     /// the path the layers below look up next.
-    Found { at: PathBuf, last: bool, next: Want },
+    Found {
+        at: PathBuf,
+        last: bool,
+        next: Want,
+    },
 }
 
 /// The result of folding layers into a view.
@@ -370,7 +374,11 @@ fn walk_layer(layer: &Layer, start: &Path, want: &Want) -> Result<Walk, ()> {
         if i + 1 < want.comps.len() {
             opaque_above |= opaque;
         } else if opaque {
-            return Ok(Walk::Found { at: cur, last: true, next });
+            return Ok(Walk::Found {
+                at: cur,
+                last: true,
+                next,
+            });
         }
         next.comps.push(c.clone());
         if let Some(r) = redirect_at(layer, &cur)? {
@@ -389,9 +397,9 @@ fn walk_layer(layer: &Layer, start: &Path, want: &Want) -> Result<Walk, ()> {
 fn is_metacopy(layer: &Layer, at: &Path, canonical: &Path) -> bool {
     layer.contains_key(&metacopy_path(at))
         || layer.contains_key(&metacopy_path(canonical))
-        || layer
-            .iter()
-            .any(|(p, n)| matches!(n, Node::HardLink { to } if to == canonical) && layer.contains_key(&metacopy_path(p)))
+        || layer.iter().any(|(p, n)| {
+            matches!(n, Node::HardLink { to } if to == canonical) && layer.contains_key(&metacopy_path(p))
+        })
 }
 
 /// Where the data of the metacopy file `at` of layer `top` (in a directory merged from
