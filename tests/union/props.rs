@@ -482,7 +482,7 @@ fn fold_follows_redirects() {
     assert_eq!(
         names,
         [
-            "a", "a/x", "a/y", "d", "d/e", "d/e/f", "m", "m/f", "m/z", "n", "n/x", "n/y"
+            "a", "a/x", "a/y", "d", "d/e", "d/e/f", "d/e/z", "g", "g/e", "g/e/z", "m", "m/f", "m/z", "n", "n/x", "n/y"
         ]
     );
     assert_eq!(got[&p("m/f")], file(b"ef"));
