@@ -12,6 +12,7 @@ use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
 use unionfs::WhiteoutStyle;
 use unionfs_model::harness::{self, Checks, Op, Opens, from_env, is_marker, p, run_case};
+use unionfs_model::hostile;
 use unionfs_model::*;
 
 /// A path as generated: most pick from what the view shows at the time the step runs.
@@ -222,6 +223,31 @@ proptest! {
         ops in prop::collection::vec(op(), 1..25),
     ) {
         if let Err(e) = run_case(&lowers, style, checks, opens, from_env(), &ops, |m, op| op.map_paths(|p| p.resolve(m))) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // Each case is one mount and a short sequence: 96 cost a few seconds.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// A crafted upper (redirect and metacopy markers aimed outside the layers, at symlinks,
+    /// at files, in loops): nothing outside the layers is ever shown, and every entry is the
+    /// model's or, where markers are involved, an allowed error (`unionfs_model::hostile`).
+    #[test]
+    fn hostile_upper_stays_inside_layers(
+        mut lowers in prop::collection::vec(lower(), 1..=2),
+        picks in prop::collection::vec(any::<(u8, u8, u8)>(), 1..=4),
+        style in prop::sample::select(&[WhiteoutStyle::Overlay, WhiteoutStyle::Oci][..]),
+        ops in prop::collection::vec(op(), 0..8),
+    ) {
+        let upper = hostile::plant(&mut lowers, &picks);
+        if let Err(e) = hostile::run_hostile(&lowers, &upper, style, &ops, |m, op| op.map_paths(|p| p.resolve(m))) {
             return Err(TestCaseError::fail(e));
         }
     }

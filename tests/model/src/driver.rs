@@ -42,6 +42,30 @@ impl Fixture {
         }
     }
 
+    /// Writes a crafted `upper` (docs/semantics.md, "Untrusted uppers") over the empty one, with
+    /// [`OUTSIDE`] in its redirects standing for `outside/`, and the sentinel files next to the
+    /// layers (in the temporary root and in `outside/`). Returns the upper as written.
+    pub fn plant_upper(&mut self, upper: &Layer) -> Layer {
+        let outside = self.tmp.path().join("outside");
+        fs::create_dir(&outside).expect("create outside");
+        for d in [self.tmp.path(), &outside] {
+            fs::write(d.join(SENTINEL_NAME), SENTINEL).expect("write sentinel");
+        }
+        let real = outside.as_os_str().as_bytes();
+        let upper: Layer = upper
+            .iter()
+            .map(|(p, n)| match n {
+                Node::File { data, .. } if split(p).1 == REDIRECT && data == OUTSIDE.as_bytes() => {
+                    (p.clone(), file(real))
+                }
+                _ => (p.clone(), n.clone()),
+            })
+            .collect();
+        fs::remove_dir(&self.upper).expect("remove empty upper");
+        write_layer(&self.upper, &upper, Encoding::Oci);
+        upper
+    }
+
     pub fn config(&self) -> MountConfig {
         let mut cfg = MountConfig::new(self.lowers.clone(), Some(self.upper.clone()));
         cfg.workdir = Some(self.work.clone());
@@ -430,7 +454,7 @@ impl Driver {
         self.read_ino(ino)
     }
 
-    fn read_ino(&self, ino: u64) -> Result<Vec<u8>, i32> {
+    pub fn read_ino(&self, ino: u64) -> Result<Vec<u8>, i32> {
         let fh = self.u().open(ino, libc::O_RDONLY).map_err(code)?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
