@@ -513,3 +513,21 @@ fn fold_follows_redirects() {
     );
     assert_eq!(got[&p("m/f")], file(b"ef"));
 }
+
+/// A crafted metacopy file over a lower whiteout (an xattr whiteout: a zero-size regular file;
+/// or an OCI `.wh.` file) showed the whiteout file as its data (nothing, under a size of one
+/// byte). The data lookup now stops at a whiteout of any form, as kernel overlayfs does: EIO.
+/// Found by `hostile_upper_stays_inside_layers`.
+#[test]
+fn regression_metacopy_over_a_lower_whiteout_is_not_its_data() {
+    for enc in [Encoding::XattrWhiteouts, Encoding::Oci] {
+        let mut lowers = vec![(layer(&[(".wh.c", file(b""))]), enc)];
+        // A metacopy file `c` of one byte (`hostile::plant`'s kind 0, name 2).
+        let upper = hostile::plant(&mut lowers, &[(0, 2, 0)]);
+        assert!(upper.contains_key(&metacopy_path(&p("c"))));
+        let none: &[Op] = &[];
+        if let Err(e) = hostile::run_hostile(&lowers, &upper, WhiteoutStyle::Overlay, none, |_, op| op.clone()) {
+            panic!("{e}");
+        }
+    }
+}
