@@ -24,6 +24,9 @@ enum PathGen {
     Child(Index, String),
     /// Any path of 1 to 3 components.
     Literal(PathBuf),
+    /// One of the visible directories (a rename of one that merges lower directories writes a
+    /// redirect).
+    ExistingDir(Index),
 }
 
 impl PathGen {
@@ -43,6 +46,14 @@ impl PathGen {
                 i.get(&dirs).join(name)
             }
             PathGen::Literal(p) => p.clone(),
+            PathGen::ExistingDir(i) => {
+                let dirs: Vec<&PathBuf> = m.names.keys().filter(|p| m.get(p).is_some_and(Node::is_dir)).collect();
+                if dirs.is_empty() {
+                    PathBuf::from(NAMES[0])
+                } else {
+                    dirs[i.index(dirs.len())].clone()
+                }
+            }
         }
     }
 }
@@ -190,6 +201,12 @@ fn op() -> impl Strategy<Value = Op<PathGen>> {
         2 => path().prop_map(|path| Op::Unlink { path }),
         2 => path().prop_map(|path| Op::Rmdir { path }),
         4 => (path(), path(), flags).prop_map(|(from, to, flags)| Op::Rename { from, to, flags }),
+        // Directory moves, within their parent and elsewhere (redirects, relative and absolute).
+        2 => (any::<Index>(), any::<Index>(), name()).prop_map(|(from, to, n)| Op::Rename {
+            from: PathGen::ExistingDir(from),
+            to: PathGen::Child(to, n),
+            flags: 0,
+        }),
         1 => (path(), target()).prop_map(|(path, target)| Op::Symlink { path, target }),
         1 => (path(), path()).prop_map(|(from, to)| Op::Link { from, to }),
         1 => (path(), any_mode).prop_map(|(path, mode)| Op::Chmod { path, mode }),
