@@ -548,3 +548,26 @@ fn regression_metacopy_over_a_lower_whiteout_is_not_its_data() {
         }
     }
 }
+
+/// A lower directory with a redirect beside its own layer's OCI whiteout merged the directory
+/// its redirect names below; beside that whiteout it merges nothing below (the model's rule,
+/// docs/semantics.md "Lookup"), redirect or not. Found by `hostile_upper_stays_inside_layers`.
+#[test]
+fn regression_redirect_beside_its_own_oci_whiteout_merges_nothing() {
+    let lowers = vec![
+        (
+            layer(&[(".wh.c", file(b"")), ("c", dir()), ("c/.wh..wh..redirect", file(b"a"))]),
+            Encoding::Oci,
+        ),
+        (layer(&[("a", dir()), ("a/a", file(b""))]), Encoding::Oci),
+    ];
+    let none: &[Op] = &[];
+    for upper in [
+        Layer::new(),
+        layer(&[("a", dir()), ("a/.wh..wh..redirect", file(b"c"))]),
+    ] {
+        if let Err(e) = hostile::run_hostile(&lowers, &upper, WhiteoutStyle::Overlay, none, |_, op| op.clone()) {
+            panic!("{e}");
+        }
+    }
+}

@@ -296,13 +296,23 @@ pub fn run_hostile<T>(
     check_shown(&read_all(&mut d), Some((&f, &all))).map_err(|e| context(&[], e))?;
     let mut model = View::from_layers(&all);
     let mut ran = Vec::new();
+    // Until an operation names a crafted entry, the union answers as the model; after that the
+    // model only proposes paths (a crafted entry may fail where the model's succeeds).
+    let mut diverged = false;
     for step in steps {
         let op = resolve(&model, step);
         ran.push(op.clone());
-        // The model only proposes paths here: a crafted entry may fail where it succeeds.
-        let _ = apply_model(&mut model, &op);
-        let _ = apply_union(&mut d, &op);
+        let want = apply_model(&mut model, &op).map_err(|f| f.errno);
+        let got = apply_union(&mut d, &op);
         d.end_op();
+        if !diverged {
+            diverged = op_paths(&op).iter().any(|p| crafted(&f, &all, p));
+            let allowed = diverged && got.is_err_and(|e| ALLOWED.contains(&e));
+            if want != got && !allowed {
+                let e = format!("{op:?}: model says {want:?}, union says {got:?}");
+                return Err(context(&ran, e));
+            }
+        }
         check_shown(&read_all(&mut d), None).map_err(|e| context(&ran, format!("after {op:?}: {e}")))?;
     }
     let mut fresh = Driver::new(&fx.second_config());
@@ -321,5 +331,29 @@ pub fn run_hostile<T>(
             &ran,
             format!("{n} nodes live after every lookup was forgotten"),
         )),
+    }
+}
+
+/// The paths an operation names.
+fn op_paths(op: &Op) -> Vec<&Path> {
+    match op {
+        Op::CreateFile { path, .. }
+        | Op::WriteFile { path, .. }
+        | Op::Truncate { path, .. }
+        | Op::Mkdir { path, .. }
+        | Op::Unlink { path }
+        | Op::Rmdir { path }
+        | Op::Symlink { path, .. }
+        | Op::Chmod { path, .. }
+        | Op::SetXattr { path, .. }
+        | Op::RemoveXattr { path }
+        | Op::Open { path, .. } => vec![path],
+        Op::Rename { from, to, .. } | Op::Link { from, to } => vec![from, to],
+        Op::WriteHandle { .. }
+        | Op::TruncateHandle { .. }
+        | Op::Close { .. }
+        | Op::Remount
+        | Op::DropCaches
+        | Op::Check => Vec::new(),
     }
 }
