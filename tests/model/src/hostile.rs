@@ -272,9 +272,10 @@ fn check_shown(shown: &Shown, model: Option<(&Fold, &[Layer])>) -> Result<(), St
 }
 
 /// Runs one case over a crafted upper: the view before any operation against the model's
-/// fold, then `steps` (whatever they answer) with the view read after each, never showing
-/// anything from outside the layers, a remount's view too; the lowers never change, no panic,
-/// and the node table drains at the end.
+/// fold, then `steps`, each answering the model's errno until one names a crafted entry (that
+/// one may answer an error of [`ALLOWED`] instead; later ones are not compared), with the view
+/// read after each, never showing anything from outside the layers, a remount's view too; the
+/// lowers never change, no panic, and the node table drains at the end.
 pub fn run_hostile<T>(
     lowers: &[(Layer, Encoding)],
     upper: &Layer,
