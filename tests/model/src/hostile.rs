@@ -19,7 +19,7 @@ pub const OUTSIDE: &str = "@OUTSIDE";
 pub const ALLOWED: [i32; 5] = [libc::EIO, libc::EPERM, libc::ENOENT, libc::ENOTDIR, libc::ELOOP];
 
 /// Redirect values a crafted upper directory (or file) may carry.
-pub const REDIRECTS: [&str; 25] = [
+pub const REDIRECTS: [&str; 28] = [
     "/a",
     "b",
     "/a/b",
@@ -36,6 +36,9 @@ pub const REDIRECTS: [&str; 25] = [
     "/esc",
     "/esc/outside-sentinel",
     "esc",
+    "/lnk",
+    "/lnk/a",
+    "lnk",
     "/reg",
     "",
     "/",
