@@ -3,7 +3,9 @@
 //! model (the `unionfs-model` crate, `tests/model/`), and panics (a crash for libFuzzer) at the
 //! first divergence: an errno, the view (names, types, data, modes, xattrs, inode numbers,
 //! owners, mtimes), the view after a remount, the upper's on-disk format, the lowers, the workdir
-//! or the node table.
+//! or the node table. One case in four instead starts from a crafted upper (redirect and
+//! metacopy markers aimed outside the layers, `unionfs_model::hostile`) and checks that nothing
+//! outside the layers is ever shown and each entry is the model's or an allowed error.
 //!
 //! `UNIONFS_FUZZ_SKIP=substr1|substr2` ignores divergences whose message contains one of the
 //! substrings (to look past a known finding); it is off by default.
@@ -18,11 +20,14 @@ use libfuzzer_sys::fuzz_target;
 use unionfs::WhiteoutStyle;
 
 use unionfs_model::harness::{Checks, EXACT, Op, Opens, is_marker, run_case};
+use unionfs_model::hostile;
 use unionfs_model::*;
 
 const MAX_LOWERS: usize = 3;
 const MAX_ENTRIES: usize = 12;
 const MAX_OPS: usize = 40;
+/// Crafted markers in a hostile upper.
+const MAX_MARKERS: u8 = 4;
 
 /// Few names, so that layers collide and operations hit existing paths.
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
@@ -234,6 +239,9 @@ fn build_layer(l: &LowerIn) -> (Layer, Encoding) {
 
 #[derive(Debug)]
 struct Case {
+    /// Crafted markers for the initial upper (`unionfs_model::hostile`): a case with some runs
+    /// the hostile checks instead of the model comparison.
+    hostile: Vec<(u8, u8, u8)>,
     lowers: Vec<(Layer, Encoding)>,
     style: WhiteoutStyle,
     checks: Checks,
@@ -249,6 +257,13 @@ fn decode(bytes: &[u8]) -> arbitrary::Result<Case> {
         let l: LowerIn = u.arbitrary()?;
         lowers.push(build_layer(&l));
     }
+    // One case in four plants a crafted upper.
+    let hostile = if u.ratio(1u8, 4u8)? {
+        let n = 1 + u.int_in_range(0..=MAX_MARKERS - 1)?;
+        (0..n).map(|_| u.arbitrary()).collect::<arbitrary::Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let style = if u.arbitrary::<bool>()? { WhiteoutStyle::Oci } else { WhiteoutStyle::Overlay };
     let checks = if u.ratio(3u8, 10u8)? { Checks::Sparse } else { Checks::Every };
     let opens = if u.arbitrary::<bool>()? { Opens::ReadWriteUpper } else { Opens::AsAsked };
@@ -257,6 +272,7 @@ fn decode(bytes: &[u8]) -> arbitrary::Result<Case> {
         ops.push(u.arbitrary::<OpIn>()?);
     }
     Ok(Case {
+        hostile,
         lowers,
         style,
         checks,
@@ -275,8 +291,14 @@ fn skips() -> &'static [String] {
 }
 
 fuzz_target!(|bytes: &[u8]| {
-    let Ok(case) = decode(bytes) else { return };
-    if let Err(e) = run_case(&case.lowers, case.style, case.checks, case.opens, EXACT, &case.ops, |m, op| op.resolve(m)) {
+    let Ok(mut case) = decode(bytes) else { return };
+    let r = if case.hostile.is_empty() {
+        run_case(&case.lowers, case.style, case.checks, case.opens, EXACT, &case.ops, |m, op| op.resolve(m))
+    } else {
+        let upper = hostile::plant(&mut case.lowers, &case.hostile);
+        hostile::run_hostile(&case.lowers, &upper, case.style, &case.ops, |m, op| op.resolve(m))
+    };
+    if let Err(e) = r {
         if skips().iter().any(|s| e.contains(s.as_str())) {
             return;
         }

@@ -24,6 +24,7 @@ use super::node::Node;
 use super::{Loc, Union};
 use crate::attr::Kind;
 use crate::error::{Errno, FsResult};
+use crate::format::markers::{self, Marker};
 use crate::format::metacopy::{self, XATTRS as METACOPY};
 use crate::format::redirect::{self, Redirect};
 use crate::sys::Target;
@@ -123,7 +124,11 @@ impl Union {
         };
         for (l, d) in lowers {
             match d.stat_at_opt(&leaf)? {
+                // An OCI whiteout hides the name below its layer as the other forms do.
+                None if d.stat_at_opt(&markers::oci_name(&leaf))?.is_some() => break,
                 None => continue,
+                // An xattr whiteout is a zero-size regular file: never data.
+                Some(lst) if matches!(d.classify(d.marks()?, &leaf, &lst), Marker::Whiteout { .. }) => break,
                 // A lower that was itself an upper may hold a metacopy file: its data is
                 // further down, as the kernel finds it.
                 Some(lst) if Kind::from_mode(lst.st_mode) == Kind::File => {

@@ -91,6 +91,13 @@ impl Union {
         let Some(r) = self.redirect_of(*last, top)? else {
             return Ok(false);
         };
+        // Beside an OCI whiteout of its own layer a directory merges nothing below, redirect
+        // or not (docs/semantics.md, "Lookup"). Asked only of redirected directories.
+        if let Some(pd) = super::locate::layer_fd(parent_layers, *last) {
+            if pd.stat_at_opt(&markers::oci_name(name))?.is_some() {
+                return Ok(true);
+            }
+        }
         if !self.config.redirect_dir.follows() {
             // redirect_dir=nofollow: the directory shows its own entries only.
             tracing::debug!("not following the redirect of {}", self.where_is(*last, top));

@@ -12,6 +12,7 @@ use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
 use unionfs::WhiteoutStyle;
 use unionfs_model::harness::{self, Checks, Op, Opens, from_env, is_marker, p, run_case};
+use unionfs_model::hostile;
 use unionfs_model::*;
 
 /// A path as generated: most pick from what the view shows at the time the step runs.
@@ -23,6 +24,9 @@ enum PathGen {
     Child(Index, String),
     /// Any path of 1 to 3 components.
     Literal(PathBuf),
+    /// One of the visible directories (a rename of one that merges lower directories writes a
+    /// redirect).
+    ExistingDir(Index),
 }
 
 impl PathGen {
@@ -42,6 +46,14 @@ impl PathGen {
                 i.get(&dirs).join(name)
             }
             PathGen::Literal(p) => p.clone(),
+            PathGen::ExistingDir(i) => {
+                let dirs: Vec<&PathBuf> = m.names.keys().filter(|p| m.get(p).is_some_and(Node::is_dir)).collect();
+                if dirs.is_empty() {
+                    PathBuf::from(NAMES[0])
+                } else {
+                    dirs[i.index(dirs.len())].clone()
+                }
+            }
         }
     }
 }
@@ -189,6 +201,12 @@ fn op() -> impl Strategy<Value = Op<PathGen>> {
         2 => path().prop_map(|path| Op::Unlink { path }),
         2 => path().prop_map(|path| Op::Rmdir { path }),
         4 => (path(), path(), flags).prop_map(|(from, to, flags)| Op::Rename { from, to, flags }),
+        // Directory moves, within their parent and elsewhere (redirects, relative and absolute).
+        2 => (any::<Index>(), any::<Index>(), name()).prop_map(|(from, to, n)| Op::Rename {
+            from: PathGen::ExistingDir(from),
+            to: PathGen::Child(to, n),
+            flags: 0,
+        }),
         1 => (path(), target()).prop_map(|(path, target)| Op::Symlink { path, target }),
         1 => (path(), path()).prop_map(|(from, to)| Op::Link { from, to }),
         1 => (path(), any_mode).prop_map(|(path, mode)| Op::Chmod { path, mode }),
@@ -222,6 +240,31 @@ proptest! {
         ops in prop::collection::vec(op(), 1..25),
     ) {
         if let Err(e) = run_case(&lowers, style, checks, opens, from_env(), &ops, |m, op| op.map_paths(|p| p.resolve(m))) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // Each case is one mount and a short sequence: 96 cost a few seconds.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// A crafted upper (redirect and metacopy markers aimed outside the layers, at symlinks,
+    /// at files, in loops): nothing outside the layers is ever shown, and every entry is the
+    /// model's or, where markers are involved, an allowed error (`unionfs_model::hostile`).
+    #[test]
+    fn hostile_upper_stays_inside_layers(
+        mut lowers in prop::collection::vec(lower(), 1..=2),
+        picks in prop::collection::vec(any::<(u8, u8, u8)>(), 1..=4),
+        style in prop::sample::select(&[WhiteoutStyle::Overlay, WhiteoutStyle::Oci][..]),
+        ops in prop::collection::vec(op(), 0..8),
+    ) {
+        let upper = hostile::plant(&mut lowers, &picks);
+        if let Err(e) = hostile::run_hostile(&lowers, &upper, style, &ops, |m, op| op.map_paths(|p| p.resolve(m))) {
             return Err(TestCaseError::fail(e));
         }
     }
@@ -401,4 +444,130 @@ fn regression_exchange_of_a_directory_beside_its_own_oci_whiteout() {
             flags: RENAME_EXCHANGE,
         }],
     );
+}
+
+/// Renames of merged lower directories leave redirects (relative in the same directory,
+/// absolute elsewhere), and a metadata change below one a metacopy file: the upper on disk,
+/// folded over the lowers by the model's own rules, must show the view.
+#[test]
+fn redirected_upper_folds_to_the_view() {
+    let l0 = layer(&[
+        ("a", dir()),
+        ("a/x", file(b"x0")),
+        ("a/s", dir()),
+        ("a/s/t", file(b"t0")),
+    ]);
+    let l1 = layer(&[("a", dir()), ("a/y", file(b"y1")), ("b", dir())]);
+    replay(
+        vec![(l0, Encoding::Oci), (l1, Encoding::Oci)],
+        vec![
+            Op::Rename {
+                from: p("a"),
+                to: p("c"),
+                flags: 0,
+            },
+            Op::Chmod {
+                path: p("c/x"),
+                mode: 0o600,
+            },
+            Op::Rename {
+                from: p("c"),
+                to: p("b/c"),
+                flags: 0,
+            },
+            Op::Unlink { path: p("b/c/y") },
+            Op::Rename {
+                from: p("b/c/s"),
+                to: p("s2"),
+                flags: 0,
+            },
+            Op::Remount,
+            Op::Rename {
+                from: p("s2"),
+                to: p("b/c/s"),
+                flags: 0,
+            },
+        ],
+    );
+}
+
+/// The model's fold alone: a relative redirect, an absolute one met on the way by a lower
+/// layer's own redirect, an opaque directory ending the merge, a metacopy file's data.
+#[test]
+fn fold_follows_redirects() {
+    let upper = layer(&[
+        ("n", dir()),
+        ("n/.wh..wh..redirect", file(b"a")),
+        ("m", dir()),
+        ("m/.wh..wh..redirect", file(b"/d/e")),
+        ("m/f", file(b"\0\0")),
+        ("m/.wh..wh..mc.f", file(b"")),
+    ]);
+    let l0 = layer(&[
+        ("a", dir()),
+        ("a/x", file(b"x")),
+        ("d", dir()),
+        ("d/.wh..wh..redirect", file(b"/g")),
+        ("d/e", dir()),
+        ("d/e/f", file(b"ef")),
+    ]);
+    let l1 = layer(&[
+        ("a", dir()),
+        ("a/.wh..wh..opq", file(b"")),
+        ("a/y", file(b"y")),
+        ("g", dir()),
+        ("g/e", dir()),
+        ("g/e/z", file(b"z")),
+    ]);
+    let l2 = layer(&[("a", dir()), ("a/hidden", file(b"h"))]);
+    let got = fold_contents(&[upper, l0, l1, l2]);
+    let names: Vec<String> = got.keys().map(|k| k.display().to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "a", "a/x", "a/y", "d", "d/e", "d/e/f", "d/e/z", "g", "g/e", "g/e/z", "m", "m/f", "m/z", "n", "n/x", "n/y"
+        ]
+    );
+    assert_eq!(got[&p("m/f")], file(b"ef"));
+}
+
+/// A crafted metacopy file over a lower whiteout (an xattr whiteout: a zero-size regular file;
+/// or an OCI `.wh.` file) showed the whiteout file as its data (nothing, under a size of one
+/// byte). The data lookup now stops at a whiteout of any form, as kernel overlayfs does: EIO.
+/// Found by `hostile_upper_stays_inside_layers`.
+#[test]
+fn regression_metacopy_over_a_lower_whiteout_is_not_its_data() {
+    for enc in [Encoding::XattrWhiteouts, Encoding::Oci] {
+        let mut lowers = vec![(layer(&[(".wh.c", file(b""))]), enc)];
+        // A metacopy file `c` of one byte (`hostile::plant`'s kind 0, name 2).
+        let upper = hostile::plant(&mut lowers, &[(0, 2, 0)]);
+        assert!(upper.contains_key(&metacopy_path(&p("c"))));
+        let none: &[Op] = &[];
+        if let Err(e) = hostile::run_hostile(&lowers, &upper, WhiteoutStyle::Overlay, none, |_, op| op.clone()) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// A lower directory with a redirect beside its own layer's OCI whiteout merged the directory
+/// its redirect names below; beside that whiteout it merges nothing below (the model's rule,
+/// docs/semantics.md "Lookup"), redirect or not. Found by `hostile_upper_stays_inside_layers`.
+#[test]
+fn regression_redirect_beside_its_own_oci_whiteout_merges_nothing() {
+    let lowers = vec![
+        (
+            layer(&[(".wh.c", file(b"")), ("c", dir()), ("c/.wh..wh..redirect", file(b"a"))]),
+            Encoding::Oci,
+        ),
+        (layer(&[("a", dir()), ("a/a", file(b""))]), Encoding::Oci),
+    ];
+    let none: &[Op] = &[];
+    for upper in [
+        Layer::new(),
+        layer(&[("a", dir()), ("a/.wh..wh..redirect", file(b"c"))]),
+    ] {
+        if let Err(e) = hostile::run_hostile(&lowers, &upper, WhiteoutStyle::Overlay, none, |_, op| op.clone()) {
+            panic!("{e}");
+        }
+    }
 }

@@ -50,7 +50,7 @@ pub fn write_layer(root: &Path, layer: &Layer, enc: Encoding) {
     // `.wh.N` that can be written at `N` itself (no entry `N` in this layer).
     let hidden_name = |p: &Path| -> Option<PathBuf> {
         let (dir, name) = split(p);
-        if !is_reserved(name) || name == OPQ {
+        if !is_reserved(name) || is_pseudo(name) {
             return None;
         }
         let hidden = dir.join(OsStr::from_bytes(&name.as_bytes()[WH.len()..]));
@@ -84,6 +84,18 @@ pub fn write_layer(root: &Path, layer: &Layer, enc: Encoding) {
                 set_xattr_path(&target, "user.overlay.whiteout", b"y");
                 set_xattr_path(&root.join(dir), "user.overlay.opaque", b"x");
             }
+            // Markers of other entries, set once those exist.
+            Node::File { .. } if is_pseudo(name) && name != OPQ => {}
+            // A metacopy file as the union or the kernel makes it: its size as a hole.
+            Node::File { data, mode, xattr } if layer.contains_key(&metacopy_path(p)) => {
+                fs::File::create(&full)
+                    .and_then(|f| f.set_len(data.len() as u64))
+                    .expect("write metacopy file");
+                if let Some(v) = xattr {
+                    set_xattr_path(&full, XATTR, v);
+                }
+                chmod(&full, *mode);
+            }
             Node::File { data, mode, xattr } => {
                 fs::write(&full, data).expect("write lower file");
                 if let Some(v) = xattr {
@@ -109,6 +121,7 @@ pub fn write_layer(root: &Path, layer: &Layer, enc: Encoding) {
             fs::hard_link(root.join(to), root.join(p)).expect("create lower hard link");
         }
     }
+    write_markers(root, layer);
     let t = Timespec {
         tv_sec: LOWER_TIME,
         tv_nsec: 0,
@@ -120,6 +133,28 @@ pub fn write_layer(root: &Path, layer: &Layer, enc: Encoding) {
     for p in walk_disk(root) {
         rustix::fs::utimensat(rustix::fs::CWD, root.join(&p), &times, AtFlags::SYMLINK_NOFOLLOW)
             .expect("set lower times");
+    }
+}
+
+/// The redirect and metacopy xattrs of a layer's pseudo-entries ([`REDIRECT`], [`METACOPY`]),
+/// in their `user.overlay.*` form, which the union reads privileged or not.
+fn write_markers(root: &Path, layer: &Layer) {
+    for (p, node) in layer {
+        let (dir, name) = split(p);
+        let Node::File { data, .. } = node else { continue };
+        if name == REDIRECT {
+            set_xattr_path(&root.join(dir), "user.overlay.redirect", data);
+        } else if let Some(of) = name.as_bytes().strip_prefix(METACOPY.as_bytes()) {
+            let target = root.join(dir).join(OsStr::from_bytes(of));
+            if fs::symlink_metadata(&target).is_ok_and(|m| m.is_symlink()) {
+                // Linux refuses user.* xattrs on symlinks: only trusted.* can mark one.
+                if rustix::process::geteuid().is_root() {
+                    set_xattr_path(&target, "trusted.overlay.metacopy", data);
+                }
+            } else {
+                set_xattr_path(&target, "user.overlay.metacopy", data);
+            }
+        }
     }
 }
 
@@ -267,7 +302,7 @@ pub fn diff_snapshots(before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathB
 /// Reads a layer (the upper) back from disk in the OCI naming of [`Layer`]: a char device 0/0
 /// becomes `.wh.NAME`, an opaque xattr becomes `.wh..wh..opq`. Also returns every way the
 /// layer breaks the on-disk format of docs/semantics.md.
-pub fn read_layer(root: &Path, below: &[PathBuf]) -> (Layer, Vec<String>) {
+pub fn read_layer(root: &Path) -> (Layer, Vec<String>) {
     let mut layer = Layer::new();
     let mut problems = Vec::new();
     let mut inodes: HashMap<u64, PathBuf> = HashMap::new();
@@ -298,6 +333,9 @@ pub fn read_layer(root: &Path, below: &[PathBuf]) -> (Layer, Vec<String>) {
                 if is_opaque(&full) {
                     layer.insert(opaque_path(&p), file(b""));
                 }
+                if let Some(v) = marker(&full, REDIRECT_XATTRS) {
+                    layer.insert(redirect_path(&p), file(&v));
+                }
                 Node::Dir { mode, xattr }
             }
             FileType::RegularFile => {
@@ -308,8 +346,11 @@ pub fn read_layer(root: &Path, below: &[PathBuf]) -> (Layer, Vec<String>) {
                     }
                     inodes.insert(md.ino(), p.clone());
                 }
+                if let Some(v) = marker(&full, METACOPY_XATTRS) {
+                    layer.insert(metacopy_path(&p), file(&v));
+                }
                 Node::File {
-                    data: file_data(&full, &p, below, &mut problems),
+                    data: fs::read(&full).expect("read upper file"),
                     mode,
                     xattr,
                 }
@@ -333,39 +374,12 @@ pub fn read_layer(root: &Path, below: &[PathBuf]) -> (Layer, Vec<String>) {
     (layer, problems)
 }
 
-/// The data of the upper file `full` (at `rel`): its own, or for a metacopy file (kernel
-/// overlayfs's format, which the union writes for metadata-only changes) the first of the
-/// layers `below` that has a regular file at `rel`.
-fn file_data(full: &Path, rel: &Path, below: &[PathBuf], problems: &mut Vec<String>) -> Vec<u8> {
-    let metacopy = ["trusted.overlay.metacopy", "user.overlay.metacopy"]
-        .iter()
-        .any(|x| get_xattr_path(full, x).is_some());
-    if !metacopy {
-        return fs::read(full).expect("read upper file");
-    }
-    for l in below {
-        match fs::symlink_metadata(l.join(rel)) {
-            Ok(md) if md.file_type().is_file() => return read_noatime(&l.join(rel)),
-            Ok(_) => break,
-            Err(_) => continue,
-        }
-    }
-    problems.push(format!("{}: a metacopy file with no data below", rel.display()));
-    Vec::new()
-}
+const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+const METACOPY_XATTRS: [&str; 2] = ["trusted.overlay.metacopy", "user.overlay.metacopy"];
 
-/// Reads a lower file without touching its access time (the checks compare the lowers' atimes).
-fn read_noatime(p: &Path) -> Vec<u8> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(p)
-        .expect("open lower data");
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).expect("read lower data");
-    v
+/// The value of the first of `xattrs` that `full` carries.
+fn marker(full: &Path, xattrs: [&str; 2]) -> Option<Vec<u8>> {
+    xattrs.iter().find_map(|x| get_xattr_path(full, x))
 }
 
 /// Whiteouts in the upper (layer 0 of `layers`) that hide nothing: no lower layer merged into
@@ -376,16 +390,26 @@ pub fn redundant_whiteouts(layers: &[Layer]) -> Vec<String> {
     let mut out = Vec::new();
     for p in layers[0].keys() {
         let (dir, name) = split(p);
-        if !is_reserved(name) || name == OPQ {
+        if !is_reserved(name) || is_pseudo(name) {
             continue;
         }
-        let hidden = dir.join(OsStr::from_bytes(&name.as_bytes()[WH.len()..]));
-        let below = f.dirs.get(dir).map(|v| &v[1..]).unwrap_or(&[]);
+        let hidden = OsStr::from_bytes(&name.as_bytes()[WH.len()..]);
+        let below = match f
+            .dirs
+            .iter()
+            .find(|(_, v)| v.first().is_some_and(|(l, at)| *l == 0 && at == dir))
+        {
+            Some((_, v)) => &v[1..],
+            None => &[],
+        };
         if !below
             .iter()
-            .any(|&l| layers[l].contains_key(&hidden) || layers[l].contains_key(p))
+            .any(|(l, at)| layers[*l].contains_key(&at.join(hidden)) || layers[*l].contains_key(&at.join(name)))
         {
-            out.push(format!("{}: whiteout with nothing below it to hide", hidden.display()));
+            out.push(format!(
+                "{}: whiteout with nothing below it to hide",
+                dir.join(hidden).display()
+            ));
         }
     }
     out

@@ -42,12 +42,38 @@ impl Fixture {
         }
     }
 
+    /// Writes a crafted `upper` (docs/semantics.md, "Untrusted uppers") over the empty one, with
+    /// [`OUTSIDE`] in its redirects standing for `outside/`, and the sentinel files next to the
+    /// layers (in the temporary root and in `outside/`). Returns the upper as written.
+    pub fn plant_upper(&mut self, upper: &Layer) -> Layer {
+        let outside = self.tmp.path().join("outside");
+        fs::create_dir(&outside).expect("create outside");
+        for d in [self.tmp.path(), &outside] {
+            fs::write(d.join(SENTINEL_NAME), SENTINEL).expect("write sentinel");
+        }
+        let real = outside.as_os_str().as_bytes();
+        let upper: Layer = upper
+            .iter()
+            .map(|(p, n)| match n {
+                Node::File { data, .. } if split(p).1 == REDIRECT && data == OUTSIDE.as_bytes() => {
+                    (p.clone(), file(real))
+                }
+                _ => (p.clone(), n.clone()),
+            })
+            .collect();
+        fs::remove_dir(&self.upper).expect("remove empty upper");
+        write_layer(&self.upper, &upper, Encoding::Oci);
+        upper
+    }
+
     pub fn config(&self) -> MountConfig {
         let mut cfg = MountConfig::new(self.lowers.clone(), Some(self.upper.clone()));
         cfg.workdir = Some(self.work.clone());
         cfg.whiteouts = self.style;
-        // Metadata changes then leave metacopy files, whose data the checks read from below.
+        // Metadata changes then leave metacopy files, whose data the checks read from below,
+        // and renames of merged directories redirects, which the fold of the upper follows.
         cfg.metacopy = true;
+        cfg.redirect_dir = unionfs::RedirectDir::On;
         cfg
     }
 
@@ -71,28 +97,28 @@ impl Fixture {
 
     /// The upper as a layer, plus its format problems.
     pub fn read_upper(&self) -> (Layer, Vec<String>) {
-        read_layer(&self.upper, &self.lowers)
+        read_layer(&self.upper)
     }
 
     /// Checks the upper on its own: valid encodings, no useless whiteouts, and folded over the
-    /// lowers by the model's rules it shows `want`.
-    ///
-    /// The model's fold merges directories by path only: an upper with directory redirects
-    /// (renames in O(1), docs/semantics.md "Directory renames") is checked for its encodings
-    /// alone, and what it shows is checked by the remount, a second union reading it.
+    /// lowers by the model's rules (redirects and metacopy files followed as kernel overlayfs
+    /// follows them) it shows `want`.
     pub fn check_upper(&self, want: &BTreeMap<PathBuf, Node>) -> Result<(), String> {
         let (upper, mut problems) = self.read_upper();
-        let redirects = has_redirects(&self.upper);
         let mut all = vec![upper];
         all.extend(self.layers.iter().cloned());
-        if !redirects {
-            problems.extend(redundant_whiteouts(&all));
+        problems.extend(redundant_whiteouts(&all));
+        let f = fold(&all);
+        for p in &f.broken {
+            problems.push(format!("{}: a redirect the union refuses", p.display()));
+        }
+        for (p, data) in &f.data {
+            if data.is_none() {
+                problems.push(format!("{}: a metacopy file with no data below", p.display()));
+            }
         }
         if !problems.is_empty() {
             return Err(format!("upper layer format:\n  {}", problems.join("\n  ")));
-        }
-        if redirects {
-            return Ok(());
         }
         diff_trees("model", want, "upper+lowers on disk", &fold_contents(&all))
     }
@@ -428,7 +454,7 @@ impl Driver {
         self.read_ino(ino)
     }
 
-    fn read_ino(&self, ino: u64) -> Result<Vec<u8>, i32> {
+    pub fn read_ino(&self, ino: u64) -> Result<Vec<u8>, i32> {
         let fh = self.u().open(ino, libc::O_RDONLY).map_err(code)?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -589,15 +615,4 @@ pub fn read_fresh(cfg: &MountConfig) -> Result<BTreeMap<PathBuf, Seen>, String> 
 /// `st_blocks` of a path, in bytes.
 pub fn allocated_bytes(p: &Path) -> u64 {
     fs::symlink_metadata(p).expect("stat").blocks() * 512
-}
-
-/// Whether a directory of the upper `root` carries a redirect xattr.
-fn has_redirects(root: &Path) -> bool {
-    walk_disk(root).into_iter().any(|p| {
-        let full = root.join(&p);
-        fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
-            && ["trusted.overlay.redirect", "user.overlay.redirect"]
-                .iter()
-                .any(|x| get_xattr_path(&full, x).is_some())
-    })
 }

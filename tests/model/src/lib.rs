@@ -38,10 +38,12 @@ pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 mod disk;
 mod driver;
 pub mod harness;
+pub mod hostile;
 mod layers;
 mod view;
 
 pub use disk::*;
 pub use driver::*;
+pub use hostile::{OUTSIDE, SENTINEL, SENTINEL_NAME};
 pub use layers::*;
 pub use view::*;

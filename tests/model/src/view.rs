@@ -60,8 +60,8 @@ impl View {
             ..View::default()
         };
         let mut ids: HashMap<(usize, PathBuf), ObjId> = HashMap::new();
-        for (path, (l, canonical)) in f.entries {
-            let node = layers[l][&canonical].clone();
+        for (path, (l, canonical)) in f.entries.clone() {
+            let node = f.node(layers, &path).expect("folded entry");
             let linked = layers[l]
                 .values()
                 .any(|n| matches!(n, Node::HardLink { to } if *to == canonical));
