@@ -109,6 +109,11 @@ impl Union {
             Some(_) => Data::All,
         };
         self.copy_up_with(&node, data)?;
+        // Filling a metacopy file's data (another thread's first write) puts the file's mode
+        // and times back when it is done, which would undo a change made meanwhile: wait for it.
+        // (The state's read lock is let go first: the fill takes the state to write when done.)
+        let metacopy = node.state.read().is_metacopy();
+        let _fill = metacopy.then(|| node.copy_lock.lock());
         let kind = node.state.read().kind;
         let loc = self.locate(&node, fh)?;
         // Acts on the object itself, never on a symlink's target.
