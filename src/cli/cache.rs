@@ -77,7 +77,7 @@ fn ls(cache: &std::path::Path, json: bool) -> ExitCode {
     for i in items.iter().filter(|i| i.kind != Kind::Piece) {
         let kind = if i.kind == Kind::Blob { "blob" } else { "catalog" };
         let short = i.digest.get(..19).unwrap_or(&i.digest);
-        let used = chrono_free(i.used);
+        let used = unionfs::image::write::rfc3339(i.used);
         let busy = if i.in_use { "yes" } else { "" };
         println!("{kind:<8} {short:<19} {:>10} {used:>20} {busy}", human_size(i.bytes));
     }
@@ -87,27 +87,6 @@ fn ls(cache: &std::path::Path, json: bool) -> ExitCode {
     let total: u64 = items.iter().map(|i| i.bytes).sum();
     println!("total: {} in {}", human_size(total), cache.display());
     ExitCode::SUCCESS
-}
-
-/// `YYYY-MM-DD HH:MM:SS` (UTC) of seconds since the epoch, without a date crate.
-fn chrono_free(secs: i64) -> String {
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
 }
 
 fn prune(cache: &std::path::Path, keep: u64) -> ExitCode {
@@ -130,15 +109,5 @@ fn prune(cache: &std::path::Path, keep: u64) -> ExitCode {
             eprintln!("unionfs: cache prune: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(super::chrono_free(0), "1970-01-01 00:00:00");
-        assert_eq!(super::chrono_free(1796658061), "2026-12-07 15:41:01");
-        assert_eq!(super::chrono_free(951_782_400), "2000-02-29 00:00:00");
     }
 }

@@ -402,7 +402,7 @@ fn files_below(d: &Path) -> Vec<PathBuf> {
 }
 
 /// Makes the kernel forget cached file pages, so reads reach the daemon again.
-fn drop_page_cache() {
+pub(crate) fn drop_page_cache() {
     std::fs::write("/proc/sys/vm/drop_caches", b"1").expect("drop_caches (root)");
 }
 

@@ -342,7 +342,7 @@ fn cache_prune_keeps_what_a_mount_uses_and_removes_the_rest() {
         2 * image.layers.len(),
         "only what the mount uses is left: {out}\n{left:?}"
     );
-    drop_caches();
+    crate::images::drop_page_cache();
     assert!(diff(&view, &snapshot(&m.mnt)).is_empty(), "the mount reads on");
     assert_eq!(m.unmount(), Some(0));
     age_all(&cache);
@@ -411,10 +411,6 @@ fn a_mount_holds_the_whole_cache_to_cache_size_keeping_what_it_uses() {
         "the mount works"
     );
     assert_eq!(m.unmount(), Some(0));
-}
-
-fn drop_caches() {
-    std::fs::write("/proc/sys/vm/drop_caches", b"3").expect("drop_caches (root)");
 }
 
 /// The layer catalogs of the cache.
