@@ -40,6 +40,8 @@ pub(crate) struct MountSpec {
     /// `--tls-verify`, `--cert-dir`: how to reach a `docker://` image's registry.
     pub tls_verify: Option<bool>,
     pub cert_dir: Option<PathBuf>,
+    /// `--fetch-timeout`: how long a lazy read waits for the registry.
+    pub fetch_timeout: Option<u64>,
 }
 
 /// What the library mounts with: the checked configuration (canonical paths), the session's
@@ -69,6 +71,7 @@ impl MountSpec {
             cache_size: None,
             tls_verify: None,
             cert_dir: None,
+            fetch_timeout: None,
         }
     }
 
@@ -116,15 +119,19 @@ impl MountSpec {
 impl MountSpec {
     /// The image the options name, with its cache.
     fn image_source(&self) -> Result<Option<unionfs::config::ImageSource>, String> {
-        let registry_opts = self.tls_verify.is_some() || self.cert_dir.is_some();
+        let registry_opts = self.tls_verify.is_some() || self.cert_dir.is_some() || self.fetch_timeout.is_some();
         let Some(reference) = &self.image else {
             if self.cache_dir.is_some() || self.cache_size.is_some() || registry_opts {
-                return Err("--cache, --cache-size, --tls-verify and --cert-dir are for --image".into());
+                return Err(
+                    "--cache, --cache-size, --tls-verify, --cert-dir and --fetch-timeout are for --image".into(),
+                );
             }
             return Ok(None);
         };
         if registry_opts && !unionfs::registry::is_registry(reference) {
-            return Err("--tls-verify and --cert-dir are for a registry image (--image docker://...)".into());
+            return Err(
+                "--tls-verify, --cert-dir and --fetch-timeout are for a registry image (--image docker://...)".into(),
+            );
         }
         let mut src = unionfs::config::ImageSource::new(reference);
         if let Some(d) = &self.cache_dir {
@@ -136,6 +143,7 @@ impl MountSpec {
         src.registry = unionfs::registry::Options {
             tls_verify: self.tls_verify.unwrap_or(true),
             cert_dir: self.cert_dir.clone(),
+            fetch_timeout: self.fetch_timeout.unwrap_or(unionfs::registry::DEFAULT_FETCH_TIMEOUT),
         };
         Ok(Some(src))
     }

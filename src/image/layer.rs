@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use super::catalog::{CHUNK, Data, Entry, Part};
 use super::gzip;
 use super::layout::{Compression, LayerDesc};
 use super::scan::{self, Progress};
+use super::source::{Blob, RemoteRef};
 use super::store::{self, StoreError, Stored};
 use super::zstd::{self as zst, Frame};
 
@@ -34,7 +34,7 @@ pub struct BlobReader {
 
 impl Read for BlobReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -68,7 +68,7 @@ impl Read for Cursor {
 pub struct ImageLayer {
     pub digest: String,
     blob_path: PathBuf,
-    blob: Arc<std::fs::File>,
+    blob: Blob,
     store: Stored,
     dirs: Mutex<VecDeque<(u32, Arc<Vec<Entry>>)>>,
     cursors: Mutex<Vec<Cursor>>,
@@ -87,33 +87,54 @@ impl ImageLayer {
     /// Opens the layer `desc` of the layout `layout`, with its catalog from `cache_dir` (made by
     /// scanning the blob when there is none, or it is damaged). Two mounts making the same
     /// catalog at once: one scans, the other waits and uses its result.
+    ///
+    /// With `remote` (a registry image), a layer with a table of contents whose blob is not in
+    /// the layout is read lazily: its table and then the chunks that reads need are fetched by
+    /// range requests.
     pub fn open(
         layout: &Path,
         desc: &LayerDesc,
         cache_dir: &Path,
         cache: Arc<ContentCache>,
+        remote: Option<&RemoteRef>,
         progress: &dyn Progress,
     ) -> Result<ImageLayer, ImageError> {
         let blob_path = super::layout::blob_path(layout, &desc.digest)?;
-        let blob = std::fs::File::open(&blob_path).map_err(|e| ImageError::io(&blob_path, e))?;
-        let blob_len = blob.metadata().map_err(|e| ImageError::io(&blob_path, e))?.len();
-        if blob_len != desc.size {
-            return Err(ImageError::corrupt(
-                &blob_path,
-                format!("{blob_len} bytes, the manifest says {}", desc.size),
-            ));
-        }
+        let blob = match remote {
+            Some(r) if super::toc::kind_of(desc).is_some() && !blob_path.is_file() => {
+                Blob::remote(r.clone(), &desc.digest, desc.size, r.0.describe().into())
+            }
+            _ => {
+                let blob = Blob::open(&blob_path).map_err(|e| ImageError::io(&blob_path, e))?;
+                let file = blob.file().map(Arc::clone);
+                let blob_len = file
+                    .as_deref()
+                    .map(std::fs::File::metadata)
+                    .transpose()
+                    .map_err(|e| ImageError::io(&blob_path, e))?
+                    .map_or(0, |m| m.len());
+                if blob_len != desc.size {
+                    return Err(ImageError::corrupt(
+                        &blob_path,
+                        format!("{blob_len} bytes, the manifest says {}", desc.size),
+                    ));
+                }
+                // Last use, for `unionfs cache prune` (a layout's blobs are not the cache's
+                // to touch).
+                if let (true, Some(f)) = (blob_path.starts_with(cache_dir), file) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
+                blob
+            }
+        };
         let cat = store::path_of(cache_dir, &desc.digest);
-        let store = open_or_build(&cat, &blob_path, desc, progress)?;
-        // Last use, for `unionfs cache prune` (a layout's blobs are not the cache's to touch).
+        let store = open_or_build(&cat, &blob, desc, progress)?;
         store.touch();
-        if blob_path.starts_with(cache_dir) {
-            let _ = blob.set_modified(std::time::SystemTime::now());
-        }
+        let blob_path = blob.path().to_path_buf();
         Ok(ImageLayer {
             digest: desc.digest.clone(),
             blob_path,
-            blob: Arc::new(blob),
+            blob,
             store,
             dirs: Mutex::new(VecDeque::new()),
             cursors: Mutex::new(Vec::new()),
@@ -123,7 +144,16 @@ impl ImageLayer {
 
     /// The blob's own attributes (what a stat of the layer's objects is modelled on).
     pub fn blob_stat(&self) -> std::io::Result<rustix::fs::Stat> {
-        Ok(rustix::fs::fstat(&*self.blob)?)
+        // A lazy layer has no blob here: its catalog stands in.
+        match self.blob.file() {
+            Some(f) => Ok(rustix::fs::fstat(&**f)?),
+            None => Ok(rustix::fs::fstat(&self.store.file)?),
+        }
+    }
+
+    /// Whether the layer's chunks are fetched from a registry as reads need them.
+    pub fn is_lazy(&self) -> bool {
+        self.blob.file().is_none()
     }
 
     /// The layer's root directory entry.
@@ -135,6 +165,15 @@ impl ImageLayer {
     /// from its table of contents never had its stream read).
     pub fn tar_len(&self) -> Option<u64> {
         Some(self.store.meta.stream_len).filter(|&n| n > 0)
+    }
+
+    /// The blob file, for the readers of a whole stream (a lazy layer has only table-of-contents
+    /// pieces, read by range).
+    fn local_file(&self) -> Result<Arc<std::fs::File>, LayerReadError> {
+        self.blob
+            .file()
+            .map(Arc::clone)
+            .ok_or_else(|| self.err("a lazy layer has no stream to read"))
     }
 
     fn err(&self, what: impl Into<String>) -> LayerReadError {
@@ -245,7 +284,11 @@ impl ImageLayer {
             return Err(self.err("a file's data is past its last piece"));
         };
         let piece = match &p.digest {
-            Some(d) => self.piece(d, last, || self.part_piece(p))?,
+            Some(d) => self.piece(d, last, || self.part_piece(p)).inspect_err(|_| {
+                // A bad copy of the blob's bytes (a registry that sent wrong ones) is not
+                // kept: the next read asks again.
+                self.blob.forget();
+            })?,
             None => Arc::new(vec![0u8; p.len as usize]),
         };
         let from = (pos - p.file_offset) as usize;
@@ -323,8 +366,9 @@ impl ImageLayer {
                 return Ok(c.swap_remove(i));
             }
         }
+        let file = self.local_file()?;
         let reader = |input: u64| BlobReader {
-            file: Arc::clone(&self.blob),
+            file: Arc::clone(&file),
             pos: input,
         };
         let blob_err = |e: &dyn std::fmt::Display| self.err(format!("{}: {e}", self.blob_path.display()));
@@ -357,7 +401,7 @@ impl ImageLayer {
         let mut out = vec![0u8; len];
         let stream: Box<dyn Read> = if self.store.meta.compression == Compression::None {
             Box::new(BlobReader {
-                file: Arc::clone(&self.blob),
+                file: self.local_file()?,
                 pos: header,
             })
         } else {
@@ -378,7 +422,10 @@ impl ImageLayer {
 
     /// A table-of-contents piece: its own compressed frame (zstd) or member (gzip).
     fn part_piece(&self, p: &Part) -> Result<Vec<u8>, LayerReadError> {
-        let blob_err = |e: &dyn std::fmt::Display| self.err(format!("{}: {e}", self.blob_path.display()));
+        let blob_err = |e: &dyn std::fmt::Display| {
+            let (at, len) = (p.blob_offset, p.blob_len);
+            self.err(format!("{} bytes {at}+{len}: {e}", self.blob_path.display()))
+        };
         let mut raw = vec![0u8; p.blob_len as usize];
         self.blob
             .read_exact_at(&mut raw, p.blob_offset)
@@ -406,7 +453,7 @@ fn skip_to(cur: &mut Cursor, at: u64) -> std::io::Result<()> {
 
 /// The catalog at `cat`, checked; made by scanning the blob when missing or damaged. A lock per
 /// layer makes concurrent mounts scan once.
-fn open_or_build(cat: &Path, blob: &Path, desc: &LayerDesc, progress: &dyn Progress) -> Result<Stored, ImageError> {
+fn open_or_build(cat: &Path, blob: &Blob, desc: &LayerDesc, progress: &dyn Progress) -> Result<Stored, ImageError> {
     let usable = |r: Result<Option<Stored>, StoreError>| -> Option<Stored> {
         match r {
             Ok(Some(s)) if s.meta.digest == desc.digest && s.meta.diff_id == desc.diff_id => Some(s),
@@ -428,7 +475,7 @@ fn open_or_build(cat: &Path, blob: &Path, desc: &LayerDesc, progress: &dyn Progr
     }
     let scanned = match super::toc::kind_of(desc) {
         Some(_) => scan::from_toc(blob, desc)?,
-        None => scan::scan(blob, desc, progress)?,
+        None => scan::scan(blob.path(), desc, progress)?,
     };
     store::write(cat, &desc.digest, &desc.diff_id, desc.compression, &scanned).map_err(|e| ImageError::io(cat, e))?;
     match Stored::open(cat) {
@@ -462,7 +509,7 @@ mod tests {
     fn open(dir: &Path, cache: &Path) -> Result<ImageLayer, ImageError> {
         let img = layout::open(dir, Some("t"))?;
         let cc = Arc::new(ContentCache::new(cache, 64 << 20));
-        ImageLayer::open(dir, &img.layers[0], cache, cc, &Quiet)
+        ImageLayer::open(dir, &img.layers[0], cache, cc, None, &Quiet)
     }
 
     fn find(l: &ImageLayer, path: &str) -> Entry {

@@ -42,6 +42,8 @@ pub struct Image {
     pub config: ImageConfiguration,
     /// Base first, as in the manifest.
     pub layers: Vec<LayerDesc>,
+    /// A registry image: where its lazy layers' chunks come from.
+    pub remote: Option<super::source::RemoteRef>,
 }
 
 /// `oci:DIR[:TAG]` split into the layout directory and the tag. A colon that is part of the
@@ -167,6 +169,7 @@ pub fn open(dir: &Path, tag: Option<&str>) -> Result<Image, ImageError> {
         config_digest,
         config,
         layers,
+        remote: None,
     })
 }
 

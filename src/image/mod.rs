@@ -10,6 +10,7 @@ pub mod gzip;
 pub mod layer;
 pub mod layout;
 pub mod scan;
+pub mod source;
 pub mod store;
 pub mod tee;
 pub mod toc;
@@ -106,6 +107,7 @@ pub fn open_layers(
 ) -> Result<(layout::Image, Vec<ImageLayer>), ImageError> {
     let image = open_image(reference, cache_dir, registry, progress)?;
     let dir = image.layout.clone();
+    let remote = image.remote.clone();
     let descs: Vec<&layout::LayerDesc> = image.layers.iter().rev().collect();
     // Layers without a catalog are scanned side by side, one more at a time than there are
     // cores: a scan is one thread inflating and reading the tar and two hashing (`tee.rs`), so
@@ -128,7 +130,7 @@ pub fn open_layers(
                         break;
                     }
                     progress.layer(i + 1, descs.len(), &descs[i].digest);
-                    let r = ImageLayer::open(&dir, descs[i], cache_dir, Arc::clone(&cache), progress);
+                    let r = ImageLayer::open(&dir, descs[i], cache_dir, Arc::clone(&cache), remote.as_ref(), progress);
                     failed.fetch_or(r.is_err(), Relaxed);
                     *opened[i].lock() = Some(r);
                 }

@@ -14,6 +14,7 @@ use super::ImageError;
 use super::catalog::{Builder, CHUNK, Catalog, Data, Entry, S_IFDIR, S_IFLNK, S_IFREG};
 use super::gzip;
 use super::layout::{Compression, LayerDesc};
+use super::source::Blob;
 use super::tee::Tee;
 use super::zstd::{self as zst, Frame};
 
@@ -60,10 +61,10 @@ impl<R: Read> Read for Decompress<R> {
 
 /// Catalogs the layer `desc` from its table of contents, without reading its stream (the
 /// table and every piece it points to are checked against their digests instead).
-pub fn from_toc(blob: &Path, desc: &LayerDesc) -> Result<Scanned, ImageError> {
+pub fn from_toc(blob: &Blob, desc: &LayerDesc) -> Result<Scanned, ImageError> {
     let (toc, data_end) = super::toc::read(blob, desc)?;
     Ok(Scanned {
-        catalog: super::toc::catalog(&toc, blob, data_end)?,
+        catalog: super::toc::catalog(&toc, blob.path(), data_end)?,
         stream_len: 0,
         gzip_points: Vec::new(),
         zstd_frames: Vec::new(),

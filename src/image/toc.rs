@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -24,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use super::ImageError;
 use super::catalog::{Builder, Catalog, Data, Entry, Part, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, Xattr};
 use super::layout::{Compression, LayerDesc};
+use super::source::Blob;
 
 pub const CHUNKED_POSITION: [&str; 2] = [
     "io.github.containers.zstd-chunked.manifest-position",
@@ -110,11 +110,11 @@ pub fn kind_of(desc: &LayerDesc) -> Option<Compression> {
 /// eStargz landmarks (`.prefetch.landmark`, `.no.prefetch.landmark` at the root) are left
 /// out: they mark where prefetching ends, they are no files of the layer (stargz-snapshotter
 /// hides them too; the table never lists itself).
-pub fn read(blob: &Path, desc: &LayerDesc) -> Result<(Toc, u64), ImageError> {
-    let f = std::fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
+pub fn read(f: &Blob, desc: &LayerDesc) -> Result<(Toc, u64), ImageError> {
+    let blob = f.path();
     let (json, data_end) = match kind_of(desc) {
-        Some(Compression::Zstd) => (chunked_json(&f, blob, desc)?, desc.size),
-        Some(Compression::Gzip) => estargz_json(&f, blob, desc)?,
+        Some(Compression::Zstd) => (chunked_json(f, blob, desc)?, desc.size),
+        Some(Compression::Gzip) => estargz_json(f, blob, desc)?,
         _ => return Err(ImageError::invalid(blob, "the layer has no table of contents")),
     };
     let mut toc: Toc =
@@ -135,7 +135,7 @@ fn annotation<'a>(desc: &'a LayerDesc, keys: &[&str]) -> Option<&'a String> {
     keys.iter().find_map(|k| desc.annotations.get(*k))
 }
 
-fn chunked_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<Vec<u8>, ImageError> {
+fn chunked_json(f: &Blob, blob: &Path, desc: &LayerDesc) -> Result<Vec<u8>, ImageError> {
     let pos = annotation(desc, &CHUNKED_POSITION).ok_or_else(|| ImageError::invalid(blob, "no table position"))?;
     let nums: Vec<u64> = pos.split(':').filter_map(|n| n.parse().ok()).collect();
     let [offset, len, ulen, ..] = nums[..] else {
@@ -165,7 +165,7 @@ fn chunked_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<Vec<
 }
 
 /// The eStargz footer's table offset.
-fn estargz_offset(f: &std::fs::File, blob: &Path, size: u64) -> Result<u64, ImageError> {
+fn estargz_offset(f: &Blob, blob: &Path, size: u64) -> Result<u64, ImageError> {
     let mut foot = [0u8; 51];
     if size < 51 {
         return Err(ImageError::corrupt(blob, "too short for an eStargz footer"));
@@ -182,7 +182,7 @@ fn estargz_offset(f: &std::fs::File, blob: &Path, size: u64) -> Result<u64, Imag
 }
 
 /// The eStargz table's JSON (checked against the annotation), and its offset in the blob.
-fn estargz_json(f: &std::fs::File, blob: &Path, desc: &LayerDesc) -> Result<(Vec<u8>, u64), ImageError> {
+fn estargz_json(f: &Blob, blob: &Path, desc: &LayerDesc) -> Result<(Vec<u8>, u64), ImageError> {
     let off = estargz_offset(f, blob, desc.size)?;
     let mut member = vec![0u8; (desc.size - 51 - off) as usize];
     f.read_exact_at(&mut member, off).map_err(|e| ImageError::io(blob, e))?;

@@ -109,9 +109,23 @@ impl Client {
     /// `GET /v2/REPO/PATH` with `accept` (if any); a refusal is answered once by authenticating
     /// again. Any status comes back; transport failures are errors.
     pub fn get(&self, path: &str, accept: Option<&str>, range: Option<(u64, u64)>) -> Result<Response<Body>, Failure> {
+        self.get_within(path, accept, range, None)
+    }
+
+    /// [`Self::get`], the whole exchange (body included) given up after `timeout`.
+    pub fn get_within(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        range: Option<(u64, u64)>,
+        timeout: Option<Duration>,
+    ) -> Result<Response<Body>, Failure> {
         let url = format!("{}/v2/{}/{path}", self.base, self.repository);
         let send = || {
             let mut req = self.agent.get(&url);
+            if timeout.is_some() {
+                req = req.config().timeout_global(timeout).build();
+            }
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
@@ -297,7 +311,7 @@ fn agent(opts: &Options) -> Result<Agent, Failure> {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .tls_config(tls.build())
-        .timeout_connect(Some(Duration::from_secs(15)))
+        .timeout_connect(Some(Duration::from_secs(15.min(opts.fetch_timeout.max(1)))))
         .timeout_recv_response(Some(Duration::from_secs(60)))
         // A blob may take long to come, but a registry that stops sending is given up on.
         .timeout_per_read(Some(Duration::from_secs(60)))

@@ -6,9 +6,8 @@
 //! absent. Two processes fetching the same blob take turns on a per-blob lock (`flock` on
 //! `CACHE/blobs/locks/HEX`); the second finds it in place and fetches nothing.
 //!
-//! Lazy fetching (the next step) fits beside this: [`range`] fetches a piece of a blob, and a
-//! layer with a table of contents will fetch its footer, table and chunks with it (each checked
-//! against its digest, kept in the content cache) instead of calling [`ensure`].
+//! A layer with a table of contents is not fetched whole: [`range`] gets its table and the
+//! chunks reads need (`lazy.rs`), each checked against its digest by the reader.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use ureq::http::StatusCode;
 
 use super::Session;
+use super::client::{Client, Failure};
 use crate::image::ImageError;
 use crate::image::layout;
 use crate::image::scan::Progress;
@@ -122,31 +122,57 @@ fn download(
 }
 
 /// Bytes `from..from + len` of the blob `digest`, by one range request: what lazy reads of a
-/// layer will be made of. The registry must answer 206 with exactly those bytes; a whole blob
+/// layer are made of. The registry must answer 206 with exactly those bytes; a whole blob
 /// (200) or a short or long answer is refused, never cut to size. The bytes are not checked
 /// here: the caller knows the digest of the piece it asked for (a table of contents entry).
 pub fn range(s: &mut Session, digest: &str, from: u64, len: u64) -> Result<Vec<u8>, ImageError> {
+    let r = range_of(s.client()?, digest, from, len, None);
+    r.map_err(|e| s.error(e.why))
+}
+
+/// Why a range was not had, and whether asking again may help (the registry unreachable or
+/// failing for now, the transfer cut) or not (it does not serve ranges, or not this blob).
+#[derive(Debug)]
+pub struct RangeError {
+    pub why: String,
+    pub transient: bool,
+}
+
+/// [`range`] through `client`, the exchange given up after `timeout`.
+pub fn range_of(
+    client: &Client,
+    digest: &str,
+    from: u64,
+    len: u64,
+    timeout: Option<std::time::Duration>,
+) -> Result<Vec<u8>, RangeError> {
     let what = format!("blob {digest} bytes {from}+{len}");
+    let fail = |why: String, transient: bool| RangeError { why, transient };
     let last = from
         .checked_add(len)
         .and_then(|end| end.checked_sub(1))
-        .ok_or_else(|| s.error(format!("{what}: an empty or impossible range")))?;
-    let mut resp = s
-        .client()?
-        .get(&format!("blobs/{digest}"), None, Some((from, last)))
-        .map_err(|e| s.error(format!("{what}: {e}")))?;
+        .ok_or_else(|| fail(format!("{what}: an empty or impossible range"), false))?;
+    let mut resp = client
+        .get_within(&format!("blobs/{digest}"), None, Some((from, last)), timeout)
+        .map_err(|e| {
+            let transient = matches!(e, Failure::Unreachable(_));
+            fail(format!("{what}: {e}"), transient)
+        })?;
     if resp.status() != StatusCode::PARTIAL_CONTENT {
-        let st = resp.status().as_u16();
-        return Err(s.error(format!("{what}: the registry answered HTTP {st}, not a range (206)")));
+        let st = resp.status();
+        let transient = st.is_server_error() || st == StatusCode::TOO_MANY_REQUESTS;
+        let why = format!("{what}: the registry answered HTTP {}, not a range (206)", st.as_u16());
+        return Err(fail(why, transient));
     }
     let bytes = resp
         .body_mut()
         .with_config()
         .limit(len.saturating_add(1))
         .read_to_vec()
-        .map_err(|e| s.error(format!("{what}: {e}")))?;
+        .map_err(|e| fail(format!("{what}: {e}"), true))?;
     if bytes.len() as u64 != len {
-        return Err(s.error(format!("{what}: the registry sent {} bytes", bytes.len())));
+        // A transfer cut short looks the same as a registry that sends too little: ask again.
+        return Err(fail(format!("{what}: the registry sent {} bytes", bytes.len()), true));
     }
     Ok(bytes)
 }

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod client;
 pub mod fetch;
+pub mod lazy;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
@@ -18,11 +19,15 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
 use ureq::http::StatusCode;
 
+use std::sync::Arc;
+
 use self::client::Client;
+use self::lazy::Lazy;
 use self::reference::{Reference, Which};
 use crate::image::ImageError;
 use crate::image::layout::{self, Image};
 use crate::image::scan::Progress;
+use crate::image::source::RemoteRef;
 
 pub use self::reference::is_registry;
 
@@ -33,6 +38,18 @@ pub struct Options {
     pub tls_verify: bool,
     /// Extra CA certificates (`*.crt`, `*.pem`) trusted besides the system's.
     pub cert_dir: Option<PathBuf>,
+    /// Seconds a read of a lazy layer keeps trying to get its bytes from the registry before
+    /// it fails with EIO (`--fetch-timeout`).
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: u64,
+}
+
+/// Long enough for a registry restarting or a link dropping for a moment, short enough that a
+/// program reading a file learns the registry is gone before a user gives up on it.
+pub const DEFAULT_FETCH_TIMEOUT: u64 = 30;
+
+fn default_fetch_timeout() -> u64 {
+    DEFAULT_FETCH_TIMEOUT
 }
 
 impl Default for Options {
@@ -40,6 +57,7 @@ impl Default for Options {
         Options {
             tls_verify: true,
             cert_dir: None,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
 }
@@ -126,7 +144,13 @@ pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progre
         .map_err(|e| s.error(format!("config {config_digest} is not an image config: {e}")))?;
     layout::check_platform(&named, &config)?;
     let layers = layout::layer_descs(&named, &manifest, &config)?;
-    fetch_layers(&s.reference.to_string(), opts, cache, &layers, progress)?;
+    // A layer with a table of contents is read lazily, by range, unless it is here already.
+    let lazy = |l: &layout::LayerDesc| {
+        crate::image::toc::kind_of(l).is_some() && layout::blob_path(cache, &l.digest).is_ok_and(|p| !p.is_file())
+    };
+    let whole: Vec<layout::LayerDesc> = layers.iter().filter(|l| !lazy(l)).cloned().collect();
+    let remote = (whole.len() < layers.len()).then(|| RemoteRef(Arc::new(Lazy::new(s.reference.clone(), opts))));
+    fetch_layers(&s.reference.to_string(), opts, cache, &whole, progress)?;
     Ok(Image {
         layout: cache.to_path_buf(),
         tag,
@@ -135,6 +159,7 @@ pub fn open(reference: &str, cache: &Path, opts: &Options, progress: &dyn Progre
         config_digest,
         config,
         layers,
+        remote,
     })
 }
 

@@ -45,6 +45,7 @@ mod readdir;
 mod redirect;
 mod reference;
 mod registry;
+mod registry_lazy;
 mod rename;
 mod terms;
 mod unlink;

@@ -665,7 +665,7 @@ fn a_range_of_a_blob_is_exactly_those_bytes_or_refused() {
     let blob = unionfs::image::layout::read_blob(&layout, digest).expect("blob");
     let opts = unionfs::registry::Options {
         tls_verify: false,
-        cert_dir: None,
+        ..Default::default()
     };
     let mut s = unionfs::registry::Session::new(&reg.reference("ok", "ok"), &opts).expect("reference");
     let n = blob.len() as u64;

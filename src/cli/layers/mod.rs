@@ -54,6 +54,9 @@ pub struct ImageArgs {
     /// Extra CA certificates (*.crt, *.pem) for the registry of a docker:// image.
     #[arg(long, value_name = "DIR", requires = "image")]
     cert_dir: Option<PathBuf>,
+    /// How long a read of a lazily fetched layer keeps trying to reach the registry.
+    #[arg(long, value_name = "SECONDS", requires = "image", default_value_t = unionfs::registry::DEFAULT_FETCH_TIMEOUT)]
+    fetch_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -213,6 +216,7 @@ fn with_image(stack: Stack, a: &ImageArgs) -> Result<Stack, LayerError> {
     let registry = unionfs::registry::Options {
         tls_verify: a.tls_verify.unwrap_or(true),
         cert_dir: a.cert_dir.clone(),
+        fetch_timeout: a.fetch_timeout,
     };
     let (image, layers) = super::image::open(reference, &cache, &registry, unionfs::config::DEFAULT_CACHE_SIZE)?;
     stack.with_image(image, layers)

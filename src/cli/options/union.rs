@@ -258,6 +258,23 @@ pub(super) static ROWS: &[Row] = &[
         },
     },
     Row {
+        names: &["fetch_timeout="],
+        flag: flag(
+            "--fetch-timeout",
+            Some("SECONDS"),
+            "How long a read of a docker:// image's lazily fetched layer keeps trying to reach \
+             the registry before it fails with EIO (files already cached are read without it) \
+             [default: 30].",
+        ),
+        class: Class::Ours,
+        example: "fetch_timeout=10",
+        why: "registry images are ours; a bound on how long a read waits for a registry gone",
+        apply: |s, i| {
+            s.fetch_timeout = Some(number(i)?);
+            Ok(())
+        },
+    },
+    Row {
         names: &["index_cache="],
         flag: flag(
             "--index-cache",

@@ -210,7 +210,7 @@ fn the_table_says_what_a_scan_of_the_whole_stream_finds() {
     let path = dir.path().join("blob");
     std::fs::write(&path, &blob).expect("write blob");
     let d = desc(&blob, &w);
-    let from_toc = scan::from_toc(&path, &d).expect("from the table");
+    let from_toc = scan::from_toc(&crate::image::source::Blob::open(&path).expect("blob"), &d).expect("from the table");
     let scanned = scan::scan(&path, &d, &Quiet).expect("scan");
     let mut want = flatten(&scanned.catalog);
     assert!(want.remove(&b"stargz.index.json"[..]).is_some());
@@ -248,7 +248,7 @@ fn a_wrong_toc_digest_or_footer_is_refused() {
         super::super::toc::ESTARGZ_TOC_DIGEST.into(),
         format!("sha256:{}", "0".repeat(64)),
     );
-    let err = scan::from_toc(&path, &d)
+    let err = scan::from_toc(&crate::image::source::Blob::open(&path).expect("blob"), &d)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -259,7 +259,7 @@ fn a_wrong_toc_digest_or_footer_is_refused() {
     bad[n - 51..].copy_from_slice(&footer(n as u64 - 10));
     std::fs::write(&path, &bad).expect("write");
     let d = desc(&bad, &w);
-    assert!(scan::from_toc(&path, &d).is_err());
+    assert!(scan::from_toc(&crate::image::source::Blob::open(&path).expect("blob"), &d).is_err());
 }
 
 #[test]
@@ -347,7 +347,7 @@ fn pieces_that_share_a_member_are_read_at_their_inner_offset() {
     std::fs::write(t.path().join("blobs/sha256").join(hex), &blob).expect("blob");
     let cache = t.path().join("cache");
     let cc = std::sync::Arc::new(crate::image::cache::ContentCache::new(&cache, 1 << 20));
-    let l = crate::image::layer::ImageLayer::open(t.path(), &desc(&blob, &w), &cache, cc, &Quiet).expect("open");
+    let l = crate::image::layer::ImageLayer::open(t.path(), &desc(&blob, &w), &cache, cc, None, &Quiet).expect("open");
     for (name, want) in [("a", &a), ("b", &b)] {
         let e = l.lookup(0, name.as_bytes()).expect("lookup").expect(name);
         let mut buf = vec![0u8; 200];

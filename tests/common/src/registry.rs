@@ -170,6 +170,57 @@ impl Registry {
             .count()
     }
 
+    /// Bytes of blob bodies the registry sent our binary so far (from its access log), and in
+    /// how many answers with status `status`.
+    pub fn blob_bytes_sent(&self, status: u16) -> (u64, usize) {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        let mut total = (0, 0);
+        for l in log
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:") && l.contains("unionfs/"))
+        {
+            // `… HTTP/1.1" STATUS BYTES "referer" "agent"`
+            let mut after = l.split("HTTP/1.1\" ").nth(1).unwrap_or("").split_whitespace();
+            let st: u16 = after.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            let n: u64 = after.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            if st == status {
+                total = (total.0 + n, total.1 + 1);
+            }
+        }
+        total
+    }
+
+    /// Starts the registry again, on the same port with the same storage and configuration,
+    /// after [`Self::stop`].
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the registry is running");
+        let config = self.dir.path().join("config.yml");
+        let log = |name: &str| {
+            std::fs::File::options()
+                .append(true)
+                .create(true)
+                .open(self.dir.path().join(name))
+                .expect("log")
+        };
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log("access.log"))
+            .stderr(log("registry.log"))
+            .spawn()
+            .expect("start docker-registry");
+        assert!(wait_up(&mut child, self.port), "docker-registry did not start again");
+        self.child = Some(child);
+    }
+
+    /// Sets how long the tokens its token service gives from now on are good for.
+    pub fn token_lifetime(&self, secs: i64) {
+        if let Some(t) = &self.token {
+            t.lifetime.store(secs, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Stops the registry (by its PID); the storage stays until the guard is dropped.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -11,11 +11,13 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Makes the key and certificate; `sign.sh` then prints a token for `$ACCESS` (a JSON array).
+/// Makes the key and certificate; `sign.sh` then prints a token for `$ACCESS` (a JSON array)
+/// good for `$LIFETIME` seconds (the registry allows 60 s of clock skew past `exp`, which is
+/// taken off here).
 const SETUP: &str = r#"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=unionfs-test-token 2>/dev/null
 cat > sign.sh <<'END'
@@ -24,7 +26,7 @@ x5c=$(openssl x509 -in cert.pem -outform DER | base64 -w0)
 h=$(printf '{"alg":"RS256","typ":"JWT","x5c":["%s"]}' "$x5c" | b64url)
 now=$(date +%s)
 p=$(printf '{"iss":"unionfs-test","sub":"%s","aud":"unionfs-registry","exp":%d,"nbf":%d,"iat":%d,"jti":"%s","access":%s}' \
-  "$SUBJECT" $((now + 3600)) $((now - 60)) $((now - 60)) "$now$$" "$ACCESS" | b64url)
+  "$SUBJECT" $((now + LIFETIME - 60)) $((now - 60)) $((now - 60)) "$now$$" "$ACCESS" | b64url)
 s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign key.pem | b64url)
 printf '%s.%s.%s' "$h" "$p" "$s"
 END
@@ -38,6 +40,8 @@ pub struct TokenServer {
     thread: Option<JoinHandle<()>>,
     /// Tokens given out so far.
     pub issued: Arc<AtomicUsize>,
+    /// Seconds the tokens given from now on are good for.
+    pub lifetime: Arc<AtomicI64>,
 }
 
 impl TokenServer {
@@ -51,16 +55,18 @@ impl TokenServer {
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
         let issued = Arc::new(AtomicUsize::new(0));
-        let (d, st, n, u) = (
+        let lifetime = Arc::new(AtomicI64::new(3600));
+        let (d, st, n, u, life) = (
             dir.to_path_buf(),
             Arc::clone(&stop),
             Arc::clone(&issued),
             user.to_string(),
+            Arc::clone(&lifetime),
         );
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => serve(conn, &d, &basic, &u, &n),
+                    Ok((conn, _)) => serve(conn, &d, &basic, &u, &n, life.load(Ordering::Relaxed)),
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
@@ -71,6 +77,7 @@ impl TokenServer {
             stop,
             thread: Some(thread),
             issued,
+            lifetime,
         }
     }
 
@@ -112,7 +119,7 @@ fn shell(dir: &Path, script: &str, env: &[(&str, &str)]) -> String {
 }
 
 /// Answers one request: a token for the scopes asked, or 401 without the right credentials.
-fn serve(conn: TcpStream, dir: &Path, basic: &str, user: &str, issued: &AtomicUsize) {
+fn serve(conn: TcpStream, dir: &Path, basic: &str, user: &str, issued: &AtomicUsize, lifetime: i64) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut r = BufReader::new(&conn);
@@ -150,9 +157,11 @@ fn serve(conn: TcpStream, dir: &Path, basic: &str, user: &str, issued: &AtomicUs
         .collect();
     let (status, body) = if authorized {
         let access = format!("[{}]", access.join(","));
-        let token = shell(dir, "sh sign.sh", &[("ACCESS", &access), ("SUBJECT", user)]);
+        let secs = lifetime.to_string();
+        let env = [("ACCESS", access.as_str()), ("SUBJECT", user), ("LIFETIME", &secs)];
+        let token = shell(dir, "sh sign.sh", &env);
         issued.fetch_add(1, Ordering::Relaxed);
-        ("200 OK", format!(r#"{{"token":"{token}","expires_in":3600}}"#))
+        ("200 OK", format!(r#"{{"token":"{token}","expires_in":{lifetime}}}"#))
     } else {
         (
             "401 Unauthorized",
