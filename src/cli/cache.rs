@@ -75,7 +75,11 @@ fn ls(cache: &std::path::Path, json: bool) -> ExitCode {
         "KIND", "DIGEST", "SIZE", "LAST USED"
     );
     for i in items.iter().filter(|i| i.kind != Kind::Piece) {
-        let kind = if i.kind == Kind::Blob { "blob" } else { "catalog" };
+        let kind = match i.kind {
+            Kind::Blob => "blob",
+            Kind::Partial => "partial",
+            _ => "catalog",
+        };
         let short = i.digest.get(..19).unwrap_or(&i.digest);
         let used = unionfs::image::write::rfc3339(i.used);
         let busy = if i.in_use { "yes" } else { "" };

@@ -1,7 +1,7 @@
 //! What a cache directory holds, and trimming it (`unionfs cache ls|prune`).
 //!
-//! Three kinds of entries: registry blobs (`blobs/sha256/HEX`), layer catalogs (`layers/`) and
-//! pieces of file content (`content/`). Every mount and image shares them, so nothing in the
+//! Four kinds of entries: registry blobs (`blobs/sha256/HEX`), what was fetched of lazily read
+//! ones (`partial/HEX`), layer catalogs (`layers/`) and pieces of file content (`content/`). Every mount and image shares them, so nothing in the
 //! directory says which are still wanted; what a running mount uses it holds open (a layer
 //! keeps its blob and catalog open for the life of the mount, see `layer.rs`). Pruning
 //! therefore removes only what no process has open and what was not used in the last minute (a
@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Blob,
+    /// What was fetched of a lazily read registry blob (`partial/HEX`).
+    Partial,
     Catalog,
     Piece,
 }
@@ -67,6 +69,9 @@ pub fn list(cache: &Path) -> Vec<Item> {
         }
     };
     add(Kind::Blob, cache.join("blobs").join("sha256"), &|n| {
+        hex_name(n).map(|h| format!("sha256:{h}"))
+    });
+    add(Kind::Partial, cache.join("partial"), &|n| {
         hex_name(n).map(|h| format!("sha256:{h}"))
     });
     add(Kind::Catalog, cache.join("layers"), &|n| {
@@ -132,7 +137,8 @@ pub fn over(cache: &Path, limit: u64) -> bool {
             .map(|md| md.blocks() * 512)
             .sum()
     };
-    content + files(cache.join("blobs").join("sha256")) + files(cache.join("layers")) > limit
+    content + files(cache.join("blobs").join("sha256")) + files(cache.join("partial")) + files(cache.join("layers"))
+        > limit
 }
 
 /// What [`prune`] did.

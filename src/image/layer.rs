@@ -23,6 +23,8 @@ use super::zstd::{self as zst, Frame};
 
 /// Directories kept decoded in memory per layer (the rest are read again from the catalog).
 const DIR_CACHE: usize = 256;
+/// Table-of-contents pieces at least this long are kept decoded in the content cache.
+const KEEP_DECODED: u64 = 256 << 10;
 /// Live decompressors kept per layer, positioned where the last read stopped.
 const CURSORS: usize = 4;
 
@@ -102,7 +104,8 @@ impl ImageLayer {
         let blob_path = super::layout::blob_path(layout, &desc.digest)?;
         let blob = match remote {
             Some(r) if super::toc::kind_of(desc).is_some() && !blob_path.is_file() => {
-                Blob::remote(r.clone(), &desc.digest, desc.size, r.0.describe().into())
+                Blob::remote(r.clone(), &desc.digest, desc.size, r.0.describe().into(), cache_dir)
+                    .map_err(|e| ImageError::io(super::source::partial_path(cache_dir, &desc.digest), e))?
             }
             _ => {
                 let blob = Blob::open(&blob_path).map_err(|e| ImageError::io(&blob_path, e))?;
@@ -284,6 +287,11 @@ impl ImageLayer {
             return Err(self.err("a file's data is past its last piece"));
         };
         let piece = match &p.digest {
+            // A small piece decodes faster than the content cache makes a file for it; a big
+            // one (eStargz's 4 MiB) is worth keeping decoded for random reads.
+            Some(d) if p.len < KEEP_DECODED => self.unkept_piece(d, last, || self.part_piece(p)).inspect_err(|_| {
+                self.blob.forget();
+            })?,
             Some(d) => self.piece(d, last, || self.part_piece(p)).inspect_err(|_| {
                 // A bad copy of the blob's bytes (a registry that sent wrong ones) is not
                 // kept: the next read asks again.
@@ -320,6 +328,28 @@ impl ImageLayer {
             )));
         }
         self.cache.put(want, &b);
+        let b = Arc::new(b);
+        last.set(want, &b);
+        Ok(b)
+    }
+
+    /// [`Self::piece`] without the content cache.
+    fn unkept_piece(
+        &self,
+        want: &[u8; 32],
+        last: &LastPiece,
+        make: impl FnOnce() -> Result<Vec<u8>, LayerReadError>,
+    ) -> Result<Arc<Vec<u8>>, LayerReadError> {
+        if let Some(b) = last.get(want) {
+            return Ok(b);
+        }
+        let b = make()?;
+        if Sha256::digest(&b)[..] != want[..] {
+            return Err(self.err(format!(
+                "{}: data does not match the catalog's checksum",
+                self.blob_path.display()
+            )));
+        }
         let b = Arc::new(b);
         last.set(want, &b);
         Ok(b)
@@ -430,18 +460,34 @@ impl ImageLayer {
         self.blob
             .read_exact_at(&mut raw, p.blob_offset)
             .map_err(|e| blob_err(&e))?;
-        let mut dec: Box<dyn Read> = match self.store.meta.compression {
-            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(&raw[..])),
-            Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::with_buffer(&raw[..]).map_err(|e| blob_err(&e))?)
-            }
-            Compression::None => Box::new(&raw[..]),
+        let take = |dec: &mut dyn Read| -> std::io::Result<Vec<u8>> {
+            std::io::copy(&mut dec.take(p.skip), &mut std::io::sink())?;
+            let mut out = vec![0u8; p.len as usize];
+            dec.read_exact(&mut out)?;
+            Ok(out)
         };
-        std::io::copy(&mut (&mut dec).take(p.skip), &mut std::io::sink()).map_err(|e| blob_err(&e))?;
-        let mut out = vec![0u8; p.len as usize];
-        dec.read_exact(&mut out).map_err(|e| blob_err(&e))?;
-        Ok(out)
+        match self.store.meta.compression {
+            Compression::Gzip => take(&mut flate2::read::GzDecoder::new(&raw[..])),
+            // A decoder context costs more to make than a small file's chunk costs to decode:
+            // each request thread keeps one.
+            Compression::Zstd => ZSTD_CONTEXT.with_borrow_mut(|ctx| match ctx {
+                Some(ctx) => {
+                    // A read that failed mid-frame leaves the context there.
+                    ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                        .map_err(|c| std::io::Error::other(zstd::zstd_safe::get_error_name(c)))?;
+                    take(&mut zstd::stream::read::Decoder::with_context(&raw[..], ctx))
+                }
+                None => Err(std::io::Error::other("no zstd decoder context")),
+            }),
+            Compression::None => take(&mut &raw[..]),
+        }
+        .map_err(|e| blob_err(&e))
     }
+}
+
+thread_local! {
+    static ZSTD_CONTEXT: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        std::cell::RefCell::new(zstd::zstd_safe::DCtx::try_create());
 }
 
 /// Reads and drops bytes until `r` is at `at`.

@@ -8,12 +8,13 @@
 //! forgotten ([`Blob::forget`]) so the next read asks the registry again instead of failing
 //! forever on a bad copy.
 
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// A registry, as a lazy layer sees it.
 pub trait Remote: Send + Sync {
@@ -39,12 +40,10 @@ impl std::fmt::Debug for RemoteRef {
 /// blocks in one request: neighbouring small files (a directory's files lie together in the
 /// tar) then cost one round trip instead of one each, which is what a slow link needs.
 pub const BLOCK: u64 = 512 << 10;
-/// Blocks kept in memory per layer (least recently used dropped first). What a read decodes
-/// goes to the content cache on disk; these only serve the neighbours of what was read.
-const KEPT: usize = 32;
-
-/// Blocks kept, by number, least recently used first.
-type Kept = Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>;
+/// A miss right after the previous fetch (a job reading the layer's files in tar order) fetches
+/// twice as many blocks as the one before, up to this many, as the kernel's readahead does; a
+/// miss elsewhere starts again at one.
+const WINDOW: u64 = 16;
 
 /// A layer's blob.
 pub enum Blob {
@@ -53,12 +52,11 @@ pub enum Blob {
         file: Arc<std::fs::File>,
     },
     Remote {
-        /// For messages: `docker://…@sha256:…` of the blob.
+        /// For messages: `docker://HOST/REPO`.
         label: PathBuf,
         remote: RemoteRef,
         digest: String,
-        size: u64,
-        blocks: Kept,
+        partial: Partial,
     },
 }
 
@@ -71,15 +69,15 @@ impl Blob {
         })
     }
 
-    /// The blob `digest` of `size` bytes, read from `remote` as needed.
-    pub fn remote(remote: RemoteRef, digest: &str, size: u64, label: PathBuf) -> Blob {
-        Blob::Remote {
+    /// The blob `digest` of `size` bytes, read from `remote` as needed, with what was fetched
+    /// kept in the cache directory `cache` (shared with every mount of the layer).
+    pub fn remote(remote: RemoteRef, digest: &str, size: u64, label: PathBuf, cache: &Path) -> std::io::Result<Blob> {
+        Ok(Blob::Remote {
             label,
             remote,
             digest: digest.to_string(),
-            size,
-            blocks: Mutex::new(VecDeque::new()),
-        }
+            partial: Partial::open(&partial_path(cache, digest), size)?,
+        })
     }
 
     /// What messages call the blob.
@@ -105,27 +103,18 @@ impl Blob {
             Blob::Remote {
                 remote,
                 digest,
-                size,
-                blocks,
+                partial,
                 ..
             } => {
                 let end = offset
                     .checked_add(buf.len() as u64)
-                    .filter(|&e| e <= *size)
+                    .filter(|&e| e <= partial.size)
                     .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
                 if buf.is_empty() {
                     return Ok(());
                 }
-                let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
-                let have = fetch_blocks(remote, digest, *size, blocks, first, last)?;
-                for (k, b) in (first..=last).zip(have) {
-                    let start = k * BLOCK;
-                    let from = offset.max(start);
-                    let to = end.min(start + b.len() as u64);
-                    buf[(from - offset) as usize..(to - offset) as usize]
-                        .copy_from_slice(&b[(from - start) as usize..(to - start) as usize]);
-                }
-                Ok(())
+                partial.fetch(remote, digest, offset / BLOCK, (end - 1) / BLOCK)?;
+                partial.file.read_exact_at(buf, offset)
             }
         }
     }
@@ -133,59 +122,156 @@ impl Blob {
     /// Drops every block kept (one of them failed a check: a registry that sent wrong bytes
     /// once is not trusted for the others it sent); the next reads fetch them again.
     pub fn forget(&self) {
-        if let Blob::Remote { blocks, .. } = self {
-            blocks.lock().clear();
+        if let Blob::Remote { partial, .. } = self {
+            if let Err(e) = partial.forget() {
+                tracing::warn!("{}: {e}", self.path().display());
+            }
         }
     }
 }
 
-/// Blocks `first..=last` of the blob, from memory where kept, the missing ones fetched in one
-/// request.
-fn fetch_blocks(
-    remote: &RemoteRef,
-    digest: &str,
+/// `CACHE/partial/HEX`: what was fetched of the blob `digest`.
+pub fn partial_path(cache: &Path, digest: &str) -> PathBuf {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    cache.join("partial").join(hex)
+}
+
+/// The fetched blocks of a remote blob, in one sparse file of the cache directory: the blob's
+/// bytes where they lie in the blob, then one byte per block, 1 once the block is written. Two
+/// mounts of the layer share it (both write the same bytes); a process killed between the two
+/// writes leaves a block unmarked (fetched again) or, on a crash, marked with bytes that never
+/// reached the disk, which the reader's digest check catches like any other bad copy.
+pub struct Partial {
+    file: std::fs::File,
     size: u64,
-    blocks: &Kept,
-    first: u64,
-    last: u64,
-) -> std::io::Result<Vec<Arc<Vec<u8>>>> {
-    let mut have: Vec<Option<Arc<Vec<u8>>>> = {
-        let mut kept = blocks.lock();
-        (first..=last)
-            .map(|k| {
-                let i = kept.iter().position(|(n, _)| *n == k)?;
-                // Most recently used last.
-                let hit = kept.remove(i)?;
-                let b = Arc::clone(&hit.1);
-                kept.push_back(hit);
-                Some(b)
-            })
-            .collect()
-    };
-    let missing: Vec<u64> = (first..=last)
-        .zip(&have)
-        .filter(|(_, b)| b.is_none())
-        .map(|(k, _)| k)
-        .collect();
-    if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
-        let from = lo * BLOCK;
-        let to = ((hi + 1) * BLOCK).min(size);
-        let bytes = remote.0.read(digest, from, to - from).map_err(std::io::Error::other)?;
-        let mut kept = blocks.lock();
-        for k in lo..=hi {
-            let at = ((k - lo) * BLOCK) as usize;
-            let b = Arc::new(bytes[at..(at + BLOCK as usize).min(bytes.len())].to_vec());
-            if let Some(slot) = have.get_mut((k - first) as usize) {
-                *slot = Some(Arc::clone(&b));
+    /// Blocks this process has seen marked (read again from the file otherwise: another mount
+    /// may have fetched them).
+    seen: Vec<AtomicBool>,
+    state: Mutex<Fetching>,
+    /// Signalled when a fetch ends.
+    fetched: Condvar,
+}
+
+/// The fetches of a [`Partial`] under way.
+struct Fetching {
+    /// The block after the last fetch, and how many blocks that fetch asked for.
+    next: u64,
+    window: u64,
+    /// Blocks being fetched by some thread.
+    inflight: BTreeSet<u64>,
+}
+
+impl Partial {
+    fn open(path: &Path, size: u64) -> std::io::Result<Partial> {
+        let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(named)?;
+        }
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(named)?;
+        let count = size.div_ceil(BLOCK);
+        if file.metadata().map_err(named)?.len() != size + count {
+            // New, or from another blob size (damaged): nothing in it counts.
+            file.set_len(0)
+                .and_then(|()| file.set_len(size + count))
+                .map_err(named)?;
+        }
+        // Last use, for `unionfs cache prune`.
+        let _ = file.set_modified(std::time::SystemTime::now());
+        Ok(Partial {
+            file,
+            size,
+            seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            state: Mutex::new(Fetching {
+                next: u64::MAX,
+                window: 0,
+                inflight: BTreeSet::new(),
+            }),
+            fetched: Condvar::new(),
+        })
+    }
+
+    fn present(&self, k: u64) -> bool {
+        let Some(seen) = self.seen.get(k as usize) else {
+            return false;
+        };
+        if seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut mark = [0u8];
+        let here = self.file.read_exact_at(&mut mark, self.size + k).is_ok() && mark[0] == 1;
+        if here {
+            seen.store(true, Ordering::Relaxed);
+        }
+        here
+    }
+
+    /// Makes blocks `first..=last` present: the missing ones, and the blocks after them that
+    /// the readahead window adds, in one request. Blocks another thread is fetching are waited
+    /// for, not fetched twice (the kernel reads a big file's pages on several threads at once).
+    fn fetch(&self, remote: &RemoteRef, digest: &str, first: u64, last: u64) -> std::io::Result<()> {
+        let mut st = self.state.lock();
+        let (lo, hi) = loop {
+            let missing: Vec<u64> = (first..=last).filter(|&k| !self.present(k)).collect();
+            let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) else {
+                return Ok(());
+            };
+            if missing.iter().any(|k| st.inflight.contains(k)) {
+                // Bounded: the fetching thread gives up after the fetch timeout.
+                self.fetched.wait(&mut st);
+                continue;
             }
-            kept.retain(|(n, _)| *n != k);
-            kept.push_back((k, b));
-            while kept.len() > KEPT {
-                kept.pop_front();
+            let window = if lo == st.next {
+                (st.window * 2).clamp(1, WINDOW)
+            } else {
+                1
+            };
+            let count = self.seen.len() as u64;
+            let mut end = hi.max(lo + window - 1).min(count.saturating_sub(1));
+            // The window stops at the first block already here or on its way.
+            if let Some(k) = (hi + 1..=end).find(|&k| st.inflight.contains(&k) || self.present(k)) {
+                end = k - 1;
+            }
+            (st.next, st.window) = (end + 1, end + 1 - lo);
+            st.inflight.extend(lo..=end);
+            break (lo, end);
+        };
+        drop(st);
+        let r = self.fetch_run(remote, digest, lo, hi);
+        let mut st = self.state.lock();
+        for k in lo..=hi {
+            st.inflight.remove(&k);
+        }
+        self.fetched.notify_all();
+        r
+    }
+
+    /// Fetches blocks `lo..=hi` and marks them present.
+    fn fetch_run(&self, remote: &RemoteRef, digest: &str, lo: u64, hi: u64) -> std::io::Result<()> {
+        let from = lo * BLOCK;
+        let to = ((hi + 1) * BLOCK).min(self.size);
+        let bytes = remote.0.read(digest, from, to - from).map_err(std::io::Error::other)?;
+        self.file.write_all_at(&bytes, from)?;
+        self.file
+            .write_all_at(&vec![1u8; (hi + 1 - lo) as usize], self.size + lo)?;
+        for k in lo..=hi {
+            if let Some(s) = self.seen.get(k as usize) {
+                s.store(true, Ordering::Relaxed);
             }
         }
+        Ok(())
     }
-    have.into_iter()
-        .map(|b| b.ok_or_else(|| std::io::Error::other("a block went missing")))
-        .collect()
+
+    fn forget(&self) -> std::io::Result<()> {
+        self.file.write_all_at(&vec![0u8; self.seen.len()], self.size)?;
+        for s in &self.seen {
+            s.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }

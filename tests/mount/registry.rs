@@ -274,7 +274,7 @@ fn a_tag_is_resolved_once_and_the_daemon_mounts_that_manifest() {
 }
 
 /// `unionfs cache ARGS --cache CACHE`: its stdout, after checking it succeeded.
-fn cache_cmd(args: &[&str], cache: &Path) -> String {
+pub(crate) fn cache_cmd(args: &[&str], cache: &Path) -> String {
     let out = Command::new(bin())
         .arg("cache")
         .args(args)
@@ -290,13 +290,13 @@ fn cache_cmd(args: &[&str], cache: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn cache_items(cache: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn cache_items(cache: &Path) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&cache_cmd(&["ls", "--json"], cache)).expect("JSON");
     v.as_array().cloned().unwrap_or_default()
 }
 
 /// Moves every file's mtime below `dir` an hour back (past prune's one-minute grace).
-fn age_all(dir: &Path) {
+pub(crate) fn age_all(dir: &Path) {
     let st = Command::new("find")
         .arg(dir)
         .args(["-type", "f", "-exec", "touch", "-m", "-d", "1 hour ago", "{}", "+"])

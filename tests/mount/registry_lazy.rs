@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Auth, Mount, Registry, registry_prerequisites};
 use crate::images::{diff, images, prerequisites, snapshot};
+use crate::registry::{age_all, cache_cmd, cache_items};
 
 fn need() -> bool {
     prerequisites() && registry_prerequisites()
@@ -113,6 +114,29 @@ fn a_chunked_image_is_mounted_without_its_layers_and_read_by_range() {
     assert_eq!(read(&m, "data/big"), Ok(expected("data/big")));
     assert_eq!(read(&m, "bin/busybox"), Ok(expected("bin/busybox")));
     assert_eq!(reg.blob_bytes_sent(206).0, before, "a warm cache fetches no range");
+    // What was fetched is one entry per layer read, held while a mount uses it.
+    let partial = |items: &[serde_json::Value]| -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = items
+            .iter()
+            .filter(|i| i["kind"] == "partial")
+            .map(|i| (i["digest"].as_str().unwrap_or("").to_string(), i["in_use"] == true))
+            .collect();
+        v.sort();
+        v
+    };
+    let held = partial(&cache_items(&cache));
+    assert!(
+        !held.is_empty() && held.iter().all(|(d, used)| *used && layers.iter().any(|l| &l.0 == d)),
+        "{held:?}"
+    );
+    assert_eq!(m.unmount(), Some(0));
+    // Pruned once unused: the next mount fetches again, and still reads the image's bytes.
+    age_all(&cache);
+    cache_cmd(&["prune"], &cache);
+    assert!(partial(&cache_items(&cache)).is_empty(), "pruned");
+    let m = mount_lazy(&reg, t.path(), "mnt3", &[]);
+    assert_eq!(read(&m, "data/big"), Ok(expected("data/big")));
+    assert!(reg.blob_bytes_sent(206).0 > before, "fetched again after the prune");
     assert_eq!(m.unmount(), Some(0));
 }
 
