@@ -266,7 +266,7 @@ impl ImageLayer {
             .get(k as usize)
             .ok_or_else(|| self.err("a file's data is past its last piece"))?;
         let len = (e.size - k * CHUNK).min(CHUNK) as usize;
-        let piece = self.piece(want, last, || fetch(k, len))?;
+        let piece = self.piece(want, last, true, || fetch(k, len))?;
         let from = (pos - k * CHUNK) as usize;
         let n = ((end - pos) as usize).min(piece.len() - from);
         let at = (pos - base) as usize;
@@ -289,14 +289,13 @@ impl ImageLayer {
         let piece = match &p.digest {
             // A small piece decodes faster than the content cache makes a file for it; a big
             // one (eStargz's 4 MiB) is worth keeping decoded for random reads.
-            Some(d) if p.len < KEEP_DECODED => self.unkept_piece(d, last, || self.part_piece(p)).inspect_err(|_| {
-                self.blob.forget();
-            })?,
-            Some(d) => self.piece(d, last, || self.part_piece(p)).inspect_err(|_| {
-                // A bad copy of the blob's bytes (a registry that sent wrong ones) is not
-                // kept: the next read asks again.
-                self.blob.forget();
-            })?,
+            Some(d) => self
+                .piece(d, last, p.len >= KEEP_DECODED, || self.part_piece(p))
+                .inspect_err(|_| {
+                    // A bad copy of the blob's bytes (a registry that sent wrong ones) is not
+                    // kept: the next read asks again.
+                    self.blob.forget();
+                })?,
             None => Arc::new(vec![0u8; p.len as usize]),
         };
         let from = (pos - p.file_offset) as usize;
@@ -306,17 +305,19 @@ impl ImageLayer {
         Ok(n)
     }
 
-    /// The piece whose sha256 is `want`: from the cache, or made by `make` and checked.
+    /// The piece whose sha256 is `want`: from the content cache (if `cached`), or made by
+    /// `make` and checked.
     fn piece(
         &self,
         want: &[u8; 32],
         last: &LastPiece,
+        cached: bool,
         make: impl FnOnce() -> Result<Vec<u8>, LayerReadError>,
     ) -> Result<Arc<Vec<u8>>, LayerReadError> {
         if let Some(b) = last.get(want) {
             return Ok(b);
         }
-        if let Some(b) = self.cache.get(want) {
+        if let Some(b) = cached.then(|| self.cache.get(want)).flatten() {
             last.set(want, &b);
             return Ok(b);
         }
@@ -327,28 +328,8 @@ impl ImageLayer {
                 self.blob_path.display()
             )));
         }
-        self.cache.put(want, &b);
-        let b = Arc::new(b);
-        last.set(want, &b);
-        Ok(b)
-    }
-
-    /// [`Self::piece`] without the content cache.
-    fn unkept_piece(
-        &self,
-        want: &[u8; 32],
-        last: &LastPiece,
-        make: impl FnOnce() -> Result<Vec<u8>, LayerReadError>,
-    ) -> Result<Arc<Vec<u8>>, LayerReadError> {
-        if let Some(b) = last.get(want) {
-            return Ok(b);
-        }
-        let b = make()?;
-        if Sha256::digest(&b)[..] != want[..] {
-            return Err(self.err(format!(
-                "{}: data does not match the catalog's checksum",
-                self.blob_path.display()
-            )));
+        if cached {
+            self.cache.put(want, &b);
         }
         let b = Arc::new(b);
         last.set(want, &b);
