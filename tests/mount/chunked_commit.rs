@@ -1,0 +1,116 @@
+//! README, "Layer tools": `commit --compress zstd:chunked` writes the upper's layer as a
+//! zstd:chunked blob (containers/storage's format: a zstd frame per file, a table of contents
+//! and a tar-split in skippable frames, a footer). Checked with independent tools: the `zstd`
+//! program decompresses the blob to the tar whose sha256 is the config's DiffID, Podman pulls
+//! the new image into a private store and shows the view the upper was written through, and a
+//! mount of the new tag (which reads the layer by its table) shows it too.
+
+use std::process::Command;
+
+use sha2::{Digest as _, Sha256};
+
+use super::image_tools::{CHANGES, layout_copy, need, oci, podman_tree, s, skopeo_inspect, tool};
+use super::images::{diff, mount_image, run, sh, snapshot};
+
+const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const CHECKSUM: &str = "io.github.containers.zstd-chunked.manifest-checksum";
+const POSITION: &str = "io.github.containers.zstd-chunked.manifest-position";
+const TARSPLIT: &str = "io.github.containers.zstd-chunked.tarsplit-position";
+
+#[test]
+fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() {
+    need();
+    let t = tempfile::tempdir().expect("tmp");
+    let layout = layout_copy(t.path());
+    let (upper, cache, mnt) = (t.path().join("upper"), t.path().join("cache"), t.path().join("mnt"));
+    std::fs::create_dir(&upper).expect("mkdir upper");
+    let m = mount_image(&layout, "chunked", &cache, &["--upper", s(&upper)], &mnt);
+    sh(&format!("m={}\n{CHANGES}", mnt.display()));
+    let view = snapshot(&m.mnt);
+    assert_eq!(m.unmount(), Some(0));
+    let img = ["--image", &oci(&layout, "chunked"), "--cache", s(&cache)];
+    tool(
+        &[
+            &["commit"][..],
+            &img,
+            &["--upper", s(&upper), "--tag", "ch", "--compress", "zstd:chunked"],
+        ]
+        .concat(),
+    );
+
+    // The new layer is zstd and says where its table and tar-split are.
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(oci(&layout, "ch")));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest json");
+    let top = manifest["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .expect("a layer")
+        .clone();
+    assert_eq!(top["mediaType"], ZSTD, "{top}");
+    let note = |k: &str| top["annotations"][k].as_str().unwrap_or_default().to_string();
+    let (checksum, position) = (note(CHECKSUM), note(POSITION));
+    assert!(checksum.starts_with("sha256:"), "{top}");
+    let pos: Vec<u64> = position.split(':').filter_map(|n| n.parse().ok()).collect();
+    assert_eq!((pos.len(), pos.get(3)), (4, Some(&1)), "{top}");
+    assert_eq!(note(TARSPLIT).split(':').count(), 3, "{top}");
+
+    // The blob: the table's bytes where the annotation says, of the digest it says; the
+    // `zstd` program decompresses the whole blob to the tar of the config's DiffID.
+    let digest = top["digest"].as_str().expect("digest");
+    let blob_path = layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let blob = std::fs::read(&blob_path).expect("blob");
+    assert_eq!(&blob[blob.len() - 8..], b"GNUlInUx");
+    let table = &blob[pos[0] as usize..(pos[0] + pos[1]) as usize];
+    assert_eq!(format!("sha256:{:x}", Sha256::digest(table)), checksum);
+    let tar = run(Command::new("zstd").args(["-d", "-c"]).arg(&blob_path)).stdout;
+    let config = skopeo_inspect(&layout, "ch", true);
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
+    assert_eq!(
+        diff_ids.last().and_then(|d| d.as_str()),
+        Some(format!("sha256:{:x}", Sha256::digest(&tar)).as_str())
+    );
+
+    // (a) A mount of the new tag, with a cache of its own, shows the view.
+    let m = mount_image(&layout, "ch", &t.path().join("cache2"), &[], &t.path().join("mnt2"));
+    let d = diff(&view, &snapshot(&m.mnt));
+    assert_eq!(m.unmount(), Some(0));
+    assert!(d.is_empty(), "a mount of ch differs from the view:\n{}", d.join("\n"));
+
+    // (b) Podman pulls it (its zstd layers as plain zstd) and shows the view.
+    let d = diff(&view, &podman_tree(&layout, "ch"));
+    assert!(d.is_empty(), "podman's ch differs from the view:\n{}", d.join("\n"));
+
+    // Into a file: the annotations a manifest needs are printed with the blob.
+    let out = tool(
+        &[
+            &["commit"][..],
+            &img,
+            &[
+                "--upper",
+                s(&upper),
+                "--compress",
+                "zstd:chunked",
+                "--output",
+                s(&t.path().join("layer.zst")),
+            ],
+        ]
+        .concat(),
+    );
+    for (k, v) in [
+        (CHECKSUM, &checksum),
+        (POSITION, &position),
+        (TARSPLIT, &note(TARSPLIT)),
+    ] {
+        assert!(
+            out.lines().any(|l| l == format!("annotation {k} {v}")),
+            "{k} in:\n{out}"
+        );
+    }
+    assert!(
+        out.lines().any(|l| l == format!("blob {digest} {} {ZSTD}", blob.len())),
+        "{out}"
+    );
+    run(Command::new("zstd").arg("-t").arg(t.path().join("layer.zst")));
+}
