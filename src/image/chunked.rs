@@ -15,8 +15,8 @@
 //! file's name, size and CRC-64), and a 64-byte footer (both positions, the table's type 1, the
 //! magic [`FOOTER_MAGIC`]). Readers find the table through the layer annotations
 //! [`MANIFEST_POSITION`] and [`MANIFEST_CHECKSUM`] (sha256 of the compressed table as stored,
-//! which is how the table is trusted), and the tar-split through [`TARSPLIT_POSITION`] and the
-//! table's `tarSplitDigest`. Current containers/storage refuses a partial pull without a
+//! which is how the table is trusted; also under their pre-1.44 names, which Podman 4 reads),
+//! and the tar-split through [`TARSPLIT_POSITION`] and the table's `tarSplitDigest`. Current containers/storage refuses a partial pull without a
 //! tar-split (it rebuilds the tar, and so the DiffID, from it), and checks that the tar-split's
 //! headers and the table's entries agree field for field: the table's metadata is therefore
 //! what Go's `archive/tar` reads from each header (the raw mode field, PAX overrides of owner
@@ -44,6 +44,10 @@ use super::toc::{CHUNKED_CHECKSUM, CHUNKED_POSITION};
 pub const MANIFEST_CHECKSUM: &str = CHUNKED_CHECKSUM[0];
 /// The layer annotation `OFFSET:LENGTH:UNCOMPRESSED_LENGTH:TYPE` of the compressed table.
 pub const MANIFEST_POSITION: &str = CHUNKED_POSITION[0];
+/// [`MANIFEST_CHECKSUM`] as containers/storage named it before 1.44.
+pub const LEGACY_MANIFEST_CHECKSUM: &str = CHUNKED_CHECKSUM[1];
+/// [`MANIFEST_POSITION`] as containers/storage named it before 1.44.
+pub const LEGACY_MANIFEST_POSITION: &str = CHUNKED_POSITION[1];
 /// The layer annotation `OFFSET:LENGTH:UNCOMPRESSED_LENGTH` of the compressed tar-split.
 pub const TARSPLIT_POSITION: &str = "io.github.containers.zstd-chunked.tarsplit-position";
 /// The last 8 bytes of the blob.
@@ -103,17 +107,20 @@ pub struct Written {
 }
 
 impl Written {
-    /// The annotations the layer's descriptor carries.
-    pub fn annotations(&self) -> [(&'static str, String); 3] {
+    /// The annotations the layer's descriptor carries: the table's checksum and position
+    /// under the current names and under the names containers/storage used before 1.44
+    /// (Podman 4 reads only those: without them it pulls the layer whole), and the tar-split's
+    /// position.
+    pub fn annotations(&self) -> [(&'static str, String); 5] {
         let t = &self.toc;
         let s = &self.tar_split;
+        let position = format!("{}:{}:{}:{MANIFEST_TYPE_CRFS}", t.offset, t.len, t.uncompressed);
         [
             (MANIFEST_CHECKSUM, self.toc_digest.clone()),
-            (
-                MANIFEST_POSITION,
-                format!("{}:{}:{}:{MANIFEST_TYPE_CRFS}", t.offset, t.len, t.uncompressed),
-            ),
+            (MANIFEST_POSITION, position.clone()),
             (TARSPLIT_POSITION, format!("{}:{}:{}", s.offset, s.len, s.uncompressed)),
+            (LEGACY_MANIFEST_CHECKSUM, self.toc_digest.clone()),
+            (LEGACY_MANIFEST_POSITION, position),
         ]
     }
 }

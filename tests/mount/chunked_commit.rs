@@ -3,26 +3,36 @@
 //! and a tar-split in skippable frames, a footer). Checked with independent tools: the `zstd`
 //! program decompresses the blob to the tar whose sha256 is the config's DiffID, Podman pulls
 //! the new image into a private store and shows the view the upper was written through, and a
-//! mount of the new tag (which reads the layer by its table) shows it too.
+//! mount of the new tag (which reads the layer by its table) shows it too. Pushed to a
+//! registry, Podman pulls the layer as zstd:chunked (by range requests, as its debug log says)
+//! and shows the same view (but for what its partial pulls keep of no layer: mtimes, owners,
+//! device nodes).
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
 use super::image_tools::{CHANGES, layout_copy, need, oci, podman_tree, s, skopeo_inspect, tool};
-use super::images::{diff, mount_image, run, sh, snapshot};
+use super::images::{Obj, as_partial_pulls_keep, diff, mount_image, run, sh, snapshot};
+use crate::common::podman::Podman;
+use crate::common::{Registry, registry_prerequisites};
 
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const CHECKSUM: &str = "io.github.containers.zstd-chunked.manifest-checksum";
 const POSITION: &str = "io.github.containers.zstd-chunked.manifest-position";
 const TARSPLIT: &str = "io.github.containers.zstd-chunked.tarsplit-position";
+/// The names Podman 4 (containers/storage before 1.44) reads.
+const LEGACY_CHECKSUM: &str = "io.containers.zstd-chunked.manifest-checksum";
+const LEGACY_POSITION: &str = "io.containers.zstd-chunked.manifest-position";
 
-#[test]
-fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() {
-    need();
-    let t = tempfile::tempdir().expect("tmp");
-    let layout = layout_copy(t.path());
-    let (upper, cache, mnt) = (t.path().join("upper"), t.path().join("cache"), t.path().join("mnt"));
+/// A copy of the test image in `dir` with CHANGES made through a mount over its `chunked` tag
+/// and committed as zstd:chunked, tag `ch`: the layout, the view the changes made, the upper,
+/// the cache.
+fn committed(dir: &Path) -> (PathBuf, BTreeMap<PathBuf, Obj>, PathBuf, PathBuf) {
+    let layout = layout_copy(dir);
+    let (upper, cache, mnt) = (dir.join("upper"), dir.join("cache"), dir.join("mnt"));
     std::fs::create_dir(&upper).expect("mkdir upper");
     let m = mount_image(&layout, "chunked", &cache, &["--upper", s(&upper)], &mnt);
     sh(&format!("m={}\n{CHANGES}", mnt.display()));
@@ -37,6 +47,26 @@ fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() 
         ]
         .concat(),
     );
+    (layout, view, upper, cache)
+}
+
+/// The new image's top layer descriptor.
+fn top_layer(layout: &Path) -> serde_json::Value {
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw"]).arg(oci(layout, "ch")));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest json");
+    manifest["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .expect("a layer")
+        .clone()
+}
+
+#[test]
+fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() {
+    need();
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, view, upper, cache) = committed(t.path());
+    let img = ["--image", &oci(&layout, "chunked"), "--cache", s(&cache)];
 
     // The new layer is zstd and says where its table and tar-split are.
     let raw = run(Command::new("skopeo")
@@ -55,6 +85,10 @@ fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() 
     let pos: Vec<u64> = position.split(':').filter_map(|n| n.parse().ok()).collect();
     assert_eq!((pos.len(), pos.get(3)), (4, Some(&1)), "{top}");
     assert_eq!(note(TARSPLIT).split(':').count(), 3, "{top}");
+    assert_eq!(
+        (note(LEGACY_CHECKSUM), note(LEGACY_POSITION)),
+        (checksum.clone(), position.clone())
+    );
 
     // The blob: the table's bytes where the annotation says, of the digest it says; the
     // `zstd` program decompresses the whole blob to the tar of the config's DiffID.
@@ -113,4 +147,52 @@ fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() 
         "{out}"
     );
     run(Command::new("zstd").arg("-t").arg(t.path().join("layer.zst")));
+}
+
+#[test]
+fn podman_pulls_a_committed_zstd_chunked_layer_from_a_registry_by_its_table() {
+    need();
+    assert!(registry_prerequisites(), "docker-registry and skopeo are required");
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, view, _, _) = committed(t.path());
+    let digest = top_layer(&layout)["digest"].as_str().expect("digest").to_string();
+    let reg = Registry::start(&[]);
+    reg.push(&layout, "ch", "ch", &[]);
+
+    // Partial pulls are off unless storage.conf turns them on; the store is the helper's.
+    let p = Podman::new(None);
+    let conf = p.path().join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n\
+             [storage.options]\npull_options = {{enable_partial_images = \"true\"}}\n",
+            p.path().join("root").display(),
+            p.path().join("run").display()
+        ),
+    )
+    .expect("storage.conf");
+    let reference = format!("{}/ch:ch", reg.host());
+    let out = p
+        .cmd()
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .args(["--log-level", "debug", "pull", "--tls-verify=false", &reference])
+        .output()
+        .expect("podman pull");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "podman pull failed: {log}");
+    assert!(
+        log.contains(&format!("Retrieved partial blob {digest}")),
+        "podman did not pull {digest} as zstd:chunked:\n{log}"
+    );
+    // Podman 4.3's partial pulls keep no mtimes, owners or device nodes, of Buildah's layers
+    // as of ours (the table's are checked by the mount of the new tag in the test above).
+    let root = PathBuf::from(p.run(&["image", "mount", &reference]));
+    let d = diff(&as_partial_pulls_keep(view), &as_partial_pulls_keep(snapshot(&root)));
+    p.run(&["image", "unmount", &reference]);
+    assert!(
+        d.is_empty(),
+        "podman's partial pull differs from the view:\n{}",
+        d.join("\n")
+    );
 }

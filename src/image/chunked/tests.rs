@@ -169,6 +169,8 @@ fn the_table_tar_split_and_footer_are_where_annotations_and_footer_say() {
     assert_eq!(&blob[at + 4..at + 8], &(w.toc.len as u32).to_le_bytes());
     let notes: BTreeMap<_, _> = w.annotations().into_iter().collect();
     assert_eq!(notes[MANIFEST_CHECKSUM], w.toc_digest);
+    assert_eq!(notes[LEGACY_MANIFEST_CHECKSUM], w.toc_digest);
+    assert_eq!(notes[LEGACY_MANIFEST_POSITION], notes[MANIFEST_POSITION]);
     assert_eq!(
         notes[MANIFEST_POSITION],
         format!("{}:{}:{}:1", w.toc.offset, w.toc.len, w.toc.uncompressed)
@@ -403,8 +405,9 @@ fn a_wrong_table_checksum_is_refused() {
     let path = t.path().join("blob");
     std::fs::write(&path, &blob).expect("blob");
     let mut d = desc(&blob, &w);
-    d.annotations
-        .insert(MANIFEST_CHECKSUM.into(), format!("sha256:{}", "0".repeat(64)));
+    for k in [MANIFEST_CHECKSUM, LEGACY_MANIFEST_CHECKSUM] {
+        d.annotations.insert(k.into(), format!("sha256:{}", "0".repeat(64)));
+    }
     let err = scan::from_toc(&crate::image::source::Blob::open(&path).expect("blob"), &d)
         .err()
         .map(|e| e.to_string())
