@@ -1,32 +1,32 @@
-//! Writing zstd:chunked layers (containers/storage `pkg/chunked`): a tar stream in, a blob out
-//! that any zstd reader takes as a plain `tar+zstd` layer, and that a lazy reader (ours in
-//! `toc.rs`; Podman's partial pulls) reads file by file from its table of contents.
+//! Writing zstd:chunked layers (containers/storage `pkg/chunked`): a tar stream in, a blob out that
+//! any zstd reader takes as a plain `tar+zstd` layer, and that a lazy reader (ours in `toc.rs`;
+//! Podman's partial pulls) reads file by file from its table of contents.
 //!
-//! The blob is a concatenation of zstd frames. A frame starts at the top of the blob, at the
-//! first byte of every non-empty regular file's data, at every [`Options::chunk_size`] bytes of
-//! a big file's data, and right after a file's data ends; tar headers (and the padding of the
-//! data before them) between two files' data share a frame (cut every 4 MiB). Decompressed, the frames are exactly the
-//! input tar (its end-of-archive blocks and any bytes after them included): its sha256 is the
-//! layer's DiffID.
+//! The blob is a concatenation of zstd frames. A frame starts at the top of the blob, at the first
+//! byte of every non-empty regular file's data, at every [`Options::chunk_size`] bytes of a big
+//! file's data, and right after a file's data ends; tar headers (and the padding of the data before
+//! them) between two files' data share a frame (cut every 4 MiB). Decompressed, the frames are
+//! exactly the input tar (its end-of-archive blocks and any bytes after them included): its sha256
+//! is the layer's DiffID.
 //!
-//! Three skippable frames follow, which zstd decoders pass over: the table (zstd-compressed
-//! JSON, `{"version":1,"entries":[…],"tarSplitDigest":…}`), the tar-split (vbatts/tar-split's
-//! JSON lines, zstd-compressed: the raw bytes of the tar outside the files' data, with each
-//! file's name, size and CRC-64), and a 64-byte footer (both positions, the table's type 1, the
-//! magic [`FOOTER_MAGIC`]). Readers find the table through the layer annotations
-//! [`MANIFEST_POSITION`] and [`MANIFEST_CHECKSUM`] (sha256 of the compressed table as stored,
-//! which is how the table is trusted; also under their pre-1.44 names, which Podman 4 reads),
-//! and the tar-split through [`TARSPLIT_POSITION`] and the table's `tarSplitDigest`. Current containers/storage refuses a partial pull without a
-//! tar-split (it rebuilds the tar, and so the DiffID, from it), and checks that the tar-split's
-//! headers and the table's entries agree field for field: the table's metadata is therefore
-//! what Go's `archive/tar` reads from each header (the raw mode field, PAX overrides of owner
-//! and times, `SCHILY.xattr.*` records), not our normalised view of it.
+//! Three skippable frames follow, which zstd decoders pass over: the table (zstd-compressed JSON,
+//! `{"version":1,"entries":[…],"tarSplitDigest":…}`), the tar-split (vbatts/tar-split's JSON lines,
+//! zstd-compressed: the raw bytes of the tar outside the files' data, with each file's name, size
+//! and CRC-64), and a 64-byte footer (both positions, the table's type 1, the magic
+//! [`FOOTER_MAGIC`]). Readers find the table through the layer annotations [`MANIFEST_POSITION`]
+//! and [`MANIFEST_CHECKSUM`] (sha256 of the compressed table as stored, which is how the table is
+//! trusted; also under their pre-1.44 names, which Podman 4 reads), and the tar-split through
+//! [`TARSPLIT_POSITION`] and the table's `tarSplitDigest`. Current containers/storage refuses a
+//! partial pull without a tar-split (it rebuilds the tar, and so the DiffID, from it), and checks
+//! that the tar-split's headers and the table's entries agree field for field: the table's metadata
+//! is therefore what Go's `archive/tar` reads from each header (the raw mode field, PAX overrides
+//! of owner and times, `SCHILY.xattr.*` records), not our normalised view of it.
 //!
 //! Table entries are those containers/storage writes: a file's `reg` entry carries its `digest`
 //! (sha256 of its data), `offset` and `endOffset` (where its frames start and end); a file of
-//! several chunks has `chunk` entries after it, and then every piece (the `reg` entry too)
-//! carries `offset`, `chunkSize` and `chunkDigest`. We cut chunks at fixed sizes, not at a
-//! rolling checksum's boundaries: readers take any cut.
+//! several chunks has `chunk` entries after it, and then every piece (the `reg` entry too) carries
+//! `offset`, `chunkSize` and `chunkDigest`. We cut chunks at fixed sizes, not at a rolling
+//! checksum's boundaries: readers take any cut.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};

@@ -455,3 +455,19 @@ fn a_pushed_tar_gives_the_same_blob_and_bad_tars_are_refused() {
     let e = write(&g[..], std::io::sink(), &Options::default()).expect_err("global");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
 }
+
+#[test]
+fn an_empty_layer_and_bytes_after_the_end_of_archive_pass_unchanged() {
+    let empty = tar::Builder::new(Vec::new()).into_inner().expect("tar");
+    let mut padded = sample(&crate::image::fixture::data(2 * CHUNK as usize + 5, 1));
+    padded.extend_from_slice(&[0u8; 10240]);
+    for (tar, entries) in [(empty, 0), (padded, 16)] {
+        let mut blob = Vec::new();
+        let w = write(&tar[..], &mut blob, &Options::default()).expect("write");
+        let plain = ::zstd::stream::decode_all(&blob[..]).expect("unzstd");
+        assert!(plain == tar, "{} bytes", tar.len());
+        assert_eq!(w.diff_id, sha(&tar));
+        let toc = toc_of(&blob, &w);
+        assert_eq!(toc["entries"].as_array().map(Vec::len), Some(entries), "{toc}");
+    }
+}
