@@ -6,7 +6,7 @@
 //! mount of the new tag (which reads the layer by its table) shows it too. Pushed to a
 //! registry, Podman pulls the layer as zstd:chunked (by range requests, as its debug log says)
 //! and shows the same view (but for what its partial pulls keep of no layer: mtimes, owners,
-//! device nodes).
+//! device nodes); a mount of the pushed image shows all of the view, reading the layer by range.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use super::image_tools::{CHANGES, layout_copy, need, oci, podman_tree, s, skopeo_inspect, tool};
 use super::images::{Obj, as_partial_pulls_keep, diff, mount_image, run, sh, snapshot};
 use crate::common::podman::Podman;
-use crate::common::{Registry, registry_prerequisites};
+use crate::common::{Mount, Registry, registry_prerequisites};
 
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const CHECKSUM: &str = "io.github.containers.zstd-chunked.manifest-checksum";
@@ -195,4 +195,43 @@ fn podman_pulls_a_committed_zstd_chunked_layer_from_a_registry_by_its_table() {
         "podman's partial pull differs from the view:\n{}",
         d.join("\n")
     );
+}
+
+#[test]
+fn a_mount_of_the_pushed_image_reads_the_committed_layer_by_range() {
+    need();
+    assert!(registry_prerequisites(), "docker-registry and skopeo are required");
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, view, _, _) = committed(t.path());
+    let digest = top_layer(&layout)["digest"].as_str().expect("digest").to_string();
+    let reg = Registry::start(&[]);
+    reg.push(&layout, "ch", "ch", &[]);
+
+    let (cache, mnt) = (t.path().join("cache-reg"), t.path().join("mnt-reg"));
+    std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+    let auth = t.path().join("no-auth.json").display().to_string();
+    let args: Vec<std::ffi::OsString> = vec![
+        "mount".into(),
+        "--foreground".into(),
+        "--image".into(),
+        reg.reference("ch", "ch").into(),
+        "--tls-verify=false".into(),
+        "--cache".into(),
+        cache.clone().into(),
+        mnt.clone().into(),
+    ];
+    let m = Mount::start_with_env(&args, &mnt, &[("REGISTRY_AUTH_FILE", &auth)]);
+    let d = diff(&view, &snapshot(&m.mnt));
+    assert_eq!(m.unmount(), Some(0));
+    assert!(
+        d.is_empty(),
+        "the registry mount differs from the view:\n{}",
+        d.join("\n")
+    );
+    let whole = unionfs::image::layout::blob_path(&cache, &digest).expect("path");
+    assert!(
+        !whole.exists(),
+        "the committed layer was read by its table, not fetched whole"
+    );
+    assert!(reg.blob_bytes_sent(206).1 > 0, "range requests were made");
 }
