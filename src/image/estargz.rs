@@ -539,8 +539,21 @@ fn rfc3339((secs, ns): (i64, u32)) -> String {
     super::write::rfc3339_ns(secs, ns)
 }
 
-mod pipe;
+/// [`write`] for a producer that pushes its tar (as `unionfs commit` does): `produce` writes
+/// the tar stream into the `Write` it is given, while a scoped thread turns it into the eStargz
+/// blob on `out`. Returns what `produce` returned and what was written. An error of `produce`
+/// is the result (the blob is then incomplete: discard it); if the writer refuses the tar
+/// first, its error is.
+pub fn write_with<W, T>(
+    out: W,
+    opts: &Options,
+    produce: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
+) -> std::io::Result<(T, Written)>
+where
+    W: Write + Send,
+{
+    super::pipe::write_with(out, |r, out| write(r, out, opts), produce)
+}
+
 #[cfg(test)]
 mod tests;
-
-pub use pipe::write_with;

@@ -3,12 +3,14 @@
 pub mod cache;
 pub mod cache_dir;
 pub mod catalog;
+pub mod chunked;
 pub mod estargz;
 #[cfg(test)]
 mod fixture;
 pub mod gzip;
 pub mod layer;
 pub mod layout;
+mod pipe;
 pub mod scan;
 pub mod source;
 pub mod store;

@@ -273,7 +273,7 @@ fn apply_pax<R: Read>(entry: &mut tar::Entry<'_, R>, e: &mut Entry) -> std::io::
 }
 
 /// `1700000000.123456789` (or `-1.5`) → (seconds, nanoseconds).
-fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
+pub(crate) fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
     let (sec, frac) = v.split_once('.').unwrap_or((v, ""));
     let s: i64 = sec.parse().ok()?;
     let mut digits: String = frac.chars().take(9).collect();

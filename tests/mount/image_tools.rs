@@ -17,7 +17,7 @@ use crate::common::podman::{Podman, require_podman};
 use crate::common::{TmpfsGuard, bin, require_program};
 
 /// Every tool these tests use, or the test fails: a test here that checks nothing proves nothing.
-fn need() {
+pub(crate) fn need() {
     assert!(
         prerequisites() && require_program("podman", "podman") && require_podman(),
         "root, buildah, skopeo, umoci and podman are required"
@@ -33,7 +33,7 @@ fn unionfs<S: AsRef<OsStr>>(args: &[S]) -> Output {
 }
 
 /// `unionfs ARGS`, which must succeed; its stdout.
-fn tool<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+pub(crate) fn tool<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let o = unionfs(args);
     assert!(
         o.status.success(),
@@ -45,22 +45,22 @@ fn tool<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
 }
 
 /// A copy of the shared layout (tags `gz`, `zst`, `chunked`) in `dir`, to write into.
-fn layout_copy(dir: &Path) -> PathBuf {
+pub(crate) fn layout_copy(dir: &Path) -> PathBuf {
     let l = dir.join("layout");
     run(Command::new("cp").arg("-a").arg(&images().layout).arg(&l));
     l
 }
 
-fn oci(layout: &Path, tag: &str) -> String {
+pub(crate) fn oci(layout: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", layout.display())
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
 /// What the test does through the mount: one change of each kind an OCI layer carries.
-const CHANGES: &str = r#"
+pub(crate) const CHANGES: &str = r#"
 echo new > $m/etc/added2
 setfattr -n user.fresh -v yes $m/etc/added2
 ln $m/etc/added2 $m/etc/added2-link
@@ -93,7 +93,7 @@ fn tags(layout: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn skopeo_inspect(layout: &Path, tag: &str, config: bool) -> serde_json::Value {
+pub(crate) fn skopeo_inspect(layout: &Path, tag: &str, config: bool) -> serde_json::Value {
     let mut c = Command::new("skopeo");
     c.arg("inspect");
     if config {
@@ -125,7 +125,7 @@ impl Drop for LowercaseLink {
 }
 
 /// The tree Podman makes of `oci:LAYOUT:TAG`: pulled into a private store and mounted there.
-fn podman_tree(layout: &Path, tag: &str) -> BTreeMap<PathBuf, super::images::Obj> {
+pub(crate) fn podman_tree(layout: &Path, tag: &str) -> BTreeMap<PathBuf, super::images::Obj> {
     let p = Podman::new(None);
     let link = LowercaseLink::to(layout);
     let id = p.run(&["pull", "-q", &oci(&link.0, tag)]);

@@ -115,6 +115,24 @@ pub(crate) struct Obj {
     group: Option<PathBuf>,
 }
 
+/// `tree` as Podman 4.3's partial pulls of zstd:chunked layers make it, whoever wrote the
+/// layer (Buildah's as much as ours): every mtime the time of the pull, every owner root, no
+/// device nodes. What is left (names, types, modes, contents, xattrs, links) must match.
+pub(crate) fn as_partial_pulls_keep(tree: BTreeMap<PathBuf, Obj>) -> BTreeMap<PathBuf, Obj> {
+    tree.into_iter()
+        .filter(|(_, o)| !matches!(o.kind, 'c' | 'b'))
+        .map(|(p, o)| {
+            let o = Obj {
+                mtime: 0,
+                uid: 0,
+                gid: 0,
+                ..o
+            };
+            (p, o)
+        })
+        .collect()
+}
+
 /// Every object below `root` (not `root` itself), by path.
 pub(crate) fn snapshot(root: &Path) -> BTreeMap<PathBuf, Obj> {
     let mut out = BTreeMap::new();

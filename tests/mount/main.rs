@@ -23,6 +23,7 @@ use unionfs_testkit as common;
 
 mod as_user;
 mod caching;
+mod chunked_commit;
 mod copy_up;
 mod data;
 mod deep;

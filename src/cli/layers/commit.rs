@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use unionfs::layers::commit::{CommitOptions, CommitSummary, Compression, HistoryEntry};
+use unionfs::layers::commit::{BlobFormat, CommitOptions, CommitSummary, Compression, HistoryEntry};
 use unionfs::layers::{self, LayerError, Stack, Use};
 
 use super::{Progress, StackArgs, claim, fail, lossy, open_dirs, print_json, with_image, workdir_of};
@@ -18,6 +18,11 @@ pub enum Compress {
     /// gzip as eStargz: one gzip member per file (and per 4 MiB chunk of a big file) and a
     /// table of contents, so `mount --image` reads the layer without a pass over it.
     Estargz,
+    /// zstd as zstd:chunked (containers/storage): one zstd frame per file (and per 4 MiB chunk
+    /// of a big file), a table of contents and a tar-split, so `mount --image` and Podman's
+    /// partial pulls read the layer file by file.
+    #[value(name = "zstd:chunked")]
+    ZstdChunked,
 }
 
 #[derive(clap::Args)]
@@ -37,8 +42,9 @@ pub struct CommitArgs {
     /// With --tag: the new history entry's "created by" [default: unionfs commit].
     #[arg(long, value_name = "TEXT", requires = "tag")]
     message: Option<String>,
-    /// Compression of the blob [default: none with --output, gzip with --tag]. With estargz and
-    /// --output, the descriptor's annotations are printed as `annotation KEY VALUE` lines.
+    /// Compression of the blob [default: none with --output, gzip with --tag]. With estargz or
+    /// zstd:chunked and --output, the descriptor's annotations (where the table of contents is,
+    /// its digest) are printed as `annotation KEY VALUE` lines.
     #[arg(long, value_enum)]
     compress: Option<Compress>,
     /// Clamp every mtime to SECONDS since the epoch [default: $SOURCE_DATE_EPOCH if set]; with
@@ -81,9 +87,13 @@ pub fn commit(a: CommitArgs) -> ExitCode {
         compression: match a.compress.unwrap_or(default) {
             Compress::None => Compression::None,
             Compress::Gzip | Compress::Estargz => Compression::Gzip,
-            Compress::Zstd => Compression::Zstd,
+            Compress::Zstd | Compress::ZstdChunked => Compression::Zstd,
         },
-        estargz: matches!(a.compress, Some(Compress::Estargz)),
+        format: match a.compress {
+            Some(Compress::Estargz) => BlobFormat::Estargz,
+            Some(Compress::ZstdChunked) => BlobFormat::ZstdChunked,
+            _ => BlobFormat::Plain,
+        },
         clamp_mtime: clamp,
     };
     if let Some(t) = &a.tag {

@@ -45,13 +45,25 @@ pub use into_image::{HistoryEntry, ImageCommit, commit_to_image, valid_tag};
 
 pub use crate::blob::Compression;
 
+/// How a commit lays out its blob.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BlobFormat {
+    /// The tar, compressed as [`CommitOptions::compression`] says.
+    #[default]
+    Plain,
+    /// eStargz (gzip, one member per file and chunk, a table of contents: see
+    /// `image::estargz`); the compression is gzip whatever `compression` says.
+    Estargz,
+    /// zstd:chunked (zstd, one frame per file and chunk, a table of contents and a tar-split:
+    /// see `image::chunked`); the compression is zstd whatever `compression` says.
+    ZstdChunked,
+}
+
 /// Options of a commit.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CommitOptions {
     pub compression: Compression,
-    /// Write an eStargz blob (gzip, one member per file and chunk, a table of contents: see
-    /// `image::estargz`) instead of compressing the tar as `compression` says.
-    pub estargz: bool,
+    pub format: BlobFormat,
     /// Every mtime later than this (seconds since the epoch) is written as this.
     pub clamp_mtime: Option<i64>,
 }
@@ -75,22 +87,32 @@ pub struct CommitSummary {
     pub skipped_sockets: Vec<Vec<u8>>,
 }
 
-/// A committed layer's blob: the summary, and the annotations its descriptor needs (an
-/// eStargz layer's table-of-contents digest).
+/// A committed layer's blob: the summary, and the annotations its descriptor needs (where a
+/// table of contents is, and its digest).
 pub type Blob = (CommitSummary, Vec<(String, String)>);
 
-/// Writes the upper of `stack` to `out` as `opts` says: [`commit`], or [`commit_estargz`].
+/// Writes the upper of `stack` to `out` as `opts` says: [`commit`], or [`commit_indexed`].
 pub fn commit_blob<W: Write + Send>(stack: &Stack, opts: &CommitOptions, out: W, obs: &dyn Observer) -> Result<Blob> {
-    if opts.estargz {
-        commit_estargz(stack, opts, out, obs)
-    } else {
-        commit(stack, opts, out, obs).map(|s| (s, Vec::new()))
+    match opts.format {
+        BlobFormat::Plain => commit(stack, opts, out, obs).map(|s| (s, Vec::new())),
+        BlobFormat::Estargz | BlobFormat::ZstdChunked => commit_indexed(stack, opts, out, obs),
     }
 }
 
-/// Writes the upper of `stack` to `out` as an eStargz layer: the tar [`commit`] makes, turned
-/// into gzip members with a table of contents as it is made.
-pub fn commit_estargz<W: Write + Send>(
+/// What the eStargz and zstd:chunked writers say they wrote, in the terms of a commit.
+struct Indexed {
+    digest: String,
+    size: u64,
+    diff_id: String,
+    uncompressed_size: u64,
+    compression: Compression,
+    annotations: Vec<(String, String)>,
+}
+
+/// Writes the upper of `stack` to `out` as an eStargz or zstd:chunked layer (as
+/// `opts.format` says): the tar [`commit`] makes, cut into gzip members or zstd frames with a
+/// table of contents as it is made.
+pub fn commit_indexed<W: Write + Send>(
     stack: &Stack,
     opts: &CommitOptions,
     out: W,
@@ -98,32 +120,54 @@ pub fn commit_estargz<W: Write + Send>(
 ) -> Result<Blob> {
     let plain = CommitOptions {
         compression: Compression::None,
-        estargz: false,
+        format: BlobFormat::Plain,
         ..*opts
     };
-    let r = crate::image::estargz::write_with(out, &crate::image::estargz::Options::default(), |w| {
-        // Carried through the writer's io::Error and taken out again below.
-        commit(stack, &plain, w, obs).map_err(std::io::Error::other)
-    });
+    // `commit`'s errors are carried through the writer's io::Error and taken out again below.
+    let produce = |w: &mut dyn Write| commit(stack, &plain, w, obs).map_err(std::io::Error::other);
+    let notes = |a: &[(&str, String)]| a.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let r = match opts.format {
+        BlobFormat::Estargz => {
+            crate::image::estargz::write_with(out, &crate::image::estargz::Options::default(), produce).map(|(s, w)| {
+                let i = Indexed {
+                    digest: w.digest.clone(),
+                    size: w.size,
+                    diff_id: w.diff_id.clone(),
+                    uncompressed_size: w.uncompressed_size,
+                    compression: Compression::Gzip,
+                    annotations: notes(&w.annotations()),
+                };
+                (s, i)
+            })
+        }
+        _ => {
+            crate::image::chunked::write_with(out, &crate::image::chunked::Options::default(), produce).map(|(s, w)| {
+                let i = Indexed {
+                    digest: w.digest.clone(),
+                    size: w.size,
+                    diff_id: w.diff_id.clone(),
+                    uncompressed_size: w.uncompressed_size,
+                    compression: Compression::Zstd,
+                    annotations: notes(&w.annotations()),
+                };
+                (s, i)
+            })
+        }
+    };
     match r {
         Ok((mut summary, written)) => {
-            // The blob's stream is the tar plus the table: its DiffID is the stream's.
-            summary.diff_id = written.diff_id.clone();
-            summary.digest = written.digest.clone();
+            // The blob's stream is what the writer made of the tar: its DiffID is the stream's.
+            summary.diff_id = written.diff_id;
+            summary.digest = written.digest;
             summary.size = written.size;
             summary.tar_size = written.uncompressed_size;
-            summary.media_type = Compression::Gzip.media_type();
-            let notes = written
-                .annotations()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            Ok((summary, notes))
+            summary.media_type = written.compression.media_type();
+            Ok((summary, written.annotations))
         }
         Err(e) => match e.into_inner().map(|b| b.downcast::<LayerError>()) {
             Some(Ok(layer)) => Err(*layer),
             Some(Err(other)) => Err(LayerError::Output(std::io::Error::other(other))),
-            None => Err(LayerError::Output(std::io::Error::other("the eStargz writer failed"))),
+            None => Err(LayerError::Output(std::io::Error::other("the layer writer failed"))),
         },
     }
 }

@@ -1,22 +1,20 @@
-//! [`write_with`]: the eStargz writer fed by a producer that pushes its tar (as `unionfs
-//! commit` does), through a bounded pipe to a scoped thread.
+//! A blob writer that reads its tar (`estargz::write`, `chunked::write`) fed by a producer that
+//! pushes it (as `unionfs commit` does), through a bounded pipe to a scoped thread.
 
 use std::io::{Read, Write};
 
-use super::{Options, Written, write};
-
-/// [`write`] for a producer that pushes its tar (as `unionfs commit` does): `produce` writes
-/// the tar stream into the `Write` it is given, while a scoped thread turns it into the eStargz
-/// blob on `out`. Returns what `produce` returned and what was written. An error of `produce`
-/// is the result (the blob is then incomplete: discard it); if the writer refuses the tar
-/// first, its error is.
-pub fn write_with<W, T>(
+/// `produce` writes the tar stream into the `Write` it is given, while a scoped thread runs
+/// `convert` on it (reading it from a [`ChannelReader`]) into the blob on `out`. Returns what
+/// `produce` returned and what `convert` did. An error of `produce` is the result (the blob is
+/// then incomplete: discard it); if the writer refuses the tar first, its error is.
+pub(crate) fn write_with<W, T, X>(
     out: W,
-    opts: &Options,
+    convert: impl FnOnce(ChannelReader, W) -> std::io::Result<X> + Send,
     produce: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
-) -> std::io::Result<(T, Written)>
+) -> std::io::Result<(T, X)>
 where
     W: Write + Send,
+    X: Send,
 {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     std::thread::scope(|s| {
@@ -26,7 +24,7 @@ where
                 cur: Vec::new(),
                 at: 0,
             };
-            write(r, out, opts)
+            convert(r, out)
         });
         let mut w = ChannelWriter {
             tx: Some(tx),
@@ -36,7 +34,7 @@ where
         drop(w);
         let written = writer
             .join()
-            .map_err(|_| std::io::Error::other("estargz: the writer thread panicked"))?;
+            .map_err(|_| std::io::Error::other("the blob writer thread panicked"))?;
         match (produced, written) {
             (Ok(t), Ok(w)) => Ok((t, w)),
             (Ok(_), Err(e)) => Err(e),
@@ -64,8 +62,11 @@ impl ChannelWriter {
         match &self.tx {
             Some(tx) => tx
                 .send(full)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "estargz: the writer stopped")),
-            None => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "estargz: closed")),
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the blob writer stopped")),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the pipe to the blob writer is closed",
+            )),
         }
     }
 
@@ -92,7 +93,7 @@ impl Write for ChannelWriter {
 
 /// The writer's end of [`write_with`]'s pipe: the end of the stream when the producer's end is
 /// closed or dropped.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
     cur: Vec<u8>,
     at: usize,
