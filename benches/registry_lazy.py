@@ -13,6 +13,8 @@ with the page cache dropped:
   pull+tar   skopeo copy, then tar -x of every layer into one directory (what a pull and unpack
              costs), then the job on the unpacked tree
   lazy       unionfs mount --image docker://… of the zstd:chunked image, then the job
+  lazy+pre   the same with --prefetch of the job's list (what --record of an earlier run
+             writes), the job started at once
 
 For each: seconds to the job's first byte and to its end, bytes that came through the proxy,
 disk used by the cache or copy. Prints one line per (latency, job, target) and the ratios.
@@ -167,6 +169,21 @@ def target_lazy(w, host, paths):
     return ready + first, ready + end, du(cache)
 
 
+def target_lazy_prefetch(w, host, paths):
+    """The lazy mount given the job's list (as `--record` of an earlier run writes it)."""
+    cache, mnt, plist = os.path.join(w, "cache"), os.path.join(w, "mnt"), os.path.join(w, "list")
+    os.makedirs(mnt, exist_ok=True)
+    with open(plist, "w") as f:
+        f.write("".join(p + "\n" for p in paths))
+    t0 = time.monotonic()
+    run(BIN, "mount", "--image", f"docker://{host}/bchunked:bench", "--tls-verify=false", "--cache", cache,
+        "--prefetch", plist, mnt)
+    with Mounted(mnt):
+        ready = time.monotonic() - t0
+        first, end = read_all(mnt, paths)
+    return ready + first, ready + end, du(cache)
+
+
 def target_pull_oci(w, host, paths):
     cache, mnt, oci = os.path.join(w, "cache"), os.path.join(w, "mnt"), os.path.join(w, "oci")
     os.makedirs(mnt, exist_ok=True)
@@ -195,7 +212,12 @@ def target_pull_tar(w, host, paths):
     return ready + first, ready + end, du(oci) + du(root)
 
 
-TARGETS = {"pull+oci": target_pull_oci, "pull+tar": target_pull_tar, "lazy": target_lazy}
+TARGETS = {
+    "pull+oci": target_pull_oci,
+    "pull+tar": target_pull_tar,
+    "lazy": target_lazy,
+    "lazy+pre": target_lazy_prefetch,
+}
 
 
 def main():
@@ -240,7 +262,7 @@ def main():
                 paths = job_files(files, pct)
                 got = {}
                 for name in a.targets.split(","):
-                    for d in ("cache", "oci", "root", "mnt"):
+                    for d in ("cache", "oci", "root", "mnt", "list"):
                         shutil.rmtree(os.path.join(w, d), ignore_errors=True)
                     drop_caches()
                     before = proxy.down
@@ -250,11 +272,11 @@ def main():
                     print(f"latency {lat} ms, job {pct}% ({len(paths)} files): {name:8} first byte "
                           f"{first:7.2f} s, end {end:7.2f} s, transferred {moved / 2**20:7.1f} MiB, "
                           f"disk {disk / 2**20:7.1f} MiB", flush=True)
-                if "lazy" in got:
-                    for other in (n for n in got if n != "lazy"):
+                for mine in (n for n in ("lazy", "lazy+pre") if n in got):
+                    for other in (n for n in got if n.startswith("pull")):
                         f0, e0 = got[other]
-                        f1, e1 = got["lazy"]
-                        print(f"  lazy vs {other}: first byte {f0 / f1:.1f}x sooner, end {e0 / e1:.1f}x sooner")
+                        f1, e1 = got[mine]
+                        print(f"  {mine} vs {other}: first byte {f0 / f1:.1f}x sooner, end {e0 / e1:.1f}x sooner")
     finally:
         for d in ("mnt",):
             p = os.path.join(w, d)

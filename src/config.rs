@@ -150,6 +150,12 @@ pub struct ImageSource {
     /// How to reach the registry of a `docker://` image.
     #[serde(default)]
     pub registry: crate::registry::Options,
+    /// `--prefetch FILE`: paths whose data a mount fetches first, in the background.
+    #[serde(default)]
+    pub prefetch: Option<PathBuf>,
+    /// `--record FILE`: where a mount lists the image files opened, in order (a prefetch list).
+    #[serde(default)]
+    pub record: Option<PathBuf>,
 }
 
 /// 4 GiB of file contents decompressed from layers.
@@ -163,6 +169,8 @@ impl ImageSource {
             cache_dir: default_cache_dir(),
             cache_size: DEFAULT_CACHE_SIZE,
             registry: crate::registry::Options::default(),
+            prefetch: None,
+            record: None,
         }
     }
 
@@ -201,6 +209,8 @@ impl ImageSource {
                 cert_dir,
                 ..self.registry.clone()
             },
+            prefetch: self.prefetch.as_deref().map(|p| abs("--prefetch", p)).transpose()?,
+            record: self.record.as_deref().map(|p| abs("--record", p)).transpose()?,
         })
     }
 }

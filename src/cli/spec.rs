@@ -42,6 +42,9 @@ pub(crate) struct MountSpec {
     pub cert_dir: Option<PathBuf>,
     /// `--fetch-timeout`: how long a lazy read waits for the registry.
     pub fetch_timeout: Option<u64>,
+    /// `--prefetch`, `--record`: prefetch lists of an image mount.
+    pub prefetch: Option<PathBuf>,
+    pub record: Option<PathBuf>,
 }
 
 /// What the library mounts with: the checked configuration (canonical paths), the session's
@@ -72,6 +75,8 @@ impl MountSpec {
             tls_verify: None,
             cert_dir: None,
             fetch_timeout: None,
+            prefetch: None,
+            record: None,
         }
     }
 
@@ -121,9 +126,15 @@ impl MountSpec {
     fn image_source(&self) -> Result<Option<unionfs::config::ImageSource>, String> {
         let registry_opts = self.tls_verify.is_some() || self.cert_dir.is_some() || self.fetch_timeout.is_some();
         let Some(reference) = &self.image else {
-            if self.cache_dir.is_some() || self.cache_size.is_some() || registry_opts {
+            let image_opts = self.cache_dir.is_some()
+                || self.cache_size.is_some()
+                || self.prefetch.is_some()
+                || self.record.is_some();
+            if image_opts || registry_opts {
                 return Err(
-                    "--cache, --cache-size, --tls-verify, --cert-dir and --fetch-timeout are for --image".into(),
+                    "--cache, --cache-size, --tls-verify, --cert-dir, --fetch-timeout, --prefetch and \
+                     --record are for --image"
+                        .into(),
                 );
             }
             return Ok(None);
@@ -145,6 +156,8 @@ impl MountSpec {
             cert_dir: self.cert_dir.clone(),
             fetch_timeout: self.fetch_timeout.unwrap_or(unionfs::registry::DEFAULT_FETCH_TIMEOUT),
         };
+        src.prefetch = self.prefetch.clone();
+        src.record = self.record.clone();
         Ok(Some(src))
     }
 }

@@ -216,6 +216,51 @@ impl ImageLayer {
         Ok(d.binary_search_by(|e| (*e.name).cmp(name)).ok().map(|i| d[i].clone()))
     }
 
+    /// Where the data of `path` (relative to the layer's root) lies in the blob, for a prefetch.
+    pub fn data_ranges(&self, path: &[u8]) -> super::prefetch::Lookup {
+        use super::prefetch::Lookup;
+        let mut dir = match self.root().dir {
+            Some(d) => d,
+            None => return Lookup::Absent,
+        };
+        let mut parts = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .peekable();
+        while let Some(c) = parts.next() {
+            let mut wh = b".wh.".to_vec();
+            wh.extend_from_slice(c);
+            if matches!(self.lookup(dir, &wh), Ok(Some(_))) {
+                return Lookup::Hidden;
+            }
+            let Ok(Some(e)) = self.lookup(dir, c) else {
+                return Lookup::Absent;
+            };
+            if parts.peek().is_none() {
+                return Lookup::Here(match &e.data {
+                    Data::Parts(ps) => ps
+                        .iter()
+                        .filter(|p| p.digest.is_some())
+                        .map(|p| (p.blob_offset, p.blob_len))
+                        .collect(),
+                    _ => Vec::new(),
+                });
+            }
+            match e.dir {
+                Some(d) => dir = d,
+                None => return Lookup::Absent,
+            }
+        }
+        Lookup::Absent
+    }
+
+    /// Makes `len` bytes at `offset` of a lazy layer's blob present (fetched if missing).
+    pub fn prefetch(&self, offset: u64, len: u64) -> Result<(), LayerReadError> {
+        self.blob
+            .prefetch(offset, len)
+            .map_err(|e| self.err(format!("{} bytes {offset}+{len}: {e}", self.blob_path.display())))
+    }
+
     /// Reads up to `buf.len()` bytes of the file `e` at `offset`.
     pub fn read(&self, e: &Entry, offset: u64, buf: &mut [u8]) -> Result<usize, LayerReadError> {
         self.read_with(e, offset, buf, &LastPiece::default())

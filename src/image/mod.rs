@@ -11,6 +11,7 @@ pub mod gzip;
 pub mod layer;
 pub mod layout;
 mod pipe;
+pub mod prefetch;
 pub mod scan;
 pub mod source;
 pub mod store;

@@ -113,10 +113,29 @@ impl Blob {
                 if buf.is_empty() {
                     return Ok(());
                 }
-                partial.fetch(remote, digest, offset / BLOCK, (end - 1) / BLOCK)?;
+                partial.fetch(remote, digest, offset / BLOCK, (end - 1) / BLOCK, true)?;
                 partial.file.read_exact_at(buf, offset)
             }
         }
+    }
+
+    /// Makes the blocks holding `len` bytes at `offset` present, without moving the readahead
+    /// window of the reads (a no-op for a local blob).
+    pub fn prefetch(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let Blob::Remote {
+            remote,
+            digest,
+            partial,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let end = offset.saturating_add(len).min(partial.size);
+        if end <= offset {
+            return Ok(());
+        }
+        partial.fetch(remote, digest, offset / BLOCK, (end - 1) / BLOCK, false)
     }
 
     /// Drops every block kept (one of them failed a check: a registry that sent wrong bytes
@@ -211,10 +230,10 @@ impl Partial {
         here
     }
 
-    /// Makes blocks `first..=last` present: the missing ones, and the blocks after them that
-    /// the readahead window adds, in one request. Blocks another thread is fetching are waited
+    /// Makes blocks `first..=last` present: the missing ones, and (for a read, `readahead`) the
+    /// blocks after them that the readahead window adds, in one request. Blocks another thread is fetching are waited
     /// for, not fetched twice (the kernel reads a big file's pages on several threads at once).
-    fn fetch(&self, remote: &RemoteRef, digest: &str, first: u64, last: u64) -> std::io::Result<()> {
+    fn fetch(&self, remote: &RemoteRef, digest: &str, first: u64, last: u64, readahead: bool) -> std::io::Result<()> {
         let mut st = self.state.lock();
         let (lo, hi) = loop {
             let missing: Vec<u64> = (first..=last).filter(|&k| !self.present(k)).collect();
@@ -226,10 +245,9 @@ impl Partial {
                 self.fetched.wait(&mut st);
                 continue;
             }
-            let window = if lo == st.next {
-                (st.window * 2).clamp(1, WINDOW)
-            } else {
-                1
+            let window = match readahead {
+                true if lo == st.next => (st.window * 2).clamp(1, WINDOW),
+                _ => 1,
             };
             let count = self.seen.len() as u64;
             let mut end = hi.max(lo + window - 1).min(count.saturating_sub(1));
@@ -237,7 +255,9 @@ impl Partial {
             if let Some(k) = (hi + 1..=end).find(|&k| st.inflight.contains(&k) || self.present(k)) {
                 end = k - 1;
             }
-            (st.next, st.window) = (end + 1, end + 1 - lo);
+            if readahead {
+                (st.next, st.window) = (end + 1, end + 1 - lo);
+            }
             st.inflight.extend(lo..=end);
             break (lo, end);
         };

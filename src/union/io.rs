@@ -190,6 +190,7 @@ impl Union {
         }
         let (loc, layer) = self.locate_data(&node)?;
         if let (false, Some(img)) = (in_upper, loc.image_file().cloned()) {
+            self.record_open(&node);
             return Ok(Opened {
                 fh: self.new_handle(FileSource::Image(img), node, layer),
                 shared_rw: false,

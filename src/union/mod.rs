@@ -41,6 +41,7 @@ mod metacopy;
 pub(crate) mod node;
 mod privs;
 mod readdir;
+mod record;
 mod redirect;
 mod remove;
 mod rename;
@@ -141,6 +142,8 @@ pub struct Union {
     numbering: Numbering,
     /// The upper is reached through a private mount with the atime options (`atime.rs`).
     atime_by_mount: bool,
+    /// `--record`: the image files opened are listed (`record.rs`).
+    recorder: Option<crate::image::prefetch::Recorder>,
     config: MountConfig,
 }
 

@@ -72,8 +72,12 @@ impl Union {
         let lowers = std::mem::take(&mut private.lowers);
         let private = private.upper;
         let mut layers = open_layers(&config, private.as_ref(), lowers)?;
+        let mut recorder = None;
         if let Some(img) = &config.image {
-            layers.extend(open_image_layers(img)?);
+            let (image_layers, lowers) = open_image_layers(img)?;
+            layers.extend(image_layers);
+            recorder = super::record::recorder(img)?;
+            super::record::start_prefetch(img, lowers)?;
         }
         let upper = config.upper.as_ref().map(|_| 0);
         let work = match (&config.upper, &config.workdir) {
@@ -101,6 +105,7 @@ impl Union {
             idmap,
             numbering,
             atime_by_mount: private.is_some(),
+            recorder,
             config,
         };
         u.insert_root().map_err(|e| SetupError::Io {
@@ -208,13 +213,14 @@ fn open_layers(
 }
 
 /// The layers of the image `img`, top first (their catalogs are made on the first mount).
-fn open_image_layers(img: &ImageSource) -> Result<Vec<Layer>, SetupError> {
+fn open_image_layers(img: &ImageSource) -> Result<(Vec<Layer>, Vec<Arc<ImageLower>>), SetupError> {
     struct Quiet;
     impl crate::image::scan::Progress for Quiet {}
     let cache = Arc::new(ContentCache::new(&img.cache_dir, img.cache_size));
     let (image, layers) = crate::image::open_layers(&img.reference, &img.cache_dir, &img.registry, cache, &Quiet)
         .map_err(|e| SetupError::Invalid(e.to_string()))?;
     let mut out = Vec::with_capacity(layers.len());
+    let mut lowers = Vec::with_capacity(layers.len());
     for layer in layers {
         let dev = crate::image::layer_dev(&layer.digest);
         let path = crate::image::layout::blob_path(&image.layout, &layer.digest)
@@ -230,8 +236,9 @@ fn open_image_layers(img: &ImageSource) -> Result<Vec<Layer>, SetupError> {
             dev,
             fsid: dev,
         });
+        lowers.push(lower);
     }
-    Ok(out)
+    Ok((out, lowers))
 }
 
 /// The owner mappings a mount uses: none when the top layer already carries owners of the view

@@ -243,3 +243,86 @@ fn a_token_that_expires_mid_mount_is_renewed() {
     assert!(reg.tokens_issued() > before, "a new token was asked for");
     assert_eq!(m.unmount(), Some(0));
 }
+
+#[test]
+fn a_recorded_list_is_fetched_first_by_the_next_mount() {
+    let Some(mut reg) = serving() else {
+        return;
+    };
+    let t = tempfile::tempdir().expect("tmp");
+    let list = t.path().join("job.files");
+    let record = format!("--record={}", list.display());
+    let m = mount_lazy(&reg, &t.path().join("first"), "mnt", &[&record]);
+    assert_eq!(read(&m, "etc/hello"), Ok(expected("etc/hello")));
+    assert_eq!(read(&m, "data/big"), Ok(expected("data/big")));
+    assert_eq!(read(&m, "etc/hello"), Ok(expected("etc/hello")), "listed once");
+    assert_eq!(m.unmount(), Some(0));
+    let listed = std::fs::read_to_string(&list).expect("the record");
+    assert_eq!(listed, "etc/hello\ndata/big\n", "the files opened, in order");
+    // A fresh cache: the list's data comes in the background before anything reads it.
+    let before = reg.blob_bytes_sent(206).0;
+    let prefetch = format!("--prefetch={}", list.display());
+    let m = mount_lazy(&reg, &t.path().join("second"), "mnt", &[&prefetch, "--fetch-timeout=1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = reg.blob_bytes_sent(206).0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = reg.blob_bytes_sent(206).0;
+        if (now == seen && now > before) || Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
+    let big = std::fs::metadata(images().unpacked.join("data/big"))
+        .expect("stat")
+        .len();
+    assert!(
+        seen - before > big / 4,
+        "the listed files were fetched without a read: {} bytes",
+        seen - before
+    );
+    reg.stop();
+    assert_eq!(
+        read(&m, "data/big"),
+        Ok(expected("data/big")),
+        "prefetched, read offline"
+    );
+    assert_eq!(m.unmount(), Some(0));
+}
+
+#[test]
+fn prefetch_and_record_are_for_images_and_an_unreadable_list_refuses_the_mount() {
+    let Some(reg) = serving() else {
+        return;
+    };
+    let t = tempfile::tempdir().expect("tmp");
+    let missing = t.path().join("no-such.files");
+    std::fs::create_dir_all(t.path().join("mnt")).expect("mkdir");
+    let out = std::process::Command::new(crate::common::bin())
+        .args([
+            "mount",
+            "--image",
+            &reg.reference("lazy", "chunked"),
+            "--tls-verify=false",
+        ])
+        .arg(format!("--prefetch={}", missing.display()))
+        .arg("--cache")
+        .arg(t.path().join("cache"))
+        .arg(t.path().join("mnt"))
+        .env("REGISTRY_AUTH_FILE", t.path().join("no-auth.json"))
+        .output()
+        .expect("unionfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no-such.files"), "names the list: {err}");
+    assert!(!crate::common::is_mounted(&t.path().join("mnt")));
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["mount", "--lower", "/tmp"])
+        .arg(format!("--record={}", t.path().join("r").display()))
+        .arg(t.path().join("mnt"))
+        .output()
+        .expect("unionfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--record") && err.contains("--image"), "{err}");
+}

@@ -258,6 +258,38 @@ pub(super) static ROWS: &[Row] = &[
         },
     },
     Row {
+        names: &["prefetch="],
+        flag: flag(
+            "--prefetch",
+            Some("FILE"),
+            "A list of paths (one per line, as --record writes it) whose data a lazily fetched \
+             image fetches first, in the background, several requests at once.",
+        ),
+        class: Class::Ours,
+        example: "prefetch=/srv/ci/app.files",
+        why: "registry images are ours; what a job reads next time, fetched before it asks",
+        apply: |s, i| {
+            s.prefetch = Some(i.path());
+            Ok(())
+        },
+    },
+    Row {
+        names: &["record="],
+        flag: flag(
+            "--record",
+            Some("FILE"),
+            "List the image files the workload opens in FILE (one path per line, in the order \
+             of first open), for --prefetch of a later mount.",
+        ),
+        class: Class::Ours,
+        example: "record=/srv/ci/app.files",
+        why: "registry images are ours; makes the list --prefetch reads",
+        apply: |s, i| {
+            s.record = Some(i.path());
+            Ok(())
+        },
+    },
+    Row {
         names: &["fetch_timeout="],
         flag: flag(
             "--fetch-timeout",
