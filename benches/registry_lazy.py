@@ -15,6 +15,8 @@ with the page cache dropped:
   lazy       unionfs mount --image docker://… of the zstd:chunked image, then the job
   lazy+pre   the same with --prefetch of the job's list (what --record of an earlier run
              writes), the job started at once
+  lazy-warm  (with --targets) a second mount of the registry image, the first one's cache kept
+  oci-warm   (with --targets) the zstd:chunked image from a local layout, catalogs made
 
 For each: seconds to the job's first byte and to its end, bytes that came through the proxy,
 disk used by the cache or copy. Prints one line per (latency, job, target) and the ratios.
@@ -43,7 +45,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/unionfs")
+# UNIONFS_BIN: a copy of the binary, so that a build during a long run changes nothing.
+BIN = os.environ.get("UNIONFS_BIN", os.path.join(ROOT, "target/release/unionfs"))
 
 
 def free_port():
@@ -184,6 +187,36 @@ def target_lazy_prefetch(w, host, paths):
     return ready + first, ready + end, du(cache)
 
 
+def target_lazy_warm(w, host, paths):
+    """A second mount of the registry image on the same host: the cache the first one left."""
+    target_lazy(w, host, paths)
+    drop_caches()
+    mnt = os.path.join(w, "mnt")
+    t0 = time.monotonic()
+    run(BIN, "mount", "--image", f"docker://{host}/bchunked:bench", "--tls-verify=false", "--cache",
+        os.path.join(w, "cache"), mnt)
+    with Mounted(mnt):
+        ready = time.monotonic() - t0
+        first, end = read_all(mnt, paths)
+    return ready + first, ready + end, du(os.path.join(w, "cache"))
+
+
+def target_oci_warm(w, host, paths):
+    """The same zstd:chunked image from a local layout, its catalogs made by a first mount."""
+    cache, mnt = os.path.join(w, "cache"), os.path.join(w, "mnt")
+    os.makedirs(mnt, exist_ok=True)
+    ref = f"oci:{LAYOUTS}/chunked:bench"
+    run(BIN, "mount", "--image", ref, "--cache", cache, mnt)
+    subprocess.run(["umount", mnt], check=True)
+    drop_caches()
+    t0 = time.monotonic()
+    run(BIN, "mount", "--image", ref, "--cache", cache, mnt)
+    with Mounted(mnt):
+        ready = time.monotonic() - t0
+        first, end = read_all(mnt, paths)
+    return ready + first, ready + end, du(cache)
+
+
 def target_pull_oci(w, host, paths):
     cache, mnt, oci = os.path.join(w, "cache"), os.path.join(w, "mnt"), os.path.join(w, "oci")
     os.makedirs(mnt, exist_ok=True)
@@ -217,7 +250,11 @@ TARGETS = {
     "pull+tar": target_pull_tar,
     "lazy": target_lazy,
     "lazy+pre": target_lazy_prefetch,
+    "lazy-warm": target_lazy_warm,
+    "oci-warm": target_oci_warm,
 }
+# Where the images' layouts are (set in main).
+LAYOUTS = ""
 
 
 def main():
@@ -225,13 +262,15 @@ def main():
     ap.add_argument("--size", default="1g")
     ap.add_argument("--latency", default="0,30")
     ap.add_argument("--jobs", default="2,10,100")
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", default="pull+oci,pull+tar,lazy,lazy+pre")
     a = ap.parse_args()
     images = os.path.join(os.environ.get("IMAGE_BENCH_DIR", "/var/tmp/unionfs-image-bench"), "images", a.size)
     if not os.access(BIN, os.X_OK):
         sys.exit("build first: cargo build --release")
     if not os.path.isdir(os.path.join(images, "chunked")):
         sys.exit(f"no images in {images}: python3 benches/image_bench.py --generate-only")
+    global LAYOUTS
+    LAYOUTS = images
     files = json.load(open(os.path.join(images, "files.json")))
     total = sum(s for _, s in files)
     w = tempfile.mkdtemp(prefix="registry-lazy.", dir="/var/tmp")
@@ -272,6 +311,8 @@ def main():
                     print(f"latency {lat} ms, job {pct}% ({len(paths)} files): {name:8} first byte "
                           f"{first:7.2f} s, end {end:7.2f} s, transferred {moved / 2**20:7.1f} MiB, "
                           f"disk {disk / 2**20:7.1f} MiB", flush=True)
+                if "lazy-warm" in got and "oci-warm" in got:
+                    print(f"  lazy-warm vs oci-warm: end {got['lazy-warm'][1] / got['oci-warm'][1]:.2f}x")
                 for mine in (n for n in ("lazy", "lazy+pre") if n in got):
                     for other in (n for n in got if n.startswith("pull")):
                         f0, e0 = got[other]
