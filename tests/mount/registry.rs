@@ -40,7 +40,7 @@ fn mount_args(reference: &str, cache: &Path, mnt: &Path, opts: &[&str]) -> Vec<O
 
 /// Mounts `reference`, with `auth_file` as the only place credentials may come from (never the
 /// credentials of whoever runs the tests).
-fn mount(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> Mount {
+pub(crate) fn mount(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> Mount {
     mount_opts(reference, cache, mnt, auth_file, PLAIN)
 }
 
@@ -82,7 +82,7 @@ fn with_app() -> Option<(&'static Images, Registry)> {
     Some((img, reg))
 }
 
-fn no_auth(dir: &Path) -> PathBuf {
+pub(crate) fn no_auth(dir: &Path) -> PathBuf {
     dir.join("no-auth.json")
 }
 
