@@ -525,4 +525,41 @@ mod tests {
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(query_escape("repository:a/b:pull,push"), "repository:a/b:pull%2Cpush");
     }
+
+    fn client(scopes: &[&str]) -> Client {
+        Client {
+            agent: Agent::new_with_defaults(),
+            base: "https://reg.example".into(),
+            repository: "app".into(),
+            registry: "reg.example".into(),
+            creds: None,
+            creds_from: String::new(),
+            authorization: Mutex::new(None),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_token_covers_the_challenges_scopes_and_ours() {
+        assert_eq!(client(&[]).scopes_for(None), ["repository:app:pull"]);
+        let push = client(&["repository:app:pull,push", "repository:base:pull"]);
+        assert_eq!(
+            push.scopes_for(Some("repository:app:pull")),
+            [
+                "repository:app:pull",
+                "repository:app:pull,push",
+                "repository:base:pull"
+            ]
+        );
+        // Distribution names every scope a mount needs in one parameter.
+        assert_eq!(
+            push.scopes_for(Some("repository:app:pull,push repository:base:pull")),
+            ["repository:app:pull,push", "repository:base:pull"]
+        );
+        assert_eq!(
+            push.location("/v2/app/blobs/uploads/u?_state=x"),
+            "https://reg.example/v2/app/blobs/uploads/u?_state=x"
+        );
+        assert_eq!(push.location("http://other:5000/up/u"), "http://other:5000/up/u");
+    }
 }
