@@ -158,11 +158,34 @@ fn a_blob_the_repository_has_is_not_sent_and_one_another_has_is_mounted() {
         "every blob mounted from app"
     );
     assert_eq!(reg.requests("PUT", "/blobs/").len(), n, "no blob sent for the mount");
-    assert_eq!(remote_digest(&other, None), Ok(digest));
+    assert_eq!(remote_digest(&other, None), Ok(digest.clone()));
     let m = mount(&other, &t.path().join("cache"), &t.path().join("mnt"), &auth);
     let d = diff(&snapshot(&img.unpacked), &snapshot(&m.mnt));
     assert_eq!(m.unmount(), Some(0));
     assert!(d.is_empty(), "the mounted blobs' view:\n{}", d.join("\n"));
+
+    // A repository without the blobs: the session its failed mount opens takes the upload.
+    let (mounts, puts) = (
+        reg.requests("POST", "mount=").len(),
+        reg.requests("PUT", "/blobs/").len(),
+    );
+    let third = reg.reference("third", "gz");
+    assert_eq!(pushed(&source, &third, &["--mount-from", "nothere"], &auth), digest);
+    assert_eq!(reg.requests("POST", "mount=").split_off(mounts), vec![202; n]);
+    assert_eq!(reg.requests("PUT", "/blobs/").split_off(puts), vec![201; n], "uploaded");
+    // Named before one that has them, its session is given up and the next one mounts.
+    let fourth = reg.reference("fourth", "gz");
+    let from = ["--mount-from", "nothere", "--mount-from", "app"];
+    assert_eq!(pushed(&source, &fourth, &from, &auth), digest);
+    let tried = reg.requests("POST", "mount=").split_off(mounts + n);
+    assert_eq!(tried, [202, 201].repeat(n), "each blob: nothere, then app");
+    assert_eq!(
+        reg.requests("DELETE", "/blobs/uploads/").len(),
+        n,
+        "the unused sessions"
+    );
+    assert_eq!(reg.requests("PUT", "/blobs/").len(), puts + n, "nothing uploaded");
+    assert_eq!(remote_digest(&fourth, None), Ok(digest));
 }
 
 #[test]
