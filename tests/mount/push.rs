@@ -308,3 +308,37 @@ fn an_unknown_tag_a_corrupt_blob_or_a_stopped_registry_is_one_line() {
     let err = refused(&oci(&images().layout, "gz"), &dest, &auth, &dest);
     assert!(err.contains("unreachable"), "{err}");
 }
+
+#[test]
+fn over_tls_the_registry_ca_comes_from_cert_dir() {
+    if !need() {
+        return;
+    }
+    let img = images();
+    let t = tempfile::tempdir().expect("tmp");
+    let (cert, key) = crate::registry::test_ca(t.path());
+    let reg = Registry::start_with(Auth::None, Some((&cert, &key)));
+    let (source, dest) = (oci(&img.layout, "gz"), reg.reference("app", "gz"));
+    let run = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["push", &source, &dest])
+            .args(extra)
+            .env("REGISTRY_AUTH_FILE", no_auth(t.path()))
+            .output()
+            .expect("run unionfs push")
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("TLS") && err.contains("--cert-dir") && err.contains(&dest),
+        "{err}"
+    );
+    let ca = format!("--cert-dir={}", t.path().join("ca").display());
+    let out = run(&[&ca]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(digest, layout_digest(&img.layout, "gz"));
+    assert_eq!(remote_digest(&dest, None), Ok(digest));
+}

@@ -560,7 +560,7 @@ fn an_unsupported_media_type_or_no_manifest_for_this_platform_is_one_line() {
 
 /// A CA (its certificate alone in `DIR/ca/ca.crt`) and a certificate it signed for 127.0.0.1:
 /// (certificate, key) paths.
-fn test_ca(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn test_ca(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir.join("ca")).expect("mkdir");
     crate::images::sh(&format!(
         r#"cd {d}
