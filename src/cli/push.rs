@@ -33,12 +33,11 @@ pub struct PushArgs {
 struct Line(Option<ProgressBar>);
 
 impl Report for Line {
+    // Several blobs go at once: the line names the last one started and counts all bytes.
     fn blob(&self, n: usize, count: usize, digest: &str, size: u64) {
         if let Some(b) = &self.0 {
             let short = digest.get(..19).unwrap_or(digest);
             b.set_prefix(format!("blob {n}/{count} {short} ({})", human_size(size)));
-            b.set_position(0);
-            b.set_message("");
         }
     }
     fn bytes(&self, n: u64) {

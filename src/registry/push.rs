@@ -2,7 +2,7 @@
 //! registry through the distribution API, so that what `unionfs commit --image` writes can be
 //! pushed without skopeo.
 //!
-//! Each blob (the layers, then the config) is asked for first (`HEAD`) and skipped when the
+//! Each blob (the layers, then the config; a few at once) is asked for first (`HEAD`) and skipped when the
 //! repository has it; else mounted from a repository of the same registry named with
 //! `--mount-from` (`POST …/uploads/?mount=D&from=R`, 201: no bytes sent); else uploaded whole in
 //! one `PUT` to the session a `POST` opens, streamed from the layout's file. The registry checks
@@ -102,10 +102,9 @@ pub fn push(
         manifest_digest: image.manifest_digest.clone(),
         ..Pushed::default()
     };
-    for (i, (digest, size)) in blobs.iter().enumerate() {
-        report.blob(i + 1, blobs.len(), digest, *size);
-        let path = layout::blob_path(&dir, digest)?;
-        match blob(&client, digest, *size, &path, mount_from, report).map_err(fail)? {
+    let hows = all_blobs(&client, &dir, &blobs, mount_from, report).map_err(fail)?;
+    for ((_, size), how) in blobs.iter().zip(hows) {
+        match how {
             How::Present => done.present += 1,
             How::Mounted => done.mounted += 1,
             How::Uploaded => {
@@ -133,6 +132,55 @@ pub fn push(
         }
     }
     Ok(done)
+}
+
+/// Blobs sent at once: as on the pull side, a few streams fill a slow link better than one.
+const SENDERS: usize = 4;
+
+/// What became of each of `blobs` (in order), [`SENDERS`] at a time on the one client (its
+/// token is shared), or the first failure: after one, no other blob is started.
+fn all_blobs(
+    client: &Client,
+    dir: &Path,
+    blobs: &[(String, u64)],
+    mount_from: &[String],
+    report: &dyn Report,
+) -> Result<Vec<How>, String> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<parking_lot::Mutex<Option<Result<How, String>>>> =
+        blobs.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..SENDERS.min(blobs.len()) {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Relaxed);
+                    let Some((digest, size)) = blobs.get(i).filter(|_| !failed.load(Relaxed)) else {
+                        break;
+                    };
+                    report.blob(i + 1, blobs.len(), digest, *size);
+                    let r = layout::blob_path(dir, digest)
+                        .map_err(|e| e.to_string())
+                        .and_then(|path| blob(client, digest, *size, &path, mount_from, report));
+                    failed.fetch_or(r.is_err(), Relaxed);
+                    *results[i].lock() = Some(r);
+                }
+            });
+        }
+    });
+    let results: Vec<Option<Result<How, String>>> = results.into_iter().map(parking_lot::Mutex::into_inner).collect();
+    // The first failure in blob order (a blob left untried was not the cause).
+    if let Some(Some(Err(e))) = results.iter().find(|r| matches!(r, Some(Err(_)))) {
+        return Err(e.clone());
+    }
+    results
+        .into_iter()
+        .map(|r| match r {
+            Some(Ok(how)) => Ok(how),
+            _ => Err("a blob was not sent".to_string()),
+        })
+        .collect()
 }
 
 /// The image's blobs, (digest, size): layers base first, then the config.
