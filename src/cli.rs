@@ -1,6 +1,7 @@
 //! Command line: `unionfs mount ...`, `unionfs umount ...`, the offline layer tools (`diff`,
-//! `commit`, `import`, `size`, `layers`, `check`: `cli/layers.rs`), and the fuse-overlayfs form
-//! `unionfs [-f] -o lowerdir=..,upperdir=..,workdir=.. MOUNTPOINT` (for Podman's `mount_program`).
+//! `commit`, `import`, `size`, `layers`, `check`: `cli/layers.rs`), `push` (`cli/push.rs`), and
+//! the fuse-overlayfs form `unionfs [-f] -o lowerdir=..,upperdir=..,workdir=.. MOUNTPOINT` (for
+//! Podman's `mount_program`).
 //!
 //! Exit status: 0 success; 2 bad input or a failed mount; 1 a failure at run time.
 
@@ -11,6 +12,7 @@ mod image;
 mod layers;
 mod options;
 mod pidfile;
+mod push;
 mod remount;
 mod spec;
 mod umount;
@@ -61,6 +63,8 @@ enum Cmd {
     Check(layers::CheckArgs),
     /// The image cache: `ls` what it holds, `prune` what no mount uses.
     Cache(cache::CacheArgs),
+    /// Upload an image of an OCI layout to a registry; prints its manifest digest.
+    Push(push::PushArgs),
 }
 
 #[derive(clap::Args)]
@@ -151,6 +155,7 @@ pub fn main() -> ExitCode {
         Cmd::Layers(a) => layers::layers(a),
         Cmd::Check(a) => layers::check(a),
         Cmd::Cache(a) => cache::run(a),
+        Cmd::Push(a) => push::run(a),
     }
 }
 

@@ -54,6 +54,28 @@ pub struct Client {
     creds_from: String,
     /// The `Authorization` header value that the registry accepted last.
     authorization: Mutex<Option<String>>,
+    /// Token scopes asked for besides the one a challenge names (a push needs
+    /// `repository:REPO:pull,push` from the start, and `pull` on the repositories it mounts from).
+    scopes: Vec<String>,
+}
+
+/// What a request sends (HEAD, POST, PUT, DELETE).
+pub enum Payload<'a> {
+    Empty,
+    /// Small bytes and their `Content-Type`.
+    Bytes(&'a [u8], &'a str),
+    /// A file of this many bytes, streamed (read again if the request has to be repeated); the
+    /// callback hears how many bytes went out.
+    File(&'a std::path::Path, u64, &'a (dyn Fn(u64) + Sync)),
+}
+
+/// The methods besides GET.
+#[derive(Clone, Copy, Debug)]
+pub enum Method {
+    Head,
+    Post,
+    Put,
+    Delete,
 }
 
 /// A challenge from a `WWW-Authenticate` header.
@@ -75,6 +97,17 @@ impl Client {
         creds: Option<Credentials>,
         creds_from: String,
     ) -> Result<Client, Failure> {
+        Client::connect_scoped(r, opts, creds, creds_from, Vec::new())
+    }
+
+    /// [`Self::connect`], asking every token for `scopes` too.
+    pub fn connect_scoped(
+        r: &Reference,
+        opts: &Options,
+        creds: Option<Credentials>,
+        creds_from: String,
+        scopes: Vec<String>,
+    ) -> Result<Client, Failure> {
         let agent = agent(opts)?;
         let host = r.api_host();
         let mut c = Client {
@@ -85,6 +118,7 @@ impl Client {
             creds,
             creds_from,
             authorization: Mutex::new(None),
+            scopes,
         };
         let first = c.agent.get(format!("{}/v2/", c.base)).call();
         let resp = match first {
@@ -138,6 +172,11 @@ impl Client {
             req.call()
                 .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.registry)))
         };
+        self.retrying(send)
+    }
+
+    /// The answer to `send`, sent again once after answering a refusal's challenge.
+    fn retrying(&self, send: impl Fn() -> Result<Response<Body>, Failure>) -> Result<Response<Body>, Failure> {
         let resp = send()?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -148,6 +187,67 @@ impl Client {
             return Err(Failure::Unauthorized(self.refused()));
         }
         Ok(resp)
+    }
+
+    /// The URL of `PATH` under `/v2/REPO/`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
+    }
+
+    /// The URL a `Location` header names: absolute, or a path on the registry.
+    pub fn location(&self, loc: &str) -> String {
+        if loc.starts_with("http://") || loc.starts_with("https://") {
+            loc.to_string()
+        } else {
+            format!("{}/{}", self.base, loc.trim_start_matches('/'))
+        }
+    }
+
+    /// `method url` with `payload`, authenticated like [`Self::get`]. Any status comes back.
+    pub fn send(&self, method: Method, url: &str, payload: &Payload) -> Result<Response<Body>, Failure> {
+        let unreachable = |e: ureq::Error| Failure::Unreachable(format!("{}: {e}", self.registry));
+        let send = || {
+            let auth = self.authorization.lock().clone();
+            match method {
+                Method::Head | Method::Delete => {
+                    let mut req = match method {
+                        Method::Head => self.agent.head(url),
+                        _ => self.agent.delete(url),
+                    };
+                    if let Some(h) = auth {
+                        req = req.header("Authorization", h);
+                    }
+                    req.call().map_err(unreachable)
+                }
+                Method::Post | Method::Put => {
+                    let mut req = match method {
+                        Method::Post => self.agent.post(url),
+                        _ => self.agent.put(url),
+                    };
+                    if let Some(h) = auth {
+                        req = req.header("Authorization", h);
+                    }
+                    match payload {
+                        Payload::Empty => req.send_empty().map_err(unreachable),
+                        Payload::Bytes(b, media) => req.header("Content-Type", *media).send(*b).map_err(unreachable),
+                        Payload::File(path, size, sent) => {
+                            let file = std::fs::File::open(path)
+                                .map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
+                            let mut counted = Counted {
+                                inner: file,
+                                sent: *sent,
+                            };
+                            // A stated length rather than chunks: every registry takes it.
+                            req.header("Content-Type", "application/octet-stream")
+                                .header("Content-Length", size.to_string())
+                                .send(ureq::SendBody::from_reader(&mut counted))
+                                .map_err(unreachable)
+                        }
+                    }
+                }
+            }
+        };
+        self.retrying(send)
     }
 
     fn refused(&self) -> String {
@@ -182,19 +282,43 @@ impl Client {
                 basic(c)
             }
             Some(Challenge::Bearer { realm, service, scope }) => {
-                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-                format!("Bearer {}", self.token(&realm, service.as_deref(), &scope)?)
+                let scopes = self.scopes_for(scope.as_deref());
+                format!("Bearer {}", self.token(&realm, service.as_deref(), &scopes)?)
             }
         };
         *self.authorization.lock() = Some(value);
         Ok(())
     }
 
-    /// A token from `realm` for `scope`, asked with the Basic credentials if there are any.
-    fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Failure> {
-        let mut url = format!("{realm}?scope={}", query_escape(scope));
+    /// The scopes a token is asked for: those the challenge names (space-separated), and ours;
+    /// pulling this repository when neither names any.
+    fn scopes_for(&self, challenge: Option<&str>) -> Vec<String> {
+        let mut out: Vec<String> = challenge
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        for s in &self.scopes {
+            if !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
+        if out.is_empty() {
+            out.push(format!("repository:{}:pull", self.repository));
+        }
+        out
+    }
+
+    /// A token from `realm` for `scopes`, asked with the Basic credentials if there are any.
+    fn token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<String, Failure> {
+        let mut url = realm.to_string();
+        let mut sep = if realm.contains('?') { '&' } else { '?' };
+        for scope in scopes {
+            url.push_str(&format!("{sep}scope={}", query_escape(scope)));
+            sep = '&';
+        }
         if let Some(s) = service {
-            url.push_str(&format!("&service={}", query_escape(s)));
+            url.push_str(&format!("{sep}service={}", query_escape(s)));
         }
         let mut req = self.agent.get(&url);
         if let Some(c) = &self.creds {
@@ -241,6 +365,20 @@ fn transport(host: &str, e: ureq::Error) -> Failure {
         Failure::Tls(format!("{host}: {e}"))
     } else {
         Failure::Unreachable(format!("{host}: {e}"))
+    }
+}
+
+/// A file being sent, its bytes counted as they go.
+struct Counted<'a> {
+    inner: std::fs::File,
+    sent: &'a (dyn Fn(u64) + Sync),
+}
+
+impl std::io::Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.sent)(n as u64);
+        Ok(n)
     }
 }
 
@@ -386,5 +524,42 @@ mod tests {
         );
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(query_escape("repository:a/b:pull,push"), "repository:a/b:pull%2Cpush");
+    }
+
+    fn client(scopes: &[&str]) -> Client {
+        Client {
+            agent: Agent::new_with_defaults(),
+            base: "https://reg.example".into(),
+            repository: "app".into(),
+            registry: "reg.example".into(),
+            creds: None,
+            creds_from: String::new(),
+            authorization: Mutex::new(None),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_token_covers_the_challenges_scopes_and_ours() {
+        assert_eq!(client(&[]).scopes_for(None), ["repository:app:pull"]);
+        let push = client(&["repository:app:pull,push", "repository:base:pull"]);
+        assert_eq!(
+            push.scopes_for(Some("repository:app:pull")),
+            [
+                "repository:app:pull",
+                "repository:app:pull,push",
+                "repository:base:pull"
+            ]
+        );
+        // Distribution names every scope a mount needs in one parameter.
+        assert_eq!(
+            push.scopes_for(Some("repository:app:pull,push repository:base:pull")),
+            ["repository:app:pull,push", "repository:base:pull"]
+        );
+        assert_eq!(
+            push.location("/v2/app/blobs/uploads/u?_state=x"),
+            "https://reg.example/v2/app/blobs/uploads/u?_state=x"
+        );
+        assert_eq!(push.location("http://other:5000/up/u"), "http://other:5000/up/u");
     }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod client;
 pub mod fetch;
 pub mod lazy;
+pub mod push;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
@@ -97,16 +98,7 @@ impl<'a> Session<'a> {
 
     fn client(&mut self) -> Result<&Client, ImageError> {
         if self.client.is_none() {
-            let files = auth::auth_files();
-            let found = auth::lookup(&files, &self.reference.registry, &self.reference.repository)
-                .map_err(|e| self.error(format!("credentials: {e}")))?;
-            let (creds, from) = match found {
-                Some((c, file)) => (Some(c), file.display().to_string()),
-                None => {
-                    let all: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                    (None, all.join(", "))
-                }
-            };
+            let (creds, from) = credentials(&self.reference).map_err(|e| self.error(e))?;
             let c = Client::connect(&self.reference, self.opts, creds, from).map_err(|e| self.error(e.to_string()))?;
             self.client = Some(c);
         }
@@ -121,6 +113,20 @@ impl<'a> Session<'a> {
             reason,
         }
     }
+}
+
+/// The credentials for `r` from the auth files, and the file they came from (or, when there
+/// are none, every file looked in: a 401 names them).
+pub(crate) fn credentials(r: &Reference) -> Result<(Option<auth::Credentials>, String), String> {
+    let files = auth::auth_files();
+    let found = auth::lookup(&files, &r.registry, &r.repository).map_err(|e| format!("credentials: {e}"))?;
+    Ok(match found {
+        Some((c, file)) => (Some(c), file.display().to_string()),
+        None => {
+            let all: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            (None, all.join(", "))
+        }
+    })
 }
 
 /// Opens the registry image `reference` with its blobs in the store of `cache` (fetched where

@@ -42,6 +42,7 @@ mod one_upper;
 mod options;
 mod permissions;
 mod pitfalls;
+mod push;
 mod readdir;
 mod redirect;
 mod reference;

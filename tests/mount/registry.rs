@@ -40,7 +40,7 @@ fn mount_args(reference: &str, cache: &Path, mnt: &Path, opts: &[&str]) -> Vec<O
 
 /// Mounts `reference`, with `auth_file` as the only place credentials may come from (never the
 /// credentials of whoever runs the tests).
-fn mount(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> Mount {
+pub(crate) fn mount(reference: &str, cache: &Path, mnt: &Path, auth_file: &Path) -> Mount {
     mount_opts(reference, cache, mnt, auth_file, PLAIN)
 }
 
@@ -82,7 +82,7 @@ fn with_app() -> Option<(&'static Images, Registry)> {
     Some((img, reg))
 }
 
-fn no_auth(dir: &Path) -> PathBuf {
+pub(crate) fn no_auth(dir: &Path) -> PathBuf {
     dir.join("no-auth.json")
 }
 
@@ -560,7 +560,7 @@ fn an_unsupported_media_type_or_no_manifest_for_this_platform_is_one_line() {
 
 /// A CA (its certificate alone in `DIR/ca/ca.crt`) and a certificate it signed for 127.0.0.1:
 /// (certificate, key) paths.
-fn test_ca(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn test_ca(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir.join("ca")).expect("mkdir");
     crate::images::sh(&format!(
         r#"cd {d}

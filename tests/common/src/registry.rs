@@ -161,6 +161,18 @@ impl Registry {
             .count()
     }
 
+    /// The statuses of the requests our binary made so far with `method` to a path containing
+    /// `part` (`/blobs/uploads/`, `mount=`), in order.
+    pub fn requests(&self, method: &str, part: &str) -> Vec<u16> {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        let start = format!("\"{method} /v2/");
+        log.lines()
+            .filter(|l| l.contains(&start) && l.contains("unionfs/"))
+            .filter(|l| l.split('"').nth(1).is_some_and(|req| req.contains(part)))
+            .filter_map(|l| l.split("HTTP/1.1\" ").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
     /// How many manifest GETs our binary made for `tag_or_digest` so far.
     pub fn manifest_gets(&self, tag_or_digest: &str) -> usize {
         let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
