@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common::liar::{Liar, Lie};
 use crate::common::{Auth, Mount, Registry, registry_prerequisites};
 use crate::images::{diff, images, prerequisites, snapshot};
 use crate::registry::{age_all, cache_cmd, cache_items};
@@ -325,4 +326,25 @@ fn prefetch_and_record_are_for_images_and_an_unreadable_list_refuses_the_mount()
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--record") && err.contains("--image"), "{err}");
+}
+
+#[test]
+fn a_registry_that_sends_the_whole_blob_or_a_short_range_gives_eio_never_other_bytes() {
+    let Some(reg) = serving() else {
+        return;
+    };
+    let liar = Liar::start(reg.port());
+    let t = tempfile::tempdir().expect("tmp");
+    let reference = format!("docker://{}/lazy:chunked", liar.host());
+    let (cache, auth) = (t.path().join("cache"), t.path().join("no-auth.json"));
+    let m = mount(&reference, &cache, &t.path().join("mnt"), &auth, &["--fetch-timeout=1"]);
+    for (lie, file) in [(Lie::WholeBlob, "data/big"), (Lie::ShortRange, "bin/busybox")] {
+        liar.set(lie);
+        assert_eq!(read(&m, file), Err(libc::EIO), "{lie:?}: {file}");
+    }
+    liar.set(Lie::Honest);
+    for f in ["data/big", "bin/busybox"] {
+        assert_eq!(read(&m, f), Ok(expected(f)), "{f}: right once the registry is");
+    }
+    assert_eq!(m.unmount(), Some(0));
 }

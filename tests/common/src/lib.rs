@@ -10,7 +10,7 @@
 //! - [`prereq`] and [`users`]: the one gate every skip goes through, the test accounts;
 //! - [`kernel`]: kernel overlayfs and tmpfs mounts as guards;
 //! - [`registry`]: a real registry (`docker-registry`) on a loopback port, as a guard, and
-//!   [`token`], the token service of one with token auth;
+//!   [`token`], the token service of one with token auth; [`liar`], a proxy that makes it lie;
 //! - [`rng`], and the scenarios of [`deep`] trees, [`direct_io`] and the [`podman`] store.
 //!
 //! A crate rather than a module each test binary compiles: every binary uses part of it, and a
@@ -21,6 +21,7 @@ pub mod direct_io;
 pub mod io;
 pub mod kernel;
 pub mod layers;
+pub mod liar;
 pub mod mount;
 pub mod podman;
 pub mod prereq;

@@ -115,6 +115,11 @@ impl Registry {
         panic!("docker-registry did not start: {log}");
     }
 
+    /// The loopback port it serves.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
