@@ -202,10 +202,15 @@ impl Partial {
         }
         // Last use, for `unionfs cache prune`.
         let _ = file.set_modified(std::time::SystemTime::now());
+        // The marks as they are now, in one read (a warm cache then costs no read per block).
+        let mut marks = vec![0u8; count as usize];
+        if file.read_exact_at(&mut marks, size).is_err() {
+            marks.fill(0);
+        }
         Ok(Partial {
             file,
             size,
-            seen: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            seen: marks.iter().map(|&m| AtomicBool::new(m == 1)).collect(),
             state: Mutex::new(Fetching {
                 next: u64::MAX,
                 window: 0,
