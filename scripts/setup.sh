@@ -120,6 +120,9 @@ command -v podman >/dev/null || need+=(podman)
 # skopeo copies them into OCI layouts and inspects what `unionfs commit --image` wrote.
 command -v buildah >/dev/null || need+=(buildah)
 command -v skopeo >/dev/null || need+=(skopeo)
+# tests/mount/chunked_commit.rs: the zstd program checks a committed zstd:chunked blob is one
+# plain zstd stream of the layer's tar.
+command -v zstd >/dev/null || need+=(zstd)
 # The registry tests (tests/mount/registry.rs): Docker Distribution serves pushed images on a
 # loopback port; htpasswd (apache2-utils) writes the bcrypt password file of its Basic auth,
 command -v docker-registry >/dev/null || need+=(docker-registry)
