@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1g}
 reps=${2:-2}
-bin=$PWD/target/release/unionfs
+bin=${UNIONFS_BIN:-$PWD/target/release/unionfs}
 images=${IMAGE_BENCH_DIR:-/var/tmp/unionfs-image-bench}/images/$size
 deep=srv/l0/deep/a/b/c/d/e/f/g/h/target.txt
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 2; }

@@ -74,7 +74,14 @@ pub fn from_toc(blob: &Blob, desc: &LayerDesc) -> Result<Scanned, ImageError> {
 /// Scans the layer `desc` whose blob is at `blob`.
 pub fn scan(blob: &Path, desc: &LayerDesc, progress: &dyn Progress) -> Result<Scanned, ImageError> {
     let f = std::fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
-    let raw = ProgressReader { r: f, progress };
+    scan_from(f, blob, desc, progress)
+}
+
+/// [`scan`] of the blob's bytes as `r` gives them (a download on its way to the cache, which
+/// is then fetched and indexed in one pass); `blob` names it in messages. `r` is read to its
+/// end.
+pub fn scan_from(r: impl Read, blob: &Path, desc: &LayerDesc, progress: &dyn Progress) -> Result<Scanned, ImageError> {
+    let raw = ProgressReader { r, progress };
     std::thread::scope(|s| {
         let raw = Tee::new(s, std::io::BufReader::with_capacity(1 << 17, raw));
         let dec = match desc.compression {

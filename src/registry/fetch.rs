@@ -18,8 +18,9 @@ use ureq::http::StatusCode;
 use super::Session;
 use super::client::{Client, Failure};
 use crate::image::ImageError;
-use crate::image::layout;
-use crate::image::scan::Progress;
+use crate::image::layout::{self, LayerDesc};
+use crate::image::scan::{self, Progress, Scanned};
+use crate::image::store;
 
 /// The blob `digest` (of `size` bytes when known) in the store of `cache`, fetched first when
 /// it is not there yet.
@@ -56,6 +57,128 @@ pub fn ensure(
         let _ = std::fs::remove_file(&tmp);
     }
     r.map(|()| path)
+}
+
+/// [`ensure`] for the layer `desc`, and its catalog made from the same download when there is
+/// none yet: the blob is decompressed and indexed as it arrives (one pass instead of a fetch
+/// and then a read of the whole blob), and kept only if it and its tar match their digests.
+pub fn ensure_indexed(
+    s: &mut Session,
+    cache: &Path,
+    desc: &LayerDesc,
+    progress: &dyn Progress,
+) -> Result<PathBuf, ImageError> {
+    let path = layout::blob_path(cache, &desc.digest)?;
+    let cat = store::path_of(cache, &desc.digest);
+    if present(&path, Some(desc.size)) || cat.is_file() || !desc.digest.starts_with("sha256:") {
+        return ensure(s, cache, &desc.digest, Some(desc.size), progress);
+    }
+    let hex = desc.digest.split_once(':').map_or(desc.digest.as_str(), |(_, h)| h);
+    let locks = cache.join("blobs").join("locks");
+    let dir = path.parent().unwrap_or(cache).to_path_buf();
+    for d in [&locks, &dir, &cache.join("layers")] {
+        std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
+    }
+    let _lock = crate::image::lock_file(&locks.join(hex))?;
+    // The catalog lock too: a mount of the same layer from a layout may be scanning it.
+    let _cat_lock = crate::image::lock_file(&cat.with_extension("lock"))?;
+    if present(&path, Some(desc.size)) || cat.is_file() {
+        return ensure(s, cache, &desc.digest, Some(desc.size), progress);
+    }
+    let tmp = dir.join(format!(".tmp.{}.{hex}", std::process::id()));
+    let r = download_indexed(s, desc, &tmp, &path, progress).and_then(|scanned| {
+        store::write(&cat, &desc.digest, &desc.diff_id, desc.compression, &scanned)
+            .map_err(|e| ImageError::io(&cat, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| ImageError::io(&path, e))
+    });
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map(|()| path)
+}
+
+/// Streams the layer's blob into `tmp` while scanning it (see [`ensure_indexed`]).
+fn download_indexed(
+    s: &mut Session,
+    desc: &LayerDesc,
+    tmp: &Path,
+    label: &Path,
+    progress: &dyn Progress,
+) -> Result<Scanned, ImageError> {
+    let digest = &desc.digest;
+    let resp = s
+        .client()?
+        .get(&format!("blobs/{digest}"), None, None)
+        .map_err(|e| s.error(format!("blob {digest}: {e}")))?;
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Err(s.error(format!("blob {digest} not found (404)"))),
+        st => return Err(s.error(format!("blob {digest}: the registry answered HTTP {}", st.as_u16()))),
+    }
+    let file = std::fs::File::create(tmp).map_err(|e| ImageError::io(tmp, e))?;
+    let mut saving = Saving {
+        body: resp.into_body().into_reader(),
+        out: std::io::BufWriter::with_capacity(1 << 20, file),
+        got: 0,
+        limit: desc.size,
+    };
+    // The scan checks the blob's digest and its tar's DiffID; the size is checked here.
+    let scanned = match scan::scan_from(&mut saving, label, desc, progress) {
+        Ok(scanned) => scanned,
+        Err(e) => {
+            // A blob that is not what its digest says is the cause to report, not the tar
+            // error its damage made: the rest is read to know.
+            let _ = std::io::copy(&mut saving, &mut std::io::sink());
+            let _ = saving.out.flush();
+            let actual = std::fs::File::open(tmp)
+                .and_then(|mut f| {
+                    let mut h = Sha256::new();
+                    std::io::copy(&mut f, &mut h)?;
+                    Ok(format!("sha256:{:x}", h.finalize()))
+                })
+                .map_err(|e| ImageError::io(tmp, e))?;
+            if actual != *digest {
+                return Err(s.error(format!(
+                    "blob {digest} is corrupt: the registry sent {} bytes whose digest is {actual}",
+                    saving.got
+                )));
+            }
+            return Err(s.error(e.to_string()));
+        }
+    };
+    if saving.got != desc.size {
+        return Err(s.error(format!(
+            "blob {digest} is corrupt: the registry sent {} bytes, the manifest says {}",
+            saving.got, desc.size
+        )));
+    }
+    let f = saving.out.into_inner().map_err(|e| ImageError::io(tmp, e.into_error()))?;
+    f.sync_all().map_err(|e| ImageError::io(tmp, e))?;
+    Ok(scanned)
+}
+
+/// A download read through, written to a file on the way.
+struct Saving<R> {
+    body: R,
+    out: std::io::BufWriter<std::fs::File>,
+    got: u64,
+    /// More than this many bytes is refused (a registry that sends more than the blob).
+    limit: u64,
+}
+
+impl<R: Read> Read for Saving<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.body.read(buf)?;
+        self.got += n as u64;
+        if self.got > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the registry sent more than the blob's {} bytes",
+                self.limit
+            )));
+        }
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
 }
 
 /// Marks a blob of the store used now (its mtime: what `unionfs cache prune` and the cache's

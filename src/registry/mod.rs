@@ -204,7 +204,7 @@ fn fetch_layers(
                         break;
                     };
                     progress.fetch(&format!("layer {}/{}", i + 1, layers.len()), &l.digest);
-                    if let Err(e) = fetch::ensure(&mut s, cache, &l.digest, Some(l.size), progress) {
+                    if let Err(e) = fetch::ensure_indexed(&mut s, cache, l, progress) {
                         failed.store(true, Relaxed);
                         *results[i].lock() = Some(e);
                     }
