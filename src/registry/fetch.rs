@@ -106,15 +106,7 @@ fn download_indexed(
     progress: &dyn Progress,
 ) -> Result<Scanned, ImageError> {
     let digest = &desc.digest;
-    let resp = s
-        .client()?
-        .get(&format!("blobs/{digest}"), None, None)
-        .map_err(|e| s.error(format!("blob {digest}: {e}")))?;
-    match resp.status() {
-        StatusCode::OK => {}
-        StatusCode::NOT_FOUND => return Err(s.error(format!("blob {digest} not found (404)"))),
-        st => return Err(s.error(format!("blob {digest}: the registry answered HTTP {}", st.as_u16()))),
-    }
+    let resp = blob_get(s, digest)?;
     let file = std::fs::File::create(tmp).map_err(|e| ImageError::io(tmp, e))?;
     let mut saving = Saving {
         body: resp.into_body().into_reader(),
@@ -193,6 +185,19 @@ fn present(path: &Path, size: Option<u64>) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && size.is_none_or(|n| m.len() == n))
 }
 
+/// The answer to a GET of the whole blob `digest`, if it is the blob (200).
+fn blob_get(s: &mut Session, digest: &str) -> Result<ureq::http::Response<ureq::Body>, ImageError> {
+    let resp = s
+        .client()?
+        .get(&format!("blobs/{digest}"), None, None)
+        .map_err(|e| s.error(format!("blob {digest}: {e}")))?;
+    match resp.status() {
+        StatusCode::OK => Ok(resp),
+        StatusCode::NOT_FOUND => Err(s.error(format!("blob {digest} not found (404)"))),
+        st => Err(s.error(format!("blob {digest}: the registry answered HTTP {}", st.as_u16()))),
+    }
+}
+
 /// Streams the blob into `tmp`, checking its sha256 and size.
 fn download(
     s: &mut Session,
@@ -201,15 +206,7 @@ fn download(
     tmp: &Path,
     progress: &dyn Progress,
 ) -> Result<(), ImageError> {
-    let resp = s
-        .client()?
-        .get(&format!("blobs/{digest}"), None, None)
-        .map_err(|e| s.error(format!("blob {digest}: {e}")))?;
-    match resp.status() {
-        StatusCode::OK => {}
-        StatusCode::NOT_FOUND => return Err(s.error(format!("blob {digest} not found (404)"))),
-        st => return Err(s.error(format!("blob {digest}: the registry answered HTTP {}", st.as_u16()))),
-    }
+    let resp = blob_get(s, digest)?;
     let mut body = resp.into_body().into_reader();
     let file = std::fs::File::create(tmp).map_err(|e| ImageError::io(tmp, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
