@@ -144,7 +144,10 @@ fn download_indexed(
             saving.got, desc.size
         )));
     }
-    let f = saving.out.into_inner().map_err(|e| ImageError::io(tmp, e.into_error()))?;
+    let f = saving
+        .out
+        .into_inner()
+        .map_err(|e| ImageError::io(tmp, e.into_error()))?;
     f.sync_all().map_err(|e| ImageError::io(tmp, e))?;
     Ok(scanned)
 }

@@ -194,7 +194,7 @@ fn a_blob_the_repository_has_is_not_sent_and_one_another_has_is_mounted() {
 }
 
 #[test]
-fn a_committed_zstd_chunked_image_pushed_and_mounted_back_shows_the_change() {
+fn committed_zstd_chunked_and_estargz_images_pushed_and_mounted_back_show_the_change_lazily() {
     if !need() {
         return;
     }
@@ -205,34 +205,49 @@ fn a_committed_zstd_chunked_image_pushed_and_mounted_back_shows_the_change() {
     std::fs::write(upper.join("etc/hello"), "pushed\n").expect("write");
     std::fs::write(upper.join("etc/pushed"), "new\n").expect("write");
     let cache = t.path().join("cache");
-    tool(&[
-        "commit",
-        "--image",
-        &oci(&layout, "gz"),
-        "--cache",
-        s(&cache),
-        "--upper",
-        s(&upper),
-        "--tag",
-        "new",
-        "--compress",
-        "zstd:chunked",
-    ]);
     let reg = Registry::start(&[]);
     let auth = no_auth(t.path());
-    let reference = reg.reference("app", "new");
-    let digest = pushed(&oci(&layout, "new"), &reference, &[], &auth);
-    assert_eq!(digest, layout_digest(&layout, "new"));
-    let m = mount(&reference, &t.path().join("cache2"), &t.path().join("mnt"), &auth);
-    let read = |p: &str| std::fs::read_to_string(m.path(p)).unwrap_or_else(|e| format!("{p}: {e}"));
-    let (hello, added, new) = (read("etc/hello"), read("etc/added"), read("etc/pushed"));
-    assert_eq!(m.unmount(), Some(0));
-    assert_eq!(
-        (hello.as_str(), new.as_str()),
-        ("pushed\n", "new\n"),
-        "the upper's change"
-    );
-    assert_eq!(added, "added\n", "the image below it");
+    for (compress, tag) in [("zstd:chunked", "new"), ("estargz", "esgz")] {
+        tool(&[
+            "commit",
+            "--image",
+            &oci(&layout, "gz"),
+            "--cache",
+            s(&cache),
+            "--upper",
+            s(&upper),
+            "--tag",
+            tag,
+            "--compress",
+            compress,
+        ]);
+        let reference = reg.reference("app", tag);
+        let digest = pushed(&oci(&layout, tag), &reference, &[], &auth);
+        assert_eq!(digest, layout_digest(&layout, tag), "{compress}");
+        let cache2 = t.path().join(format!("cache-{tag}"));
+        let m = mount(&reference, &cache2, &t.path().join(tag), &auth);
+        let read = |p: &str| std::fs::read_to_string(m.path(p)).unwrap_or_else(|e| format!("{p}: {e}"));
+        let (hello, added, new) = (read("etc/hello"), read("etc/added"), read("etc/pushed"));
+        assert_eq!(m.unmount(), Some(0));
+        assert_eq!(
+            (hello.as_str(), new.as_str()),
+            ("pushed\n", "new\n"),
+            "{compress}: the upper's change"
+        );
+        assert_eq!(added, "added\n", "{compress}: the image below it");
+        // The committed layer has a table of contents: read by range, never fetched whole.
+        let image = unionfs::image::layout::open(&layout, Some(tag)).expect("layout");
+        let top = image.layers.last().expect("a layer");
+        let whole = unionfs::image::layout::blob_path(&cache2, &top.digest).expect("path");
+        assert!(!whole.exists(), "{compress}: the committed layer was fetched whole");
+        assert!(
+            cache2
+                .join("partial")
+                .join(top.digest.trim_start_matches("sha256:"))
+                .is_file(),
+            "{compress}: the committed layer was read lazily"
+        );
+    }
 }
 
 /// An `auth.json` in `dir` with `user:password` for `reg`.
