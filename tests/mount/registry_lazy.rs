@@ -348,3 +348,52 @@ fn a_registry_that_sends_the_whole_blob_or_a_short_range_gives_eio_never_other_b
     }
     assert_eq!(m.unmount(), Some(0));
 }
+
+#[test]
+fn a_plain_user_mounts_a_registry_image_lazily_through_fusermount3() {
+    let Some(reg) = serving() else {
+        return;
+    };
+    let user = crate::as_user::rootless_user();
+    let l = crate::as_user::user_layers(user, |_| {});
+    let cache = l.dir.path().join("cache");
+    let list = l.dir.path().join("job.files");
+    let (cache_s, list_s) = (cache.display().to_string(), list.display().to_string());
+    let reference = reg.reference("lazy", "chunked");
+    let m = crate::as_user::UserMount::start(
+        user,
+        &l,
+        &[
+            "--image",
+            &reference,
+            "--tls-verify=false",
+            "--cache",
+            &cache_s,
+            "--record",
+            &list_s,
+        ],
+    );
+    let got = crate::as_user::user_sh_ok(
+        user,
+        "cat \"$1/etc/hello\" \"$1/data/big\" | sha256sum",
+        &[m.mnt.as_os_str()],
+    );
+    let want = crate::images::sh(&format!(
+        "cat {0}/etc/hello {0}/data/big | sha256sum",
+        images().unpacked.display()
+    ))
+    .stdout;
+    assert_eq!(got, String::from_utf8_lossy(&want), "the user reads the image's bytes");
+    m.finish();
+    // What the user's daemon fetched and listed is the user's.
+    use std::os::unix::fs::MetadataExt;
+    let partials: Vec<_> = std::fs::read_dir(cache.join("partial"))
+        .expect("partial")
+        .flatten()
+        .collect();
+    assert!(!partials.is_empty(), "fetched lazily");
+    for p in &partials {
+        assert_eq!(p.metadata().expect("stat").uid(), user.0, "{:?}", p.path());
+    }
+    assert_eq!(std::fs::read_to_string(&list).expect("record"), "etc/hello\ndata/big\n");
+}
