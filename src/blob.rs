@@ -72,6 +72,11 @@ pub fn digest(bytes: &[u8]) -> String {
     digest_string(&Sha256::digest(bytes))
 }
 
+/// `sha256:HEX` of what `h` was fed.
+pub fn digest_of(h: Sha256) -> String {
+    digest_string(&h.finalize())
+}
+
 /// A writer that hashes and counts what passes through it.
 pub struct Hashing<W> {
     inner: W,

@@ -28,7 +28,6 @@
 //! `offset`, `chunkSize` and `chunkDigest`. We cut chunks at fixed sizes, not at a rolling
 //! checksum's boundaries: readers take any cut.
 
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::rc::Rc;
@@ -37,7 +36,10 @@ use base64::Engine as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::blob::{Hashing, digest_of};
+
 use super::catalog;
+use super::pipe::Tap;
 use super::toc::{CHUNKED_CHECKSUM, CHUNKED_POSITION};
 
 /// The layer annotation with the sha256 of the compressed table as stored.
@@ -270,25 +272,6 @@ fn crc64_iso(crc: u64, data: &[u8]) -> u64 {
     !c
 }
 
-/// Counts and hashes the blob's bytes on their way out.
-struct Counting<W> {
-    w: W,
-    n: u64,
-    h: Sha256,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let k = self.w.write(buf)?;
-        self.h.update(&buf[..k]);
-        self.n += k as u64;
-        Ok(k)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.w.flush()
-    }
-}
-
 /// Stream bytes outside files' data (headers, padding) gathered into one frame at most.
 const MAX_GATHERED: usize = 4 << 20;
 
@@ -296,7 +279,7 @@ const MAX_GATHERED: usize = 4 << 20;
 /// sizes its tables to the input, where a streaming frame per file would clear tables made
 /// for megabytes (ten times slower on a tree of small files).
 struct Blob<W: Write> {
-    out: Counting<W>,
+    out: Hashing<W>,
     z: ::zstd::bulk::Compressor<'static>,
     /// Stream bytes for the next frame (headers and padding between files' data).
     gathered: Vec<u8>,
@@ -309,11 +292,7 @@ impl<W: Write> Blob<W> {
         let mut z = ::zstd::bulk::Compressor::new(level)?;
         z.set_parameter(::zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         Ok(Blob {
-            out: Counting {
-                w: out,
-                n: 0,
-                h: Sha256::new(),
-            },
+            out: Hashing::new(out),
             z,
             gathered: Vec::new(),
             diff: Sha256::new(),
@@ -328,7 +307,7 @@ impl<W: Write> Blob<W> {
             self.out.write_all(&f)?;
             self.gathered.clear();
         }
-        Ok(self.out.n)
+        Ok(self.out.len())
     }
 
     /// Writes `b` of the uncompressed stream into the frame being gathered.
@@ -364,25 +343,6 @@ impl<W: Write> Blob<W> {
     }
 }
 
-/// The input as the tar reader consumes it, kept while `recording`, so that the header bytes
-/// of each entry (with any PAX/GNU extension records, and the padding of the data before it)
-/// pass on unchanged, into the stream and into the tar-split.
-struct Tap<R> {
-    r: R,
-    kept: Rc<RefCell<Vec<u8>>>,
-    recording: Rc<Cell<bool>>,
-}
-
-impl<R: Read> Read for Tap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let k = self.r.read(buf)?;
-        if self.recording.get() {
-            self.kept.borrow_mut().extend_from_slice(&buf[..k]);
-        }
-        Ok(k)
-    }
-}
-
 fn invalid(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
@@ -394,10 +354,6 @@ fn utf8(b: &[u8], what: &str) -> std::io::Result<String> {
             String::from_utf8_lossy(b)
         ))
     })
-}
-
-fn sha256_str(h: Sha256) -> String {
-    format!("sha256:{:x}", h.finalize())
 }
 
 /// Writes the tar stream `tar` as a zstd:chunked blob to `out`.
@@ -416,13 +372,8 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
     };
     let mut toc = Vec::new();
 
-    let kept = Rc::new(RefCell::new(Vec::new()));
-    let recording = Rc::new(Cell::new(true));
-    let tap = Tap {
-        r: tar,
-        kept: Rc::clone(&kept),
-        recording: Rc::clone(&recording),
-    };
+    let tap = Tap::new(tar);
+    let (kept, recording) = (Rc::clone(&tap.kept), Rc::clone(&tap.recording));
     let mut ar = tar::Archive::new(tap);
     for entry in ar.entries()? {
         let mut entry = entry?;
@@ -485,9 +436,9 @@ fn finish<W: Write>(mut blob: Blob<W>, split: TarSplit, toc: Vec<OutEntry>, leve
     let mut out = blob.out;
     out.flush()?;
     Ok(Written {
-        digest: sha256_str(out.h),
-        size: out.n,
-        diff_id: sha256_str(blob.diff),
+        digest: out.digest(),
+        size: out.len(),
+        diff_id: digest_of(blob.diff),
         uncompressed_size: blob.ulen,
         toc_digest: format!("sha256:{:x}", Sha256::digest(&toc_z)),
         toc,
@@ -556,7 +507,7 @@ fn file_data<W: Write>(
         done += n;
     }
     e.end_offset = blob.end_frame()?;
-    e.digest = sha256_str(whole);
+    e.digest = digest_of(whole);
     split.file(&name, size, Some(crc))?;
     let mut pieces = pieces.into_iter();
     if let Some(first) = pieces.next() {

@@ -16,7 +16,6 @@
 //! with each file's `digest` and each piece's `chunkDigest` (sha256 of its bytes); its own
 //! sha256 (of the JSON) goes into the layer annotation [`super::toc::ESTARGZ_TOC_DIGEST`].
 
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::rc::Rc;
@@ -26,7 +25,10 @@ use flate2::write::GzEncoder;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::blob::{Hashing, digest_of};
+
 use super::catalog::{self, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use super::pipe::Tap;
 use super::toc::ESTARGZ_TOC_NAME;
 
 /// The landmark written when no file is prioritised.
@@ -138,30 +140,11 @@ struct OutToc {
     entries: Vec<OutEntry>,
 }
 
-/// Counts and hashes the blob's bytes on their way out.
-struct Counting<W> {
-    w: W,
-    n: u64,
-    h: Sha256,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let k = self.w.write(buf)?;
-        self.h.update(&buf[..k]);
-        self.n += k as u64;
-        Ok(k)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.w.flush()
-    }
-}
-
 /// The blob being written: the uncompressed stream goes into the open gzip member (one is
 /// opened on the first byte after a member ends).
 struct Blob<W: Write> {
-    raw: Option<Counting<W>>,
-    gz: Option<GzEncoder<Counting<W>>>,
+    raw: Option<Hashing<W>>,
+    gz: Option<GzEncoder<Hashing<W>>>,
     level: flate2::Compression,
     diff: Sha256,
     ulen: u64,
@@ -175,7 +158,7 @@ impl<W: Write> Blob<W> {
         }
         self.raw
             .as_ref()
-            .map(|r| r.n)
+            .map(|r| r.len())
             .ok_or_else(|| std::io::Error::other("estargz: no output"))
     }
 
@@ -209,25 +192,6 @@ impl<W: Write> Blob<W> {
     }
 }
 
-/// The input as the tar reader consumes it, kept while `recording`, so that the
-/// header bytes of each entry (with any PAX/GNU extension records before it) can be passed on
-/// unchanged.
-struct Tap<R> {
-    r: R,
-    kept: Rc<RefCell<Vec<u8>>>,
-    recording: Rc<Cell<bool>>,
-}
-
-impl<R: Read> Read for Tap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let k = self.r.read(buf)?;
-        if self.recording.get() {
-            self.kept.borrow_mut().extend_from_slice(&buf[..k]);
-        }
-        Ok(k)
-    }
-}
-
 fn invalid(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
@@ -235,10 +199,6 @@ fn invalid(what: String) -> std::io::Error {
 fn utf8(b: &[u8], what: &str) -> std::io::Result<String> {
     String::from_utf8(b.to_vec())
         .map_err(|_| invalid(format!("estargz: {what} {} is not UTF-8", String::from_utf8_lossy(b))))
-}
-
-fn sha256_str(h: Sha256) -> String {
-    format!("sha256:{:x}", h.finalize())
 }
 
 /// Writes the tar stream `tar` as an eStargz blob to `out`.
@@ -249,11 +209,7 @@ fn sha256_str(h: Sha256) -> String {
 pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Result<Written> {
     let chunk_size = opts.chunk_size.max(1);
     let mut blob = Blob {
-        raw: Some(Counting {
-            w: out,
-            n: 0,
-            h: Sha256::new(),
-        }),
+        raw: Some(Hashing::new(out)),
         gz: None,
         level: opts.level,
         diff: Sha256::new(),
@@ -262,13 +218,8 @@ pub fn write<R: Read, W: Write>(tar: R, out: W, opts: &Options) -> std::io::Resu
     let mut toc = Vec::new();
     landmark(&mut blob, &mut toc)?;
 
-    let kept = Rc::new(RefCell::new(Vec::new()));
-    let recording = Rc::new(Cell::new(true));
-    let tap = Tap {
-        r: tar,
-        kept: Rc::clone(&kept),
-        recording: Rc::clone(&recording),
-    };
+    let tap = Tap::new(tar);
+    let (kept, recording) = (Rc::clone(&tap.kept), Rc::clone(&tap.recording));
     let mut ar = tar::Archive::new(tap);
     // Where the last entry (with its padding) ends in the input, and where what `kept` holds
     // starts.
@@ -333,9 +284,9 @@ fn finish<W: Write>(mut blob: Blob<W>, toc: Vec<OutEntry>) -> std::io::Result<Wr
     };
     raw.flush()?;
     Ok(Written {
-        digest: sha256_str(raw.h),
-        size: raw.n,
-        diff_id: sha256_str(blob.diff),
+        digest: raw.digest(),
+        size: raw.len(),
+        diff_id: digest_of(blob.diff),
         uncompressed_size: blob.ulen,
         toc_digest: format!("sha256:{:x}", Sha256::digest(&json)),
         toc_offset,
@@ -383,7 +334,7 @@ fn file_data<W: Write>(
     if size == 0 {
         toc.push(e);
     }
-    toc[first].digest = sha256_str(whole);
+    toc[first].digest = digest_of(whole);
     Ok(())
 }
 

@@ -122,3 +122,82 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A tar with every shape a layer has (for the writers of indexed layers): directories, empty
+/// and big files (`big`, and a file of exactly two 64 KiB pieces or all of `big` if shorter),
+/// hard links (to the big file too), symlinks, a FIFO, a long name, a whiteout and an opaque
+/// marker, character and block devices, PAX xattrs, owner and times.
+pub fn every_shape(big: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut n = 0;
+    let mut put = |b: &mut tar::Builder<Vec<u8>>, kind, path: &str, mode, data: &[u8], link: Option<&str>| {
+        n += 1;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(n);
+        h.set_gid(2 * n);
+        h.set_mtime(1_700_000_000 + n);
+        h.set_size(data.len() as u64);
+        match link {
+            Some(t) => b.append_link(&mut h, path, t).expect("link"),
+            None => b.append_data(&mut h, path, data).expect("entry"),
+        }
+    };
+    use tar::EntryType as T;
+    put(&mut b, T::Directory, "./", 0o755, b"", None);
+    put(&mut b, T::Directory, "etc/", 0o750, b"", None);
+    put(&mut b, T::Regular, "etc/hello", 0o644, b"hello\n", None);
+    put(&mut b, T::Regular, "etc/empty", 0o600, b"", None);
+    put(&mut b, T::Link, "etc/hello2", 0o644, b"", Some("etc/hello"));
+    put(&mut b, T::Symlink, "etc/link", 0o777, b"", Some("hello"));
+    put(&mut b, T::Regular, "data/big", 0o4755, big, None);
+    put(
+        &mut b,
+        T::Regular,
+        "data/exact",
+        0o644,
+        &big[..big.len().min(2 * 65536)],
+        None,
+    );
+    put(&mut b, T::Link, "data/big2", 0o4755, b"", Some("data/big"));
+    put(&mut b, T::Fifo, "var/fifo", 0o644, b"", None);
+    let long = format!("deep/{}/file", "x".repeat(150));
+    put(&mut b, T::Regular, &long, 0o644, b"long name\n", None);
+    put(&mut b, T::Symlink, "deep/longlink", 0o777, b"", Some(&long));
+    // Whiteouts and opaque markers, named as the format module names them.
+    let gone = crate::format::markers::oci_name(std::ffi::OsStr::new("gone"));
+    put(&mut b, T::Regular, &gone.to_string_lossy(), 0o644, b"", None);
+    let opq = format!("opq/{}", crate::format::markers::OPAQUE_MARKER);
+    put(&mut b, T::Regular, &opq, 0o644, b"", None);
+    let device = |b: &mut tar::Builder<Vec<u8>>, kind, path: &str, mode, gid, (major, minor)| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(gid);
+        h.set_mtime(1_700_000_000);
+        h.set_device_major(major).expect("major");
+        h.set_device_minor(minor).expect("minor");
+        h.set_size(0);
+        b.append_data(&mut h, path, &[][..]).expect("device");
+    };
+    device(&mut b, T::Char, "dev/null", 0o666, 0, (1, 3));
+    device(&mut b, T::Block, "dev/sda1", 0o660, 6, (8, 1));
+    let recs: [(&str, &[u8]); 5] = [
+        ("SCHILY.xattr.user.color", b"blue"),
+        ("SCHILY.xattr.user.bin", b"\x00\xff\x01"),
+        ("uid", b"3000000"),
+        ("mtime", b"1700000000.25"),
+        ("atime", b"1700000001.5"),
+    ];
+    b.append_pax_extensions(recs).expect("pax");
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o640);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(7);
+    b.append_data(&mut h, "etc/x", &b"xattrs\n"[..]).expect("file");
+    b.into_inner().expect("tar")
+}

@@ -1,7 +1,40 @@
-//! A blob writer that reads its tar (`estargz::write`, `chunked::write`) fed by a producer that
-//! pushes it (as `unionfs commit` does), through a bounded pipe to a scoped thread.
+//! What the writers of indexed layers (`estargz::write`, `chunked::write`) share: a tar fed by
+//! a producer that pushes it (as `unionfs commit` does), through a bounded pipe to a scoped
+//! thread, and a tap that keeps the tar's header bytes as the tar reader consumes them.
 
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
+use std::rc::Rc;
+
+/// The input as the tar reader consumes it, kept while `recording`, so that the header bytes of
+/// each entry (with any PAX/GNU extension records, and the padding of the data before it) pass
+/// on unchanged into the blob.
+pub(crate) struct Tap<R> {
+    r: R,
+    pub kept: Rc<RefCell<Vec<u8>>>,
+    pub recording: Rc<Cell<bool>>,
+}
+
+impl<R> Tap<R> {
+    /// A tap on `r`, recording; `kept` and `recording` are shared with the caller.
+    pub fn new(r: R) -> Tap<R> {
+        Tap {
+            r,
+            kept: Rc::new(RefCell::new(Vec::new())),
+            recording: Rc::new(Cell::new(true)),
+        }
+    }
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.r.read(buf)?;
+        if self.recording.get() {
+            self.kept.borrow_mut().extend_from_slice(&buf[..k]);
+        }
+        Ok(k)
+    }
+}
 
 /// `produce` writes the tar stream into the `Write` it is given, while a scoped thread runs
 /// `convert` on it (reading it from a [`ChannelReader`]) into the blob on `out`. Returns what

@@ -9,76 +9,6 @@ use crate::image::scan::{self, Progress};
 struct Quiet;
 impl Progress for Quiet {}
 
-/// A tar with every shape a layer has.
-fn sample(big: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut n = 0;
-    let mut put = |b: &mut tar::Builder<Vec<u8>>, kind, path: &str, mode, data: &[u8], link: Option<&str>| {
-        n += 1;
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(n);
-        h.set_gid(2 * n);
-        h.set_mtime(1_700_000_000 + n);
-        h.set_size(data.len() as u64);
-        match link {
-            Some(t) => b.append_link(&mut h, path, t).expect("link"),
-            None => b.append_data(&mut h, path, data).expect("entry"),
-        }
-    };
-    use tar::EntryType as T;
-    put(&mut b, T::Directory, "./", 0o755, b"", None);
-    put(&mut b, T::Directory, "etc/", 0o750, b"", None);
-    put(&mut b, T::Regular, "etc/hello", 0o644, b"hello\n", None);
-    put(&mut b, T::Regular, "etc/empty", 0o600, b"", None);
-    put(&mut b, T::Link, "etc/hello2", 0o644, b"", Some("etc/hello"));
-    put(&mut b, T::Symlink, "etc/link", 0o777, b"", Some("hello"));
-    put(&mut b, T::Regular, "data/big", 0o4755, big, None);
-    put(
-        &mut b,
-        T::Regular,
-        "data/exact",
-        0o644,
-        &big[..big.len().min(2 * 65536)],
-        None,
-    );
-    put(&mut b, T::Fifo, "var/fifo", 0o644, b"", None);
-    let long = format!("deep/{}/file", "x".repeat(150));
-    put(&mut b, T::Regular, &long, 0o644, b"long name\n", None);
-    put(&mut b, T::Symlink, "deep/longlink", 0o777, b"", Some(&long));
-    // Whiteouts and opaque markers, named as the format module names them.
-    let gone = crate::format::markers::oci_name(std::ffi::OsStr::new("gone"));
-    put(&mut b, T::Regular, &gone.to_string_lossy(), 0o644, b"", None);
-    let opq = format!("opq/{}", crate::format::markers::OPAQUE_MARKER);
-    put(&mut b, T::Regular, &opq, 0o644, b"", None);
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(T::Char);
-    h.set_mode(0o666);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    h.set_device_major(1).expect("major");
-    h.set_device_minor(3).expect("minor");
-    h.set_size(0);
-    b.append_data(&mut h, "dev/null", &[][..]).expect("char");
-    let recs: [(&str, &[u8]); 4] = [
-        ("SCHILY.xattr.user.color", b"blue"),
-        ("SCHILY.xattr.user.bin", b"\x00\xff\x01"),
-        ("uid", b"3000000"),
-        ("mtime", b"1700000000.25"),
-    ];
-    b.append_pax_extensions(recs).expect("pax");
-    let mut h = tar::Header::new_ustar();
-    h.set_mode(0o640);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    h.set_size(7);
-    b.append_data(&mut h, "etc/x", &b"xattrs\n"[..]).expect("file");
-    b.into_inner().expect("tar")
-}
-
 fn desc(blob: &[u8], w: &Written) -> LayerDesc {
     LayerDesc {
         digest: w.digest.clone(),
@@ -128,7 +58,7 @@ fn flatten(c: &Catalog) -> BTreeMap<Vec<u8>, Attrs> {
 /// The sample (with a big file of 3.02 chunks of 64 KiB) and its eStargz blob.
 fn written() -> (Vec<u8>, Vec<u8>, Vec<u8>, Written) {
     let big = crate::image::fixture::data(3 * 65536 + 1234, 5);
-    let tar = sample(&big);
+    let tar = crate::image::fixture::every_shape(&big);
     let mut blob = Vec::new();
     let opts = Options {
         chunk_size: 65536,
@@ -237,7 +167,7 @@ fn the_table_says_what_a_scan_of_the_whole_stream_finds() {
 
 #[test]
 fn a_wrong_toc_digest_or_footer_is_refused() {
-    let tar = sample(b"some data");
+    let tar = crate::image::fixture::every_shape(b"some data");
     let mut blob = Vec::new();
     let w = write(&tar[..], &mut blob, &Options::default()).expect("write");
     let dir = tempfile::tempdir().expect("tmp");
@@ -265,7 +195,7 @@ fn a_wrong_toc_digest_or_footer_is_refused() {
 #[test]
 fn a_pushed_tar_gives_the_same_blob_and_errors_reach_the_caller() {
     let big = crate::image::fixture::data(3 << 20, 6);
-    let tar = sample(&big);
+    let tar = crate::image::fixture::every_shape(&big);
     let mut want = Vec::new();
     let w = write(&tar[..], &mut want, &Options::default()).expect("write");
     let mut got = Vec::new();
