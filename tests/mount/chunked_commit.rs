@@ -14,8 +14,8 @@ use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
-use super::image_tools::{CHANGES, layout_copy, need, oci, podman_tree, s, skopeo_inspect, tool};
-use super::images::{Obj, as_partial_pulls_keep, diff, mount_image, run, sh, snapshot};
+use super::image_tools::{committed, need, oci, podman_tree, s, skopeo_inspect, tool};
+use super::images::{Obj, as_partial_pulls_keep, diff, mount_image, run, snapshot};
 use crate::common::podman::Podman;
 use crate::common::{Mount, Registry, registry_prerequisites};
 
@@ -27,27 +27,22 @@ const TARSPLIT: &str = "io.github.containers.zstd-chunked.tarsplit-position";
 const LEGACY_CHECKSUM: &str = "io.containers.zstd-chunked.manifest-checksum";
 const LEGACY_POSITION: &str = "io.containers.zstd-chunked.manifest-position";
 
-/// A copy of the test image in `dir` with CHANGES made through a mount over its `chunked` tag
-/// and committed as zstd:chunked, tag `ch`: the layout, the view the changes made, the upper,
-/// the cache.
-fn committed(dir: &Path) -> (PathBuf, BTreeMap<PathBuf, Obj>, PathBuf, PathBuf) {
-    let layout = layout_copy(dir);
-    let (upper, cache, mnt) = (dir.join("upper"), dir.join("cache"), dir.join("mnt"));
-    std::fs::create_dir(&upper).expect("mkdir upper");
-    let m = mount_image(&layout, "chunked", &cache, &["--upper", s(&upper)], &mnt);
-    sh(&format!("m={}\n{CHANGES}", mnt.display()));
-    let view = snapshot(&m.mnt);
-    assert_eq!(m.unmount(), Some(0));
-    let img = ["--image", &oci(&layout, "chunked"), "--cache", s(&cache)];
-    tool(
-        &[
-            &["commit"][..],
-            &img,
-            &["--upper", s(&upper), "--tag", "ch", "--compress", "zstd:chunked"],
-        ]
-        .concat(),
-    );
-    (layout, view, upper, cache)
+/// The test image's `chunked` tag with the CHANGES committed as zstd:chunked, tag `ch` (see
+/// [`committed`]).
+fn committed_chunked(dir: &Path) -> (PathBuf, BTreeMap<PathBuf, Obj>, PathBuf, PathBuf) {
+    committed(dir, "chunked", "ch", "zstd:chunked")
+}
+
+/// [`committed`] in `dir`, pushed to a registry of its own (with skopeo) as `ch:ch`: the view,
+/// the committed layer's digest, the registry.
+fn committed_and_pushed(dir: &Path) -> (BTreeMap<PathBuf, Obj>, String, Registry) {
+    need();
+    assert!(registry_prerequisites(), "docker-registry and skopeo are required");
+    let (layout, view, _, _) = committed_chunked(dir);
+    let digest = top_layer(&layout)["digest"].as_str().expect("digest").to_string();
+    let reg = Registry::start(&[]);
+    reg.push(&layout, "ch", "ch", &[]);
+    (view, digest, reg)
 }
 
 /// The new image's top layer descriptor.
@@ -65,7 +60,7 @@ fn top_layer(layout: &Path) -> serde_json::Value {
 fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() {
     need();
     let t = tempfile::tempdir().expect("tmp");
-    let (layout, view, upper, cache) = committed(t.path());
+    let (layout, view, upper, cache) = committed_chunked(t.path());
     let img = ["--image", &oci(&layout, "chunked"), "--cache", s(&cache)];
 
     // The new layer is zstd and says where its table and tar-split are.
@@ -151,13 +146,8 @@ fn commit_as_zstd_chunked_is_what_zstd_podman_and_a_mount_of_the_new_tag_show() 
 
 #[test]
 fn podman_pulls_a_committed_zstd_chunked_layer_from_a_registry_by_its_table() {
-    need();
-    assert!(registry_prerequisites(), "docker-registry and skopeo are required");
     let t = tempfile::tempdir().expect("tmp");
-    let (layout, view, _, _) = committed(t.path());
-    let digest = top_layer(&layout)["digest"].as_str().expect("digest").to_string();
-    let reg = Registry::start(&[]);
-    reg.push(&layout, "ch", "ch", &[]);
+    let (view, digest, reg) = committed_and_pushed(t.path());
 
     // Partial pulls are off unless storage.conf turns them on; the store is the helper's.
     let p = Podman::new(None);
@@ -199,13 +189,8 @@ fn podman_pulls_a_committed_zstd_chunked_layer_from_a_registry_by_its_table() {
 
 #[test]
 fn a_mount_of_the_pushed_image_reads_the_committed_layer_by_range() {
-    need();
-    assert!(registry_prerequisites(), "docker-registry and skopeo are required");
     let t = tempfile::tempdir().expect("tmp");
-    let (layout, view, _, _) = committed(t.path());
-    let digest = top_layer(&layout)["digest"].as_str().expect("digest").to_string();
-    let reg = Registry::start(&[]);
-    reg.push(&layout, "ch", "ch", &[]);
+    let (view, digest, reg) = committed_and_pushed(t.path());
 
     let (cache, mnt) = (t.path().join("cache-reg"), t.path().join("mnt-reg"));
     std::fs::create_dir_all(&mnt).expect("mkdir mnt");

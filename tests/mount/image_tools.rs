@@ -508,26 +508,40 @@ fn relative_image_paths_mean_the_same_to_a_background_mount_and_to_the_tools() {
     assert_eq!(m.unmount(), Some(0));
 }
 
-#[test]
-fn commit_as_estargz_makes_a_layer_the_mount_reads_by_its_table_of_contents() {
-    need();
-    let t = tempfile::tempdir().expect("tmp");
-    let layout = layout_copy(t.path());
-    let (upper, cache, mnt) = (t.path().join("upper"), t.path().join("cache"), t.path().join("mnt"));
+/// A copy of the test image in `dir` with [`CHANGES`] made through a mount over its tag `from`
+/// and committed with `--compress COMPRESS` as tag `tag`: the layout, the view the changes made,
+/// the upper, the cache.
+pub(crate) fn committed(
+    dir: &Path,
+    from: &str,
+    tag: &str,
+    compress: &str,
+) -> (PathBuf, BTreeMap<PathBuf, crate::images::Obj>, PathBuf, PathBuf) {
+    let layout = layout_copy(dir);
+    let (upper, cache, mnt) = (dir.join("upper"), dir.join("cache"), dir.join("mnt"));
     std::fs::create_dir(&upper).expect("mkdir upper");
-    let m = mount_image(&layout, "gz", &cache, &["--upper", s(&upper)], &mnt);
+    let m = mount_image(&layout, from, &cache, &["--upper", s(&upper)], &mnt);
     sh(&format!("m={}\n{CHANGES}", mnt.display()));
     let view = snapshot(&m.mnt);
     assert_eq!(m.unmount(), Some(0));
-    let img = ["--image", &oci(&layout, "gz"), "--cache", s(&cache)];
+    let img = ["--image", &oci(&layout, from), "--cache", s(&cache)];
     tool(
         &[
             &["commit"][..],
             &img,
-            &["--upper", s(&upper), "--tag", "es", "--compress", "estargz"],
+            &["--upper", s(&upper), "--tag", tag, "--compress", compress],
         ]
         .concat(),
     );
+    (layout, view, upper, cache)
+}
+
+#[test]
+fn commit_as_estargz_makes_a_layer_the_mount_reads_by_its_table_of_contents() {
+    need();
+    let t = tempfile::tempdir().expect("tmp");
+    let (layout, view, upper, cache) = committed(t.path(), "gz", "es", "estargz");
+    let img = ["--image", &oci(&layout, "gz"), "--cache", s(&cache)];
 
     // The new layer is gzip and carries the table's digest, as eStargz readers expect.
     let raw = run(Command::new("skopeo")
