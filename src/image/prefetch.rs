@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -49,22 +49,23 @@ pub fn run(layers: &[&ImageLayer], paths: &[Vec<u8>]) -> Prefetched {
     let mut runs: Vec<(usize, u64, u64)> = Vec::new();
     let mut files = 0;
     for p in paths {
-        let Some((i, ranges)) = layers
-            .iter()
-            .enumerate()
-            .find_map(|(i, l)| match l.data_ranges(p) {
-                Lookup::Here(r) => Some(Some((i, r))),
-                Lookup::Hidden => Some(None),
-                Lookup::Absent => None,
-            })
-            .flatten()
-        else {
+        // The path as the view shows it: the first layer that has it, unless one above hides it.
+        let mut found = None;
+        for (i, l) in layers.iter().enumerate() {
+            match l.data_ranges(p) {
+                Lookup::Here(r) => {
+                    found = Some((i, r));
+                    break;
+                }
+                Lookup::Hidden => break,
+                Lookup::Absent => {}
+            }
+        }
+        let Some((i, ranges)) = found.filter(|(i, r)| layers[*i].is_lazy() && !r.is_empty()) else {
             continue;
         };
-        if layers[i].is_lazy() && !ranges.is_empty() {
-            files += 1;
-        }
-        for (at, len) in ranges.into_iter().filter(|_| layers[i].is_lazy()) {
+        files += 1;
+        for (at, len) in ranges {
             let (first, last) = (at / BLOCK, (at + len.max(1) - 1) / BLOCK);
             // Neighbouring files in the list (a directory's, in tar order) share a request.
             match runs.last_mut() {
@@ -77,17 +78,15 @@ pub fn run(layers: &[&ImageLayer], paths: &[Vec<u8>]) -> Prefetched {
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
-    let logged = Mutex::new(false);
+    let logged = AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..FETCHERS.min(runs.len()) {
             s.spawn(|| {
                 while let Some(&(i, first, last)) = runs.get(next.fetch_add(1, Ordering::Relaxed)) {
                     if let Err(e) = layers[i].prefetch(first * BLOCK, (last + 1 - first) * BLOCK) {
                         failed.fetch_add(1, Ordering::Relaxed);
-                        let mut once = logged.lock();
-                        if !*once {
+                        if !logged.swap(true, Ordering::Relaxed) {
                             tracing::warn!("prefetch: {e} (the rest of the list is tried still)");
-                            *once = true;
                         }
                     }
                 }

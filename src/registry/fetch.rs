@@ -31,32 +31,7 @@ pub fn ensure(
     size: Option<u64>,
     progress: &dyn Progress,
 ) -> Result<PathBuf, ImageError> {
-    let path = layout::blob_path(cache, digest)?;
-    if present(&path, size) {
-        touch(&path);
-        return Ok(path);
-    }
-    if !digest.starts_with("sha256:") {
-        return Err(s.error(format!("blob {digest}: only sha256 digests are supported")));
-    }
-    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
-    let locks = cache.join("blobs").join("locks");
-    let dir = path.parent().unwrap_or(cache).to_path_buf();
-    for d in [&locks, &dir] {
-        std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
-    }
-    let _lock = crate::image::lock_file(&locks.join(hex))?;
-    // Someone else may have fetched it while this process waited for the lock.
-    if present(&path, size) {
-        return Ok(path);
-    }
-    let tmp = dir.join(format!(".tmp.{}.{hex}", std::process::id()));
-    let r = download(s, digest, size, &tmp, progress)
-        .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| ImageError::io(&path, e)));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.map(|()| path)
+    fetch(s, cache, digest, size, None, progress)
 }
 
 /// [`ensure`] for the layer `desc`, and its catalog made from the same download when there is
@@ -68,29 +43,56 @@ pub fn ensure_indexed(
     desc: &LayerDesc,
     progress: &dyn Progress,
 ) -> Result<PathBuf, ImageError> {
-    let path = layout::blob_path(cache, &desc.digest)?;
-    let cat = store::path_of(cache, &desc.digest);
-    if present(&path, Some(desc.size)) || cat.is_file() || !desc.digest.starts_with("sha256:") {
-        return ensure(s, cache, &desc.digest, Some(desc.size), progress);
+    fetch(s, cache, &desc.digest, Some(desc.size), Some(desc), progress)
+}
+
+/// [`ensure`], indexing the layer `index` on the way when it has no catalog.
+fn fetch(
+    s: &mut Session,
+    cache: &Path,
+    digest: &str,
+    size: Option<u64>,
+    index: Option<&LayerDesc>,
+    progress: &dyn Progress,
+) -> Result<PathBuf, ImageError> {
+    let path = layout::blob_path(cache, digest)?;
+    if present(&path, size) {
+        touch(&path);
+        return Ok(path);
     }
-    let hex = desc.digest.split_once(':').map_or(desc.digest.as_str(), |(_, h)| h);
+    if !digest.starts_with("sha256:") {
+        return Err(s.error(format!("blob {digest}: only sha256 digests are supported")));
+    }
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     let locks = cache.join("blobs").join("locks");
     let dir = path.parent().unwrap_or(cache).to_path_buf();
-    for d in [&locks, &dir, &cache.join("layers")] {
+    let cat = index.map(|d| store::path_of(cache, &d.digest));
+    let mut dirs = vec![locks.clone(), dir.clone()];
+    dirs.extend(cat.as_ref().and_then(|c| c.parent()).map(Path::to_path_buf));
+    for d in &dirs {
         std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
     }
     let _lock = crate::image::lock_file(&locks.join(hex))?;
-    // The catalog lock too: a mount of the same layer from a layout may be scanning it.
-    let _cat_lock = crate::image::lock_file(&cat.with_extension("lock"))?;
-    if present(&path, Some(desc.size)) || cat.is_file() {
-        return ensure(s, cache, &desc.digest, Some(desc.size), progress);
+    // The catalog's lock too: a mount of the same layer from a layout may be scanning it.
+    let _cat_lock = cat
+        .as_ref()
+        .map(|c| crate::image::lock_file(&c.with_extension("lock")))
+        .transpose()?;
+    // Someone else may have fetched it while this process waited for the lock.
+    if present(&path, size) {
+        return Ok(path);
     }
+    // A catalog made meanwhile (from a layout's copy of the layer) needs no second scan.
+    let index = index.zip(cat).filter(|(_, c)| !c.is_file());
     let tmp = dir.join(format!(".tmp.{}.{hex}", std::process::id()));
-    let r = download_indexed(s, desc, &tmp, &path, progress).and_then(|scanned| {
-        store::write(&cat, &desc.digest, &desc.diff_id, desc.compression, &scanned)
-            .map_err(|e| ImageError::io(&cat, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| ImageError::io(&path, e))
-    });
+    let r = match index {
+        Some((desc, cat)) => download_indexed(s, desc, &tmp, &path, progress).and_then(|scanned| {
+            store::write(&cat, &desc.digest, &desc.diff_id, desc.compression, &scanned)
+                .map_err(|e| ImageError::io(&cat, e))
+        }),
+        None => download(s, digest, size, &tmp, progress),
+    }
+    .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| ImageError::io(&path, e)));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

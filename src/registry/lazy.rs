@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::Options;
-use super::auth;
 use super::client::Client;
 use super::fetch::range_of;
 use super::reference::Reference;
@@ -42,16 +41,7 @@ impl Lazy {
         if let Some(c) = &*c {
             return Ok(Arc::clone(c));
         }
-        let files = auth::auth_files();
-        let found = auth::lookup(&files, &self.reference.registry, &self.reference.repository)
-            .map_err(|e| format!("credentials: {e}"))?;
-        let (creds, from) = match found {
-            Some((cr, file)) => (Some(cr), file.display().to_string()),
-            None => {
-                let all: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                (None, all.join(", "))
-            }
-        };
+        let (creds, from) = super::credentials(&self.reference)?;
         let made = Arc::new(Client::connect(&self.reference, &self.opts, creds, from).map_err(|e| e.to_string())?);
         *c = Some(Arc::clone(&made));
         Ok(made)

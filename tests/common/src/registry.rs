@@ -158,53 +158,53 @@ impl Registry {
         );
     }
 
-    /// How many blob GETs our binary (its user agent) made so far.
-    pub fn blob_gets(&self) -> usize {
+    /// The requests our binary (its user agent) made so far with `method` to a path containing
+    /// `part`, in order: (status, bytes of the answer's body), from the access log.
+    fn ours(&self, method: &str, part: &str) -> Vec<(u16, u64)> {
         let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        let start = format!("{method} /v2/");
         log.lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:") && l.contains("unionfs/"))
-            .count()
+            .filter(|l| l.contains("unionfs/"))
+            // `… "METHOD PATH HTTP/1.1" STATUS BYTES "referer" "agent"`
+            .filter(|l| {
+                l.split('"')
+                    .nth(1)
+                    .is_some_and(|req| req.starts_with(&start) && req.contains(part))
+            })
+            .map(|l| {
+                let mut after = l.split("HTTP/1.1\" ").nth(1).unwrap_or("").split_whitespace();
+                let status = after.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                (status, after.next().and_then(|x| x.parse().ok()).unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// How many blob GETs our binary made so far.
+    pub fn blob_gets(&self) -> usize {
+        self.ours("GET", "/blobs/sha256:").len()
     }
 
     /// The statuses of the requests our binary made so far with `method` to a path containing
     /// `part` (`/blobs/uploads/`, `mount=`), in order.
     pub fn requests(&self, method: &str, part: &str) -> Vec<u16> {
-        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
-        let start = format!("\"{method} /v2/");
-        log.lines()
-            .filter(|l| l.contains(&start) && l.contains("unionfs/"))
-            .filter(|l| l.split('"').nth(1).is_some_and(|req| req.contains(part)))
-            .filter_map(|l| l.split("HTTP/1.1\" ").nth(1)?.split_whitespace().next()?.parse().ok())
-            .collect()
+        self.ours(method, part).into_iter().map(|(status, _)| status).collect()
     }
 
     /// How many manifest GETs our binary made for `tag_or_digest` so far.
     pub fn manifest_gets(&self, tag_or_digest: &str) -> usize {
-        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
-        let want = format!("/manifests/{tag_or_digest} ");
-        log.lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains(&want) && l.contains("unionfs/"))
-            .count()
+        self.ours("GET", &format!("/manifests/{tag_or_digest} ")).len()
     }
 
-    /// Bytes of blob bodies the registry sent our binary so far (from its access log), and in
-    /// how many answers with status `status`.
+    /// Bytes of blob bodies the registry sent our binary so far in answers with status
+    /// `status`, and in how many answers.
     pub fn blob_bytes_sent(&self, status: u16) -> (u64, usize) {
-        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
-        let mut total = (0, 0);
-        for l in log
-            .lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:") && l.contains("unionfs/"))
-        {
-            // `… HTTP/1.1" STATUS BYTES "referer" "agent"`
-            let mut after = l.split("HTTP/1.1\" ").nth(1).unwrap_or("").split_whitespace();
-            let st: u16 = after.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            let n: u64 = after.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            if st == status {
-                total = (total.0 + n, total.1 + 1);
-            }
-        }
-        total
+        let sent: Vec<u64> = self
+            .ours("GET", "/blobs/sha256:")
+            .into_iter()
+            .filter(|(st, _)| *st == status)
+            .map(|(_, n)| n)
+            .collect();
+        (sent.iter().sum(), sent.len())
     }
 
     /// Starts the registry again, on the same port with the same storage and configuration,
