@@ -182,23 +182,19 @@ struct Fetching {
 
 impl Partial {
     fn open(path: &Path, size: u64) -> std::io::Result<Partial> {
-        let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(named)?;
+            std::fs::create_dir_all(dir)?;
         }
         let file = std::fs::File::options()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(path)
-            .map_err(named)?;
+            .open(path)?;
         let count = size.div_ceil(BLOCK);
-        if file.metadata().map_err(named)?.len() != size + count {
+        if file.metadata()?.len() != size + count {
             // New, or from another blob size (damaged): nothing in it counts.
-            file.set_len(0)
-                .and_then(|()| file.set_len(size + count))
-                .map_err(named)?;
+            file.set_len(0).and_then(|()| file.set_len(size + count))?;
         }
         // Last use, for `unionfs cache prune`.
         let _ = file.set_modified(std::time::SystemTime::now());

@@ -252,11 +252,12 @@ fn download(
 /// here: the caller knows the digest of the piece it asked for (a table of contents entry).
 pub fn range(s: &mut Session, digest: &str, from: u64, len: u64) -> Result<Vec<u8>, ImageError> {
     let r = range_of(s.client()?, digest, from, len, None);
-    r.map_err(|e| s.error(e.why))
+    r.map_err(|e| s.error(format!("blob {digest} bytes {from}+{len}: {}", e.why)))
 }
 
-/// Why a range was not had, and whether asking again may help (the registry unreachable or
-/// failing for now, the transfer cut) or not (it does not serve ranges, or not this blob).
+/// Why a range was not had (the caller names the blob and the range), and whether asking again
+/// may help (the registry unreachable or failing for now, the transfer cut) or not (it does not
+/// serve ranges, or not this blob).
 #[derive(Debug)]
 pub struct RangeError {
     pub why: String,
@@ -271,22 +272,21 @@ pub fn range_of(
     len: u64,
     timeout: Option<std::time::Duration>,
 ) -> Result<Vec<u8>, RangeError> {
-    let what = format!("blob {digest} bytes {from}+{len}");
     let fail = |why: String, transient: bool| RangeError { why, transient };
     let last = from
         .checked_add(len)
         .and_then(|end| end.checked_sub(1))
-        .ok_or_else(|| fail(format!("{what}: an empty or impossible range"), false))?;
+        .ok_or_else(|| fail("an empty or impossible range".into(), false))?;
     let mut resp = client
         .get_within(&format!("blobs/{digest}"), None, Some((from, last)), timeout)
         .map_err(|e| {
             let transient = matches!(e, Failure::Unreachable(_));
-            fail(format!("{what}: {e}"), transient)
+            fail(e.to_string(), transient)
         })?;
     if resp.status() != StatusCode::PARTIAL_CONTENT {
         let st = resp.status();
         let transient = st.is_server_error() || st == StatusCode::TOO_MANY_REQUESTS;
-        let why = format!("{what}: the registry answered HTTP {}, not a range (206)", st.as_u16());
+        let why = format!("the registry answered HTTP {}, not a range (206)", st.as_u16());
         return Err(fail(why, transient));
     }
     let bytes = resp
@@ -294,10 +294,10 @@ pub fn range_of(
         .with_config()
         .limit(len.saturating_add(1))
         .read_to_vec()
-        .map_err(|e| fail(format!("{what}: {e}"), true))?;
+        .map_err(|e| fail(e.to_string(), true))?;
     if bytes.len() as u64 != len {
         // A transfer cut short looks the same as a registry that sends too little: ask again.
-        return Err(fail(format!("{what}: the registry sent {} bytes", bytes.len()), true));
+        return Err(fail(format!("the registry sent {} bytes", bytes.len()), true));
     }
     Ok(bytes)
 }

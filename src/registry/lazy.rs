@@ -55,13 +55,15 @@ impl Remote for Lazy {
         let mut pause = Duration::from_millis(100);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            // The layer and the registry are named by the reader's message (`LayerReadError`).
+            let what = format!("fetching bytes {from}+{len}");
             let err = match self.client() {
                 Ok(c) => match range_of(&c, digest, from, len, Some(left.max(Duration::from_millis(1)))) {
                     Ok(b) => return Ok(b),
-                    Err(e) if !e.transient => return Err(format!("{}: {}", self.reference, e.why)),
-                    Err(e) => e.why,
+                    Err(e) if !e.transient => return Err(format!("{what}: {}", e.why)),
+                    Err(e) => format!("{what}: {}", e.why),
                 },
-                Err(e) => format!("{}: blob {digest} bytes {from}+{len}: {e}", self.reference),
+                Err(e) => format!("{what}: {e}"),
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -79,7 +79,8 @@ impl OpenFile {
                         .layer
                         .read_with(&f.entry, off + done as u64, &mut buf[done..], &self.last_piece)
                         .map_err(|e| {
-                            tracing::warn!("{e}");
+                            let name = String::from_utf8_lossy(&f.entry.name);
+                            tracing::warn!(ino = self.node.ino, "reading {name} at {}: {e}", off + done as u64);
                             Errno::EIO
                         })?;
                     if n == 0 {

@@ -70,6 +70,20 @@ fn mount_lazy(reg: &Registry, dir: &Path, name: &str, opts: &[&str]) -> Mount {
     mount(&reg.reference("lazy", "chunked"), &cache, &dir.join(name), &auth, opts)
 }
 
+/// The pieces of the content cache of `cache` (files of its fan-out directories).
+fn pieces(cache: &Path) -> Vec<PathBuf> {
+    let dirs = std::fs::read_dir(cache.join("content")).into_iter().flatten().flatten();
+    let dirs = dirs.filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+    dirs.flat_map(|d| {
+        std::fs::read_dir(d.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+    })
+    .collect()
+}
+
 fn expected(rel: &str) -> Vec<u8> {
     let p = images().unpacked.join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -108,8 +122,16 @@ fn a_chunked_image_is_mounted_without_its_layers_and_read_by_range() {
         "the lazy view differs from umoci unpack:\n{}",
         d.join("\n")
     );
+    // Every block came once, though the kernel reads a file's pages on several threads.
+    let (fetched, _) = reg.blob_bytes_sent(206);
+    assert!(fetched <= total, "{fetched} bytes fetched for layers of {total}");
+    // Small chunks are decoded from the fetched blocks, not kept again decoded.
+    for f in pieces(&cache) {
+        let n = std::fs::metadata(&f).expect("stat").len();
+        assert!(n >= 256 << 10, "{}: a {n}-byte piece in the content cache", f.display());
+    }
     assert_eq!(m.unmount(), Some(0));
-    // A second mount reads what the first decoded from the content cache: nothing fetched.
+    // A second mount reads what the first fetched (`CACHE/partial/`): nothing fetched again.
     let (before, _) = reg.blob_bytes_sent(206);
     let m = mount_lazy(&reg, t.path(), "mnt2", &[]);
     assert_eq!(read(&m, "data/big"), Ok(expected("data/big")));
