@@ -27,6 +27,8 @@ pub mod layers;
 pub mod mountinfo;
 pub mod registry;
 pub(crate) mod sys;
+
+pub use sys::dir_reads_on_this_thread;
 pub mod union;
 
 pub use attr::{Attr, Kind};

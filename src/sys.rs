@@ -59,6 +59,23 @@ pub static DIR_READS: AtomicU64 = AtomicU64::new(0);
 /// See [`DIR_READS`].
 pub static STATS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// [`DIR_READS`] of this thread alone: what a test counts of its own union's work while
+    /// other tests of its process list directories too (the union core starts no threads).
+    static DIR_READS_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one listing of a layer directory.
+pub fn count_dir_read() {
+    DIR_READS.fetch_add(1, Ordering::Relaxed);
+    DIR_READS_HERE.with(|c| c.set(c.get() + 1));
+}
+
+/// Layer directories listed by this thread so far.
+pub fn dir_reads_on_this_thread() -> u64 {
+    DIR_READS_HERE.with(std::cell::Cell::get)
+}
+
 /// `lstat` of an entry of `dir`.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Stat> {
     STATS.fetch_add(1, Ordering::Relaxed);
@@ -83,7 +100,7 @@ pub struct RawEntry {
 
 /// Reads every entry of the directory behind `dir` (an `O_PATH` fd is fine), minus `.` and `..`.
 pub fn read_dir(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<RawEntry>> {
-    DIR_READS.fetch_add(1, Ordering::Relaxed);
+    count_dir_read();
     // O_NOATIME: listing the view must not touch the lowers, not even their atime.
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, ".", flags | OFlags::NOATIME, Mode::empty()) {

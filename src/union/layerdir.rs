@@ -174,7 +174,7 @@ impl LayerDir {
         match self {
             LayerDir::Fs(f) => sys::read_dir(f.fd()?.as_fd()),
             LayerDir::Image(d) => {
-                sys::DIR_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sys::count_dir_read();
                 let entries = d.lower.layer.dir(d.id()).map_err(ImageDir::err)?;
                 Ok(entries
                     .iter()
