@@ -27,6 +27,7 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, passthrough: bool, stacked: bool
         | InitFlags::FUSE_NO_EXPORT_SUPPORT
         | InitFlags::FUSE_BIG_WRITES
         | InitFlags::FUSE_ASYNC_READ
+        | InitFlags::FUSE_HANDLE_KILLPRIV_V2
         // Shared mmap of a FOPEN_DIRECT_IO file (see `Passthrough::served_flags`).
         | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
     let _ = cfg.add_capabilities(want & cfg.capabilities());

@@ -251,25 +251,39 @@ impl Union {
             &ino.to_le_bytes(),
             rustix::fs::XattrFlags::empty(),
         );
-        self.finish_meta(work, tmp, kind, st)?;
+        self.finish_meta(&to, kind, st)?;
         Ok(())
     }
 
-    /// Owner, then mode (a chown clears setuid), then times, on the entry `name` of `dir`.
-    pub(super) fn finish_meta(&self, dir: BorrowedFd<'_>, name: &OsStr, kind: Kind, st: &Stat) -> FsResult<()> {
-        if self.process.privileged {
-            rustix::fs::chownat(
-                dir,
-                name,
-                Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )?;
+    /// Owner, then mode (a chown clears setuid), then times, on `to`: by its fd when it is an
+    /// open file (no name to resolve, two system calls fewer per metadata change of a lower
+    /// file), else by name.
+    pub(super) fn finish_meta(&self, to: &Target<'_>, kind: Kind, st: &Stat) -> FsResult<()> {
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(st.st_uid),
+            rustix::fs::Gid::from_raw(st.st_gid),
+        );
+        let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+        match *to {
+            Target::Open(fd) => {
+                if self.process.privileged {
+                    rustix::fs::fchown(fd, Some(uid), Some(gid))?;
+                }
+                rustix::fs::fchmod(fd, mode)?;
+                rustix::fs::futimens(fd, &stat_times(st))?;
+            }
+            Target::Entry(dir, name) => {
+                if self.process.privileged {
+                    rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+                }
+                if kind != Kind::Symlink {
+                    rustix::fs::chmodat(dir, name, mode, AtFlags::empty())?;
+                }
+                rustix::fs::utimensat(dir, name, &stat_times(st), AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            // Not used for a copy (it has a name, or an open fd).
+            Target::Fd(_) => return Err(Errno::EINVAL),
         }
-        if kind != Kind::Symlink {
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())?;
-        }
-        rustix::fs::utimensat(dir, name, &stat_times(st), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
     }
 

@@ -119,7 +119,7 @@ impl Union {
                 &n.ino.to_le_bytes(),
                 rustix::fs::XattrFlags::empty(),
             );
-            self.finish_meta(pfd, name, Kind::Dir, &st)?;
+            self.finish_meta(&to, Kind::Dir, &st)?;
             match next {
                 Some(next) => parent = Some(std::mem::replace(&mut cur, next)),
                 None => break,

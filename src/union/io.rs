@@ -18,7 +18,7 @@ use crate::image::cache::LastPiece;
 use crate::sys::Target;
 
 /// A change of attributes (each `None` leaves that attribute alone).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetAttr {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -27,6 +27,14 @@ pub struct SetAttr {
     /// `Some(None)` means "now".
     pub atime: Option<Option<SystemTime>>,
     pub mtime: Option<Option<SystemTime>>,
+}
+
+impl SetAttr {
+    /// Nothing to change: what the kernel sends to drop privileges (see
+    /// [`Union::drop_privs_for_write`]).
+    pub fn is_empty(&self) -> bool {
+        *self == SetAttr::default()
+    }
 }
 
 /// An open file handle and what its fd is.
@@ -101,6 +109,9 @@ impl Union {
     pub fn setattr(&self, ctx: &Ctx, ino: u64, set: &SetAttr, fh: Option<u64>) -> FsResult<Attr> {
         self.upper_index()?;
         let node = self.node(ino)?;
+        if set.is_empty() {
+            return self.drop_privs_for_write(ctx, &node, fh);
+        }
         self.may_set_attr(&node, set)?;
         let truncating_to_zero = set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
         let data = match set.size {

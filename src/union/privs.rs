@@ -11,10 +11,14 @@
 //! drops nothing for them, and neither do we.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, Stat};
 
+use super::copy_up::Data;
+use super::node::Node;
 use super::{Ctx, Loc, Union};
+use crate::attr::{Attr, Kind};
 use crate::error::FsResult;
 use crate::sys;
 
@@ -33,6 +37,20 @@ impl Union {
         };
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
         Ok(true)
+    }
+
+    /// What a SETATTR that changes nothing asks for. With FUSE_HANDLE_KILLPRIV_V2 the kernel
+    /// leaves setuid/setgid to us, and before a data change it does not send us (a write
+    /// through FUSE passthrough) it sends, from the writer, a SETATTR whose privilege-drop flag
+    /// fuser 0.18 does not pass on: the rule of a data change by `ctx` applies. (`chown(f, -1,
+    /// -1)` sends the same; the kernel clears setuid then even for root, we keep it for a
+    /// caller with CAP_FSETID.)
+    pub(crate) fn drop_privs_for_write(&self, ctx: &Ctx, node: &Arc<Node>, fh: Option<u64>) -> FsResult<Attr> {
+        if node.state.read().kind == Kind::File && mode_after_write(ctx, &self.locate(node, fh)?.stat()?).is_some() {
+            self.copy_up_with(node, Data::Meta)?;
+            self.drop_privs_at(ctx, &self.locate(node, fh)?)?;
+        }
+        self.attr_of(node)
     }
 
     /// [`Union::drop_privs`] for an object reached by its location (a truncate by name).

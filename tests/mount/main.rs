@@ -49,5 +49,6 @@ mod reference;
 mod registry;
 mod registry_lazy;
 mod rename;
+mod round_trips;
 mod terms;
 mod unlink;
