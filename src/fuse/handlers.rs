@@ -159,7 +159,7 @@ impl Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(failed("open", (ino.0, flags.0), e)),
         };
-        let mode = self.open_mode(ino.0, o, flags.0, |fd| reply.open_backing(fd));
+        let mode = self.open_mode(ino.0, o, flags.0, false, |fd| reply.open_backing(fd));
         match mode {
             passthrough::Mode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
             passthrough::Mode::Served(flags) => reply.opened(FileHandle(o.fh), flags),
@@ -364,9 +364,14 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(failed("create", (parent.0, name, flags), e)),
         };
         let attr = file_attr(&a);
-        match self.open_mode(a.ino, o, flags, |fd| reply.open_backing(fd)) {
+        // The attributes of a file just made may be cached as any others, even when it is open
+        // for writing through passthrough (`attr_ttl`): nothing can have mapped it yet, and
+        // every change of its size or data that can follow (a write, a truncate) makes the
+        // kernel drop or replace them. Cached, they spare a GETATTR for the permission check
+        // of the open itself.
+        match self.open_mode(a.ino, o, flags, true, |fd| reply.open_backing(fd)) {
             passthrough::Mode::Passthrough(id) => reply.created_passthrough(
-                &self.attr_ttl(a.ino),
+                &self.opts.ttl,
                 &attr,
                 Generation(0),
                 FileHandle(o.fh),

@@ -129,12 +129,14 @@ impl FuseAdapter {
     }
 
     /// How to answer the open `o` of `ino` with the caller's `flags` (see `passthrough.rs`, the
-    /// one place that decides).
+    /// one place that decides). `created`: the open makes the file (CREATE), so the kernel
+    /// has no inode for it yet, nothing cached to drop.
     fn open_mode(
         &self,
         ino: u64,
         o: Opened,
         flags: i32,
+        created: bool,
         open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> passthrough::Mode {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -146,7 +148,7 @@ impl FuseAdapter {
                 .open(ino, &o, writable, revalidate, shareable, open_backing))
         });
         let mode = r.unwrap_or(passthrough::Mode::Served(FopenFlags::empty()));
-        if writable && matches!(mode, passthrough::Mode::Passthrough(_)) {
+        if writable && !created && matches!(mode, passthrough::Mode::Passthrough(_)) {
             // From now on its attributes are not cached (see `attr_ttl`); drop those cached
             // before, which a write through a shared mapping would otherwise hide.
             self.invalidate_attrs(ino);

@@ -36,35 +36,37 @@ fn mark(m: &Mount, name: &str) {
 }
 
 /// The requests logged between the lookups of the marks `from` and `to`, as opcode names
-/// with their arguments (e.g. `GETXATTR name "security.capability"`). The daemon logs a
-/// request when it reads it, before answering: everything the kernel sent for the operations
-/// between the two marks is in the log once the second mark's lookup has been answered.
-fn requests_between(log: &Path, from: &str, to: &str) -> Vec<String> {
+/// with their arguments (e.g. `GETXATTR name "security.capability"`), each with the inode it
+/// is for. The daemon logs a request when it reads it, before answering: everything the
+/// kernel sent synchronously for the operations between the two marks is in the log once the
+/// second mark's lookup has been answered.
+fn requests_between(log: &Path, from: &str, to: &str) -> Vec<(u64, String)> {
     let text = std::fs::read_to_string(log).expect("read the daemon's log");
-    let reqs: Vec<String> = text
+    let reqs: Vec<(u64, String)> = text
         .lines()
         .filter_map(|l| l.split_once(") ino 0x").map(|(_, r)| r))
         .filter_map(|r| {
-            r.split_once(' ')
-                .map(|(_, op)| op.split(" thread=").next().unwrap_or(op).to_string())
+            let (ino, op) = r.split_once(' ')?;
+            let op = op.split(" thread=").next().unwrap_or(op);
+            Some((u64::from_str_radix(ino, 16).ok()?, op.to_string()))
         })
         .collect();
     let at = |name: &str| {
         reqs.iter()
-            .position(|r| r.starts_with("LOOKUP") && r.contains(&format!("\"{name}\"")))
+            .position(|(_, r)| r.starts_with("LOOKUP") && r.contains(&format!("\"{name}\"")))
             .unwrap_or_else(|| panic!("mark {name} not in the request log:\n{text}"))
     };
     reqs[at(from) + 1..at(to)].to_vec()
 }
 
-fn count(reqs: &[String], prefix: &str) -> usize {
-    reqs.iter().filter(|r| r.starts_with(prefix)).count()
+fn count(reqs: &[(u64, String)], prefix: &str) -> usize {
+    reqs.iter().filter(|(_, r)| r.starts_with(prefix)).count()
 }
 
 /// How many requests of each opcode, for messages.
-fn summary(reqs: &[String]) -> std::collections::BTreeMap<&str, usize> {
+fn summary(reqs: &[(u64, String)]) -> std::collections::BTreeMap<&str, usize> {
     let mut m = std::collections::BTreeMap::new();
-    for r in reqs {
+    for (_, r) in reqs {
         *m.entry(r.split(' ').next().unwrap_or("")).or_default() += 1;
     }
     m
@@ -164,4 +166,38 @@ fn a_write_through_passthrough_by_another_user_clears_setuid_in_the_upper() {
     assert_eq!(lstat(&l.up("prog")).mode() & 0o7777, 0o777);
     assert_eq!(lstat(&m.path("prog")).mode() & 0o7777, 0o777);
     assert_eq!(m.unmount(), Some(0));
+}
+
+#[test]
+fn creating_a_file_asks_for_no_attributes_of_it() {
+    if !require_root("FUSE passthrough needs a root daemon") {
+        return;
+    }
+    for extra in [&[][..], &["--no-passthrough"][..]] {
+        let l = Layers::new(1);
+        l.put(0, "keep", b"k");
+        let log = l.dir.path().join("requests.log");
+        let m = logged_mount(&l, &log, extra);
+        std::fs::create_dir(m.path("d")).unwrap();
+        let d_ino = lstat(&m.path("d")).ino();
+        mark(&m, "mark-a");
+        for i in 0..20 {
+            std::fs::write(m.path(&format!("d/f{i}")), b"data").unwrap();
+        }
+        mark(&m, "mark-b");
+        let reqs = requests_between(&log, "mark-a", "mark-b");
+        assert_eq!(count(&reqs, "CREATE"), 20, "{extra:?}: {:?}", summary(&reqs));
+        // The directory's own attributes are refreshed after each create (the kernel drops
+        // them when it changes), the new files' never: their CREATE reply is kept.
+        let of_files: Vec<_> = reqs
+            .iter()
+            .filter(|(ino, r)| r.starts_with("GETATTR") && *ino != d_ino && *ino != 1)
+            .collect();
+        assert!(of_files.is_empty(), "{extra:?}: GETATTRs of new files: {of_files:?}");
+        for i in 0..20 {
+            let md = lstat(&m.path(&format!("d/f{i}")));
+            assert_eq!((md.len(), md.mtime()), (4, lstat(&l.up(&format!("d/f{i}"))).mtime()));
+        }
+        assert_eq!(m.unmount(), Some(0));
+    }
 }
