@@ -256,8 +256,7 @@ impl Union {
     }
 
     /// Owner, then mode (a chown clears setuid), then times, on `to`: by its fd when it is an
-    /// open file (no name to resolve, two system calls fewer per metadata change of a lower
-    /// file), else by name.
+    /// open file (no name to resolve in the workdir), else by name.
     pub(super) fn finish_meta(&self, to: &Target<'_>, kind: Kind, st: &Stat) -> FsResult<()> {
         let (uid, gid) = (
             rustix::fs::Uid::from_raw(st.st_uid),

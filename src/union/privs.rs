@@ -1,14 +1,15 @@
 //! Setuid and setgid bits dropped when a file's data changes, by the kernel's rule
 //! (`setattr_should_drop_suidgid`, applied by `file_remove_privs` on write, truncate, fallocate
-//! and copy_file_range).
+//! and copy_file_range): setuid always, setgid when group members may execute the file or the
+//! writer is not in its group, nothing for a writer with CAP_FSETID.
 //!
-//! The kernel's FUSE layer applies an older rule of its own before it sends us a data change:
-//! it clears setuid, and setgid only on a file that group members may execute. The kernel's VFS
-//! (and so kernel overlayfs) also clears setgid on a file that group members may not execute
-//! when the writer is not in the file's group, unless the writer holds CAP_FSETID. What the
-//! FUSE layer leaves is done here, on the requests that reach us. Writes the kernel sends from
-//! its page cache (write-back of a shared mapping) are not the caller's writes: the kernel
-//! drops nothing for them, and neither do we.
+//! The mount negotiates FUSE_HANDLE_KILLPRIV_V2, so the kernel's FUSE layer leaves all of it to
+//! us (docs/architecture.md, "FUSE facts"): on the writes, truncates, fallocates and copies
+//! that reach us, and on the empty SETATTR it sends before a write it passes to the upper file
+//! itself (passthrough). A chown needs nothing here: the daemon's own chown of the upper file
+//! clears the bits as the kernel's chown does. Writes the kernel sends from its page cache
+//! (write-back of a shared mapping) are not the caller's writes: the kernel drops nothing for
+//! them, and neither do we.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
