@@ -12,11 +12,11 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
 use ureq::http::StatusCode;
 
 use super::Session;
 use super::client::{Client, Failure};
+use crate::blob::Hashing;
 use crate::image::ImageError;
 use crate::image::layout::{self, LayerDesc};
 use crate::image::scan::{self, Progress, Scanned};
@@ -108,15 +108,10 @@ fn download_indexed(
     progress: &dyn Progress,
 ) -> Result<Scanned, ImageError> {
     let digest = &desc.digest;
-    let resp = blob_get(s, digest)?;
-    let file = std::fs::File::create(tmp).map_err(|e| ImageError::io(tmp, e))?;
-    let mut saving = Saving {
-        body: resp.into_body().into_reader(),
-        out: std::io::BufWriter::with_capacity(1 << 20, file),
-        got: 0,
-        limit: desc.size,
-    };
-    // The scan checks the blob's digest and its tar's DiffID; the size is checked here.
+    let body = blob_get(s, digest)?.into_body().into_reader();
+    // The scan reports progress, and checks the blob's digest and its tar's DiffID; the size is
+    // checked here.
+    let mut saving = Saving::new(body, tmp, Some(desc.size), None)?;
     let scanned = match scan::scan_from(&mut saving, label, desc, progress) {
         Ok(scanned) => scanned,
         Err(e) => {
@@ -124,17 +119,15 @@ fn download_indexed(
             // error its damage made: the rest is read to know.
             let _ = std::io::copy(&mut saving, &mut std::io::sink());
             let _ = saving.out.flush();
-            let actual = std::fs::File::open(tmp)
-                .and_then(|mut f| {
-                    let mut h = Sha256::new();
-                    std::io::copy(&mut f, &mut h)?;
-                    Ok(format!("sha256:{:x}", h.finalize()))
-                })
+            let mut hashed = Hashing::new(std::io::sink());
+            std::fs::File::open(tmp)
+                .and_then(|mut f| std::io::copy(&mut f, &mut hashed))
                 .map_err(|e| ImageError::io(tmp, e))?;
-            if actual != *digest {
+            if hashed.digest() != *digest {
                 return Err(s.error(format!(
-                    "blob {digest} is corrupt: the registry sent {} bytes whose digest is {actual}",
-                    saving.got
+                    "blob {digest} is corrupt: the registry sent {} bytes whose digest is {}",
+                    saving.got,
+                    hashed.digest()
                 )));
             }
             return Err(s.error(e.to_string()));
@@ -146,34 +139,60 @@ fn download_indexed(
             saving.got, desc.size
         )));
     }
-    let f = saving
-        .out
-        .into_inner()
-        .map_err(|e| ImageError::io(tmp, e.into_error()))?;
-    f.sync_all().map_err(|e| ImageError::io(tmp, e))?;
+    saving.sync()?;
     Ok(scanned)
 }
 
-/// A download read through, written to a file on the way.
-struct Saving<R> {
+/// A download read through, written to `tmp` on the way. More than `limit` bytes is refused
+/// (a registry that sends more than the blob); a failed write names the file.
+struct Saving<'a, R> {
     body: R,
     out: std::io::BufWriter<std::fs::File>,
+    tmp: &'a Path,
     got: u64,
-    /// More than this many bytes is refused (a registry that sends more than the blob).
-    limit: u64,
+    limit: Option<u64>,
+    /// Told of every piece when nothing else reading the download reports progress.
+    progress: Option<&'a dyn Progress>,
 }
 
-impl<R: Read> Read for Saving<R> {
+impl<'a, R: Read> Saving<'a, R> {
+    fn new(body: R, tmp: &'a Path, limit: Option<u64>, progress: Option<&'a dyn Progress>) -> Result<Self, ImageError> {
+        let file = std::fs::File::create(tmp).map_err(|e| ImageError::io(tmp, e))?;
+        Ok(Saving {
+            body,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            got: 0,
+            limit,
+            progress,
+        })
+    }
+
+    /// Writes out what is buffered and makes the file durable.
+    fn sync(self) -> Result<(), ImageError> {
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| ImageError::io(self.tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| ImageError::io(self.tmp, e))
+    }
+}
+
+impl<R: Read> Read for Saving<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.body.read(buf)?;
         self.got += n as u64;
-        if self.got > self.limit {
+        if let Some(limit) = self.limit.filter(|&l| self.got > l) {
             return Err(std::io::Error::other(format!(
-                "the registry sent more than the blob's {} bytes",
-                self.limit
+                "the registry sent more than the blob's {limit} bytes"
             )));
         }
-        self.out.write_all(&buf[..n])?;
+        self.out
+            .write_all(&buf[..n])
+            .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", self.tmp.display())))?;
+        if let Some(p) = self.progress {
+            p.blob_bytes(n as u64);
+        }
         Ok(n)
     }
 }
@@ -211,39 +230,18 @@ fn download(
     tmp: &Path,
     progress: &dyn Progress,
 ) -> Result<(), ImageError> {
-    let resp = blob_get(s, digest)?;
-    let mut body = resp.into_body().into_reader();
-    let file = std::fs::File::create(tmp).map_err(|e| ImageError::io(tmp, e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut h = Sha256::new();
-    let mut got = 0u64;
-    let mut buf = vec![0u8; 1 << 17];
-    loop {
-        let n = body
-            .read(&mut buf)
-            .map_err(|e| s.error(format!("blob {digest}: the transfer failed: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-        if size.is_some_and(|want| got > want) {
-            return Err(s.error(format!(
-                "blob {digest} is corrupt: the registry sent more than its {} bytes",
-                size.unwrap_or_default()
-            )));
-        }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| ImageError::io(tmp, e))?;
-        progress.blob_bytes(n as u64);
-    }
-    let actual = format!("sha256:{:x}", h.finalize());
-    if actual != digest || size.is_some_and(|want| want != got) {
+    let body = blob_get(s, digest)?.into_body().into_reader();
+    let mut saving = Saving::new(body, tmp, size, Some(progress))?;
+    let mut hashed = Hashing::new(std::io::sink());
+    std::io::copy(&mut saving, &mut hashed).map_err(|e| s.error(format!("blob {digest}: the transfer failed: {e}")))?;
+    let actual = hashed.digest();
+    if actual != digest || size.is_some_and(|want| want != saving.got) {
         return Err(s.error(format!(
-            "blob {digest} is corrupt: the registry sent {got} bytes whose digest is {actual}"
+            "blob {digest} is corrupt: the registry sent {} bytes whose digest is {actual}",
+            saving.got
         )));
     }
-    let f = out.into_inner().map_err(|e| ImageError::io(tmp, e.into_error()))?;
-    f.sync_all().map_err(|e| ImageError::io(tmp, e))
+    saving.sync()
 }
 
 /// Bytes `from..from + len` of the blob `digest`, by one range request: what lazy reads of a

@@ -7,6 +7,7 @@ use std::io::Read;
 
 use super::*;
 use crate::image::catalog::{Catalog, Data};
+use crate::image::fixture::Item;
 use crate::image::layout::{Compression, LayerDesc};
 use crate::image::scan::{self, Progress};
 
@@ -353,17 +354,8 @@ fn a_pushed_tar_gives_the_same_blob_and_bad_tars_are_refused() {
     assert_eq!((n, &w2, &got), (7, &w, &want));
 
     // A name twice, which tar-split refuses.
-    let mut b = tar::Builder::new(Vec::new());
-    for _ in 0..2 {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(1);
-        b.append_data(&mut h, "./a", &b"x"[..]).expect("entry");
-    }
-    let twice = b.into_inner().expect("tar");
+    let a = || Item::File("./a", 0o644, b"x".to_vec());
+    let twice = crate::image::fixture::tar(&[a(), a()]);
     let e = write(&twice[..], std::io::sink(), &Options::default()).expect_err("twice");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
     // A PAX global header: no table entry can say it.
